@@ -1,0 +1,258 @@
+// Package pool is the engine of sandboxpool: it keeps a pool of warm sandboxes
+// at its target over two small interfaces, Backend (what runs sandboxes) and
+// Store (where the pool's references live, shared by every process of a pool).
+// It knows nothing of the screen, of HTTP or of Modal.
+package pool
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// State is what a sandbox is doing now, as shown everywhere (dashboard, JSON).
+type State string
+
+const (
+	StateCreating    State = "creating"    // backend asked
+	StateWarming     State = "warming"     // running, not yet healthy
+	StateReady       State = "ready"       // healthy, in the pool, not claimed
+	StateUnhealthy   State = "unhealthy"   // in the pool, failed its last health check
+	StateExpiring    State = "expiring"    // in the pool, less than use-duration left
+	StateClaimed     State = "claimed"     // handed out; the claimer's now
+	StateTerminating State = "terminating" // being terminated
+	StateFailed      State = "failed"      // could not be made ready; it was terminated
+)
+
+// States lists every state in display order.
+var States = []State{StateCreating, StateWarming, StateReady, StateUnhealthy, StateExpiring, StateClaimed, StateTerminating, StateFailed}
+
+// Ref is what a backend returns for a new sandbox and what a store keeps.
+type Ref struct {
+	ID        string    `json:"id"`
+	URL       string    `json:"url"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Entry is one sandbox recorded in a store: pooled (ClaimedBy empty) or claimed.
+type Entry struct {
+	Ref
+	ClaimedBy string    `json:"claimed_by,omitempty"`
+	ClaimedAt time.Time `json:"claimed_at,omitzero"`
+}
+
+// Claimed reports whether the entry was handed out.
+func (e Entry) Claimed() bool { return e.ClaimedBy != "" }
+
+// Stored is the whole durable pool as one read of the store sees it.
+type Stored struct {
+	// Target is the stored target; HasTarget is false for a pool never sized.
+	Target    int
+	HasTarget bool
+	// Entries in pool order (oldest first), claimed ones included.
+	Entries []Entry
+}
+
+// Pooled returns the unclaimed entries in pool order.
+func (s Stored) Pooled() []Entry {
+	out := make([]Entry, 0, len(s.Entries))
+	for _, e := range s.Entries {
+		if !e.Claimed() {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Backend runs sandboxes. Implementations: the local process backend and the
+// Modal adapter. Every method must be safe for concurrent use.
+type Backend interface {
+	// Name is "local" or "modal".
+	Name() string
+	// Create starts one sandbox that the backend kills at now+ttl, and returns
+	// its reference as soon as its URL is known (it may not answer yet).
+	Create(ctx context.Context, ttl time.Duration) (Ref, error)
+	// Terminate stops a sandbox. Terminating one that is already gone is not an error.
+	Terminate(ctx context.Context, id string) error
+	// List returns the sandboxes of this pool that really run now.
+	List(ctx context.Context) ([]Ref, error)
+}
+
+// Store is the durable pool that every process of one pool shares. Every
+// method is atomic across processes.
+type Store interface {
+	// Load reads the whole pool without changing it.
+	Load(ctx context.Context) (Stored, error)
+	// Put appends a ready sandbox to the pool. Putting an id that is already
+	// recorded changes nothing.
+	Put(ctx context.Context, ref Ref) error
+	// Take atomically removes from the pool head every entry whose ExpiresAt is
+	// before minExpiresAt (returned as dropped: the caller terminates them) and
+	// claims the first entry at or after it for claimedBy. ok is false when no
+	// such entry exists; dropped entries are removed even then.
+	Take(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time) (taken Entry, dropped []Entry, ok bool, err error)
+	// Remove deletes entries (pooled or claimed) by id and returns those it found.
+	Remove(ctx context.Context, ids ...string) ([]Entry, error)
+	// SetTarget stores the target.
+	SetTarget(ctx context.Context, n int) error
+	// Close releases what the store holds.
+	Close() error
+}
+
+// Lease is held by the one controller that maintains a pool (SPEC Behaviour 6).
+type Lease interface {
+	// Release gives the lease up.
+	Release() error
+}
+
+// Leaser is implemented by stores that can elect one controller per pool.
+type Leaser interface {
+	// AcquireLease takes the controller lease for holder, or fails with an
+	// *LeaseHeldError naming who holds it.
+	AcquireLease(ctx context.Context, holder string) (Lease, error)
+	// LeaseHolder says who holds the lease now, "" when nobody does.
+	LeaseHolder(ctx context.Context) (string, error)
+}
+
+// LeaseHeldError says that another controller maintains the pool.
+type LeaseHeldError struct{ Holder string }
+
+func (e *LeaseHeldError) Error() string {
+	return "pool is maintained by another controller: " + e.Holder
+}
+
+// ErrNoSandbox is returned by a claim that found no good sandbox in time.
+var ErrNoSandbox = errors.New("no good sandbox available")
+
+// Health is the result of one health check.
+type Health struct {
+	OK        bool          `json:"ok"`
+	Status    int           `json:"status"`
+	Latency   time.Duration `json:"-"`
+	CheckedAt time.Time     `json:"checked_at,omitzero"`
+	Error     string        `json:"error"`
+}
+
+// Checked reports whether the sandbox was checked at all.
+func (h Health) Checked() bool { return !h.CheckedAt.IsZero() }
+
+// Sandbox is one row of a snapshot: what the controller knows of a sandbox now.
+type Sandbox struct {
+	ID        string
+	URL       string
+	State     State
+	CreatedAt time.Time
+	ExpiresAt time.Time
+	Health    Health
+	ClaimedBy string
+	ClaimedAt time.Time
+	// Err says why a sandbox failed or is unhealthy.
+	Err string
+}
+
+// TimeLeft is the time until the sandbox expires, never negative.
+func (s Sandbox) TimeLeft(now time.Time) time.Duration {
+	if d := s.ExpiresAt.Sub(now); d > 0 {
+		return d
+	}
+	return 0
+}
+
+// Snapshot is the pool as the controller sees it at one instant.
+type Snapshot struct {
+	Pool    string
+	Backend string
+	Target  int
+	Now     time.Time
+	// Sandboxes in pool order: pooled and claimed as the store holds them,
+	// then those being created or warmed, then recently failed or terminating.
+	Sandboxes []Sandbox
+	Counts    map[State]int
+	// NextPass is when the maintenance loop runs next (zero when none runs here).
+	NextPass time.Time
+	// BackoffUntil is set while creations are backed off after failures.
+	BackoffUntil time.Time
+	// Role is "controller" when this process holds the lease, "viewer" when
+	// another does, "" when no loop runs here.
+	Role string
+	// LeaseHolder names the controller when this process is a viewer.
+	LeaseHolder string
+	// LastError is the last backend or store error, cleared by a success.
+	LastError string
+	// Stats is the pool's claim and waste accounting.
+	Stats Stats
+}
+
+// Stats accounts for claims and the cost of keeping sandboxes warm.
+type Stats struct {
+	ClaimsWarm   int64 // served at once from a ready sandbox
+	ClaimsWaited int64 // had to wait for a creation
+	ClaimsFailed int64 // no sandbox within the timeout
+	// WasteSeconds is sandbox-seconds spent ready in the pool and never claimed.
+	WasteSeconds float64
+}
+
+// WarmHitRatio is the share of successful claims served warm (0 when none).
+func (s Stats) WarmHitRatio() float64 {
+	total := s.ClaimsWarm + s.ClaimsWaited
+	if total == 0 {
+		return 0
+	}
+	return float64(s.ClaimsWarm) / float64(total)
+}
+
+// EventKind names what happened.
+type EventKind string
+
+const (
+	EventCreating       EventKind = "creating"        // a creation started
+	EventCreated        EventKind = "created"         // ready and pooled; Duration is create-to-ready
+	EventCreateFailed   EventKind = "create_failed"   // one try failed; Err says why
+	EventHealthFailed   EventKind = "health_failed"   // a health check failed
+	EventExpired        EventKind = "expired"         // dropped for too little time left
+	EventClaimed        EventKind = "claimed"         // By says who
+	EventTerminated     EventKind = "terminated"      // Reason says why
+	EventAdopted        EventKind = "adopted"         // a live sandbox the store had lost
+	EventResized        EventKind = "resized"         // target changed
+	EventBackoff        EventKind = "backoff"         // creations paused until Until
+	EventError          EventKind = "error"           // a backend or store call failed
+	EventClaimTimeout   EventKind = "claim_timeout"   // a claim found nothing in time
+	EventMaintained     EventKind = "maintained"      // a pass ended
+	EventStoreChanged   EventKind = "store_changed"   // another process changed the pool
+	EventLeaseAcquired  EventKind = "lease_acquired"  // this process became the controller
+	EventHealthRecovery EventKind = "health_recovery" // an unhealthy sandbox answered again
+)
+
+// Termination reasons, as counted by metrics.
+const (
+	ReasonExpired   = "expired"   // expiring, never claimed
+	ReasonUnhealthy = "unhealthy" // failed a health check, or dead
+	ReasonShrink    = "shrink"    // surplus over the target
+	ReasonUser      = "user"      // asked for by a person or a client
+	ReasonFailed    = "failed"    // never got healthy after creation
+	ReasonOrphan    = "orphan"    // running for this pool but unknown to the store
+	ReasonCleanup   = "cleanup"   // --cleanup on quit
+)
+
+// Event is one thing that happened to the pool, for observers.
+type Event struct {
+	Time      time.Time
+	Kind      EventKind
+	SandboxID string
+	// By is who claimed (dashboard, cli, api 127.0.0.1:5555).
+	By string
+	// Reason is why a sandbox was terminated.
+	Reason string
+	// Duration is create-to-ready for created, wait time for claimed.
+	Duration time.Duration
+	// Warm is true for a claim served without waiting for a creation.
+	Warm bool
+	// Health is set for health events.
+	Health Health
+	// Until is set for backoff.
+	Until time.Time
+	Err   string
+	// Message is a one-line human description.
+	Message string
+}
