@@ -1,0 +1,224 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// ClaimOptions shapes one claim.
+type ClaimOptions struct {
+	// CheckHealth probes the sandbox once before handing it out (the seed's default).
+	CheckHealth bool
+	// Timeout bounds the wait for a good sandbox; 0 means the configured claim timeout.
+	Timeout time.Duration
+	// By says who claims: "dashboard", "cli", "api 127.0.0.1:5555".
+	By string
+}
+
+// Claimed is a sandbox handed out by a claim.
+type Claimed struct {
+	Entry
+	// Warm is true when a ready sandbox was there at once.
+	Warm bool
+	// Waited is how long the claim took.
+	Waited time.Duration
+}
+
+// Claim takes the first good sandbox in pool order (SPEC Behaviour 3):
+// entries with too little time left and, with CheckHealth, ones that do not
+// answer are terminated on the way; a backfill starts at once. With none
+// good it waits, in arrival order with other waiting claims, up to the
+// timeout and then fails with ErrNoSandbox. The store's atomic Take is what
+// guarantees that no sandbox is ever handed to two claimers.
+func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error) {
+	start := c.clk.Now()
+	timeout := o.Timeout
+	if timeout <= 0 {
+		timeout = c.cfg.ClaimTimeout
+	}
+	// Fast path: with nobody waiting, claims take concurrently (the store's
+	// Take is atomic); waiting claims queue up so they are served in order.
+	if c.waitq.empty() {
+		got, ok, err := c.tryTake(ctx, o)
+		if err != nil {
+			return Claimed{}, err
+		}
+		if ok {
+			return c.claimed(got, start, true), nil
+		}
+	}
+	c.Kick() // backfill
+	deadline := c.clk.After(timeout)
+	ticket := c.waitq.join()
+	defer c.waitq.leave(ticket)
+	for {
+		if c.waitq.isHead(ticket) {
+			got, ok, err := c.tryTake(ctx, o)
+			if err != nil {
+				return Claimed{}, err
+			}
+			if ok {
+				return c.claimed(got, start, false), nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return Claimed{}, c.claimFailed(o, ctx.Err())
+		case <-deadline:
+			return Claimed{}, c.claimFailed(o, fmt.Errorf("%w within %s in pool %q", ErrNoSandbox, timeout, c.cfg.Pool))
+		case <-c.changeSignal():
+		case <-c.waitq.turn(ticket):
+		case <-c.clk.After(c.poll): // another process may have filled the pool
+		}
+	}
+}
+
+func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
+	waited := c.clk.Now().Sub(start)
+	c.mu.Lock()
+	if warm {
+		c.stats.ClaimsWarm++
+	} else {
+		c.stats.ClaimsWaited++
+	}
+	c.stored.Entries = replaceEntry(c.stored.Entries, got)
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventClaimed, SandboxID: got.ID, By: got.ClaimedBy, Duration: waited, Warm: warm})
+	c.Kick() // backfill at once
+	return Claimed{Entry: got, Warm: warm, Waited: waited}
+}
+
+func (c *Controller) claimFailed(o ClaimOptions, err error) error {
+	c.mu.Lock()
+	c.stats.ClaimsFailed++
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventClaimTimeout, By: o.By, Err: err.Error()})
+	return err
+}
+
+// tryTake takes entries until one is good, terminating bad ones met on the way.
+func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, error) {
+	for {
+		now := c.clk.Now()
+		got, dropped, ok, err := c.st.Take(ctx, now.Add(c.cfg.UseDuration), o.By, now)
+		if err != nil {
+			c.setErr(err)
+			return Entry{}, false, fmt.Errorf("claim from the store: %w", err)
+		}
+		for _, d := range dropped {
+			c.forget(d.ID)
+			c.emit(Event{Kind: EventExpired, SandboxID: d.ID})
+			c.terminateAsync(d, ReasonExpired)
+		}
+		if !ok {
+			return Entry{}, false, nil
+		}
+		if o.CheckHealth {
+			h := c.probe(ctx, got.URL)
+			c.mu.Lock()
+			c.health[got.ID] = h
+			c.mu.Unlock()
+			if !h.OK {
+				c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Health: h, Err: h.Error})
+				if _, err := c.st.Remove(ctx, got.ID); err != nil {
+					c.setErr(err)
+				}
+				c.forget(got.ID)
+				unpooled := got
+				unpooled.ClaimedBy = "" // it was never really handed out: count it as waste
+				c.terminateAsync(unpooled, ReasonUnhealthy)
+				continue
+			}
+		}
+		return got, true, nil
+	}
+}
+
+func replaceEntry(entries []Entry, e Entry) []Entry {
+	for i := range entries {
+		if entries[i].ID == e.ID {
+			entries[i] = e
+			return entries
+		}
+	}
+	return append(entries, e)
+}
+
+// changeSignal is closed the next time a sandbox becomes ready here or the
+// store is seen to change.
+func (c *Controller) changeSignal() <-chan struct{} {
+	c.changeMu.Lock()
+	defer c.changeMu.Unlock()
+	return c.changed
+}
+
+func (c *Controller) notifyChange() {
+	c.changeMu.Lock()
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.changeMu.Unlock()
+}
+
+// waitQueue serves waiting claims in arrival order: only the head may take.
+type waitQueue struct {
+	mu      sync.Mutex
+	next    uint64
+	tickets []*ticket
+}
+
+type ticket struct {
+	n    uint64
+	head chan struct{} // closed when the ticket becomes the head
+}
+
+func (q *waitQueue) join() *ticket {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.next++
+	t := &ticket{n: q.next, head: make(chan struct{})}
+	q.tickets = append(q.tickets, t)
+	if len(q.tickets) == 1 {
+		close(t.head)
+	}
+	return t
+}
+
+func (q *waitQueue) leave(t *ticket) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, x := range q.tickets {
+		if x == t {
+			q.tickets = append(q.tickets[:i], q.tickets[i+1:]...)
+			if i == 0 && len(q.tickets) > 0 {
+				close(q.tickets[0].head)
+			}
+			return
+		}
+	}
+}
+
+func (q *waitQueue) empty() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.tickets) == 0
+}
+
+func (q *waitQueue) isHead(t *ticket) bool {
+	select {
+	case <-t.head:
+		return true
+	default:
+		return false
+	}
+}
+
+// turn is closed once t is the head; a head's channel stays closed, so a
+// head must not select on it (it would spin): it gets a nil channel.
+func (q *waitQueue) turn(t *ticket) <-chan struct{} {
+	if q.isHead(t) {
+		return nil
+	}
+	return t.head
+}

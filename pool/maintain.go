@@ -1,0 +1,432 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// adoptGrace: a running sandbox unknown to the store is left alone while it
+// is this young, because another process (a `claim` doing its own backfill)
+// may still be warming it up.
+func (c *Controller) adoptGrace() time.Duration {
+	return time.Duration(c.cfg.CreateTries)*c.cfg.HealthTimeout + 10*time.Second
+}
+
+// Maintain runs one maintenance pass (SPEC Behaviour 4): drop expiring,
+// unhealthy and dead sandboxes (never a good one), reconcile with what the
+// backend runs, then bring ready + creating + warming to exactly the target.
+// Creations it starts go on in the background.
+func (c *Controller) Maintain(ctx context.Context) error {
+	c.passMu.Lock()
+	defer c.passMu.Unlock()
+	if c.life.Err() != nil {
+		return c.life.Err()
+	}
+	// Listing before loading means an entry missing from the list was
+	// already stored when the list was taken, unless it was created after it.
+	listedAt := c.clk.Now()
+	live, listErr := c.be.List(ctx)
+	stored, err := c.st.Load(ctx)
+	if err != nil {
+		c.setErr(err)
+		c.emit(Event{Kind: EventError, Err: err.Error()})
+		return err
+	}
+	c.mu.Lock()
+	c.setStoredLocked(stored)
+	target := c.target
+	if !stored.HasTarget {
+		target = c.cfg.Size
+	}
+	c.mu.Unlock()
+	now := c.clk.Now()
+
+	// 1. Expiring, unhealthy and dead pooled sandboxes go; claimed ones that
+	// died leave the record.
+	liveSet := make(map[string]Ref, len(live))
+	for _, r := range live {
+		liveSet[r.ID] = r
+	}
+	type drop struct {
+		e      Entry
+		reason string
+	}
+	var drops []drop
+	c.mu.Lock()
+	for _, e := range stored.Entries {
+		_, alive := liveSet[e.ID]
+		dead := listErr == nil && !alive && e.CreatedAt.Before(listedAt)
+		h := c.health[e.ID]
+		switch {
+		case e.Claimed():
+			if dead {
+				drops = append(drops, drop{e, ""})
+			}
+		case dead:
+			drops = append(drops, drop{e, ReasonUnhealthy})
+		case !HasTimeLeft(e.ExpiresAt, now, c.cfg.UseDuration):
+			drops = append(drops, drop{e, ReasonExpired})
+		case h.Checked() && !h.OK:
+			drops = append(drops, drop{e, ReasonUnhealthy})
+		}
+	}
+	c.mu.Unlock()
+	if len(drops) > 0 {
+		ids := make([]string, len(drops))
+		for i, d := range drops {
+			ids[i] = d.e.ID
+		}
+		// Only what Remove really removed is ours to terminate: a claimer
+		// may have taken one meanwhile.
+		removed, err := c.st.Remove(ctx, ids...)
+		if err != nil {
+			c.setErr(err)
+			return err
+		}
+		gone := make(map[string]bool, len(removed))
+		for _, e := range removed {
+			gone[e.ID] = true
+		}
+		for _, d := range drops {
+			if !gone[d.e.ID] {
+				continue
+			}
+			c.forget(d.e.ID)
+			switch {
+			case d.reason == "":
+				// A claimed sandbox that ended: nothing to terminate.
+			case d.reason == ReasonExpired:
+				c.emit(Event{Kind: EventExpired, SandboxID: d.e.ID})
+				c.terminateAsync(d.e, d.reason)
+			default:
+				if _, alive := liveSet[d.e.ID]; !alive && listErr == nil {
+					c.mu.Lock()
+					c.stats.WasteSeconds += now.Sub(d.e.CreatedAt).Seconds()
+					c.terminations[d.reason]++
+					c.mu.Unlock()
+					c.emit(Event{Kind: EventTerminated, SandboxID: d.e.ID, Reason: d.reason, Message: d.e.ID + " died"})
+					continue
+				}
+				c.terminateAsync(d.e, d.reason)
+			}
+		}
+	}
+
+	// 2. Reconcile: live sandboxes of this pool that nobody knows.
+	if listErr != nil {
+		c.setErr(fmt.Errorf("list sandboxes: %w", listErr))
+		c.emit(Event{Kind: EventError, Err: listErr.Error()})
+	} else {
+		c.reconcile(ctx, live, now)
+	}
+
+	// 3. Size.
+	c.resize(target, now)
+	if listErr == nil {
+		c.setErr(nil)
+	}
+	return nil
+}
+
+func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
+	c.mu.Lock()
+	known := make(map[string]bool, len(c.stored.Entries)+len(c.inflight))
+	for _, e := range c.stored.Entries {
+		known[e.ID] = true
+	}
+	for _, cr := range c.inflight {
+		known[cr.ref.ID] = true
+	}
+	var unknown []Ref
+	for _, r := range live {
+		if known[r.ID] {
+			continue
+		}
+		if c.doomed[r.ID] {
+			unknown = append(unknown, r) // terminated by us, still listed: finish it
+			continue
+		}
+		if !r.CreatedAt.IsZero() && now.Sub(r.CreatedAt) < c.adoptGrace() {
+			continue
+		}
+		unknown = append(unknown, r)
+	}
+	c.mu.Unlock()
+	for _, r := range unknown {
+		c.mu.Lock()
+		doomed := c.doomed[r.ID]
+		c.mu.Unlock()
+		if !doomed && HasTimeLeft(r.ExpiresAt, now, c.cfg.UseDuration) {
+			if h := c.probe(ctx, r.URL); h.OK {
+				if err := c.st.Put(ctx, r); err == nil {
+					c.mu.Lock()
+					c.health[r.ID] = h
+					c.stored.Entries = append(c.stored.Entries, Entry{Ref: r})
+					c.mu.Unlock()
+					c.emit(Event{Kind: EventAdopted, SandboxID: r.ID})
+					c.notifyChange()
+					continue
+				}
+			}
+		}
+		c.terminateAsync(Entry{Ref: r}, ReasonOrphan)
+	}
+}
+
+// resize starts or cancels creations and terminates surplus so that the
+// sandboxes counting toward the target (good ready ones that will stay good
+// longer than a replacement takes, plus creations in flight) equal target.
+func (c *Controller) resize(target int, now time.Time) {
+	c.mu.Lock()
+	lead := c.leadLocked()
+	var counted []Entry
+	for _, e := range c.stored.Entries {
+		if e.Claimed() {
+			continue
+		}
+		if IsGood(e.ExpiresAt, c.health[e.ID], now, c.cfg.UseDuration) && CountsTowardTarget(e.ExpiresAt, now, c.cfg.UseDuration, lead) {
+			counted = append(counted, e)
+		}
+	}
+	var active []*creation
+	for _, cr := range c.inflight {
+		if !cr.cancelled {
+			active = append(active, cr)
+		}
+	}
+	have := len(counted) + len(active)
+	switch {
+	case have < target:
+		missing := target - have
+		room := c.cfg.MaxCreating - len(c.inflight)
+		if c.failures > 0 {
+			// After failures, probe with one creation at a time: never hammer.
+			room = min(room, 1-len(active))
+			if now.Before(c.backoffUntil) {
+				room = 0
+			}
+		}
+		for range min(missing, room) {
+			c.startCreationLocked()
+		}
+		c.mu.Unlock()
+	case have > target:
+		surplus := have - target
+		// Creations in flight are worth least: cancel the newest first.
+		slices.SortFunc(active, func(a, b *creation) int { return b.started.Compare(a.started) })
+		for _, cr := range active {
+			if surplus == 0 {
+				break
+			}
+			cr.cancelled = true
+			cr.cancel()
+			surplus--
+		}
+		var victims []Entry
+		if surplus > 0 {
+			victims = SurplusOrder(counted)[:surplus]
+		}
+		c.mu.Unlock()
+		c.shrink(victims)
+	default:
+		c.mu.Unlock()
+	}
+}
+
+func (c *Controller) shrink(victims []Entry) {
+	if len(victims) == 0 {
+		return
+	}
+	ids := make([]string, len(victims))
+	for i, v := range victims {
+		ids[i] = v.ID
+	}
+	removed, err := c.st.Remove(c.life, ids...)
+	if err != nil {
+		c.setErr(err)
+		return
+	}
+	for _, e := range removed {
+		c.forget(e.ID)
+		c.terminateAsync(e, ReasonShrink)
+	}
+}
+
+// leadLocked is how long a replacement takes to get ready: the p95 of recent
+// creations, the health timeout before there is any.
+func (c *Controller) leadLocked() time.Duration {
+	return P95(c.readyTimes, c.cfg.HealthTimeout)
+}
+
+func (c *Controller) startCreationLocked() {
+	c.seq++
+	ctx, cancel := context.WithCancel(c.life)
+	cr := &creation{key: "new-" + strconv.Itoa(c.seq), state: StateCreating, started: c.clk.Now(), cancel: cancel}
+	c.inflight[cr.key] = cr
+	c.creating.Add(1)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer c.creating.Add(-1)
+		defer cancel()
+		c.create(ctx, cr)
+	}()
+}
+
+// create makes one sandbox ready, with up to CreateTries tries (SPEC
+// Behaviour 2). A sandbox that never gets healthy is terminated, never leaked.
+func (c *Controller) create(ctx context.Context, cr *creation) {
+	c.emit(Event{Kind: EventCreating, SandboxID: cr.key})
+	var lastErr error
+	for try := 1; try <= c.cfg.CreateTries; try++ {
+		if try > 1 {
+			select {
+			case <-ctx.Done():
+			case <-c.clk.After(RetryDelay(try - 1)):
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		ref, err := c.createOnce(ctx, cr)
+		if err == nil {
+			c.finishCreation(cr, &ref, nil)
+			return
+		}
+		lastErr = err
+		if ctx.Err() != nil {
+			break
+		}
+		c.emit(Event{Kind: EventCreateFailed, SandboxID: cr.key, Err: err.Error(),
+			Message: fmt.Sprintf("creation failed (try %d of %d): %v", try, c.cfg.CreateTries, err)})
+	}
+	if ctx.Err() != nil {
+		c.finishCreation(cr, nil, nil) // cancelled: not a failure
+		return
+	}
+	c.finishCreation(cr, nil, lastErr)
+}
+
+// createOnce is one try: create, wait until healthy, put in the store.
+func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) {
+	start := c.clk.Now()
+	c.setCreation(cr, StateCreating, Ref{})
+	ref, err := c.be.Create(ctx, c.cfg.TTL)
+	if err != nil {
+		return Ref{}, err
+	}
+	c.setCreation(cr, StateWarming, ref)
+	h := c.waitHealthy(ctx, ref.URL)
+	c.mu.Lock()
+	c.health[ref.ID] = h
+	c.healthCounts[h.OK]++
+	c.mu.Unlock()
+	if !h.OK || ctx.Err() != nil {
+		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed)
+		if ctx.Err() != nil {
+			return Ref{}, ctx.Err()
+		}
+		return Ref{}, fmt.Errorf("sandbox %s never got healthy within %s: %s", ref.ID, c.cfg.HealthTimeout, h.Error)
+	}
+	if err := c.st.Put(ctx, ref); err != nil {
+		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed)
+		return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
+	}
+	took := c.clk.Now().Sub(start)
+	c.mu.Lock()
+	c.readyTimes = append(c.readyTimes, took)
+	if len(c.readyTimes) > 20 {
+		c.readyTimes = c.readyTimes[len(c.readyTimes)-20:]
+	}
+	c.stored.Entries = append(c.stored.Entries, Entry{Ref: ref})
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventCreated, SandboxID: ref.ID, Duration: took, Health: h})
+	return ref, nil
+}
+
+func (c *Controller) setCreation(cr *creation, st State, ref Ref) {
+	c.mu.Lock()
+	cr.state, cr.ref = st, ref
+	c.mu.Unlock()
+}
+
+func (c *Controller) finishCreation(cr *creation, ref *Ref, err error) {
+	now := c.clk.Now()
+	c.mu.Lock()
+	delete(c.inflight, cr.key)
+	switch {
+	case ref != nil:
+		c.failures = 0
+		c.backoffUntil = time.Time{}
+		c.creates[true]++
+		c.lastCreate = ""
+	case err != nil:
+		c.creates[false]++
+		c.failures++
+		c.backoffUntil = now.Add(BackoffDelay(c.failures, c.rnd))
+		c.lastCreate = err.Error()
+		c.lastErr = err.Error()
+		c.recent[cr.key] = Sandbox{ID: cr.key, State: StateFailed, CreatedAt: cr.started, Err: err.Error()}
+		key := cr.key
+		c.wg.Add(1)
+		go func() { // show the failed row for a while, then drop it
+			defer c.wg.Done()
+			select {
+			case <-c.life.Done():
+			case <-c.clk.After(30 * time.Second):
+			}
+			c.mu.Lock()
+			delete(c.recent, key)
+			c.mu.Unlock()
+		}()
+	}
+	until := c.backoffUntil
+	c.mu.Unlock()
+	if ref != nil {
+		c.notifyChange()
+		c.Kick()
+	}
+	if err != nil {
+		c.emit(Event{Kind: EventBackoff, Until: until, Err: err.Error(),
+			Message: fmt.Sprintf("creation failed: %v; next try in %s", err, until.Sub(now).Round(time.Second))})
+		c.Kick()
+	}
+}
+
+// ErrCreateFailed is returned by WaitAtTarget when creations keep failing.
+var ErrCreateFailed = errors.New("creations are failing")
+
+// WaitAtTarget waits until the pool holds target good sandboxes and nothing
+// is being created; it fails as soon as a creation fails for good. progress,
+// when set, gets a snapshot at each change.
+func (c *Controller) WaitAtTarget(ctx context.Context, progress func(Snapshot)) error {
+	sub, cancel := c.Subscribe(256)
+	defer cancel()
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		snap := c.Snapshot()
+		if progress != nil {
+			progress(snap)
+		}
+		c.mu.Lock()
+		failed, lastCreate := c.failures > 0, c.lastCreate
+		c.mu.Unlock()
+		if failed {
+			return fmt.Errorf("%w: %s", ErrCreateFailed, lastCreate)
+		}
+		if snap.Counts[StateReady] >= snap.Target && c.creating.Load() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sub:
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,90 @@
+package pool
+
+import (
+	"math/rand/v2"
+	"slices"
+	"time"
+)
+
+// This file holds the pool's rules, each in one place, as pure functions of
+// their inputs so that the boundaries can be tested exactly.
+
+// IsGood says whether a pooled sandbox can still be handed out: it has at
+// least use-duration left (the boundary itself is good) and did not fail its
+// last health check.
+func IsGood(expiresAt time.Time, h Health, now time.Time, use time.Duration) bool {
+	return HasTimeLeft(expiresAt, now, use) && (!h.Checked() || h.OK)
+}
+
+// HasTimeLeft is the expiry half of IsGood: expires_at >= now + use-duration.
+func HasTimeLeft(expiresAt, now time.Time, use time.Duration) bool {
+	return !expiresAt.Before(now.Add(use))
+}
+
+// CountsTowardTarget says whether a good pooled sandbox still counts toward
+// the target: it must stay good for longer than a replacement takes to get
+// ready (lead), otherwise its replacement starts now (rotation ahead of expiry).
+func CountsTowardTarget(expiresAt time.Time, now time.Time, use, lead time.Duration) bool {
+	return HasTimeLeft(expiresAt, now.Add(lead), use)
+}
+
+// RotationAt is when a sandbox stops counting toward the target.
+func RotationAt(expiresAt time.Time, use, lead time.Duration) time.Time {
+	return expiresAt.Add(-use - lead)
+}
+
+// StateOf derives the state of a stored entry.
+func StateOf(e Entry, h Health, now time.Time, use time.Duration) State {
+	switch {
+	case e.Claimed():
+		return StateClaimed
+	case !HasTimeLeft(e.ExpiresAt, now, use):
+		return StateExpiring
+	case h.Checked() && !h.OK:
+		return StateUnhealthy
+	}
+	return StateReady
+}
+
+// BackoffDelay is the pool-wide pause after `failures` creations in a row
+// failed: exponential from 2s, capped at 2m, with ±20% jitter so that many
+// pools do not retry in step.
+func BackoffDelay(failures int, rnd func() float64) time.Duration {
+	if failures <= 0 {
+		return 0
+	}
+	const base, maxDelay = 2 * time.Second, 2 * time.Minute
+	d := base
+	for i := 1; i < failures && d < maxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, maxDelay)
+	if rnd == nil {
+		rnd = rand.Float64
+	}
+	jitter := 0.8 + 0.4*rnd()
+	return time.Duration(float64(d) * jitter)
+}
+
+// RetryDelay is the pause between the tries of one creation.
+func RetryDelay(try int) time.Duration {
+	return time.Duration(try) * 500 * time.Millisecond
+}
+
+// P95 of recent create-to-ready durations, or fallback with none.
+func P95(durations []time.Duration, fallback time.Duration) time.Duration {
+	if len(durations) == 0 {
+		return fallback
+	}
+	s := slices.Clone(durations)
+	slices.Sort(s)
+	idx := (len(s)*95 + 99) / 100 // ceil(0.95 n)
+	return s[max(idx-1, 0)]
+}
+
+// SurplusOrder sorts candidates for termination: least time left first.
+func SurplusOrder(entries []Entry) []Entry {
+	out := slices.Clone(entries)
+	slices.SortStableFunc(out, func(a, b Entry) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
+	return out
+}
