@@ -1,0 +1,319 @@
+// Package filestore is the local pool store (SPEC Backends: local): one JSON
+// file per pool, every method one transaction under a cross-process file lock,
+// every change written atomically (temp file, fsync, rename, fsync directory).
+package filestore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/gofrs/flock"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// Store is the local store of one pool. It is safe for concurrent use, and
+// any number of Stores, in this process or others, may share one file.
+type Store struct {
+	dir, pool, path, tmp string
+
+	dirf *os.File     // kept open to fsync renames without reopening it
+	lk   *flock.Flock // <pool>.lock, taken by every transaction
+
+	// sem serialises this Store's transactions: a *flock.Flock is one open
+	// file description, so it cannot exclude its own concurrent users.
+	sem    chan struct{}
+	closed atomic.Bool
+
+	// Reused by the holder of sem to keep the hot path light.
+	rbuf, wbuf bytes.Buffer
+
+	noSync bool // benchmarks only: measure everything but the disk flush
+}
+
+var (
+	_ pool.Store  = (*Store)(nil)
+	_ pool.Leaser = (*Store)(nil)
+)
+
+// Open returns the store of pool under dir, creating dir (0700) if missing.
+// Nothing is read yet: a missing file is an empty pool with no target.
+func Open(dir, poolName string) (*Store, error) {
+	if err := pool.ValidatePoolName(poolName); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("store directory: %w", err)
+	}
+	dirf, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("store directory: %w", err)
+	}
+	base := filepath.Join(dir, poolName)
+	return &Store{
+		dir:  dir,
+		pool: poolName,
+		path: base + ".json",
+		tmp:  base + ".json.tmp",
+		dirf: dirf,
+		lk:   flock.New(base+".lock", flock.SetPermissions(0o600)),
+		sem:  make(chan struct{}, 1),
+	}, nil
+}
+
+// Path is the pool's JSON file.
+func (s *Store) Path() string { return s.path }
+
+// Close releases the store. Leases taken from it are released separately.
+func (s *Store) Close() error {
+	s.sem <- struct{}{} // let a running transaction finish first
+	defer func() { <-s.sem }()
+	if s.closed.Swap(true) {
+		return nil
+	}
+	return errors.Join(s.lk.Close(), s.dirf.Close())
+}
+
+var errClosed = errors.New("filestore: store is closed")
+
+// begin starts a transaction: this Store's turn, then the file lock.
+// Shared is for reads; writers take it exclusively.
+func (s *Store) begin(ctx context.Context, shared bool) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if s.closed.Load() {
+		<-s.sem
+		return errClosed
+	}
+	// flock(2) cannot wait with a deadline, so poll with a short backoff: most
+	// transactions last well under a millisecond.
+	delay := 20 * time.Microsecond
+	var timer *time.Timer
+	for {
+		var ok bool
+		var err error
+		if shared {
+			ok, err = s.lk.TryRLock()
+		} else {
+			ok, err = s.lk.TryLock()
+		}
+		if ok || err != nil {
+			if timer != nil {
+				timer.Stop()
+			}
+			if err != nil {
+				<-s.sem
+				return fmt.Errorf("lock %s: %w", s.lk.Path(), err)
+			}
+			return nil
+		}
+		if timer == nil {
+			timer = time.NewTimer(delay)
+		} else {
+			timer.Reset(delay)
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			<-s.sem
+			return fmt.Errorf("waiting for lock %s: %w", s.lk.Path(), ctx.Err())
+		}
+		delay = min(delay*2, 5*time.Millisecond)
+	}
+}
+
+func (s *Store) end() {
+	_ = s.lk.Unlock() // closing the descriptor drops the lock even if unlock failed
+	<-s.sem
+}
+
+// read loads the file; it must run inside a transaction.
+func (s *Store) read() (pool.Stored, error) {
+	s.rbuf.Reset()
+	f, err := os.Open(s.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return pool.Stored{}, nil
+	}
+	if err != nil {
+		return pool.Stored{}, fmt.Errorf("read store: %w", err)
+	}
+	_, err = s.rbuf.ReadFrom(f)
+	f.Close()
+	if err != nil {
+		return pool.Stored{}, fmt.Errorf("read store %s: %w", s.path, err)
+	}
+	st, err := decode(s.rbuf.Bytes())
+	if err != nil {
+		what := strings.ReplaceAll(err.Error(), "\n", " ")
+		return pool.Stored{}, fmt.Errorf("%s: %w: %s (left untouched: fix or move it away)", s.path, ErrCorrupt, what)
+	}
+	return st, nil
+}
+
+// write replaces the file atomically; it must run inside an exclusive
+// transaction, which is also why one fixed temp name is safe (and a crash
+// leaves nothing behind that the next write does not reuse).
+func (s *Store) write(st pool.Stored) error {
+	if err := encode(&s.wbuf, st); err != nil {
+		return fmt.Errorf("encode store %s: %w", s.path, err)
+	}
+	f, err := os.OpenFile(s.tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("write store: %w", err)
+	}
+	_, err = f.Write(s.wbuf.Bytes())
+	if err == nil && !s.noSync {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(s.tmp, s.path)
+	}
+	if err != nil {
+		os.Remove(s.tmp)
+		return fmt.Errorf("write store %s: %w", s.path, err)
+	}
+	if !s.noSync {
+		// The rename is durable only once the directory is.
+		if err := s.dirf.Sync(); err != nil {
+			return fmt.Errorf("sync store directory %s: %w", s.dir, err)
+		}
+	}
+	return nil
+}
+
+// update runs fn on the current pool in an exclusive transaction and writes
+// the result when fn reports a change.
+func (s *Store) update(ctx context.Context, fn func(st *pool.Stored) (changed bool, err error)) error {
+	if err := s.begin(ctx, false); err != nil {
+		return err
+	}
+	defer s.end()
+	st, err := s.read()
+	if err != nil {
+		return err
+	}
+	changed, err := fn(&st)
+	if err != nil || !changed {
+		return err
+	}
+	return s.write(st)
+}
+
+// Load reads the whole pool under a shared lock, so it never sees a half state.
+func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
+	if err := s.begin(ctx, true); err != nil {
+		return pool.Stored{}, err
+	}
+	defer s.end()
+	return s.read()
+}
+
+// Put appends ref to the pool; a recorded id changes nothing.
+func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
+	if ref.ID == "" {
+		return errors.New("filestore: put: empty sandbox id")
+	}
+	return s.update(ctx, func(st *pool.Stored) (bool, error) {
+		for i := range st.Entries {
+			if st.Entries[i].ID == ref.ID {
+				return false, nil
+			}
+		}
+		st.Entries = append(st.Entries, pool.Entry{Ref: ref})
+		return true, nil
+	})
+}
+
+// Take drops the pooled head entries that expire before minExpiresAt and
+// claims the first pooled one at or after it. Claimed entries are skipped,
+// never dropped or taken.
+func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time) (taken pool.Entry, dropped []pool.Entry, ok bool, err error) {
+	if claimedBy == "" {
+		// An empty ClaimedBy would leave the entry pooled: it could be handed out again.
+		return pool.Entry{}, nil, false, errors.New("filestore: take: empty claimer")
+	}
+	err = s.update(ctx, func(st *pool.Stored) (bool, error) {
+		kept := st.Entries[:0]
+		for i, e := range st.Entries {
+			switch {
+			case e.Claimed():
+			case e.ExpiresAt.Before(minExpiresAt):
+				dropped = append(dropped, e)
+				continue
+			default:
+				e.ClaimedBy, e.ClaimedAt = claimedBy, now
+				taken, ok = e, true
+				kept = append(kept, e)
+				st.Entries = append(kept, st.Entries[i+1:]...)
+				return true, nil
+			}
+			kept = append(kept, e)
+		}
+		st.Entries = kept
+		return len(dropped) > 0, nil
+	})
+	if err != nil {
+		return pool.Entry{}, nil, false, err
+	}
+	return taken, dropped, ok, nil
+}
+
+// Remove deletes entries by id, pooled or claimed, and returns those it found
+// in pool order.
+func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error) {
+	var removed []pool.Entry
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	err := s.update(ctx, func(st *pool.Stored) (bool, error) {
+		kept := st.Entries[:0]
+	next:
+		for _, e := range st.Entries {
+			for _, id := range ids {
+				if e.ID == id {
+					removed = append(removed, e)
+					continue next
+				}
+			}
+			kept = append(kept, e)
+		}
+		st.Entries = kept
+		return len(removed) > 0, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return removed, nil
+}
+
+// SetTarget stores the target n (0 or more).
+func (s *Store) SetTarget(ctx context.Context, n int) error {
+	if n < 0 {
+		return fmt.Errorf("filestore: target %d: must be 0 or more", n)
+	}
+	return s.update(ctx, func(st *pool.Stored) (bool, error) {
+		if st.HasTarget && st.Target == n {
+			return false, nil
+		}
+		st.Target, st.HasTarget = n, true
+		return true, nil
+	})
+}

@@ -1,0 +1,112 @@
+package filestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gofrs/flock"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// The controller lease is an exclusive flock on <pool>.lease, held for as long
+// as the controller lives: the kernel drops it when the process dies, even by
+// kill -9, so a lease can never go stale. <pool>.lease.holder says who holds it.
+
+func (s *Store) leasePath() string  { return strings.TrimSuffix(s.path, ".json") + ".lease" }
+func (s *Store) holderPath() string { return s.leasePath() + ".holder" }
+
+// heldGrace is how long AcquireLease keeps trying before it believes the
+// lease is held: a LeaseHolder probe elsewhere holds the lock for microseconds
+// and must not make a controller refuse to start.
+const heldGrace = 30 * time.Millisecond
+
+// AcquireLease takes the pool's controller lease for holder, or returns a
+// *pool.LeaseHeldError naming the current holder. Every call opens its own
+// lock, so two Stores of one process exclude each other too.
+func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, error) {
+	fl := flock.New(s.leasePath(), flock.SetPermissions(0o600))
+	deadline := time.Now().Add(heldGrace)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		ok, err := fl.TryLock()
+		if err != nil {
+			return nil, fmt.Errorf("lease %s: %w", fl.Path(), err)
+		}
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, &pool.LeaseHeldError{Holder: s.readHolder()}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// Written atomically so a reader sees the old holder or the new one, never half.
+	tmp := s.holderPath() + ".tmp"
+	err := os.WriteFile(tmp, []byte(holder+"\n"), 0o600)
+	if err == nil {
+		err = os.Rename(tmp, s.holderPath())
+	}
+	if err != nil {
+		fl.Unlock()
+		return nil, fmt.Errorf("lease holder %s: %w", s.holderPath(), err)
+	}
+	return &lease{fl: fl, holderPath: s.holderPath()}, nil
+}
+
+// LeaseHolder says who holds the lease now, "" when nobody does.
+func (s *Store) LeaseHolder(ctx context.Context) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	// A shared probe: probes never block each other, and it is released at once.
+	fl := flock.New(s.leasePath(), flock.SetPermissions(0o600))
+	free, err := fl.TryRLock()
+	if err != nil {
+		return "", fmt.Errorf("lease %s: %w", fl.Path(), err)
+	}
+	if free {
+		return "", fl.Unlock()
+	}
+	return s.readHolder(), nil
+}
+
+// readHolder reads who holds the locked lease; the holder may not have
+// written its name yet.
+func (s *Store) readHolder() string {
+	b, err := os.ReadFile(s.holderPath())
+	if h := strings.TrimSpace(string(b)); err == nil && h != "" {
+		return h
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "unknown holder (" + err.Error() + ")"
+	}
+	return "unknown holder (lock " + s.leasePath() + " is held)"
+}
+
+type lease struct {
+	fl         *flock.Flock
+	holderPath string
+	once       sync.Once
+	err        error
+}
+
+// Release gives the lease up; later calls do nothing.
+func (l *lease) Release() error {
+	l.once.Do(func() {
+		// Remove the name while still holding the lock: afterwards it may be the next holder's.
+		if err := os.Remove(l.holderPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			l.err = err
+		}
+		l.err = errors.Join(l.err, l.fl.Unlock())
+	})
+	return l.err
+}
