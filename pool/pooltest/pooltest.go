@@ -1,0 +1,277 @@
+// Package pooltest holds in-memory fakes of pool.Backend and pool.Store for
+// tests of the engine and of the packages above it. Test-only: nothing
+// outside _test.go files imports it.
+package pooltest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// Backend is an in-memory backend. Sandboxes are "healthy" unless marked;
+// use Checker as the controller's health checker.
+type Backend struct {
+	Clock clockwork.Clock
+	// CreateDelay is how long Create takes (on Clock).
+	CreateDelay time.Duration
+
+	mu        sync.Mutex
+	seq       int
+	live      map[string]pool.Ref
+	unhealthy map[string]bool
+	slow      map[string]bool // probes hang until ctx ends
+	failNext  int
+	failAll   error
+	Creates   int // Create calls, including failed ones
+	Terms     []string
+	CreatedAt []time.Time // Create call times, for backoff tests
+}
+
+// NewBackend returns an empty backend on clk.
+func NewBackend(clk clockwork.Clock) *Backend {
+	return &Backend{Clock: clk, live: map[string]pool.Ref{}, unhealthy: map[string]bool{}, slow: map[string]bool{}}
+}
+
+func (b *Backend) Name() string { return "fake" }
+
+// ErrInjected is the error of failed creations.
+var ErrInjected = errors.New("injected create failure")
+
+// FailNext makes the next n creations fail.
+func (b *Backend) FailNext(n int) { b.mu.Lock(); b.failNext = n; b.mu.Unlock() }
+
+// FailAll makes every creation fail with err until called with nil.
+func (b *Backend) FailAll(err error) { b.mu.Lock(); b.failAll = err; b.mu.Unlock() }
+
+func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, error) {
+	b.mu.Lock()
+	b.Creates++
+	b.CreatedAt = append(b.CreatedAt, b.Clock.Now())
+	if b.failAll != nil {
+		err := b.failAll
+		b.mu.Unlock()
+		return pool.Ref{}, err
+	}
+	if b.failNext > 0 {
+		b.failNext--
+		b.mu.Unlock()
+		return pool.Ref{}, ErrInjected
+	}
+	b.seq++
+	id := fmt.Sprintf("sb-%04d", b.seq)
+	b.mu.Unlock()
+	if b.CreateDelay > 0 {
+		select {
+		case <-ctx.Done():
+			return pool.Ref{}, ctx.Err()
+		case <-b.Clock.After(b.CreateDelay):
+		}
+	}
+	now := b.Clock.Now()
+	ref := pool.Ref{ID: id, URL: "fake://" + id, CreatedAt: now, ExpiresAt: now.Add(ttl)}
+	b.mu.Lock()
+	b.live[id] = ref
+	b.mu.Unlock()
+	return ref, nil
+}
+
+func (b *Backend) Terminate(_ context.Context, id string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.live, id)
+	b.Terms = append(b.Terms, id)
+	return nil
+}
+
+func (b *Backend) List(context.Context) ([]pool.Ref, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.Clock.Now()
+	out := make([]pool.Ref, 0, len(b.live))
+	for id, r := range b.live {
+		if !r.ExpiresAt.After(now) { // the backend kills at expiry
+			delete(b.live, id)
+			continue
+		}
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b pool.Ref) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	return out, nil
+}
+
+// Kill makes a sandbox vanish as if its process died.
+func (b *Backend) Kill(id string) { b.mu.Lock(); delete(b.live, id); b.mu.Unlock() }
+
+// SetUnhealthy makes a sandbox fail (or pass again) its health checks.
+func (b *Backend) SetUnhealthy(id string, bad bool) { b.mu.Lock(); b.unhealthy[id] = bad; b.mu.Unlock() }
+
+// SetHung makes a sandbox's health checks hang until their timeout.
+func (b *Backend) SetHung(id string) { b.mu.Lock(); b.slow[id] = true; b.mu.Unlock() }
+
+// Live returns the ids of the running sandboxes.
+func (b *Backend) Live() []string {
+	refs, _ := b.List(context.Background())
+	ids := make([]string, len(refs))
+	for i, r := range refs {
+		ids[i] = r.ID
+	}
+	return ids
+}
+
+// Checker answers health checks from the backend's state: a dead, expired
+// or unhealthy sandbox fails; a hung one waits for ctx.
+func (b *Backend) Checker(ctx context.Context, url string) pool.Health {
+	id := url[len("fake://"):]
+	b.mu.Lock()
+	r, alive := b.live[id]
+	bad, hung := b.unhealthy[id], b.slow[id]
+	b.mu.Unlock()
+	now := b.Clock.Now()
+	if hung {
+		<-ctx.Done()
+		return pool.Health{CheckedAt: now, Error: "timeout"}
+	}
+	if !alive || !r.ExpiresAt.After(now) {
+		return pool.Health{CheckedAt: now, Error: "refused"}
+	}
+	if bad {
+		return pool.Health{CheckedAt: now, Status: 500, Error: "500"}
+	}
+	return pool.Health{OK: true, Status: 200, CheckedAt: now, Latency: time.Millisecond}
+}
+
+// Store is an in-memory store with the file store's semantics.
+type Store struct {
+	mu     sync.Mutex
+	s      pool.Stored
+	Err    error // when set, every call fails with it
+	lease  string
+	Takes  int
+	closed bool
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store { return &Store{} }
+
+func (s *Store) fail() error {
+	if s.Err != nil {
+		return s.Err
+	}
+	return nil
+}
+
+// SetErr makes every call fail with err (nil to heal).
+func (s *Store) SetErr(err error) { s.mu.Lock(); s.Err = err; s.mu.Unlock() }
+
+func (s *Store) Load(context.Context) (pool.Stored, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail(); err != nil {
+		return pool.Stored{}, err
+	}
+	out := s.s
+	out.Entries = slices.Clone(s.s.Entries)
+	return out, nil
+}
+
+func (s *Store) Put(_ context.Context, r pool.Ref) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail(); err != nil {
+		return err
+	}
+	if slices.ContainsFunc(s.s.Entries, func(e pool.Entry) bool { return e.ID == r.ID }) {
+		return nil
+	}
+	s.s.Entries = append(s.s.Entries, pool.Entry{Ref: r})
+	return nil
+}
+
+func (s *Store) Take(_ context.Context, minExpiresAt time.Time, by string, now time.Time) (pool.Entry, []pool.Entry, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail(); err != nil {
+		return pool.Entry{}, nil, false, err
+	}
+	s.Takes++
+	var dropped []pool.Entry
+	kept := s.s.Entries[:0:0]
+	var got pool.Entry
+	found := false
+	for _, e := range s.s.Entries {
+		switch {
+		case e.Claimed() || found:
+			kept = append(kept, e)
+		case e.ExpiresAt.Before(minExpiresAt):
+			dropped = append(dropped, e)
+		default:
+			e.ClaimedBy, e.ClaimedAt = by, now
+			got, found = e, true
+			kept = append(kept, e)
+		}
+	}
+	s.s.Entries = kept
+	return got, dropped, found, nil
+}
+
+func (s *Store) Remove(_ context.Context, ids ...string) ([]pool.Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail(); err != nil {
+		return nil, err
+	}
+	var removed []pool.Entry
+	s.s.Entries = slices.DeleteFunc(s.s.Entries, func(e pool.Entry) bool {
+		if slices.Contains(ids, e.ID) {
+			removed = append(removed, e)
+			return true
+		}
+		return false
+	})
+	return removed, nil
+}
+
+func (s *Store) SetTarget(_ context.Context, n int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail(); err != nil {
+		return err
+	}
+	s.s.Target, s.s.HasTarget = n, true
+	return nil
+}
+
+func (s *Store) Close() error { s.mu.Lock(); s.closed = true; s.mu.Unlock(); return nil }
+
+// AcquireLease implements pool.Leaser in memory.
+func (s *Store) AcquireLease(_ context.Context, holder string) (pool.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lease != "" {
+		return nil, &pool.LeaseHeldError{Holder: s.lease}
+	}
+	s.lease = holder
+	return leaseFunc(func() error { s.mu.Lock(); s.lease = ""; s.mu.Unlock(); return nil }), nil
+}
+
+// LeaseHolder implements pool.Leaser.
+func (s *Store) LeaseHolder(context.Context) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lease, nil
+}
+
+// HoldLease takes the lease for another (pretend) controller.
+func (s *Store) HoldLease(holder string) { s.mu.Lock(); s.lease = holder; s.mu.Unlock() }
+
+type leaseFunc func() error
+
+func (f leaseFunc) Release() error { return f() }
