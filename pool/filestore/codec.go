@@ -79,10 +79,11 @@ func jsonProblem(err error, dec *json.Decoder) error {
 	case errors.As(err, &syn):
 		return fmt.Errorf("invalid JSON at byte %d: %s", syn.Offset, syn.Error())
 	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			field = "top level"
+		if typ.Field == "" {
+			return fmt.Errorf("the file holds a JSON %s, not an object", typ.Value)
 		}
+		// Field names the embedded pool.Ref, which is no JSON name.
+		field := strings.ReplaceAll(typ.Field, ".Ref.", ".")
 		return fmt.Errorf("%s at byte %d: JSON %s where %s belongs", field, typ.Offset, typ.Value, typ.Type)
 	}
 	msg := strings.TrimPrefix(err.Error(), "json: ")

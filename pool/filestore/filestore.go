@@ -27,6 +27,7 @@ type Store struct {
 
 	dirf *os.File     // kept open to fsync renames without reopening it
 	lk   *flock.Flock // <pool>.lock, taken by every transaction
+	held *flock.Flock // the descriptor holding it now: lk, or one waitLock opened
 
 	// sem serialises this Store's transactions: a *flock.Flock is one open
 	// file description, so it cannot exclude its own concurrent users.
@@ -99,47 +100,66 @@ func (s *Store) begin(ctx context.Context, shared bool) error {
 		<-s.sem
 		return errClosed
 	}
-	// flock(2) cannot wait with a deadline, so poll with a short backoff: most
-	// transactions last well under a millisecond.
-	delay := 20 * time.Microsecond
-	var timer *time.Timer
-	for {
-		var ok bool
-		var err error
-		if shared {
-			ok, err = s.lk.TryRLock()
-		} else {
-			ok, err = s.lk.TryLock()
-		}
-		if ok || err != nil {
-			if timer != nil {
-				timer.Stop()
-			}
-			if err != nil {
-				<-s.sem
-				return fmt.Errorf("lock %s: %w", s.lk.Path(), err)
-			}
-			return nil
-		}
-		if timer == nil {
-			timer = time.NewTimer(delay)
-		} else {
-			timer.Reset(delay)
-		}
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
-			<-s.sem
-			return fmt.Errorf("waiting for lock %s: %w", s.lk.Path(), ctx.Err())
-		}
-		delay = min(delay*2, 5*time.Millisecond)
+	ok, err := tryLock(s.lk, shared)
+	if ok {
+		s.held = s.lk
+		return nil
 	}
+	if err == nil {
+		s.held, err = waitLock(ctx, s.lk.Path(), shared)
+	}
+	if err != nil {
+		<-s.sem
+		return fmt.Errorf("lock %s: %w", s.lk.Path(), err)
+	}
+	return nil
 }
 
 func (s *Store) end() {
-	_ = s.lk.Unlock() // closing the descriptor drops the lock even if unlock failed
+	_ = s.held.Unlock() // it closes the descriptor, which drops the lock even if unlocking failed
+	s.held = nil
 	<-s.sem
+}
+
+func tryLock(fl *flock.Flock, shared bool) (bool, error) {
+	if shared {
+		return fl.TryRLock()
+	}
+	return fl.TryLock()
+}
+
+// waitLock blocks in the kernel rather than polling: the kernel wakes waiters
+// at each release, so under contention every process gets its turn (pollers
+// starve against a process that takes the lock back to back). flock(2) cannot
+// be interrupted, so the wait runs on a fresh descriptor in a goroutine that,
+// if ctx ends first, releases the lock as soon as it gets it.
+func waitLock(ctx context.Context, path string, shared bool) (*flock.Flock, error) {
+	fl := flock.New(path, flock.SetPermissions(0o600))
+	got := make(chan error)
+	abandoned := make(chan struct{})
+	go func() {
+		var err error
+		if shared {
+			err = fl.RLock()
+		} else {
+			err = fl.Lock()
+		}
+		select {
+		case got <- err:
+		case <-abandoned:
+			fl.Unlock()
+		}
+	}()
+	select {
+	case err := <-got:
+		if err != nil {
+			return nil, err
+		}
+		return fl, nil
+	case <-ctx.Done():
+		close(abandoned)
+		return nil, ctx.Err()
+	}
 }
 
 // read loads the file; it must run inside a transaction.

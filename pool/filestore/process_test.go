@@ -1,0 +1,250 @@
+package filestore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// Helper processes: the test binary re-executed with helperEnv set.
+const (
+	helperEnv = "FILESTORE_TEST_HELPER" // take | lease | try-lease
+	dirEnv    = "FILESTORE_TEST_DIR"
+	startEnv  = "FILESTORE_TEST_START" // unix nanos: takers start together
+)
+
+func TestHelperProcess(t *testing.T) {
+	mode := os.Getenv(helperEnv)
+	if mode == "" {
+		t.Skip("only run as a helper process")
+	}
+	ctx := context.Background()
+	s, err := Open(os.Getenv(dirEnv), "p")
+	if err != nil {
+		fmt.Println("error:", err)
+		os.Exit(1)
+	}
+	defer s.Close()
+	me := "pid " + strconv.Itoa(os.Getpid())
+	switch mode {
+	case "take":
+		start, _ := strconv.ParseInt(os.Getenv(startEnv), 10, 64)
+		time.Sleep(time.Until(time.Unix(0, start)))
+		for {
+			e, _, ok, err := s.Take(ctx, t0, me, time.Now())
+			if err != nil {
+				fmt.Println("error:", err)
+				os.Exit(1)
+			}
+			if !ok {
+				return
+			}
+			fmt.Println(e.ID)
+		}
+	case "lease":
+		if _, err := s.AcquireLease(ctx, "helper "+me); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("acquired")
+		time.Sleep(time.Minute) // until killed
+		os.Exit(3)
+	case "try-lease":
+		_, err := s.AcquireLease(ctx, "try "+me)
+		var held *pool.LeaseHeldError
+		if errors.As(err, &held) {
+			fmt.Println("held:", held.Holder)
+			return
+		}
+		fmt.Println("unexpected:", err)
+	}
+}
+
+func helper(t *testing.T, dir, mode string, extraEnv ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
+	cmd.Env = append(os.Environ(), append(extraEnv, helperEnv+"="+mode, dirEnv+"="+dir)...)
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+func TestCrossProcessTake(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir)
+	const n, procs = 200, 4
+	var entries []pool.Entry
+	for i := range n {
+		entries = append(entries, pool.Entry{Ref: ref(fmt.Sprintf("sb-%03d", i), 100)})
+	}
+	seed(t, s, pool.Stored{Target: n, HasTarget: true, Entries: entries})
+
+	start := strconv.FormatInt(time.Now().Add(300*time.Millisecond).UnixNano(), 10)
+	outs := make([]string, procs)
+	pids := make([]int, procs)
+	var wg sync.WaitGroup
+	for p := range procs {
+		cmd := helper(t, dir, "take", startEnv+"="+start)
+		var out strings.Builder
+		cmd.Stdout = &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pids[p] = cmd.Process.Pid
+		wg.Go(func() {
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("helper %d: %v\n%s", p, err, out.String())
+			}
+			outs[p] = out.String()
+		})
+	}
+	wg.Wait()
+
+	takenBy := map[string]int{} // id -> pid
+	busy := 0                   // processes that got any: the claims really interleaved
+	for p, out := range outs {
+		ids := strings.Fields(out)
+		t.Logf("process %d took %d", p, len(ids)-1)
+		if len(ids) > 1 {
+			busy++
+		}
+		for _, id := range ids {
+			if id == "PASS" { // the test framework's own line
+				continue
+			}
+			if prev, dup := takenBy[id]; dup {
+				t.Fatalf("%s taken by pid %d and pid %d", id, prev, pids[p])
+			}
+			takenBy[id] = pids[p]
+		}
+	}
+	if len(takenBy) != n {
+		t.Fatalf("%d entries taken, want %d", len(takenBy), n)
+	}
+	if busy < 2 {
+		t.Fatalf("only %d process took entries: no contention was tested", busy)
+	}
+	st := load(t, s)
+	if len(st.Entries) != n || st.Target != n {
+		t.Fatalf("file has %d entries, target %d", len(st.Entries), st.Target)
+	}
+	for _, e := range st.Entries {
+		if want := "pid " + strconv.Itoa(takenBy[e.ID]); e.ClaimedBy != want {
+			t.Fatalf("%s claimed by %q in the file, printed by %q", e.ID, e.ClaimedBy, want)
+		}
+	}
+}
+
+func TestCrossProcessLease(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := open(t, dir)
+
+	holder := helper(t, dir, "lease")
+	stdout, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Process.Kill() // in case of an early failure; a no-op after Wait
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || line != "acquired\n" {
+		t.Fatalf("holder said %q: %v", line, err)
+	}
+	want := "helper pid " + strconv.Itoa(holder.Process.Pid)
+
+	// Another process is refused with the holder's name.
+	out, err := helper(t, dir, "try-lease").Output()
+	if err != nil || !strings.HasPrefix(string(out), "held: "+want+"\n") {
+		t.Fatalf("second process: %q %v", out, err)
+	}
+	// And so is this one.
+	_, err = s.AcquireLease(ctx, "me")
+	var held *pool.LeaseHeldError
+	if !errors.As(err, &held) || held.Holder != want || !strings.Contains(err.Error(), want) {
+		t.Fatalf("acquire while held: %v", err)
+	}
+	if h, err := s.LeaseHolder(ctx); h != want || err != nil {
+		t.Fatalf("LeaseHolder = %q %v", h, err)
+	}
+
+	// kill -9: the kernel frees the lock; no stale lease remains.
+	if err := holder.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	holder.Wait()
+	if h, err := s.LeaseHolder(ctx); h != "" || err != nil {
+		t.Fatalf("after kill: LeaseHolder = %q %v", h, err)
+	}
+	l, err := s.AcquireLease(ctx, "me")
+	if err != nil {
+		t.Fatalf("acquire after kill: %v", err)
+	}
+	if h, _ := s.LeaseHolder(ctx); h != "me" {
+		t.Fatalf("holder %q", h)
+	}
+	if err := l.Release(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func BenchmarkTake(b *testing.B) {
+	for _, sync := range []bool{true, false} {
+		name := "fsync"
+		if !sync {
+			name = "nosync"
+		}
+		b.Run(name, func(b *testing.B) {
+			s := open(b, b.TempDir())
+			s.noSync = !sync
+			ctx := context.Background()
+			for i := range 50 {
+				if err := s.Put(ctx, ref(fmt.Sprintf("sandbox-%02d-0123456789abcdef", i), 1000)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				e, _, ok, err := s.Take(ctx, t0, "bench", t0)
+				if err != nil || !ok {
+					b.Fatal(ok, err)
+				}
+				b.StopTimer() // put it back at the tail: the pool stays at 50
+				if _, err := s.Remove(ctx, e.ID); err != nil {
+					b.Fatal(err)
+				}
+				if err := s.Put(ctx, e.Ref); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+func BenchmarkLoad(b *testing.B) {
+	s := open(b, b.TempDir())
+	ctx := context.Background()
+	for i := range 50 {
+		if err := s.Put(ctx, ref(fmt.Sprintf("sandbox-%02d-0123456789abcdef", i), 1000)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if st, err := s.Load(ctx); err != nil || len(st.Entries) != 50 {
+			b.Fatal(err)
+		}
+	}
+}
