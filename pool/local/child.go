@@ -95,7 +95,10 @@ func MaybeRunChild() {
 func launch(sp spec) error {
 	cmd := childCmd(sp, roleSupervise)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr // the sandbox log
-	cmd.ExtraFiles = []*os.File{os.NewFile(fdHandshake, "handshake"), os.NewFile(fdSocket, "socket")}
+	cmd.ExtraFiles = []*os.File{os.NewFile(fdHandshake, "handshake")}
+	if sp.Cmd == "" {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(fdSocket, "socket"))
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return err
@@ -111,12 +114,10 @@ func supervise(sp spec) error {
 	// Pdeathsig fires when the thread that forked the workload exits, so fork
 	// from a thread that lives as long as the process.
 	runtime.LockOSThread()
-	hs := os.NewFile(fdHandshake, "handshake")
-	sock := os.NewFile(fdSocket, "socket")
 	// Inherited descriptors are not close-on-exec; the workload must not hold
 	// the handshake pipe.
+	hs := os.NewFile(fdHandshake, "handshake")
 	syscall.CloseOnExec(fdHandshake)
-	syscall.CloseOnExec(fdSocket)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 
@@ -143,12 +144,13 @@ func supervise(sp spec) error {
 	}
 
 	var cmd *exec.Cmd
+	var sock *os.File
 	if sp.Cmd == "" {
+		syscall.CloseOnExec(fdSocket)
+		sock = os.NewFile(fdSocket, "socket")
 		cmd = childCmd(sp, roleServe)
 		cmd.ExtraFiles = []*os.File{sock}
 	} else {
-		// The command binds the port itself; free it at the last moment.
-		sock.Close()
 		port := strconv.Itoa(sp.Port)
 		cmd = exec.Command("/bin/sh", "-c", strings.ReplaceAll(sp.Cmd, "{port}", port))
 		cmd.Env = append(cleanEnv(), envID+"="+sp.ID, "PORT="+port)
@@ -158,15 +160,18 @@ func supervise(sp spec) error {
 	// If the supervisor itself is killed with -9, the workload dies with it
 	// instead of outliving its expiry unsupervised.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	err := cmd.Start()
+	if sock != nil {
+		sock.Close() // the server has its own copy
+	}
+	if err != nil {
 		return fail(err)
 	}
-	sock.Close()
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 
 	// A failed write means Create gave up on us (it closed its end): leave.
-	_, err := hs.WriteString("ok\n")
+	_, err = hs.WriteString("ok\n")
 	hs.Close()
 	why := "controller gave up"
 	if err == nil {

@@ -125,13 +125,21 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 		return pool.Ref{}, err
 	}
 	// The port is reserved by a bound, not yet listening socket handed down to
-	// the workload: no other creation can pick it, and until the built-in server
+	// the built-in server: no other creation can pick it, and until the server
 	// listens (after Warmup) connections are refused, as for a booting sandbox.
+	// A --cmd binds the port itself, so for it the socket only picks the port
+	// and is closed before the command starts (any copy still open would make
+	// its bind fail).
 	sock, port, err := bindLoopback()
 	if err != nil {
 		return pool.Ref{}, fmt.Errorf("local backend: reserve a port: %w", err)
 	}
 	defer sock.Close()
+	extra := []*os.File{nil, sock}
+	if b.opts.Cmd != "" {
+		sock.Close()
+		extra = extra[:1]
+	}
 	now := time.Now()
 	sp := spec{
 		ID: id, Pool: b.opts.Pool, Dir: b.dir, Exe: b.opts.Exe, Port: port,
@@ -157,10 +165,12 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	// need no goroutine to reap it.
 	launcher := childCmd(sp, roleLaunch)
 	launcher.Stdout, launcher.Stderr = logf, logf
-	launcher.ExtraFiles = []*os.File{hw, sock}
+	extra[0] = hw
+	launcher.ExtraFiles = extra
 	err = launcher.Run()
 	hw.Close()
 	logf.Close()
+	sock.Close()
 	if err != nil {
 		b.removeFiles(id)
 		return pool.Ref{}, fmt.Errorf("local backend: start supervisor (does the binary call local.MaybeRunChild first thing?): %w", err)
