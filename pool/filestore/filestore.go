@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -34,8 +35,11 @@ type Store struct {
 	sem    chan struct{}
 	closed atomic.Bool
 
-	// Reused by the holder of sem to keep the hot path light.
+	// Owned by the holder of sem: buffers reused to keep the hot path light,
+	// and the last file content seen with its decoded form (see remember).
 	rbuf, wbuf bytes.Buffer
+	cacheRaw   []byte
+	cacheSt    pool.Stored
 
 	noSync bool // benchmarks only: measure everything but the disk flush
 }
@@ -177,26 +181,39 @@ func (s *Store) read() (pool.Stored, error) {
 	if err != nil {
 		return pool.Stored{}, fmt.Errorf("read store %s: %w", s.path, err)
 	}
-	st, err := decode(s.rbuf.Bytes())
+	raw := s.rbuf.Bytes()
+	if s.cacheRaw != nil && bytes.Equal(raw, s.cacheRaw) {
+		st := s.cacheSt
+		st.Entries = slices.Clone(st.Entries) // the caller may change its copy
+		return st, nil
+	}
+	st, err := decode(raw)
 	if err != nil {
 		what := strings.ReplaceAll(err.Error(), "\n", " ")
 		return pool.Stored{}, fmt.Errorf("%s: %w: %s (left untouched: fix or move it away)", s.path, ErrCorrupt, what)
 	}
+	s.remember(raw, pool.Stored{Target: st.Target, HasTarget: st.HasTarget, Entries: slices.Clone(st.Entries)})
 	return st, nil
 }
 
 // write replaces the file atomically; it must run inside an exclusive
-// transaction, which is also why one fixed temp name is safe (and a crash
-// leaves nothing behind that the next write does not reuse).
+// transaction, which is also why one fixed temp name is safe. Between writes
+// the temp file holds the previous version (see replace), so it is
+// overwritten in place, never created anew, and a crash leaves nothing to
+// clean up. The store takes ownership of st.
 func (s *Store) write(st pool.Stored) error {
 	if err := encode(&s.wbuf, st); err != nil {
 		return fmt.Errorf("encode store %s: %w", s.path, err)
 	}
-	f, err := os.OpenFile(s.tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	data := s.wbuf.Bytes()
+	f, err := os.OpenFile(s.tmp, os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return fmt.Errorf("write store: %w", err)
 	}
-	_, err = f.Write(s.wbuf.Bytes())
+	_, err = f.WriteAt(data, 0)
+	if err == nil {
+		err = f.Truncate(int64(len(data)))
+	}
 	if err == nil && !s.noSync {
 		err = f.Sync()
 	}
@@ -204,12 +221,12 @@ func (s *Store) write(st pool.Stored) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(s.tmp, s.path)
+		err = replace(s.tmp, s.path)
 	}
 	if err != nil {
-		os.Remove(s.tmp)
 		return fmt.Errorf("write store %s: %w", s.path, err)
 	}
+	s.remember(data, st)
 	if !s.noSync {
 		// The rename is durable only once the directory is.
 		if err := s.dirf.Sync(); err != nil {
@@ -217,6 +234,14 @@ func (s *Store) write(st pool.Stored) error {
 		}
 	}
 	return nil
+}
+
+// remember caches the decoded form of the file's bytes: the next transaction
+// that reads the very same bytes skips decoding, the costliest step left.
+// Byte equality makes this exact whoever wrote the file.
+func (s *Store) remember(raw []byte, st pool.Stored) {
+	s.cacheRaw = append(s.cacheRaw[:0], raw...)
+	s.cacheSt = st
 }
 
 // update runs fn on the current pool in an exclusive transaction and writes

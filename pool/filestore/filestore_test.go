@@ -320,8 +320,49 @@ func TestFileFormat(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v", fi.Mode())
 	}
-	if _, err := os.Stat(s.Path() + ".tmp"); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("temp file left: %v", err)
+	// Only the file, its lock, and the temp file that holds the previous version.
+	names, _ := filepath.Glob(filepath.Join(filepath.Dir(s.Path()), "*"))
+	for i := range names {
+		names[i] = filepath.Base(names[i])
+	}
+	if want := []string{"p.json", "p.json.tmp", "p.lock"}; !slices.Equal(names, want) {
+		t.Fatalf("files %v, want %v", names, want)
+	}
+}
+
+// Loads hand out copies, and every Store sees every other writer's changes.
+func TestSharedAndCopied(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := open(t, dir), open(t, dir)
+	if err := a.Put(ctx, ref("x", 1)); err != nil {
+		t.Fatal(err)
+	}
+	st := load(t, a)
+	st.Entries[0].ID = "mutated"
+	if got := desc(load(t, a).Entries); got != "x" {
+		t.Fatalf("a Load's result is shared with the store: %q", got)
+	}
+	if got := desc(load(t, b).Entries); got != "x" {
+		t.Fatalf("b sees %q", got)
+	}
+	if _, _, _, err := b.Take(ctx, t0, "b", t0); err != nil {
+		t.Fatal(err)
+	}
+	if got := desc(load(t, a).Entries); got != "x*" {
+		t.Fatalf("a does not see b's claim: %q", got)
+	}
+	// An outside writer, same length, different bytes.
+	raw, _ := os.ReadFile(a.Path())
+	os.WriteFile(a.Path(), bytes.Replace(raw, []byte(`"x"`), []byte(`"y"`), 1), 0o600)
+	if got := desc(load(t, a).Entries); got != "y*" {
+		t.Fatalf("a does not see the outside change: %q", got)
+	}
+	if _, err := a.Remove(ctx, "y"); err != nil {
+		t.Fatal(err)
+	}
+	if got := desc(load(t, b).Entries); got != "" {
+		t.Fatalf("b sees %q after the remove", got)
 	}
 }
 
