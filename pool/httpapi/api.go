@@ -1,0 +1,439 @@
+// Package httpapi is sandboxpool's HTTP claim API (SPEC "HTTP API"): a
+// seed-compatible GET /claim, a JSON API under /v1, /healthz and /metrics,
+// served by the dashboard and `run` over a *pool.Controller. It also holds
+// the JSON views that the CLI prints and a small typed client.
+package httpapi
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/metrics"
+)
+
+// MaxClaimTimeout caps the timeout a client may ask a claim to wait; the
+// server's WriteTimeout is longer than it (see NewServer).
+const MaxClaimTimeout = 5 * time.Minute
+
+// MaxBodyBytes caps every request body.
+const MaxBodyBytes = 64 << 10
+
+// Options shape the API.
+type Options struct {
+	// Token, when set, is required as `Authorization: Bearer <token>` on
+	// every endpoint but /healthz. It is compared in constant time and never logged.
+	Token string
+	// ReadOnly drops the endpoints that claim, resize, terminate or run a
+	// pass: they answer 403 saying the API is read-only.
+	ReadOnly bool
+	// Logger gets one line per request (method, path, status, duration,
+	// remote); nil discards them.
+	Logger *slog.Logger
+	// Metrics is served on /metrics; nil builds metrics.New(ctrl). Pass the
+	// one you already made: each metrics.New adds an observer to ctrl.
+	Metrics *metrics.Metrics
+	// RetryAfter is the Retry-After of a 503 when no backoff is under way
+	// (default 2s).
+	RetryAfter time.Duration
+}
+
+// API is the http.Handler of the claim API.
+type API struct {
+	ctrl       *pool.Controller
+	opts       Options
+	log        *slog.Logger
+	mux        *http.ServeMux
+	tokenHash  [32]byte
+	retryAfter time.Duration
+}
+
+// New returns the API of ctrl as an http.Handler.
+func New(ctrl *pool.Controller, opts Options) *API {
+	a := &API{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(), retryAfter: opts.RetryAfter}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	if a.retryAfter <= 0 {
+		a.retryAfter = 2 * time.Second
+	}
+	if opts.Token != "" {
+		a.tokenHash = sha256.Sum256([]byte(opts.Token))
+	}
+	m := opts.Metrics
+	if m == nil {
+		m = metrics.New(ctrl)
+	}
+
+	a.mux.HandleFunc("GET /healthz", a.healthz)
+	a.mux.Handle("GET /metrics", m.Handler())
+	a.mux.HandleFunc("GET /v1/pool", a.getPool)
+	write := map[string]http.HandlerFunc{
+		"GET /claim":                a.seedClaim,
+		"POST /v1/claims":           a.claim,
+		"PUT /v1/pool/size":         a.resize,
+		"DELETE /v1/sandboxes/{id}": a.terminate,
+		"POST /v1/maintain":         a.maintain,
+	}
+	for pattern, h := range write {
+		if opts.ReadOnly {
+			h = readOnly
+		}
+		a.mux.HandleFunc(pattern, h)
+	}
+	return a
+}
+
+// ServeHTTP authenticates, routes and logs one request.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusWriter{ResponseWriter: w}
+	a.serve(rec, r)
+	level := slog.LevelInfo
+	if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
+		level = slog.LevelDebug
+	}
+	status := rec.status
+	if status == 0 {
+		status = http.StatusOK
+	}
+	// Never the headers: the Authorization header carries the token.
+	a.log.Log(r.Context(), level, "http request", "method", r.Method, "path", r.URL.Path,
+		"status", status, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr,
+		"bytes", rec.bytes)
+}
+
+func (a *API) serve(w http.ResponseWriter, r *http.Request) {
+	if a.opts.Token != "" && r.URL.Path != "/healthz" && !a.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="sandboxpool"`)
+		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token: send Authorization: Bearer <token>")
+		return
+	}
+	if _, pattern := a.mux.Handler(r); pattern == "" {
+		// No route: the mux answers 404, or 405 with an Allow header. Keep
+		// its status and headers, answer JSON like everything else.
+		cw := &captureWriter{header: http.Header{}}
+		a.mux.ServeHTTP(cw, r)
+		switch cw.status {
+		case http.StatusNotFound:
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path))
+			return
+		case http.StatusMethodNotAllowed:
+			w.Header().Set("Allow", cw.header.Get("Allow"))
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s (allowed: %s)",
+				r.Method, r.URL.Path, cw.header.Get("Allow")))
+			return
+		}
+		// Anything else (a redirect to a cleaned path): pass it through.
+		for k, v := range cw.header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(cw.status)
+		_, _ = w.Write(cw.body)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	a.mux.ServeHTTP(w, r)
+}
+
+// authorized compares the bearer token in constant time (over hashes, so
+// that not even the length leaks).
+func (a *API) authorized(r *http.Request) bool {
+	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	got := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	return subtle.ConstantTimeCompare(got[:], a.tokenHash[:]) == 1
+}
+
+// ---- handlers ----
+
+func (a *API) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *API) getPool(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, NewPoolView(a.ctrl.Snapshot()))
+}
+
+// seedClaim is the seed's web function: GET /claim?check_health=false,
+// answering the URL as a JSON string.
+func (a *API) seedClaim(w http.ResponseWriter, r *http.Request) {
+	c, ok := a.doClaim(w, r)
+	if ok {
+		writeJSON(w, http.StatusOK, c.URL)
+	}
+}
+
+func (a *API) claim(w http.ResponseWriter, r *http.Request) {
+	c, ok := a.doClaim(w, r)
+	if ok {
+		writeJSON(w, http.StatusOK, NewClaimView(c, time.Now()))
+	}
+}
+
+// doClaim parses the claim parameters, claims for the request's lifetime
+// and writes the error response itself when there is one.
+func (a *API) doClaim(w http.ResponseWriter, r *http.Request) (pool.Claimed, bool) {
+	w.Header().Set("Cache-Control", "no-store")
+	opts, err := a.claimOptions(r)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return pool.Claimed{}, false
+	}
+	// The request's context: a client that goes away stops waiting.
+	c, err := a.ctrl.Claim(r.Context(), opts)
+	switch {
+	case err == nil && r.Context().Err() != nil:
+		// Claimed just as the client went away: nobody will get the URL, so
+		// the sandbox must not stay claimed by nobody.
+		a.giveUp(c)
+		writeError(w, statusClientClosed, "claim cancelled: the client went away")
+		return pool.Claimed{}, false
+	case err == nil:
+		return c, true
+	case errors.Is(err, pool.ErrNoSandbox):
+		w.Header().Set("Retry-After", strconv.Itoa(a.retryAfterSeconds()))
+		writeError(w, http.StatusServiceUnavailable, err.Error())
+	case errors.Is(context.Cause(r.Context()), ErrShuttingDown):
+		w.Header().Set("Retry-After", strconv.Itoa(a.retryAfterSeconds()))
+		writeError(w, http.StatusServiceUnavailable, "claim cancelled: "+ErrShuttingDown.Error())
+	case r.Context().Err() != nil:
+		// The client went away: the status is for the log only.
+		writeError(w, statusClientClosed, "claim cancelled: the client went away")
+	default:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	}
+	return pool.Claimed{}, false
+}
+
+// statusClientClosed is logged when a claim ends because its client went
+// away (nginx's 499); nobody reads the answer.
+const statusClientClosed = 499
+
+func (a *API) giveUp(c pool.Claimed) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := a.ctrl.Terminate(ctx, c.ID)
+	a.log.Warn("claimed sandbox terminated: its client went away", "id", c.ID, "err", err)
+}
+
+func (a *API) retryAfterSeconds() int {
+	d := a.retryAfter
+	if until := a.ctrl.Snapshot().BackoffUntil; !until.IsZero() {
+		d = max(d, time.Until(until))
+	}
+	return max(1, int((d+time.Second-1)/time.Second))
+}
+
+func (a *API) claimOptions(r *http.Request) (pool.ClaimOptions, error) {
+	q := r.URL.Query()
+	o := pool.ClaimOptions{CheckHealth: true, By: "api " + r.RemoteAddr}
+	for k := range q {
+		if k != "check_health" && k != "timeout" {
+			return o, fmt.Errorf("unknown parameter %q: allowed are check_health and timeout", k)
+		}
+	}
+	if v, ok := one(q, "check_health"); ok {
+		b, err := parseBool(v)
+		if err != nil {
+			return o, fmt.Errorf("check_health=%q: want true or false", v)
+		}
+		o.CheckHealth = b
+	}
+	o.Timeout = min(a.ctrl.Config().ClaimTimeout, MaxClaimTimeout)
+	if v, ok := one(q, "timeout"); ok {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > MaxClaimTimeout {
+			return o, fmt.Errorf("timeout=%q: want a duration between 1ms and %s, such as 30s", v, MaxClaimTimeout)
+		}
+		o.Timeout = d
+	}
+	return o, nil
+}
+
+// one returns the last value of a query parameter.
+func one(q map[string][]string, k string) (string, bool) {
+	vs, ok := q[k]
+	if !ok || len(vs) == 0 {
+		return "", false
+	}
+	return vs[len(vs)-1], true
+}
+
+// parseBool accepts what the seed's FastAPI endpoint accepted.
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(s) {
+	case "1", "t", "true", "yes", "y", "on":
+		return true, nil
+	case "0", "f", "false", "no", "n", "off":
+		return false, nil
+	}
+	return false, errors.New("not a bool")
+}
+
+// SizeRequest is the body of PUT /v1/pool/size.
+type SizeRequest struct {
+	Size *int `json:"size"`
+}
+
+func (a *API) resize(w http.ResponseWriter, r *http.Request) {
+	var req SizeRequest
+	if err := decodeStrict(r.Body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if req.Size == nil {
+		writeError(w, http.StatusBadRequest, `body: want {"size":N}`)
+		return
+	}
+	n, maxSize := *req.Size, a.ctrl.Config().MaxSize
+	if a.ctrl.Config().ValidateSize(n) != nil {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("size %d: must be between 0 and %d (--max-size)", n, maxSize))
+		return
+	}
+	if err := a.ctrl.Resize(r.Context(), n); err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, NewPoolView(a.ctrl.Snapshot()))
+}
+
+// TerminateView is the answer of DELETE /v1/sandboxes/{id}.
+type TerminateView struct {
+	ID         string `json:"id"`
+	Terminated bool   `json:"terminated"`
+}
+
+func (a *API) terminate(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if id == "" || len(id) > 256 {
+		writeError(w, http.StatusBadRequest, "sandbox id: want 1 to 256 characters")
+		return
+	}
+	err := a.ctrl.Terminate(r.Context(), id)
+	switch {
+	case errors.Is(err, pool.ErrNotFound):
+		writeError(w, http.StatusNotFound, err.Error())
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		writeJSON(w, http.StatusOK, TerminateView{ID: id, Terminated: true})
+	}
+}
+
+func (a *API) maintain(w http.ResponseWriter, r *http.Request) {
+	if err := a.ctrl.Maintain(r.Context()); err != nil {
+		writeError(w, http.StatusInternalServerError, "maintenance pass: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, NewPoolView(a.ctrl.Snapshot()))
+}
+
+func readOnly(w http.ResponseWriter, _ *http.Request) {
+	writeError(w, http.StatusForbidden, "the API is read-only (--readonly): claims, resizes, terminations and maintenance are disabled")
+}
+
+// ---- JSON ----
+
+// ErrorView is the body of every error answer.
+type ErrorView struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encode the answer"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, ErrorView{Error: msg})
+}
+
+// decodeStrict decodes exactly one JSON value with no unknown field and
+// nothing after it.
+func decodeStrict(body io.Reader, v any) error {
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			return fmt.Errorf("body: larger than %d bytes", tooBig.Limit)
+		case errors.Is(err, io.EOF):
+			return errors.New("body: empty, want JSON")
+		}
+		return fmt.Errorf("body: %w", err)
+	}
+	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
+		return errors.New("body: unexpected data after the JSON value")
+	}
+	return nil
+}
+
+// ---- response writers ----
+
+// statusWriter records the status and size for the request log.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += n
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// captureWriter holds the mux's own answer to a request no route matches.
+type captureWriter struct {
+	header http.Header
+	status int
+	body   []byte
+}
+
+func (w *captureWriter) Header() http.Header { return w.header }
+func (w *captureWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+}
+func (w *captureWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	w.body = append(w.body, b...)
+	return len(b), nil
+}

@@ -1,0 +1,174 @@
+package httpapi
+
+import (
+	"math"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// The JSON shapes of SPEC "Command line": the HTTP API, `check --json` and
+// `claim --json` all print these, built by the constructors below, so that
+// the three can never drift apart.
+
+// PoolView is the JSON of `GET /v1/pool` and `check --json`.
+type PoolView struct {
+	Pool    string `json:"pool"`
+	Backend string `json:"backend"`
+	Target  int    `json:"target"`
+	// Counts has a key for every state, zeros included.
+	Counts    Counts        `json:"counts"`
+	Sandboxes []SandboxView `json:"sandboxes"`
+	// WarmHitRatio is the share of successful claims served at once (0 before any).
+	WarmHitRatio float64 `json:"warm_hit_ratio"`
+	// WasteSeconds is sandbox-seconds spent ready and never claimed.
+	WasteSeconds float64 `json:"waste_seconds"`
+}
+
+// Counts is the number of sandboxes in each state, in SPEC's order.
+type Counts struct {
+	Creating    int `json:"creating"`
+	Warming     int `json:"warming"`
+	Ready       int `json:"ready"`
+	Unhealthy   int `json:"unhealthy"`
+	Expiring    int `json:"expiring"`
+	Claimed     int `json:"claimed"`
+	Terminating int `json:"terminating"`
+	Failed      int `json:"failed"`
+}
+
+// Of returns the count of one state.
+func (c Counts) Of(s pool.State) int {
+	switch s {
+	case pool.StateCreating:
+		return c.Creating
+	case pool.StateWarming:
+		return c.Warming
+	case pool.StateReady:
+		return c.Ready
+	case pool.StateUnhealthy:
+		return c.Unhealthy
+	case pool.StateExpiring:
+		return c.Expiring
+	case pool.StateClaimed:
+		return c.Claimed
+	case pool.StateTerminating:
+		return c.Terminating
+	case pool.StateFailed:
+		return c.Failed
+	}
+	return 0
+}
+
+// NewCounts copies a snapshot's counts.
+func NewCounts(m map[pool.State]int) Counts {
+	return Counts{
+		Creating: m[pool.StateCreating], Warming: m[pool.StateWarming], Ready: m[pool.StateReady],
+		Unhealthy: m[pool.StateUnhealthy], Expiring: m[pool.StateExpiring], Claimed: m[pool.StateClaimed],
+		Terminating: m[pool.StateTerminating], Failed: m[pool.StateFailed],
+	}
+}
+
+// SandboxView is one sandbox in a PoolView. Times are RFC 3339 in UTC,
+// to the second; created_at and expires_at are null when not known yet
+// (a sandbox still being created has no expiry).
+type SandboxView struct {
+	ID          string     `json:"id"`
+	URL         string     `json:"url"`
+	State       pool.State `json:"state"`
+	CreatedAt   *time.Time `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+	SecondsLeft int64      `json:"seconds_left"`
+	Health      HealthView `json:"health"`
+}
+
+// HealthView is the last health check of a sandbox; checked_at is null
+// when it was never checked.
+type HealthView struct {
+	OK        bool       `json:"ok"`
+	Status    int        `json:"status"`
+	LatencyMS float64    `json:"latency_ms"`
+	CheckedAt *time.Time `json:"checked_at"`
+	Error     string     `json:"error"`
+}
+
+// ClaimView is the JSON of a claim: `POST /v1/claims` and `claim --json`.
+type ClaimView struct {
+	ID          string    `json:"id"`
+	URL         string    `json:"url"`
+	ExpiresAt   time.Time `json:"expires_at"`
+	SecondsLeft int64     `json:"seconds_left"`
+}
+
+// NewPoolView builds the pool JSON from a snapshot; seconds_left is counted
+// from the snapshot's instant.
+func NewPoolView(s pool.Snapshot) PoolView {
+	v := PoolView{
+		Pool: s.Pool, Backend: s.Backend, Target: s.Target,
+		Counts:       NewCounts(s.Counts),
+		Sandboxes:    make([]SandboxView, 0, len(s.Sandboxes)),
+		WarmHitRatio: round(s.Stats.WarmHitRatio(), 4),
+		WasteSeconds: round(s.Stats.WasteSeconds, 1),
+	}
+	for _, sb := range s.Sandboxes {
+		v.Sandboxes = append(v.Sandboxes, NewSandboxView(sb, s.Now))
+	}
+	return v
+}
+
+// NewSandboxView builds one sandbox's JSON as of now.
+func NewSandboxView(sb pool.Sandbox, now time.Time) SandboxView {
+	v := SandboxView{
+		ID: sb.ID, URL: sb.URL, State: sb.State,
+		CreatedAt: timePtr(sb.CreatedAt), ExpiresAt: timePtr(sb.ExpiresAt),
+		Health: HealthView{
+			OK: sb.Health.OK, Status: sb.Health.Status, Error: sb.Health.Error,
+			LatencyMS: round(float64(sb.Health.Latency)/float64(time.Millisecond), 2),
+			CheckedAt: timePtr(sb.Health.CheckedAt),
+		},
+	}
+	if !sb.ExpiresAt.IsZero() {
+		v.SecondsLeft = secondsLeft(sb.ExpiresAt, now)
+	}
+	if v.Health.Error == "" && sb.Err != "" {
+		v.Health.Error = sb.Err // why a creation failed
+	}
+	return v
+}
+
+// NewClaimView builds the claim JSON as of now.
+func NewClaimView(c pool.Claimed, now time.Time) ClaimView {
+	return ClaimView{
+		ID: c.ID, URL: c.URL,
+		ExpiresAt:   rfc3339(c.ExpiresAt),
+		SecondsLeft: secondsLeft(c.ExpiresAt, now),
+	}
+}
+
+// secondsLeft is whole seconds until expiry, rounded down, never negative.
+func secondsLeft(expires, now time.Time) int64 {
+	if d := expires.Sub(now); d > 0 {
+		return int64(d / time.Second)
+	}
+	return 0
+}
+
+// rfc3339 is t in UTC to the second, rounded down (an expiry shown is never
+// later than the real one).
+func rfc3339(t time.Time) time.Time { return t.UTC().Truncate(time.Second) }
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	u := rfc3339(t)
+	return &u
+}
+
+func round(x float64, places int) float64 {
+	if math.IsNaN(x) || math.IsInf(x, 0) {
+		return 0
+	}
+	p := math.Pow10(places)
+	return math.Round(x*p) / p
+}

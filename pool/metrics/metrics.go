@@ -1,0 +1,193 @@
+// Package metrics exports a pool controller's state and history as
+// Prometheus metrics, on a registry of its own (never the global one), so
+// that several controllers in one process, or tests, never collide.
+//
+// Two sources feed it: the controller's events, observed synchronously
+// (claims, their latency, create-to-ready latency), and, at each scrape, the
+// controller's snapshot and cumulative counters (sandboxes by state, target,
+// creations, health checks, terminations, waste, warm-hit ratio).
+package metrics
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// Namespace prefixes every metric name.
+const Namespace = "sandboxpool"
+
+// Claim results, as the "result" label of sandboxpool_claims_total.
+const (
+	ResultOK        = "ok"        // a sandbox was handed out
+	ResultTimeout   = "timeout"   // no good sandbox within the claim timeout
+	ResultCancelled = "cancelled" // the claimer went away (client disconnected, shutdown)
+)
+
+// Claim sources, as the "source" label: the first word of ClaimOptions.By.
+var sources = map[string]bool{"api": true, "dashboard": true, "cli": true}
+
+// Source maps a claimer ("api 127.0.0.1:5555", "dashboard", "cli") to the
+// bounded "source" label: api, dashboard, cli or other.
+func Source(by string) string {
+	word, _, _ := strings.Cut(by, " ")
+	if sources[word] {
+		return word
+	}
+	return "other"
+}
+
+// Metrics holds the collectors of one controller and the registry they live in.
+type Metrics struct {
+	ctrl *pool.Controller
+	reg  *prometheus.Registry
+
+	claims       *prometheus.CounterVec
+	claimLatency *prometheus.HistogramVec
+	readyLatency prometheus.Histogram
+}
+
+// New builds the metrics of ctrl on a new registry and starts observing its
+// events. Call it once per controller: every call adds an observer.
+func New(ctrl *pool.Controller) *Metrics {
+	m := &Metrics{
+		ctrl: ctrl,
+		reg:  prometheus.NewRegistry(),
+		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "claims_total",
+			Help: "Claims by source (api, dashboard, cli, other) and result (ok, timeout, cancelled).",
+		}, []string{"source", "result"}),
+		claimLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "claim_duration_seconds",
+			Help:    "Time from a claim's start to the sandbox being handed out; warm is true when a ready sandbox was there at once.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, []string{"warm"}),
+		readyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "create_to_ready_seconds",
+			Help:    "Time from asking the backend for a sandbox to it answering its first health check and being pooled.",
+			Buckets: []float64{.05, .1, .25, .5, 1, 2, 5, 10, 20, 30, 60, 120},
+		}),
+	}
+	// Pre-create the usual series so that rates work from the first scrape.
+	for src := range sources {
+		for _, res := range []string{ResultOK, ResultTimeout} {
+			m.claims.WithLabelValues(src, res)
+		}
+	}
+	m.claimLatency.WithLabelValues("true")
+	m.claimLatency.WithLabelValues("false")
+
+	m.reg.MustRegister(m.claims, m.claimLatency, m.readyLatency, &snapshotCollector{ctrl: ctrl},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctrl.Observe(m.observe)
+	return m
+}
+
+// Registry is the registry holding every metric of this controller; add
+// your own collectors to it to serve them on the same endpoint.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		Registry:            m.reg, // counts its own scrape errors
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+	})
+}
+
+// observe is called synchronously for every event: it only touches
+// prometheus collectors (lock-free or briefly locked), never the controller.
+func (m *Metrics) observe(e pool.Event) {
+	switch e.Kind {
+	case pool.EventClaimed:
+		m.claims.WithLabelValues(Source(e.By), ResultOK).Inc()
+		warm := "false"
+		if e.Warm {
+			warm = "true"
+		}
+		m.claimLatency.WithLabelValues(warm).Observe(e.Duration.Seconds())
+	case pool.EventClaimTimeout:
+		m.claims.WithLabelValues(Source(e.By), claimFailure(e.Err)).Inc()
+	case pool.EventCreated:
+		m.readyLatency.Observe(e.Duration.Seconds())
+	}
+}
+
+// claimFailure tells a claim that ran out of time from one whose claimer
+// went away. The event carries only the error text.
+func claimFailure(err string) string {
+	if strings.Contains(err, "context canceled") {
+		return ResultCancelled
+	}
+	return ResultTimeout
+}
+
+// snapshotCollector reads the controller at scrape time: gauges of the
+// present and counters the controller keeps itself.
+type snapshotCollector struct{ ctrl *pool.Controller }
+
+var (
+	descSandboxes = prometheus.NewDesc(Namespace+"_sandboxes",
+		"Sandboxes of the pool by state, as the controller sees them now.", []string{"state"}, nil)
+	descTarget = prometheus.NewDesc(Namespace+"_target",
+		"Number of ready sandboxes the pool keeps.", nil, nil)
+	descCreations = prometheus.NewDesc(Namespace+"_creations_total",
+		"Finished creations by result: ok (ready and pooled) or failed (every try failed).", []string{"result"}, nil)
+	descHealth = prometheus.NewDesc(Namespace+"_health_checks_total",
+		"Health checks by result: ok or failed.", []string{"result"}, nil)
+	descTerminations = prometheus.NewDesc(Namespace+"_terminations_total",
+		"Sandboxes terminated by reason (expired, unhealthy, shrink, user, failed, orphan, cleanup).", []string{"reason"}, nil)
+	descWaste = prometheus.NewDesc(Namespace+"_waste_sandbox_seconds_total",
+		"Sandbox-seconds spent ready in the pool by sandboxes that were never claimed.", nil, nil)
+	descWarmRatio = prometheus.NewDesc(Namespace+"_warm_hit_ratio",
+		"Share of successful claims served at once from a ready sandbox (0 before any claim).", nil, nil)
+	descClaimStats = prometheus.NewDesc(Namespace+"_pool_claims_total",
+		"Claims seen by this controller by outcome: warm (served at once), waited (waited for a creation), failed.", []string{"outcome"}, nil)
+)
+
+// reasons are always exported, at zero when nothing was terminated for them yet.
+var reasons = []string{pool.ReasonExpired, pool.ReasonUnhealthy, pool.ReasonShrink, pool.ReasonUser,
+	pool.ReasonFailed, pool.ReasonOrphan, pool.ReasonCleanup}
+
+func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descSandboxes, descTarget, descCreations, descHealth,
+		descTerminations, descWaste, descWarmRatio, descClaimStats} {
+		ch <- d
+	}
+}
+
+func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
+	snap := c.ctrl.Snapshot()
+	for _, st := range pool.States {
+		ch <- prometheus.MustNewConstMetric(descSandboxes, prometheus.GaugeValue, float64(snap.Counts[st]), string(st))
+	}
+	ch <- prometheus.MustNewConstMetric(descTarget, prometheus.GaugeValue, float64(snap.Target))
+
+	terms, healthOK, healthFailed, createOK, createFailed := c.ctrl.Counters()
+	ch <- prometheus.MustNewConstMetric(descCreations, prometheus.CounterValue, float64(createOK), "ok")
+	ch <- prometheus.MustNewConstMetric(descCreations, prometheus.CounterValue, float64(createFailed), "failed")
+	ch <- prometheus.MustNewConstMetric(descHealth, prometheus.CounterValue, float64(healthOK), "ok")
+	ch <- prometheus.MustNewConstMetric(descHealth, prometheus.CounterValue, float64(healthFailed), "failed")
+	seen := make(map[string]bool, len(reasons))
+	for _, r := range reasons {
+		seen[r] = true
+		ch <- prometheus.MustNewConstMetric(descTerminations, prometheus.CounterValue, float64(terms[r]), r)
+	}
+	for r, n := range terms { // a reason added to the engine later still shows
+		if !seen[r] {
+			ch <- prometheus.MustNewConstMetric(descTerminations, prometheus.CounterValue, float64(n), r)
+		}
+	}
+
+	ch <- prometheus.MustNewConstMetric(descWaste, prometheus.CounterValue, snap.Stats.WasteSeconds)
+	ch <- prometheus.MustNewConstMetric(descWarmRatio, prometheus.GaugeValue, snap.Stats.WarmHitRatio())
+	ch <- prometheus.MustNewConstMetric(descClaimStats, prometheus.CounterValue, float64(snap.Stats.ClaimsWarm), "warm")
+	ch <- prometheus.MustNewConstMetric(descClaimStats, prometheus.CounterValue, float64(snap.Stats.ClaimsWaited), "waited")
+	ch <- prometheus.MustNewConstMetric(descClaimStats, prometheus.CounterValue, float64(snap.Stats.ClaimsFailed), "failed")
+}
