@@ -1,0 +1,196 @@
+package modalx
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
+	"github.com/sandboxpool/sandboxpool/pool"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// startFake runs a fake control plane and points the SDK at it (process env:
+// tests using it must not run in parallel).
+func startFake(t *testing.T) *fakemodal.Server {
+	t.Helper()
+	f, err := fakemodal.Start(fakemodal.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	t.Setenv("MODAL_SERVER_URL", f.URL)
+	t.Setenv("MODAL_TOKEN_ID", f.TokenID)
+	t.Setenv("MODAL_TOKEN_SECRET", f.TokenSecret)
+	t.Setenv("MODAL_CONFIG_PATH", t.TempDir()+"/none.toml")
+	return f
+}
+
+func open(t *testing.T, opts Options) (*Backend, *Store) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	b, s, err := New(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(); s.Close() })
+	return b, s
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func get(f *fakemodal.Server, url string) (int, string, error) {
+	resp, err := f.HTTPClient().Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), nil
+}
+
+func ids(refs []pool.Ref) []string {
+	out := make([]string, len(refs))
+	for i, r := range refs {
+		out[i] = r.ID
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestBackendCreateListTerminate(t *testing.T) {
+	f := startFake(t)
+	ctx := ctxT(t)
+	b, _ := open(t, Options{Pool: "p1"})
+	other, _ := open(t, Options{Pool: "p2"})
+	otherApp, _ := open(t, Options{Pool: "p1", App: "another-app"})
+
+	var made []pool.Ref
+	for range 3 {
+		ref, err := b.Create(ctx, 5*time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(ref.URL, "https://127.0.0.1:") {
+			t.Fatalf("url %q", ref.URL)
+		}
+		if d := ref.ExpiresAt.Sub(ref.CreatedAt); d != 5*time.Minute {
+			t.Fatalf("expiry %v after creation", d)
+		}
+		code, body, err := get(f, ref.URL)
+		if err != nil || code != 200 || !strings.Contains(body, "Directory listing") {
+			t.Fatalf("GET %s: %d %v", ref.URL, code, err)
+		}
+		made = append(made, ref)
+	}
+	if _, err := other.Create(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := otherApp.Create(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
+	// Sandbox definition: command, port, timeout, tags, and no idle timeout.
+	for _, sb := range f.Sandboxes() {
+		if sb.ID == made[0].ID {
+			if got := strings.Join(sb.Command, " "); got != "python -m http.server 8080" {
+				t.Fatalf("command %q", got)
+			}
+			if sb.Tags[TagPool] != "p1" || sb.Tags[TagURL] != made[0].URL || sb.Timeout != 5*time.Minute {
+				t.Fatalf("sandbox %+v", sb)
+			}
+		}
+	}
+
+	got, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids(got), ids(made)) {
+		t.Fatalf("List = %v, want %v", ids(got), ids(made))
+	}
+	for i, r := range got { // oldest first, with what the tags say
+		if r != made[i] && !(r.ID == made[i].ID && r.URL == made[i].URL && r.ExpiresAt.Equal(made[i].ExpiresAt)) {
+			t.Fatalf("List[%d] = %+v, want %+v", i, r, made[i])
+		}
+	}
+
+	// A fresh client (no cache) reads the same from the tags, in one page.
+	fresh, _ := open(t, Options{Pool: "p1"})
+	f.ResetCounts()
+	got2, err := fresh.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(ids(got2), ids(made)) || got2[0].URL != made[0].URL || !got2[0].ExpiresAt.Equal(made[0].ExpiresAt) {
+		t.Fatalf("fresh List = %+v", got2)
+	}
+	t.Logf("List of 3 from a fresh client: %s", fakemodal.FormatCounts(f.Counts()))
+
+	if err := b.Terminate(ctx, made[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := get(f, made[1].URL); err == nil {
+		t.Fatal("terminated sandbox still answers")
+	}
+	if err := b.Terminate(ctx, made[1].ID); err != nil {
+		t.Fatalf("terminating twice: %v", err)
+	}
+	if err := b.Terminate(ctx, "sb-unknown"); err != nil {
+		t.Fatalf("terminating an unknown id: %v", err)
+	}
+	got, err = b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := ids([]pool.Ref{made[0], made[2]}); !slices.Equal(ids(got), want) {
+		t.Fatalf("List after terminate = %v, want %v", ids(got), want)
+	}
+}
+
+func TestBackendSandboxExpires(t *testing.T) {
+	f := startFake(t)
+	ctx := ctxT(t)
+	b, _ := open(t, Options{Pool: "short"})
+	ref, err := b.Create(ctx, 1500*time.Millisecond) // rounded up to 2s, as Modal counts whole seconds
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := ref.ExpiresAt.Sub(ref.CreatedAt); d != 2*time.Second {
+		t.Fatalf("ttl %v", d)
+	}
+	if code, _, err := get(f, ref.URL); err != nil || code != http.StatusOK {
+		t.Fatalf("GET: %d %v", code, err)
+	}
+	time.Sleep(time.Until(ref.ExpiresAt) + 300*time.Millisecond)
+	if _, _, err := get(f, ref.URL); err == nil {
+		t.Fatal("expired sandbox still answers")
+	}
+	got, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 0 {
+		t.Fatalf("expired sandbox still listed: %v", got)
+	}
+}
+
+func TestSplitCmd(t *testing.T) {
+	if got := splitCmd("python -m http.server {port}", 9000); !slices.Equal(got, []string{"python", "-m", "http.server", "9000"}) {
+		t.Fatal(got)
+	}
+	if got := splitCmd("cd /app && python -m http.server $PORT", 1); got[0] != "sh" || got[2] != "cd /app && python -m http.server $PORT" {
+		t.Fatal(got)
+	}
+}

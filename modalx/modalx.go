@@ -1,0 +1,320 @@
+package modalx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	modal "github.com/modal-labs/libmodal/modal-go"
+	pb "github.com/modal-labs/libmodal/modal-go/proto/modal_proto"
+	"github.com/sandboxpool/sandboxpool/pool"
+	"google.golang.org/grpc"
+)
+
+// Defaults, as SPEC "Backends: modal" says.
+const (
+	DefaultApp   = "example-sandbox-pool-sandboxes"
+	DefaultImage = "python:3.11-slim"
+	DefaultCmd   = "python -m http.server {port}"
+	DefaultPort  = 8080
+	// DefaultLeaseHeartbeat is how often the controller lease is renewed; it
+	// goes stale (and may be taken over) after 3 missed heartbeats.
+	DefaultLeaseHeartbeat = 5 * time.Second
+)
+
+// Tags set on every sandbox: the pool (what List filters by) and enough to
+// rebuild the store's references if the Queue is lost.
+const (
+	TagPool      = "sandboxpool"
+	TagURL       = "sandboxpool-url"
+	TagCreatedAt = "sandboxpool-created-at"
+	TagExpiresAt = "sandboxpool-expires-at"
+	TagClaimedBy = "sandboxpool-claimed-by"
+	TagClaimedAt = "sandboxpool-claimed-at"
+)
+
+// Options configure the Modal backend and store of one pool.
+type Options struct {
+	Pool  string // required: tag value and queue name sandboxpool-<Pool>
+	App   string // Modal App, created if missing (DefaultApp)
+	Image string // registry image (DefaultImage)
+	// Cmd is the sandbox's command line; {port} is replaced by Port. It is
+	// split on spaces, or run by `sh -c` when it holds shell syntax. (DefaultCmd)
+	Cmd  string
+	Port int // container port exposed as an encrypted tunnel (DefaultPort)
+	// Environment is the Modal environment ("" = the profile's).
+	Environment string
+	// LeaseHeartbeat is the controller lease renewal interval (DefaultLeaseHeartbeat).
+	LeaseHeartbeat time.Duration
+	// TunnelTimeout bounds the wait for a new sandbox's tunnel (default 60s).
+	TunnelTimeout time.Duration
+	// Logger receives the SDK's logs; nil discards them (they would garble a TUI).
+	Logger *slog.Logger
+}
+
+// core is what a pool's Backend and Store share: one SDK client, the App,
+// and what List learnt from tags.
+type core struct {
+	opts   Options
+	client *modal.Client
+	app    *modal.App
+	cmd    []string
+
+	mu    sync.Mutex
+	users int
+	known map[string]tagged // by sandbox id, from tags read or written
+
+	imgMu sync.Mutex
+	image *modal.Image // built once, then reused by every Create
+}
+
+// tagged is one sandbox as its tags describe it.
+type tagged struct {
+	ref       pool.Ref
+	claimedBy string
+	claimedAt time.Time
+}
+
+// New connects to Modal (credentials exactly as the SDK reads them:
+// MODAL_TOKEN_ID/MODAL_TOKEN_SECRET, ~/.modal.toml, MODAL_SERVER_URL), looks
+// up or creates the App and the pool's Queue, and returns the pool's Backend
+// and Store. They share one client: each one's Close releases its share and
+// the client closes with the last.
+func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
+	if opts.Pool == "" {
+		return nil, nil, errors.New("modal: a pool name is required")
+	}
+	if opts.App == "" {
+		opts.App = DefaultApp
+	}
+	if opts.Image == "" {
+		opts.Image = DefaultImage
+	}
+	if opts.Port == 0 {
+		opts.Port = DefaultPort
+	}
+	if opts.Port < 1 || opts.Port > 65535 {
+		return nil, nil, fmt.Errorf("modal: port %d is not in 1..65535", opts.Port)
+	}
+	if opts.Cmd == "" {
+		opts.Cmd = DefaultCmd
+	}
+	if opts.LeaseHeartbeat <= 0 {
+		opts.LeaseHeartbeat = DefaultLeaseHeartbeat
+	}
+	if opts.TunnelTimeout <= 0 {
+		opts.TunnelTimeout = 60 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &core{opts: opts, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2}
+	client, err := newClient(ctx, opts.Logger)
+	if err != nil {
+		return nil, nil, wrap("connecting to Modal", err)
+	}
+	c.client = client
+	c.app, err = client.Apps.FromName(ctx, opts.App, &modal.AppFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
+	if err != nil {
+		client.Close()
+		return nil, nil, wrap(fmt.Sprintf("looking up Modal app %q", opts.App), err)
+	}
+	q, err := client.Queues.FromName(ctx, QueueName(opts.Pool), &modal.QueueFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
+	if err != nil {
+		client.Close()
+		return nil, nil, wrap(fmt.Sprintf("opening Modal queue %q", QueueName(opts.Pool)), err)
+	}
+	return &Backend{c: c}, &Store{c: c, q: q}, nil
+}
+
+// QueueName is the Modal Queue holding a pool's references.
+func QueueName(pool string) string { return "sandboxpool-" + pool }
+
+// newClient creates the SDK client. NewClientWithOptions takes no context and
+// fetches an auth token at once, so it runs aside and ctx bounds the wait; a
+// client that arrives late is closed.
+func newClient(ctx context.Context, logger *slog.Logger) (*modal.Client, error) {
+	type res struct {
+		c   *modal.Client
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := modal.NewClientWithOptions(&modal.ClientParams{Logger: logger,
+			GRPCUnaryInterceptors: []grpc.UnaryClientInterceptor{captureList}})
+		ch <- res{c, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.c, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-ch; r.c != nil {
+				r.c.Close()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+}
+
+// release drops one user of the client and closes it with the last.
+func (c *core) release() {
+	c.mu.Lock()
+	c.users--
+	last := c.users == 0
+	c.mu.Unlock()
+	if last {
+		c.client.Close()
+	}
+}
+
+// splitCmd turns the command line into argv: plain words are split on
+// spaces, anything with shell syntax runs under sh -c.
+func splitCmd(cmd string, port int) []string {
+	cmd = strings.ReplaceAll(cmd, "{port}", fmt.Sprint(port))
+	if strings.ContainsAny(cmd, "\"'$&|;<>()*?`\\") {
+		return []string{"sh", "-c", cmd}
+	}
+	return strings.Fields(cmd)
+}
+
+// ---- SandboxList capture ----
+
+// listCapture collects the SandboxInfo of SandboxList answers. The SDK's List
+// yields bare sandboxes, but the answer already holds each one's tags and
+// timeout: reading them here spares one SandboxTagsGet per sandbox.
+type listCapture struct {
+	mu    sync.Mutex
+	infos map[string]*pb.SandboxInfo
+}
+
+type captureKey struct{}
+
+const sandboxListMethod = "/modal.client.ModalClient/SandboxList"
+
+// captureList is a client interceptor (a documented SDK hook) that copies
+// SandboxList answers into the listCapture carried by the call's context.
+func captureList(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoke(ctx, method, req, reply, cc, opts...)
+	if err != nil || method != sandboxListMethod {
+		return err
+	}
+	if lc, ok := ctx.Value(captureKey{}).(*listCapture); ok {
+		if r, ok := reply.(*pb.SandboxListResponse); ok {
+			lc.mu.Lock()
+			for _, info := range r.GetSandboxes() {
+				lc.infos[info.GetId()] = info
+			}
+			lc.mu.Unlock()
+		}
+	}
+	return err
+}
+
+// listTagged lists this pool's running sandboxes with what their tags say.
+func (c *core) listTagged(ctx context.Context) ([]tagged, error) {
+	lc := &listCapture{infos: map[string]*pb.SandboxInfo{}}
+	it, err := c.client.Sandboxes.List(context.WithValue(ctx, captureKey{}, lc), &modal.SandboxListParams{
+		AppID: c.app.AppID, Tags: map[string]string{TagPool: c.opts.Pool}, Environment: c.opts.Environment})
+	if err != nil {
+		return nil, wrap("listing sandboxes", err)
+	}
+	var sbs []*modal.Sandbox
+	for sb, err := range it {
+		if err != nil {
+			return nil, wrap("listing sandboxes", err)
+		}
+		sbs = append(sbs, sb)
+	}
+	out := make([]tagged, 0, len(sbs))
+	seen := map[string]bool{}
+	for _, sb := range sbs {
+		t, ok := c.describe(ctx, sb, lc.infos[sb.SandboxID])
+		_ = sb.Detach()
+		if ok && !seen[t.ref.ID] {
+			seen[t.ref.ID] = true
+			out = append(out, t)
+		}
+	}
+	c.mu.Lock()
+	for id := range c.known { // forget what no longer runs
+		if !seen[id] {
+			delete(c.known, id)
+		}
+	}
+	c.mu.Unlock()
+	sortTagged(out)
+	return out, nil
+}
+
+// describe reads a listed sandbox: from the captured tags, else from what
+// this process knows, else with one SandboxTagsGet (and the tunnel when the
+// URL tag is missing).
+func (c *core) describe(ctx context.Context, sb *modal.Sandbox, info *pb.SandboxInfo) (tagged, bool) {
+	var tags map[string]string
+	if info != nil && len(info.GetTags()) > 0 {
+		tags = map[string]string{}
+		for _, t := range info.GetTags() {
+			tags[t.GetTagName()] = t.GetTagValue()
+		}
+	}
+	if tags == nil {
+		c.mu.Lock()
+		t, ok := c.known[sb.SandboxID]
+		c.mu.Unlock()
+		if ok {
+			return t, true
+		}
+		var err error
+		if tags, err = sb.GetTags(ctx); err != nil {
+			return tagged{}, false
+		}
+	}
+	t := fromTags(sb.SandboxID, tags)
+	if info != nil && t.ref.CreatedAt.IsZero() && info.GetCreatedAt() > 0 {
+		t.ref.CreatedAt = time.Unix(0, int64(info.GetCreatedAt()*1e9))
+	}
+	if info != nil && t.ref.ExpiresAt.IsZero() && !t.ref.CreatedAt.IsZero() && info.GetTimeoutSecs() > 0 {
+		t.ref.ExpiresAt = t.ref.CreatedAt.Add(time.Duration(info.GetTimeoutSecs()) * time.Second)
+	}
+	if t.ref.URL == "" {
+		if tun, err := sb.Tunnels(ctx, 5*time.Second); err == nil && tun[c.opts.Port] != nil {
+			t.ref.URL = tun[c.opts.Port].URL()
+		}
+	}
+	c.remember(t)
+	return t, true
+}
+
+func (c *core) remember(t tagged) {
+	c.mu.Lock()
+	c.known[t.ref.ID] = t
+	c.mu.Unlock()
+}
+
+func (c *core) lookup(id string) (tagged, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t, ok := c.known[id]
+	return t, ok
+}
+
+func tagsFor(pool string, ref pool.Ref, claimedBy string, claimedAt time.Time) map[string]string {
+	m := map[string]string{TagPool: pool, TagURL: ref.URL,
+		TagCreatedAt: ref.CreatedAt.UTC().Format(time.RFC3339Nano), TagExpiresAt: ref.ExpiresAt.UTC().Format(time.RFC3339Nano)}
+	if claimedBy != "" {
+		m[TagClaimedBy] = claimedBy
+		m[TagClaimedAt] = claimedAt.UTC().Format(time.RFC3339Nano)
+	}
+	return m
+}
+
+func fromTags(id string, m map[string]string) tagged {
+	parse := func(k string) time.Time { t, _ := time.Parse(time.RFC3339Nano, m[k]); return t }
+	return tagged{ref: pool.Ref{ID: id, URL: m[TagURL], CreatedAt: parse(TagCreatedAt), ExpiresAt: parse(TagExpiresAt)},
+		claimedBy: m[TagClaimedBy], claimedAt: parse(TagClaimedAt)}
+}
