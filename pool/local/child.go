@@ -66,12 +66,20 @@ func MaybeRunChild() {
 	}
 	var sp spec
 	err := json.Unmarshal([]byte(os.Getenv(envSpec)), &sp)
+	// One *os.File for the handshake pipe, kept reachable until the error
+	// report below (a second one would close fd 3 when garbage collected).
+	var hs *os.File
+	if role == roleLaunch || role == roleSupervise {
+		hs = os.NewFile(fdHandshake, "handshake")
+		// Inherited descriptors are not close-on-exec; workloads must not hold it.
+		syscall.CloseOnExec(fdHandshake)
+	}
 	if err == nil {
 		switch role {
 		case roleLaunch:
-			err = launch(sp)
+			err = launch(sp, hs)
 		case roleSupervise:
-			err = supervise(sp) // returns only on a failure before the handshake
+			err = supervise(sp, hs) // returns only on a failure before the handshake
 		case roleServe:
 			err = serve(sp)
 		default:
@@ -80,9 +88,9 @@ func MaybeRunChild() {
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "sandboxpool local %s %s: %v\n", role, sp.ID, err)
-		if role == roleLaunch || role == roleSupervise {
+		if hs != nil {
 			// Tell Create why, rather than a bare "exited".
-			fmt.Fprintf(os.NewFile(fdHandshake, "handshake"), "error %s: %v\n", role, err)
+			fmt.Fprintf(hs, "error %s: %v\n", role, err)
 		}
 		os.Exit(1)
 	}
@@ -92,10 +100,10 @@ func MaybeRunChild() {
 // launch starts the supervisor in its own session and returns without waiting:
 // the supervisor is then re-parented to init, so it survives the controller
 // (even kill -9) and the controller has no child to reap.
-func launch(sp spec) error {
+func launch(sp spec, hs *os.File) error {
 	cmd := childCmd(sp, roleSupervise)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr // the sandbox log
-	cmd.ExtraFiles = []*os.File{os.NewFile(fdHandshake, "handshake")}
+	cmd.ExtraFiles = []*os.File{hs}
 	if sp.Cmd == "" {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, os.NewFile(fdSocket, "socket"))
 	}
@@ -110,14 +118,10 @@ func launch(sp spec) error {
 // (it leads the group since launch made it a session leader), reports to
 // Create, then tears the group down at expiry, on SIGTERM, or when the
 // workload exits. After the handshake it never returns.
-func supervise(sp spec) error {
+func supervise(sp spec, hs *os.File) error {
 	// Pdeathsig fires when the thread that forked the workload exits, so fork
 	// from a thread that lives as long as the process.
 	runtime.LockOSThread()
-	// Inherited descriptors are not close-on-exec; the workload must not hold
-	// the handshake pipe.
-	hs := os.NewFile(fdHandshake, "handshake")
-	syscall.CloseOnExec(fdHandshake)
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 

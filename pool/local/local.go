@@ -72,12 +72,18 @@ func New(opts Options) (*Backend, error) {
 	if opts.Warmup < 0 {
 		return nil, fmt.Errorf("--warmup %s: must be 0 or more", opts.Warmup)
 	}
+	var err error
 	if opts.Exe == "" {
-		exe, err := os.Executable()
-		if err != nil {
+		if opts.Exe, err = os.Executable(); err != nil {
 			return nil, fmt.Errorf("local backend: find own binary: %w", err)
 		}
-		opts.Exe = exe
+	}
+	// Children run in other working directories: keep paths absolute.
+	if opts.Exe, err = filepath.Abs(opts.Exe); err != nil {
+		return nil, err
+	}
+	if opts.StateDir, err = filepath.Abs(opts.StateDir); err != nil {
+		return nil, err
 	}
 	if opts.TermGrace <= 0 {
 		opts.TermGrace = time.Second
@@ -140,7 +146,9 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 		sock.Close()
 		extra = extra[:1]
 	}
-	now := time.Now()
+	// UTC without a monotonic reading: the Ref returned here then equals the
+	// one List rebuilds from the JSON record.
+	now := time.Now().UTC().Round(0)
 	sp := spec{
 		ID: id, Pool: b.opts.Pool, Dir: b.dir, Exe: b.opts.Exe, Port: port,
 		Cmd: b.opts.Cmd, Warmup: b.opts.Warmup, Grace: b.opts.TermGrace,
