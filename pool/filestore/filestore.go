@@ -1,6 +1,9 @@
 // Package filestore is the local pool store (SPEC Backends: local): one JSON
 // file per pool, every method one transaction under a cross-process file lock,
 // every change written atomically (temp file, fsync, rename, fsync directory).
+// Files under the directory, for pool P: P.json (the pool), P.json.tmp (the
+// next write's temp file, holding the previous version), P.lock (taken by
+// every transaction), P.lease and P.lease.holder (the controller lease).
 package filestore
 
 import (
@@ -24,7 +27,7 @@ import (
 // Store is the local store of one pool. It is safe for concurrent use, and
 // any number of Stores, in this process or others, may share one file.
 type Store struct {
-	dir, pool, path, tmp string
+	dir, base, path, tmp string // base is <dir>/<pool>
 
 	dirf *os.File     // kept open to fsync renames without reopening it
 	lk   *flock.Flock // <pool>.lock, taken by every transaction
@@ -65,7 +68,7 @@ func Open(dir, poolName string) (*Store, error) {
 	base := filepath.Join(dir, poolName)
 	return &Store{
 		dir:  dir,
-		pool: poolName,
+		base: base,
 		path: base + ".json",
 		tmp:  base + ".json.tmp",
 		dirf: dirf,

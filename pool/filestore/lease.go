@@ -19,18 +19,21 @@ import (
 // as the controller lives: the kernel drops it when the process dies, even by
 // kill -9, so a lease can never go stale. <pool>.lease.holder says who holds it.
 
-func (s *Store) leasePath() string  { return strings.TrimSuffix(s.path, ".json") + ".lease" }
+func (s *Store) leasePath() string  { return s.base + ".lease" }
 func (s *Store) holderPath() string { return s.leasePath() + ".holder" }
 
 // heldGrace is how long AcquireLease keeps trying before it believes the
 // lease is held: a LeaseHolder probe elsewhere holds the lock for microseconds
 // and must not make a controller refuse to start.
-const heldGrace = 30 * time.Millisecond
+const heldGrace = 100 * time.Millisecond
 
 // AcquireLease takes the pool's controller lease for holder, or returns a
 // *pool.LeaseHeldError naming the current holder. Every call opens its own
 // lock, so two Stores of one process exclude each other too.
 func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, error) {
+	if s.closed.Load() {
+		return nil, errClosed
+	}
 	fl := flock.New(s.leasePath(), flock.SetPermissions(0o600))
 	deadline := time.Now().Add(heldGrace)
 	for {
@@ -47,11 +50,15 @@ func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, er
 		if time.Now().After(deadline) {
 			return nil, &pool.LeaseHeldError{Holder: s.readHolder()}
 		}
-		time.Sleep(time.Millisecond)
+		select {
+		case <-time.After(time.Millisecond):
+		case <-ctx.Done():
+		}
 	}
 	// Written atomically so a reader sees the old holder or the new one, never half.
 	tmp := s.holderPath() + ".tmp"
-	err := os.WriteFile(tmp, []byte(holder+"\n"), 0o600)
+	// One line: it ends up in another controller's one-line refusal.
+	err := os.WriteFile(tmp, []byte(strings.ReplaceAll(holder, "\n", " ")+"\n"), 0o600)
 	if err == nil {
 		err = os.Rename(tmp, s.holderPath())
 	}
