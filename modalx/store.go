@@ -1,11 +1,491 @@
 package modalx
 
-import modal "github.com/modal-labs/libmodal/modal-go"
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"slices"
+	"sort"
+	"time"
 
-// Store is a pool's durable references in a Modal Queue.
+	modal "github.com/modal-labs/libmodal/modal-go"
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// Store keeps a pool's references in the Modal Queue sandboxpool-<pool>. It
+// implements pool.Store and pool.Leaser. Values are JSON strings, in partitions:
+//
+//	""            the pool, in order: {id,url,created_at,expires_at}. It may hold
+//	              stale items (claimed, removed, duplicated): the bids decide.
+//	"c-<id>"      bids for one sandbox: the first item wins it, for a claim, a
+//	              removal or a drop. Appending then reading the head is how two
+//	              processes agree without a lock: a sandbox is handed out only by
+//	              the claimer whose bid is first, so never twice, even when the
+//	              pool holds a duplicate (a rebuild, an adoption) of its entry.
+//	"log-YYYYMMDD" claim and removal records of the entries that expire that day
+//	              (UTC). Load reads today's, tomorrow's and the days of pooled
+//	              entries. A day's records outlive their entries (a sandbox lives
+//	              at most 24 h, a partition lives 24 h after its last put), and
+//	              old days need no compaction: they are never read again.
+//	"meta"        target records; the last with has=true wins. Refreshed hourly by
+//	              any Load so Modal's 24 h TTL does not drop it while the pool is used.
+//	"lease", "elect-<n>"  the controller lease (lease.go).
+//
+// Modal may clear a Queue (24 h after its last put; it is in-memory, "not
+// guaranteed"), so every sandbox also carries its pool, URL, expiry and claim
+// in tags. A Load that finds "meta" empty rebuilds the pool from
+// Sandboxes.List and those tags: unclaimed ones are pooled again, claimed ones
+// recorded as claimed.
 type Store struct {
 	c *core
 	q *modal.Queue
+}
+
+var (
+	_ pool.Store  = (*Store)(nil)
+	_ pool.Leaser = (*Store)(nil)
+)
+
+const (
+	partPool    = ""
+	partMeta    = "meta"
+	metaRefresh = time.Hour
+)
+
+type poolRec struct {
+	ID        string    `json:"id"`
+	URL       string    `json:"url"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+func (r poolRec) ref() pool.Ref {
+	return pool.Ref{ID: r.ID, URL: r.URL, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt}
+}
+
+type logRec struct {
+	Op    string     `json:"op"` // "claim" or "remove"
+	Entry pool.Entry `json:"entry"`
+}
+
+type bidRec struct {
+	Op    string    `json:"op"` // "claim", "remove" or "drop"
+	By    string    `json:"by,omitempty"`
+	Nonce string    `json:"nonce"`
+	At    time.Time `json:"at"`
+}
+
+type metaRec struct {
+	Target int       `json:"target"`
+	Has    bool      `json:"has"`
+	At     time.Time `json:"at"`
+}
+
+func bidPart(id string) string   { return "c-" + id }
+func logPart(t time.Time) string { return "log-" + t.UTC().Format("20060102") }
+func encode(v any) string        { b, _ := json.Marshal(v); return string(b) }
+func decode(v any, out any) bool {
+	s, ok := v.(string)
+	return ok && json.Unmarshal([]byte(s), out) == nil
+}
+func storeErr(doing string, err error) error { return wrap(doing, err) }
+
+func nonce() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// ---- queue helpers: one RPC each, except items (until an empty answer) ----
+
+func (s *Store) put(ctx context.Context, part string, vals ...any) error {
+	return s.q.PutMany(ctx, vals, &modal.QueuePutManyParams{QueuePutParams: modal.QueuePutParams{Partition: part}})
+}
+
+// pop atomically removes the head of a partition; ok is false when it is empty.
+func (s *Store) pop(ctx context.Context, part string) (any, bool, error) {
+	zero := time.Duration(0)
+	v, err := s.q.Get(ctx, &modal.QueueGetParams{Partition: part, Timeout: &zero})
+	var empty modal.QueueEmptyError
+	if errors.As(err, &empty) {
+		return nil, false, nil
+	}
+	return v, err == nil, err
+}
+
+// items reads a partition without changing it.
+func (s *Store) items(ctx context.Context, part string) ([]any, error) {
+	var out []any
+	for v, err := range s.q.Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// head reads the first item of a partition (one RPC).
+func (s *Store) head(ctx context.Context, part string) (any, bool, error) {
+	for v, err := range s.q.Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
+		return v, err == nil, err
+	}
+	return nil, false, nil
+}
+
+// bid appends a bid for a sandbox and reports whether it is the first one.
+func (s *Store) bid(ctx context.Context, id, op, by string) (won bool, first bidRec, err error) {
+	mine := bidRec{Op: op, By: by, Nonce: nonce(), At: time.Now().UTC()}
+	if err := s.put(ctx, bidPart(id), encode(mine)); err != nil {
+		return false, bidRec{}, err
+	}
+	v, ok, err := s.head(ctx, bidPart(id))
+	if err != nil || !ok || !decode(v, &first) {
+		return false, first, err
+	}
+	return first.Nonce == mine.Nonce, first, nil
+}
+
+// ---- Load ----
+
+// view is one read of the store, with the raw pool order kept for trimming.
+type view struct {
+	pool.Stored
+	order   []string        // ids in the pool partition, as stored
+	pooled  map[string]bool // ids pooled now
+	claimed map[string]bool
+	removed map[string]bool
+	metaLen int
+}
+
+// Load reads the whole pool without changing it (except to rebuild a lost
+// queue or refresh the target's TTL).
+func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
+	v, err := s.load(ctx)
+	return v.Stored, err
+}
+
+func (s *Store) load(ctx context.Context) (view, error) {
+	now := time.Now()
+	var v view
+	metas, err := s.items(ctx, partMeta)
+	if err != nil {
+		return v, storeErr("reading the pool's queue", err)
+	}
+	if len(metas) == 0 {
+		// New pool, or Modal dropped the queue: rebuild it from the tags.
+		if err := s.rebuild(ctx); err != nil {
+			return v, err
+		}
+		if metas, err = s.items(ctx, partMeta); err != nil {
+			return v, storeErr("reading the pool's queue", err)
+		}
+	}
+	var latest metaRec
+	for _, m := range metas {
+		var r metaRec
+		if decode(m, &r) {
+			if r.Has {
+				v.Target, v.HasTarget = r.Target, true
+			}
+			if r.At.After(latest.At) {
+				latest = r
+			}
+		}
+	}
+	v.metaLen = len(metas)
+
+	raw, err := s.items(ctx, partPool)
+	if err != nil {
+		return v, storeErr("reading the pool's queue", err)
+	}
+	var recs []poolRec
+	days := map[string]bool{logPart(now): true, logPart(now.Add(24 * time.Hour)): true}
+	for _, it := range raw {
+		var r poolRec
+		if decode(it, &r) && r.ID != "" {
+			recs = append(recs, r)
+			v.order = append(v.order, r.ID)
+			days[logPart(r.ExpiresAt)] = true
+		}
+	}
+	claims, removed, err := s.readLogs(ctx, days)
+	if err != nil {
+		return v, err
+	}
+	v.pooled, v.claimed, v.removed = map[string]bool{}, map[string]bool{}, removed
+	for _, r := range recs {
+		if v.pooled[r.ID] || removed[r.ID] {
+			continue
+		}
+		if _, ok := claims[r.ID]; ok {
+			continue
+		}
+		v.pooled[r.ID] = true
+		v.Entries = append(v.Entries, pool.Entry{Ref: r.ref()})
+	}
+	var claimed []pool.Entry
+	for id, e := range claims {
+		// A claimed sandbox past its expiry is dead: Modal killed it.
+		if !removed[id] && !e.ExpiresAt.Before(now) {
+			v.claimed[id] = true
+			claimed = append(claimed, e)
+		}
+	}
+	sort.Slice(claimed, func(i, j int) bool { return claimed[i].ClaimedAt.Before(claimed[j].ClaimedAt) })
+	v.Entries = append(v.Entries, claimed...)
+
+	if now.Sub(latest.At) > metaRefresh {
+		// Keep "meta" younger than Modal's 24 h partition TTL.
+		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, At: now.UTC()}, v.metaLen)
+	}
+	return v, nil
+}
+
+// readLogs folds the claim and removal records of the given days.
+func (s *Store) readLogs(ctx context.Context, days map[string]bool) (map[string]pool.Entry, map[string]bool, error) {
+	claims, removed := map[string]pool.Entry{}, map[string]bool{}
+	keys := make([]string, 0, len(days))
+	for d := range days {
+		keys = append(keys, d)
+	}
+	sort.Strings(keys)
+	for _, d := range keys {
+		its, err := s.items(ctx, d)
+		if err != nil {
+			return nil, nil, storeErr("reading the pool's claims", err)
+		}
+		for _, it := range its {
+			var r logRec
+			if !decode(it, &r) {
+				continue
+			}
+			switch r.Op {
+			case "claim":
+				if _, dup := claims[r.Entry.ID]; !dup {
+					claims[r.Entry.ID] = r.Entry
+				}
+			case "remove":
+				removed[r.Entry.ID] = true
+			}
+		}
+	}
+	return claims, removed, nil
+}
+
+// ---- Put / Take / Remove / SetTarget ----
+
+// Put appends a ready sandbox to the pool. An id that was claimed, removed or
+// dropped has a bid and changes nothing; so does one pooled already (Load
+// shows each id once, and a duplicate item cannot be claimed twice).
+func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
+	if t, ok := s.c.lookup(ref.ID); ok && t.claimedBy != "" {
+		// Its tags say it is claimed (the queue lost the claim): record the
+		// claim again rather than hand it out a second time.
+		return s.restoreClaim(ctx, pool.Entry{Ref: ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt})
+	}
+	n, err := s.q.Len(ctx, &modal.QueueLenParams{Partition: bidPart(ref.ID)})
+	if err != nil {
+		return storeErr("adding sandbox "+ref.ID+" to the pool", err)
+	}
+	if n > 0 {
+		return nil
+	}
+	rec := poolRec{ID: ref.ID, URL: ref.URL, CreatedAt: ref.CreatedAt.UTC(), ExpiresAt: ref.ExpiresAt.UTC()}
+	if err := s.put(ctx, partPool, encode(rec)); err != nil {
+		return storeErr("adding sandbox "+ref.ID+" to the pool", err)
+	}
+	return nil
+}
+
+func (s *Store) restoreClaim(ctx context.Context, e pool.Entry) error {
+	if err := s.put(ctx, bidPart(e.ID), encode(bidRec{Op: "claim", By: e.ClaimedBy, Nonce: nonce(), At: e.ClaimedAt})); err != nil {
+		return storeErr("recording the claim of "+e.ID, err)
+	}
+	if err := s.put(ctx, logPart(e.ExpiresAt), encode(logRec{Op: "claim", Entry: e})); err != nil {
+		return storeErr("recording the claim of "+e.ID, err)
+	}
+	return nil
+}
+
+// Take pops the pool head (Modal's atomic get) until it finds an entry that
+// expires at or after minExpiresAt and wins its claim bid. Heads that expire
+// earlier are dropped (returned for the caller to terminate) once their drop
+// bid wins; items whose bid was lost are stale copies and just skipped.
+func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time) (pool.Entry, []pool.Entry, bool, error) {
+	var dropped []pool.Entry
+	for {
+		v, ok, err := s.pop(ctx, partPool)
+		if err != nil {
+			return pool.Entry{}, dropped, false, storeErr("claiming a sandbox", err)
+		}
+		if !ok {
+			return pool.Entry{}, dropped, false, nil
+		}
+		var r poolRec
+		if !decode(v, &r) || r.ID == "" {
+			continue
+		}
+		e := pool.Entry{Ref: r.ref()}
+		if r.ExpiresAt.Before(minExpiresAt) {
+			won, _, err := s.bid(ctx, r.ID, "drop", claimedBy)
+			if err != nil {
+				s.requeue(ctx, v)
+				return pool.Entry{}, dropped, false, storeErr("claiming a sandbox", err)
+			}
+			if won {
+				dropped = append(dropped, e)
+			}
+			continue
+		}
+		won, _, err := s.bid(ctx, r.ID, "claim", claimedBy)
+		if err != nil {
+			s.requeue(ctx, v)
+			return pool.Entry{}, dropped, false, storeErr("claiming a sandbox", err)
+		}
+		if !won {
+			continue
+		}
+		e.ClaimedBy, e.ClaimedAt = claimedBy, now
+		sb, err := s.c.client.Sandboxes.FromID(ctx, r.ID)
+		if isNotFound(err) {
+			dropped = append(dropped, pool.Entry{Ref: r.ref()}) // Modal no longer knows it
+			continue
+		}
+		// The bid made it ours: record the claim where Load and a rebuild see it.
+		if err := s.put(ctx, logPart(r.ExpiresAt), encode(logRec{Op: "claim", Entry: e})); err != nil {
+			err = s.put(context.WithoutCancel(ctx), logPart(r.ExpiresAt), encode(logRec{Op: "claim", Entry: e}))
+			_ = err // still ours (the bid says so); a rebuild reads the tag below
+		}
+		if sb != nil {
+			_ = sb.SetTags(ctx, tagsFor(s.c.opts.Pool, e.Ref, claimedBy, now))
+			_ = sb.Detach()
+		}
+		s.c.remember(tagged{ref: e.Ref, claimedBy: claimedBy, claimedAt: now})
+		return e, dropped, true, nil
+	}
+}
+
+// requeue puts back an item popped before a failure, so it is not lost.
+func (s *Store) requeue(ctx context.Context, v any) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = s.put(ctx, partPool, v)
+}
+
+// Remove deletes entries by id and returns those it found. A pooled entry is
+// taken out of reach of Take by a removal bid; if a claim bid won first, the
+// entry is the claimer's and is left alone (not returned).
+func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error) {
+	v, err := s.load(ctx)
+	if err != nil {
+		return nil, err
+	}
+	byID := map[string]pool.Entry{}
+	for _, e := range v.Entries {
+		byID[e.ID] = e
+	}
+	var found []pool.Entry
+	logs := map[string][]any{}
+	for _, id := range ids {
+		e, ok := byID[id]
+		if !ok || slices.ContainsFunc(found, func(f pool.Entry) bool { return f.ID == id }) {
+			continue
+		}
+		if v.pooled[id] {
+			won, first, err := s.bid(ctx, id, "remove", "")
+			if err != nil {
+				return found, storeErr("removing sandbox "+id, err)
+			}
+			if !won && first.Op == "claim" {
+				continue
+			}
+		}
+		found = append(found, e)
+		logs[logPart(e.ExpiresAt)] = append(logs[logPart(e.ExpiresAt)], encode(logRec{Op: "remove", Entry: e}))
+		v.removed[id] = true
+	}
+	for part, recs := range logs {
+		if err := s.put(ctx, part, recs...); err != nil {
+			return found, storeErr("removing sandboxes", err)
+		}
+	}
+	s.trim(ctx, v)
+	return found, nil
+}
+
+// trim pops the stale items (removed, claimed, duplicates) at the pool head,
+// so the partition does not grow. A live item popped by a race is put back.
+func (s *Store) trim(ctx context.Context, v view) {
+	seen := map[string]bool{}
+	stale := 0
+	for _, id := range v.order {
+		if v.pooled[id] && !v.removed[id] && !seen[id] {
+			break
+		}
+		seen[id] = true
+		stale++
+	}
+	for range stale {
+		it, ok, err := s.pop(ctx, partPool)
+		if err != nil || !ok {
+			return
+		}
+		var r poolRec
+		if decode(it, &r) && v.pooled[r.ID] && !v.removed[r.ID] {
+			s.requeue(ctx, it)
+			return
+		}
+	}
+}
+
+// SetTarget stores the target.
+func (s *Store) SetTarget(ctx context.Context, n int) error {
+	l, err := s.q.Len(ctx, &modal.QueueLenParams{Partition: partMeta})
+	if err != nil {
+		return storeErr("setting the pool's target", err)
+	}
+	return s.putMeta(ctx, metaRec{Target: n, Has: true, At: time.Now().UTC()}, l)
+}
+
+// putMeta appends a target record and, when older ones pile up, pops one:
+// each writer pops at most one and only after its own put, so the newest
+// records always remain.
+func (s *Store) putMeta(ctx context.Context, m metaRec, had int) error {
+	if err := s.put(ctx, partMeta, encode(m)); err != nil {
+		return storeErr("setting the pool's target", err)
+	}
+	if had >= 3 {
+		_, _, _ = s.pop(ctx, partMeta)
+	}
+	return nil
+}
+
+// rebuild restores a lost queue from Sandboxes.List and the sandboxes' tags:
+// unclaimed ones are pooled again (oldest first), claimed ones recorded as
+// claimed. Bids that survived keep it from re-pooling what was taken.
+func (s *Store) rebuild(ctx context.Context) error {
+	ts, err := s.c.listTagged(ctx)
+	if err != nil {
+		return err
+	}
+	sort.SliceStable(ts, func(i, j int) bool { return ts[i].ref.ExpiresAt.Before(ts[j].ref.ExpiresAt) })
+	for _, t := range ts {
+		if t.claimedBy != "" {
+			if err := s.restoreClaim(ctx, pool.Entry{Ref: t.ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}); err != nil {
+				return err
+			}
+		} else if err := s.Put(ctx, t.ref); err != nil {
+			return err
+		}
+	}
+	// A marker without a target: the target is not in the tags.
+	if err := s.put(ctx, partMeta, encode(metaRec{At: time.Now().UTC()})); err != nil {
+		return storeErr("rebuilding the pool's queue", err)
+	}
+	return nil
 }
 
 // Close releases the Store's share of the Modal client.

@@ -1,0 +1,201 @@
+package modalx
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// The controller lease (SPEC Behaviour 6) lives in two kinds of partitions:
+//
+//	"lease"        heartbeat records {holder, epoch, at}; the one with the highest
+//	               epoch (the last of equals) is current. The holder appends one
+//	               every heartbeat interval; it is stale after 3 intervals.
+//	"elect-<n>"    bids for epoch n. Whoever finds the lease free or stale bids for
+//	               the next epoch, then reads the head: the first bid wins, so
+//	               two controllers taking over at once cannot both win.
+const partLease = "lease"
+
+type leaseRec struct {
+	Holder   string    `json:"holder"`
+	Epoch    int64     `json:"epoch"`
+	At       time.Time `json:"at"`
+	Released bool      `json:"released,omitempty"`
+}
+
+type electRec struct {
+	Holder string `json:"holder"`
+	Nonce  string `json:"nonce"`
+}
+
+func electPart(epoch int64) string { return fmt.Sprintf("elect-%d", epoch) }
+
+func (s *Store) staleAfter() time.Duration { return 3 * s.c.opts.LeaseHeartbeat }
+
+// currentLease reads the heartbeat records; n is how many there are.
+func (s *Store) currentLease(ctx context.Context) (cur leaseRec, n int, err error) {
+	its, err := s.items(ctx, partLease)
+	if err != nil {
+		return cur, 0, err
+	}
+	for _, it := range its {
+		var r leaseRec
+		if decode(it, &r) && r.Epoch >= cur.Epoch {
+			cur = r
+		}
+	}
+	return cur, len(its), nil
+}
+
+func (s *Store) live(r leaseRec, now time.Time) bool {
+	return r.Holder != "" && !r.Released && now.Sub(r.At) < s.staleAfter()
+}
+
+// LeaseHolder says who maintains the pool now, "" when nobody does (or the
+// holder's heartbeat is stale).
+func (s *Store) LeaseHolder(ctx context.Context) (string, error) {
+	cur, _, err := s.currentLease(ctx)
+	if err != nil {
+		return "", storeErr("reading the controller lease", err)
+	}
+	if s.live(cur, time.Now()) {
+		return cur.Holder, nil
+	}
+	return "", nil
+}
+
+// AcquireLease takes the controller lease for holder when it is free or
+// stale, and keeps it with a heartbeat until Release. It fails with a
+// *pool.LeaseHeldError naming the live holder otherwise.
+func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, error) {
+	cur, _, err := s.currentLease(ctx)
+	if err != nil {
+		return nil, storeErr("reading the controller lease", err)
+	}
+	if s.live(cur, time.Now()) && cur.Holder != holder {
+		return nil, &pool.LeaseHeldError{Holder: cur.Holder}
+	}
+	epoch := cur.Epoch + 1
+	mine := electRec{Holder: holder, Nonce: nonce()}
+	if err := s.put(ctx, electPart(epoch), encode(mine)); err != nil {
+		return nil, storeErr("taking the controller lease", err)
+	}
+	v, ok, err := s.head(ctx, electPart(epoch))
+	if err != nil {
+		return nil, storeErr("taking the controller lease", err)
+	}
+	var first electRec
+	if !ok || !decode(v, &first) || first.Nonce != mine.Nonce {
+		return nil, &pool.LeaseHeldError{Holder: first.Holder}
+	}
+	if err := s.put(ctx, partLease, encode(leaseRec{Holder: holder, Epoch: epoch, At: time.Now().UTC()})); err != nil {
+		return nil, storeErr("taking the controller lease", err)
+	}
+	hctx, cancel := context.WithCancel(context.Background())
+	l := &Lease{s: s, holder: holder, epoch: epoch, cancel: cancel, lost: make(chan struct{}), done: make(chan struct{})}
+	go l.heartbeat(hctx)
+	return l, nil
+}
+
+// Lease is a held controller lease. It implements pool.Lease.
+type Lease struct {
+	s      *Store
+	holder string
+	epoch  int64
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	lostOnce sync.Once
+	lost     chan struct{}
+	relOnce  sync.Once
+	relErr   error
+}
+
+// Holder is who holds this lease.
+func (l *Lease) Holder() string { return l.holder }
+
+// Lost is closed when another controller took the lease over (this one's
+// heartbeat went stale, e.g. a long pause) or heartbeats kept failing.
+func (l *Lease) Lost() <-chan struct{} { return l.lost }
+
+func (l *Lease) markLost() { l.lostOnce.Do(func() { close(l.lost) }) }
+
+func (l *Lease) heartbeat(ctx context.Context) {
+	defer close(l.done)
+	every := l.s.c.opts.LeaseHeartbeat
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastOK := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := l.beat(ctx); err != nil {
+			if err == errLeaseLost || time.Since(lastOK) > l.s.staleAfter() {
+				l.markLost()
+				return
+			}
+			continue
+		}
+		lastOK = time.Now()
+	}
+}
+
+var errLeaseLost = fmt.Errorf("lease lost")
+
+func (l *Lease) beat(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*l.s.c.opts.LeaseHeartbeat)
+	defer cancel()
+	cur, n, err := l.s.currentLease(ctx)
+	if err != nil {
+		return err
+	}
+	if cur.Epoch > l.epoch || (cur.Epoch == l.epoch && cur.Holder != l.holder) {
+		return errLeaseLost
+	}
+	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: l.epoch, At: time.Now().UTC()})); err != nil {
+		return err
+	}
+	if n >= 2 { // keep the partition short: drop the oldest record
+		_, _, _ = l.s.pop(ctx, partLease)
+	}
+	return nil
+}
+
+// Release stops the heartbeat and marks the lease free, unless it was lost.
+func (l *Lease) Release() error {
+	l.relOnce.Do(func() {
+		l.cancel()
+		<-l.done
+		select {
+		case <-l.lost:
+			return
+		default:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cur, _, err := l.s.currentLease(ctx)
+		if err != nil {
+			l.relErr = storeErr("releasing the controller lease", err)
+			return
+		}
+		if cur.Epoch > l.epoch {
+			return
+		}
+		if err := l.s.put(ctx, partLease, encode(leaseRec{Epoch: l.epoch, At: time.Now().UTC(), Released: true})); err != nil {
+			l.relErr = storeErr("releasing the controller lease", err)
+		}
+	})
+	return l.relErr
+}
+
+// abandon stops the heartbeat without releasing, as a crash would (tests).
+func (l *Lease) abandon() {
+	l.cancel()
+	<-l.done
+}

@@ -1,0 +1,399 @@
+package modalx
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// fill creates n real sandboxes in the fake and puts them in the store.
+func fill(t *testing.T, b *Backend, s *Store, n int, ttl time.Duration) []pool.Ref {
+	t.Helper()
+	ctx := ctxT(t)
+	refs := make([]pool.Ref, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, err := b.Create(ctx, ttl)
+			refs[i] = r
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.SortFunc(refs, func(a, b pool.Ref) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	for _, r := range refs {
+		if err := s.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return refs
+}
+
+func entryIDs(es []pool.Entry) []string {
+	out := make([]string, len(es))
+	for i, e := range es {
+		out[i] = e.ID
+	}
+	return out
+}
+
+func load(t *testing.T, s *Store) pool.Stored {
+	t.Helper()
+	st, err := s.Load(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func claimedOf(st pool.Stored) []pool.Entry {
+	var out []pool.Entry
+	for _, e := range st.Entries {
+		if e.Claimed() {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestStoreSemantics(t *testing.T) {
+	f := startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "sem"})
+
+	st := load(t, s)
+	if st.HasTarget || len(st.Entries) != 0 {
+		t.Fatalf("new pool: %+v", st)
+	}
+	if err := s.SetTarget(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 { // many target writes keep the last
+		if err := s.SetTarget(ctx, 10+i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := load(t, s); !st.HasTarget || st.Target != 15 {
+		t.Fatalf("target %d %v", st.Target, st.HasTarget)
+	}
+	if n := len(f.QueueItems(QueueName("sem"), "meta")); n > 4 {
+		t.Fatalf("meta partition grows: %d", n)
+	}
+
+	short := fill(t, b, s, 1, time.Minute)[0]
+	long := fill(t, b, s, 2, 5*time.Minute)
+	if err := s.Put(ctx, long[0]); err != nil { // already recorded: nothing changes
+		t.Fatal(err)
+	}
+	st = load(t, s)
+	if got, want := entryIDs(st.Entries), []string{short.ID, long[0].ID, long[1].ID}; !slices.Equal(got, want) {
+		t.Fatalf("entries %v, want %v", got, want)
+	}
+
+	now := time.Now()
+	taken, dropped, ok, err := s.Take(ctx, now.Add(2*time.Minute), "cli", now)
+	if err != nil || !ok {
+		t.Fatalf("Take: %v %v", ok, err)
+	}
+	if taken.ID != long[0].ID || taken.ClaimedBy != "cli" || !taken.ClaimedAt.Equal(now) || taken.URL != long[0].URL {
+		t.Fatalf("taken %+v", taken)
+	}
+	if len(dropped) != 1 || dropped[0].ID != short.ID {
+		t.Fatalf("dropped %+v", dropped)
+	}
+	for _, sb := range f.Sandboxes() {
+		if sb.ID == taken.ID && (sb.Tags[TagClaimedBy] != "cli" || sb.Tags[TagPool] != "sem" || sb.Tags[TagURL] != taken.URL) {
+			t.Fatalf("claim tags %v", sb.Tags)
+		}
+	}
+	st = load(t, s)
+	if got := entryIDs(st.Entries); !slices.Equal(got, []string{long[1].ID, long[0].ID}) {
+		t.Fatalf("after take: %v", got)
+	}
+	if c := claimedOf(st); len(c) != 1 || c[0].ClaimedBy != "cli" {
+		t.Fatalf("claimed %+v", c)
+	}
+	if err := s.Put(ctx, taken.Ref); err != nil { // a claimed id is not pooled again
+		t.Fatal(err)
+	}
+	if got := entryIDs(load(t, s).Pooled()); !slices.Equal(got, []string{long[1].ID}) {
+		t.Fatalf("claimed id re-pooled: %v", got)
+	}
+
+	removed, err := s.Remove(ctx, taken.ID, long[1].ID, "sb-unknown", taken.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := entryIDs(removed); !slices.Equal(got, []string{taken.ID, long[1].ID}) {
+		t.Fatalf("removed %v", got)
+	}
+	if st := load(t, s); len(st.Entries) != 0 {
+		t.Fatalf("after remove: %+v", st.Entries)
+	}
+	if _, _, ok, err := s.Take(ctx, time.Now(), "cli", time.Now()); ok || err != nil {
+		t.Fatalf("Take on empty: %v %v", ok, err)
+	}
+	if n := len(f.QueueItems(QueueName("sem"), "")); n != 0 {
+		t.Fatalf("pool partition keeps %d stale items", n)
+	}
+}
+
+// takeAll takes until the pool is empty.
+func takeAll(ctx context.Context, s *Store, by string) ([]string, error) {
+	var got []string
+	for {
+		e, _, ok, err := s.Take(ctx, time.Now(), by, time.Now())
+		if err != nil {
+			return got, err
+		}
+		if !ok {
+			return got, nil
+		}
+		got = append(got, e.ID)
+	}
+}
+
+func TestStoreConcurrentTakesOwnClients(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "conc"})
+	refs := fill(t, b, s, 100, 5*time.Minute)
+
+	var mu sync.Mutex
+	seen := map[string]string{}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		_, sg := open(t, Options{Pool: "conc"}) // its own Modal client
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			by := fmt.Sprintf("taker-%d", g)
+			got, err := takeAll(ctx, sg, by)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, id := range got {
+				if prev, dup := seen[id]; dup {
+					t.Errorf("%s handed to %s and %s", id, prev, by)
+				}
+				seen[id] = by
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != len(refs) {
+		t.Fatalf("took %d of %d", len(seen), len(refs))
+	}
+	st := load(t, s)
+	if len(st.Pooled()) != 0 || len(claimedOf(st)) != 100 {
+		t.Fatalf("after: %d pooled, %d claimed", len(st.Pooled()), len(claimedOf(st)))
+	}
+}
+
+func TestStoreRemoveUnderConcurrentTakes(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "rm"})
+	refs := fill(t, b, s, 40, 5*time.Minute)
+	toRemove := []string{}
+	for _, r := range refs[15:25] {
+		toRemove = append(toRemove, r.ID)
+	}
+
+	var mu sync.Mutex
+	taken := map[string]int{}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		_, sg := open(t, Options{Pool: "rm"})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 6 { // not all: some must remain pooled
+				e, _, ok, err := sg.Take(ctx, time.Now(), fmt.Sprint("t", g), time.Now())
+				if err != nil || !ok {
+					t.Error(ok, err)
+					return
+				}
+				mu.Lock()
+				taken[e.ID]++
+				mu.Unlock()
+			}
+		}()
+	}
+	_, sr := open(t, Options{Pool: "rm"})
+	var removed []pool.Entry
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for _, id := range toRemove { // one at a time, racing the takers
+			r, err := sr.Remove(ctx, id)
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			removed = append(removed, r...)
+			mu.Unlock()
+		}
+	}()
+	wg.Wait()
+
+	// Every id is in exactly one place: taken once, removed while pooled,
+	// or still pooled. A removed entry that was also taken must have been
+	// claimed before the removal (Remove returns it as claimed).
+	count := map[string]int{}
+	for id, n := range taken {
+		count[id] += n
+	}
+	for _, e := range removed {
+		if !slices.Contains(toRemove, e.ID) {
+			t.Fatalf("removed %s, not asked", e.ID)
+		}
+		if taken[e.ID] > 0 {
+			if !e.Claimed() {
+				t.Errorf("%s taken, and removed as pooled", e.ID)
+			}
+			continue
+		}
+		count[e.ID]++
+	}
+	st := load(t, s)
+	for _, e := range st.Pooled() {
+		count[e.ID]++
+	}
+	for _, r := range refs {
+		if count[r.ID] != 1 {
+			t.Errorf("%s accounted %d times (taken %d)", r.ID, count[r.ID], taken[r.ID])
+		}
+	}
+	// What remains is still claimable, once each.
+	rest, err := takeAll(ctx, s, "rest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rest) != len(st.Pooled()) {
+		t.Fatalf("took %d of %d remaining", len(rest), len(st.Pooled()))
+	}
+}
+
+func TestStoreTargetSurvivesNewClient(t *testing.T) {
+	startFake(t)
+	_, s := open(t, Options{Pool: "tgt"})
+	if err := s.SetTarget(ctxT(t), 7); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	_, s2 := open(t, Options{Pool: "tgt"})
+	if st := load(t, s2); !st.HasTarget || st.Target != 7 {
+		t.Fatalf("target %+v", st)
+	}
+	_, s3 := open(t, Options{Pool: "tgt"})
+	if err := s3.SetTarget(ctxT(t), 0); err != nil {
+		t.Fatal(err)
+	}
+	if st := load(t, s2); !st.HasTarget || st.Target != 0 {
+		t.Fatalf("target 0: %+v", st)
+	}
+}
+
+func TestStoreRebuildAfterQueueCleared(t *testing.T) {
+	f := startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "rb"})
+	refs := fill(t, b, s, 6, 5*time.Minute)
+	var claimed []string
+	for range 2 {
+		e, _, ok, err := s.Take(ctx, time.Now(), "api 127.0.0.1:5555", time.Now())
+		if err != nil || !ok {
+			t.Fatal(ok, err)
+		}
+		claimed = append(claimed, e.ID)
+	}
+	before := load(t, s)
+
+	f.ClearQueue(QueueName("rb")) // Modal dropped the queue
+
+	_, s2 := open(t, Options{Pool: "rb"}) // a fresh process
+	after := load(t, s2)
+	if got, want := entryIDs(after.Pooled()), entryIDs(before.Pooled()); !slices.Equal(got, want) {
+		t.Fatalf("pooled after rebuild %v, want %v", got, want)
+	}
+	c := claimedOf(after)
+	if got := entryIDs(c); !slices.Equal(got, claimed) {
+		t.Fatalf("claimed after rebuild %v, want %v", got, claimed)
+	}
+	if c[0].ClaimedBy != "api 127.0.0.1:5555" || c[0].URL != refs[0].URL {
+		t.Fatalf("claim %+v", c[0])
+	}
+	// A second process rebuilding too duplicates nothing.
+	_, s3 := open(t, Options{Pool: "rb"})
+	if got := load(t, s3); len(got.Entries) != len(refs) {
+		t.Fatalf("%d entries, want %d", len(got.Entries), len(refs))
+	}
+	got, err := takeAll(ctx, s3, "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, entryIDs(before.Pooled())) {
+		t.Fatalf("took %v, want %v (claimed ones must not be pooled again)", got, entryIDs(before.Pooled()))
+	}
+}
+
+// TestRPCCounts reports the RPCs of one claim and one maintenance pass
+// (Store.Load + Backend.List) at several pool sizes.
+func TestRPCCounts(t *testing.T) {
+	for _, n := range []int{3, 30, 100} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			f := startFake(t)
+			ctx := ctxT(t)
+			b, s := open(t, Options{Pool: "count"})
+			fill(t, b, s, n, 5*time.Minute)
+			load(t, s) // first Load creates the meta record
+			f.ResetCounts()
+			if _, err := s.Load(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.List(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pass := f.Counts()
+			f.ResetCounts()
+			if _, _, ok, err := s.Take(ctx, time.Now(), "cli", time.Now()); !ok || err != nil {
+				t.Fatal(ok, err)
+			}
+			claim := f.Counts()
+			f.ResetCounts()
+			if _, err := b.Create(ctx, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			create := f.Counts()
+			t.Logf("n=%d  maintenance pass (Load+List): %d RPCs [%s]", n, sum(pass), fakemodal.FormatCounts(pass))
+			t.Logf("n=%d  claim (Take): %d RPCs [%s]", n, sum(claim), fakemodal.FormatCounts(claim))
+			t.Logf("n=%d  create: %d RPCs [%s]", n, sum(create), fakemodal.FormatCounts(create))
+		})
+	}
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
