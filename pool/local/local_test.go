@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -66,14 +67,31 @@ func newBackend(t testing.TB, opts local.Options) *local.Backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Leave nothing running, whatever the test did.
+	// Leave nothing running, whatever the test did, and check that nothing
+	// was leaked outside the records.
 	t.Cleanup(func() {
 		refs, _ := b.List(context.Background())
 		for _, r := range refs {
 			_ = b.Terminate(context.Background(), r.ID)
 		}
+		eventually(t, 10*time.Second, "no process of "+b.Dir()+" left", func() bool { return len(procsOf(b.Dir())) == 0 })
 	})
 	return b
+}
+
+// procsOf returns the live processes whose environment mentions dir: the
+// launchers, supervisors and built-in servers of one backend (their spec
+// names the directory).
+func procsOf(dir string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if env, err := os.ReadFile("/proc/" + e.Name() + "/environ"); err == nil && strings.Contains(string(env), dir) {
+			pid, _ := strconv.Atoi(e.Name())
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
@@ -365,6 +383,27 @@ func TestCreateFailures(t *testing.T) {
 		if _, err := b.Create(ctx, time.Minute); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Create = %v, want canceled", err)
 		}
+	})
+	t.Run("deadline during start", func(t *testing.T) {
+		t.Parallel()
+		b := newBackend(t, local.Options{})
+		// Deadlines around the start time hit every step; whichever fails, the
+		// sandbox must not survive (the cleanup checks no process is left).
+		for d := 500 * time.Microsecond; d < 40*time.Millisecond; d *= 2 {
+			ctx, cancel := context.WithTimeout(context.Background(), d)
+			ref, err := b.Create(ctx, time.Minute)
+			cancel()
+			if err != nil {
+				continue
+			}
+			if err := b.Terminate(context.Background(), ref.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, 10*time.Second, "no files left", func() bool {
+			m, _ := filepath.Glob(filepath.Join(b.Dir(), "*"))
+			return len(m) == 0
+		})
 	})
 	t.Run("bad options", func(t *testing.T) {
 		if _, err := local.New(local.Options{Pool: "a/b", StateDir: t.TempDir()}); err == nil {
