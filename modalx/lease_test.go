@@ -1,0 +1,126 @@
+package modalx
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+func TestLease(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	hb := 100 * time.Millisecond
+	_, a := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
+	_, b := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
+
+	if h, err := a.LeaseHolder(ctx); err != nil || h != "" {
+		t.Fatalf("holder of a new pool: %q %v", h, err)
+	}
+	la, err := a.AcquireLease(ctx, "host-a:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Held and kept alive by the heartbeat well past the stale limit.
+	time.Sleep(5 * hb)
+	var held *pool.LeaseHeldError
+	if _, err := b.AcquireLease(ctx, "host-b:2"); !errors.As(err, &held) || held.Holder != "host-a:1" {
+		t.Fatalf("second acquire: %v", err)
+	}
+	if h, _ := b.LeaseHolder(ctx); h != "host-a:1" {
+		t.Fatalf("holder %q", h)
+	}
+
+	// Release frees it at once.
+	if err := la.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := b.LeaseHolder(ctx); h != "" {
+		t.Fatalf("holder after release %q", h)
+	}
+	lb, err := b.AcquireLease(ctx, "host-b:2")
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// B dies (no release): the lease is held until 3 heartbeats are missed.
+	lb.(*Lease).abandon()
+	if _, err := a.AcquireLease(ctx, "host-a:3"); !errors.As(err, &held) {
+		t.Fatalf("acquire of a fresh lease: %v", err)
+	}
+	time.Sleep(3*hb + 50*time.Millisecond)
+
+	// Two controllers take the stale lease over at once: exactly one wins.
+	_, c := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var won []pool.Lease
+	var lost []string
+	for i, s := range []*Store{a, c} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l, err := s.AcquireLease(ctx, []string{"host-a:3", "host-c:4"}[i])
+			mu.Lock()
+			defer mu.Unlock()
+			if errors.As(err, &held) {
+				lost = append(lost, held.Holder)
+			} else if err != nil {
+				t.Error(err)
+			} else {
+				won = append(won, l)
+			}
+		}()
+	}
+	wg.Wait()
+	if len(won) != 1 || len(lost) != 1 || lost[0] != won[0].(*Lease).Holder() {
+		t.Fatalf("won %d, lost to %v", len(won), lost)
+	}
+	if h, _ := a.LeaseHolder(ctx); h != won[0].(*Lease).Holder() {
+		t.Fatalf("holder %q", h)
+	}
+	// The superseded holder notices on its next heartbeat (it was paused, not dead).
+	_, d := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
+	won[0].(*Lease).abandon()
+	time.Sleep(3*hb + 50*time.Millisecond)
+	ld, err := d.AcquireLease(ctx, "host-d:5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ld.Release()
+	select {
+	case <-ld.(*Lease).Lost():
+		t.Fatal("new holder lost its lease")
+	case <-time.After(3 * hb):
+	}
+	if h, _ := a.LeaseHolder(ctx); h != "host-d:5" {
+		t.Fatalf("holder %q", h)
+	}
+}
+
+func TestLeaseLostWhenSuperseded(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	hb := 100 * time.Millisecond
+	_, a := open(t, Options{Pool: "lease2", LeaseHeartbeat: hb})
+	_, b := open(t, Options{Pool: "lease2", LeaseHeartbeat: hb})
+	la, err := a.AcquireLease(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer la.Release()
+	// Same holder name from another process (a restart): it takes over, and
+	// the old one learns it lost the lease.
+	lb, err := b.AcquireLease(ctx, "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lb.Release()
+	select {
+	case <-la.(*Lease).Lost():
+	case <-time.After(10 * hb):
+		t.Fatal("superseded lease not marked lost")
+	}
+}
