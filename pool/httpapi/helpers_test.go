@@ -45,14 +45,16 @@ type env struct {
 }
 
 type envOpts struct {
-	size    int
-	api     httpapi.Options
-	clock   clockwork.Clock // default real
-	loops   bool            // run the controller's maintenance loops (backfill)
-	fill    bool            // fill to size before serving
-	backend pool.Backend    // default the pooltest backend
-	checker pool.Checker    // default the pooltest backend's checker
-	cfg     func(*pool.Config)
+	size        int
+	api         httpapi.Options
+	clock       clockwork.Clock                      // default real
+	loops       bool                                 // run the controller's maintenance loops (backfill)
+	fill        bool                                 // fill to size before serving
+	backend     pool.Backend                         // default the pooltest backend
+	checker     func(*pooltest.Backend) pool.Checker // default the pooltest backend's checker
+	cfg         func(*pool.Config)
+	createDelay time.Duration // how long the pooltest backend takes to create one
+	poll        time.Duration // how often the controller re-reads the store (default 20ms)
 }
 
 func newEnv(t testing.TB, o envOpts) *env {
@@ -62,6 +64,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 		e.clk = clockwork.NewRealClock()
 	}
 	e.be = pooltest.NewBackend(e.clk)
+	e.be.CreateDelay = o.createDelay
 	e.st = pooltest.NewStore()
 	e.cst = &countStore{Store: e.st}
 	cfg := pool.DefaultConfig()
@@ -75,12 +78,15 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.backend != nil {
 		be = o.backend
 	}
-	checker := o.checker
-	if checker == nil {
-		checker = e.be.Checker
+	var checker pool.Checker = e.be.Checker
+	if o.checker != nil {
+		checker = o.checker(e.be)
+	}
+	if o.poll == 0 {
+		o.poll = 20 * time.Millisecond
 	}
 	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: e.cst, Clock: e.clk,
-		Checker: checker, StorePollEvery: 20 * time.Millisecond})
+		Checker: checker, StorePollEvery: o.poll})
 	if err != nil {
 		t.Fatal(err)
 	}
