@@ -2,6 +2,7 @@ package local_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -28,12 +29,33 @@ import (
 // --cmd workload of TestCmd, a command that surely exists.
 const envCmdPort = "LOCALTEST_CMD_PORT"
 
+// envController makes the test binary a controller in another process: it
+// creates one sandbox in the given state dir, prints its Ref, and blocks
+// until killed (TestControllerKill9).
+const envController = "LOCALTEST_CONTROLLER_DIR"
+
 func TestMain(m *testing.M) {
 	local.MaybeRunChild()
 	if port := os.Getenv(envCmdPort); port != "" {
 		cmdServer(port)
 	}
+	if dir := os.Getenv(envController); dir != "" {
+		controller(dir)
+	}
 	goleak.VerifyTestMain(m)
+}
+
+func controller(dir string) {
+	b, err := local.New(local.Options{StateDir: dir, Pool: "ctl"})
+	if err == nil {
+		var ref pool.Ref
+		if ref, err = b.Create(context.Background(), time.Minute); err == nil {
+			_ = json.NewEncoder(os.Stdout).Encode(ref)
+			_, _ = io.Copy(io.Discard, os.Stdin) // until killed
+		}
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
 }
 
 func cmdServer(port string) {
@@ -298,6 +320,43 @@ func TestRestartedController(t *testing.T) {
 		t.Fatalf("first List = %v, want [%s]", got, c.ID)
 	}
 	get(t, c.URL)
+}
+
+func TestControllerKill9(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl := exec.Command(exe)
+	ctl.Env = append(os.Environ(), envController+"="+dir)
+	ctl.Stderr = os.Stderr
+	stdin, _ := ctl.StdinPipe() // held open: the controller blocks on it
+	defer stdin.Close()
+	out, _ := ctl.StdoutPipe()
+	if err := ctl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var ref pool.Ref
+	if err := json.NewDecoder(out).Decode(&ref); err != nil {
+		_ = ctl.Process.Kill()
+		_ = ctl.Wait()
+		t.Fatalf("controller: %v", err)
+	}
+	_ = ctl.Process.Signal(syscall.SIGKILL)
+	_ = ctl.Wait()
+
+	get(t, ref.URL) // still serving, its controller dead
+	b := newBackend(t, local.Options{StateDir: dir, Pool: "ctl"})
+	if got := list(t, b); !slices.Equal(got, []string{ref.ID}) {
+		t.Fatalf("List = %v, want [%s]", got, ref.ID)
+	}
+	pgid, _ := b.Pgid(ref.ID)
+	if err := b.Terminate(context.Background(), ref.ID); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "group gone", func() bool { return groupGone(pgid) })
 }
 
 func TestCmd(t *testing.T) {
