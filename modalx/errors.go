@@ -60,10 +60,14 @@ func wrap(doing string, err error) error {
 		kind = ErrNoCredentials
 		e.Reason = "no Modal credentials: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or run `modal token new` to write ~/.modal.toml"
 	case errors.As(err, &remote):
-		if strings.Contains(remote.Exception, "Image build") {
-			kind = ErrImage
-		}
 		e.Reason = remote.Exception
+		if strings.HasPrefix(remote.Exception, "Image build") {
+			// "Image build for im-… failed with the exception:\n<why>": keep the why.
+			kind = ErrImage
+			if _, why, ok := strings.Cut(remote.Exception, "exception:"); ok {
+				e.Reason = "the build failed: " + why
+			}
+		}
 	case errors.As(err, &gs):
 		st := gs.GRPCStatus()
 		e.Reason = st.Message()

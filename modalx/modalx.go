@@ -1,16 +1,20 @@
 package modalx
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
 	modal "github.com/modal-labs/libmodal/modal-go"
 	pb "github.com/modal-labs/libmodal/modal-go/proto/modal_proto"
+	"github.com/pelletier/go-toml/v2"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"google.golang.org/grpc"
 )
@@ -113,6 +117,10 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := &core{opts: opts, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2}
+	if !haveCredentials() {
+		// Said before the SDK tries (it would leave a connection open).
+		return nil, nil, wrap("connecting to Modal", errors.New("missing token_id or token_secret"))
+	}
 	client, err := newClient(ctx, opts.Logger)
 	if err != nil {
 		return nil, nil, wrap("connecting to Modal", err)
@@ -136,16 +144,35 @@ func QueueName(pool string) string { return "sandboxpool-" + pool }
 
 // newClient creates the SDK client. NewClientWithOptions takes no context and
 // fetches an auth token at once, so it runs aside and ctx bounds the wait; a
-// client that arrives late is closed.
+// client that arrives late is closed. When it fails it leaves its gRPC
+// connection open (modal-go v0.7.0), so an interceptor notes the connection
+// and it is closed here.
 func newClient(ctx context.Context, logger *slog.Logger) (*modal.Client, error) {
 	type res struct {
 		c   *modal.Client
 		err error
 	}
+	var connMu sync.Mutex
+	var conn *grpc.ClientConn
+	noteConn := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		connMu.Lock()
+		if conn == nil {
+			conn = cc
+		}
+		connMu.Unlock()
+		return invoke(ctx, method, req, reply, cc, opts...)
+	}
 	ch := make(chan res, 1)
 	go func() {
 		c, err := modal.NewClientWithOptions(&modal.ClientParams{Logger: logger,
-			GRPCUnaryInterceptors: []grpc.UnaryClientInterceptor{captureList}})
+			GRPCUnaryInterceptors: []grpc.UnaryClientInterceptor{captureList, noteConn}})
+		if err != nil {
+			connMu.Lock()
+			if conn != nil {
+				_ = conn.Close()
+			}
+			connMu.Unlock()
+		}
 		ch <- res{c, err}
 	}()
 	select {
@@ -159,6 +186,47 @@ func newClient(ctx context.Context, logger *slog.Logger) (*modal.Client, error) 
 		}()
 		return nil, ctx.Err()
 	}
+}
+
+// haveCredentials resolves the token pair as the SDK does: environment first,
+// then the MODAL_PROFILE (or active) profile of MODAL_CONFIG_PATH or ~/.modal.toml.
+func haveCredentials() bool {
+	id, secret := os.Getenv("MODAL_TOKEN_ID"), os.Getenv("MODAL_TOKEN_SECRET")
+	if id != "" && secret != "" {
+		return true
+	}
+	path := os.Getenv("MODAL_CONFIG_PATH")
+	if path == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return false
+		}
+		path = filepath.Join(home, ".modal.toml")
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	type profile struct {
+		TokenID     string `toml:"token_id"`
+		TokenSecret string `toml:"token_secret"`
+		Active      bool   `toml:"active"`
+	}
+	var cfg map[string]profile
+	if toml.Unmarshal(data, &cfg) != nil {
+		return true // let the SDK report the broken file
+	}
+	name := os.Getenv("MODAL_PROFILE")
+	if name == "" {
+		for n, p := range cfg {
+			if p.Active {
+				name = n
+				break
+			}
+		}
+	}
+	p := cfg[name]
+	return cmp.Or(id, p.TokenID) != "" && cmp.Or(secret, p.TokenSecret) != ""
 }
 
 // release drops one user of the client and closes it with the last.
