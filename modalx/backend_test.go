@@ -138,6 +138,16 @@ func TestBackendCreateListTerminate(t *testing.T) {
 	}
 	t.Logf("List of 3 from a fresh client: %s", fakemodal.FormatCounts(f.Counts()))
 
+	// A sandbox whose server died is still running for Modal (the engine's
+	// health check finds it dead).
+	f.KillServer(made[2].ID)
+	if _, _, err := get(f, made[2].URL); err == nil {
+		t.Fatal("killed server still answers")
+	}
+	if got, _ := b.List(ctx); len(got) != 3 {
+		t.Fatalf("List after KillServer: %v", ids(got))
+	}
+
 	if err := b.Terminate(ctx, made[1].ID); err != nil {
 		t.Fatal(err)
 	}
@@ -192,5 +202,22 @@ func TestSplitCmd(t *testing.T) {
 	}
 	if got := splitCmd("cd /app && python -m http.server $PORT", 1); got[0] != "sh" || got[2] != "cd /app && python -m http.server $PORT" {
 		t.Fatal(got)
+	}
+}
+
+func TestFakeWarmup(t *testing.T) {
+	f := startFake(t)
+	b, _ := open(t, Options{Pool: "warm"})
+	f.SetWarmup(300 * time.Millisecond)
+	ref, err := b.Create(ctxT(t), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, _ := get(f, ref.URL); code != http.StatusServiceUnavailable {
+		t.Fatalf("warming sandbox answered %d", code)
+	}
+	time.Sleep(350 * time.Millisecond)
+	if code, _, _ := get(f, ref.URL); code != http.StatusOK {
+		t.Fatalf("warm sandbox answered %d", code)
 	}
 }

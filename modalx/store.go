@@ -354,11 +354,12 @@ func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy stri
 			dropped = append(dropped, pool.Entry{Ref: r.ref()}) // Modal no longer knows it
 			continue
 		}
-		// The bid made it ours: record the claim where Load and a rebuild see it.
-		if err := s.put(ctx, logPart(r.ExpiresAt), encode(logRec{Op: "claim", Entry: e})); err != nil {
-			err = s.put(context.WithoutCancel(ctx), logPart(r.ExpiresAt), encode(logRec{Op: "claim", Entry: e}))
-			_ = err // still ours (the bid says so); a rebuild reads the tag below
-		}
+		// The bid made it ours whatever happens next: record the claim where
+		// Load sees it (best effort, without the caller's deadline) and in
+		// the tags, where a rebuild sees it.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		_ = s.put(wctx, logPart(r.ExpiresAt), encode(logRec{Op: "claim", Entry: e}))
+		cancel()
 		if sb != nil {
 			_ = sb.SetTags(ctx, tagsFor(s.c.opts.Pool, e.Ref, claimedBy, now))
 			_ = sb.Detach()

@@ -397,3 +397,43 @@ func sum(m map[string]int) int {
 	}
 	return n
 }
+
+// Latency widens every race window; claims stay exclusive.
+func TestStoreConcurrentTakesWithLatency(t *testing.T) {
+	f := startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "lat"})
+	fill(t, b, s, 30, 5*time.Minute)
+	f.SetLatency(3 * time.Millisecond)
+	start := time.Now()
+	load(t, s)
+	if time.Since(start) < 6*time.Millisecond {
+		t.Fatal("latency not applied")
+	}
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	for range 6 {
+		_, sg := open(t, Options{Pool: "lat"})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := takeAll(ctx, sg, "x")
+			if err != nil {
+				t.Error(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, id := range got {
+				if seen[id] {
+					t.Errorf("%s taken twice", id)
+				}
+				seen[id] = true
+			}
+		}()
+	}
+	wg.Wait()
+	if len(seen) != 30 {
+		t.Fatalf("took %d of 30", len(seen))
+	}
+}
