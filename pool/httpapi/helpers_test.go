@@ -122,6 +122,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	e.tr = &http.Transport{MaxIdleConnsPerHost: 50}
 	e.http = &http.Client{Transport: e.tr}
 	t.Cleanup(func() {
+		e.tr.CloseIdleConnections() // or the server waits for connections it never got a request on
 		cancel()
 		select {
 		case err := <-errc:
