@@ -437,3 +437,41 @@ func TestStoreConcurrentTakesWithLatency(t *testing.T) {
 		t.Fatalf("took %d of 30", len(seen))
 	}
 }
+
+// The pool partition alone lost ("short"): the engine's reconcile adopts what
+// List shows with Put; claimed ones stay claimed.
+func TestStoreAdoptAfterPoolPartitionLost(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "short"})
+	refs := fill(t, b, s, 4, 5*time.Minute)
+	load(t, s) // the queue is set up (meta written): no rebuild below
+	taken, _, ok, err := s.Take(ctx, time.Now(), "cli", time.Now())
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if err := s.q.Clear(ctx, nil); err != nil { // default partition only
+		t.Fatal(err)
+	}
+	if st := load(t, s); len(st.Pooled()) != 0 || len(claimedOf(st)) != 1 {
+		t.Fatalf("after loss: %+v", st.Entries)
+	}
+	_, s2 := open(t, Options{Pool: "short"})
+	b2, _ := open(t, Options{Pool: "short"})
+	live, err := b2.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range live {
+		if err := s2.Put(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := load(t, s2)
+	if got, want := entryIDs(st.Pooled()), entryIDs([]pool.Entry{{Ref: refs[1]}, {Ref: refs[2]}, {Ref: refs[3]}}); !slices.Equal(got, want) {
+		t.Fatalf("pooled %v, want %v", got, want)
+	}
+	if c := claimedOf(st); len(c) != 1 || c[0].ID != taken.ID {
+		t.Fatalf("claimed %+v", c)
+	}
+}
