@@ -94,6 +94,9 @@ type Store interface {
 	Take(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time) (taken Entry, dropped []Entry, ok bool, err error)
 	// Remove deletes entries (pooled or claimed) by id and returns those it found.
 	Remove(ctx context.Context, ids ...string) ([]Entry, error)
+	// Evict deletes pooled entries by id and returns those it found; an entry
+	// claimed meanwhile is left alone (it is the claimer's now).
+	Evict(ctx context.Context, ids ...string) ([]Entry, error)
 	// SetTarget stores the target.
 	SetTarget(ctx context.Context, n int) error
 	// Close releases what the store holds.

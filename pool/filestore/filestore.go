@@ -327,6 +327,15 @@ func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy stri
 // Remove deletes entries by id, pooled or claimed, and returns those it found
 // in pool order.
 func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error) {
+	return s.remove(ctx, false, ids)
+}
+
+// Evict deletes pooled entries by id; claimed ones are left alone.
+func (s *Store) Evict(ctx context.Context, ids ...string) ([]pool.Entry, error) {
+	return s.remove(ctx, true, ids)
+}
+
+func (s *Store) remove(ctx context.Context, pooledOnly bool, ids []string) ([]pool.Entry, error) {
 	var removed []pool.Entry
 	if len(ids) == 0 {
 		return nil, nil
@@ -336,7 +345,7 @@ func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error)
 	next:
 		for _, e := range st.Entries {
 			for _, id := range ids {
-				if e.ID == id {
+				if e.ID == id && !(pooledOnly && e.Claimed()) {
 					removed = append(removed, e)
 					continue next
 				}

@@ -28,6 +28,7 @@ type Backend struct {
 	live      map[string]pool.Ref
 	unhealthy map[string]bool
 	slow      map[string]bool // probes hang until ctx ends
+	pending   map[string]time.Time // creations waiting out CreateDelay, by due time
 	failNext  int
 	failAll   error
 	Creates   int // Create calls, including failed ones
@@ -37,7 +38,7 @@ type Backend struct {
 
 // NewBackend returns an empty backend on clk.
 func NewBackend(clk clockwork.Clock) *Backend {
-	return &Backend{Clock: clk, live: map[string]pool.Ref{}, unhealthy: map[string]bool{}, slow: map[string]bool{}}
+	return &Backend{Clock: clk, live: map[string]pool.Ref{}, unhealthy: map[string]bool{}, slow: map[string]bool{}, pending: map[string]time.Time{}}
 }
 
 func (b *Backend) Name() string { return "fake" }
@@ -69,10 +70,15 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	id := fmt.Sprintf("sb-%04d", b.seq)
 	b.mu.Unlock()
 	if b.CreateDelay > 0 {
+		b.mu.Lock()
+		b.pending[id] = b.Clock.Now().Add(b.CreateDelay)
+		wake := b.Clock.After(b.CreateDelay)
+		b.mu.Unlock()
+		defer func() { b.mu.Lock(); delete(b.pending, id); b.mu.Unlock() }()
 		select {
 		case <-ctx.Done():
 			return pool.Ref{}, ctx.Err()
-		case <-b.Clock.After(b.CreateDelay):
+		case <-wake:
 		}
 	}
 	now := b.Clock.Now()
@@ -107,11 +113,29 @@ func (b *Backend) List(context.Context) ([]pool.Ref, error) {
 	return out, nil
 }
 
+// Settled reports that all of `creating` creations in flight are waiting
+// out a CreateDelay that is not over yet: nothing will move until the clock does.
+func (b *Backend) Settled(creating int) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.Clock.Now()
+	for _, due := range b.pending {
+		if !due.After(now) {
+			return false
+		}
+	}
+	return len(b.pending) == creating
+}
+
 // Kill makes a sandbox vanish as if its process died.
 func (b *Backend) Kill(id string) { b.mu.Lock(); delete(b.live, id); b.mu.Unlock() }
 
 // SetUnhealthy makes a sandbox fail (or pass again) its health checks.
-func (b *Backend) SetUnhealthy(id string, bad bool) { b.mu.Lock(); b.unhealthy[id] = bad; b.mu.Unlock() }
+func (b *Backend) SetUnhealthy(id string, bad bool) {
+	b.mu.Lock()
+	b.unhealthy[id] = bad
+	b.mu.Unlock()
+}
 
 // SetHung makes a sandbox's health checks hang until their timeout.
 func (b *Backend) SetHung(id string) { b.mu.Lock(); b.slow[id] = true; b.mu.Unlock() }
@@ -223,6 +247,14 @@ func (s *Store) Take(_ context.Context, minExpiresAt time.Time, by string, now t
 }
 
 func (s *Store) Remove(_ context.Context, ids ...string) ([]pool.Entry, error) {
+	return s.remove(false, ids)
+}
+
+func (s *Store) Evict(_ context.Context, ids ...string) ([]pool.Entry, error) {
+	return s.remove(true, ids)
+}
+
+func (s *Store) remove(pooledOnly bool, ids []string) ([]pool.Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail(); err != nil {
@@ -230,7 +262,7 @@ func (s *Store) Remove(_ context.Context, ids ...string) ([]pool.Entry, error) {
 	}
 	var removed []pool.Entry
 	s.s.Entries = slices.DeleteFunc(s.s.Entries, func(e pool.Entry) bool {
-		if slices.Contains(ids, e.ID) {
+		if slices.Contains(ids, e.ID) && !(pooledOnly && e.Claimed()) {
 			removed = append(removed, e)
 			return true
 		}
