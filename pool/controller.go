@@ -59,6 +59,7 @@ type Controller struct {
 	inflight     map[string]*creation
 	doomed       map[string]bool // terminated by us: never adopt again
 	recent       map[string]Sandbox
+	failedAt     map[string]time.Time
 	readyTimes   []time.Duration
 	failures     int
 	backoffUntil time.Time
@@ -115,6 +116,7 @@ func New(o Options) (*Controller, error) {
 		inflight:     map[string]*creation{},
 		doomed:       map[string]bool{},
 		recent:       map[string]Sandbox{},
+		failedAt:     map[string]time.Time{},
 		terminations: map[string]int64{},
 		healthCounts: map[bool]int64{},
 		creates:      map[bool]int64{},
@@ -533,8 +535,14 @@ func (c *Controller) Snapshot() Snapshot {
 			CreatedAt: cr.started, ExpiresAt: cr.ref.ExpiresAt, Health: c.health[cr.ref.ID]})
 	}
 	for _, id := range slices.Sorted(maps.Keys(c.recent)) {
+		r := c.recent[id]
+		if r.State == StateFailed && now.Sub(c.failedAt[id]) > failedRowFor {
+			delete(c.recent, id)
+			delete(c.failedAt, id) // a failed row shows for a while, then goes
+			continue
+		}
 		if !seen[id] {
-			s.Sandboxes = append(s.Sandboxes, c.recent[id])
+			s.Sandboxes = append(s.Sandboxes, r)
 		}
 	}
 	for _, sb := range s.Sandboxes {
@@ -549,6 +557,12 @@ func sortedCreations(m map[string]*creation) []*creation {
 	slices.SortFunc(out, func(a, b *creation) int { return a.started.Compare(b.started) })
 	return out
 }
+
+// failedRowFor is how long a failed creation stays on screen.
+const failedRowFor = 30 * time.Second
+
+// Creating is the number of creations in flight.
+func (c *Controller) Creating() int { return int(c.creating.Load()) }
 
 // Counters returns cumulative counts for metrics: terminations by reason,
 // health checks and creations by result.

@@ -76,13 +76,22 @@ func (c *Controller) Maintain(ctx context.Context) error {
 	}
 	c.mu.Unlock()
 	if len(drops) > 0 {
-		ids := make([]string, len(drops))
-		for i, d := range drops {
-			ids[i] = d.e.ID
+		var pooledIDs, claimedIDs []string
+		for _, d := range drops {
+			if d.e.Claimed() {
+				claimedIDs = append(claimedIDs, d.e.ID)
+			} else {
+				pooledIDs = append(pooledIDs, d.e.ID)
+			}
 		}
-		// Only what Remove really removed is ours to terminate: a claimer
+		// Only what Evict really removed is ours to terminate: a claimer
 		// may have taken one meanwhile.
-		removed, err := c.st.Remove(ctx, ids...)
+		removed, err := c.st.Evict(ctx, pooledIDs...)
+		if err == nil && len(claimedIDs) > 0 {
+			var gone []Entry
+			gone, err = c.st.Remove(ctx, claimedIDs...)
+			removed = append(removed, gone...)
+		}
 		if err != nil {
 			c.setErr(err)
 			return err
@@ -245,7 +254,7 @@ func (c *Controller) shrink(victims []Entry) {
 	for i, v := range victims {
 		ids[i] = v.ID
 	}
-	removed, err := c.st.Remove(c.life, ids...)
+	removed, err := c.st.Evict(c.life, ids...)
 	if err != nil {
 		c.setErr(err)
 		return
@@ -332,7 +341,11 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 		}
 		return Ref{}, fmt.Errorf("sandbox %s never got healthy within %s: %s", ref.ID, c.cfg.HealthTimeout, h.Error)
 	}
+	// Pooling a sandbox and ending its creation happen together with respect
+	// to passes, so that a pass never counts it twice or not at all.
+	c.passMu.Lock()
 	if err := c.st.Put(ctx, ref); err != nil {
+		c.passMu.Unlock()
 		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed)
 		return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
 	}
@@ -343,7 +356,9 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 		c.readyTimes = c.readyTimes[len(c.readyTimes)-20:]
 	}
 	c.stored.Entries = append(c.stored.Entries, Entry{Ref: ref})
+	delete(c.inflight, cr.key)
 	c.mu.Unlock()
+	c.passMu.Unlock()
 	c.emit(Event{Kind: EventCreated, SandboxID: ref.ID, Duration: took, Health: h})
 	return ref, nil
 }
@@ -371,18 +386,7 @@ func (c *Controller) finishCreation(cr *creation, ref *Ref, err error) {
 		c.lastCreate = err.Error()
 		c.lastErr = err.Error()
 		c.recent[cr.key] = Sandbox{ID: cr.key, State: StateFailed, CreatedAt: cr.started, Err: err.Error()}
-		key := cr.key
-		c.wg.Add(1)
-		go func() { // show the failed row for a while, then drop it
-			defer c.wg.Done()
-			select {
-			case <-c.life.Done():
-			case <-c.clk.After(30 * time.Second):
-			}
-			c.mu.Lock()
-			delete(c.recent, key)
-			c.mu.Unlock()
-		}()
+		c.failedAt[cr.key] = now
 	}
 	until := c.backoffUntil
 	c.mu.Unlock()

@@ -24,7 +24,16 @@ import (
 
 func TestMain(m *testing.M) {
 	local.MaybeRunChild() // the local backend re-executes this binary
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(withTeardown{m})
+}
+
+// withTeardown stops what benchmarks share before goleak looks.
+type withTeardown struct{ m *testing.M }
+
+func (w withTeardown) Run() int {
+	code := w.m.Run()
+	teardownBench()
+	return code
 }
 
 // env is one controller served by the API on a real loopback listener.

@@ -1,0 +1,557 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+	"go.uber.org/goleak"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/pooltest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
+
+type harness struct {
+	t   *testing.T
+	clk *clockwork.FakeClock
+	be  *pooltest.Backend
+	st  *pooltest.Store
+	c   *pool.Controller
+	cfg pool.Config
+}
+
+func newHarness(t *testing.T, mod func(*pool.Config)) *harness {
+	t.Helper()
+	clk := clockwork.NewFakeClockAt(t0)
+	cfg := pool.DefaultConfig()
+	if mod != nil {
+		mod(&cfg)
+	}
+	be := pooltest.NewBackend(clk)
+	st := pooltest.NewStore()
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return &harness{t: t, clk: clk, be: be, st: st, c: c, cfg: cfg}
+}
+
+// eventually polls cond in real time with a deadline: goroutines of the
+// controller run on their own even when the clock is fake.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// settle waits until every creation in flight waits on the fake clock.
+func (h *harness) settle() {
+	h.t.Helper()
+	eventually(h.t, "creations to settle", func() bool { return h.be.Settled(h.c.Creating()) })
+}
+
+func (h *harness) pass() {
+	h.t.Helper()
+	if err := h.c.Maintain(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+	h.settle()
+}
+
+func (h *harness) stored() pool.Stored {
+	s, err := h.st.Load(context.Background())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return s
+}
+
+func (h *harness) pooledIDs() []string {
+	var ids []string
+	for _, e := range h.stored().Pooled() {
+		ids = append(ids, e.ID)
+	}
+	return ids
+}
+
+func TestIsGoodBoundary(t *testing.T) {
+	use := 2 * time.Minute
+	ok := pool.Health{OK: true, CheckedAt: t0}
+	bad := pool.Health{CheckedAt: t0, Error: "refused"}
+	for _, tc := range []struct {
+		name    string
+		expires time.Time
+		h       pool.Health
+		want    bool
+	}{
+		{"exactly use-duration left is good", t0.Add(use), ok, true},
+		{"a nanosecond less is not", t0.Add(use - 1), ok, false},
+		{"plenty left", t0.Add(5 * time.Minute), ok, true},
+		{"never checked counts as healthy", t0.Add(5 * time.Minute), pool.Health{}, true},
+		{"failed health is not good", t0.Add(5 * time.Minute), bad, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := pool.IsGood(tc.expires, tc.h, t0, use); got != tc.want {
+				t.Fatalf("IsGood = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	e := pool.Entry{Ref: pool.Ref{ExpiresAt: t0.Add(use - time.Second)}}
+	if got := pool.StateOf(e, ok, t0, use); got != pool.StateExpiring {
+		t.Fatalf("state %s, want expiring", got)
+	}
+	e.ClaimedBy = "cli"
+	if got := pool.StateOf(e, ok, t0, use); got != pool.StateClaimed {
+		t.Fatalf("state %s, want claimed", got)
+	}
+}
+
+func TestFillToTarget(t *testing.T) {
+	h := newHarness(t, nil)
+	h.pass()
+	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	snap := h.c.Snapshot()
+	if snap.Counts[pool.StateReady] != 3 || snap.Target != 3 {
+		t.Fatalf("counts %v target %d", snap.Counts, snap.Target)
+	}
+	// A second pass on a full, good pool changes nothing: the seed
+	// terminates a good sandbox on every pass.
+	creates := h.be.Creates
+	h.pass()
+	if len(h.be.Terms) != 0 || h.be.Creates != creates {
+		t.Fatalf("a pass on a good pool terminated %v and created %d", h.be.Terms, h.be.Creates-creates)
+	}
+}
+
+func TestClaimOrderAndBackfill(t *testing.T) {
+	h := newHarness(t, nil)
+	h.pass()
+	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	first := h.pooledIDs()[0]
+	got, err := h.c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != first || !got.Warm || got.ClaimedBy != "cli" {
+		t.Fatalf("claimed %+v, want the oldest %s, warm, by cli", got, first)
+	}
+	// Claimed ones stay recorded but out of the pool; a pass backfills.
+	h.pass()
+	eventually(t, "backfill", func() bool { return len(h.pooledIDs()) == 3 })
+	if slices.Contains(h.pooledIDs(), first) {
+		t.Fatal("the claimed sandbox is still pooled")
+	}
+	if snap := h.c.Snapshot(); snap.Counts[pool.StateClaimed] != 1 {
+		t.Fatalf("counts %v, want 1 claimed", snap.Counts)
+	}
+}
+
+func TestClaimSkipsAndTerminatesBadOnes(t *testing.T) {
+	h := newHarness(t, nil)
+	h.pass()
+	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	ids := h.pooledIDs()
+	h.be.SetUnhealthy(ids[0], true)
+	got, err := h.c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != ids[1] {
+		t.Fatalf("claimed %s, want %s (the first healthy)", got.ID, ids[1])
+	}
+	eventually(t, "the unhealthy one terminated", func() bool { return !slices.Contains(h.be.Live(), ids[0]) })
+	// Without the health check the unhealthy one would have been handed out;
+	// expiry is always checked.
+	h.clk.Advance(h.cfg.TTL - h.cfg.UseDuration + time.Second)
+	if err := h.claimTimingOut(time.Second); !errors.Is(err, pool.ErrNoSandbox) {
+		t.Fatalf("claim with only expiring sandboxes: %v, want ErrNoSandbox", err)
+	}
+}
+
+func TestClaimTimesOut(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 0 })
+	if err := h.claimTimingOut(5 * time.Second); !errors.Is(err, pool.ErrNoSandbox) {
+		t.Fatalf("err %v, want ErrNoSandbox", err)
+	}
+}
+
+// claimTimingOut runs a claim that has nothing to take and moves the fake
+// clock past its timeout.
+func (h *harness) claimTimingOut(timeout time.Duration) error {
+	h.t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := h.c.Claim(context.Background(), pool.ClaimOptions{By: "cli", Timeout: timeout})
+		done <- err
+	}()
+	// The waiting claim sleeps on the clock twice: its timeout and the store poll.
+	if err := h.clk.BlockUntilContext(context.Background(), 2); err != nil {
+		h.t.Fatal(err)
+	}
+	h.clk.Advance(timeout)
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("claim did not time out")
+		return nil
+	}
+}
+
+func TestFailedHealthIsTerminatedAndRetried(t *testing.T) {
+	// Real clock with a short health timeout: the first-start wait retries
+	// every 100 ms until it.
+	cfg := pool.DefaultConfig()
+	cfg.Size = 1
+	cfg.HealthTimeout = 300 * time.Millisecond
+	be := pooltest.NewBackend(clockwork.NewRealClock())
+	st := pooltest.NewStore()
+	bad := map[string]bool{"sb-0001": true, "sb-0002": true}
+	checker := func(ctx context.Context, url string) pool.Health {
+		if bad[url[len("fake://"):]] {
+			return pool.Health{CheckedAt: time.Now(), Error: "refused"}
+		}
+		return be.Checker(ctx, url)
+	}
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Checker: checker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "third try ready", func() bool {
+		s, _ := st.Load(context.Background())
+		return len(s.Entries) == 1
+	})
+	s, _ := st.Load(context.Background())
+	if s.Entries[0].ID != "sb-0003" {
+		t.Fatalf("pooled %s, want sb-0003", s.Entries[0].ID)
+	}
+	if live := be.Live(); !slices.Equal(live, []string{"sb-0003"}) {
+		t.Fatalf("live %v: the sandboxes that failed health leaked", live)
+	}
+}
+
+func TestNoOvershootUnderConcurrentClaimsAndPasses(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 5 })
+	h.pass()
+	eventually(t, "5 ready", func() bool { return len(h.pooledIDs()) == 5 })
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	claimed := map[string]bool{}
+	errs := make(chan error, 100)
+	for i := range 50 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			got, err := h.c.Claim(context.Background(), pool.ClaimOptions{By: fmt.Sprintf("cli %d", i), Timeout: 10 * time.Second})
+			if err != nil {
+				errs <- err
+				return
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if claimed[got.ID] {
+				errs <- fmt.Errorf("%s handed out twice", got.ID)
+			}
+			claimed[got.ID] = true
+		}()
+		go func() {
+			defer wg.Done()
+			if err := h.c.Maintain(context.Background()); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	// Claims beyond the first 5 wait for backfill; passes keep filling.
+	stop := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = h.c.Maintain(context.Background())
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	wg.Wait()
+	close(stop)
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	h.c.WaitIdle(context.Background())
+	h.pass()
+	h.c.WaitIdle(context.Background())
+	pooled := len(h.pooledIDs())
+	// Every sandbox made is pooled or claimed: exactly target + claims.
+	if pooled != 5 || len(claimed) != 50 || len(h.be.Live()) != 55 || h.be.Creates != 55 {
+		t.Fatalf("pooled %d, claimed %d, live %d, creates %d: want 5, 50, 55, 55", pooled, len(claimed), len(h.be.Live()), h.be.Creates)
+	}
+}
+
+func TestShrinkTerminatesLeastTimeLeftFirst(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 1 })
+	for range 3 {
+		h.pass()
+		h.c.WaitIdle(context.Background())
+		if err := h.c.Resize(context.Background(), h.c.Target()+1); err != nil {
+			t.Fatal(err)
+		}
+		h.clk.Advance(10 * time.Second) // stagger expiries
+	}
+	h.pass()
+	h.c.WaitIdle(context.Background())
+	ids := h.pooledIDs()
+	if len(ids) != 4 {
+		t.Fatalf("pooled %v, want 4", ids)
+	}
+	if err := h.c.Resize(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+	h.pass()
+	eventually(t, "shrink", func() bool { return len(h.be.Live()) == 2 })
+	if got := h.pooledIDs(); !slices.Equal(got, ids[2:]) {
+		t.Fatalf("kept %v, want the two with most time left %v", got, ids[2:])
+	}
+}
+
+func TestResizeRejectsBadSize(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.MaxSize = 10 })
+	for _, n := range []int{-1, 11} {
+		if err := h.c.Resize(context.Background(), n); err == nil {
+			t.Fatalf("resize %d accepted", n)
+		}
+	}
+	if s := h.stored(); s.HasTarget {
+		t.Fatalf("a rejected resize stored target %d", s.Target)
+	}
+}
+
+func TestReconcileAdoptsAndReaps(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 2 })
+	ctx := context.Background()
+	// Sandboxes the store lost: one good, one expiring.
+	good, _ := h.be.Create(ctx, h.cfg.TTL)
+	h.clk.Advance(30 * time.Second)
+	expiring, _ := h.be.Create(ctx, h.cfg.UseDuration+30*time.Second)
+	// A store entry whose sandbox died.
+	dead, _ := h.be.Create(ctx, h.cfg.TTL)
+	if err := h.st.Put(ctx, dead); err != nil {
+		t.Fatal(err)
+	}
+	h.be.Kill(dead.ID)
+	h.clk.Advance(time.Minute) // past the adoption grace
+	h.pass()
+	h.c.WaitIdle(ctx)
+	ids := h.pooledIDs()
+	if !slices.Contains(ids, good.ID) {
+		t.Fatalf("pooled %v: the lost good sandbox %s was not adopted", ids, good.ID)
+	}
+	if slices.Contains(ids, dead.ID) {
+		t.Fatalf("the dead sandbox %s is still pooled", dead.ID)
+	}
+	eventually(t, "orphan reaped", func() bool { return !slices.Contains(h.be.Live(), expiring.ID) })
+	eventually(t, "pool at 2", func() bool { return len(h.pooledIDs()) == 2 })
+}
+
+func TestMaintainDropsExpiringAndUnhealthyButNoGoodOne(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 3 })
+	ctx := context.Background()
+	h.pass()
+	h.c.WaitIdle(ctx)
+	ids := h.pooledIDs()
+	h.be.SetUnhealthy(ids[1], true)
+	if bad := h.c.ProbeAll(ctx); bad != 1 {
+		t.Fatalf("probe found %d bad, want 1", bad)
+	}
+	h.pass()
+	eventually(t, "unhealthy terminated", func() bool { return slices.Contains(h.be.Terms, ids[1]) })
+	for _, id := range []string{ids[0], ids[2]} {
+		if slices.Contains(h.be.Terms, id) {
+			t.Fatalf("good sandbox %s terminated", id)
+		}
+	}
+}
+
+func TestRotationKeepsTargetGood(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) {
+		c.Size = 3
+		c.TTL = 5 * time.Minute
+		c.UseDuration = 2 * time.Minute
+	})
+	h.be.CreateDelay = 20 * time.Second
+	ctx := context.Background()
+	h.pass()
+	h.clk.Advance(20 * time.Second)
+	h.settle()
+	if n := len(h.pooledIDs()); n != 3 {
+		t.Fatalf("pooled %d after the first fill, want 3", n)
+	}
+	// Two full ttls, one pass a second (as the loop wakes at rotation points).
+	for i := 0; i < int(2*h.cfg.TTL/time.Second); i++ {
+		h.clk.Advance(time.Second)
+		h.settle()
+		h.pass()
+		now := h.clk.Now()
+		good := 0
+		for _, e := range h.stored().Pooled() {
+			if pool.HasTimeLeft(e.ExpiresAt, now, h.cfg.UseDuration) {
+				good++
+			}
+		}
+		if good < 3 {
+			t.Fatalf("at +%ds only %d good sandboxes", i+1, good)
+		}
+	}
+	_ = ctx
+}
+
+func TestNextPassWakesAtRotation(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 1; c.MaintainEvery = time.Hour })
+	h.be.CreateDelay = 20 * time.Second
+	h.pass()
+	h.clk.Advance(20 * time.Second)
+	h.c.WaitIdle(context.Background())
+	snapBefore := h.stored().Pooled()[0]
+	// The loop must wake when the sandbox stops counting, not an hour later.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = h.c.Serve(ctx, false) }()
+	eventually(t, "next pass scheduled", func() bool { return !h.c.Snapshot().NextPass.IsZero() })
+	next := h.c.Snapshot().NextPass
+	// The lead is the time a creation took: 20s.
+	want := pool.RotationAt(snapBefore.ExpiresAt, h.cfg.UseDuration, 20*time.Second)
+	cancel()
+	<-done
+	if !next.Equal(want) {
+		t.Fatalf("next pass at %s, want the rotation point %s", next, want)
+	}
+}
+
+func TestBackoffFallsOffAndRecovers(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 3; c.CreateTries = 1 })
+	h.be.FailAll(pooltest.ErrInjected)
+	perMinute := make([]int, 0, 10)
+	for range 10 {
+		before := h.be.Creates
+		for range 60 {
+			h.pass()
+			h.c.WaitIdle(context.Background())
+			h.clk.Advance(time.Second)
+		}
+		perMinute = append(perMinute, h.be.Creates-before)
+	}
+	t.Logf("attempts per minute while failing: %v", perMinute)
+	if perMinute[0] < 5 || perMinute[len(perMinute)-1] > 1 {
+		t.Fatalf("attempts per minute %v: want many at first, at most 1 once backed off", perMinute)
+	}
+	// The gaps between attempts double until the cap.
+	var gaps []time.Duration
+	for i := 3; i < len(h.be.CreatedAt); i++ { // the first 3 start together
+		gaps = append(gaps, h.be.CreatedAt[i].Sub(h.be.CreatedAt[i-1]))
+	}
+	for i := 1; i < len(gaps); i++ {
+		if gaps[i] < gaps[i-1] {
+			t.Fatalf("gaps between attempts %v shrink", gaps)
+		}
+	}
+	if last := gaps[len(gaps)-1]; last < time.Minute || last > 3*time.Minute {
+		t.Fatalf("gaps %v: want them capped between 1m and 3m", gaps)
+	}
+	h.pass()
+	h.c.WaitIdle(context.Background())
+	if until := h.c.Snapshot().BackoffUntil; until.IsZero() {
+		t.Fatalf("snapshot does not say when creations try next (now %s, gaps %v)", h.clk.Now(), gaps)
+	}
+	// Creations work again: at the next try the pool refills at once.
+	h.be.FailAll(nil)
+	for i := 0; i < 130 && len(h.pooledIDs()) < 3; i++ {
+		h.pass()
+		h.c.WaitIdle(context.Background())
+		h.clk.Advance(time.Second)
+	}
+	if n := len(h.pooledIDs()); n != 3 {
+		t.Fatalf("pooled %d after recovery, want 3", n)
+	}
+}
+
+func TestTerminateAllLeavesNothing(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.pass()
+	h.c.WaitIdle(ctx)
+	if _, err := h.c.Claim(ctx, pool.ClaimOptions{By: "cli"}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := h.c.TerminateAll(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 3 || len(h.be.Live()) != 0 || len(h.stored().Entries) != 0 || h.stored().Target != 0 {
+		t.Fatalf("terminated %d, live %v, stored %+v", n, h.be.Live(), h.stored())
+	}
+}
+
+func TestStoreErrorIsReportedAndRetried(t *testing.T) {
+	h := newHarness(t, nil)
+	h.st.SetErr(errors.New("disk on fire"))
+	if err := h.c.Maintain(context.Background()); err == nil {
+		t.Fatal("pass succeeded on a broken store")
+	}
+	if got := h.c.Snapshot().LastError; got != "disk on fire" {
+		t.Fatalf("last error %q", got)
+	}
+	h.st.SetErr(nil)
+	h.pass()
+	h.c.WaitIdle(context.Background())
+	if h.c.Snapshot().LastError != "" {
+		t.Fatal("last error not cleared by a good pass")
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, tc := range []struct {
+		mod  func(*pool.Config)
+		want string
+	}{
+		{func(c *pool.Config) { c.UseDuration = c.TTL }, "--use-duration"},
+		{func(c *pool.Config) { c.Size = 101 }, "--size"},
+		{func(c *pool.Config) { c.Size = -1 }, "--size"},
+		{func(c *pool.Config) { c.TTL = 0 }, "--ttl"},
+		{func(c *pool.Config) { c.HealthEvery = -time.Second }, "--health-every"},
+		{func(c *pool.Config) { c.MaxCreating = 0 }, "--max-creating"},
+		{func(c *pool.Config) { c.Pool = "a/b" }, "--pool"},
+	} {
+		cfg := pool.DefaultConfig()
+		tc.mod(&cfg)
+		err := cfg.Validate()
+		if err == nil || !containsWord(err.Error(), tc.want) {
+			t.Errorf("Validate() = %v, want an error naming %s", err, tc.want)
+		}
+	}
+	if err := pool.DefaultConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func containsWord(s, w string) bool { return len(s) >= len(w) && slices.Contains([]string{s[:len(w)]}, w) }
