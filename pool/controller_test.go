@@ -554,4 +554,6 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-func containsWord(s, w string) bool { return len(s) >= len(w) && slices.Contains([]string{s[:len(w)]}, w) }
+func containsWord(s, w string) bool {
+	return len(s) >= len(w) && slices.Contains([]string{s[:len(w)]}, w)
+}

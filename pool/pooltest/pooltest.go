@@ -27,7 +27,7 @@ type Backend struct {
 	seq       int
 	live      map[string]pool.Ref
 	unhealthy map[string]bool
-	slow      map[string]bool // probes hang until ctx ends
+	slow      map[string]bool      // probes hang until ctx ends
 	pending   map[string]time.Time // creations waiting out CreateDelay, by due time
 	failNext  int
 	failAll   error
