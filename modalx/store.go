@@ -376,10 +376,24 @@ func (s *Store) requeue(ctx context.Context, v any) {
 	_ = s.put(ctx, partPool, v)
 }
 
-// Remove deletes entries by id and returns those it found. A pooled entry is
-// taken out of reach of Take by a removal bid; if a claim bid won first, the
-// entry is the claimer's and is left alone (not returned).
+// Remove deletes entries by id, pooled or claimed, and returns those it found.
+// A pooled entry is taken out of reach of Take by a removal bid; one whose
+// claim bid won first is removed as claimed.
 func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error) {
+	return s.remove(ctx, false, ids)
+}
+
+// Evict deletes pooled entries by id and returns those it found. An entry
+// claimed meanwhile (its claim bid came first) is left alone: it is the
+// claimer's now.
+func (s *Store) Evict(ctx context.Context, ids ...string) ([]pool.Entry, error) {
+	return s.remove(ctx, true, ids)
+}
+
+func (s *Store) remove(ctx context.Context, pooledOnly bool, ids []string) ([]pool.Entry, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
 	v, err := s.load(ctx)
 	if err != nil {
 		return nil, err
@@ -392,7 +406,7 @@ func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error)
 	logs := map[string][]any{}
 	for _, id := range ids {
 		e, ok := byID[id]
-		if !ok || slices.ContainsFunc(found, func(f pool.Entry) bool { return f.ID == id }) {
+		if !ok || (pooledOnly && e.Claimed()) || slices.ContainsFunc(found, func(f pool.Entry) bool { return f.ID == id }) {
 			continue
 		}
 		if v.pooled[id] {
@@ -401,7 +415,10 @@ func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error)
 				return found, storeErr("removing sandbox "+id, err)
 			}
 			if !won && first.Op == "claim" {
-				continue
+				if pooledOnly {
+					continue
+				}
+				e.ClaimedBy, e.ClaimedAt = first.By, first.At
 			}
 		}
 		found = append(found, e)
@@ -473,7 +490,22 @@ func (s *Store) rebuild(ctx context.Context) error {
 		return err
 	}
 	sort.SliceStable(ts, func(i, j int) bool { return ts[i].ref.ExpiresAt.Before(ts[j].ref.ExpiresAt) })
+	// What survived in the pool partition is not put again.
+	raw, err := s.items(ctx, partPool)
+	if err != nil {
+		return storeErr("rebuilding the pool's queue", err)
+	}
+	pooled := map[string]bool{}
+	for _, it := range raw {
+		var r poolRec
+		if decode(it, &r) {
+			pooled[r.ID] = true
+		}
+	}
 	for _, t := range ts {
+		if pooled[t.ref.ID] {
+			continue
+		}
 		if t.claimedBy != "" {
 			if err := s.restoreClaim(ctx, pool.Entry{Ref: t.ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}); err != nil {
 				return err

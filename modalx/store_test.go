@@ -135,6 +135,13 @@ func TestStoreSemantics(t *testing.T) {
 		t.Fatalf("claimed id re-pooled: %v", got)
 	}
 
+	// Evict leaves claimed entries alone.
+	if ev, err := s.Evict(ctx, taken.ID, "sb-unknown"); err != nil || len(ev) != 0 {
+		t.Fatalf("Evict of a claimed entry: %v %v", ev, err)
+	}
+	if c := claimedOf(load(t, s)); len(c) != 1 {
+		t.Fatalf("claimed after Evict: %+v", c)
+	}
 	removed, err := s.Remove(ctx, taken.ID, long[1].ID, "sb-unknown", taken.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -208,6 +215,11 @@ func TestStoreConcurrentTakesOwnClients(t *testing.T) {
 }
 
 func TestStoreRemoveUnderConcurrentTakes(t *testing.T) {
+	t.Run("Remove", func(t *testing.T) { testRemoveUnderTakes(t, false) })
+	t.Run("Evict", func(t *testing.T) { testRemoveUnderTakes(t, true) })
+}
+
+func testRemoveUnderTakes(t *testing.T, evict bool) {
 	startFake(t)
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "rm"})
@@ -243,7 +255,11 @@ func TestStoreRemoveUnderConcurrentTakes(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for _, id := range toRemove { // one at a time, racing the takers
-			r, err := sr.Remove(ctx, id)
+			rm := sr.Remove
+			if evict {
+				rm = sr.Evict
+			}
+			r, err := rm(ctx, id)
 			if err != nil {
 				t.Error(err)
 			}
@@ -266,6 +282,9 @@ func TestStoreRemoveUnderConcurrentTakes(t *testing.T) {
 			t.Fatalf("removed %s, not asked", e.ID)
 		}
 		if taken[e.ID] > 0 {
+			if evict {
+				t.Errorf("%s taken and evicted", e.ID)
+			}
 			if !e.Claimed() {
 				t.Errorf("%s taken, and removed as pooled", e.ID)
 			}
