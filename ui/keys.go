@@ -1,0 +1,125 @@
+package ui
+
+import (
+	"github.com/charmbracelet/bubbles/help"
+	"github.com/charmbracelet/bubbles/key"
+	"github.com/charmbracelet/lipgloss"
+)
+
+// keyMap is the dashboard's normal-mode keys, as data: matching, the help
+// line and the ? overlay all come from it.
+type keyMap struct {
+	Up, Down, PageUp, PageDown, Top, Bottom key.Binding
+
+	// These change the pool; read-only drops them (see changesPool).
+	Claim, Grow, Shrink, Size, Terminate, Refill key.Binding
+
+	Filter, Detail, Help, Back, Quit key.Binding
+}
+
+func newKeyMap() keyMap {
+	b := func(keys []string, k, desc string) key.Binding {
+		return key.NewBinding(key.WithKeys(keys...), key.WithHelp(k, desc))
+	}
+	return keyMap{
+		Up:        b([]string{"up", "k"}, "↑/k", "select up"),
+		Down:      b([]string{"down", "j"}, "↓/j", "select down"),
+		PageUp:    b([]string{"pgup"}, "pgup", "page up"),
+		PageDown:  b([]string{"pgdown"}, "pgdn", "page down"),
+		Top:       b([]string{"home", "g"}, "home/g", "first"),
+		Bottom:    b([]string{"end", "G"}, "end/G", "last"),
+		Claim:     b([]string{"c"}, "c", "claim"),
+		Grow:      b([]string{"+"}, "+", "target +1"),
+		Shrink:    b([]string{"-"}, "-", "target -1"),
+		Size:      b([]string{"s"}, "s", "size"),
+		Terminate: b([]string{"t"}, "t", "terminate"),
+		Refill:    b([]string{"r"}, "r", "refill"),
+		Filter:    b([]string{"/"}, "/", "filter"),
+		Detail:    b([]string{"enter"}, "enter", "details"),
+		Help:      b([]string{"?"}, "?", "help"),
+		Back:      b([]string{"esc"}, "esc", "clear"),
+		Quit:      b([]string{"q", "ctrl+c"}, "q", "quit"),
+	}
+}
+
+// changesPool lists the bindings that claim, resize, terminate or refill:
+// the one place read-only turns keys off.
+func (k *keyMap) changesPool() []*key.Binding {
+	return []*key.Binding{&k.Claim, &k.Grow, &k.Shrink, &k.Size, &k.Terminate, &k.Refill}
+}
+
+func (k *keyMap) setReadOnly(ro bool) {
+	for _, b := range k.changesPool() {
+		b.SetEnabled(!ro)
+	}
+}
+
+// ShortHelp is the one-line help, most useful first; fitHelp drops from the
+// middle (keeping ? and q) when the line is too narrow.
+func (k keyMap) ShortHelp() []key.Binding {
+	target := key.NewBinding(key.WithKeys("+", "-"), key.WithHelp("+/-", "target"))
+	target.SetEnabled(k.Grow.Enabled())
+	sel := key.NewBinding(key.WithKeys("up", "down"), key.WithHelp("↑/↓", "select"))
+	return []key.Binding{k.Claim, target, k.Size, k.Terminate, k.Refill, k.Filter, k.Detail, sel, k.Help, k.Quit}
+}
+
+// FullHelp is the ? overlay, in columns.
+func (k keyMap) FullHelp() [][]key.Binding {
+	return [][]key.Binding{
+		{k.Up, k.Down, k.PageUp, k.PageDown, k.Top, k.Bottom},
+		{k.Claim, k.Grow, k.Shrink, k.Size, k.Terminate, k.Refill},
+		{k.Filter, k.Detail, k.Back, k.Help, k.Quit},
+	}
+}
+
+// modeKeys are the few keys of a modal state (filter, prompt, confirm,
+// detail, help), with their own help line.
+type modeKeys []key.Binding
+
+func (k modeKeys) ShortHelp() []key.Binding  { return k }
+func (k modeKeys) FullHelp() [][]key.Binding { return [][]key.Binding{k} }
+
+var (
+	filterKeys = modeKeys{
+		key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "keep filter")),
+		key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "clear")),
+	}
+	promptKeys = modeKeys{
+		key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "set target")),
+		key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "cancel")),
+	}
+	confirmKeys = modeKeys{
+		key.NewBinding(key.WithKeys("y"), key.WithHelp("y", "terminate")),
+		// Help only: any key but y cancels (the key name never matches).
+		key.NewBinding(key.WithKeys("other"), key.WithHelp("any other key", "cancels")),
+	}
+	detailKeys = modeKeys{
+		key.NewBinding(key.WithKeys("up", "k", "down", "j", "pgup", "pgdown"), key.WithHelp("↑/↓", "scroll")),
+		key.NewBinding(key.WithKeys("esc", "enter", "backspace"), key.WithHelp("esc", "back")),
+		key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
+	}
+	helpKeys = modeKeys{
+		key.NewBinding(key.WithKeys("esc", "?"), key.WithHelp("esc/?", "close")),
+		key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
+	}
+)
+
+// fitHelp renders bindings on one line of at most w cells, dropping the
+// least useful items (those just before the last two, ? and q) first.
+func fitHelp(h help.Model, bindings []key.Binding, w int) string {
+	h.Width = 0
+	var on []key.Binding
+	for _, b := range bindings {
+		if b.Enabled() {
+			on = append(on, b)
+		}
+	}
+	for {
+		line := h.ShortHelpView(on)
+		if lipgloss.Width(line) <= w || len(on) <= 2 {
+			return truncate(line, w)
+		}
+		drop := max(len(on)-3, 0)
+		on = append(on[:drop:drop], on[drop+1:]...)
+	}
+}

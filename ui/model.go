@@ -1,0 +1,761 @@
+package ui
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/charmbracelet/bubbles/help"
+	"github.com/charmbracelet/bubbles/key"
+	"github.com/charmbracelet/bubbles/viewport"
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/jonboulle/clockwork"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// mode is the dashboard's state machine: keys are routed by mode first.
+type mode int
+
+const (
+	modeNormal  mode = iota
+	modeFilter       // typing a filter
+	modePrompt       // typing a target
+	modeConfirm      // terminate (y/N)
+	modeDetail       // one sandbox in full
+	modeHelp         // the full key help
+)
+
+// Limits of what the dashboard keeps.
+const (
+	logKeep    = 200 // event log lines
+	healthKeep = 5   // health checks per sandbox, for the detail view
+	infoFor    = 10 * time.Second
+	minWidth   = 60
+	minURLW    = 10
+)
+
+// logLine is one line of the event log.
+type logLine struct {
+	at   time.Time
+	id   string // sandbox id, for the detail view
+	text string
+	err  string // set for errors: the dedupe key
+	ui   bool   // written by the dashboard (command errors, LastError), not an engine event
+}
+
+// status is the status line: the last error or a short note.
+type status struct {
+	text       string
+	isErr      bool
+	fromEngine bool // Snapshot().LastError: cleared when the engine clears it
+	seq        int
+	at         time.Time
+}
+
+// banner shows the last sandbox claimed from the dashboard.
+type banner struct {
+	seq     int
+	id, url string
+	expires time.Time
+	copied  bool
+	copyErr string
+}
+
+// layout is computed on resize and on each snapshot, never per frame.
+type layout struct {
+	idW, urlW int
+	showAge   bool
+	bodyH     int // lines between the action line and the status line
+	eventsN   int // event lines shown under the table (0: no events block)
+	colHeader string
+	footer    string // the key help line
+}
+
+// Model is the dashboard's root Bubble Tea model.
+type Model struct {
+	eng  Engine
+	opts Options
+	cfg  pool.Config
+	clk  clockwork.Clock
+	st   *styles
+	keys keyMap
+	life *lifecycle
+	clip func(string) error
+
+	width, height int
+	lay           layout
+	mode          mode
+
+	snap     pool.Snapshot
+	haveSnap bool
+	now      time.Time
+	frame    int
+	events   <-chan pool.Event
+
+	tbl        table
+	filter     string
+	filterIn   lineInput
+	sizeIn     lineInput
+	promptErr  string
+	confirmID  string
+	detail     viewport.Model
+	detailID   string
+	detailLast pool.Sandbox
+	help       help.Model
+
+	log    []logLine
+	health map[string][]pool.Health
+	status status
+	banner banner
+
+	// Requests in flight. seq numbers every request; results carry theirs.
+	seq            int
+	snapApplied    int
+	snapInFlight   bool
+	snapDirty      bool
+	claiming       bool
+	resizing       bool
+	want           int // target asked for, while hasWant
+	hasWant        bool
+	wantClearAfter int // a snapshot newer than this shows want
+	maintaining    bool
+	nextMaintain   time.Time
+	animating      bool
+	lastErr        string
+}
+
+// NewModel builds the dashboard over eng without running it (tests run it
+// with teatest; Run runs it on the terminal). Options.Clipboard nil writes
+// OSC 52 to stdout.
+func NewModel(eng Engine, opts Options) Model {
+	return newModel(context.Background(), eng, opts)
+}
+
+func newModel(ctx context.Context, eng Engine, opts Options) Model {
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	clip := opts.Clipboard
+	if clip == nil {
+		clip = osc52Clipboard(os.Stdout)
+	}
+	st := newStyles(defaultTheme())
+	m := Model{
+		eng: eng, opts: opts, cfg: eng.Config(), clk: opts.Clock, st: st,
+		keys: newKeyMap(), life: newLifecycle(ctx), clip: clip,
+		health: map[string][]pool.Health{},
+	}
+	m.keys.setReadOnly(opts.ReadOnly)
+	m.now = m.clk.Now()
+	m.frame = frameAt(m.now)
+	m.nextMaintain = m.now.Add(m.cfg.MaintainEvery)
+
+	m.filterIn = newInput(st, "/ ", 64)
+	m.sizeIn = newInput(st, "target: ", 6)
+	m.sizeIn.Placeholder = fmt.Sprintf("0 to %d", m.cfg.MaxSize)
+	m.detail = viewport.New(0, 0)
+	m.help = help.New()
+	m.help.Styles = st.Help
+	m.help.ShortSeparator = " · "
+	m.help.FullSeparator = "     "
+
+	// Init asks for the first snapshot.
+	m.seq = 1
+	m.snapInFlight = true
+	return m
+}
+
+func newInput(st *styles, prompt string, limit int) lineInput {
+	return lineInput{
+		Prompt: prompt, CharLimit: limit,
+		PromptStyle: st.InputPrompt, TextStyle: st.InputText,
+		PlaceholderStyle: st.Placeholder, CursorStyle: st.Cursor,
+	}
+}
+
+// frameAt is the spinner frame at t: time is data, so a fake clock pins it.
+func frameAt(t time.Time) int {
+	return int((t.UnixNano() / int64(spin.FPS)) % int64(len(spin.Frames)))
+}
+
+// Init subscribes to events, asks for the first snapshot and arms the two
+// tickers.
+func (m Model) Init() tea.Cmd {
+	cmds := []tea.Cmd{
+		subscribeCmd(m.life, m.eng),
+		snapshotCmd(m.life, m.eng, 1),
+		m.life.after(untilNextSecond(), clockTickMsg{}),
+	}
+	if m.cfg.MaintainEvery > 0 {
+		cmds = append(cmds, m.life.after(m.cfg.MaintainEvery, maintainTickMsg{}))
+	}
+	return tea.Batch(cmds...)
+}
+
+// Update routes every message; it never blocks.
+func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	switch msg := msg.(type) {
+	case tea.WindowSizeMsg:
+		m.width, m.height = msg.Width, msg.Height
+		m.relayout()
+		return m, nil
+	case tea.KeyMsg:
+		return m.onKey(msg)
+	case subscribedMsg:
+		m.life.setUnsub(msg.cancel)
+		m.events = msg.events
+		return m, tea.Batch(listenCmd(m.life, m.events), m.refresh())
+	case eventsMsg:
+		m.onEvents(msg.events)
+		return m, tea.Batch(listenCmd(m.life, m.events), m.refresh())
+	case eventsClosedMsg:
+		m.events = nil
+		m.addLog(logLine{at: m.clk.Now(), text: "the engine stopped sending events", ui: true})
+		return m, nil
+	case snapshotMsg:
+		return m, m.onSnapshot(msg)
+	case clockTickMsg:
+		m.now = m.clk.Now()
+		if m.status.text != "" && !m.status.isErr && m.now.Sub(m.status.at) >= infoFor {
+			m.status = status{seq: m.status.seq}
+		}
+		if m.mode == modeDetail {
+			m.refreshDetail()
+		}
+		return m, tea.Batch(m.life.after(untilNextSecond(), clockTickMsg{}), m.refresh())
+	case animTickMsg:
+		if !m.anySpinning() {
+			m.animating = false
+			return m, nil
+		}
+		m.frame = frameAt(m.clk.Now())
+		return m, m.life.after(spin.FPS, animTickMsg{})
+	case maintainTickMsg:
+		m.nextMaintain = m.clk.Now().Add(m.cfg.MaintainEvery)
+		cmds := []tea.Cmd{m.life.after(m.cfg.MaintainEvery, maintainTickMsg{})}
+		if m.ownsMaintenance() && !m.maintaining {
+			m.maintaining = true
+			m.seq++
+			cmds = append(cmds, maintainCmd(m.life, m.eng, m.seq, false))
+		}
+		return m, tea.Batch(cmds...)
+	case claimDoneMsg:
+		return m, m.onClaimDone(msg)
+	case resizeDoneMsg:
+		return m, m.onResizeDone(msg)
+	case terminateDoneMsg:
+		short := pool.ShortID(msg.id)
+		if msg.err != nil {
+			m.fail(msg.seq, "terminate "+short, msg.err)
+		} else {
+			m.info(msg.seq, short+" terminated")
+		}
+		return m, m.refresh()
+	case maintainDoneMsg:
+		m.maintaining = false
+		if msg.err != nil && m.life.ctx.Err() == nil {
+			m.fail(msg.seq, "maintenance pass", msg.err)
+		} else if msg.manual && msg.err == nil {
+			m.info(msg.seq, "maintenance pass done")
+		}
+		return m, m.refresh()
+	case copyDoneMsg:
+		if msg.seq == m.banner.seq {
+			m.banner.copied = msg.err == nil
+			if msg.err != nil {
+				m.banner.copyErr = msg.err.Error()
+			}
+		}
+		return m, nil
+	}
+	return m, nil
+}
+
+// ---- keys, by mode ----
+
+func (m Model) onKey(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	if k.Type == tea.KeyCtrlC {
+		return m.quit()
+	}
+	switch m.mode {
+	case modeFilter:
+		return m.keyFilter(k)
+	case modePrompt:
+		return m.keyPrompt(k)
+	case modeConfirm:
+		return m.keyConfirm(k)
+	case modeDetail:
+		return m.keyDetail(k)
+	case modeHelp:
+		return m.keyHelp(k)
+	}
+	return m.keyNormal(k)
+}
+
+func (m Model) quit() (tea.Model, tea.Cmd) {
+	m.life.stop() // engine calls in flight are cancelled; sandboxes keep running
+	return m, tea.Quit
+}
+
+func (m Model) keyNormal(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	km := &m.keys
+	switch {
+	case key.Matches(k, km.Quit):
+		return m.quit()
+	case key.Matches(k, km.Up):
+		m.tbl.move(-1)
+	case key.Matches(k, km.Down):
+		m.tbl.move(1)
+	case key.Matches(k, km.PageUp):
+		m.tbl.move(-m.tbl.height)
+	case key.Matches(k, km.PageDown):
+		m.tbl.move(m.tbl.height)
+	case key.Matches(k, km.Top):
+		m.tbl.move(-len(m.tbl.rows))
+	case key.Matches(k, km.Bottom):
+		m.tbl.move(len(m.tbl.rows))
+	case key.Matches(k, km.Claim):
+		return m, m.claim()
+	case key.Matches(k, km.Grow):
+		return m, m.resizeBy(1)
+	case key.Matches(k, km.Shrink):
+		return m, m.resizeBy(-1)
+	case key.Matches(k, km.Size):
+		m.promptErr = ""
+		m.sizeIn.SetValue("")
+		m.setMode(modePrompt)
+		return m, m.sizeIn.Focus()
+	case key.Matches(k, km.Terminate):
+		if sb, ok := m.tbl.selected(); ok {
+			m.confirmID = sb.ID
+			m.setMode(modeConfirm)
+		}
+	case key.Matches(k, km.Refill):
+		return m, m.refill()
+	case key.Matches(k, km.Filter):
+		m.filterIn.SetValue(m.filter)
+		m.setMode(modeFilter)
+		return m, m.filterIn.Focus()
+	case key.Matches(k, km.Detail):
+		if sb, ok := m.tbl.selected(); ok {
+			m.detailID = sb.ID
+			m.setMode(modeDetail)
+			m.refreshDetail()
+			m.detail.GotoTop()
+		}
+	case key.Matches(k, km.Help):
+		m.setMode(modeHelp)
+	case key.Matches(k, km.Back):
+		switch {
+		case m.banner.id != "":
+			m.banner = banner{seq: m.banner.seq}
+		case m.filter != "":
+			m.setFilter("")
+		default:
+			m.status = status{seq: m.status.seq}
+		}
+	}
+	return m, nil
+}
+
+var (
+	keyEnter = key.NewBinding(key.WithKeys("enter"))
+	keyEsc   = key.NewBinding(key.WithKeys("esc"))
+)
+
+func (m Model) keyFilter(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	switch {
+	case key.Matches(k, keyEnter):
+		m.filterIn.Blur()
+		m.setMode(modeNormal)
+		return m, nil
+	case key.Matches(k, keyEsc):
+		m.filterIn.Blur()
+		m.setFilter("")
+		m.setMode(modeNormal)
+		return m, nil
+	}
+	var cmd tea.Cmd
+	m.filterIn, cmd = m.filterIn.Update(k)
+	if v := m.filterIn.Value(); v != m.filter {
+		m.setFilter(v)
+	}
+	return m, cmd
+}
+
+func (m Model) keyPrompt(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	switch {
+	case key.Matches(k, keyEnter):
+		n, err := parseTarget(m.sizeIn.Value(), m.cfg.MaxSize)
+		if err != nil {
+			m.promptErr = err.Error() // validated in place: nothing changes
+			return m, nil
+		}
+		m.sizeIn.Blur()
+		m.promptErr = ""
+		m.setMode(modeNormal)
+		return m, m.requestResize(n)
+	case key.Matches(k, keyEsc):
+		m.sizeIn.Blur()
+		m.promptErr = ""
+		m.setMode(modeNormal)
+		m.info(m.seq, "target unchanged")
+		return m, nil
+	}
+	var cmd tea.Cmd
+	m.sizeIn, cmd = m.sizeIn.Update(k)
+	m.promptErr = ""
+	return m, cmd
+}
+
+// keyConfirm: y terminates, anything else cancels (the default is No).
+func (m Model) keyConfirm(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	id := m.confirmID
+	m.confirmID = ""
+	m.setMode(modeNormal)
+	if key.Matches(k, confirmKeys[0]) {
+		return m, m.terminate(id)
+	}
+	m.info(m.seq, "terminate "+pool.ShortID(id)+" cancelled")
+	return m, nil
+}
+
+func (m Model) keyDetail(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	switch {
+	case key.Matches(k, detailKeys[2]):
+		return m.quit()
+	case key.Matches(k, detailKeys[1]):
+		m.setMode(modeNormal)
+		return m, nil
+	}
+	var cmd tea.Cmd
+	m.detail, cmd = m.detail.Update(k)
+	return m, cmd
+}
+
+func (m Model) keyHelp(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	switch {
+	case key.Matches(k, helpKeys[1]):
+		return m.quit()
+	case key.Matches(k, helpKeys[0]):
+		m.setMode(modeNormal)
+	}
+	return m, nil
+}
+
+func (m *Model) setMode(md mode) {
+	m.mode = md
+	m.updateFooter()
+}
+
+func (m *Model) setFilter(q string) {
+	m.filter = q
+	if m.filterIn.Value() != q {
+		m.filterIn.SetValue(q)
+	}
+	m.tbl.setRows(filterRows(m.snap.Sandboxes, q))
+}
+
+// parseTarget validates a typed target; the error says what is allowed.
+func parseTarget(s string, maxSize int) (int, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return 0, fmt.Errorf("type a number from 0 to %d", maxSize)
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a whole number: type 0 to %d", s, maxSize)
+	}
+	if err := checkTarget(n, maxSize); err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+func checkTarget(n, maxSize int) error {
+	switch {
+	case n < 0:
+		return fmt.Errorf("%d: the target cannot be below 0", n)
+	case n > maxSize:
+		return fmt.Errorf("%d: the target cannot be above %d (--max-size)", n, maxSize)
+	}
+	return nil
+}
+
+// ---- engine requests ----
+
+// refresh asks for a snapshot; requests coalesce (one in flight at most).
+func (m *Model) refresh() tea.Cmd {
+	if m.snapInFlight {
+		m.snapDirty = true
+		return nil
+	}
+	m.snapInFlight = true
+	m.seq++
+	return snapshotCmd(m.life, m.eng, m.seq)
+}
+
+func (m *Model) claim() tea.Cmd {
+	if m.claiming {
+		m.info(m.seq, "a claim is already waiting for a sandbox")
+		return nil
+	}
+	m.claiming = true
+	m.seq++
+	m.info(m.seq, "claiming a sandbox…")
+	return claimCmd(m.life, m.eng, m.seq)
+}
+
+func (m *Model) onClaimDone(msg claimDoneMsg) tea.Cmd {
+	m.claiming = false
+	if msg.err != nil {
+		if m.life.ctx.Err() == nil {
+			m.fail(msg.seq, "claim failed", msg.err)
+		}
+		return m.refresh()
+	}
+	if m.status.seq == msg.seq && !m.status.isErr {
+		m.status.text = "" // "claiming…": the banner says the rest
+	}
+	var cmds []tea.Cmd
+	if msg.seq > m.banner.seq {
+		c := msg.claimed
+		m.banner = banner{seq: msg.seq, id: c.ID, url: c.URL, expires: c.ExpiresAt}
+		cmds = append(cmds, copyCmd(m.clip, msg.seq, c.URL))
+	}
+	return tea.Batch(append(cmds, m.refresh())...)
+}
+
+// targetNow is the target as the user last set it, or as the engine says.
+func (m *Model) targetNow() int {
+	if m.hasWant {
+		return m.want
+	}
+	return m.snap.Target
+}
+
+func (m *Model) resizeBy(d int) tea.Cmd {
+	if !m.haveSnap {
+		return nil
+	}
+	n := m.targetNow() + d
+	if err := checkTarget(n, m.cfg.MaxSize); err != nil {
+		m.seq++
+		m.setStatus(status{text: err.Error(), isErr: true, seq: m.seq})
+		return nil
+	}
+	return m.requestResize(n)
+}
+
+// requestResize sets the target to n. Resizes go one at a time, the last
+// one asked winning, so that + + + cannot land out of order.
+func (m *Model) requestResize(n int) tea.Cmd {
+	m.want, m.hasWant, m.wantClearAfter = n, true, 0
+	if m.resizing {
+		return nil
+	}
+	m.resizing = true
+	m.seq++
+	m.info(m.seq, fmt.Sprintf("setting the target to %d…", n))
+	return resizeCmd(m.life, m.eng, m.seq, n)
+}
+
+func (m *Model) onResizeDone(msg resizeDoneMsg) tea.Cmd {
+	m.resizing = false
+	if msg.err != nil {
+		m.hasWant = false
+		m.fail(msg.seq, fmt.Sprintf("set the target to %d", msg.n), msg.err)
+		return m.refresh()
+	}
+	if m.hasWant && m.want != msg.n {
+		return tea.Batch(m.requestResize(m.want), m.refresh())
+	}
+	m.info(msg.seq, fmt.Sprintf("target set to %d", msg.n))
+	m.wantClearAfter = m.seq
+	return m.refresh()
+}
+
+func (m *Model) terminate(id string) tea.Cmd {
+	m.seq++
+	m.info(m.seq, "terminating "+pool.ShortID(id)+"…")
+	return terminateCmd(m.life, m.eng, m.seq, id)
+}
+
+// refill runs a maintenance pass now, unless another process maintains
+// the pool (a viewer) or a pass is already running.
+func (m *Model) refill() tea.Cmd {
+	if m.snap.Role == "viewer" {
+		m.info(m.seq, "the pool is maintained by "+m.snap.LeaseHolder+": it refills on its own")
+		return nil
+	}
+	if m.maintaining {
+		m.info(m.seq, "a maintenance pass is already running")
+		return nil
+	}
+	m.maintaining = true
+	m.seq++
+	m.info(m.seq, "refilling: maintenance pass…")
+	return maintainCmd(m.life, m.eng, m.seq, true)
+}
+
+// ownsMaintenance says whether the UI's ticker runs the passes: only when
+// no maintenance loop runs in this process (Role "") and not read-only. A
+// controller runs its own loop and shows its NextPass; a viewer leaves
+// passes to the holder.
+func (m *Model) ownsMaintenance() bool {
+	return !m.opts.ReadOnly && m.haveSnap && m.snap.Role == ""
+}
+
+// ---- state ----
+
+func (m *Model) onSnapshot(msg snapshotMsg) tea.Cmd {
+	m.snapInFlight = false
+	var cmds []tea.Cmd
+	if msg.seq > m.snapApplied {
+		m.snapApplied = msg.seq
+		m.applySnapshot(msg.snap)
+		if m.hasWant && !m.resizing && m.wantClearAfter > 0 && msg.seq > m.wantClearAfter {
+			m.hasWant = false
+		}
+		if !m.animating && m.anySpinning() {
+			m.animating = true
+			cmds = append(cmds, m.life.after(spin.FPS, animTickMsg{}))
+		}
+	}
+	if m.snapDirty {
+		m.snapDirty = false
+		cmds = append(cmds, m.refresh())
+	}
+	return tea.Batch(cmds...)
+}
+
+func (m *Model) applySnapshot(s pool.Snapshot) {
+	m.snap, m.haveSnap = s, true
+	m.now = m.clk.Now()
+	m.frame = frameAt(m.now)
+	m.recordHealth(s.Sandboxes)
+	m.tbl.setRows(filterRows(s.Sandboxes, m.filter))
+	m.relayout()
+	if s.LastError != m.lastErr {
+		m.lastErr = s.LastError
+		if s.LastError != "" {
+			m.addLog(logLine{at: m.now, text: "error: " + s.LastError, err: s.LastError, ui: true})
+			m.setStatus(status{text: s.LastError, isErr: true, fromEngine: true, seq: m.seq})
+		} else if m.status.fromEngine {
+			m.status = status{seq: m.status.seq}
+		}
+	}
+	if m.mode == modeDetail {
+		m.refreshDetail()
+	}
+}
+
+func (m *Model) anySpinning() bool {
+	return m.snap.Counts[pool.StateCreating]+m.snap.Counts[pool.StateWarming] > 0
+}
+
+func (m *Model) recordHealth(sbs []pool.Sandbox) {
+	for i := range sbs {
+		m.noteHealth(sbs[i].ID, sbs[i].Health)
+	}
+	if len(m.health) > 2*len(sbs)+64 { // forget sandboxes long gone
+		live := make(map[string]bool, len(sbs))
+		for i := range sbs {
+			live[sbs[i].ID] = true
+		}
+		for id := range m.health {
+			if !live[id] {
+				delete(m.health, id)
+			}
+		}
+	}
+}
+
+func (m *Model) noteHealth(id string, h pool.Health) {
+	if id == "" || !h.Checked() {
+		return
+	}
+	hs := m.health[id]
+	if n := len(hs); n > 0 && hs[n-1].CheckedAt.Equal(h.CheckedAt) {
+		return
+	}
+	hs = append(hs, h)
+	if len(hs) > healthKeep {
+		hs = hs[len(hs)-healthKeep:]
+	}
+	m.health[id] = hs
+}
+
+// hiddenEvents are too frequent to be worth a line: the table shows them.
+var hiddenEvents = map[pool.EventKind]bool{
+	pool.EventStoreChanged: true, pool.EventMaintained: true, pool.EventCreating: true,
+}
+
+func (m *Model) onEvents(evs []pool.Event) {
+	for _, e := range evs {
+		m.noteHealth(e.SandboxID, e.Health)
+		if hiddenEvents[e.Kind] {
+			continue
+		}
+		text := e.Message
+		if text == "" {
+			text = string(e.Kind)
+		}
+		at := e.Time
+		if at.IsZero() {
+			at = m.clk.Now()
+		}
+		m.addLog(logLine{at: at, id: e.SandboxID, text: text, err: e.Err})
+	}
+}
+
+// addLog appends to the event log. An error the dashboard noted (a failed
+// command, LastError) and the engine's event for the same error make one
+// line, the engine's.
+func (m *Model) addLog(l logLine) {
+	if l.err != "" {
+		for i := len(m.log) - 1; i >= max(len(m.log)-8, 0); i-- {
+			o := m.log[i]
+			if o.err == "" || o.ui == l.ui || !sameErr(o.err, l.err) {
+				continue
+			}
+			if l.ui {
+				return // the engine said it already
+			}
+			m.log = append(m.log[:i], m.log[i+1:]...) // the engine's line replaces ours
+			break
+		}
+	}
+	m.log = append(m.log, l)
+	if len(m.log) > logKeep {
+		m.log = append(m.log[:0:0], m.log[len(m.log)-logKeep:]...)
+	}
+}
+
+func sameErr(a, b string) bool { return strings.Contains(a, b) || strings.Contains(b, a) }
+
+func (m *Model) setStatus(s status) {
+	if s.at.IsZero() {
+		s.at = m.clk.Now()
+	}
+	m.status = s
+}
+
+// info shows a note, unless a newer request already put something there.
+func (m *Model) info(seq int, text string) {
+	if seq < m.status.seq {
+		return
+	}
+	m.setStatus(status{text: text, seq: seq})
+}
+
+// fail shows a failed command in the status line and the event log.
+func (m *Model) fail(seq int, what string, err error) {
+	text := what + ": " + err.Error()
+	m.addLog(logLine{at: m.clk.Now(), text: text, err: err.Error(), ui: true})
+	m.setStatus(status{text: text, isErr: true, seq: max(seq, m.status.seq)})
+}

@@ -1,0 +1,84 @@
+package ui
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/aymanbagabas/go-osc52/v2"
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/jonboulle/clockwork"
+)
+
+// Options shapes the dashboard.
+type Options struct {
+	// ReadOnly drops every key that changes the pool (claim, +, -, s, t, r)
+	// and says so in the header. The dashboard then never calls Claim,
+	// Resize, Terminate or Maintain.
+	ReadOnly bool
+	// APIAddr is the address the HTTP API listens on, shown in the header;
+	// empty shows "api off".
+	APIAddr string
+	// Clock is where "now" comes from; nil means the real clock. Tests inject
+	// a fake one: countdowns and spinner frames then stand still.
+	Clock clockwork.Clock
+	// Clipboard receives the URL of a claimed sandbox. nil means an OSC 52
+	// escape sequence written to Output (the terminal's clipboard).
+	Clipboard func(text string) error
+	// Input and Output default to the terminal (stdin and stdout).
+	Input  io.Reader
+	Output io.Writer
+	// Inline keeps the dashboard in the normal screen instead of the
+	// alternate screen.
+	Inline bool
+}
+
+// shutdownWait bounds how long Run waits, after the program ends, for engine
+// calls still in flight (their context is cancelled by then).
+const shutdownWait = 3 * time.Second
+
+// Run shows the dashboard over an engine that is already serving and
+// returns when the user quits (q or ctrl+c), when ctx ends, or on a terminal
+// error. A quit or a cancelled ctx returns nil. By the time Run returns, no
+// engine call made by the dashboard is still running (bounded by a few
+// seconds), so the caller may close the engine right after. Sandboxes keep
+// running.
+func Run(ctx context.Context, eng Engine, opts Options) error {
+	out := opts.Output
+	if out == nil {
+		out = os.Stdout
+	}
+	if opts.Clipboard == nil {
+		opts.Clipboard = osc52Clipboard(out)
+	}
+	m := newModel(ctx, eng, opts)
+	popts := []tea.ProgramOption{tea.WithContext(ctx), tea.WithOutput(out)}
+	if opts.Input != nil {
+		popts = append(popts, tea.WithInput(opts.Input))
+	}
+	if !opts.Inline {
+		popts = append(popts, tea.WithAltScreen())
+	}
+	_, err := tea.NewProgram(m, popts...).Run()
+	m.life.stop()
+	m.life.wait(shutdownWait)
+	switch {
+	case err == nil, errors.Is(err, tea.ErrInterrupted):
+		return nil
+	case ctx.Err() != nil && errors.Is(err, tea.ErrProgramKilled):
+		return nil
+	}
+	return fmt.Errorf("dashboard: %w", err)
+}
+
+// osc52Clipboard copies text to the terminal's clipboard with an OSC 52
+// escape sequence, which works over SSH too.
+func osc52Clipboard(w io.Writer) func(string) error {
+	return func(text string) error {
+		_, err := osc52.New(text).WriteTo(w)
+		return err
+	}
+}

@@ -1,0 +1,498 @@
+package ui
+
+import (
+	"strconv"
+
+	"github.com/charmbracelet/bubbles/help"
+	"strings"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// The screen, top to bottom:
+//
+//	header      backend/pool, target, API address, read-only / viewer tags
+//	counts      counts per state; backoff; next maintenance countdown
+//	action      prompt, confirmation, filter being typed, claim banner
+//	body        table and the last events; or the detail view; or full help
+//	status      the last error, or a note
+//	footer      one line of key help
+const chromeLines = 5 // every line but the body
+
+// relayout recomputes what depends on the size and on the rows: column
+// widths, how many rows and events fit, the help line. Never per frame.
+func (m *Model) relayout() {
+	w, h := m.width, m.height
+	idW := 2
+	for i := range m.snap.Sandboxes {
+		idW = max(idW, width(pool.ShortID(m.snap.Sandboxes[i].ID)))
+	}
+	lay := &m.lay
+	lay.idW = min(idW, 15)
+	fixed := 2 + lay.idW + 1 + stateW + 1 + ttlW + 1 + healthW
+	lay.showAge = true
+	lay.urlW = w - fixed - 1 - ageW - 1
+	if lay.urlW < minURLW {
+		lay.showAge = false
+		lay.urlW = w - fixed - 1
+	}
+	if lay.urlW < minURLW {
+		lay.urlW = 0
+	}
+
+	lay.bodyH = max(h-chromeLines, 1)
+	lay.eventsN = min(max((h-7)/4, 2), 8)
+	tableH := lay.bodyH - 1 - (lay.eventsN + 1)
+	if tableH < 3 {
+		lay.eventsN = 0
+		tableH = lay.bodyH - 1
+	}
+	m.tbl.setHeight(tableH)
+	m.detail.Width, m.detail.Height = w, lay.bodyH
+	m.filterIn.Width = max(w-30, 10)
+	m.sizeIn.Width = 8
+
+	var b strings.Builder
+	b.WriteString("  ")
+	b.WriteString(fit("ID", lay.idW))
+	b.WriteString(" " + fit("STATE", stateW) + " " + fit("TTL", ttlW) + " " + fit("HEALTH", healthW))
+	if lay.showAge {
+		b.WriteString(" " + fitLeft("AGE", ageW))
+	}
+	if lay.urlW > 0 {
+		b.WriteString(" " + fit("URL", lay.urlW))
+	}
+	lay.colHeader = m.st.ColHeader.wrap(b.String())
+	m.updateFooter()
+}
+
+func (m *Model) updateFooter() {
+	if m.width <= 0 {
+		return
+	}
+	m.lay.footer = fitHelp(m.help, m.modeHelp().ShortHelp(), m.width)
+}
+
+// modeHelp is the key map of the current mode, for the help line.
+func (m *Model) modeHelp() help.KeyMap {
+	switch m.mode {
+	case modeFilter:
+		return filterKeys
+	case modePrompt:
+		return promptKeys
+	case modeConfirm:
+		return confirmKeys
+	case modeDetail:
+		return detailKeys
+	case modeHelp:
+		return helpKeys
+	}
+	return m.keys
+}
+
+// View draws the screen. It is cheap: styles are precomputed and only the
+// visible rows are formatted.
+func (m Model) View() string {
+	if m.width <= 0 || m.height <= 0 {
+		return "sandboxpool: starting…"
+	}
+	if m.width < minWidth {
+		return m.narrowView()
+	}
+	var s screen
+	s.init(m.width, m.height)
+	m.viewHeader(&s)
+	m.viewAction(&s)
+	switch m.mode {
+	case modeHelp:
+		m.viewHelp(&s)
+	case modeDetail:
+		s.lines(m.detail.View(), m.lay.bodyH)
+	default:
+		m.viewTable(&s)
+		m.viewEvents(&s)
+	}
+	s.fill(m.height - 2)
+	m.viewStatus(&s)
+	s.line(m.lay.footer)
+	return s.String()
+}
+
+// screen collects at most h lines.
+type screen struct {
+	b    strings.Builder
+	n, h int
+	w    int
+}
+
+func (s *screen) init(w, h int) {
+	s.w, s.h = w, h
+	s.b.Grow(w * h * 2)
+}
+
+func (s *screen) line(l string) {
+	if s.n >= s.h {
+		return
+	}
+	if s.n > 0 {
+		s.b.WriteByte('\n')
+	}
+	s.b.WriteString(l)
+	s.n++
+}
+
+// lines adds a block, cut or padded to exactly n lines.
+func (s *screen) lines(block string, n int) {
+	i := 0
+	for l := range strings.SplitSeq(block, "\n") {
+		if i == n {
+			break
+		}
+		s.line(l)
+		i++
+	}
+	for ; i < n; i++ {
+		s.line("")
+	}
+}
+
+// fill pads with empty lines up to n lines in all.
+func (s *screen) fill(n int) {
+	for s.n < n {
+		s.line("")
+	}
+}
+
+func (s *screen) String() string { return s.b.String() }
+
+// spread puts left and right on one line of w cells, right-aligned when
+// they fit, else cut.
+func spread(left, right string, w int) string {
+	lw, rw := width(left), width(right)
+	if right == "" {
+		return truncate(left, w)
+	}
+	if lw+2+rw <= w {
+		return left + spaces(w-lw-rw) + right
+	}
+	return truncate(left+"  "+right, w)
+}
+
+func (m *Model) viewHeader(s *screen) {
+	st := m.st
+	sep := st.Faint.wrap(" · ")
+	var l strings.Builder
+	st.Title.write(&l, "sandboxpool")
+	l.WriteString(sep)
+	backend, name := m.snap.Backend, m.snap.Pool
+	if name == "" {
+		name = m.cfg.Pool
+	}
+	if backend == "" {
+		backend = "…"
+	}
+	l.WriteString(backend + "/" + name)
+	l.WriteString(sep)
+	l.WriteString("target ")
+	target := strconv.Itoa(m.snap.Target)
+	if m.hasWant && m.want != m.snap.Target {
+		target += "→" + strconv.Itoa(m.want)
+	}
+	st.Accent.write(&l, target)
+	l.WriteString(sep)
+	if m.opts.APIAddr == "" {
+		st.Faint.write(&l, "api off")
+	} else {
+		l.WriteString("api " + m.opts.APIAddr)
+	}
+	var tags []string
+	if m.opts.ReadOnly {
+		tags = append(tags, st.Tag.wrap("read-only"))
+	}
+	if m.snap.Role == "viewer" {
+		holder := m.snap.LeaseHolder
+		if holder == "" {
+			holder = "another controller"
+		}
+		tags = append(tags, st.Tag.wrap("viewer of "+holder))
+	}
+	s.line(spread(l.String(), strings.Join(tags, sep), s.w))
+
+	var c strings.Builder
+	first := true
+	for _, state := range pool.States {
+		n := m.snap.Counts[state]
+		if n == 0 && state != pool.StateReady {
+			continue
+		}
+		if !first {
+			c.WriteString("  ")
+		}
+		first = false
+		st.state[state].write(&c, string(state)+" "+strconv.Itoa(n))
+	}
+	var r []string
+	if !m.snap.BackoffUntil.IsZero() {
+		r = append(r, st.Warning.wrap("backoff: next try in "+fmtWait(m.snap.BackoffUntil.Sub(m.now))))
+	}
+	r = append(r, "next pass "+m.nextPassText())
+	s.line(spread(c.String(), strings.Join(r, sep), s.w))
+}
+
+// nextPassText is the maintenance countdown: the engine's NextPass when a
+// loop runs here, the UI's own ticker when it drives the passes, else "–".
+func (m *Model) nextPassText() string {
+	switch {
+	case !m.snap.NextPass.IsZero():
+		if d := m.snap.NextPass.Sub(m.now); d > 0 {
+			return fmtClock(d)
+		}
+		return "now"
+	case m.ownsMaintenance():
+		if m.maintaining {
+			return "now"
+		}
+		return fmtClock(m.nextMaintain.Sub(m.now))
+	}
+	return "–"
+}
+
+func (m *Model) viewAction(s *screen) {
+	st := m.st
+	switch m.mode {
+	case modeFilter:
+		s.line(truncate(m.filterIn.View()+st.Faint.wrap("  "+m.matchCount()), s.w))
+		return
+	case modePrompt:
+		l := m.sizeIn.View()
+		if m.promptErr != "" {
+			l += "  " + st.Danger.wrap("✗ "+m.promptErr)
+		} else {
+			l += st.Faint.wrap("  0 to " + strconv.Itoa(m.cfg.MaxSize))
+		}
+		s.line(truncate(l, s.w))
+		return
+	case modeConfirm:
+		what := pool.ShortID(m.confirmID)
+		for i := range m.snap.Sandboxes {
+			if sb := &m.snap.Sandboxes[i]; sb.ID == m.confirmID {
+				what += " (" + string(sb.State) + ")"
+				break
+			}
+		}
+		s.line(truncate(st.Danger.wrap("terminate "+what+"?")+" (y/N)", s.w))
+		return
+	}
+	if b := m.banner; b.id != "" {
+		l := st.Banner.wrap("✓ claimed "+pool.ShortID(b.id)) + "  " + b.url
+		switch {
+		case b.copied:
+			l += st.Faint.wrap("  copied")
+		case b.copyErr != "":
+			l += st.Faint.wrap("  not copied: " + b.copyErr)
+		}
+		if !b.expires.IsZero() {
+			l += st.Faint.wrap("  " + fmtClock(b.expires.Sub(m.now)) + " left")
+		}
+		s.line(truncate(l, s.w))
+		return
+	}
+	if m.filter != "" {
+		s.line(truncate(st.Accent.wrap("filter “"+m.filter+"”")+st.Faint.wrap("  "+m.matchCount()+" · esc clears"), s.w))
+		return
+	}
+	s.line("")
+}
+
+func (m *Model) matchCount() string {
+	return strconv.Itoa(len(m.tbl.rows)) + " of " + strconv.Itoa(len(m.snap.Sandboxes))
+}
+
+func (m *Model) viewTable(s *screen) {
+	s.line(m.lay.colHeader)
+	h := m.tbl.height
+	if len(m.tbl.rows) == 0 {
+		s.lines(m.st.Faint.wrap("  "+m.emptyText()), h)
+		return
+	}
+	from, to := m.tbl.visible()
+	var b strings.Builder
+	rowW := m.width + 64
+	for i := from; i < to; i++ {
+		b.Reset()
+		b.Grow(rowW)
+		m.writeRow(&b, &m.tbl.rows[i], i == m.tbl.cur)
+		s.line(b.String())
+	}
+	for i := to - from; i < h; i++ {
+		s.line("")
+	}
+}
+
+func (m *Model) emptyText() string {
+	switch {
+	case !m.haveSnap:
+		return "loading the pool…"
+	case len(m.snap.Sandboxes) > 0:
+		return "no sandbox matches “" + m.filter + "” (esc clears the filter)"
+	case m.snap.Target == 0 && !m.opts.ReadOnly:
+		return "no sandboxes: the target is 0 (+ or s to grow the pool)"
+	case m.snap.Target == 0:
+		return "no sandboxes: the target is 0"
+	}
+	return "no sandboxes yet: filling to " + strconv.Itoa(m.snap.Target)
+}
+
+// writeRow formats one sandbox. A selected row is drawn plain inside the
+// selection style (nested colours would break its background) and marked
+// with ▸, which also shows without colour.
+func (m *Model) writeRow(b *strings.Builder, sb *pool.Sandbox, selected bool) {
+	st, lay, now := m.st, &m.lay, m.now
+	if selected {
+		b.WriteString(st.Selected.pre)
+		b.WriteString("▸ ")
+	} else {
+		b.WriteString("  ")
+	}
+	b.WriteString(fit(pool.ShortID(sb.ID), lay.idW))
+	b.WriteByte(' ')
+
+	sc := st.stateCell(sb.State, m.frame)
+	if selected {
+		b.WriteString(sc.plain)
+	} else {
+		b.WriteString(sc.painted)
+	}
+	b.WriteByte(' ')
+
+	if sb.ExpiresAt.IsZero() {
+		b.WriteString("    –")
+		b.WriteString(spaces(1 + barW))
+	} else {
+		left := sb.TimeLeft(now)
+		col := barColour(left, m.cfg.UseDuration)
+		bar := st.bars[col][barFill(left, m.cfg.TTL)]
+		txt := fitLeft(fmtClock(left), 5)
+		if selected {
+			b.WriteString(txt)
+			b.WriteByte(' ')
+			b.WriteString(bar.plain)
+		} else {
+			st.barP[col].write(b, txt)
+			b.WriteByte(' ')
+			b.WriteString(bar.painted)
+		}
+	}
+	b.WriteByte(' ')
+
+	ht := fit(healthText(sb.Health), healthW)
+	switch {
+	case selected:
+		b.WriteString(ht)
+	case !sb.Health.Checked():
+		st.Faint.write(b, ht)
+	case sb.Health.OK:
+		st.Healthy.write(b, ht)
+	default:
+		st.Danger.write(b, ht)
+	}
+
+	if lay.showAge {
+		b.WriteByte(' ')
+		age := "–"
+		if !sb.CreatedAt.IsZero() {
+			age = fmtAge(now.Sub(sb.CreatedAt))
+		}
+		age = fitLeft(age, ageW)
+		if selected {
+			b.WriteString(age)
+		} else {
+			st.Faint.write(b, age)
+		}
+	}
+	if lay.urlW > 0 {
+		b.WriteByte(' ')
+		b.WriteString(displayURL(sb.URL, lay.urlW))
+	}
+	if selected {
+		b.WriteString(st.Selected.post)
+	}
+}
+
+func (m *Model) viewEvents(s *screen) {
+	n := m.lay.eventsN
+	if n == 0 {
+		return
+	}
+	st := m.st
+	title := "─ events "
+	right := ""
+	if len(m.tbl.rows) > m.tbl.height {
+		from, to := m.tbl.visible()
+		right = " rows " + strconv.Itoa(from+1) + "–" + strconv.Itoa(to) + " of " + strconv.Itoa(len(m.tbl.rows)) + " ─"
+	}
+	rule := max(s.w-width(title)-width(right), 0)
+	s.line(st.Faint.wrap(title + strings.Repeat("─", rule) + right))
+	start := max(len(m.log)-n, 0)
+	shown := 0
+	for _, l := range m.log[start:] {
+		text := fit(l.text, max(s.w-10, 1))
+		line := st.Faint.wrap(clockTime(l.at)) + "  "
+		if l.err != "" {
+			line += st.Danger.wrap(strings.TrimRight(text, " "))
+		} else {
+			line += strings.TrimRight(text, " ")
+		}
+		s.line(line)
+		shown++
+	}
+	if shown == 0 {
+		s.line(st.Faint.wrap("no events yet"))
+		shown++
+	}
+	for ; shown < n; shown++ {
+		s.line("")
+	}
+}
+
+func (m *Model) viewStatus(s *screen) {
+	st := m.st
+	switch {
+	case m.status.text != "" && m.status.isErr:
+		s.line(truncate(st.Danger.wrap("✗ "+m.status.text), s.w))
+	case m.status.text != "":
+		s.line(truncate(st.Info.wrap("• "+m.status.text), s.w))
+	default:
+		c := m.snap.Stats
+		s.line(truncate(st.Faint.wrap("✓ no errors · claims: "+strconv.FormatInt(c.ClaimsWarm, 10)+" warm, "+
+			strconv.FormatInt(c.ClaimsWaited, 10)+" waited, "+strconv.FormatInt(c.ClaimsFailed, 10)+" failed"), s.w))
+	}
+}
+
+func (m *Model) viewHelp(s *screen) {
+	st := m.st
+	var b strings.Builder
+	st.Title.write(&b, "keys")
+	b.WriteString("\n\n")
+	b.WriteString(m.help.FullHelpView(m.keys.FullHelp()))
+	b.WriteString("\n\n")
+	if m.opts.ReadOnly {
+		b.WriteString(st.Tag.wrap("read-only") + st.Faint.wrap(": claim, target, size, terminate and refill are off") + "\n")
+	}
+	b.WriteString(st.Faint.wrap("q quits; the sandboxes keep running."))
+	s.lines(b.String(), m.lay.bodyH)
+}
+
+func (m Model) narrowView() string {
+	st := m.st
+	var s screen
+	s.init(m.width, m.height)
+	s.line(truncate(st.Title.wrap("sandboxpool")+" "+m.snap.Backend+"/"+m.snap.Pool, m.width))
+	s.line(truncate("ready "+strconv.Itoa(m.snap.Counts[pool.StateReady])+" of "+strconv.Itoa(m.snap.Target), m.width))
+	s.line("")
+	s.line(truncate(st.Warning.wrap("too narrow: "+strconv.Itoa(m.width)+" columns"), m.width))
+	s.line(truncate("the dashboard needs "+strconv.Itoa(minWidth)+".", m.width))
+	s.line("")
+	s.line(truncate(st.Faint.wrap("q quit"), m.width))
+	return s.String()
+}
