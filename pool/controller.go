@@ -400,6 +400,9 @@ func (c *Controller) setStoredLocked(s Stored) {
 	for _, e := range s.Entries {
 		known[e.ID] = true
 	}
+	for _, cr := range c.inflight {
+		known[cr.ref.ID] = true
+	}
 	for id := range c.health {
 		if !known[id] {
 			delete(c.health, id)

@@ -1,0 +1,382 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/spf13/cobra"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/ui"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func newRootCommand() *cobra.Command {
+	o := &options{}
+	root := &cobra.Command{
+		Use:           "sandboxpool",
+		Short:         "Keep a pool of warm sandboxes healthy and ready, and hand them out",
+		Long:          "sandboxpool keeps a pool of warm sandboxes (local processes or Modal Sandboxes) at its target,\nshows it live in a terminal dashboard, and hands sandboxes out from the keyboard, an HTTP API\nor the command line. Every flag can also come from SANDBOXPOOL_<FLAG> (upper case, - as _).",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+	}
+	root.SetFlagErrorFunc(flagErrorFunc)
+	o.register(root.PersistentFlags())
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if err := applyEnv(cmd.Flags()); err != nil {
+			return usageError{err}
+		}
+		return nil
+	}
+	dashboard := func(cmd *cobra.Command, _ []string) error { return runDashboard(cmd, o) }
+	root.RunE = dashboard
+	dash := &cobra.Command{Use: "dashboard", Short: "The live dashboard (the default)", Args: cobra.NoArgs, RunE: dashboard}
+	for _, c := range []*cobra.Command{root, dash} {
+		c.Flags().BoolVar(&o.readonly, "readonly", false, "watch without touching: no claim, resize, terminate or refill, from keys or API")
+		c.Flags().BoolVar(&o.cleanup, "cleanup", false, "terminate every sandbox of the pool on quit")
+	}
+	root.AddCommand(dash, runCommand(o), maintainCommand(o), checkCommand(o), claimCommand(o),
+		terminateCommand(o), demoCommand(o), versionCommand())
+	return root
+}
+
+// sizeSet reports whether --size came from the command line or the env.
+func sizeSet(cmd *cobra.Command) bool {
+	_, env := os.LookupEnv("SANDBOXPOOL_SIZE")
+	return cmd.Flags().Changed("size") || env
+}
+
+func newLogger(o *options, w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, usagef("--log-level %q: must be debug, info, warn or error", o.logLevel)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})), nil
+}
+
+func runDashboard(cmd *cobra.Command, o *options) error {
+	cfg, err := o.config(sizeSet(cmd))
+	if err != nil {
+		return err
+	}
+	// Logs would garble the screen: the dashboard shows events itself.
+	logger := slog.New(slog.DiscardHandler)
+	s, err := startController(cmd.Context(), o, cfg, logger, true)
+	if err != nil {
+		return err
+	}
+	uerr := ui.Run(cmd.Context(), s.ctrl, ui.Options{ReadOnly: o.readonly, APIAddr: s.apiAddr})
+	s.stop(o.cleanup, logger)
+	return uerr
+}
+
+func runCommand(o *options) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "The controller without a screen: maintains the pool and serves the API, logs to stderr",
+		Args:  cobra.NoArgs,
+	}
+	cmd.Flags().BoolVar(&o.cleanup, "cleanup", false, "terminate every sandbox of the pool on stop")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		cfg, err := o.config(sizeSet(cmd))
+		if err != nil {
+			return err
+		}
+		logger, err := newLogger(o, cmd.ErrOrStderr())
+		if err != nil {
+			return err
+		}
+		s, err := startController(cmd.Context(), o, cfg, logger, false)
+		if err != nil {
+			return err
+		}
+		logEvents(s.ctrl, logger)
+		logger.Info("controller started", "backend", o.backend, "pool", cfg.Pool, "target", s.ctrl.Target(), "api", apiURL(s.apiAddr))
+		select {
+		case <-cmd.Context().Done():
+		case err = <-s.done:
+		}
+		logger.Info("stopping; sandboxes keep running unless --cleanup")
+		s.stop(o.cleanup, logger)
+		return err
+	}
+	return cmd
+}
+
+func apiURL(addr string) string {
+	if addr == "" {
+		return "off"
+	}
+	return "http://" + addr
+}
+
+func maintainCommand(o *options) *cobra.Command {
+	return &cobra.Command{
+		Use:   "maintain",
+		Short: "One maintenance pass; waits until the pool is at target (exit 0) or creations fail (exit 1)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.config(sizeSet(cmd))
+			if err != nil {
+				return err
+			}
+			p, err := openPool(cmd.Context(), o, cfg, slog.New(slog.DiscardHandler))
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			// As a controller when the pool has none; else the holder fills it and this waits.
+			served := make(chan error, 1)
+			go func() { served <- p.ctrl.Serve(ctx, true) }()
+			out := cmd.OutOrStdout()
+			tty := isTerminal(out)
+			last := ""
+			err = p.ctrl.WaitAtTarget(ctx, func(s pool.Snapshot) {
+				line := fmt.Sprintf("ready %d of %d, creating %d, warming %d, failed %d",
+					s.Counts[pool.StateReady], s.Target, s.Counts[pool.StateCreating], s.Counts[pool.StateWarming], s.Counts[pool.StateFailed])
+				if line == last {
+					return
+				}
+				last = line
+				if tty {
+					fmt.Fprintf(out, "\r\033[K%s", line)
+				} else {
+					fmt.Fprintln(out, line)
+				}
+			})
+			if tty {
+				fmt.Fprintln(out)
+			}
+			cancel()
+			<-served
+			if err != nil {
+				return fmt.Errorf("pool %q not at target: %w", cfg.Pool, err)
+			}
+			fmt.Fprintf(out, "pool %q is at target: %d ready\n", cfg.Pool, p.ctrl.Target())
+			return nil
+		},
+	}
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isatty.IsTerminal(f.Fd())
+}
+
+func checkCommand(o *options) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "check",
+		Short: "The pool now: each sandbox with its state, time left and health",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.config(false)
+			if err != nil {
+				return err
+			}
+			var view httpapi.PoolView
+			if o.api != "" {
+				view, err = apiClient(o).Pool(cmd.Context())
+			} else {
+				view, err = checkStore(cmd.Context(), o, cfg)
+			}
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), view)
+			}
+			printPool(cmd.OutOrStdout(), view)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the pool as JSON")
+	cmd.Flags().StringVar(&o.api, "api", "", "ask a running controller's API (URL) instead of the store")
+	return cmd
+}
+
+func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolView, error) {
+	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return httpapi.PoolView{}, err
+	}
+	defer p.Close()
+	snap, err := p.ctrl.Refresh(ctx, true)
+	if err != nil {
+		return httpapi.PoolView{}, err
+	}
+	return httpapi.NewPoolView(snap), nil
+}
+
+func apiClient(o *options) *httpapi.Client {
+	base := o.api
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	return &httpapi.Client{BaseURL: strings.TrimRight(base, "/"), Token: o.token}
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	return enc.Encode(v)
+}
+
+func printPool(w io.Writer, v httpapi.PoolView) {
+	c := v.Counts
+	fmt.Fprintf(w, "pool %s (%s): target %d, ready %d, creating %d, warming %d, unhealthy %d, expiring %d, claimed %d\n",
+		v.Pool, v.Backend, v.Target, c.Ready, c.Creating, c.Warming, c.Unhealthy, c.Expiring, c.Claimed)
+	fmt.Fprintf(w, "warm-hit ratio %.0f%%, waste %.0f sandbox-seconds ready and never claimed\n", v.WarmHitRatio*100, v.WasteSeconds)
+	if len(v.Sandboxes) == 0 {
+		fmt.Fprintln(w, "no sandboxes")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSTATE\tLEFT\tHEALTH\tURL")
+	for _, s := range v.Sandboxes {
+		health := "-"
+		if s.Health.CheckedAt != nil {
+			if s.Health.OK {
+				health = fmt.Sprintf("ok %d %.1fms", s.Health.Status, s.Health.LatencyMS)
+			} else {
+				health = s.Health.Error
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%ds\t%s\t%s\n", s.ID, s.State, s.SecondsLeft, health, s.URL)
+	}
+	tw.Flush()
+}
+
+func claimCommand(o *options) *cobra.Command {
+	var (
+		asJSON  bool
+		noCheck bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "claim",
+		Short: "Claim one good sandbox and print its URL (starts the backfill itself when no controller runs)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if timeout <= 0 {
+				return usagef("--timeout %s: must be a positive duration such as 30s", timeout)
+			}
+			cfg, err := o.config(false)
+			if err != nil {
+				return err
+			}
+			var view httpapi.ClaimView
+			if o.api != "" {
+				view, err = apiClient(o).Claim(cmd.Context(), !noCheck, timeout)
+			} else {
+				view, err = claimFromStore(cmd.Context(), o, cfg, !noCheck, timeout)
+			}
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(cmd.OutOrStdout(), view)
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), view.URL)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the claim as JSON")
+	cmd.Flags().BoolVar(&noCheck, "no-health-check", false, "hand out without checking the sandbox answers")
+	cmd.Flags().DurationVar(&timeout, "timeout", pool.DefaultConfig().ClaimTimeout, "how long to wait for a good sandbox")
+	cmd.Flags().StringVar(&o.api, "api", "", "claim through a running controller's API (URL) instead of the store")
+	return cmd
+}
+
+// claimFromStore claims straight from the store. When no controller holds
+// the pool, this process takes the lease for the moment and backfills
+// itself, waiting for its creations so that none is left half made.
+func claimFromStore(ctx context.Context, o *options, cfg pool.Config, check bool, timeout time.Duration) (httpapi.ClaimView, error) {
+	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return httpapi.ClaimView{}, err
+	}
+	defer p.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() { served <- p.ctrl.Serve(sctx, true) }()
+	defer func() { cancel(); <-served }()
+	got, err := p.ctrl.Claim(ctx, pool.ClaimOptions{CheckHealth: check, Timeout: timeout, By: "cli"})
+	if err != nil {
+		return httpapi.ClaimView{}, err
+	}
+	if p.ctrl.Snapshot().Role == "controller" {
+		wctx, wcancel := context.WithTimeout(ctx, time.Duration(pool.DefaultConfig().CreateTries)*cfg.HealthTimeout+30*time.Second)
+		_ = p.ctrl.WaitAtTarget(wctx, nil)
+		wcancel()
+	}
+	return httpapi.NewClaimView(got, time.Now()), nil
+}
+
+func terminateCommand(o *options) *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "terminate ID... | --all",
+		Short: "Terminate sandboxes by id, or tear the pool down with --all (target 0, every sandbox, claimed ones too)",
+		RunE: func(cmd *cobra.Command, ids []string) error {
+			if all == (len(ids) > 0) {
+				return usagef("terminate: give sandbox ids or --all, not both or neither")
+			}
+			cfg, err := o.config(false)
+			if err != nil {
+				return err
+			}
+			p, err := openPool(cmd.Context(), o, cfg, slog.New(slog.DiscardHandler))
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			out := cmd.OutOrStdout()
+			if all {
+				n, err := p.ctrl.TerminateAll(cmd.Context())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(out, "terminated %d sandboxes; pool %q target set to 0\n", n, cfg.Pool)
+				return nil
+			}
+			var errs []error
+			for _, id := range ids {
+				if err := p.ctrl.Terminate(cmd.Context(), id); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintf(out, "terminated %s\n", id)
+			}
+			return errors.Join(errs...)
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "tear the pool down: every sandbox it started, and target 0")
+	return cmd
+}
+
+func versionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "sandboxpool %s %s %s/%s\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		},
+	}
+}

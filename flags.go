@@ -1,0 +1,168 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// options holds every flag of SPEC's table; defaults come from pool.DefaultConfig.
+type options struct {
+	backend       string
+	pool          string
+	size          int
+	maxSize       int
+	ttl           time.Duration
+	useDuration   time.Duration
+	healthTimeout time.Duration
+	healthEvery   time.Duration
+	maintainEvery time.Duration
+	maxCreating   int
+	stateDir      string
+	listen        string
+	token         string
+	cmd           string
+	warmup        time.Duration
+	port          int
+	image         string
+	modalApp      string
+	cleanup       bool
+	readonly      bool
+	api           string
+	logLevel      string
+}
+
+func (o *options) register(fs *pflag.FlagSet) {
+	d := pool.DefaultConfig()
+	fs.StringVar(&o.backend, "backend", "local", "where sandboxes run: local or modal")
+	fs.StringVar(&o.pool, "pool", d.Pool, "pool name: store file, queue name, tag")
+	fs.IntVar(&o.size, "size", d.Size, "target number of ready sandboxes, 0..--max-size (sets the stored target for run, dashboard, maintain)")
+	fs.IntVar(&o.maxSize, "max-size", d.MaxSize, "cap on the target")
+	fs.DurationVar(&o.ttl, "ttl", d.TTL, "sandbox lifetime")
+	fs.DurationVar(&o.useDuration, "use-duration", d.UseDuration, "time a claimer needs; must be < --ttl")
+	fs.DurationVar(&o.healthTimeout, "health-timeout", d.HealthTimeout, "one health check, and the first-start wait")
+	fs.DurationVar(&o.healthEvery, "health-every", d.HealthEvery, "background health probe interval")
+	fs.DurationVar(&o.maintainEvery, "maintain-every", d.MaintainEvery, "maintenance interval")
+	fs.IntVar(&o.maxCreating, "max-creating", d.MaxCreating, "parallel creations")
+	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "directory of the local store files")
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:7780", "HTTP API address of dashboard and run; empty disables")
+	fs.StringVar(&o.token, "token", "", "bearer token for the API; required unless listening on loopback only")
+	fs.StringVar(&o.cmd, "cmd", "", "sandbox command ({port} replaced, PORT set); local default: the built-in directory server, modal default: python -m http.server 8080")
+	fs.DurationVar(&o.warmup, "warmup", 0, "local: the built-in server waits this long before listening")
+	fs.IntVar(&o.port, "port", 8080, "modal: the sandbox port exposed as an encrypted tunnel")
+	fs.StringVar(&o.image, "image", "python:3.11-slim", "modal: registry image")
+	fs.StringVar(&o.modalApp, "modal-app", "example-sandbox-pool-sandboxes", "modal: the App that holds the sandboxes")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level of run: debug, info, warn or error")
+}
+
+// applyEnv fills every flag not given on the command line from
+// SANDBOXPOOL_<FLAG> (a flag beats the env). A bad value names the variable.
+func applyEnv(fs *pflag.FlagSet) error {
+	var errs []error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Changed || f.Name == "help" {
+			return
+		}
+		name := "SANDBOXPOOL_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%q: %s", name, v, allowedFor(f)))
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// allowedFor says what a flag accepts, for one-line errors.
+func allowedFor(f *pflag.Flag) string {
+	switch f.Value.Type() {
+	case "duration":
+		return "must be a duration such as 30s, 5m or 1h"
+	case "int":
+		return "must be a whole number"
+	case "bool":
+		return "must be true or false"
+	}
+	return "bad value"
+}
+
+// flagErrorFunc turns pflag's parse errors into one line naming the flag.
+func flagErrorFunc(cmd *cobra.Command, err error) error {
+	msg := err.Error()
+	// pflag says: invalid argument "x" for "--ttl" flag: time: invalid duration "x"
+	if i := strings.Index(msg, " for \""); i >= 0 && strings.HasPrefix(msg, "invalid argument") {
+		rest := msg[i+6:]
+		if j := strings.Index(rest, "\""); j >= 0 {
+			name := strings.TrimLeft(strings.TrimPrefix(rest[:j], "-"), "-")
+			if k := strings.Index(name, ", --"); k >= 0 { // "-s, --size"
+				name = name[k+4:]
+			}
+			if f := cmd.Flags().Lookup(name); f != nil {
+				val := msg[len("invalid argument \""):]
+				val = val[:strings.Index(val, "\"")]
+				return usagef("--%s %q: %s", name, val, allowedFor(f))
+			}
+		}
+	}
+	return usageError{err}
+}
+
+func isCobraUsage(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand", "flag needs an argument", "accepts ", "requires at least", "invalid argument"} {
+		if strings.Contains(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "sandboxpool")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "sandboxpool")
+	}
+	return filepath.Join(os.TempDir(), "sandboxpool")
+}
+
+// config validates the flags into the engine's Config.
+func (o *options) config(sizeSet bool) (pool.Config, error) {
+	c := pool.DefaultConfig()
+	c.Pool, c.Size, c.SizeSet, c.MaxSize = o.pool, o.size, sizeSet, o.maxSize
+	c.TTL, c.UseDuration = o.ttl, o.useDuration
+	c.HealthTimeout, c.HealthEvery, c.MaintainEvery = o.healthTimeout, o.healthEvery, o.maintainEvery
+	c.MaxCreating = o.maxCreating
+	if o.backend != "local" && o.backend != "modal" {
+		return c, usagef("--backend %q: must be local or modal", o.backend)
+	}
+	if o.warmup < 0 {
+		return c, usagef("--warmup %s: must be 0 or a positive duration", o.warmup)
+	}
+	if o.port < 1 || o.port > 65535 {
+		return c, usagef("--port %d: must be between 1 and 65535", o.port)
+	}
+	if err := c.Validate(); err != nil {
+		return c, usageError{err}
+	}
+	return c, nil
+}
+
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}

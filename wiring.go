@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/modalx"
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/filestore"
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/pool/local"
+	"github.com/sandboxpool/sandboxpool/pool/metrics"
+)
+
+// opened is one pool's controller with what it holds.
+type opened struct {
+	ctrl    *pool.Controller
+	closers []func()
+}
+
+// Close stops the controller (creations in flight terminate their
+// sandboxes), then releases the backend and store.
+func (p *opened) Close() {
+	p.ctrl.Close()
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		p.closers[i]()
+	}
+}
+
+// openPool chooses the backend and store by name and builds the controller.
+func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger) (*opened, error) {
+	var (
+		be      pool.Backend
+		st      pool.Store
+		closers []func()
+	)
+	switch o.backend {
+	case "local":
+		lb, err := local.New(local.Options{Pool: cfg.Pool, StateDir: o.stateDir, Cmd: o.cmd, Warmup: o.warmup})
+		if err != nil {
+			return nil, err
+		}
+		fs, err := filestore.Open(o.stateDir, cfg.Pool)
+		if err != nil {
+			return nil, err
+		}
+		be, st = lb, fs
+		closers = append(closers, func() { _ = fs.Close() })
+	case "modal":
+		mb, ms, err := modalx.New(ctx, modalx.Options{Pool: cfg.Pool, App: o.modalApp, Image: o.image, Cmd: o.cmd, Port: o.port, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		be, st = mb, ms
+		closers = append(closers, func() { _ = ms.Close() }, func() { _ = mb.Close() })
+	}
+	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st})
+	if err != nil {
+		for _, c := range closers {
+			c()
+		}
+		return nil, err
+	}
+	if cfg.SizeSet {
+		// --size given to run/dashboard/maintain sets the stored target.
+		if err := ctrl.Resize(ctx, cfg.Size); err != nil {
+			ctrl.Close()
+			for _, c := range closers {
+				c()
+			}
+			return nil, err
+		}
+	}
+	return &opened{ctrl: ctrl, closers: closers}, nil
+}
+
+// serving is a controller with its loops and API running.
+type serving struct {
+	*opened
+	apiAddr string
+	apiErr  <-chan error
+	done    chan error // Serve's result
+	cancel  context.CancelFunc
+}
+
+// startController runs the controller loops and the HTTP API, as `run` and
+// the dashboard do. With allowViewer, a pool maintained elsewhere is watched.
+func startController(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger, allowViewer bool) (*serving, error) {
+	if err := httpapi.CheckListen(o.listen, o.token); err != nil {
+		return nil, usageError{err}
+	}
+	p, err := openPool(ctx, o, cfg, logger)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	s := &serving{opened: p, done: make(chan error, 1), cancel: cancel}
+	go func() { s.done <- p.ctrl.Serve(ctx, allowViewer) }()
+	// A refused lease shows at once; give it a moment before serving the API.
+	select {
+	case err := <-s.done:
+		cancel()
+		p.Close()
+		var held *pool.LeaseHeldError
+		if errors.As(err, &held) {
+			return nil, fmt.Errorf("pool %q is already maintained by %s; stop it first, or use the dashboard to watch it", cfg.Pool, held.Holder)
+		}
+		if err == nil {
+			err = errors.New("controller stopped")
+		}
+		return nil, err
+	case <-time.After(150 * time.Millisecond):
+	}
+	if o.listen != "" {
+		m := metrics.New(p.ctrl)
+		api := httpapi.New(p.ctrl, httpapi.Options{Token: o.token, ReadOnly: o.readonly, Logger: logger, Metrics: m})
+		addr, errc, err := httpapi.Serve(ctx, o.listen, api, logger)
+		if err != nil {
+			cancel()
+			<-s.done
+			p.Close()
+			var oe *net.OpError
+			if errors.As(err, &oe) {
+				return nil, fmt.Errorf("%w (is another sandboxpool serving there? use --listen to pick another address, or --listen '' to disable the API)", err)
+			}
+			return nil, err
+		}
+		s.apiAddr, s.apiErr = addr, errc
+	}
+	return s, nil
+}
+
+// stop ends the loops and the API and closes the pool within about 2 s,
+// terminating every sandbox first with cleanup.
+func (s *serving) stop(cleanup bool, logger *slog.Logger) {
+	s.cancel()
+	if s.apiErr != nil {
+		<-s.apiErr
+	}
+	<-s.done
+	if cleanup {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		n, err := s.ctrl.Cleanup(ctx)
+		cancel()
+		if err != nil {
+			logger.Error("cleanup", "err", err)
+		} else {
+			logger.Info("terminated every sandbox of the pool", "count", n)
+		}
+	}
+	s.Close()
+}
+
+// logEvents writes the controller's events to logger, as `run` shows them.
+func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
+	ctrl.Observe(func(e pool.Event) {
+		if e.Kind == pool.EventMaintained || e.Kind == pool.EventStoreChanged {
+			return
+		}
+		attrs := []any{"event", string(e.Kind)}
+		if e.SandboxID != "" {
+			attrs = append(attrs, "sandbox", e.SandboxID)
+		}
+		level := slog.LevelInfo
+		switch e.Kind {
+		case pool.EventError, pool.EventCreateFailed, pool.EventBackoff:
+			level = slog.LevelWarn
+		case pool.EventCreating, pool.EventHealthRecovery:
+			level = slog.LevelDebug
+		}
+		logger.Log(context.Background(), level, e.Message, attrs...)
+	})
+}
