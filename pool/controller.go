@@ -58,6 +58,7 @@ type Controller struct {
 	health       map[string]Health
 	inflight     map[string]*creation
 	doomed       map[string]bool // terminated by us: never adopt again
+	suspects     map[string]bool // orphans seen by the last pass
 	recent       map[string]Sandbox
 	failedAt     map[string]time.Time
 	readyTimes   []time.Duration

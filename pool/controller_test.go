@@ -363,6 +363,11 @@ func TestReconcileAdoptsAndReaps(t *testing.T) {
 	h.clk.Advance(time.Minute) // past the adoption grace
 	h.pass()
 	h.c.WaitIdle(ctx)
+	if !slices.Contains(h.be.Live(), expiring.ID) {
+		t.Fatal("an orphan was terminated on the first pass that saw it")
+	}
+	h.pass() // the second pass that finds it unknown terminates it
+	h.c.WaitIdle(ctx)
 	ids := h.pooledIDs()
 	if !slices.Contains(ids, good.ID) {
 		t.Fatalf("pooled %v: the lost good sandbox %s was not adopted", ids, good.ID)

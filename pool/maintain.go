@@ -164,7 +164,9 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 		}
 		unknown = append(unknown, r)
 	}
+	suspects := c.suspects
 	c.mu.Unlock()
+	next := map[string]bool{}
 	for _, r := range unknown {
 		c.mu.Lock()
 		doomed := c.doomed[r.ID]
@@ -182,8 +184,18 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 				}
 			}
 		}
-		c.terminateAsync(Entry{Ref: r}, ReasonOrphan)
+		// An orphan is terminated only when a second pass still finds it
+		// unknown: a claim in another process may be between taking it and
+		// recording it (the Modal store needs one RPC for that).
+		if doomed || suspects[r.ID] {
+			c.terminateAsync(Entry{Ref: r}, ReasonOrphan)
+			continue
+		}
+		next[r.ID] = true
 	}
+	c.mu.Lock()
+	c.suspects = next
+	c.mu.Unlock()
 }
 
 // resize starts or cancels creations and terminates surplus so that the

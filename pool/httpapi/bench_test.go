@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
 
 // The benchmark's pool is shared by every run of the benchmark (the
@@ -24,14 +26,19 @@ var bench struct {
 	dir  string
 	err  error
 
+	memOnce sync.Once
+	mem     *memPool
+	memStop func()
+	memErr  error
+
 	coldOnce sync.Once
 	cold     []time.Duration
 	coldErr  error
 }
 
 const (
-	benchPoolSize = 100
-	benchClients  = 20
+	benchPoolSize       = 100
+	benchClientsDefault = 20
 	// benchRound claims are made between refills, so the pool never has
 	// fewer than benchPoolSize-benchRound ready sandboxes.
 	benchRound = 80
@@ -57,6 +64,9 @@ func benchPool(b *testing.B) *localEnv {
 
 // teardownBench runs after every test and benchmark.
 func teardownBench() {
+	if bench.memStop != nil {
+		bench.memStop()
+	}
 	if bench.stop != nil {
 		if err := bench.stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "benchmark pool teardown:", err)
@@ -68,46 +78,70 @@ func teardownBench() {
 }
 
 // BenchmarkClaimHTTP: POST /v1/claims over loopback with health checks on,
-// 20 concurrent clients, from a pool of 100 ready local sandboxes over the
-// file store. After each round of 80 claims the timer stops and the claimed
-// sandboxes go back into the pool (the store's Remove and Put: no process
-// is created during the benchmark), so the pool never runs dry. Reports the
-// p50 and p99 of the claim latency seen by the clients, and the cold start
-// of the same workload (a local sandbox created and answering its first
-// health check, measured sequentially, so at its fastest) with the ratio.
+// 20 concurrent clients, from a pool of 100 ready local sandboxes. After
+// each round of 80 claims the timer stops and the claimed sandboxes go back
+// into the pool (the store's Remove and Put: no process is created during
+// the benchmark), so the pool never runs dry. It reports the p50 and p99 of
+// the claim latency seen by the clients, and the cold start of the same
+// workload (a local sandbox created and answering its first health check,
+// measured sequentially, so at its fastest) with the ratio cold/warm.
+//
+// store=file is the product: the controller over the file store, whose
+// transactions (flock, write, two fsyncs) serialise claims. store=memory
+// claims the very same sandboxes through a controller over the in-memory
+// store: the cost of the API and the health check alone.
 //
 //	go test -run '^$' -bench ClaimHTTP -benchtime 4000x ./pool/httpapi/
+//
+// BENCH_CLIENTS=n changes the number of concurrent clients.
 func BenchmarkClaimHTTP(b *testing.B) {
 	e := benchPool(b)
 	cold := coldStarts(b, e)
+	b.Run("store=file", func(b *testing.B) {
+		runClaims(b, e.base, e.http, e.st, cold)
+	})
+	b.Run("store=memory", func(b *testing.B) {
+		m := benchMemPool(b, e)
+		runClaims(b, m.base, e.http, m.st, cold)
+	})
+}
+
+func runClaims(b *testing.B, base string, hc *http.Client, st pool.Store, cold []time.Duration) {
+	clients := benchClientsDefault
+	if v, err := strconv.Atoi(os.Getenv("BENCH_CLIENTS")); err == nil && v > 0 {
+		clients = v
+	}
 	ctx := context.Background()
+	c := httpapi.Client{BaseURL: base, HTTP: hc}
 	lat := make([]time.Duration, 0, b.N)
 	var latMu sync.Mutex
 	var failed atomic.Int64
+	var firstErr atomic.Value
 	b.ResetTimer()
 	for done := 0; done < b.N; {
 		round := min(b.N-done, benchRound)
 		var next atomic.Int64
 		var wg sync.WaitGroup
-		claimed := make([]pool.Ref, round)
-		for range benchClients {
+		claimed := make([]string, round)
+		for range clients {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				mine := make([]time.Duration, 0, round/benchClients+1)
+				mine := make([]time.Duration, 0, round/clients+1)
 				for {
 					i := int(next.Add(1)) - 1
 					if i >= round {
 						break
 					}
 					start := time.Now()
-					v, err := claimOnce(ctx, e)
+					v, err := c.Claim(ctx, true, 10*time.Second)
 					mine = append(mine, time.Since(start))
 					if err != nil {
 						failed.Add(1)
+						firstErr.CompareAndSwap(nil, err)
 						continue
 					}
-					claimed[i] = pool.Ref{ID: v.ID, URL: v.URL, ExpiresAt: v.ExpiresAt}
+					claimed[i] = v.ID
 				}
 				latMu.Lock()
 				lat = append(lat, mine...)
@@ -117,14 +151,14 @@ func BenchmarkClaimHTTP(b *testing.B) {
 		wg.Wait()
 		done += round
 		b.StopTimer()
-		if err := recycle(ctx, e, claimed); err != nil {
+		if err := recycle(ctx, st, claimed); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
 	}
 	b.StopTimer()
 	if n := failed.Load(); n > 0 {
-		b.Fatalf("%d of %d claims failed", n, b.N)
+		b.Fatalf("%d of %d claims failed, first: %v", n, b.N, firstErr.Load())
 	}
 	slices.Sort(lat)
 	p50, p99 := percentile(lat, 50), percentile(lat, 99)
@@ -135,26 +169,15 @@ func BenchmarkClaimHTTP(b *testing.B) {
 	b.ReportMetric(float64(coldP50)/float64(p50), "cold/warm-x")
 }
 
-// claimOnce is one client's claim, health check on.
-func claimOnce(ctx context.Context, e *localEnv) (httpapi.ClaimView, error) {
-	c := httpapi.Client{BaseURL: e.base, HTTP: e.http}
-	return c.Claim(ctx, true, 10*time.Second)
-}
-
 // recycle puts claimed sandboxes back at the end of the pool, as ready.
-func recycle(ctx context.Context, e *localEnv, claimed []pool.Ref) error {
-	ids := make([]string, 0, len(claimed))
-	for _, r := range claimed {
-		if r.ID != "" {
-			ids = append(ids, r.ID)
-		}
-	}
-	removed, err := e.st.Remove(ctx, ids...)
+func recycle(ctx context.Context, st pool.Store, ids []string) error {
+	ids = slices.DeleteFunc(slices.Clone(ids), func(id string) bool { return id == "" })
+	removed, err := st.Remove(ctx, ids...)
 	if err != nil {
 		return err
 	}
 	for _, en := range removed {
-		if err := e.st.Put(ctx, en.Ref); err != nil {
+		if err := st.Put(ctx, en.Ref); err != nil {
 			return err
 		}
 	}
@@ -162,6 +185,58 @@ func recycle(ctx context.Context, e *localEnv, claimed []pool.Ref) error {
 		return fmt.Errorf("recycle: %d claimed, %d found in the store", len(ids), len(removed))
 	}
 	return nil
+}
+
+// memPool is a second controller over the same running sandboxes, with the
+// in-memory store.
+type memPool struct {
+	base string
+	st   *pooltest.Store
+}
+
+// benchMemPool copies the file pool's sandboxes into an in-memory store and
+// serves a controller over it; it is torn down with the benchmark pool.
+func benchMemPool(b *testing.B, e *localEnv) *memPool {
+	b.Helper()
+	bench.memOnce.Do(func() {
+		ctx := context.Background()
+		stored, err := e.st.Load(ctx)
+		if err != nil {
+			bench.memErr = err
+			return
+		}
+		st := pooltest.NewStore()
+		for _, en := range stored.Pooled() {
+			_ = st.Put(ctx, en.Ref)
+		}
+		healthTr := &http.Transport{MaxIdleConnsPerHost: 4, DisableCompression: true}
+		ctrl, err := pool.New(pool.Options{Config: e.ctrl.Config(), Backend: e.be, Store: st,
+			Checker: pool.NewHTTPChecker(pool.NewHealthClient(healthTr))})
+		if err != nil {
+			bench.memErr = err
+			return
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		addr, errc, err := httpapi.Serve(sctx, "127.0.0.1:0", httpapi.New(ctrl, httpapi.Options{}), nil)
+		if err != nil {
+			cancel()
+			ctrl.Close()
+			bench.memErr = err
+			return
+		}
+		bench.mem = &memPool{base: "http://" + addr, st: st}
+		bench.memStop = func() {
+			e.http.CloseIdleConnections()
+			cancel()
+			<-errc
+			ctrl.Close() // the sandboxes stay: the file pool's teardown stops them
+			healthTr.CloseIdleConnections()
+		}
+	})
+	if bench.memErr != nil {
+		b.Fatal(bench.memErr)
+	}
+	return bench.mem
 }
 
 // coldStarts measures, once per process, what a claim costs without a warm

@@ -104,11 +104,16 @@ func startLocal(dir string, size int, loops bool, cfgFn func(*pool.Config)) (_ *
 	if loops {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = ctrl.Serve(ctx, false) }()
-	} else if err := ctrl.Maintain(ctx); err != nil {
-		return nil, stop, err
 	}
 	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer wcancel()
+	for !loops && ctrl.Snapshot().Counts[pool.StateReady] < size && wctx.Err() == nil {
+		// No loop runs passes: each one starts at most MaxCreating creations.
+		if err := ctrl.Maintain(wctx); err != nil {
+			return nil, stop, err
+		}
+		ctrl.WaitIdle(wctx)
+	}
 	if err := ctrl.WaitAtTarget(wctx, nil); err != nil {
 		return nil, stop, fmt.Errorf("fill %d local sandboxes: %w", size, err)
 	}
