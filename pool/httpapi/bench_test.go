@@ -31,9 +31,8 @@ var bench struct {
 	memStop func()
 	memErr  error
 
-	coldOnce sync.Once
-	cold     []time.Duration
-	coldErr  error
+	coldMu sync.Mutex
+	cold   map[int][]time.Duration // by concurrency
 }
 
 const (
@@ -42,7 +41,6 @@ const (
 	// benchRound claims are made between refills, so the pool never has
 	// fewer than benchPoolSize-benchRound ready sandboxes.
 	benchRound = 80
-	benchCold  = 10
 )
 
 func benchPool(b *testing.B) *localEnv {
@@ -83,8 +81,8 @@ func teardownBench() {
 // into the pool (the store's Remove and Put: no process is created during
 // the benchmark), so the pool never runs dry. It reports the p50 and p99 of
 // the claim latency seen by the clients, and the cold start of the same
-// workload (a local sandbox created and answering its first health check,
-// measured sequentially, so at its fastest) with the ratio cold/warm.
+// workload (as many clients at once each create a local sandbox and poll it
+// every millisecond until it first answers) with the ratio of the p50s.
 //
 // store=file is the product: the controller over the file store, whose
 // transactions (flock, write, two fsyncs) serialise claims. store=memory
@@ -96,21 +94,20 @@ func teardownBench() {
 // BENCH_CLIENTS=n changes the number of concurrent clients.
 func BenchmarkClaimHTTP(b *testing.B) {
 	e := benchPool(b)
-	cold := coldStarts(b, e)
-	b.Run("store=file", func(b *testing.B) {
-		runClaims(b, e.base, e.http, e.st, cold)
-	})
-	b.Run("store=memory", func(b *testing.B) {
-		m := benchMemPool(b, e)
-		runClaims(b, m.base, e.http, m.st, cold)
-	})
-}
-
-func runClaims(b *testing.B, base string, hc *http.Client, st pool.Store, cold []time.Duration) {
 	clients := benchClientsDefault
 	if v, err := strconv.Atoi(os.Getenv("BENCH_CLIENTS")); err == nil && v > 0 {
 		clients = v
 	}
+	b.Run("store=file", func(b *testing.B) {
+		runClaims(b, e.base, e.http, e.st, clients, coldStarts(b, e, clients))
+	})
+	b.Run("store=memory", func(b *testing.B) {
+		m := benchMemPool(b, e)
+		runClaims(b, m.base, e.http, m.st, clients, coldStarts(b, e, clients))
+	})
+}
+
+func runClaims(b *testing.B, base string, hc *http.Client, st pool.Store, clients int, cold []time.Duration) {
 	ctx := context.Background()
 	c := httpapi.Client{BaseURL: base, HTTP: hc}
 	lat := make([]time.Duration, 0, b.N)
@@ -239,48 +236,70 @@ func benchMemPool(b *testing.B, e *localEnv) *memPool {
 	return bench.mem
 }
 
-// coldStarts measures, once per process, what a claim costs without a warm
-// pool: create a local sandbox and poll it every millisecond until it first
-// answers 2xx.
-func coldStarts(b *testing.B, e *localEnv) []time.Duration {
-	b.Helper()
-	bench.coldOnce.Do(func() {
-		ctx := context.Background()
-		hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
-		defer hc.CloseIdleConnections()
-		for range benchCold {
-			start := time.Now()
-			ref, err := e.be.Create(ctx, time.Minute)
-			if err != nil {
-				bench.coldErr = err
-				return
-			}
-			for {
-				resp, err := hc.Get(ref.URL)
-				if err == nil {
-					resp.Body.Close()
-					if resp.StatusCode/100 == 2 {
-						break
-					}
-				}
-				if time.Since(start) > 10*time.Second {
-					bench.coldErr = fmt.Errorf("sandbox %s never answered: %v", ref.ID, err)
-					break
-				}
-				time.Sleep(time.Millisecond)
-			}
-			bench.cold = append(bench.cold, time.Since(start))
-			_ = e.be.Terminate(ctx, ref.ID)
-			if bench.coldErr != nil {
-				return
+// coldStart is what a claim costs without a warm pool: create a local
+// sandbox and poll it every millisecond until it first answers 2xx.
+func coldStart(ctx context.Context, e *localEnv, hc *http.Client) (time.Duration, error) {
+	start := time.Now()
+	ref, err := e.be.Create(ctx, time.Minute)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = e.be.Terminate(context.WithoutCancel(ctx), ref.ID) }()
+	for {
+		resp, err := hc.Get(ref.URL)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode/100 == 2 {
+				return time.Since(start), nil
 			}
 		}
-		slices.Sort(bench.cold)
-	})
-	if bench.coldErr != nil {
-		b.Fatal(bench.coldErr)
+		if time.Since(start) > 10*time.Second {
+			return 0, fmt.Errorf("sandbox %s never answered: %v", ref.ID, err)
+		}
+		time.Sleep(time.Millisecond)
 	}
-	return bench.cold
+}
+
+// coldStarts measures cold starts once per process and concurrency:
+// `clients` at once, as many as the warm benchmark runs, two rounds.
+func coldStarts(b *testing.B, e *localEnv, clients int) []time.Duration {
+	b.Helper()
+	bench.coldMu.Lock()
+	defer bench.coldMu.Unlock()
+	if got, ok := bench.cold[clients]; ok {
+		return got
+	}
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
+	defer hc.CloseIdleConnections()
+	var mu sync.Mutex
+	var out []time.Duration
+	var firstErr error
+	for range 2 {
+		var wg sync.WaitGroup
+		for range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				d, err := coldStart(context.Background(), e, hc)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil && firstErr == nil {
+					firstErr = err
+				}
+				out = append(out, d)
+			}()
+		}
+		wg.Wait()
+	}
+	if firstErr != nil {
+		b.Fatal(firstErr)
+	}
+	slices.Sort(out)
+	if bench.cold == nil {
+		bench.cold = map[int][]time.Duration{}
+	}
+	bench.cold[clients] = out
+	return out
 }
 
 func percentile(sorted []time.Duration, p int) time.Duration {
