@@ -187,6 +187,11 @@ func (a *API) claim(w http.ResponseWriter, r *http.Request) {
 // and writes the error response itself when there is one.
 func (a *API) doClaim(w http.ResponseWriter, r *http.Request) (pool.Claimed, bool) {
 	w.Header().Set("Cache-Control", "no-store")
+	if r.Method == http.MethodHead { // the mux lets HEAD into GET routes: a probe must not claim
+		w.Header().Set("Allow", http.MethodGet)
+		writeError(w, http.StatusMethodNotAllowed, "method HEAD not allowed on "+r.URL.Path+" (allowed: GET): it would claim a sandbox")
+		return pool.Claimed{}, false
+	}
 	opts, err := a.claimOptions(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())

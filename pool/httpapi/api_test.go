@@ -227,19 +227,35 @@ func TestHealthzAndUnknown(t *testing.T) {
 		{"POST", "/claim", 405, "GET, HEAD"},
 		{"GET", "/v1/pool/size", 405, "PUT"},
 		{"PATCH", "/healthz", 405, "GET, HEAD"},
+		{"HEAD", "/claim", 405, "GET"}, // a HEAD must not claim
 	} {
 		r := e.do(tc.method, tc.path, "")
 		if r.status != tc.status {
 			t.Errorf("%s %s: %d %s, want %d", tc.method, tc.path, r.status, r.body, tc.status)
 			continue
 		}
-		msg := r.errorText(t)
-		if !strings.Contains(msg, tc.path) {
-			t.Errorf("%s %s: error %q does not name the path", tc.method, tc.path, msg)
+		if tc.method != "HEAD" { // no body
+			msg := r.errorText(t)
+			if !strings.Contains(msg, tc.path) {
+				t.Errorf("%s %s: error %q does not name the path", tc.method, tc.path, msg)
+			}
 		}
 		if got := r.header.Get("Allow"); got != tc.allow {
 			t.Errorf("%s %s: Allow %q, want %q", tc.method, tc.path, got, tc.allow)
 		}
+	}
+}
+
+func TestServerLimits(t *testing.T) {
+	srv := httpapi.NewServer(http.NotFoundHandler(), nil)
+	if srv.ReadHeaderTimeout <= 0 || srv.ReadTimeout <= 0 || srv.IdleTimeout <= 0 || srv.MaxHeaderBytes <= 0 {
+		t.Fatalf("missing limits: %+v", srv)
+	}
+	if srv.WriteTimeout <= httpapi.MaxClaimTimeout {
+		t.Fatalf("WriteTimeout %s would cut the longest claim (%s)", srv.WriteTimeout, httpapi.MaxClaimTimeout)
+	}
+	if httpapi.MaxBodyBytes > 1<<20 {
+		t.Fatalf("body cap %d", httpapi.MaxBodyBytes)
 	}
 }
 

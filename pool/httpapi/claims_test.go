@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -249,6 +251,39 @@ func TestDisconnectDuringHealthCheckKeepsThePool(t *testing.T) {
 		t.Skipf("ENGINE BUG (pool/claim.go tryTake): a claim whose context ends during its health check "+
 			"blames the sandbox, terminates it as unhealthy and goes on taking and terminating the next ones "+
 			"with the dead context; live now %v, terminated %v", live, e.be.Terms)
+	}
+}
+
+// A claim that succeeds just as its client goes away leaves no sandbox
+// claimed by nobody: the API gives it up.
+func TestClaimedAsClientLeftIsGivenUp(t *testing.T) {
+	// The first sandbox's probe waits for the claim's context to end, then
+	// answers healthy anyway: the claim succeeds for a client that is gone.
+	var armed atomic.Bool
+	checker := func(be *pooltest.Backend) pool.Checker {
+		return func(ctx context.Context, url string) pool.Health {
+			if url == "fake://sb-0001" && armed.Load() {
+				<-ctx.Done()
+			}
+			return be.Checker(context.WithoutCancel(ctx), url)
+		}
+	}
+	e := newEnv(t, envOpts{size: 2, fill: true, checker: checker})
+	armed.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := e.client().Claim(ctx, true, 0); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("claim: %v", err)
+	}
+	eventually(t, 5*time.Second, "sb-0001 terminated", func() bool {
+		return !slices.Contains(e.be.Live(), "sb-0001")
+	})
+	snap := e.ctrl.Snapshot()
+	if snap.Counts[pool.StateClaimed] != 0 || snap.Counts[pool.StateReady] != 1 {
+		t.Fatalf("after the client left: %v", snap.Counts)
+	}
+	if !strings.Contains(e.logs.String(), "its client went away") {
+		t.Errorf("not logged:\n%s", e.logs.String())
 	}
 }
 
