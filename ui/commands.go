@@ -65,6 +65,9 @@ type lifecycle struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// noTimers turns the tickers off, for tests that drive Update by hand.
+	noTimers bool
+
 	mu      sync.Mutex
 	stopped bool
 	unsub   func()
@@ -142,6 +145,9 @@ func (l *lifecycle) call(f func(ctx context.Context) tea.Msg) tea.Cmd {
 // after delivers msg after d (real time), or nothing once the dashboard
 // stops. Each ticker is re-armed only in its own handler.
 func (l *lifecycle) after(d time.Duration, msg tea.Msg) tea.Cmd {
+	if l.noTimers {
+		return nil
+	}
 	ctx := l.ctx
 	return func() tea.Msg {
 		t := time.NewTimer(d)

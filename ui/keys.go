@@ -37,7 +37,7 @@ func newKeyMap() keyMap {
 		Filter:    b([]string{"/"}, "/", "filter"),
 		Detail:    b([]string{"enter"}, "enter", "details"),
 		Help:      b([]string{"?"}, "?", "help"),
-		Back:      b([]string{"esc"}, "esc", "clear"),
+		Back:      b([]string{"esc"}, "esc", "clear filter/banner"),
 		Quit:      b([]string{"q", "ctrl+c"}, "q", "quit"),
 	}
 }

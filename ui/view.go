@@ -23,7 +23,7 @@ const chromeLines = 5 // every line but the body
 // widths, how many rows and events fit, the help line. Never per frame.
 func (m *Model) relayout() {
 	w, h := m.width, m.height
-	idW := 2
+	idW := 6
 	for i := range m.snap.Sandboxes {
 		idW = max(idW, width(pool.ShortID(m.snap.Sandboxes[i].ID)))
 	}
@@ -182,8 +182,6 @@ func (m *Model) viewHeader(s *screen) {
 	st := m.st
 	sep := st.Faint.wrap(" · ")
 	var l strings.Builder
-	st.Title.write(&l, "sandboxpool")
-	l.WriteString(sep)
 	backend, name := m.snap.Backend, m.snap.Pool
 	if name == "" {
 		name = m.cfg.Pool
@@ -216,7 +214,12 @@ func (m *Model) viewHeader(s *screen) {
 		}
 		tags = append(tags, st.Tag.wrap("viewer of "+holder))
 	}
-	s.line(spread(l.String(), strings.Join(tags, sep), s.w))
+	left, right := l.String(), strings.Join(tags, sep)
+	// The tags matter more than the program's name: it goes first.
+	if titled := st.Title.wrap("sandboxpool") + sep + left; width(titled)+2+width(right) <= s.w || right == "" {
+		left = titled
+	}
+	s.line(spread(left, right, s.w))
 
 	var c strings.Builder
 	first := true
@@ -474,13 +477,19 @@ func (m *Model) viewHelp(s *screen) {
 	var b strings.Builder
 	st.Title.write(&b, "keys")
 	b.WriteString("\n\n")
-	b.WriteString(m.help.FullHelpView(m.keys.FullHelp()))
+	h := m.help
+	h.Width = s.w
+	b.WriteString(h.FullHelpView(m.keys.FullHelp()))
 	b.WriteString("\n\n")
 	if m.opts.ReadOnly {
 		b.WriteString(st.Tag.wrap("read-only") + st.Faint.wrap(": claim, target, size, terminate and refill are off") + "\n")
 	}
 	b.WriteString(st.Faint.wrap("q quits; the sandboxes keep running."))
-	s.lines(b.String(), m.lay.bodyH)
+	lines := strings.Split(b.String(), "\n")
+	for i := range lines {
+		lines[i] = truncate(lines[i], s.w)
+	}
+	s.lines(strings.Join(lines, "\n"), m.lay.bodyH)
 }
 
 func (m Model) narrowView() string {

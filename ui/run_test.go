@@ -1,0 +1,55 @@
+package ui
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+)
+
+func TestRunQuitsOnQ(t *testing.T) {
+	f := newFakeEngine(clockwork.NewFakeClockAt(t0))
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(context.Background(), f, Options{Input: strings.NewReader("q"), Output: io.Discard, Clock: f.clk})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after q")
+	}
+	if n := f.subscribers(); n != 0 {
+		t.Fatalf("%d subscriptions left after Run", n)
+	}
+}
+
+func TestRunReturnsWhenCtxEnds(t *testing.T) {
+	f := newFakeEngine(clockwork.NewFakeClockAt(t0))
+	pr, pw := io.Pipe() // input that never says anything
+	defer pw.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, f, Options{Input: pr, Output: io.Discard, Clock: f.clk}) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.subscribers() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after ctx ended")
+	}
+	if n := f.subscribers(); n != 0 {
+		t.Fatalf("%d subscriptions left after Run", n)
+	}
+}
