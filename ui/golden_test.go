@@ -272,7 +272,7 @@ func TestGoldenUnhealthyExpiring(t *testing.T) {
 		refused := withState(ready(3, 80*time.Second), pool.StateUnhealthy)
 		refused.Health = pool.Health{Error: "refused", CheckedAt: t0.Add(-time.Second)}
 		expiring := withState(ready(4, 3*time.Minute+20*time.Second), pool.StateExpiring) // 1:40 left: red
-		amber := ready(5, 2*time.Minute+20*time.Second)                                  // 2:40 left: amber
+		amber := ready(5, 2*time.Minute+20*time.Second)                                   // 2:40 left: amber
 		s.Sandboxes = []pool.Sandbox{bad500, timeout, refused, expiring, amber, ready(6, 10*time.Second)}
 	})
 	u.waitFor("sb-0006")

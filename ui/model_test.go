@@ -271,7 +271,11 @@ func TestMaintenanceTicker(t *testing.T) {
 
 	// A viewer leaves passes to the holder, r included.
 	d = newDriver(t, Options{})
-	d.f.set(func(s *pool.Snapshot) { s.Role = "viewer"; s.LeaseHolder = "pid 4242 on build-1"; s.NextPass = time.Time{} })
+	d.f.set(func(s *pool.Snapshot) {
+		s.Role = "viewer"
+		s.LeaseHolder = "pid 4242 on build-1"
+		s.NextPass = time.Time{}
+	})
 	d.refresh()
 	d.send(maintainTickMsg{})
 	d.keys("r")
