@@ -280,7 +280,9 @@ func (c *Controller) shrink(victims []Entry) {
 // leadLocked is how long a replacement takes to get ready: the p95 of recent
 // creations, the health timeout before there is any.
 func (c *Controller) leadLocked() time.Duration {
-	return P95(c.readyTimes, c.cfg.HealthTimeout)
+	// Capped at half the good life of a sandbox: a lead as long as that
+	// life would make no sandbox ever count, and the pool create forever.
+	return min(P95(c.readyTimes, c.cfg.HealthTimeout), (c.cfg.TTL-c.cfg.UseDuration)/2)
 }
 
 func (c *Controller) startCreationLocked() {

@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/pool/local"
+)
+
+// fastRun are the flags of a controller that notices things within seconds.
+var fastRun = []string{"--health-every", "500ms", "--maintain-every", "2s", "--health-timeout", "3s", "--listen", ""}
+
+func localBackend(t *testing.T, stateDir, poolName string) *local.Backend {
+	t.Helper()
+	b, err := local.New(local.Options{Pool: poolName, StateDir: stateDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// allPids returns the live processes of every sandbox of the pool.
+func allPids(t *testing.T, b *local.Backend) []int {
+	t.Helper()
+	refs, err := b.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, r := range refs {
+		p, _ := b.Pids(r.ID)
+		pids = append(pids, p...)
+	}
+	return pids
+}
+
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	// A zombie is dead; init reaps orphans only every second or two here.
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+func containsRef(refs []pool.Ref, id string) bool {
+	return slices.ContainsFunc(refs, func(r pool.Ref) bool { return r.ID == id })
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestLocalEndToEnd is the engine issue's "done when", as a user does it.
+func TestLocalEndToEnd(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	be := localBackend(t, state, "default")
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+
+	ctl := startRun(t, env, append([]string{"--size", "3"}, fastRun...)...)
+	waitFor(t, "3 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 3 })
+	v := check(t, env)
+	for _, s := range v.Sandboxes {
+		if s.SecondsLeft < 200 || !s.Health.OK {
+			t.Fatalf("sandbox %+v: want ~300s left and healthy", s)
+		}
+	}
+
+	// A second controller on the same pool refuses, naming the holder.
+	if r := cli(t, env, append([]string{"run"}, fastRun...)...); r.code != 1 || !strings.Contains(r.stderr, "maintained by pid") {
+		t.Fatalf("second run: exit %d, %q", r.code, r.stderr)
+	}
+
+	// Claim from another process; the URL answers with a directory listing.
+	r := cli(t, env, "claim", "--json")
+	if r.code != 0 {
+		t.Fatalf("claim: exit %d: %s", r.code, r.stderr)
+	}
+	var claim httpapi.ClaimView
+	if err := json.Unmarshal([]byte(r.stdout), &claim); err != nil {
+		t.Fatal(err)
+	}
+	if code, body := get(t, claim.URL); code != 200 || !strings.Contains(body, "README.txt") {
+		t.Fatalf("GET claimed %s: %d %q", claim.URL, code, body)
+	}
+	waitFor(t, "backfill to 3 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 3 })
+
+	// A sandbox killed with SIGKILL is found and replaced.
+	victim := readyIDs(check(t, env))[0]
+	pids, err := be.Pids(victim)
+	if err != nil || len(pids) == 0 {
+		t.Fatalf("pids of %s: %v %v", victim, pids, err)
+	}
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	waitFor(t, "the killed sandbox replaced", 30*time.Second, func() bool {
+		ids := readyIDs(check(t, env))
+		return len(ids) == 3 && !slices.Contains(ids, victim)
+	})
+
+	// kill -9 of the controller, then a restart, re-adopts the same sandboxes.
+	before := readyIDs(check(t, env))
+	ctl.kill()
+	ctl = startRun(t, env, fastRun...)
+	time.Sleep(3 * time.Second) // let at least one pass run; then nothing may have changed
+	after := readyIDs(check(t, env))
+	slices.Sort(before)
+	slices.Sort(after)
+	if !slices.Equal(before, after) {
+		t.Fatalf("after a restart the pool is %v, want the same %v\nlogs:\n%s", after, before, ctl.logs.String())
+	}
+	refs, _ := be.List(context.Background())
+	if len(refs) != 4 { // 3 pooled + 1 claimed: nothing leaked, nothing lost
+		t.Fatalf("%d sandboxes running, want 4 (3 ready, 1 claimed)", len(refs))
+	}
+
+	// A clean stop within 2 s, leaving the sandboxes running.
+	if took := ctl.stop(t); took > 2*time.Second {
+		t.Fatalf("run took %s to stop, want within 2s", took)
+	}
+	if n := len(readyIDs(check(t, env))); n != 3 {
+		t.Fatalf("%d ready after stop, want 3 left running", n)
+	}
+
+	// terminate --all leaves no process of the pool alive, claimed one included.
+	pidsBefore := allPids(t, be)
+	if r := cli(t, env, "terminate", "--all"); r.code != 0 || !strings.Contains(r.stdout, "terminated 4") {
+		t.Fatalf("terminate --all: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	waitFor(t, "every process gone", 10*time.Second, func() bool {
+		return !slices.ContainsFunc(pidsBefore, alive)
+	})
+	if v := check(t, env); v.Target != 0 || len(v.Sandboxes) != 0 {
+		t.Fatalf("after terminate --all: target %d, %d sandboxes", v.Target, len(v.Sandboxes))
+	}
+}
+
+func TestLocalShortTTLIsReplaced(t *testing.T) {
+	state := t.TempDir()
+	// Every process of the pool must agree on what "good" means: the env does it.
+	env := cliEnv(state, "SANDBOXPOOL_TTL=3s", "SANDBOXPOOL_USE_DURATION=1s")
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	startRun(t, env, append([]string{"--size", "1"}, fastRun...)...)
+	var first string
+	waitFor(t, "1 ready", 30*time.Second, func() bool {
+		ids := readyIDs(check(t, env))
+		if len(ids) == 1 {
+			first = ids[0]
+		}
+		return first != ""
+	})
+	waitFor(t, "the first sandbox replaced before it expires", 30*time.Second, func() bool {
+		ids := readyIDs(check(t, env))
+		return len(ids) >= 1 && !slices.Contains(ids, first)
+	})
+	be := localBackend(t, state, "default")
+	waitFor(t, "the expired sandbox gone", 10*time.Second, func() bool {
+		refs, _ := be.List(context.Background())
+		return !containsRef(refs, first)
+	})
+}
+
+// TestCrossProcessClaims: 4 processes claiming from one pool at once never
+// get the same sandbox twice.
+func TestCrossProcessClaims(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	if r := cli(t, env, "maintain", "--size", "12"); r.code != 0 {
+		t.Fatalf("maintain: exit %d: %s %s", r.code, r.stdout, r.stderr)
+	}
+	// With no controller running, a claimer that finds the lease free
+	// backfills itself; the others claim straight from the store.
+	var mu sync.Mutex
+	var got []string
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 3 {
+				r := cli(t, env, "claim", "--json", "--timeout", "5s")
+				if r.code != 0 {
+					t.Errorf("claim: exit %d: %s", r.code, r.stderr)
+					return
+				}
+				var c httpapi.ClaimView
+				if err := json.Unmarshal([]byte(r.stdout), &c); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				got = append(got, c.ID)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(got)
+	if len(got) != 12 || len(slices.Compact(slices.Clone(got))) != 12 {
+		t.Fatalf("claims got %v: want 12 distinct sandboxes", got)
+	}
+	if r := cli(t, env, "terminate", "--all"); r.code != 0 {
+		t.Fatalf("terminate --all: %s", r.stderr)
+	}
+	if r := cli(t, env, "claim", "--timeout", "1s"); r.code != 1 || !strings.Contains(r.stderr, "no good sandbox") {
+		t.Fatalf("claim from an empty pool: exit %d %q", r.code, r.stderr)
+	}
+}
+
+func TestBadInputExits2AndChangesNothing(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"run", "--ttl", "soon"}, nil, "--ttl"},
+		{[]string{"run", "--size", "-1"}, nil, "--size"},
+		{[]string{"run", "--size", "101"}, nil, "--size"},
+		{[]string{"run", "--size", "5", "--max-size", "4"}, nil, "--size"},
+		{[]string{"run", "--use-duration", "6m"}, nil, "--use-duration"},
+		{[]string{"run", "--health-every", "0s"}, nil, "--health-every"},
+		{[]string{"run", "--max-creating", "0"}, nil, "--max-creating"},
+		{[]string{"run", "--backend", "cloud"}, nil, "--backend"},
+		{[]string{"run", "--pool", "../etc"}, nil, "--pool"},
+		{[]string{"run", "--listen", "0.0.0.0:7780"}, nil, "--listen"},
+		{[]string{"run", "--listen", "nonsense"}, nil, "--listen"},
+		{[]string{"claim", "--timeout", "-1s"}, nil, "--timeout"},
+		{[]string{"check", "--nope"}, nil, "unknown flag"},
+		{[]string{"terminate"}, nil, "--all"},
+		{[]string{"check"}, []string{"SANDBOXPOOL_TTL=forever"}, "SANDBOXPOOL_TTL"},
+		{[]string{"maintain"}, []string{"SANDBOXPOOL_SIZE=lots"}, "SANDBOXPOOL_SIZE"},
+	} {
+		t.Run(strings.Join(append(tc.env, tc.args...), " "), func(t *testing.T) {
+			r := cli(t, append(slices.Clone(env), tc.env...), tc.args...)
+			if r.code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %q", r.code, r.stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+			if len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
+				t.Fatalf("stderr %q: want one line naming %s", r.stderr, tc.want)
+			}
+		})
+	}
+	// Nothing was started or written.
+	entries, _ := os.ReadDir(state)
+	if len(entries) != 0 {
+		t.Fatalf("bad input left %d files in the state dir", len(entries))
+	}
+}
+
+func TestCorruptStoreIsReportedAndUntouched(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	path := filepath.Join(state, "default.json")
+	garbage := []byte(`{"version":1,"entries":[{"id":`)
+	if err := os.WriteFile(path, garbage, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"check"}, {"claim", "--timeout", "1s"}, {"terminate", "--all"}} {
+		r := cli(t, env, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, path) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Fatalf("%v: exit %d, stderr %q: want exit 1 and one line naming %s", args, r.code, r.stderr, path)
+		}
+	}
+	after, _ := os.ReadFile(path)
+	if !bytes.Equal(after, garbage) {
+		t.Fatalf("the corrupt store file was changed: %q", after)
+	}
+}

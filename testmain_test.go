@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/pool/local"
+)
+
+// binary is the sandboxpool binary built once for the tests that run it as
+// a user would.
+var binary string
+
+func TestMain(m *testing.M) {
+	local.MaybeRunChild()
+	dir, err := os.MkdirTemp("", "sandboxpool-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "sandboxpool")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build sandboxpool: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// cliEnv is an environment with nothing of the caller's SANDBOXPOOL_ settings.
+func cliEnv(stateDir string, extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "SANDBOXPOOL_") && !strings.HasPrefix(kv, "XDG_STATE_HOME=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "SANDBOXPOOL_STATE_DIR="+stateDir)
+	return append(env, extra...)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// cli runs the binary to completion.
+func cli(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd.Env = env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run %v: %v", args, err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while a process writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// controller is a `sandboxpool run` process.
+type controller struct {
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan struct{}
+}
+
+func startRun(t *testing.T, env []string, args ...string) *controller {
+	t.Helper()
+	cmd := exec.Command(binary, append([]string{"run"}, args...)...)
+	cmd.Env = env
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &controller{cmd: cmd, logs: logs, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() { c.kill() })
+	return c
+}
+
+func (c *controller) kill() {
+	select {
+	case <-c.done:
+	default:
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// stop sends SIGTERM and returns how long the process took to exit.
+func (c *controller) stop(t *testing.T) time.Duration {
+	t.Helper()
+	start := time.Now()
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+		return time.Since(start)
+	case <-time.After(10 * time.Second):
+		t.Fatalf("controller did not stop on SIGTERM; logs:\n%s", c.logs.String())
+		return 0
+	}
+}
+
+// check runs `check --json` and decodes it.
+func check(t *testing.T, env []string, args ...string) httpapi.PoolView {
+	t.Helper()
+	r := cli(t, env, append([]string{"check", "--json"}, args...)...)
+	if r.code != 0 {
+		t.Fatalf("check: exit %d: %s", r.code, r.stderr)
+	}
+	var v httpapi.PoolView
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+		t.Fatalf("check --json: %v\n%s", err, r.stdout)
+	}
+	return v
+}
+
+func readyIDs(v httpapi.PoolView) []string {
+	var ids []string
+	for _, s := range v.Sandboxes {
+		if s.State == "ready" {
+			ids = append(ids, s.ID)
+		}
+	}
+	return ids
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
