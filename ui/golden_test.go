@@ -3,7 +3,6 @@ package ui
 import (
 	"bytes"
 	"context"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -23,10 +22,8 @@ import (
 const waitLong = 10 * time.Second
 
 type tui struct {
-	t   *testing.T
-	tm  *teatest.TestModel
-	mu  sync.Mutex
-	out bytes.Buffer // everything drawn so far
+	t  *testing.T
+	tm *teatest.TestModel
 }
 
 func startTUI(t *testing.T, eng Engine, opts Options, w, h int) *tui {
@@ -40,18 +37,13 @@ func startTUI(t *testing.T, eng Engine, opts Options, w, h int) *tui {
 	return u
 }
 
-// waitFor waits until everything drawn so far contains all of subs.
+// waitFor waits until what was drawn since the last wait contains all of
+// subs (each changed line is redrawn whole).
 func (u *tui) waitFor(subs ...string) {
 	u.t.Helper()
 	teatest.WaitFor(u.t, u.tm.Output(), func(b []byte) bool {
-		u.mu.Lock()
-		defer u.mu.Unlock()
-		u.out.Write(b)
-		all := u.out.String()
-		u.out.Reset()
-		u.out.WriteString(all)
 		for _, s := range subs {
-			if !strings.Contains(all, s) {
+			if !bytes.Contains(b, []byte(s)) {
 				return false
 			}
 		}
