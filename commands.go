@@ -100,11 +100,10 @@ func runCommand(o *options) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		s, err := startController(cmd.Context(), o, cfg, logger, false)
+		s, err := startControllerWith(cmd.Context(), o, cfg, logger, false, func(c *pool.Controller) { logEvents(c, logger) })
 		if err != nil {
 			return err
 		}
-		logEvents(s.ctrl, logger)
 		logger.Info("controller started", "backend", o.backend, "pool", cfg.Pool, "target", s.ctrl.Target(), "api", apiURL(s.apiAddr))
 		select {
 		case <-cmd.Context().Done():

@@ -90,12 +90,21 @@ type serving struct {
 // startController runs the controller loops and the HTTP API, as `run` and
 // the dashboard do. With allowViewer, a pool maintained elsewhere is watched.
 func startController(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger, allowViewer bool) (*serving, error) {
+	return startControllerWith(ctx, o, cfg, logger, allowViewer, nil)
+}
+
+// startControllerWith calls observe on the controller before anything runs,
+// so that no event is missed.
+func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger, allowViewer bool, observe func(*pool.Controller)) (*serving, error) {
 	if err := httpapi.CheckListen(o.listen, o.token); err != nil {
 		return nil, usageError{err}
 	}
 	p, err := openPool(ctx, o, cfg, logger)
 	if err != nil {
 		return nil, err
+	}
+	if observe != nil {
+		observe(p.ctrl)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &serving{opened: p, done: make(chan error, 1), cancel: cancel}

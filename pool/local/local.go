@@ -141,6 +141,14 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 		return pool.Ref{}, fmt.Errorf("local backend: reserve a port: %w", err)
 	}
 	defer sock.Close()
+	if b.opts.Cmd == "" && b.opts.Warmup == 0 {
+		// With no warmup the socket listens at once: the first health check
+		// then waits in the backlog for the server instead of being refused
+		// and retried 100 ms later.
+		if err := syscall.Listen(int(sock.Fd()), syscall.SOMAXCONN); err != nil {
+			return pool.Ref{}, fmt.Errorf("local backend: listen: %w", err)
+		}
+	}
 	extra := []*os.File{nil, sock}
 	if b.opts.Cmd != "" {
 		sock.Close()
