@@ -26,10 +26,9 @@ import (
 // 200 clients claim at once from a pool of 10 that backfills: every answer
 // is a sandbox nobody else got, or a 503.
 func TestConcurrentClaimsNeverShareASandbox(t *testing.T) {
-	// The controller's own loops backfill. Its store loop is kept quiet: the
-	// engine's refreshStore reads c.stored's entries outside its lock while
-	// claimed() rewrites them in place, a data race (reported).
-	e := newEnv(t, envOpts{size: 10, fill: true, loops: true, poll: time.Hour,
+	// The controller's own loops backfill (its store loop is kept quiet: see
+	// quietStorePoll).
+	e := newEnv(t, envOpts{size: 10, fill: true, loops: true, poll: quietStorePoll,
 		createDelay: 40 * time.Millisecond})
 	const clients = 200
 	type result struct {
@@ -236,7 +235,7 @@ func TestDisconnectDuringHealthCheckKeepsThePool(t *testing.T) {
 		}
 	}
 	e := newEnv(t, envOpts{size: 3, fill: true, checker: checker})
-	e.be.SetHung("sb-0001") // its probe hangs until the claim's context ends
+	e.be.SetHung(e.ctrl.Snapshot().Sandboxes[0].ID) // the head's probe hangs until the claim's context ends
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if _, err := e.client().Claim(ctx, true, 0); !errors.Is(err, context.DeadlineExceeded) {
@@ -259,24 +258,26 @@ func TestDisconnectDuringHealthCheckKeepsThePool(t *testing.T) {
 func TestClaimedAsClientLeftIsGivenUp(t *testing.T) {
 	// The first sandbox's probe waits for the claim's context to end, then
 	// answers healthy anyway: the claim succeeds for a client that is gone.
-	var armed atomic.Bool
+	var head atomic.Value // the pool's first sandbox, once filled
+	head.Store("")
 	checker := func(be *pooltest.Backend) pool.Checker {
 		return func(ctx context.Context, url string) pool.Health {
-			if url == "fake://sb-0001" && armed.Load() {
+			if url == "fake://"+head.Load().(string) {
 				<-ctx.Done()
 			}
 			return be.Checker(context.WithoutCancel(ctx), url)
 		}
 	}
 	e := newEnv(t, envOpts{size: 2, fill: true, checker: checker})
-	armed.Store(true)
+	id := e.ctrl.Snapshot().Sandboxes[0].ID
+	head.Store(id)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	if _, err := e.client().Claim(ctx, true, 0); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("claim: %v", err)
 	}
-	eventually(t, 5*time.Second, "sb-0001 terminated", func() bool {
-		return !slices.Contains(e.be.Live(), "sb-0001")
+	eventually(t, 5*time.Second, id+" terminated", func() bool {
+		return !slices.Contains(e.be.Live(), id)
 	})
 	snap := e.ctrl.Snapshot()
 	if snap.Counts[pool.StateClaimed] != 0 || snap.Counts[pool.StateReady] != 1 {
