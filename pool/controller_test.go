@@ -13,10 +13,14 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/local"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	local.MaybeRunChild()
+	goleak.VerifyTestMain(m)
+}
 
 var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
 
