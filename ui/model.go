@@ -126,6 +126,7 @@ type Model struct {
 	nextMaintain   time.Time
 	animating      bool
 	lastErr        string
+	quitting       bool
 }
 
 // NewModel builds the dashboard over eng without running it (tests run it
@@ -278,6 +279,21 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 // ---- keys, by mode ----
 
 func (m Model) onKey(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	// Bubble Tea delivers runes that arrive together (fast typing, a
+	// terminal multiplexer sending keys) as one message: "jt" is j, then t.
+	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Paste {
+		var cmds []tea.Cmd
+		var next tea.Model = m
+		for _, r := range k.Runes {
+			var cmd tea.Cmd
+			next, cmd = next.(Model).onKey(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}, Alt: k.Alt})
+			cmds = append(cmds, cmd)
+			if next.(Model).quitting {
+				break // keys after q go nowhere
+			}
+		}
+		return next, tea.Batch(cmds...)
+	}
 	if k.Type == tea.KeyCtrlC {
 		return m.quit()
 	}
@@ -297,6 +313,7 @@ func (m Model) onKey(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 }
 
 func (m Model) quit() (tea.Model, tea.Cmd) {
+	m.quitting = true
 	m.life.stop() // engine calls in flight are cancelled; sandboxes keep running
 	return m, tea.Quit
 }

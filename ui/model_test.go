@@ -389,3 +389,31 @@ func TestColourIsOnlyDecoration(t *testing.T) {
 		}
 	}
 }
+
+// TestRunesTogetherAreKeysInTurn: keys that arrive in one read (fast
+// typing, tmux send-keys) come as one message; each is a key.
+func TestRunesTogetherAreKeysInTurn(t *testing.T) {
+	d := newDriver(t, Options{})
+	d.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("jty")})
+	d.wantCalls("terminate sb-0002")
+	d.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("s12")})
+	d.send(keyMsg("enter"))
+	d.wantCalls("terminate sb-0002", "resize 12")
+	d.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("/ab")})
+	if d.m.filter != "ab" {
+		t.Fatalf("filter %q", d.m.filter)
+	}
+	d.send(keyMsg("esc"))
+	d.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("qc")})
+	if !d.quit {
+		t.Fatal("q did not quit")
+	}
+	d.wantCalls("terminate sb-0002", "resize 12")
+	// A paste into the filter is text.
+	d = newDriver(t, Options{})
+	d.keys("/")
+	d.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("sb-0003"), Paste: true})
+	if d.m.filter != "sb-0003" || len(d.m.tbl.rows) != 1 {
+		t.Fatalf("pasted filter %q, %d rows", d.m.filter, len(d.m.tbl.rows))
+	}
+}
