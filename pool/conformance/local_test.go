@@ -1,0 +1,114 @@
+package conformance_test
+
+import (
+	"context"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/conformance"
+	"github.com/sandboxpool/sandboxpool/pool/filestore"
+	"github.com/sandboxpool/sandboxpool/pool/local"
+)
+
+func TestMain(m *testing.M) {
+	// Local sandboxes are this test binary re-executed.
+	local.MaybeRunChild()
+	goleak.VerifyTestMain(m)
+}
+
+// TestLocal runs the suite on the local process backend and the file store.
+func TestLocal(t *testing.T) {
+	conformance.Run(t, newLocalEnv)
+}
+
+func newLocalEnv(t *testing.T) conformance.Env {
+	dir := t.TempDir()
+	// Runs last: no process of this pool may outlive the test.
+	t.Cleanup(func() {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(procsOf(dir)) > 0 {
+			if time.Now().After(deadline) {
+				t.Errorf("processes of %s left running: %v", dir, procsOf(dir))
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	const name = "conformance"
+	open := func(t *testing.T) (*local.Backend, pool.Store) {
+		b, err := local.New(local.Options{Pool: name, StateDir: dir, TermGrace: 500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := filestore.Open(dir, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = st.Close() })
+		return b, st
+	}
+	b, st := open(t)
+	return conformance.Env{
+		Pool:    name,
+		Backend: b,
+		Store:   st,
+		Checker: checker(t, &http.Transport{}),
+		Kill: func(t *testing.T, id string) {
+			t.Helper()
+			pids, err := b.Pids(id)
+			if err != nil || len(pids) == 0 {
+				t.Fatalf("pids of %s: %v %v", id, pids, err)
+			}
+			for _, pid := range pids {
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				if left, _ := b.Pids(id); len(left) == 0 {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s survived kill -9", id)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		},
+		Reopen: func(t *testing.T) (pool.Backend, pool.Store) { return open(t) },
+	}
+}
+
+// checker is the health check over tr; its idle connections are closed when
+// the test ends, so goleak finds no transport goroutine.
+func checker(t *testing.T, tr *http.Transport) pool.Checker {
+	t.Cleanup(tr.CloseIdleConnections)
+	return pool.NewHTTPChecker(pool.NewHealthClient(tr))
+}
+
+// procsOf returns the live processes whose environment mentions dir (the
+// launchers, supervisors and servers of one pool: their spec names it).
+func procsOf(dir string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !strings.Contains(string(env), dir) {
+			continue
+		}
+		if stat, err := os.ReadFile("/proc/" + e.Name() + "/stat"); err == nil && strings.Contains(string(stat), ") Z ") {
+			continue // a zombie waiting for its parent
+		}
+		pid, _ := strconv.Atoi(e.Name())
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+var _ = context.Background
