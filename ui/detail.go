@@ -59,7 +59,7 @@ func (m *Model) detailContent(sb pool.Sandbox, live bool) string {
 		field("claimed", "by "+sb.ClaimedBy+" at "+clockTime(sb.ClaimedAt))
 	}
 	if sb.Err != "" {
-		field("error", st.Danger.wrap(sb.Err))
+		field("error", st.Danger.wrap(oneLine(sb.Err)))
 	}
 
 	b.WriteString("\n  ")

@@ -88,6 +88,14 @@ func truncate(s string, w int) string {
 	return ansi.Truncate(s, w, "…")
 }
 
+// oneLine flattens text from outside (errors, messages) to one line.
+func oneLine(s string) string {
+	if !strings.ContainsAny(s, "\n\r\t\v\f") {
+		return s
+	}
+	return strings.Join(strings.Fields(s), " ")
+}
+
 // fmtClock formats a countdown as m:ss (never negative).
 func fmtClock(d time.Duration) string {
 	if d < 0 {
@@ -159,7 +167,7 @@ func healthText(h pool.Health) string {
 	case h.OK:
 		return "ok " + strconv.Itoa(h.Status) + " " + fmtLatency(h.Latency)
 	case h.Error != "":
-		return h.Error
+		return oneLine(h.Error)
 	case h.Status != 0:
 		return strconv.Itoa(h.Status)
 	}

@@ -52,6 +52,7 @@ type status struct {
 	text       string
 	isErr      bool
 	fromEngine bool // Snapshot().LastError: cleared when the engine clears it
+	pending    bool // a request in flight ("claiming…"): stays until it ends
 	seq        int
 	at         time.Time
 }
@@ -221,7 +222,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.onSnapshot(msg)
 	case clockTickMsg:
 		m.now = m.clk.Now()
-		if m.status.text != "" && !m.status.isErr && m.now.Sub(m.status.at) >= infoFor {
+		if m.status.text != "" && !m.status.isErr && !m.status.pending && m.now.Sub(m.status.at) >= infoFor {
 			m.status = status{seq: m.status.seq}
 		}
 		if m.mode == modeDetail {
@@ -523,7 +524,7 @@ func (m *Model) claim() tea.Cmd {
 	}
 	m.claiming = true
 	m.seq++
-	m.info(m.seq, "claiming a sandbox…")
+	m.note(m.seq, "claiming a sandbox…")
 	return claimCmd(m.life, m.eng, m.seq)
 }
 
@@ -577,7 +578,7 @@ func (m *Model) requestResize(n int) tea.Cmd {
 	}
 	m.resizing = true
 	m.seq++
-	m.info(m.seq, fmt.Sprintf("setting the target to %d…", n))
+	m.note(m.seq, fmt.Sprintf("setting the target to %d…", n))
 	return resizeCmd(m.life, m.eng, m.seq, n)
 }
 
@@ -598,7 +599,7 @@ func (m *Model) onResizeDone(msg resizeDoneMsg) tea.Cmd {
 
 func (m *Model) terminate(id string) tea.Cmd {
 	m.seq++
-	m.info(m.seq, "terminating "+pool.ShortID(id)+"…")
+	m.note(m.seq, "terminating "+pool.ShortID(id)+"…")
 	return terminateCmd(m.life, m.eng, m.seq, id)
 }
 
@@ -615,7 +616,7 @@ func (m *Model) refill() tea.Cmd {
 	}
 	m.maintaining = true
 	m.seq++
-	m.info(m.seq, "refilling: maintenance pass…")
+	m.note(m.seq, "refilling: maintenance pass…")
 	return maintainCmd(m.life, m.eng, m.seq, true)
 }
 
@@ -734,6 +735,7 @@ func (m *Model) onEvents(evs []pool.Event) {
 // command, LastError) and the engine's event for the same error make one
 // line, the engine's.
 func (m *Model) addLog(l logLine) {
+	l.text = oneLine(l.text)
 	if l.err != "" {
 		for i := len(m.log) - 1; i >= max(len(m.log)-8, 0); i-- {
 			o := m.log[i]
@@ -756,6 +758,7 @@ func (m *Model) addLog(l logLine) {
 func sameErr(a, b string) bool { return strings.Contains(a, b) || strings.Contains(b, a) }
 
 func (m *Model) setStatus(s status) {
+	s.text = oneLine(s.text)
 	if s.at.IsZero() {
 		s.at = m.clk.Now()
 	}
@@ -768,6 +771,11 @@ func (m *Model) info(seq int, text string) {
 		return
 	}
 	m.setStatus(status{text: text, seq: seq})
+}
+
+// note shows a request in flight; it stays until the request ends.
+func (m *Model) note(seq int, text string) {
+	m.setStatus(status{text: text, seq: seq, pending: true})
 }
 
 // fail shows a failed command in the status line and the event log.

@@ -328,7 +328,9 @@ func testViewFits(t *testing.T) {
 	for name, keys := range modes {
 		d := newDriver(t, Options{APIAddr: "127.0.0.1:7780"}, many...)
 		d.f.set(func(s *pool.Snapshot) {
-			s.LastError = strings.Repeat("a very long backend error ", 10)
+			s.LastError = strings.Repeat("a very long backend error ", 10) + "\nwith a second line"
+			s.Sandboxes[1].Health = pool.Health{CheckedAt: t0, Error: "dial tcp:\nconnection reset"}
+			s.Sandboxes[1].Err = "multi\nline"
 			s.BackoffUntil = t0.Add(12 * time.Second)
 			s.Role, s.LeaseHolder = "viewer", "pid 4242 on a-very-long-host-name.example.com"
 		})

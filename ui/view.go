@@ -2,9 +2,9 @@ package ui
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/charmbracelet/bubbles/help"
-	"strings"
 
 	"github.com/sandboxpool/sandboxpool/pool"
 )
@@ -212,7 +212,7 @@ func (m *Model) viewHeader(s *screen) {
 		if holder == "" {
 			holder = "another controller"
 		}
-		tags = append(tags, st.Tag.wrap("viewer of "+holder))
+		tags = append(tags, st.Tag.wrap("viewer of "+oneLine(holder)))
 	}
 	left, right := l.String(), strings.Join(tags, sep)
 	// The tags matter more than the program's name: it goes first.
