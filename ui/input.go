@@ -28,7 +28,6 @@ func (in *lineInput) Value() string     { return string(in.value) }
 func (in *lineInput) SetValue(s string) { in.value = in.limit([]rune(s)) }
 func (in *lineInput) Focus() tea.Cmd    { in.focused = true; return nil }
 func (in *lineInput) Blur()             { in.focused = false }
-func (in *lineInput) Focused() bool     { return in.focused }
 func (in *lineInput) limit(r []rune) []rune {
 	if in.CharLimit > 0 && len(r) > in.CharLimit {
 		r = r[:in.CharLimit]

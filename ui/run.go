@@ -22,8 +22,10 @@ type Options struct {
 	// APIAddr is the address the HTTP API listens on, shown in the header;
 	// empty shows "api off".
 	APIAddr string
-	// Clock is where "now" comes from; nil means the real clock. Tests inject
-	// a fake one: countdowns and spinner frames then stand still.
+	// Clock is where "now" comes from (countdowns, ages, spinner frames);
+	// nil means the real clock. Redraws are still scheduled in real time
+	// (1 s countdown tick, the maintenance ticker): with a fake clock the
+	// screen stands still until the clock is advanced.
 	Clock clockwork.Clock
 	// Clipboard receives the URL of a claimed sandbox. nil means an OSC 52
 	// escape sequence written to Output (the terminal's clipboard).
@@ -46,6 +48,17 @@ const shutdownWait = 3 * time.Second
 // engine call made by the dashboard is still running (bounded by a few
 // seconds), so the caller may close the engine right after. Sandboxes keep
 // running.
+//
+// Maintenance: when the engine runs its own loop (Snapshot().Role is
+// "controller", as after pool.Controller.Serve) the header counts down to
+// its NextPass and the dashboard never runs passes of its own; as a viewer
+// it leaves them to the holder. Only when no loop runs in this process (Role
+// "") does the dashboard's ticker call Maintain every MaintainEvery. r always
+// asks for a pass now (except as a viewer).
+//
+//	go ctl.Serve(ctx, true) // takes the lease, or watches as a viewer
+//	err := ui.Run(ctx, ctl, ui.Options{ReadOnly: ro, APIAddr: listen})
+//	ctl.Close()
 func Run(ctx context.Context, eng Engine, opts Options) error {
 	out := opts.Output
 	if out == nil {
