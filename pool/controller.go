@@ -360,10 +360,11 @@ func (c *Controller) refreshStore(ctx context.Context) bool {
 		return false
 	}
 	c.mu.Lock()
-	before := c.stored
+	// Compared under the lock: claims and forget edit c.stored.Entries in
+	// place, and s is c.stored from here on.
+	changed, lost := diffStored(c.stored, s)
 	c.setStoredLocked(s)
 	c.mu.Unlock()
-	changed, lost := diffStored(before, s)
 	if changed {
 		c.notifyChange()
 		c.emit(Event{Kind: EventStoreChanged})
