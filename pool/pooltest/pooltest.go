@@ -26,6 +26,7 @@ type Backend struct {
 	mu        sync.Mutex
 	seq       int
 	live      map[string]pool.Ref
+	order     []string // ids in creation order
 	unhealthy map[string]bool
 	slow      map[string]bool      // probes hang until ctx ends
 	pending   map[string]time.Time // creations waiting out CreateDelay, by due time
@@ -85,6 +86,7 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	ref := pool.Ref{ID: id, URL: "fake://" + id, CreatedAt: now, ExpiresAt: now.Add(ttl)}
 	b.mu.Lock()
 	b.live[id] = ref
+	b.order = append(b.order, id)
 	b.mu.Unlock()
 	return ref, nil
 }
@@ -102,14 +104,20 @@ func (b *Backend) List(context.Context) ([]pool.Ref, error) {
 	defer b.mu.Unlock()
 	now := b.Clock.Now()
 	out := make([]pool.Ref, 0, len(b.live))
-	for id, r := range b.live {
+	kept := b.order[:0]
+	for _, id := range b.order { // creation order, without sorting
+		r, ok := b.live[id]
+		if !ok {
+			continue
+		}
 		if !r.ExpiresAt.After(now) { // the backend kills at expiry
 			delete(b.live, id)
 			continue
 		}
+		kept = append(kept, id)
 		out = append(out, r)
 	}
-	slices.SortFunc(out, func(a, b pool.Ref) int { return a.CreatedAt.Compare(b.CreatedAt) })
+	b.order = kept
 	return out, nil
 }
 
