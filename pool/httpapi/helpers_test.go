@@ -36,13 +36,6 @@ func (w withTeardown) Run() int {
 	return code
 }
 
-// quietStorePoll keeps the controller's store loop from running during a
-// test that has the loops on: the engine's refreshStore reads c.stored's
-// entries outside its lock (diffStored) while claimed() and forget() rewrite
-// them in place, a data race the race detector reports (engine bug,
-// reported). The maintenance loop, and so the backfill, still runs.
-const quietStorePoll = time.Hour
-
 // env is one controller served by the API on a real loopback listener.
 type env struct {
 	t     testing.TB

@@ -70,7 +70,7 @@ func startLocal(dir string, size int, loops bool, cfgFn func(*pool.Config)) (_ *
 		cfgFn(&cfg)
 	}
 	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st,
-		Checker: pool.NewHTTPChecker(pool.NewHealthClient(healthTr)), StorePollEvery: quietStorePoll})
+		Checker: pool.NewHTTPChecker(pool.NewHealthClient(healthTr)), StorePollEvery: 50 * time.Millisecond})
 	if err != nil {
 		return nil, nil, err
 	}

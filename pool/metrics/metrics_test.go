@@ -195,10 +195,7 @@ func TestMetricsMove(t *testing.T) {
 	expect(t, mf, "sandboxpool_sandboxes", 4, "state", "claimed")
 
 	// Terminations by reason, and waste: a ready sandbox that never served.
-	// (Creations still in flight are waited for first: a pass that loads the
-	// store just before one of them is pooled counts it nowhere and
-	// overshoots, an engine race that is reported.)
-	f.ctrl.WaitIdle(ctx)
+	f.ctrl.WaitIdle(ctx) // the creations of the last pass are pooled
 	if err := f.ctrl.Maintain(ctx); err != nil { // refill to 3 ready
 		t.Fatal(err)
 	}
