@@ -195,7 +195,7 @@ func TestMetricsMove(t *testing.T) {
 	expect(t, mf, "sandboxpool_sandboxes", 4, "state", "claimed")
 
 	// Terminations by reason, and waste: a ready sandbox that never served.
-	f.ctrl.WaitIdle(ctx) // the creations of the last pass are pooled
+	f.ctrl.WaitIdle(ctx)                         // the creations of the last pass are pooled
 	if err := f.ctrl.Maintain(ctx); err != nil { // refill to 3 ready
 		t.Fatal(err)
 	}
