@@ -1,0 +1,459 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/charmbracelet/x/exp/golden"
+	"github.com/charmbracelet/x/exp/teatest"
+	"github.com/muesli/termenv"
+	"github.com/spf13/pflag"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/ui"
+)
+
+func init() {
+	// Goldens are plain text: no colour, a fixed background (no terminal query).
+	lipgloss.SetColorProfile(termenv.Ascii)
+	lipgloss.SetHasDarkBackground(true)
+}
+
+const dashWait = 20 * time.Second
+
+// subscribed is the real controller; it says when the dashboard listens to
+// its events, so that the events the test causes are all on screen.
+type subscribed struct {
+	*pool.Controller
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (s *subscribed) Subscribe(buffer int) (<-chan pool.Event, func()) {
+	ch, cancel := s.Controller.Subscribe(buffer)
+	s.once.Do(func() { close(s.ch) })
+	return ch, cancel
+}
+
+// dashboardOptions parses args as the command line would (defaults from the
+// flag table) with the state in stateDir.
+func dashboardOptions(t *testing.T, stateDir string, args ...string) (*options, pool.Config) {
+	t.Helper()
+	o := &options{}
+	fs := pflag.NewFlagSet("sandboxpool", pflag.ContinueOnError)
+	o.register(fs)
+	if err := fs.Parse(append([]string{"--state-dir", stateDir}, args...)); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := o.config(fs.Changed("size"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return o, cfg
+}
+
+func key(s string) tea.KeyMsg { return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)} }
+
+// waitDrawn waits until what was drawn since the last wait contains all of
+// subs (a changed line is redrawn whole).
+func waitDrawn(t *testing.T, tm *teatest.TestModel, subs ...string) {
+	t.Helper()
+	teatest.WaitFor(t, tm.Output(), func(b []byte) bool { return containsAll(b, subs...) }, teatest.WithDuration(dashWait), teatest.WithCheckInterval(10*time.Millisecond))
+}
+
+func containsAll(b []byte, subs ...string) bool {
+	for _, s := range subs {
+		if !bytes.Contains(b, []byte(s)) {
+			return false
+		}
+	}
+	return true
+}
+
+// waitDrawnEngine waits until cond holds for what was drawn since the last
+// wait and the engine's snapshot.
+func waitDrawnEngine(t *testing.T, tm *teatest.TestModel, cond func(drawn []byte, s pool.Snapshot) bool, c *pool.Controller) {
+	t.Helper()
+	teatest.WaitFor(t, tm.Output(), func(b []byte) bool { return cond(b, c.Snapshot()) },
+		teatest.WithDuration(dashWait), teatest.WithCheckInterval(10*time.Millisecond))
+}
+
+func httpStatus(t *testing.T, url string) int {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// The dashboard end to end over the real local backend and file store, wired
+// as `sandboxpool` wires it: fill to 2 from the keyboard, claim with c, and
+// the claimed URL answers.
+func TestDashboardEndToEnd(t *testing.T) {
+	stateDir := t.TempDir()
+	o, cfg := dashboardOptions(t, stateDir, "--size", "0", "--listen", "127.0.0.1:0")
+	logger := slog.New(slog.DiscardHandler)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := startController(ctx, o, cfg, logger, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			s.stop(true, logger) // terminate every sandbox of the test's pool
+		}
+	}
+	t.Cleanup(stop)
+
+	eng := &subscribed{Controller: s.ctrl, ch: make(chan struct{})}
+	var mu sync.Mutex
+	var copied []string
+	clip := func(text string) error { mu.Lock(); copied = append(copied, text); mu.Unlock(); return nil }
+	tm := teatest.NewTestModel(t, ui.NewModel(eng, ui.Options{APIAddr: s.apiAddr, Clipboard: clip}),
+		teatest.WithInitialTermSize(100, 30))
+	t.Cleanup(func() { _ = tm.Quit() })
+	waitDrawn(t, tm, "local/default", "target 0")
+	select {
+	case <-eng.ch:
+	case <-time.After(dashWait):
+		t.Fatal("the dashboard never subscribed to events")
+	}
+
+	// Fill to 2, one at a time so that the pool order and the events are
+	// the same on every run.
+	for n := 1; n <= 2; n++ {
+		tm.Send(key("+"))
+		waitDrawnEngine(t, tm, func(b []byte, sn pool.Snapshot) bool {
+			return len(sn.Sandboxes) == n && sn.Counts[pool.StateReady] == n &&
+				containsAll(b, fmt.Sprintf("target %d", n), fmt.Sprintf("ready %d", n), sn.Sandboxes[n-1].ID+" created in")
+		}, s.ctrl)
+	}
+	first := s.ctrl.Snapshot().Sandboxes[0]
+
+	// c claims the first; the claim backfills at once: wait for the third
+	// sandbox to be on screen too.
+	tm.Send(key("c"))
+	waitDrawnEngine(t, tm, func(b []byte, sn pool.Snapshot) bool {
+		if len(sn.Sandboxes) != 3 || sn.Counts[pool.StateReady] != 2 {
+			return false
+		}
+		third := sn.Sandboxes[2].ID
+		return third != first.ID && containsAll(b, "✓ claimed "+first.ID, "copied",
+			first.ID+" claimed by dashboard (warm)", third+" created in", "ready 2  claimed 1")
+	}, s.ctrl)
+
+	snap := s.ctrl.Snapshot()
+	var claimed *pool.Sandbox
+	for i := range snap.Sandboxes {
+		if snap.Sandboxes[i].State == pool.StateClaimed {
+			claimed = &snap.Sandboxes[i]
+		}
+	}
+	if claimed == nil || claimed.ID != first.ID || claimed.ClaimedBy != "dashboard" {
+		t.Fatalf("claimed %+v, want %s by dashboard", claimed, first.ID)
+	}
+	mu.Lock()
+	clipped := append([]string(nil), copied...)
+	mu.Unlock()
+	if len(clipped) != 1 || clipped[0] != claimed.URL {
+		t.Fatalf("copied %q, want [%s]", clipped, claimed.URL)
+	}
+	if code := httpStatus(t, claimed.URL); code != http.StatusOK {
+		t.Fatalf("GET %s: %d", claimed.URL, code)
+	}
+
+	tm.Send(key("q"))
+	view := tm.FinalModel(t, teatest.WithFinalTimeout(dashWait)).View()
+	if !strings.Contains(view, "✓ claimed "+claimed.ID+"  "+claimed.URL+"  copied") {
+		t.Fatalf("no banner for %s %s in:\n%s", claimed.ID, claimed.URL, view)
+	}
+	golden.RequireEqual(t, []byte(normalizeView(view)))
+
+	// Quitting leaves the sandboxes running.
+	if code := httpStatus(t, claimed.URL); code != http.StatusOK {
+		t.Fatalf("after quit, GET %s: %d", claimed.URL, code)
+	}
+	stop()
+}
+
+var (
+	reLocalID  = regexp.MustCompile(`sb-[0-9a-f]{12}`)
+	reLoopback = regexp.MustCompile(`127\.0\.0\.1:\d+`)
+	reClock    = regexp.MustCompile(`\b\d\d:\d\d:\d\d\b`)
+	reMinSec   = regexp.MustCompile(`\b\d+:\d\d\b`)
+	reHealthOK = regexp.MustCompile(`ok 200 \S+ +\d+[smh] `)
+	reAge      = regexp.MustCompile(` +\d+[smh] http`)
+	reDuration = regexp.MustCompile(`in (\d+(\.\d+)?(ns|µs|ms|s|m))+`)
+	reTrailing = regexp.MustCompile(`(?m) +$`)
+)
+
+// normalizeView replaces what changes from run to run in a real pool with
+// placeholders of the same width, so the layout is still compared: ids
+// become sb-aaaaaaaaaaaa, sb-bbbbbbbbbbbb... in order of appearance, ports
+// PORT, clock times hh:mm:ss, countdowns m:ss, latencies and ages ~.
+// Trailing spaces go (a URL of another length pads the line differently).
+func normalizeView(v string) string {
+	ids := map[string]string{}
+	v = reLocalID.ReplaceAllStringFunc(v, func(id string) string {
+		if p, ok := ids[id]; ok {
+			return p
+		}
+		p := "sb-" + strings.Repeat(string(rune('a'+len(ids)%26)), 12)
+		ids[id] = p
+		return p
+	})
+	v = reLoopback.ReplaceAllString(v, "127.0.0.1:PORT")
+	v = reClock.ReplaceAllString(v, "hh:mm:ss")
+	v = reMinSec.ReplaceAllStringFunc(v, func(s string) string { return padLeft("m:ss", len(s)) })
+	v = reHealthOK.ReplaceAllStringFunc(v, func(s string) string {
+		return "ok 200 ~" + padLeft("~ ", len(s)-len("ok 200 ~"))
+	})
+	v = reAge.ReplaceAllStringFunc(v, func(s string) string { return padLeft("~ http", len(s)) })
+	v = reDuration.ReplaceAllString(v, "in ~")
+	return reTrailing.ReplaceAllString(v, "")
+}
+
+func padLeft(s string, n int) string {
+	if len(s) >= n {
+		return s
+	}
+	return strings.Repeat(" ", n-len(s)) + s
+}
+
+// ---- the dashboard as a person sees it: the binary in tmux ----
+
+type tmuxScreen struct {
+	t      *testing.T
+	socket string
+	env    []string
+}
+
+func (x *tmuxScreen) tmux(args ...string) (string, error) {
+	cmd := exec.Command("tmux", append([]string{"-L", x.socket, "-f", "/dev/null"}, args...)...)
+	cmd.Env = x.env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func (x *tmuxScreen) must(args ...string) string {
+	x.t.Helper()
+	out, err := x.tmux(args...)
+	if err != nil {
+		x.t.Fatalf("tmux %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func (x *tmuxScreen) capture() string {
+	x.t.Helper()
+	return x.must("capture-pane", "-p", "-t", "t")
+}
+
+func (x *tmuxScreen) keys(keys ...string) {
+	x.t.Helper()
+	x.must(append([]string{"send-keys", "-t", "t"}, keys...)...)
+}
+
+// waitScreen polls the screen until cond holds, and returns that screen.
+func (x *tmuxScreen) waitScreen(what string, timeout time.Duration, cond func(screen string) bool) string {
+	x.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		s := x.capture()
+		if cond(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			x.t.Fatalf("timed out after %s waiting for %s; the screen:\n%s", timeout, what, s)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// row is one line of the dashboard's table.
+type row struct {
+	selected bool
+	id       string
+	state    string
+	url      string
+}
+
+var reRow = regexp.MustCompile(`^([▸ ]) (sb-[0-9a-f]+) +\S (\w+) .*?(https?://\S+)?$`)
+
+func rows(screen string) []row {
+	var rs []row
+	for _, l := range strings.Split(screen, "\n") {
+		if m := reRow.FindStringSubmatch(strings.TrimRight(l, " ")); m != nil {
+			rs = append(rs, row{selected: m[1] == "▸", id: m[2], state: m[3], url: m[4]})
+		}
+	}
+	return rs
+}
+
+func countState(rs []row, state string) int {
+	n := 0
+	for _, r := range rs {
+		if r.state == state {
+			n++
+		}
+	}
+	return n
+}
+
+func hasRow(rs []row, id string) bool {
+	for _, r := range rs {
+		if r.id == id {
+			return true
+		}
+	}
+	return false
+}
+
+var (
+	reBanner = regexp.MustCompile(`✓ claimed (sb-[0-9a-f]+)  (http://\S+)  copied`)
+	reAPI    = regexp.MustCompile(`api (127\.0\.0\.1:\d+)`)
+)
+
+// The binary in tmux at 100x30, driven by keys as a person would: claim,
+// grow, terminate, a claim through the API, quit; the sandboxes outlive the
+// dashboard until `terminate --all`.
+func TestDashboardTmux(t *testing.T) {
+	if _, err := exec.LookPath("tmux"); err != nil {
+		t.Skip("tmux is not installed")
+	}
+	stateDir := t.TempDir()
+	env := cliEnv(stateDir)
+	x := &tmuxScreen{t: t, socket: fmt.Sprintf("sbp-test-%d-%d", os.Getpid(), time.Now().UnixNano()), env: env}
+	t.Cleanup(func() {
+		_, _ = x.tmux("kill-server")
+		cli(t, env, "terminate", "--all") // whatever the test left
+	})
+	x.must("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "--",
+		binary, "--listen", "127.0.0.1:0", "--maintain-every", "2s", "--health-every", "1s")
+	x.must("set-option", "-t", "t", "remain-on-exit", "on")
+	pid, err := strconv.Atoi(strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_pid}")))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	screen := x.waitScreen("3 ready rows", dashWait, func(s string) bool {
+		rs := rows(s)
+		return len(rs) == 3 && countState(rs, "ready") == 3 && strings.Contains(s, "ready 3")
+	})
+	m := reAPI.FindStringSubmatch(screen)
+	if m == nil {
+		t.Fatalf("no API address in the header:\n%s", screen)
+	}
+	apiAddr := m[1]
+
+	// c: the banner, and the URL answers.
+	x.keys("c")
+	screen = x.waitScreen("the claim banner", dashWait, func(s string) bool { return reBanner.MatchString(s) })
+	b := reBanner.FindStringSubmatch(screen)
+	claimedID, claimedURL := b[1], b[2]
+	if code := httpStatus(t, claimedURL); code != http.StatusOK {
+		t.Fatalf("GET %s: %d", claimedURL, code)
+	}
+
+	// +: target 4 and a fourth ready row.
+	x.keys("+")
+	x.waitScreen("target 4 with 4 ready rows", dashWait, func(s string) bool {
+		rs := rows(s)
+		return strings.Contains(s, "target 4") && countState(rs, "ready") == 4 && countState(rs, "claimed") == 1
+	})
+
+	// j then t: the selected sandbox asks (y/N); y terminates it.
+	x.keys("j")
+	var victim string
+	x.waitScreen("the selection on a ready row", dashWait, func(s string) bool {
+		for _, r := range rows(s) {
+			if r.selected && r.state == "ready" {
+				victim = r.id
+				return true
+			}
+		}
+		return false
+	})
+	x.keys("t")
+	x.waitScreen("the terminate prompt", dashWait, func(s string) bool {
+		return strings.Contains(s, victim) && strings.Contains(s, "(y/N)")
+	})
+	x.keys("y")
+	x.waitScreen("the terminated row to go", dashWait, func(s string) bool { return !hasRow(rows(s), victim) })
+
+	// A claim through the API shows at once as claimed by api.
+	resp, err := http.Post("http://"+apiAddr+"/v1/claims", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cv httpapi.ClaimView
+	err = json.NewDecoder(resp.Body).Decode(&cv)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/claims: %d %v", resp.StatusCode, err)
+	}
+	x.waitScreen("the API claim on screen", 3*time.Second, func(s string) bool {
+		for _, r := range rows(s) {
+			if r.id == cv.ID && r.state == "claimed" {
+				return strings.Contains(s, cv.ID+" claimed by api")
+			}
+		}
+		return false
+	})
+
+	// q: the process exits 0 and the sandboxes keep running.
+	x.keys("q")
+	x.waitScreen("the dashboard to exit", 10*time.Second, func(string) bool {
+		return strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_dead}")) == "1"
+	})
+	if st := strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_dead_status}")); st != "0" {
+		t.Fatalf("the dashboard exited with %s:\n%s", st, x.capture())
+	}
+	if alive(pid) {
+		t.Fatalf("the dashboard (pid %d) is still running", pid)
+	}
+	v := check(t, env)
+	states := map[string]string{}
+	for _, sb := range v.Sandboxes {
+		states[sb.ID] = string(sb.State)
+	}
+	if states[claimedID] != "claimed" || states[cv.ID] != "claimed" || len(readyIDs(v)) < 3 {
+		t.Fatalf("after quit: %v", states)
+	}
+	for _, url := range []string{claimedURL, cv.URL} {
+		if code := httpStatus(t, url); code != http.StatusOK {
+			t.Fatalf("after quit, GET %s: %d", url, code)
+		}
+	}
+
+	r := cli(t, env, "terminate", "--all")
+	if r.code != 0 {
+		t.Fatalf("terminate --all: exit %d: %s", r.code, r.stderr)
+	}
+	if v := check(t, env); len(v.Sandboxes) != 0 {
+		t.Fatalf("after terminate --all: %+v", v.Sandboxes)
+	}
+}
