@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,11 @@ type Store struct {
 	cacheSt    pool.Stored
 
 	noSync bool // benchmarks only: measure everything but the disk flush
+
+	// Concurrent Takes of this process are served in batches (see takeBatch).
+	takes       sync.Mutex
+	takeQueue   []*takeReq
+	takeLeading bool
 }
 
 var (
@@ -298,34 +304,99 @@ func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy stri
 		// An empty ClaimedBy would leave the entry pooled: it could be handed out again.
 		return pool.Entry{}, nil, false, errors.New("filestore: take: empty claimer")
 	}
-	err = s.update(ctx, func(st *pool.Stored) (bool, error) {
-		kept := st.Entries[:0]
-		for i, e := range st.Entries {
-			switch {
-			case e.Claimed():
-			case e.ExpiresAt.Before(minExpiresAt):
-				dropped = append(dropped, e)
-				continue
-			default:
-				e.ClaimedBy, e.ClaimedAt = claimedBy, now
-				taken, ok = e, true
-				kept = append(kept, e)
-				st.Entries = append(kept, st.Entries[i+1:]...)
-				return true, nil
-			}
-			kept = append(kept, e)
+	req := &takeReq{minExpiresAt: minExpiresAt, claimedBy: claimedBy, now: now,
+		done: make(chan takeResult, 1), lead: make(chan struct{})}
+	s.takes.Lock()
+	s.takeQueue = append(s.takeQueue, req)
+	leader := !s.takeLeading
+	s.takeLeading = true
+	s.takes.Unlock()
+	if !leader {
+		// Whatever ctx says, wait for the answer: a batch may already have
+		// claimed an entry for this caller, and it must not be lost.
+		select {
+		case r := <-req.done:
+			return r.taken, r.dropped, r.ok, r.err
+		case <-req.lead:
 		}
-		st.Entries = kept
-		return len(dropped) > 0, nil
-	})
-	if err != nil {
-		return pool.Entry{}, nil, false, err
 	}
-	return taken, dropped, ok, nil
+	s.takeBatch(ctx)
+	r := <-req.done
+	return r.taken, r.dropped, r.ok, r.err
 }
 
-// Remove deletes entries by id, pooled or claimed, and returns those it found
-// in pool order.
+// takeReq is one Take waiting for a batch.
+type takeReq struct {
+	minExpiresAt time.Time
+	claimedBy    string
+	now          time.Time
+	done         chan takeResult
+	lead         chan struct{} // closed when this request must run the next batch
+}
+
+type takeResult struct {
+	taken   pool.Entry
+	dropped []pool.Entry
+	ok      bool
+	err     error
+}
+
+// takeBatch serves every Take queued so far in one transaction: one lock,
+// one read, one write and one fsync for all of them (group commit), so that
+// concurrent claims do not queue behind each other's fsyncs. It then hands
+// the lead to the oldest request that arrived meanwhile.
+func (s *Store) takeBatch(ctx context.Context) {
+	s.takes.Lock()
+	batch := s.takeQueue
+	s.takeQueue = nil
+	s.takes.Unlock()
+
+	// The batch serves other callers too: one caller's cancellation must not fail them.
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	results := make([]takeResult, len(batch))
+	err := s.update(bctx, func(st *pool.Stored) (bool, error) {
+		changed := false
+		for i, req := range batch {
+			r := &results[i]
+			kept := st.Entries[:0]
+			for j, e := range st.Entries {
+				switch {
+				case e.Claimed():
+				case e.ExpiresAt.Before(req.minExpiresAt):
+					r.dropped = append(r.dropped, e)
+					continue
+				default:
+					e.ClaimedBy, e.ClaimedAt = req.claimedBy, req.now
+					r.taken, r.ok = e, true
+					kept = append(kept, e)
+					kept = append(kept, st.Entries[j+1:]...)
+					goto next
+				}
+				kept = append(kept, e)
+			}
+		next:
+			st.Entries = kept
+			changed = changed || r.ok || len(r.dropped) > 0
+		}
+		return changed, nil
+	})
+	cancel()
+	for i, req := range batch {
+		if err != nil {
+			results[i] = takeResult{err: err}
+		}
+		req.done <- results[i]
+	}
+
+	s.takes.Lock()
+	if len(s.takeQueue) > 0 {
+		close(s.takeQueue[0].lead)
+	} else {
+		s.takeLeading = false
+	}
+	s.takes.Unlock()
+}
+
 func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error) {
 	return s.remove(ctx, false, ids)
 }
