@@ -97,22 +97,13 @@ func allowedFor(f *pflag.Flag) string {
 }
 
 // flagErrorFunc turns pflag's parse errors into one line naming the flag.
+// The flag and the value come from pflag's typed error, not from its message,
+// which already quotes the value (so a value with a quote or a backslash in
+// it would be cut short or quoted twice).
 func flagErrorFunc(cmd *cobra.Command, err error) error {
-	msg := err.Error()
-	// pflag says: invalid argument "x" for "--ttl" flag: time: invalid duration "x"
-	if i := strings.Index(msg, " for \""); i >= 0 && strings.HasPrefix(msg, "invalid argument") {
-		rest := msg[i+6:]
-		if j := strings.Index(rest, "\""); j >= 0 {
-			name := strings.TrimLeft(strings.TrimPrefix(rest[:j], "-"), "-")
-			if k := strings.Index(name, ", --"); k >= 0 { // "-s, --size"
-				name = name[k+4:]
-			}
-			if f := cmd.Flags().Lookup(name); f != nil {
-				val := msg[len("invalid argument \""):]
-				val = val[:strings.Index(val, "\"")]
-				return usagef("--%s %q: %s", name, val, allowedFor(f))
-			}
-		}
+	var bad *pflag.InvalidValueError
+	if errors.As(err, &bad) && bad.GetFlag() != nil {
+		return usagef("--%s %q: %s", bad.GetFlag().Name, bad.GetValue(), allowedFor(bad.GetFlag()))
 	}
 	return usageError{err}
 }
