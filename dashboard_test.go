@@ -37,15 +37,15 @@ func init() {
 
 const dashWait = 20 * time.Second
 
-// subscribed is the real controller; it says when the dashboard listens to
+// dashSubscribed is the real controller; it says when the dashboard listens to
 // its events, so that the events the test causes are all on screen.
-type subscribed struct {
+type dashSubscribed struct {
 	*pool.Controller
 	once sync.Once
 	ch   chan struct{}
 }
 
-func (s *subscribed) Subscribe(buffer int) (<-chan pool.Event, func()) {
+func (s *dashSubscribed) Subscribe(buffer int) (<-chan pool.Event, func()) {
 	ch, cancel := s.Controller.Subscribe(buffer)
 	s.once.Do(func() { close(s.ch) })
 	return ch, cancel
@@ -68,16 +68,16 @@ func dashboardOptions(t *testing.T, stateDir string, args ...string) (*options, 
 	return o, cfg
 }
 
-func key(s string) tea.KeyMsg { return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)} }
+func dashKey(s string) tea.KeyMsg { return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)} }
 
-// waitDrawn waits until what was drawn since the last wait contains all of
+// dashWaitDrawn waits until what was drawn since the last wait contains all of
 // subs (a changed line is redrawn whole).
-func waitDrawn(t *testing.T, tm *teatest.TestModel, subs ...string) {
+func dashWaitDrawn(t *testing.T, tm *teatest.TestModel, subs ...string) {
 	t.Helper()
-	teatest.WaitFor(t, tm.Output(), func(b []byte) bool { return containsAll(b, subs...) }, teatest.WithDuration(dashWait), teatest.WithCheckInterval(10*time.Millisecond))
+	teatest.WaitFor(t, tm.Output(), func(b []byte) bool { return dashContains(b, subs...) }, teatest.WithDuration(dashWait), teatest.WithCheckInterval(10*time.Millisecond))
 }
 
-func containsAll(b []byte, subs ...string) bool {
+func dashContains(b []byte, subs ...string) bool {
 	for _, s := range subs {
 		if !bytes.Contains(b, []byte(s)) {
 			return false
@@ -86,15 +86,15 @@ func containsAll(b []byte, subs ...string) bool {
 	return true
 }
 
-// waitDrawnEngine waits until cond holds for what was drawn since the last
+// dashWaitEngine waits until cond holds for what was drawn since the last
 // wait and the engine's snapshot.
-func waitDrawnEngine(t *testing.T, tm *teatest.TestModel, cond func(drawn []byte, s pool.Snapshot) bool, c *pool.Controller) {
+func dashWaitEngine(t *testing.T, tm *teatest.TestModel, cond func(drawn []byte, s pool.Snapshot) bool, c *pool.Controller) {
 	t.Helper()
 	teatest.WaitFor(t, tm.Output(), func(b []byte) bool { return cond(b, c.Snapshot()) },
 		teatest.WithDuration(dashWait), teatest.WithCheckInterval(10*time.Millisecond))
 }
 
-func httpStatus(t *testing.T, url string) int {
+func dashGet(t *testing.T, url string) int {
 	t.Helper()
 	c := http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(url)
@@ -128,40 +128,40 @@ func TestDashboardEndToEnd(t *testing.T) {
 	}
 	t.Cleanup(stop)
 
-	eng := &subscribed{Controller: s.ctrl, ch: make(chan struct{})}
+	eng := &dashSubscribed{Controller: s.ctrl, ch: make(chan struct{})}
 	var mu sync.Mutex
 	var copied []string
 	clip := func(text string) error { mu.Lock(); copied = append(copied, text); mu.Unlock(); return nil }
 	tm := teatest.NewTestModel(t, ui.NewModel(eng, ui.Options{APIAddr: s.apiAddr, Clipboard: clip}),
 		teatest.WithInitialTermSize(100, 30))
 	t.Cleanup(func() { _ = tm.Quit() })
-	waitDrawn(t, tm, "local/default", "target 0")
+	dashWaitDrawn(t, tm, "local/default", "target 0")
 	select {
 	case <-eng.ch:
 	case <-time.After(dashWait):
-		t.Fatal("the dashboard never subscribed to events")
+		t.Fatal("the dashboard never dashSubscribed to events")
 	}
 
 	// Fill to 2, one at a time so that the pool order and the events are
 	// the same on every run.
 	for n := 1; n <= 2; n++ {
-		tm.Send(key("+"))
-		waitDrawnEngine(t, tm, func(b []byte, sn pool.Snapshot) bool {
+		tm.Send(dashKey("+"))
+		dashWaitEngine(t, tm, func(b []byte, sn pool.Snapshot) bool {
 			return len(sn.Sandboxes) == n && sn.Counts[pool.StateReady] == n &&
-				containsAll(b, fmt.Sprintf("target %d", n), fmt.Sprintf("ready %d", n), sn.Sandboxes[n-1].ID+" created in")
+				dashContains(b, fmt.Sprintf("target %d", n), fmt.Sprintf("ready %d", n), sn.Sandboxes[n-1].ID+" created in")
 		}, s.ctrl)
 	}
 	first := s.ctrl.Snapshot().Sandboxes[0]
 
 	// c claims the first; the claim backfills at once: wait for the third
 	// sandbox to be on screen too.
-	tm.Send(key("c"))
-	waitDrawnEngine(t, tm, func(b []byte, sn pool.Snapshot) bool {
+	tm.Send(dashKey("c"))
+	dashWaitEngine(t, tm, func(b []byte, sn pool.Snapshot) bool {
 		if len(sn.Sandboxes) != 3 || sn.Counts[pool.StateReady] != 2 {
 			return false
 		}
 		third := sn.Sandboxes[2].ID
-		return third != first.ID && containsAll(b, "✓ claimed "+first.ID, "copied",
+		return third != first.ID && dashContains(b, "✓ claimed "+first.ID, "copied",
 			first.ID+" claimed by dashboard (warm)", third+" created in", "ready 2  claimed 1")
 	}, s.ctrl)
 
@@ -181,43 +181,43 @@ func TestDashboardEndToEnd(t *testing.T) {
 	if len(clipped) != 1 || clipped[0] != claimed.URL {
 		t.Fatalf("copied %q, want [%s]", clipped, claimed.URL)
 	}
-	if code := httpStatus(t, claimed.URL); code != http.StatusOK {
+	if code := dashGet(t, claimed.URL); code != http.StatusOK {
 		t.Fatalf("GET %s: %d", claimed.URL, code)
 	}
 
-	tm.Send(key("q"))
+	tm.Send(dashKey("q"))
 	view := tm.FinalModel(t, teatest.WithFinalTimeout(dashWait)).View()
 	if !strings.Contains(view, "✓ claimed "+claimed.ID+"  "+claimed.URL+"  copied") {
 		t.Fatalf("no banner for %s %s in:\n%s", claimed.ID, claimed.URL, view)
 	}
-	golden.RequireEqual(t, []byte(normalizeView(view)))
+	golden.RequireEqual(t, []byte(normalizeDashboard(view)))
 
 	// Quitting leaves the sandboxes running.
-	if code := httpStatus(t, claimed.URL); code != http.StatusOK {
+	if code := dashGet(t, claimed.URL); code != http.StatusOK {
 		t.Fatalf("after quit, GET %s: %d", claimed.URL, code)
 	}
 	stop()
 }
 
 var (
-	reLocalID  = regexp.MustCompile(`sb-[0-9a-f]{12}`)
-	reLoopback = regexp.MustCompile(`127\.0\.0\.1:\d+`)
-	reClock    = regexp.MustCompile(`\b\d\d:\d\d:\d\d\b`)
-	reMinSec   = regexp.MustCompile(`\b\d+:\d\d\b`)
-	reHealthOK = regexp.MustCompile(`ok 200 \S+ +\d+[smh] `)
-	reAge      = regexp.MustCompile(` +\d+[smh] http`)
-	reDuration = regexp.MustCompile(`in (\d+(\.\d+)?(ns|µs|ms|s|m))+`)
-	reTrailing = regexp.MustCompile(`(?m) +$`)
+	reDashID       = regexp.MustCompile(`sb-[0-9a-f]{12}`)
+	reDashAddr     = regexp.MustCompile(`127\.0\.0\.1:\d+`)
+	reDashClock    = regexp.MustCompile(`\b\d\d:\d\d:\d\d\b`)
+	reDashMinSec   = regexp.MustCompile(`\b\d+:\d\d\b`)
+	reDashHealth   = regexp.MustCompile(`ok 200 \S+ +\d+[smh] `)
+	reDashAge      = regexp.MustCompile(` +\d+[smh] http`)
+	reDashDur      = regexp.MustCompile(`in (\d+(\.\d+)?(ns|µs|ms|s|m))+`)
+	reDashTrailing = regexp.MustCompile(`(?m) +$`)
 )
 
-// normalizeView replaces what changes from run to run in a real pool with
+// normalizeDashboard replaces what changes from run to run in a real pool with
 // placeholders of the same width, so the layout is still compared: ids
 // become sb-aaaaaaaaaaaa, sb-bbbbbbbbbbbb... in order of appearance, ports
 // PORT, clock times hh:mm:ss, countdowns m:ss, latencies and ages ~.
 // Trailing spaces go (a URL of another length pads the line differently).
-func normalizeView(v string) string {
+func normalizeDashboard(v string) string {
 	ids := map[string]string{}
-	v = reLocalID.ReplaceAllStringFunc(v, func(id string) string {
+	v = reDashID.ReplaceAllStringFunc(v, func(id string) string {
 		if p, ok := ids[id]; ok {
 			return p
 		}
@@ -225,18 +225,18 @@ func normalizeView(v string) string {
 		ids[id] = p
 		return p
 	})
-	v = reLoopback.ReplaceAllString(v, "127.0.0.1:PORT")
-	v = reClock.ReplaceAllString(v, "hh:mm:ss")
-	v = reMinSec.ReplaceAllStringFunc(v, func(s string) string { return padLeft("m:ss", len(s)) })
-	v = reHealthOK.ReplaceAllStringFunc(v, func(s string) string {
-		return "ok 200 ~" + padLeft("~ ", len(s)-len("ok 200 ~"))
+	v = reDashAddr.ReplaceAllString(v, "127.0.0.1:PORT")
+	v = reDashClock.ReplaceAllString(v, "hh:mm:ss")
+	v = reDashMinSec.ReplaceAllStringFunc(v, func(s string) string { return dashPadLeft("m:ss", len(s)) })
+	v = reDashHealth.ReplaceAllStringFunc(v, func(s string) string {
+		return "ok 200 ~" + dashPadLeft("~ ", len(s)-len("ok 200 ~"))
 	})
-	v = reAge.ReplaceAllStringFunc(v, func(s string) string { return padLeft("~ http", len(s)) })
-	v = reDuration.ReplaceAllString(v, "in ~")
-	return reTrailing.ReplaceAllString(v, "")
+	v = reDashAge.ReplaceAllStringFunc(v, func(s string) string { return dashPadLeft("~ http", len(s)) })
+	v = reDashDur.ReplaceAllString(v, "in ~")
+	return reDashTrailing.ReplaceAllString(v, "")
 }
 
-func padLeft(s string, n int) string {
+func dashPadLeft(s string, n int) string {
 	if len(s) >= n {
 		return s
 	}
@@ -245,20 +245,20 @@ func padLeft(s string, n int) string {
 
 // ---- the dashboard as a person sees it: the binary in tmux ----
 
-type tmuxScreen struct {
+type dashTmux struct {
 	t      *testing.T
 	socket string
 	env    []string
 }
 
-func (x *tmuxScreen) tmux(args ...string) (string, error) {
+func (x *dashTmux) tmux(args ...string) (string, error) {
 	cmd := exec.Command("tmux", append([]string{"-L", x.socket, "-f", "/dev/null"}, args...)...)
 	cmd.Env = x.env
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
-func (x *tmuxScreen) must(args ...string) string {
+func (x *dashTmux) must(args ...string) string {
 	x.t.Helper()
 	out, err := x.tmux(args...)
 	if err != nil {
@@ -267,18 +267,18 @@ func (x *tmuxScreen) must(args ...string) string {
 	return out
 }
 
-func (x *tmuxScreen) capture() string {
+func (x *dashTmux) capture() string {
 	x.t.Helper()
 	return x.must("capture-pane", "-p", "-t", "t")
 }
 
-func (x *tmuxScreen) keys(keys ...string) {
+func (x *dashTmux) keys(keys ...string) {
 	x.t.Helper()
 	x.must(append([]string{"send-keys", "-t", "t"}, keys...)...)
 }
 
 // waitScreen polls the screen until cond holds, and returns that screen.
-func (x *tmuxScreen) waitScreen(what string, timeout time.Duration, cond func(screen string) bool) string {
+func (x *dashTmux) waitScreen(what string, timeout time.Duration, cond func(screen string) bool) string {
 	x.t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -293,27 +293,27 @@ func (x *tmuxScreen) waitScreen(what string, timeout time.Duration, cond func(sc
 	}
 }
 
-// row is one line of the dashboard's table.
-type row struct {
+// dashRow is one line of the dashboard's table.
+type dashRow struct {
 	selected bool
 	id       string
 	state    string
 	url      string
 }
 
-var reRow = regexp.MustCompile(`^([▸ ]) (sb-[0-9a-f]+) +\S (\w+) .*?(https?://\S+)?$`)
+var reDashRow = regexp.MustCompile(`^([▸ ]) (sb-[0-9a-f]+) +\S (\w+) .*?(https?://\S+)?$`)
 
-func rows(screen string) []row {
-	var rs []row
+func dashRows(screen string) []dashRow {
+	var rs []dashRow
 	for _, l := range strings.Split(screen, "\n") {
-		if m := reRow.FindStringSubmatch(strings.TrimRight(l, " ")); m != nil {
-			rs = append(rs, row{selected: m[1] == "▸", id: m[2], state: m[3], url: m[4]})
+		if m := reDashRow.FindStringSubmatch(strings.TrimRight(l, " ")); m != nil {
+			rs = append(rs, dashRow{selected: m[1] == "▸", id: m[2], state: m[3], url: m[4]})
 		}
 	}
 	return rs
 }
 
-func countState(rs []row, state string) int {
+func dashCountState(rs []dashRow, state string) int {
 	n := 0
 	for _, r := range rs {
 		if r.state == state {
@@ -323,7 +323,7 @@ func countState(rs []row, state string) int {
 	return n
 }
 
-func hasRow(rs []row, id string) bool {
+func dashHasRow(rs []dashRow, id string) bool {
 	for _, r := range rs {
 		if r.id == id {
 			return true
@@ -333,8 +333,8 @@ func hasRow(rs []row, id string) bool {
 }
 
 var (
-	reBanner = regexp.MustCompile(`✓ claimed (sb-[0-9a-f]+)  (http://\S+)  copied`)
-	reAPI    = regexp.MustCompile(`api (127\.0\.0\.1:\d+)`)
+	reDashBanner = regexp.MustCompile(`✓ claimed (sb-[0-9a-f]+)  (http://\S+)  copied`)
+	reDashAPI    = regexp.MustCompile(`api (127\.0\.0\.1:\d+)`)
 )
 
 // The binary in tmux at 100x30, driven by keys as a person would: claim,
@@ -346,13 +346,18 @@ func TestDashboardTmux(t *testing.T) {
 	}
 	stateDir := t.TempDir()
 	env := cliEnv(stateDir)
-	x := &tmuxScreen{t: t, socket: fmt.Sprintf("sbp-test-%d-%d", os.Getpid(), time.Now().UnixNano()), env: env}
+	x := &dashTmux{t: t, socket: fmt.Sprintf("sbp-test-%d-%d", os.Getpid(), time.Now().UnixNano()), env: env}
+	var socketPath string
 	t.Cleanup(func() {
 		_, _ = x.tmux("kill-server")
+		if socketPath != "" {
+			os.Remove(socketPath) // tmux leaves it behind
+		}
 		cli(t, env, "terminate", "--all") // whatever the test left
 	})
 	x.must("new-session", "-d", "-s", "t", "-x", "100", "-y", "30", "--",
 		binary, "--listen", "127.0.0.1:0", "--maintain-every", "2s", "--health-every", "1s")
+	socketPath = strings.TrimSpace(x.must("display-message", "-p", "#{socket_path}"))
 	x.must("set-option", "-t", "t", "remain-on-exit", "on")
 	pid, err := strconv.Atoi(strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_pid}")))
 	if err != nil {
@@ -360,10 +365,10 @@ func TestDashboardTmux(t *testing.T) {
 	}
 
 	screen := x.waitScreen("3 ready rows", dashWait, func(s string) bool {
-		rs := rows(s)
-		return len(rs) == 3 && countState(rs, "ready") == 3 && strings.Contains(s, "ready 3")
+		rs := dashRows(s)
+		return len(rs) == 3 && dashCountState(rs, "ready") == 3 && strings.Contains(s, "ready 3")
 	})
-	m := reAPI.FindStringSubmatch(screen)
+	m := reDashAPI.FindStringSubmatch(screen)
 	if m == nil {
 		t.Fatalf("no API address in the header:\n%s", screen)
 	}
@@ -371,25 +376,25 @@ func TestDashboardTmux(t *testing.T) {
 
 	// c: the banner, and the URL answers.
 	x.keys("c")
-	screen = x.waitScreen("the claim banner", dashWait, func(s string) bool { return reBanner.MatchString(s) })
-	b := reBanner.FindStringSubmatch(screen)
+	screen = x.waitScreen("the claim banner", dashWait, func(s string) bool { return reDashBanner.MatchString(s) })
+	b := reDashBanner.FindStringSubmatch(screen)
 	claimedID, claimedURL := b[1], b[2]
-	if code := httpStatus(t, claimedURL); code != http.StatusOK {
+	if code := dashGet(t, claimedURL); code != http.StatusOK {
 		t.Fatalf("GET %s: %d", claimedURL, code)
 	}
 
 	// +: target 4 and a fourth ready row.
 	x.keys("+")
 	x.waitScreen("target 4 with 4 ready rows", dashWait, func(s string) bool {
-		rs := rows(s)
-		return strings.Contains(s, "target 4") && countState(rs, "ready") == 4 && countState(rs, "claimed") == 1
+		rs := dashRows(s)
+		return strings.Contains(s, "target 4") && dashCountState(rs, "ready") == 4 && dashCountState(rs, "claimed") == 1
 	})
 
 	// j then t: the selected sandbox asks (y/N); y terminates it.
 	x.keys("j")
 	var victim string
 	x.waitScreen("the selection on a ready row", dashWait, func(s string) bool {
-		for _, r := range rows(s) {
+		for _, r := range dashRows(s) {
 			if r.selected && r.state == "ready" {
 				victim = r.id
 				return true
@@ -402,7 +407,7 @@ func TestDashboardTmux(t *testing.T) {
 		return strings.Contains(s, victim) && strings.Contains(s, "(y/N)")
 	})
 	x.keys("y")
-	x.waitScreen("the terminated row to go", dashWait, func(s string) bool { return !hasRow(rows(s), victim) })
+	x.waitScreen("the terminated row to go", dashWait, func(s string) bool { return !dashHasRow(dashRows(s), victim) })
 
 	// A claim through the API shows at once as claimed by api.
 	resp, err := http.Post("http://"+apiAddr+"/v1/claims", "application/json", nil)
@@ -415,8 +420,8 @@ func TestDashboardTmux(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST /v1/claims: %d %v", resp.StatusCode, err)
 	}
-	x.waitScreen("the API claim on screen", 3*time.Second, func(s string) bool {
-		for _, r := range rows(s) {
+	screen = x.waitScreen("the API claim on screen", 3*time.Second, func(s string) bool {
+		for _, r := range dashRows(s) {
 			if r.id == cv.ID && r.state == "claimed" {
 				return strings.Contains(s, cv.ID+" claimed by api")
 			}
@@ -424,13 +429,20 @@ func TestDashboardTmux(t *testing.T) {
 		return false
 	})
 
+	if strings.Contains(screen, "✗") {
+		t.Fatalf("an error on screen:\n%s", screen)
+	}
+
 	// q: the process exits 0 and the sandboxes keep running.
 	x.keys("q")
+	var dead string
 	x.waitScreen("the dashboard to exit", 10*time.Second, func(string) bool {
-		return strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_dead}")) == "1"
+		// pane_dead_status is set a moment after pane_dead.
+		dead = strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_dead}:#{pane_dead_status}:#{pane_dead_signal}"))
+		return strings.HasPrefix(dead, "1:") && dead != "1::"
 	})
-	if st := strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_dead_status}")); st != "0" {
-		t.Fatalf("the dashboard exited with %s:\n%s", st, x.capture())
+	if dead != "1:0:" {
+		t.Fatalf("the dashboard exited with (dead:status:signal) %s:\n%s", dead, x.capture())
 	}
 	if alive(pid) {
 		t.Fatalf("the dashboard (pid %d) is still running", pid)
@@ -444,7 +456,7 @@ func TestDashboardTmux(t *testing.T) {
 		t.Fatalf("after quit: %v", states)
 	}
 	for _, url := range []string{claimedURL, cv.URL} {
-		if code := httpStatus(t, url); code != http.StatusOK {
+		if code := dashGet(t, url); code != http.StatusOK {
 			t.Fatalf("after quit, GET %s: %d", url, code)
 		}
 	}
