@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -75,13 +76,53 @@ func runDashboard(cmd *cobra.Command, o *options) error {
 	}
 	// Logs would garble the screen: the dashboard shows events itself.
 	logger := slog.New(slog.DiscardHandler)
-	s, err := startController(cmd.Context(), o, cfg, logger, true)
+	// Subscribe before the controller starts: the first creations happen
+	// before the screen is up, and their events belong on it.
+	eng := &earlyEvents{}
+	s, err := startControllerWith(cmd.Context(), o, cfg, logger, true, eng.subscribe)
 	if err != nil {
+		eng.cancelUnused()
 		return err
 	}
-	uerr := ui.Run(cmd.Context(), s.ctrl, ui.Options{ReadOnly: o.readonly, APIAddr: s.apiAddr})
+	uerr := ui.Run(cmd.Context(), eng, ui.Options{ReadOnly: o.readonly, APIAddr: s.apiAddr})
+	eng.cancelUnused()
 	s.stop(o.cleanup, logger)
 	return uerr
+}
+
+// earlyEvents is the controller for the dashboard, whose first Subscribe
+// gets a subscription taken before the controller started.
+type earlyEvents struct {
+	*pool.Controller
+	mu     sync.Mutex
+	ch     <-chan pool.Event
+	cancel func()
+}
+
+func (e *earlyEvents) subscribe(c *pool.Controller) {
+	e.Controller = c
+	e.ch, e.cancel = c.Subscribe(512)
+}
+
+func (e *earlyEvents) Subscribe(buffer int) (<-chan pool.Event, func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.ch != nil {
+		ch, cancel := e.ch, e.cancel
+		e.ch, e.cancel = nil, nil
+		return ch, cancel
+	}
+	return e.Controller.Subscribe(buffer)
+}
+
+// cancelUnused drops the early subscription if the dashboard never took it.
+func (e *earlyEvents) cancelUnused() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cancel != nil {
+		e.cancel()
+		e.ch, e.cancel = nil, nil
+	}
 }
 
 func runCommand(o *options) *cobra.Command {

@@ -364,9 +364,12 @@ func TestDashboardTmux(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	screen := x.waitScreen("3 ready rows", dashWait, func(s string) bool {
+	screen := x.waitScreen("3 ready rows and their created events", dashWait, func(s string) bool {
 		rs := dashRows(s)
-		return len(rs) == 3 && dashCountState(rs, "ready") == 3 && strings.Contains(s, "ready 3")
+		// The first creations happen before the screen is up: their
+		// events are on it all the same.
+		return len(rs) == 3 && dashCountState(rs, "ready") == 3 && strings.Contains(s, "ready 3") &&
+			strings.Count(s, " created in ") >= 3
 	})
 	m := reDashAPI.FindStringSubmatch(screen)
 	if m == nil {
