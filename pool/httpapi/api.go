@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -243,8 +244,13 @@ func (a *API) retryAfterSeconds() int {
 }
 
 func (a *API) claimOptions(r *http.Request) (pool.ClaimOptions, error) {
-	q := r.URL.Query()
 	o := pool.ClaimOptions{CheckHealth: true, By: "api " + r.RemoteAddr}
+	// Not r.URL.Query(): it silently drops what it cannot parse (a bad
+	// escape, a ';'), and a claim would then run with the defaults.
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return o, fmt.Errorf("query %q: %v", r.URL.RawQuery, err)
+	}
 	for k := range q {
 		if k != "check_health" && k != "timeout" {
 			return o, fmt.Errorf("unknown parameter %q: allowed are check_health and timeout", k)
