@@ -1,7 +1,6 @@
 package conformance_test
 
 import (
-	"context"
 	"net/http"
 	"os"
 	"strconv"
@@ -110,5 +109,3 @@ func procsOf(dir string) []int {
 	}
 	return pids
 }
-
-var _ = context.Background
