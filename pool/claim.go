@@ -54,6 +54,8 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 	ticket := c.waitq.join()
 	defer c.waitq.leave(ticket)
 	for {
+		// Taken before trying, so a sandbox that gets ready meanwhile wakes us.
+		changed := c.changeSignal()
 		if c.waitq.isHead(ticket) {
 			got, ok, err := c.tryTake(ctx, o)
 			if err != nil {
@@ -68,7 +70,7 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 			return Claimed{}, c.claimFailed(o, ctx.Err())
 		case <-deadline:
 			return Claimed{}, c.claimFailed(o, fmt.Errorf("%w within %s in pool %q", ErrNoSandbox, timeout, c.cfg.Pool))
-		case <-c.changeSignal():
+		case <-changed:
 		case <-c.waitq.turn(ticket):
 		case <-c.clk.After(c.poll): // another process may have filled the pool
 		}
@@ -101,6 +103,9 @@ func (c *Controller) claimFailed(o ClaimOptions, err error) error {
 // tryTake takes entries until one is good, terminating bad ones met on the way.
 func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, error) {
 	for {
+		if err := ctx.Err(); err != nil {
+			return Entry{}, false, err
+		}
 		now := c.clk.Now()
 		got, dropped, ok, err := c.st.Take(ctx, now.Add(c.cfg.UseDuration), o.By, now)
 		if err != nil {
@@ -117,6 +122,12 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		}
 		if o.CheckHealth {
 			h := c.probe(ctx, got.URL)
+			if err := ctx.Err(); err != nil {
+				// The claimer left during the check: the sandbox is not to
+				// blame. It goes back to the pool (at its end) untouched.
+				c.giveBack(got)
+				return Entry{}, false, err
+			}
 			c.mu.Lock()
 			c.health[got.ID] = h
 			c.mu.Unlock()
@@ -133,6 +144,21 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			}
 		}
 		return got, true, nil
+	}
+}
+
+// giveBack returns a taken sandbox to the pool. A store that cannot take an
+// id back (Modal records every claim) leaves it unknown: reconcile then
+// terminates it as an orphan, so it is never leaked.
+func (c *Controller) giveBack(e Entry) {
+	ctx, cancel := context.WithTimeout(c.life, 10*time.Second)
+	defer cancel()
+	if _, err := c.st.Remove(ctx, e.ID); err != nil {
+		c.setErr(err)
+		return
+	}
+	if err := c.st.Put(ctx, e.Ref); err != nil {
+		c.setErr(err)
 	}
 }
 

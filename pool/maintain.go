@@ -171,27 +171,29 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 		c.mu.Lock()
 		doomed := c.doomed[r.ID]
 		c.mu.Unlock()
-		if !doomed && HasTimeLeft(r.ExpiresAt, now, c.cfg.UseDuration) {
-			if h := c.probe(ctx, r.URL); h.OK {
-				if err := c.st.Put(ctx, r); err == nil {
-					c.mu.Lock()
-					c.health[r.ID] = h
-					c.stored.Entries = append(c.stored.Entries, Entry{Ref: r})
-					c.mu.Unlock()
-					c.emit(Event{Kind: EventAdopted, SandboxID: r.ID})
-					c.notifyChange()
-					continue
-				}
-			}
-		}
 		// An orphan is terminated only when a second pass still finds it
 		// unknown: a claim in another process may be between taking it and
-		// recording it (the Modal store needs one RPC for that).
+		// recording it (the Modal store needs one RPC for that). A good one
+		// is adopted at once; if the store would not take it, the next pass
+		// finds it unknown again and terminates it, so it never lingers.
 		if doomed || suspects[r.ID] {
 			c.terminateAsync(Entry{Ref: r}, ReasonOrphan)
 			continue
 		}
 		next[r.ID] = true
+		if !HasTimeLeft(r.ExpiresAt, now, c.cfg.UseDuration) {
+			continue
+		}
+		if h := c.probe(ctx, r.URL); h.OK {
+			if err := c.st.Put(ctx, r); err == nil {
+				c.mu.Lock()
+				c.health[r.ID] = h
+				c.stored.Entries = append(c.stored.Entries, Entry{Ref: r})
+				c.mu.Unlock()
+				c.emit(Event{Kind: EventAdopted, SandboxID: r.ID})
+				c.notifyChange()
+			}
+		}
 	}
 	c.mu.Lock()
 	c.suspects = next
