@@ -43,7 +43,7 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 	if c.waitq.empty() {
 		got, ok, err := c.tryTake(ctx, o)
 		if err != nil {
-			return Claimed{}, err
+			return Claimed{}, c.takeFailed(ctx, o, err)
 		}
 		if ok {
 			return c.claimed(got, start, true), nil
@@ -59,7 +59,7 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 		if c.waitq.isHead(ticket) {
 			got, ok, err := c.tryTake(ctx, o)
 			if err != nil {
-				return Claimed{}, err
+				return Claimed{}, c.takeFailed(ctx, o, err)
 			}
 			if ok {
 				return c.claimed(got, start, false), nil
@@ -90,6 +90,15 @@ func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
 	c.emit(Event{Kind: EventClaimed, SandboxID: got.ID, By: got.ClaimedBy, Duration: waited, Warm: warm})
 	c.Kick() // backfill at once
 	return Claimed{Entry: got, Warm: warm, Waited: waited}
+}
+
+// takeFailed accounts a claim whose claimer left like one that timed out;
+// a store error is returned as it is.
+func (c *Controller) takeFailed(ctx context.Context, o ClaimOptions, err error) error {
+	if ctx.Err() != nil {
+		return c.claimFailed(o, ctx.Err())
+	}
+	return err
 }
 
 func (c *Controller) claimFailed(o ClaimOptions, err error) error {
