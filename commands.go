@@ -148,7 +148,10 @@ func runCommand(o *options) *cobra.Command {
 		logger.Info("controller started", "backend", o.backend, "pool", cfg.Pool, "target", s.ctrl.Target(), "api", apiURL(s.apiAddr))
 		select {
 		case <-cmd.Context().Done():
-		case err = <-s.done:
+		case <-s.done:
+			// Serve ended on its own (a lease refused late): stop reads
+			// done again, so it must be closed, not a value taken here.
+			err = s.serveError(cfg.Pool)
 		}
 		logger.Info("stopping; sandboxes keep running unless --cleanup")
 		s.stop(o.cleanup, logger)

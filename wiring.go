@@ -83,7 +83,8 @@ type serving struct {
 	*opened
 	apiAddr string
 	apiErr  <-chan error
-	done    chan error // Serve's result
+	done    chan struct{} // closed when Serve returned
+	served  error         // Serve's result, once done is closed
 	cancel  context.CancelFunc
 }
 
@@ -107,21 +108,14 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 		observe(p.ctrl)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	s := &serving{opened: p, done: make(chan error, 1), cancel: cancel}
-	go func() { s.done <- p.ctrl.Serve(ctx, allowViewer) }()
+	s := &serving{opened: p, done: make(chan struct{}), cancel: cancel}
+	go func() { s.served = p.ctrl.Serve(ctx, allowViewer); close(s.done) }()
 	// A refused lease shows at once; give it a moment before serving the API.
 	select {
-	case err := <-s.done:
+	case <-s.done:
 		cancel()
 		p.Close()
-		var held *pool.LeaseHeldError
-		if errors.As(err, &held) {
-			return nil, fmt.Errorf("pool %q is already maintained by %s; stop it first, or use the dashboard to watch it", cfg.Pool, held.Holder)
-		}
-		if err == nil {
-			err = errors.New("controller stopped")
-		}
-		return nil, err
+		return nil, s.serveError(cfg.Pool)
 	case <-time.After(150 * time.Millisecond):
 	}
 	if o.listen != "" {
@@ -141,6 +135,21 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 		s.apiAddr, s.apiErr = addr, errc
 	}
 	return s, nil
+}
+
+// serveError says why Serve returned on its own (once done is closed): a
+// refused lease names the holder, whenever it came (on Modal the lease takes
+// a few round trips, often longer than the moment startController waits).
+func (s *serving) serveError(poolName string) error {
+	err := s.served
+	var held *pool.LeaseHeldError
+	if errors.As(err, &held) {
+		return fmt.Errorf("pool %q is already maintained by %s; stop it first, or use the dashboard to watch it", poolName, held.Holder)
+	}
+	if err == nil {
+		err = errors.New("controller stopped")
+	}
+	return err
 }
 
 // stop ends the loops and the API and closes the pool within about 2 s,
