@@ -133,6 +133,19 @@ type events struct {
 
 func (e *events) add(ev pool.Event) { e.mu.Lock(); e.all = append(e.all, ev); e.mu.Unlock() }
 
+func (e *events) list() []pool.Event { e.mu.Lock(); defer e.mu.Unlock(); return slices.Clone(e.all) }
+
+// dump logs every event, for a failure's story.
+func (e *events) dump(t *testing.T) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, ev := range e.all {
+		if ev.Kind != pool.EventStoreChanged {
+			t.Logf("%s %-14s %s", ev.Time.Format("15:04:05.000"), ev.Kind, ev.Message)
+		}
+	}
+}
+
 // of returns the sandbox ids of the events of one kind (and reason, when given).
 func (e *events) of(kind pool.EventKind, reason string) []string {
 	e.mu.Lock()
@@ -540,8 +553,8 @@ func testShrink(t *testing.T, p *rig) {
 func testExpiry(t *testing.T, p *rig) {
 	c := p.controller(func(c *pool.Config) {
 		c.Size = 1
-		c.TTL = 5 * time.Second
-		c.UseDuration = time.Second
+		c.TTL = 8 * time.Second
+		c.UseDuration = 2 * time.Second
 	})
 	p.serve(c)
 	p.eventually("1 pooled", func() bool { return len(p.pooled()) == 1 && c.Creating() == 0 })
@@ -558,10 +571,28 @@ func testExpiry(t *testing.T, p *rig) {
 		return false
 	})
 	// Rotation: the replacement starts when the first stops counting (its
-	// good time left is less than a creation takes), not when it expires.
-	if nextAt.After(first.ExpiresAt) {
-		t.Errorf("replacement pooled at %s, after the first expired at %s: the pool ran dry",
-			nextAt.Format(time.StampMilli), first.ExpiresAt.Format(time.StampMilli))
+	// good time left is less than a creation takes), so it is ready about
+	// when the first stops being good. Without rotation it would start only
+	// once the first died at its expiry and failed a probe. Asserted: it
+	// started before the first expired (a margin of use-duration plus the
+	// lead against a slow machine). Logged: how early it was ready.
+	var startedAt time.Time
+	p.eventually("the replacement's created event", func() bool {
+		for _, ev := range c.ev.list() {
+			if ev.Kind == pool.EventCreated && ev.SandboxID == next {
+				startedAt = ev.Time.Add(-ev.Duration)
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("first %s expires %s; replacement %s started %s and was pooled %s before", first.ID,
+		first.ExpiresAt.Format(time.StampMilli), next, first.ExpiresAt.Sub(startedAt).Round(time.Millisecond),
+		first.ExpiresAt.Sub(nextAt).Round(time.Millisecond))
+	if !startedAt.Before(first.ExpiresAt) {
+		c.ev.dump(t)
+		t.Errorf("replacement started at %s, after the first expired at %s: no rotation ahead of expiry",
+			startedAt.Format(time.StampMilli), first.ExpiresAt.Format(time.StampMilli))
 	}
 	p.eventually("the expired one gone", func() bool {
 		return !slices.Contains(p.pooled(), first.ID) && !slices.Contains(p.live(), first.ID)
