@@ -600,12 +600,16 @@ func (c *Controller) Resize(ctx context.Context, n int) error {
 	if err := c.cfg.ValidateSize(n); err != nil {
 		return err
 	}
+	// The old target is read before the store is written: a store reload
+	// in between (the store loop, a pass) would already show n.
+	c.mu.Lock()
+	old := c.target
+	c.mu.Unlock()
 	if err := c.st.SetTarget(ctx, n); err != nil {
 		c.setErr(err)
 		return fmt.Errorf("set target: %w", err)
 	}
 	c.mu.Lock()
-	old := c.target
 	c.target = n
 	c.stored.Target, c.stored.HasTarget = n, true
 	c.mu.Unlock()
