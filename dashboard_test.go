@@ -432,7 +432,7 @@ func TestDashboardTmux(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("POST /v1/claims: %d %v", resp.StatusCode, err)
 	}
-	screen = x.waitScreen("the API claim on screen", 3*time.Second, func(s string) bool {
+	screen = x.waitScreen("the API claim on screen", 5*time.Second, func(s string) bool {
 		for _, r := range dashRows(s) {
 			if r.id == cv.ID && r.state == "claimed" {
 				return strings.Contains(s, cv.ID+" claimed by api")
