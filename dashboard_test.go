@@ -141,7 +141,7 @@ func TestDashboardEndToEnd(t *testing.T) {
 	select {
 	case <-eng.ch:
 	case <-time.After(dashWait):
-		t.Fatal("the dashboard never dashSubscribed to events")
+		t.Fatal("the dashboard never subscribed to events")
 	}
 
 	// Fill to 2, one at a time so that the pool order and the events are
