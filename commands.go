@@ -41,6 +41,8 @@ func newRootCommand() *cobra.Command {
 		if err := applyEnv(cmd.Flags()); err != nil {
 			return usageError{err}
 		}
+		// applyEnv marks what the env set as changed too.
+		o.ttlSet, o.useSet = cmd.Flags().Changed("ttl"), cmd.Flags().Changed("use-duration")
 		return nil
 	}
 	dashboard := func(cmd *cobra.Command, _ []string) error { return runDashboard(cmd, o) }
@@ -177,7 +179,7 @@ func maintainCommand(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := openPool(cmd.Context(), o, cfg, slog.New(slog.DiscardHandler))
+			p, err := openPool(cmd.Context(), o, cfg, slog.New(slog.DiscardHandler), true)
 			if err != nil {
 				return err
 			}
@@ -255,7 +257,7 @@ func checkCommand(o *options) *cobra.Command {
 }
 
 func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolView, error) {
-	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler))
+	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return httpapi.PoolView{}, err
 	}
@@ -350,7 +352,7 @@ func claimCommand(o *options) *cobra.Command {
 // the pool, this process takes the lease for the moment and backfills
 // itself, waiting for its creations so that none is left half made.
 func claimFromStore(ctx context.Context, o *options, cfg pool.Config, check bool, timeout time.Duration) (httpapi.ClaimView, error) {
-	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler))
+	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return httpapi.ClaimView{}, err
 	}
@@ -384,7 +386,7 @@ func terminateCommand(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			p, err := openPool(cmd.Context(), o, cfg, slog.New(slog.DiscardHandler))
+			p, err := openPool(cmd.Context(), o, cfg, slog.New(slog.DiscardHandler), false)
 			if err != nil {
 				return err
 			}

@@ -38,6 +38,8 @@ type options struct {
 	readonly      bool
 	api           string
 	logLevel      string
+	// ttlSet and useSet say --ttl and --use-duration were given (flag or env).
+	ttlSet, useSet bool
 }
 
 func (o *options) register(fs *pflag.FlagSet) {

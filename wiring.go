@@ -32,7 +32,9 @@ func (p *opened) Close() {
 }
 
 // openPool chooses the backend and store by name and builds the controller.
-func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger) (*opened, error) {
+// A controller (run, dashboard, maintain) stores its timing for the pool;
+// every other process takes the stored timing unless given its own.
+func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger, controller bool) (*opened, error) {
 	var (
 		be      pool.Backend
 		st      pool.Store
@@ -58,24 +60,56 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		be, st = mb, ms
 		closers = append(closers, func() { _ = ms.Close() }, func() { _ = mb.Close() })
 	}
-	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st})
-	if err != nil {
+	closeAll := func() {
 		for _, c := range closers {
 			c()
 		}
+	}
+	cfg, err := agreeOnTiming(ctx, o, cfg, st, controller)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st})
+	if err != nil {
+		closeAll()
 		return nil, err
 	}
 	if cfg.SizeSet {
 		// --size given to run/dashboard/maintain sets the stored target.
 		if err := ctrl.Resize(ctx, cfg.Size); err != nil {
 			ctrl.Close()
-			for _, c := range closers {
-				c()
-			}
+			closeAll()
 			return nil, err
 		}
 	}
 	return &opened{ctrl: ctrl, closers: closers}, nil
+}
+
+// agreeOnTiming makes every process of a pool judge "good" alike: what
+// --ttl and --use-duration say when given, else what the pool stored.
+func agreeOnTiming(ctx context.Context, o *options, cfg pool.Config, st pool.Store, controller bool) (pool.Config, error) {
+	stored, err := st.Load(ctx)
+	if err != nil {
+		return cfg, err
+	}
+	if stored.TTL > 0 {
+		if !o.ttlSet {
+			cfg.TTL = stored.TTL
+		}
+		if !o.useSet {
+			cfg.UseDuration = stored.UseDuration
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, usageError{fmt.Errorf("%w (the pool stores ttl %s, use-duration %s)", err, stored.TTL, stored.UseDuration)}
+	}
+	if controller && (stored.TTL != cfg.TTL || stored.UseDuration != cfg.UseDuration) {
+		if err := st.SetTiming(ctx, cfg.TTL, cfg.UseDuration); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
 }
 
 // serving is a controller with its loops and API running.
@@ -100,7 +134,7 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	if err := httpapi.CheckListen(o.listen, o.token); err != nil {
 		return nil, usageError{err}
 	}
-	p, err := openPool(ctx, o, cfg, logger)
+	p, err := openPool(ctx, o, cfg, logger, true)
 	if err != nil {
 		return nil, err
 	}

@@ -77,10 +77,14 @@ type bidRec struct {
 	At    time.Time `json:"at"`
 }
 
+// metaRec is one record of the pool's settings; each carries them all, so
+// that popping old records never loses one.
 type metaRec struct {
-	Target int       `json:"target"`
-	Has    bool      `json:"has"`
-	At     time.Time `json:"at"`
+	Target int           `json:"target"`
+	Has    bool          `json:"has"`
+	TTL    time.Duration `json:"ttl,omitempty"`
+	Use    time.Duration `json:"use,omitempty"`
+	At     time.Time     `json:"at"`
 }
 
 func bidPart(id string) string   { return "c-" + id }
@@ -190,6 +194,9 @@ func (s *Store) load(ctx context.Context) (view, error) {
 			if r.Has {
 				v.Target, v.HasTarget = r.Target, true
 			}
+			if r.TTL > 0 {
+				v.TTL, v.UseDuration = r.TTL, r.Use
+			}
 			if r.At.After(latest.At) {
 				latest = r
 			}
@@ -239,7 +246,7 @@ func (s *Store) load(ctx context.Context) (view, error) {
 
 	if now.Sub(latest.At) > metaRefresh {
 		// Keep "meta" younger than Modal's 24 h partition TTL.
-		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, At: now.UTC()}, v.metaLen)
+		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, At: now.UTC()}, v.metaLen)
 	}
 	return v, nil
 }
@@ -461,11 +468,35 @@ func (s *Store) trim(ctx context.Context, v view) {
 
 // SetTarget stores the target.
 func (s *Store) SetTarget(ctx context.Context, n int) error {
-	l, err := s.q.Len(ctx, &modal.QueueLenParams{Partition: partMeta})
+	return s.setMeta(ctx, "setting the pool's target", func(m *metaRec) { m.Target, m.Has = n, true })
+}
+
+// SetTiming stores the pool's ttl and use-duration.
+func (s *Store) SetTiming(ctx context.Context, ttl, use time.Duration) error {
+	return s.setMeta(ctx, "setting the pool's timing", func(m *metaRec) { m.TTL, m.Use = ttl, use })
+}
+
+// setMeta writes a new settings record: the current ones with change applied.
+func (s *Store) setMeta(ctx context.Context, doing string, change func(*metaRec)) error {
+	metas, err := s.items(ctx, partMeta)
 	if err != nil {
-		return storeErr("setting the pool's target", err)
+		return storeErr(doing, err)
 	}
-	return s.putMeta(ctx, metaRec{Target: n, Has: true, At: time.Now().UTC()}, l)
+	var cur metaRec
+	for _, it := range metas {
+		var r metaRec
+		if decode(it, &r) {
+			if r.Has {
+				cur.Target, cur.Has = r.Target, true
+			}
+			if r.TTL > 0 {
+				cur.TTL, cur.Use = r.TTL, r.Use
+			}
+		}
+	}
+	change(&cur)
+	cur.At = time.Now().UTC()
+	return s.putMeta(ctx, cur, len(metas))
 }
 
 // putMeta appends a target record and, when older ones pile up, pops one:

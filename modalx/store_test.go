@@ -329,6 +329,19 @@ func TestStoreTargetSurvivesNewClient(t *testing.T) {
 	if st := load(t, s2); !st.HasTarget || st.Target != 0 {
 		t.Fatalf("target 0: %+v", st)
 	}
+	// The timing is kept beside the target, and each survives the other's
+	// writes (old settings records are popped).
+	if err := s3.SetTiming(ctxT(t), time.Minute, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for n := range 4 {
+		if err := s3.SetTarget(ctxT(t), n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := load(t, s2); st.Target != 3 || st.TTL != time.Minute || st.UseDuration != 10*time.Second {
+		t.Fatalf("after timing and 4 targets: target %d ttl %s use %s", st.Target, st.TTL, st.UseDuration)
+	}
 }
 
 func TestStoreRebuildAfterQueueCleared(t *testing.T) {

@@ -50,6 +50,11 @@ type Stored struct {
 	// Target is the stored target; HasTarget is false for a pool never sized.
 	Target    int
 	HasTarget bool
+	// TTL and UseDuration are the pool's timing as its controller set it
+	// (zero when never set): every process of a pool must agree on what
+	// "good" means, or a claim would drop sandboxes the controller keeps.
+	TTL         time.Duration
+	UseDuration time.Duration
 	// Entries in pool order (oldest first), claimed ones included.
 	Entries []Entry
 }
@@ -99,6 +104,8 @@ type Store interface {
 	Evict(ctx context.Context, ids ...string) ([]Entry, error)
 	// SetTarget stores the target.
 	SetTarget(ctx context.Context, n int) error
+	// SetTiming stores the pool's ttl and use-duration.
+	SetTiming(ctx context.Context, ttl, use time.Duration) error
 	// Close releases what the store holds.
 	Close() error
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
 )
@@ -23,6 +24,8 @@ var ErrCorrupt = errors.New("corrupt store file")
 type fileData struct {
 	Version *int         `json:"version"`
 	Target  *int         `json:"target"`
+	TTL     string       `json:"ttl"`
+	Use     string       `json:"use_duration"`
 	Entries []pool.Entry `json:"entries"`
 }
 
@@ -52,6 +55,14 @@ func decode(data []byte) (pool.Stored, error) {
 			return pool.Stored{}, fmt.Errorf("negative target %d", *fd.Target)
 		}
 		st.Target, st.HasTarget = *fd.Target, true
+	}
+	if fd.TTL != "" || fd.Use != "" {
+		ttl, err1 := time.ParseDuration(fd.TTL)
+		use, err2 := time.ParseDuration(fd.Use)
+		if err1 != nil || err2 != nil || use <= 0 || ttl <= use {
+			return pool.Stored{}, fmt.Errorf("bad timing ttl %q use_duration %q (want durations with 0 < use_duration < ttl)", fd.TTL, fd.Use)
+		}
+		st.TTL, st.UseDuration = ttl, use
 	}
 	// A repeated id could be claimed twice, so it counts as corruption too.
 	seen := make(map[string]struct{}, len(fd.Entries))
@@ -98,6 +109,9 @@ func encode(buf *bytes.Buffer, st pool.Stored) error {
 	if st.HasTarget {
 		buf.WriteString(`,"target":`)
 		buf.WriteString(strconv.Itoa(st.Target))
+	}
+	if st.TTL > 0 {
+		buf.WriteString(`,"ttl":"` + st.TTL.String() + `","use_duration":"` + st.UseDuration.String() + `"`)
 	}
 	buf.WriteString(`,"entries":[`)
 	enc := json.NewEncoder(buf)

@@ -432,6 +432,20 @@ func (s *Store) remove(ctx context.Context, pooledOnly bool, ids []string) ([]po
 	return removed, nil
 }
 
+// SetTiming stores the pool's ttl and use-duration.
+func (s *Store) SetTiming(ctx context.Context, ttl, use time.Duration) error {
+	if use <= 0 || ttl <= use {
+		return fmt.Errorf("filestore: timing ttl %s use-duration %s: want 0 < use-duration < ttl", ttl, use)
+	}
+	return s.update(ctx, func(st *pool.Stored) (bool, error) {
+		if st.TTL == ttl && st.UseDuration == use {
+			return false, nil
+		}
+		st.TTL, st.UseDuration = ttl, use
+		return true, nil
+	})
+}
+
 // SetTarget stores the target n (0 or more).
 func (s *Store) SetTarget(ctx context.Context, n int) error {
 	if n < 0 {

@@ -585,3 +585,28 @@ func TestLeaseProbesDoNotBlockAcquire(t *testing.T) {
 		l.Release()
 	}
 }
+
+func TestTimingRoundTrip(t *testing.T) {
+	s, err := Open(t.TempDir(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := s.SetTiming(ctx, time.Minute, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetTiming(ctx, time.Second, time.Minute); err == nil {
+		t.Fatal("use-duration above ttl accepted")
+	}
+	st, err := s.Load(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.TTL != time.Minute || st.UseDuration != 10*time.Second {
+		t.Fatalf("timing %s %s", st.TTL, st.UseDuration)
+	}
+	if _, err := decode([]byte(`{"version":1,"ttl":"1m","use_duration":"2m","entries":[]}`)); err == nil {
+		t.Fatal("a file with use_duration >= ttl decoded")
+	}
+}

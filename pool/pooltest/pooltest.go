@@ -289,6 +289,16 @@ func (s *Store) SetTarget(_ context.Context, n int) error {
 	return nil
 }
 
+func (s *Store) SetTiming(_ context.Context, ttl, use time.Duration) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail(); err != nil {
+		return err
+	}
+	s.s.TTL, s.s.UseDuration = ttl, use
+	return nil
+}
+
 func (s *Store) Close() error { s.mu.Lock(); s.closed = true; s.mu.Unlock(); return nil }
 
 // AcquireLease implements pool.Leaser in memory.
