@@ -448,8 +448,8 @@ func TestNextPassWakesAtRotation(t *testing.T) {
 	go func() { defer close(done); _ = h.c.Serve(ctx, false) }()
 	eventually(t, "next pass scheduled", func() bool { return !h.c.Snapshot().NextPass.IsZero() })
 	next := h.c.Snapshot().NextPass
-	// The lead is the time a creation took: 20s.
-	want := pool.RotationAt(snapBefore.ExpiresAt, h.cfg.UseDuration, 20*time.Second)
+	// The lead is the time a creation took (20s), a quarter more, and 0.5s.
+	want := pool.RotationAt(snapBefore.ExpiresAt, h.cfg.UseDuration, 25500*time.Millisecond)
 	cancel()
 	<-done
 	if !next.Equal(want) {

@@ -282,9 +282,12 @@ func (c *Controller) shrink(victims []Entry) {
 // leadLocked is how long a replacement takes to get ready: the p95 of recent
 // creations, the health timeout before there is any.
 func (c *Controller) leadLocked() time.Duration {
-	// Capped at half the good life of a sandbox: a lead as long as that
-	// life would make no sandbox ever count, and the pool create forever.
-	return min(P95(c.readyTimes, c.cfg.HealthTimeout), (c.cfg.TTL-c.cfg.UseDuration)/2)
+	// A quarter more and half a second for the pass that starts the
+	// replacement and for a slow creation. Capped at half the good life of
+	// a sandbox: a lead as long as that life would make no sandbox ever
+	// count, and the pool create forever.
+	p95 := P95(c.readyTimes, c.cfg.HealthTimeout)
+	return min(p95+p95/4+500*time.Millisecond, (c.cfg.TTL-c.cfg.UseDuration)/2)
 }
 
 func (c *Controller) startCreationLocked() {

@@ -291,7 +291,13 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 				return false, nil
 			}
 		}
-		st.Entries = append(st.Entries, pool.Entry{Ref: ref})
+		// Pool order is age: a sandbox that got ready later but expires
+		// sooner (parallel creations finish out of order) goes before.
+		at := len(st.Entries)
+		for at > 0 && ref.ExpiresAt.Before(st.Entries[at-1].ExpiresAt) {
+			at--
+		}
+		st.Entries = slices.Insert(st.Entries, at, pool.Entry{Ref: ref})
 		return true, nil
 	})
 }

@@ -121,7 +121,8 @@ func TestPut(t *testing.T) {
 		wantErr bool
 	}{
 		{name: "empty", put: ref("a", 10), want: "a", rewrite: true},
-		{name: "appends", start: []pool.Entry{{Ref: ref("a", 10)}}, put: ref("b", 5), want: "a b", rewrite: true},
+		{name: "appends", start: []pool.Entry{{Ref: ref("a", 10)}}, put: ref("b", 15), want: "a b", rewrite: true},
+		{name: "in age order", start: []pool.Entry{{Ref: ref("a", 10)}, {Ref: ref("c", 20)}}, put: ref("b", 5), want: "b a c", rewrite: true},
 		{name: "known pooled", start: []pool.Entry{{Ref: ref("a", 10)}}, put: ref("a", 99), want: "a"},
 		{name: "known claimed", start: []pool.Entry{claimed(ref("a", 10))}, put: ref("a", 99), want: "a*"},
 		{name: "empty id", put: pool.Ref{}, want: "", wantErr: true},
@@ -143,7 +144,8 @@ func TestPut(t *testing.T) {
 				t.Fatalf("entries %q, want %q", got, tc.want)
 			}
 			if tc.rewrite {
-				last := st.Entries[len(st.Entries)-1]
+				i := slices.IndexFunc(st.Entries, func(e pool.Entry) bool { return e.ID == tc.put.ID })
+				last := st.Entries[i]
 				if last.Ref.URL != tc.put.URL || !last.ExpiresAt.Equal(tc.put.ExpiresAt) || !last.CreatedAt.Equal(tc.put.CreatedAt) {
 					t.Fatalf("stored %+v, put %+v", last, tc.put)
 				}

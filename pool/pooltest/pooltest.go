@@ -223,7 +223,11 @@ func (s *Store) Put(_ context.Context, r pool.Ref) error {
 	if slices.ContainsFunc(s.s.Entries, func(e pool.Entry) bool { return e.ID == r.ID }) {
 		return nil
 	}
-	s.s.Entries = append(s.s.Entries, pool.Entry{Ref: r})
+	at := len(s.s.Entries) // in age order, as the file store keeps them
+	for at > 0 && r.ExpiresAt.Before(s.s.Entries[at-1].ExpiresAt) {
+		at--
+	}
+	s.s.Entries = slices.Insert(s.s.Entries, at, pool.Entry{Ref: r})
 	return nil
 }
 
