@@ -64,7 +64,7 @@ func init() {
 const (
 	chaosFailStart = 0.12 // exits at once: the creation fails (health never answers)
 	chaosSlowStart = 0.15 // listens after 0.5s..4s: some miss the 3s health timeout
-	chaosSick      = 0.10 // answers for 2s..10s, then 500 while the chaos lasts
+	chaosSick      = 0.10 // answers for 0.5s..4.5s, then 500 while the chaos lasts
 )
 
 func chaosServe(port string) int {
@@ -87,7 +87,7 @@ func chaosServe(port string) int {
 			decision = "slow"
 		case p < chaosFailStart+chaosSlowStart+chaosSick:
 			decision = "sick"
-			sickAt = time.Now().Add(2*time.Second + time.Duration(rng.Int64N(int64(8*time.Second))))
+			sickAt = time.Now().Add(500*time.Millisecond + time.Duration(rng.Int64N(int64(4*time.Second))))
 		default:
 			decision = "good"
 		}
@@ -903,7 +903,7 @@ func TestChaosLocal(t *testing.T) {
 	const poolName, maxTarget = "chaos", 6
 	timing := chaosTiming{ttl: 40 * time.Second, useDuration: 5 * time.Second, healthTimeout: 3 * time.Second, maintainEvery: 2 * time.Second}
 	r := newChaosRun(t, timing, 4)
-	storm := chaosDuration(t, 70*time.Second)
+	storm := chaosDuration(t, 60*time.Second)
 	t.Logf("chaos seed %d, storm %s (replay: SANDBOXPOOL_CHAOS_SEED=%d SANDBOXPOOL_CHAOS_DURATION=%s)", r.seed, storm, r.seed, storm)
 
 	stateDir, ctlDir := t.TempDir(), t.TempDir()
@@ -966,8 +966,8 @@ func TestChaosLocal(t *testing.T) {
 	}
 	r.ctl = &chaosController{t: t, env: r.env, addr: freeLoopbackAddr(t)}
 	r.ctl.start("--size", "4")
-	if !waitUntil(60*time.Second, func() bool { v, ok := r.ctl.pool(); return ok && v.Counts.Ready >= 4 }) {
-		t.Fatalf("the first fill did not reach 4 ready; logs:\n%s", r.ctl.logs())
+	if !waitUntil(30*time.Second, func() bool { v, ok := r.ctl.pool(); return ok && v.Counts.Ready >= 4 }) {
+		t.Errorf("the first fill did not reach 4 ready within 30s") // the checks at the end say more
 	}
 	r.startObserving()
 	r.startClaimers(4)
@@ -1082,7 +1082,7 @@ func waitUntil(d time.Duration, cond func() bool) bool {
 // sandboxes that Modal ends, refused creations, a slow control plane, slow
 // starts, resizes, one kill -9 of the controller in the middle of a fill
 // (its restart waits out the dead one's lease heartbeat), four claimers.
-// Its storm is SANDBOXPOOL_CHAOS_DURATION capped at 30s.
+// Its storm is SANDBOXPOOL_CHAOS_DURATION capped at 25s.
 func TestChaosModal(t *testing.T) {
 	if testing.Short() {
 		t.Skip("chaos: not in -short")
@@ -1090,7 +1090,7 @@ func TestChaosModal(t *testing.T) {
 	const poolName, maxTarget = "chaosm", 5
 	timing := chaosTiming{ttl: 40 * time.Second, useDuration: 5 * time.Second, healthTimeout: 3 * time.Second, maintainEvery: 2 * time.Second}
 	r := newChaosRun(t, timing, 3)
-	storm := min(chaosDuration(t, 30*time.Second), 30*time.Second)
+	storm := min(chaosDuration(t, 25*time.Second), 25*time.Second)
 	t.Logf("chaos seed %d, storm %s (replay: SANDBOXPOOL_CHAOS_SEED=%d SANDBOXPOOL_CHAOS_DURATION=%s)", r.seed, storm, r.seed, storm)
 
 	f := startModalFake(t)
