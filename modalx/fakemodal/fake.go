@@ -300,7 +300,8 @@ func (s *Server) newID(prefix string) string {
 
 func (s *Server) newIDLocked(prefix string) string {
 	s.seq++
-	return fmt.Sprintf("%s-fake%018d", prefix, s.seq)
+	// The number first, as Modal ids differ early: short ids stay distinct.
+	return fmt.Sprintf("%s-%06dfakefakefakefake", prefix, s.seq)
 }
 
 type service struct {
