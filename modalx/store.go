@@ -187,21 +187,8 @@ func (s *Store) load(ctx context.Context) (view, error) {
 			return v, storeErr("reading the pool's queue", err)
 		}
 	}
-	var latest metaRec
-	for _, m := range metas {
-		var r metaRec
-		if decode(m, &r) {
-			if r.Has {
-				v.Target, v.HasTarget = r.Target, true
-			}
-			if r.TTL > 0 {
-				v.TTL, v.UseDuration = r.TTL, r.Use
-			}
-			if r.At.After(latest.At) {
-				latest = r
-			}
-		}
-	}
+	cur, latestAt := foldMeta(metas)
+	v.Target, v.HasTarget, v.TTL, v.UseDuration = cur.Target, cur.Has, cur.TTL, cur.Use
 	v.metaLen = len(metas)
 
 	raw, err := s.items(ctx, partPool)
@@ -244,7 +231,7 @@ func (s *Store) load(ctx context.Context) (view, error) {
 	sort.Slice(claimed, func(i, j int) bool { return claimed[i].ClaimedAt.Before(claimed[j].ClaimedAt) })
 	v.Entries = append(v.Entries, claimed...)
 
-	if now.Sub(latest.At) > metaRefresh {
+	if now.Sub(latestAt) > metaRefresh {
 		// Keep "meta" younger than Modal's 24 h partition TTL.
 		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, At: now.UTC()}, v.metaLen)
 	}
@@ -482,21 +469,31 @@ func (s *Store) setMeta(ctx context.Context, doing string, change func(*metaRec)
 	if err != nil {
 		return storeErr(doing, err)
 	}
-	var cur metaRec
-	for _, it := range metas {
-		var r metaRec
-		if decode(it, &r) {
-			if r.Has {
-				cur.Target, cur.Has = r.Target, true
-			}
-			if r.TTL > 0 {
-				cur.TTL, cur.Use = r.TTL, r.Use
-			}
-		}
-	}
+	cur, _ := foldMeta(metas)
 	change(&cur)
 	cur.At = time.Now().UTC()
 	return s.putMeta(ctx, cur, len(metas))
+}
+
+// foldMeta reads the settings records in order: the last target and the
+// last timing set win. latestAt is when the newest record was written.
+func foldMeta(metas []any) (cur metaRec, latestAt time.Time) {
+	for _, m := range metas {
+		var r metaRec
+		if !decode(m, &r) {
+			continue
+		}
+		if r.Has {
+			cur.Target, cur.Has = r.Target, true
+		}
+		if r.TTL > 0 {
+			cur.TTL, cur.Use = r.TTL, r.Use
+		}
+		if r.At.After(latestAt) {
+			latestAt = r.At
+		}
+	}
+	return cur, latestAt
 }
 
 // putMeta appends a target record and, when older ones pile up, pops one:
