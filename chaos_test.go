@@ -483,6 +483,8 @@ type chaosRun struct {
 	unknownAt map[string]time.Time // live, unaccounted for, since
 	actions   map[string]int
 
+	quietUntil time.Time // claimers pause until then, so that the pool sits and ages
+
 	observing   context.CancelFunc
 	observeDone chan struct{}
 	stopClaims  context.CancelFunc
@@ -659,7 +661,7 @@ func (r *chaosRun) stopObserving() {
 
 // startClaimers runs n processes claiming in a loop, each recording every id
 // it got; most give their sandbox back with `terminate ID` after using it,
-// some leave it to expire.
+// some leave it to expire. They pause while the storm asks for quiet.
 func (r *chaosRun) startClaimers(n int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.stopClaims = cancel
@@ -669,6 +671,13 @@ func (r *chaosRun) startClaimers(n int) {
 		go func() {
 			defer r.claimWG.Done()
 			for ctx.Err() == nil {
+				r.mu.Lock()
+				quiet := time.Until(r.quietUntil)
+				r.mu.Unlock()
+				if quiet > 0 {
+					sleepCtx(ctx, quiet)
+					continue
+				}
 				out, errOut, code := chaosCLI(ctx, r.env, "claim", "--json", "--timeout", "3s")
 				if code == 0 {
 					var c httpapi.ClaimView
@@ -901,7 +910,11 @@ func TestChaosLocal(t *testing.T) {
 		t.Skip("chaos: not in -short")
 	}
 	const poolName, maxTarget = "chaos", 6
-	timing := chaosTiming{ttl: 40 * time.Second, useDuration: 5 * time.Second, healthTimeout: 3 * time.Second, maintainEvery: 2 * time.Second}
+	// A sandbox is good for 15s of its 40s: it expires in the pool when
+	// nobody claims it for a while. 40s leaves time to see a leak: the
+	// controller adopts or terminates an unknown sandbox after the
+	// adoption grace (19s here) and two passes.
+	timing := chaosTiming{ttl: 40 * time.Second, useDuration: 25 * time.Second, healthTimeout: 3 * time.Second, maintainEvery: 2 * time.Second}
 	r := newChaosRun(t, timing, 4)
 	storm := chaosDuration(t, 60*time.Second)
 	t.Logf("chaos seed %d, storm %s (replay: SANDBOXPOOL_CHAOS_SEED=%d SANDBOXPOOL_CHAOS_DURATION=%s)", r.seed, storm, r.seed, storm)
@@ -974,8 +987,22 @@ func TestChaosLocal(t *testing.T) {
 
 	setInStore := func(n int) error { return st.SetTarget(context.Background(), n) }
 	rng := r.rng
-	stormEnd := time.Now().Add(storm)
+	stormStart := time.Now()
+	stormEnd := stormStart.Add(storm)
+	// Claims take the oldest first, so under steady claims nothing ages in
+	// the pool: one quiet spell, somewhere in the first half, lets the
+	// sandboxes rotate and expire.
+	quietAt := stormStart.Add(time.Duration(rng.Int64N(int64(storm / 2))))
+	quietFor := min(12*time.Second+time.Duration(rng.Int64N(int64(8*time.Second))), storm/3)
+	quieted := false
 	for time.Now().Before(stormEnd) {
+		if !quieted && time.Now().After(quietAt) {
+			quieted = true
+			r.count(fmt.Sprintf("claimers quiet for %s", quietFor.Round(time.Second)))
+			r.mu.Lock()
+			r.quietUntil = time.Now().Add(quietFor)
+			r.mu.Unlock()
+		}
 		switch p := rng.Float64(); {
 		case p < 0.35:
 			r.count("kill -9 a sandbox process")
