@@ -276,11 +276,17 @@ func (c *Controller) Kick() {
 	}
 }
 
+// maintainLoop runs a full pass at start, at each interval and at rotation
+// points, and a quick one (no backend list) on each kick.
 func (c *Controller) maintainLoop(ctx context.Context) {
+	var nextFull time.Time // kicks must not keep postponing the regular pass
 	for {
-		_ = c.Maintain(ctx)
-		wait := c.untilNextPass()
-		timer := c.clk.NewTimer(wait)
+		full := !c.clk.Now().Before(nextFull)
+		_ = c.pass(ctx, full)
+		if full {
+			nextFull = c.clk.Now().Add(c.cfg.MaintainEvery)
+		}
+		timer := c.clk.NewTimer(c.untilNextPass(nextFull))
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -292,12 +298,11 @@ func (c *Controller) maintainLoop(ctx context.Context) {
 	}
 }
 
-// untilNextPass is the regular interval, shortened to the moment a sandbox
+// untilNextPass is the time to the next regular pass, shortened to the moment a sandbox
 // stops counting toward the target (rotation) or a backoff ends, so that
 // replacements start exactly when they should.
-func (c *Controller) untilNextPass() time.Duration {
+func (c *Controller) untilNextPass(next time.Time) time.Duration {
 	now := c.clk.Now()
-	next := now.Add(c.cfg.MaintainEvery)
 	c.mu.Lock()
 	lead := c.leadLocked()
 	for _, e := range c.stored.Entries {

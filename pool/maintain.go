@@ -21,6 +21,16 @@ func (c *Controller) adoptGrace() time.Duration {
 // backend runs, then bring ready + creating + warming to exactly the target.
 // Creations it starts go on in the background.
 func (c *Controller) Maintain(ctx context.Context) error {
+	return c.pass(ctx, true)
+}
+
+// errNotListed stands for the backend's list in a quick pass, which skips it.
+var errNotListed = errors.New("not listed in a quick pass")
+
+// pass is a maintenance pass; a quick one (the backfill after a claim, a
+// terminate or a resize) skips listing the backend, the costly part that
+// reconciling needs, and leaves that to the regular passes.
+func (c *Controller) pass(ctx context.Context, reconcile bool) error {
 	c.passMu.Lock()
 	defer c.passMu.Unlock()
 	if c.life.Err() != nil {
@@ -29,7 +39,10 @@ func (c *Controller) Maintain(ctx context.Context) error {
 	// Listing before loading means an entry missing from the list was
 	// already stored when the list was taken, unless it was created after it.
 	listedAt := c.clk.Now()
-	live, listErr := c.be.List(ctx)
+	live, listErr := []Ref(nil), errNotListed
+	if reconcile {
+		live, listErr = c.be.List(ctx)
+	}
 	stored, err := c.st.Load(ctx)
 	if err != nil {
 		c.setErr(err)
@@ -126,10 +139,12 @@ func (c *Controller) Maintain(ctx context.Context) error {
 	}
 
 	// 2. Reconcile: live sandboxes of this pool that nobody knows.
-	if listErr != nil {
+	switch {
+	case listErr == errNotListed:
+	case listErr != nil:
 		c.setErr(fmt.Errorf("list sandboxes: %w", listErr))
 		c.emit(Event{Kind: EventError, Err: listErr.Error()})
-	} else {
+	default:
 		c.reconcile(ctx, live, now)
 	}
 
