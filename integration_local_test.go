@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/filestore"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 	"github.com/sandboxpool/sandboxpool/pool/local"
 )
@@ -298,4 +299,32 @@ func TestCorruptStoreIsReportedAndUntouched(t *testing.T) {
 	if !bytes.Equal(after, garbage) {
 		t.Fatalf("the corrupt store file was changed: %q", after)
 	}
+}
+
+// TestRunWaitsForAClaimsBackfill: a `claim` that holds the lease for its own
+// backfill does not make a starting controller refuse; it waits for it.
+func TestRunWaitsForAClaimsBackfill(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	st, err := filestore.Open(state, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	lease, err := st.AcquireLease(context.Background(), "pid 1 on elsewhere"+pool.ClaimHolderNote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	ctl := startRun(t, env, append([]string{"--size", "1"}, fastRun...)...)
+	waitFor(t, "the controller to say it waits", 10*time.Second, func() bool {
+		return strings.Contains(ctl.logs.String(), "waiting for a claim's backfill")
+	})
+	if err := lease.Release(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the controller to start after the claim", 10*time.Second, func() bool {
+		return strings.Contains(ctl.logs.String(), "controller started")
+	})
+	waitFor(t, "1 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 1 })
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/modalx"
@@ -70,7 +71,11 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		closeAll()
 		return nil, err
 	}
-	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st})
+	note := ""
+	if !controller {
+		note = pool.ClaimHolderNote // only `claim` serves without being a controller command
+	}
+	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, HolderNote: note})
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -84,6 +89,26 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		}
 	}
 	return &opened{ctrl: ctrl, closers: closers}, nil
+}
+
+// waitForClaimBackfill lets a `claim` that holds the lease for its own
+// backfill finish (it is short), instead of refusing to start the controller.
+func waitForClaimBackfill(ctx context.Context, ctrl *pool.Controller, logger *slog.Logger) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for said := false; ; said = true {
+		holder, err := ctrl.LeaseHolder(ctx)
+		if err != nil || !strings.HasSuffix(holder, pool.ClaimHolderNote) || time.Now().After(deadline) {
+			return nil // Serve reports a lease still held
+		}
+		if !said {
+			logger.Info("waiting for a claim's backfill to finish before maintaining the pool", "holder", holder)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // agreeOnTiming makes every process of a pool judge "good" alike: what
@@ -140,6 +165,12 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	}
 	if observe != nil {
 		observe(p.ctrl)
+	}
+	if !allowViewer { // a dashboard watches meanwhile and takes over after
+		if err := waitForClaimBackfill(ctx, p.ctrl, logger); err != nil {
+			p.Close()
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &serving{opened: p, done: make(chan struct{}), cancel: cancel}

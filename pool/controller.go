@@ -28,6 +28,23 @@ type Options struct {
 	// StorePollEvery is how often the store is re-read to see other
 	// processes' claims (default 1s).
 	StorePollEvery time.Duration
+	// HolderNote is added to this process's name in the lease, to say what
+	// it holds the lease for.
+	HolderNote string
+}
+
+// ClaimHolderNote marks the lease of a `claim` that backfills the pool
+// itself for a moment; a controller starting meanwhile waits for it.
+const ClaimHolderNote = " (a claim's backfill)"
+
+// LeaseHolder says who maintains the pool now ("" when nobody does or the
+// store elects no controller).
+func (c *Controller) LeaseHolder(ctx context.Context) (string, error) {
+	leaser, ok := c.st.(Leaser)
+	if !ok {
+		return "", nil
+	}
+	return leaser.LeaseHolder(ctx)
 }
 
 // Controller keeps one pool at its target. All methods are safe for
@@ -40,6 +57,8 @@ type Controller struct {
 	check Checker
 	rnd   func() float64
 	poll  time.Duration
+
+	holderNote string
 
 	// life bounds every goroutine the controller starts; Close cancels it.
 	life     context.Context
@@ -110,7 +129,7 @@ func New(o Options) (*Controller, error) {
 	life, stop := context.WithCancel(context.Background())
 	c := &Controller{
 		cfg: o.Config, be: o.Backend, st: o.Store, clk: o.Clock, check: o.Checker, rnd: o.Rand,
-		poll: o.StorePollEvery, life: life, stop: stop,
+		poll: o.StorePollEvery, life: life, stop: stop, holderNote: o.HolderNote,
 		kickCh:       make(chan struct{}, 1),
 		target:       o.Config.Size,
 		health:       map[string]Health{},
@@ -227,7 +246,7 @@ func (c *Controller) acquire(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
-	lease, err := leaser.AcquireLease(ctx, holderName())
+	lease, err := leaser.AcquireLease(ctx, holderName()+c.holderNote)
 	if err != nil {
 		return err
 	}
