@@ -80,7 +80,7 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		closeAll()
 		return nil, err
 	}
-	if cfg.SizeSet {
+	if controller && cfg.SizeSet {
 		// --size given to run/dashboard/maintain sets the stored target.
 		if err := ctrl.Resize(ctx, cfg.Size); err != nil {
 			ctrl.Close()
@@ -159,7 +159,7 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	if err := httpapi.CheckListen(o.listen, o.token); err != nil {
 		return nil, usageError{err}
 	}
-	p, err := openPool(ctx, o, cfg, logger, true)
+	p, err := openPool(ctx, o, cfg, logger, !o.readonly) // read-only stores nothing
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +174,15 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &serving{opened: p, done: make(chan struct{}), cancel: cancel}
-	go func() { s.served = p.ctrl.Serve(ctx, allowViewer); close(s.done) }()
+	go func() {
+		defer close(s.done)
+		if o.readonly {
+			// Read-only never maintains: it watches, whoever holds the lease.
+			s.served = p.ctrl.Watch(ctx)
+			return
+		}
+		s.served = p.ctrl.Serve(ctx, allowViewer)
+	}()
 	// A refused lease shows at once; give it a moment before serving the API.
 	select {
 	case <-s.done:

@@ -256,21 +256,46 @@ func (c *Controller) acquire(ctx context.Context) error {
 	return nil
 }
 
-// watchUntilLeaseFree refreshes the viewer's picture of the pool until the
-// lease can be taken; it returns an error only when ctx ends.
+// Watch follows the pool without ever maintaining it (a read-only
+// dashboard): it re-reads the store, probes health and notes who holds the
+// lease, until ctx ends.
+func (c *Controller) Watch(ctx context.Context) error {
+	c.mu.Lock()
+	c.role = "viewer"
+	c.mu.Unlock()
+	_ = c.watch(ctx, false)
+	return nil
+}
+
+// watchUntilLeaseFree watches as a viewer until the lease can be taken; it
+// returns an error only when ctx ends.
 func (c *Controller) watchUntilLeaseFree(ctx context.Context) error {
-	leaser := c.st.(Leaser)
+	return c.watch(ctx, true)
+}
+
+func (c *Controller) watch(ctx context.Context, untilLeaseFree bool) error {
 	tick := c.clk.NewTicker(c.poll)
 	defer tick.Stop()
+	var probed time.Time
 	for {
 		c.refreshStore(ctx)
+		if now := c.clk.Now(); now.Sub(probed) >= c.cfg.HealthEvery {
+			probed = now
+			c.ProbeAll(ctx) // a viewer shows health too
+		}
+		holder, err := c.LeaseHolder(ctx)
+		if err == nil {
+			if untilLeaseFree && holder == "" {
+				return nil
+			}
+			c.mu.Lock()
+			c.holder = holder
+			c.mu.Unlock()
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.Chan():
-		}
-		if holder, err := leaser.LeaseHolder(ctx); err == nil && holder == "" {
-			return nil
 		}
 	}
 }

@@ -566,3 +566,22 @@ func TestConfigValidation(t *testing.T) {
 func containsWord(s, w string) bool {
 	return len(s) >= len(w) && slices.Contains([]string{s[:len(w)]}, w)
 }
+
+func TestWatchNeverMaintains(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.HealthEvery = time.Second })
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = h.c.Watch(ctx) }()
+	eventually(t, "the viewer role", func() bool { return h.c.Snapshot().Role == "viewer" })
+	for range 5 {
+		h.clk.Advance(time.Second)
+	}
+	cancel()
+	<-done
+	if h.be.Creates != 0 {
+		t.Fatalf("a read-only watcher created %d sandboxes", h.be.Creates)
+	}
+	if held, _ := h.st.LeaseHolder(context.Background()); held != "" {
+		t.Fatalf("a read-only watcher took the lease: %s", held)
+	}
+}

@@ -208,11 +208,11 @@ func (m *Model) viewHeader(s *screen) {
 		tags = append(tags, st.Tag.wrap("read-only"))
 	}
 	if m.snap.Role == "viewer" {
-		holder := m.snap.LeaseHolder
-		if holder == "" {
-			holder = "another controller"
+		tag := "viewer of " + oneLine(m.snap.LeaseHolder)
+		if m.snap.LeaseHolder == "" {
+			tag = "viewer: no controller runs"
 		}
-		tags = append(tags, st.Tag.wrap("viewer of "+oneLine(holder)))
+		tags = append(tags, st.Tag.wrap(tag))
 	}
 	left, right := l.String(), strings.Join(tags, sep)
 	// The tags matter more than the program's name: it goes first.
