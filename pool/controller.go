@@ -229,16 +229,52 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		if err != nil {
 			return err
 		}
-		break
+		lost := c.maintainWhileLeased(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Another controller took the pool over (a heartbeat that went
+		// stale): stop maintaining at once, or two would overshoot it.
+		c.emit(Event{Kind: EventError, Err: "lost the controller lease to " + lost})
+		if !allowViewer {
+			return &LeaseHeldError{Holder: lost}
+		}
 	}
+}
+
+// maintainWhileLeased runs the loops until ctx ends or the lease is lost;
+// it then releases the lease and says who holds it now.
+func (c *Controller) maintainWhileLeased(ctx context.Context) string {
 	c.mu.Lock()
 	c.role, c.holder = "controller", ""
+	lease := c.lease
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventLeaseAcquired})
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if l, ok := lease.(interface{ Lost() <-chan struct{} }); ok {
+		go func() {
+			select {
+			case <-l.Lost():
+				stop()
+			case <-lctx.Done():
+			}
+		}()
+	}
 	c.looping.Store(true)
-	defer c.looping.Store(false)
-	c.runLoops(ctx)
-	return nil
+	c.runLoops(lctx)
+	c.looping.Store(false)
+	if ctx.Err() != nil {
+		return ""
+	}
+	c.mu.Lock()
+	c.lease = nil
+	c.mu.Unlock()
+	if lease != nil {
+		_ = lease.Release()
+	}
+	holder, _ := c.LeaseHolder(ctx)
+	return holder
 }
 
 func (c *Controller) acquire(ctx context.Context) error {

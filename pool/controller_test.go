@@ -585,3 +585,32 @@ func TestWatchNeverMaintains(t *testing.T) {
 		t.Fatalf("a read-only watcher took the lease: %s", held)
 	}
 }
+
+func TestLostLeaseStopsMaintaining(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.c.Serve(ctx, true) }()
+	eventually(t, "controller", func() bool { return h.c.Snapshot().Role == "controller" })
+	eventually(t, "filled", func() bool { return len(h.pooledIDs()) == 3 })
+	h.st.Supersede("pid 2 on elsewhere")
+	eventually(t, "viewer of the new holder", func() bool {
+		s := h.c.Snapshot()
+		return s.Role == "viewer" && s.LeaseHolder == "pid 2 on elsewhere"
+	})
+	// The new holder owns the pool: this one creates nothing more.
+	creates := h.be.Creates
+	if _, err := h.st.Remove(context.Background(), h.pooledIDs()[0]); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		h.clk.Advance(h.cfg.MaintainEvery)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if h.be.Creates != creates {
+		t.Fatalf("a controller that lost its lease created %d more", h.be.Creates-creates)
+	}
+}

@@ -182,12 +182,13 @@ func (b *Backend) Checker(ctx context.Context, url string) pool.Health {
 
 // Store is an in-memory store with the file store's semantics.
 type Store struct {
-	mu     sync.Mutex
-	s      pool.Stored
-	Err    error // when set, every call fails with it
-	lease  string
-	Takes  int
-	closed bool
+	mu      sync.Mutex
+	s       pool.Stored
+	Err     error // when set, every call fails with it
+	lease   string
+	current *memLease
+	Takes   int
+	closed  bool
 }
 
 // NewStore returns an empty store.
@@ -313,7 +314,40 @@ func (s *Store) AcquireLease(_ context.Context, holder string) (pool.Lease, erro
 		return nil, &pool.LeaseHeldError{Holder: s.lease}
 	}
 	s.lease = holder
-	return leaseFunc(func() error { s.mu.Lock(); s.lease = ""; s.mu.Unlock(); return nil }), nil
+	l := &memLease{s: s, holder: holder, lost: make(chan struct{})}
+	s.current = l
+	return l, nil
+}
+
+// memLease is a lease on the in-memory store; Supersede makes it lost.
+type memLease struct {
+	s      *Store
+	holder string
+	lost   chan struct{}
+	once   sync.Once
+}
+
+func (l *memLease) Lost() <-chan struct{} { return l.lost }
+
+func (l *memLease) Release() error {
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	if l.s.lease == l.holder && l.s.current == l {
+		l.s.lease, l.s.current = "", nil
+	}
+	return nil
+}
+
+// Supersede hands the lease to another controller, as a stale heartbeat
+// taken over would: the current holder's lease reports it lost.
+func (s *Store) Supersede(holder string) {
+	s.mu.Lock()
+	cur := s.current
+	s.lease, s.current = holder, nil
+	s.mu.Unlock()
+	if cur != nil {
+		cur.once.Do(func() { close(cur.lost) })
+	}
 }
 
 // LeaseHolder implements pool.Leaser.
@@ -325,7 +359,3 @@ func (s *Store) LeaseHolder(context.Context) (string, error) {
 
 // HoldLease takes the lease for another (pretend) controller.
 func (s *Store) HoldLease(holder string) { s.mu.Lock(); s.lease = holder; s.mu.Unlock() }
-
-type leaseFunc func() error
-
-func (f leaseFunc) Release() error { return f() }
