@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/modalx"
@@ -90,6 +91,8 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 	}
 	return &opened{ctrl: ctrl, closers: closers}, nil
 }
+
+func isAddrInUse(err error) bool { return errors.Is(err, syscall.EADDRINUSE) }
 
 // waitForClaimBackfill lets a `claim` that holds the lease for its own
 // backfill finish (it is short), instead of refusing to start the controller.
@@ -195,6 +198,11 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 		m := metrics.New(p.ctrl)
 		api := httpapi.New(p.ctrl, httpapi.Options{Token: o.token, ReadOnly: o.readonly, Logger: logger, Metrics: m})
 		addr, errc, err := httpapi.Serve(ctx, o.listen, api, logger)
+		if err != nil && allowViewer && isAddrInUse(err) {
+			// A second dashboard on a pool: the first one serves the API.
+			s.apiAddr = "off (" + o.listen + " in use)"
+			return s, nil
+		}
 		if err != nil {
 			cancel()
 			<-s.done
