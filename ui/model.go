@@ -7,11 +7,15 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
+	"github.com/charmbracelet/bubbles/cursor"
 	"github.com/charmbracelet/bubbles/help"
 	"github.com/charmbracelet/bubbles/key"
+	"github.com/charmbracelet/bubbles/textinput"
 	"github.com/charmbracelet/bubbles/viewport"
 	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
 	"github.com/jonboulle/clockwork"
 
 	"github.com/sandboxpool/sandboxpool/pool"
@@ -99,8 +103,8 @@ type Model struct {
 
 	tbl        table
 	filter     string
-	filterIn   lineInput
-	sizeIn     lineInput
+	filterIn   textinput.Model
+	sizeIn     textinput.Model
 	promptErr  string
 	confirmID  string
 	detail     viewport.Model
@@ -157,7 +161,7 @@ func newModel(ctx context.Context, eng Engine, opts Options) Model {
 	m.nextMaintain = m.now.Add(m.cfg.MaintainEvery)
 
 	m.filterIn = newInput(st, "/ ", 64)
-	m.sizeIn = newInput(st, "target: ", 6)
+	m.sizeIn = newInput(st, "target: ", 6) // no Width: 6 runes always fit
 	m.sizeIn.Placeholder = fmt.Sprintf("0 to %d", m.cfg.MaxSize)
 	m.detail = viewport.New(0, 0)
 	m.help = help.New()
@@ -171,12 +175,49 @@ func newModel(ctx context.Context, eng Engine, opts Options) Model {
 	return m
 }
 
-func newInput(st *styles, prompt string, limit int) lineInput {
-	return lineInput{
-		Prompt: prompt, CharLimit: limit,
-		PromptStyle: st.InputPrompt, TextStyle: st.InputText,
-		PlaceholderStyle: st.Placeholder, CursorStyle: st.Cursor,
+// newInput is a one-line input for the filter or the size prompt. Its
+// cursor is a static block: a blinking one would need its ticks routed
+// through Update, and would make every frame depend on wall-clock time.
+// ctrl+v is off: a paste comes from the terminal (bracketed paste), not from
+// the system clipboard.
+func newInput(st *styles, prompt string, limit int) textinput.Model {
+	in := textinput.New()
+	in.Prompt = prompt
+	in.CharLimit = limit
+	in.PromptStyle = st.InputPrompt
+	in.TextStyle = st.InputText
+	in.PlaceholderStyle = st.Placeholder
+	in.Cursor.Style = st.Cursor
+	in.Cursor.TextStyle = st.InputText
+	in.Cursor.SetMode(cursor.CursorStatic)
+	in.KeyMap.Paste.SetEnabled(false)
+	return in
+}
+
+// updateInput passes k to in, typed or pasted text keeping only its
+// printable runes. (onKey has already split text read at once into single
+// runes, so text such as "end" is never taken for the key of that name.)
+func updateInput(in textinput.Model, k tea.KeyMsg) (textinput.Model, tea.Cmd) {
+	if k.Type == tea.KeyRunes {
+		runes := make([]rune, 0, len(k.Runes))
+		for _, r := range k.Runes {
+			if unicode.IsPrint(r) {
+				runes = append(runes, r)
+			}
+		}
+		k.Runes = runes
 	}
+	return in.Update(k)
+}
+
+// inputView draws in without the padding textinput adds up to its Width
+// when the value is shorter: the width only bounds a long value (its tail
+// is shown, where the cursor is).
+func inputView(in textinput.Model) string {
+	if in.Width > 0 && lipgloss.Width(in.Value()) <= in.Width {
+		in.Width = 0
+	}
+	return in.View()
 }
 
 // frameAt is the spinner frame at t: time is data, so a fake clock pins it.
@@ -356,6 +397,7 @@ func (m Model) keyNormal(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		return m, m.refill()
 	case key.Matches(k, km.Filter):
 		m.filterIn.SetValue(m.filter)
+		m.filterIn.CursorEnd()
 		m.setMode(modeFilter)
 		return m, m.filterIn.Focus()
 	case key.Matches(k, km.Detail):
@@ -398,7 +440,7 @@ func (m Model) keyFilter(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		return m, nil
 	}
 	var cmd tea.Cmd
-	m.filterIn, cmd = m.filterIn.Update(k)
+	m.filterIn, cmd = updateInput(m.filterIn, k)
 	if v := m.filterIn.Value(); v != m.filter {
 		m.setFilter(v)
 	}
@@ -425,7 +467,7 @@ func (m Model) keyPrompt(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		return m, nil
 	}
 	var cmd tea.Cmd
-	m.sizeIn, cmd = m.sizeIn.Update(k)
+	m.sizeIn, cmd = updateInput(m.sizeIn, k)
 	m.promptErr = ""
 	return m, cmd
 }
@@ -474,6 +516,7 @@ func (m *Model) setFilter(q string) {
 	m.filter = q
 	if m.filterIn.Value() != q {
 		m.filterIn.SetValue(q)
+		m.filterIn.CursorEnd()
 	}
 	m.tbl.setRows(filterRows(m.snap.Sandboxes, q))
 }

@@ -419,3 +419,74 @@ func TestRunesTogetherAreKeysInTurn(t *testing.T) {
 		t.Fatalf("pasted filter %q, %d rows", d.m.filter, len(d.m.tbl.rows))
 	}
 }
+
+// TestInputEditing pins the two one-line inputs (bubbles' textinput): the
+// editing keys, the char limit, text typed in one read, a static cursor (no
+// command, so nothing blinks), the placeholder and a long filter's tail.
+func TestInputEditing(t *testing.T) {
+	line := func(d *driver) string {
+		t.Helper()
+		for _, l := range strings.Split(d.view(), "\n") {
+			if strings.HasPrefix(l, "/ ") || strings.HasPrefix(l, "target: ") {
+				return l
+			}
+		}
+		t.Fatalf("no input line:\n%s", d.view())
+		return ""
+	}
+	noCmd := func(d *driver, k tea.KeyMsg) {
+		t.Helper()
+		next, cmd := d.m.Update(k)
+		if cmd != nil {
+			t.Fatalf("key %q returned a command", k)
+		}
+		d.m = next.(Model)
+	}
+
+	d := newDriver(t, Options{})
+	noCmd(d, keyMsg("/"))
+	for _, k := range []string{"s", "b", "space", "0", "0", "0"} {
+		noCmd(d, keyMsg(k))
+	}
+	if d.m.filter != "sb 000" {
+		t.Fatalf("typed filter %q", d.m.filter)
+	}
+	if l := line(d); !strings.HasPrefix(l, "/ sb 000   0 of 3") {
+		t.Fatalf("filter line %q", l)
+	}
+	d.send(keyMsg("backspace"))
+	d.send(tea.KeyMsg{Type: tea.KeyCtrlW})
+	if d.m.filter != "sb " {
+		t.Fatalf("after backspace, ctrl+w: %q", d.m.filter)
+	}
+	d.send(tea.KeyMsg{Type: tea.KeyCtrlU})
+	if d.m.filter != "" {
+		t.Fatalf("after ctrl+u: %q", d.m.filter)
+	}
+	// Text read at once is text, even when it spells a key's name.
+	d.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("end")})
+	if d.m.filter != "end" {
+		t.Fatalf("typed %q as one read: filter %q", "end", d.m.filter)
+	}
+	d.send(tea.KeyMsg{Type: tea.KeyCtrlU})
+	long := strings.Repeat("a", 20) + strings.Repeat("b", 50)
+	d.send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(long), Paste: true})
+	if d.m.filter != long[:64] {
+		t.Fatalf("pasted %d runes: filter %q (limit 64)", len(long), d.m.filter)
+	}
+	if l, want := line(d), "/ "+long[14:64]+" "; !strings.HasPrefix(l, want) {
+		t.Fatalf("long filter line %q, want its tail %q", l, want)
+	}
+	d.keys("esc")
+
+	noCmd(d, keyMsg("s"))
+	if l := line(d); !strings.HasPrefix(l, "target: 0 to 100") {
+		t.Fatalf("empty prompt line %q", l)
+	}
+	d.typeText("12345678")
+	if v := d.m.sizeIn.Value(); v != "123456" {
+		t.Fatalf("prompt holds %q, want 6 runes", v)
+	}
+	d.keys("esc")
+	d.wantCalls()
+}

@@ -50,7 +50,7 @@ func (m *Model) relayout() {
 	m.tbl.setHeight(tableH)
 	m.detail.Width, m.detail.Height = w, lay.bodyH
 	m.filterIn.Width = max(w-30, 10)
-	m.sizeIn.Width = 8
+	m.filterIn.SetCursor(m.filterIn.Position()) // rescroll to the new width
 
 	var b strings.Builder
 	b.WriteString("  ")
@@ -264,7 +264,7 @@ func (m *Model) viewAction(s *screen) {
 	st := m.st
 	switch m.mode {
 	case modeFilter:
-		s.line(truncate(m.filterIn.View()+st.Faint.wrap("  "+m.matchCount()), s.w))
+		s.line(truncate(inputView(m.filterIn)+st.Faint.wrap("  "+m.matchCount()), s.w))
 		return
 	case modePrompt:
 		l := m.sizeIn.View()
