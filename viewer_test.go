@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -54,5 +56,40 @@ func TestSecondDashboardIsAViewer(t *testing.T) {
 	}
 	if h := second.ctrl.Snapshot().LeaseHolder; !strings.Contains(h, "pid") {
 		t.Fatalf("the viewer names the holder %q", h)
+	}
+}
+
+// TestReadOnlyDashboardNeverMaintains: --readonly watches a pool that no
+// controller maintains, and neither creates, stores nor takes the lease.
+func TestReadOnlyDashboardNeverMaintains(t *testing.T) {
+	state := t.TempDir()
+	o := &options{backend: "local", stateDir: state, listen: "", port: 8080, logLevel: "info", readonly: true}
+	cfg := pool.DefaultConfig()
+	cfg.Size, cfg.SizeSet = 2, true // --size is ignored: read-only changes nothing
+	logger := slog.New(slog.DiscardHandler)
+	s, err := startController(context.Background(), o, cfg, logger, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.ctrl.Snapshot().Role != "viewer" {
+		if time.Now().After(deadline) {
+			t.Fatalf("role %q, want viewer", s.ctrl.Snapshot().Role)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond) // a controller would have started creating by now
+	holder, err := s.ctrl.LeaseHolder(context.Background())
+	snap := s.ctrl.Snapshot()
+	s.stop(false, logger)
+	if err != nil || holder != "" {
+		t.Fatalf("read-only took the lease: %q %v", holder, err)
+	}
+	if len(snap.Sandboxes) != 0 {
+		t.Fatalf("read-only made %d sandboxes", len(snap.Sandboxes))
+	}
+	data, _ := os.ReadFile(filepath.Join(state, "default.json"))
+	if strings.Contains(string(data), `"target"`) {
+		t.Fatalf("read-only stored a target: %s", data)
 	}
 }
