@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -74,4 +76,87 @@ func describeHealthError(ctx context.Context, err error) string {
 		return "reset"
 	}
 	return err.Error()
+}
+
+// Probe checks one URL once, bounded by the health timeout.
+func (c *Controller) probe(ctx context.Context, url string) Health {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.HealthTimeout)
+	defer cancel()
+	h := c.check(ctx, url)
+	if h.CheckedAt.IsZero() {
+		h.CheckedAt = c.clk.Now()
+	}
+	c.mu.Lock()
+	c.healthCounts[h.OK]++
+	c.mu.Unlock()
+	return h
+}
+
+// probeParallel bounds how many health checks run at once, so one hung
+// sandbox never delays the others and a big pool does not open 1,000 sockets.
+const probeParallel = 64
+
+// ProbeAll checks every pooled sandbox once, in parallel, and returns how
+// many failed.
+func (c *Controller) ProbeAll(ctx context.Context) int {
+	c.mu.Lock()
+	pooled := c.stored.Pooled()
+	c.mu.Unlock()
+	var bad atomic.Int64
+	sem := make(chan struct{}, probeParallel)
+	var wg sync.WaitGroup
+	for _, e := range pooled {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			h := c.probe(ctx, e.URL)
+			if ctx.Err() != nil {
+				return
+			}
+			c.mu.Lock()
+			prev := c.health[e.ID]
+			c.health[e.ID] = h
+			c.mu.Unlock()
+			if !h.OK {
+				bad.Add(1)
+				if !prev.Checked() || prev.OK {
+					c.emit(Event{Kind: EventHealthFailed, SandboxID: e.ID, Health: h, Err: h.Error})
+				}
+			} else if prev.Checked() && !prev.OK {
+				c.emit(Event{Kind: EventHealthRecovery, SandboxID: e.ID, Health: h})
+			}
+		}()
+	}
+	wg.Wait()
+	return int(bad.Load())
+}
+
+// waitHealthy retries a new sandbox every 100 ms until it answers or the
+// health timeout passes (the seed's wait-for-container-start).
+func (c *Controller) waitHealthy(ctx context.Context, url string) Health {
+	deadline := c.clk.Now().Add(c.cfg.HealthTimeout)
+	for {
+		remaining := deadline.Sub(c.clk.Now())
+		attempt, cancel := context.WithTimeout(ctx, remaining)
+		h := c.check(attempt, url)
+		cancel()
+		if h.CheckedAt.IsZero() {
+			h.CheckedAt = c.clk.Now()
+		}
+		if h.OK || ctx.Err() != nil {
+			return h
+		}
+		if !c.clk.Now().Add(100 * time.Millisecond).Before(deadline) {
+			if h.Error == "" {
+				h.Error = "timeout"
+			}
+			return h
+		}
+		select {
+		case <-ctx.Done():
+			return h
+		case <-c.clk.After(100 * time.Millisecond):
+		}
+	}
 }

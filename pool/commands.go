@@ -1,0 +1,216 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Resize sets the target and starts a pass.
+func (c *Controller) Resize(ctx context.Context, n int) error {
+	if err := c.cfg.ValidateSize(n); err != nil {
+		return err
+	}
+	// The old target is read before the store is written: a store reload
+	// in between (the store loop, a pass) would already show n.
+	c.mu.Lock()
+	old := c.target
+	c.mu.Unlock()
+	if err := c.st.SetTarget(ctx, n); err != nil {
+		c.setErr(err)
+		return fmt.Errorf("set target: %w", err)
+	}
+	c.mu.Lock()
+	c.target = n
+	c.stored.Target, c.stored.HasTarget = n, true
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventResized, Message: fmt.Sprintf("target %d -> %d", old, n)})
+	c.Kick()
+	return nil
+}
+
+// Target is the target as last read or set.
+func (c *Controller) Target() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.target
+}
+
+// ErrNotFound says that no sandbox of the pool has that id.
+var ErrNotFound = errors.New("no such sandbox in the pool")
+
+// Terminate stops one sandbox of the pool: pooled, claimed or being created.
+func (c *Controller) Terminate(ctx context.Context, id string) error {
+	c.mu.Lock()
+	for _, cr := range c.inflight {
+		if cr.key == id || cr.ref.ID == id {
+			cr.cancelled = true
+			cr.cancel()
+			c.mu.Unlock()
+			return nil
+		}
+	}
+	c.mu.Unlock()
+	removed, err := c.st.Remove(ctx, id)
+	if err != nil {
+		c.setErr(err)
+		return fmt.Errorf("remove %s from the store: %w", id, err)
+	}
+	if len(removed) == 0 {
+		live, lerr := c.be.List(ctx)
+		if lerr != nil {
+			return fmt.Errorf("list sandboxes: %w", lerr)
+		}
+		if !slices.ContainsFunc(live, func(r Ref) bool { return r.ID == id }) {
+			return fmt.Errorf("%s: %w %q", id, ErrNotFound, c.cfg.Pool)
+		}
+		removed = []Entry{{Ref: Ref{ID: id}}}
+	}
+	c.forget(removed[0].ID)
+	err = c.terminate(ctx, removed[0], ReasonUser)
+	c.Kick()
+	return err
+}
+
+// TerminateAll tears the pool down: the target becomes 0 (so no controller
+// refills it), creations in flight are cancelled, and every sandbox of the
+// pool, claimed ones included, is terminated. It returns how many it stopped.
+func (c *Controller) TerminateAll(ctx context.Context) (int, error) {
+	if err := c.st.SetTarget(ctx, 0); err != nil {
+		return 0, fmt.Errorf("set target 0: %w", err)
+	}
+	c.mu.Lock()
+	c.target = 0
+	c.mu.Unlock()
+	return c.terminateEverything(ctx, ReasonUser)
+}
+
+// Cleanup terminates every sandbox of the pool but keeps the target: what
+// --cleanup does on quit.
+func (c *Controller) Cleanup(ctx context.Context) (int, error) {
+	return c.terminateEverything(ctx, ReasonCleanup)
+}
+
+func (c *Controller) terminateEverything(ctx context.Context, reason string) (int, error) {
+	c.mu.Lock()
+	for _, cr := range c.inflight {
+		cr.cancelled = true
+		cr.cancel()
+	}
+	c.mu.Unlock()
+	s, err := c.st.Load(ctx)
+	if err != nil {
+		return 0, err
+	}
+	ids := make([]string, 0, len(s.Entries))
+	byID := map[string]Entry{}
+	for _, e := range s.Entries {
+		ids = append(ids, e.ID)
+		byID[e.ID] = e
+	}
+	if _, err := c.st.Remove(ctx, ids...); err != nil {
+		return 0, err
+	}
+	live, err := c.be.List(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("list sandboxes: %w", err)
+	}
+	for _, r := range live {
+		if _, ok := byID[r.ID]; !ok {
+			byID[r.ID] = Entry{Ref: r}
+		}
+	}
+	c.waitCreations(ctx)
+	var firstErr error
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, e := range byID {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := c.terminate(ctx, e, reason); err != nil {
+				mu.Lock()
+				firstErr = cmpErr(firstErr, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	c.refreshStore(ctx)
+	return len(byID), firstErr
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// waitCreations waits (bounded by ctx) until no creation is in flight.
+func (c *Controller) waitCreations(ctx context.Context) {
+	for c.creating.Load() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// WaitIdle waits until no creation is in flight (for one-shot commands).
+func (c *Controller) WaitIdle(ctx context.Context) { c.waitCreations(ctx) }
+
+// forget drops what memory holds of a sandbox that left the pool.
+func (c *Controller) forget(id string) {
+	c.mu.Lock()
+	c.stored.Entries = slices.DeleteFunc(c.stored.Entries, func(e Entry) bool { return e.ID == id })
+	delete(c.health, id)
+	c.mu.Unlock()
+}
+
+// terminate asks the backend to stop a sandbox that is already out of the
+// store, and accounts for it.
+func (c *Controller) terminate(ctx context.Context, e Entry, reason string) error {
+	now := c.clk.Now()
+	c.mu.Lock()
+	c.doomed[e.ID] = true
+	c.recent[e.ID] = Sandbox{ID: e.ID, URL: e.URL, State: StateTerminating, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt}
+	if !e.Claimed() && !e.CreatedAt.IsZero() && reason != ReasonFailed {
+		c.stats.WasteSeconds += now.Sub(e.CreatedAt).Seconds()
+	}
+	c.mu.Unlock()
+	// A terminate must finish even when the caller's ctx is gone (shutdown),
+	// or the sandbox would be out of the store but alive.
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	err := c.be.Terminate(tctx, e.ID)
+	c.mu.Lock()
+	delete(c.recent, e.ID)
+	if err == nil {
+		c.terminations[reason]++
+	}
+	c.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("terminate %s: %w", e.ID, err)
+		c.setErr(err)
+		c.emit(Event{Kind: EventError, SandboxID: e.ID, Err: err.Error()})
+		return err
+	}
+	c.emit(Event{Kind: EventTerminated, SandboxID: e.ID, Reason: reason})
+	return nil
+}
+
+// terminateAsync terminates in the background, owned by the controller.
+func (c *Controller) terminateAsync(e Entry, reason string) {
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		_ = c.terminate(c.life, e, reason)
+	}()
+}

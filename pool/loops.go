@@ -1,0 +1,326 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// ClaimHolderNote marks the lease of a `claim` that backfills the pool
+// itself for a moment; a controller starting meanwhile waits for it.
+const ClaimHolderNote = " (a claim's backfill)"
+
+// LeaseHolder says who maintains the pool now ("" when nobody does or the
+// store elects no controller).
+func (c *Controller) LeaseHolder(ctx context.Context) (string, error) {
+	leaser, ok := c.st.(Leaser)
+	if !ok {
+		return "", nil
+	}
+	return leaser.LeaseHolder(ctx)
+}
+
+// Serve runs the controller until ctx ends: it takes the pool's lease and
+// then maintains the pool, probes health and watches the store. When the
+// lease is held by another process it returns *LeaseHeldError, unless
+// allowViewer, in which case it watches the pool as a viewer and takes over
+// when the lease frees up.
+func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // Close also ends Serve.
+		select {
+		case <-c.life.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		err := c.acquire(ctx)
+		var held *LeaseHeldError
+		if errors.As(err, &held) && allowViewer {
+			c.mu.Lock()
+			c.role, c.holder = "viewer", held.Holder
+			c.mu.Unlock()
+			if werr := c.watchUntilLeaseFree(ctx); werr != nil {
+				return nil // ctx ended
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		lost := c.maintainWhileLeased(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Another controller took the pool over (a heartbeat that went
+		// stale): stop maintaining at once, or two would overshoot it.
+		c.emit(Event{Kind: EventError, Err: "lost the controller lease to " + lost})
+		if !allowViewer {
+			return &LeaseHeldError{Holder: lost}
+		}
+	}
+}
+
+// maintainWhileLeased runs the loops until ctx ends or the lease is lost;
+// it then releases the lease and says who holds it now.
+func (c *Controller) maintainWhileLeased(ctx context.Context) string {
+	c.mu.Lock()
+	c.role, c.holder = "controller", ""
+	lease := c.lease
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventLeaseAcquired})
+	lctx, stop := context.WithCancel(ctx)
+	defer stop()
+	if l, ok := lease.(interface{ Lost() <-chan struct{} }); ok {
+		go func() {
+			select {
+			case <-l.Lost():
+				stop()
+			case <-lctx.Done():
+			}
+		}()
+	}
+	c.looping.Store(true)
+	c.runLoops(lctx)
+	c.looping.Store(false)
+	if ctx.Err() != nil {
+		return ""
+	}
+	c.mu.Lock()
+	c.lease = nil
+	c.mu.Unlock()
+	if lease != nil {
+		_ = lease.Release()
+	}
+	holder, _ := c.LeaseHolder(ctx)
+	return holder
+}
+
+func (c *Controller) acquire(ctx context.Context) error {
+	leaser, ok := c.st.(Leaser)
+	if !ok {
+		return nil
+	}
+	lease, err := leaser.AcquireLease(ctx, holderName()+c.holderNote)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.lease = lease
+	c.mu.Unlock()
+	return nil
+}
+
+// Watch follows the pool without ever maintaining it (a read-only
+// dashboard): it re-reads the store, probes health and notes who holds the
+// lease, until ctx ends.
+func (c *Controller) Watch(ctx context.Context) error {
+	c.mu.Lock()
+	c.role = "viewer"
+	c.mu.Unlock()
+	_ = c.watch(ctx, false)
+	return nil
+}
+
+// watchUntilLeaseFree watches as a viewer until the lease can be taken; it
+// returns an error only when ctx ends.
+func (c *Controller) watchUntilLeaseFree(ctx context.Context) error {
+	return c.watch(ctx, true)
+}
+
+func (c *Controller) watch(ctx context.Context, untilLeaseFree bool) error {
+	tick := c.clk.NewTicker(c.poll)
+	defer tick.Stop()
+	var probed time.Time
+	for {
+		c.refreshStore(ctx)
+		if now := c.clk.Now(); now.Sub(probed) >= c.cfg.HealthEvery {
+			probed = now
+			c.ProbeAll(ctx) // a viewer shows health too
+		}
+		holder, err := c.LeaseHolder(ctx)
+		if err == nil {
+			if untilLeaseFree && holder == "" {
+				return nil
+			}
+			c.mu.Lock()
+			c.holder = holder
+			c.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.Chan():
+		}
+	}
+}
+
+func (c *Controller) runLoops(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); c.maintainLoop(ctx) }()
+	go func() { defer wg.Done(); c.healthLoop(ctx) }()
+	go func() { defer wg.Done(); c.storeLoop(ctx) }()
+	wg.Wait()
+}
+
+// Kick asks for a maintenance pass soon; kicks coalesce.
+func (c *Controller) Kick() {
+	if !c.looping.Load() {
+		return
+	}
+	select {
+	case c.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// maintainLoop runs a full pass at start, at each interval and at rotation
+// points, and a quick one (no backend list) on each kick.
+func (c *Controller) maintainLoop(ctx context.Context) {
+	var nextFull time.Time // kicks must not keep postponing the regular pass
+	for {
+		full := !c.clk.Now().Before(nextFull)
+		_ = c.pass(ctx, full)
+		if full {
+			nextFull = c.clk.Now().Add(c.cfg.MaintainEvery)
+		}
+		timer := c.clk.NewTimer(c.untilNextPass(nextFull))
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-c.kickCh:
+			timer.Stop()
+		case <-timer.Chan():
+		}
+	}
+}
+
+// untilNextPass is the time to the next regular pass, shortened to the moment a sandbox
+// stops counting toward the target (rotation) or a backoff ends, so that
+// replacements start exactly when they should.
+func (c *Controller) untilNextPass(next time.Time) time.Duration {
+	now := c.clk.Now()
+	c.mu.Lock()
+	lead := c.leadLocked()
+	for _, e := range c.stored.Entries {
+		if e.Claimed() || !CountsTowardTarget(e.ExpiresAt, now, c.cfg.UseDuration, lead) {
+			continue
+		}
+		if at := RotationAt(e.ExpiresAt, c.cfg.UseDuration, lead); at.Before(next) {
+			next = at
+		}
+	}
+	if c.backoffUntil.After(now) && c.backoffUntil.Before(next) {
+		next = c.backoffUntil
+	}
+	c.nextPass = next
+	c.mu.Unlock()
+	return max(next.Sub(now), time.Millisecond)
+}
+
+func (c *Controller) healthLoop(ctx context.Context) {
+	tick := c.clk.NewTicker(c.cfg.HealthEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.Chan():
+		}
+		if bad := c.ProbeAll(ctx); bad > 0 {
+			c.Kick()
+		}
+	}
+}
+
+// storeLoop re-reads the store so that claims made by other processes show
+// up at once and get backfilled.
+func (c *Controller) storeLoop(ctx context.Context) {
+	tick := c.clk.NewTicker(c.poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.Chan():
+		}
+		if c.refreshStore(ctx) {
+			c.Kick()
+		}
+	}
+}
+
+// refreshStore reloads the store and reports whether the pool lost entries
+// (claimed or removed elsewhere).
+func (c *Controller) refreshStore(ctx context.Context) bool {
+	s, err := c.st.Load(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.setErr(err)
+			c.emit(Event{Kind: EventError, Err: err.Error()})
+		}
+		return false
+	}
+	c.mu.Lock()
+	// Compared under the lock: claims and forget edit c.stored.Entries in
+	// place, and s is c.stored from here on.
+	changed, lost := diffStored(c.stored, s)
+	c.setStoredLocked(s)
+	c.mu.Unlock()
+	if changed {
+		c.notifyChange()
+		c.emit(Event{Kind: EventStoreChanged})
+	}
+	return lost
+}
+
+func diffStored(a, b Stored) (changed, lost bool) {
+	if a.Target != b.Target || len(a.Entries) != len(b.Entries) {
+		changed = true
+	}
+	inB := make(map[string]bool, len(b.Entries))
+	for _, e := range b.Entries {
+		inB[e.ID+"/"+e.ClaimedBy] = true
+	}
+	for _, e := range a.Entries {
+		if !inB[e.ID+"/"+e.ClaimedBy] {
+			changed = true
+			if !e.Claimed() {
+				lost = true
+			}
+		}
+	}
+	return changed, lost
+}
+
+func (c *Controller) setStoredLocked(s Stored) {
+	c.stored = s
+	c.loaded = true
+	if s.HasTarget {
+		c.target = s.Target
+	}
+	// Forget health of sandboxes that left the pool.
+	known := make(map[string]bool, len(s.Entries))
+	for _, e := range s.Entries {
+		known[e.ID] = true
+	}
+	for _, cr := range c.inflight {
+		known[cr.ref.ID] = true
+	}
+	for id := range c.health {
+		if !known[id] {
+			delete(c.health, id)
+		}
+	}
+}
+
+// holderName names this process in the lease.
+func holderName() string {
+	return "pid " + strconv.Itoa(osGetpid()) + " on " + hostname()
+}

@@ -1,0 +1,102 @@
+package pool
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"time"
+)
+
+// Snapshot returns the pool as this controller knows it now (no I/O).
+func (c *Controller) Snapshot() Snapshot {
+	now := c.clk.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := Snapshot{
+		Pool: c.cfg.Pool, Backend: c.be.Name(), Target: c.target, Now: now,
+		Counts: make(map[State]int, len(States)), NextPass: c.nextPass,
+		Role: c.role, LeaseHolder: c.holder, LastError: c.lastErr, Stats: c.stats,
+	}
+	if c.backoffUntil.After(now) {
+		s.BackoffUntil = c.backoffUntil
+	}
+	s.Sandboxes = make([]Sandbox, 0, len(c.stored.Entries)+len(c.inflight)+len(c.recent))
+	seen := make(map[string]bool, len(c.stored.Entries))
+	for _, e := range c.stored.Entries {
+		h := c.health[e.ID]
+		sb := Sandbox{ID: e.ID, URL: e.URL, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt, Health: h,
+			ClaimedBy: e.ClaimedBy, ClaimedAt: e.ClaimedAt, State: StateOf(e, h, now, c.cfg.UseDuration)}
+		if r, ok := c.recent[e.ID]; ok && r.State == StateTerminating {
+			sb.State = StateTerminating
+		}
+		if sb.State == StateUnhealthy {
+			sb.Err = h.Error
+		}
+		seen[e.ID] = true
+		s.Sandboxes = append(s.Sandboxes, sb)
+	}
+	for _, cr := range sortedCreations(c.inflight) {
+		if cr.ref.ID != "" && seen[cr.ref.ID] {
+			continue
+		}
+		id := cr.ref.ID
+		if id == "" {
+			id = cr.key
+		}
+		seen[id] = true
+		s.Sandboxes = append(s.Sandboxes, Sandbox{ID: id, URL: cr.ref.URL, State: cr.state,
+			CreatedAt: cr.started, ExpiresAt: cr.ref.ExpiresAt, Health: c.health[cr.ref.ID]})
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.recent)) {
+		r := c.recent[id]
+		if r.State == StateFailed && now.Sub(c.failedAt[id]) > failedRowFor {
+			delete(c.recent, id)
+			delete(c.failedAt, id) // a failed row shows for a while, then goes
+			continue
+		}
+		if !seen[id] {
+			s.Sandboxes = append(s.Sandboxes, r)
+		}
+	}
+	for _, sb := range s.Sandboxes {
+		s.Counts[sb.State]++
+	}
+	s.Stats.WasteSeconds = c.stats.WasteSeconds
+	return s
+}
+
+func sortedCreations(m map[string]*creation) []*creation {
+	out := slices.Collect(maps.Values(m))
+	slices.SortFunc(out, func(a, b *creation) int { return a.started.Compare(b.started) })
+	return out
+}
+
+// failedRowFor is how long a failed creation stays on screen.
+const failedRowFor = 30 * time.Second
+
+// Creating is the number of creations in flight.
+func (c *Controller) Creating() int { return int(c.creating.Load()) }
+
+// Counters returns cumulative counts for metrics: terminations by reason,
+// health checks and creations by result.
+func (c *Controller) Counters() (terminations map[string]int64, healthOK, healthFailed, createOK, createFailed int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.terminations), c.healthCounts[true], c.healthCounts[false], c.creates[true], c.creates[false]
+}
+
+// Refresh reads the store (and, with probe, checks every pooled sandbox once)
+// and returns the snapshot: what a one-shot `check` shows.
+func (c *Controller) Refresh(ctx context.Context, probe bool) (Snapshot, error) {
+	s, err := c.st.Load(ctx)
+	if err != nil {
+		return Snapshot{}, err
+	}
+	c.mu.Lock()
+	c.setStoredLocked(s)
+	c.mu.Unlock()
+	if probe {
+		c.ProbeAll(ctx)
+	}
+	return c.Snapshot(), nil
+}
