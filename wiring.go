@@ -162,6 +162,9 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	if err := httpapi.CheckListen(o.listen, o.token); err != nil {
 		return nil, usageError{err}
 	}
+	if o.readonly { // read-only changes nothing: --size is not the pool's target
+		cfg.Size, cfg.SizeSet = min(pool.DefaultConfig().Size, cfg.MaxSize), false
+	}
 	p, err := openPool(ctx, o, cfg, logger, !o.readonly) // read-only stores nothing
 	if err != nil {
 		return nil, err

@@ -342,6 +342,8 @@ func (m *Model) emptyText() string {
 		return "no sandboxes: the target is 0 (+ or s to grow the pool)"
 	case m.snap.Target == 0:
 		return "no sandboxes: the target is 0"
+	case m.snap.Role == "viewer" && m.snap.LeaseHolder == "":
+		return "no sandboxes, and no controller maintains the pool"
 	}
 	return "no sandboxes yet: filling to " + strconv.Itoa(m.snap.Target)
 }
