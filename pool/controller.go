@@ -178,3 +178,13 @@ func (c *Controller) setErr(err error) {
 	}
 	c.mu.Unlock()
 }
+
+// Problems lists what is wrong with the pool now (empty when all is well).
+func (c *Controller) Problems() []Problem {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lastErr == "" {
+		return nil
+	}
+	return []Problem{{Kind: "error", Message: c.lastErr, Count: 1}}
+}

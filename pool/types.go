@@ -33,6 +33,9 @@ type Ref struct {
 	URL       string    `json:"url"`
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
+	// Claimed is set by a ClaimRecorder's List for a sandbox it recorded as
+	// claimed: reconcile never adopts it into the pool. Not stored.
+	Claimed bool `json:"-"`
 }
 
 // Entry is one sandbox recorded in a store: pooled (ClaimedBy empty) or claimed.
@@ -265,4 +268,45 @@ type Event struct {
 	Err   string
 	// Message is a one-line human description.
 	Message string
+}
+
+// Optional backend capabilities, found by type assertion. The engine uses
+// them when a backend has them and works without them.
+
+// ClaimRecorder is a backend that keeps its own record of which sandboxes are
+// claimed (the local agent's state, Modal tags), so losing or replacing the
+// store never puts a claimed sandbox back in the pool. List then reports
+// claimed sandboxes with Ref.Claimed set.
+type ClaimRecorder interface {
+	MarkClaimed(ctx context.Context, id, by string) error
+}
+
+// LogReader reads a sandbox's workload output (the dashboard's log view).
+type LogReader interface {
+	// ReadLog returns up to max bytes of the log from offset and the offset
+	// just after them; offset < 0 means the last max bytes.
+	ReadLog(ctx context.Context, id string, offset int64, max int) (data []byte, next int64, err error)
+}
+
+// ExitWatcher is a backend that knows when a workload exited, so a creation
+// fails at once (with the workload's last lines) instead of waiting out the
+// health timeout.
+type ExitWatcher interface {
+	// Exited reports whether the sandbox's workload has exited, and how.
+	Exited(ctx context.Context, id string) (exited bool, info ExitInfo, err error)
+}
+
+// ExitInfo is how a workload ended.
+type ExitInfo struct {
+	Code int    // exit code, or -signal
+	Tail string // its last lines of output
+}
+
+// Problem is something wrong with the pool now: shown by /healthz (503),
+// GET /v1/pool's error, the dashboard and sandboxpool_errors_total{kind}.
+type Problem struct {
+	Kind    string // "store", "backend", "budget", "backoff", "lease"
+	Message string
+	Count   int // identical occurrences folded into this one
+	Since   time.Time
 }
