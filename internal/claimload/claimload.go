@@ -1,0 +1,358 @@
+// Package claimload drives a running sandboxpool's claim API (POST
+// /v1/claims over keep-alive HTTP) the way users do, and measures what they
+// see: latency percentiles, errors, and the share of claims served warm, read
+// from the controller's own counters in GET /metrics before and after. It is
+// a development tool (testdata/perf.sh, README's figures), not part of the
+// shipped binary.
+package claimload
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Client claims from one sandboxpool API.
+type Client struct {
+	// Base is the API's URL, such as http://127.0.0.1:7780.
+	Base string
+	// Token, when set, is sent as a bearer token.
+	Token string
+	// NoHealthCheck sends check_health=false.
+	NoHealthCheck bool
+	// Timeout is the claim's server-side wait (the timeout parameter); 0 leaves the server's default.
+	Timeout time.Duration
+	// HTTP keeps connections alive across claims; NewClient sets it.
+	HTTP *http.Client
+}
+
+// NewClient returns a client whose transport keeps enough idle connections
+// for conns concurrent claims, so that no claim pays a new connection.
+func NewClient(base string, conns int) *Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.MaxIdleConns = conns + 16
+	tr.MaxIdleConnsPerHost = conns + 16
+	return &Client{Base: strings.TrimRight(base, "/"), HTTP: &http.Client{Transport: tr}}
+}
+
+func (c *Client) claimURL() string {
+	q := url.Values{}
+	if c.NoHealthCheck {
+		q.Set("check_health", "false")
+	}
+	if c.Timeout > 0 {
+		q.Set("timeout", c.Timeout.String())
+	}
+	u := c.Base + "/v1/claims"
+	if len(q) > 0 {
+		u += "?" + q.Encode()
+	}
+	return u
+}
+
+// Claim makes one claim and returns how long it took; a non-200 answer is an
+// error carrying its status and body.
+func (c *Client) Claim(ctx context.Context) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.claimURL(), nil)
+	if err != nil {
+		return 0, err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	start := time.Now()
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return time.Since(start), err
+	}
+	body, err := io.ReadAll(resp.Body) // read to the end: the connection is reused
+	resp.Body.Close()
+	took := time.Since(start)
+	if err != nil {
+		return took, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return took, fmt.Errorf("claim: %d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+	}
+	return took, nil
+}
+
+// Metrics reads GET /metrics into a map keyed by the series as written
+// (`sandboxpool_target`, `sandboxpool_sandboxes{state="ready"}`).
+func (c *Client) Metrics(ctx context.Context) (Metrics, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /metrics: %d", resp.StatusCode)
+	}
+	return ParseMetrics(resp.Body)
+}
+
+// Metrics is one scrape: series to value.
+type Metrics map[string]float64
+
+// ParseMetrics reads the Prometheus text format, keeping only sandboxpool's series.
+func ParseMetrics(r io.Reader) (Metrics, error) {
+	m := Metrics{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "sandboxpool_") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			continue
+		}
+		m[line[:i]] = v
+	}
+	return m, sc.Err()
+}
+
+// Series names read from /metrics.
+const (
+	SeriesWarm     = `sandboxpool_pool_claims_total{outcome="warm"}`
+	SeriesWaited   = `sandboxpool_pool_claims_total{outcome="waited"}`
+	SeriesFailed   = `sandboxpool_pool_claims_total{outcome="failed"}`
+	SeriesTarget   = `sandboxpool_target`
+	SeriesReady    = `sandboxpool_sandboxes{state="ready"}`
+	SeriesCreating = `sandboxpool_sandboxes{state="creating"}`
+	SeriesWarming  = `sandboxpool_sandboxes{state="warming"}`
+	SeriesClaimed  = `sandboxpool_sandboxes{state="claimed"}`
+	SeriesCreated  = `sandboxpool_creations_total{result="ok"}`
+)
+
+// WaitReady polls /metrics until at least want sandboxes are ready (the API
+// may not be up yet: connection errors are retried) and returns the moment it saw them.
+func (c *Client) WaitReady(ctx context.Context, want int) (time.Time, error) {
+	var last error
+	for {
+		m, err := c.Metrics(ctx)
+		if err == nil && m[SeriesReady] >= float64(want) {
+			return time.Now(), nil
+		}
+		if err != nil {
+			last = err
+		}
+		select {
+		case <-ctx.Done():
+			if last != nil {
+				return time.Time{}, fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
+			}
+			return time.Time{}, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// Result is what one load run saw.
+type Result struct {
+	Claims   int
+	Errors   int
+	FirstErr string
+	Latency  []time.Duration // of successful claims
+	Elapsed  time.Duration
+	// Warm and Waited are the controller's own counts over the run.
+	Warm, Waited float64
+}
+
+// P returns the q-quantile (0..1) of the successful claims' latency (nearest rank).
+func (r Result) P(q float64) time.Duration { return Quantile(r.Latency, q) }
+
+// Quantile is the nearest-rank quantile of d (0 when empty).
+func Quantile(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// WarmShare is the share of successful claims the controller served warm (NaN when none).
+func (r Result) WarmShare() float64 {
+	if r.Warm+r.Waited == 0 {
+		return math.NaN()
+	}
+	return r.Warm / (r.Warm + r.Waited)
+}
+
+// Line is the result as key=value pairs on one line, for scripts.
+func (r Result) Line(mode string) string {
+	ms := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 3, 64) }
+	var max time.Duration
+	for _, d := range r.Latency {
+		max = maxDur(max, d)
+	}
+	s := fmt.Sprintf("mode=%s claims=%d ok=%d errors=%d p50_ms=%s p99_ms=%s max_ms=%s warm=%.0f waited=%.0f warm_pct=%.1f secs=%.2f",
+		mode, r.Claims, len(r.Latency), r.Errors, ms(r.P(.5)), ms(r.P(.99)), ms(max), r.Warm, r.Waited, 100*r.WarmShare(), r.Elapsed.Seconds())
+	if r.FirstErr != "" {
+		s += " first_error=" + strconv.Quote(r.FirstErr)
+	}
+	return s
+}
+
+func maxDur(a, b time.Duration) time.Duration {
+	if a > b {
+		return a
+	}
+	return b
+}
+
+// recorder collects claim outcomes from many goroutines.
+type recorder struct {
+	mu  sync.Mutex
+	res Result
+}
+
+func (r *recorder) add(d time.Duration, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.res.Claims++
+	if err != nil {
+		r.res.Errors++
+		if r.res.FirstErr == "" {
+			r.res.FirstErr = err.Error()
+		}
+		return
+	}
+	r.res.Latency = append(r.res.Latency, d)
+}
+
+// run wraps a load with the controller's counters before and after.
+func (c *Client) run(ctx context.Context, load func(rec *recorder)) (Result, error) {
+	before, err := c.Metrics(ctx)
+	if err != nil {
+		return Result{}, fmt.Errorf("read counters before: %w", err)
+	}
+	rec := &recorder{}
+	start := time.Now()
+	load(rec)
+	rec.res.Elapsed = time.Since(start)
+	after, err := c.Metrics(ctx)
+	if err != nil {
+		return rec.res, fmt.Errorf("read counters after: %w", err)
+	}
+	rec.res.Warm = after[SeriesWarm] - before[SeriesWarm]
+	rec.res.Waited = after[SeriesWaited] - before[SeriesWaited]
+	return rec.res, nil
+}
+
+// Paced is one client making n claims, gap apart (from one start to the next).
+func (c *Client) Paced(ctx context.Context, n int, gap time.Duration) (Result, error) {
+	return c.run(ctx, func(rec *recorder) {
+		next := time.Now()
+		for i := 0; i < n && ctx.Err() == nil; i++ {
+			sleepUntil(ctx, next)
+			next = next.Add(gap)
+			rec.add(c.Claim(ctx))
+		}
+	})
+}
+
+// BackToBack is one client making n claims, each as soon as the last returned.
+func (c *Client) BackToBack(ctx context.Context, n int) (Result, error) {
+	return c.Paced(ctx, n, 0)
+}
+
+// Burst is clients concurrent clients sharing n claims, started together.
+func (c *Client) Burst(ctx context.Context, clients, n int) (Result, error) {
+	return c.run(ctx, func(rec *recorder) {
+		work := make(chan struct{}, n)
+		for range n {
+			work <- struct{}{}
+		}
+		close(work)
+		var wg sync.WaitGroup
+		for range clients {
+			wg.Go(func() {
+				for range work {
+					if ctx.Err() != nil {
+						return
+					}
+					rec.add(c.Claim(ctx))
+				}
+			})
+		}
+		wg.Wait()
+	})
+}
+
+// Rate makes claims at rate per second for d, open loop: each claim starts
+// on schedule whether or not earlier ones returned, so a slow pool shows as
+// latency and errors, not as a lower rate. Latency counts from the
+// scheduled start.
+func (c *Client) Rate(ctx context.Context, rate float64, d time.Duration) (Result, error) {
+	return c.run(ctx, func(rec *recorder) {
+		c.openLoop(ctx, rate, d, func(sched time.Time, err error) {
+			rec.add(time.Since(sched), err)
+		})
+	})
+}
+
+// openLoop starts claims on schedule at rate per second for d and waits for
+// every claim it started; done gets each claim's scheduled start and result.
+func (c *Client) openLoop(ctx context.Context, rate float64, d time.Duration, done func(sched time.Time, err error)) {
+	if rate <= 0 {
+		sleepUntil(ctx, time.Now().Add(d))
+		return
+	}
+	start := time.Now()
+	n := int(math.Round(rate * d.Seconds()))
+	var wg sync.WaitGroup
+	for i := range n {
+		sched := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+		sleepUntil(ctx, sched)
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			_, err := c.Claim(ctx)
+			done(sched, err)
+		})
+	}
+	sleepUntil(ctx, start.Add(d))
+	wg.Wait()
+}
+
+func sleepUntil(ctx context.Context, t time.Time) {
+	d := time.Until(t)
+	if d <= 0 {
+		return
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+	case <-tm.C:
+	}
+}
+
+// ErrNoSteps is returned for an empty step profile.
+var ErrNoSteps = errors.New("no steps")

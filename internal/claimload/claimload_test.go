@@ -1,0 +1,114 @@
+package claimload
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeAPI answers claims and counts them as warm in /metrics, like a controller.
+func fakeAPI(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	var warm atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/claims", func(w http.ResponseWriter, _ *http.Request) {
+		warm.Add(1)
+		fmt.Fprint(w, `{"id":"x","url":"http://127.0.0.1:1"}`)
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintf(w, "# HELP x\n%s %d\n%s 0\n%s 7\n%s 5\ngo_goroutines 3\n", SeriesWarm, warm.Load(), SeriesWaited, SeriesTarget, SeriesReady)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv, &warm
+}
+
+func TestModesCountClaimsAndWarmShare(t *testing.T) {
+	srv, _ := fakeAPI(t)
+	c := NewClient(srv.URL, 4)
+	ctx := context.Background()
+	for name, run := range map[string]func() (Result, error){
+		"paced": func() (Result, error) { return c.Paced(ctx, 5, time.Millisecond) },
+		"b2b":   func() (Result, error) { return c.BackToBack(ctx, 5) },
+		"burst": func() (Result, error) { return c.Burst(ctx, 3, 5) },
+		"rate":  func() (Result, error) { return c.Rate(ctx, 100, 50*time.Millisecond) },
+	} {
+		r, err := run()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if r.Claims != 5 || r.Errors != 0 || len(r.Latency) != 5 || r.Warm != 5 || r.WarmShare() != 1 {
+			t.Errorf("%s: %+v", name, r)
+		}
+		if !strings.Contains(r.Line(name), "warm_pct=100.0") {
+			t.Errorf("%s: line %q", name, r.Line(name))
+		}
+	}
+}
+
+func TestStepsSamplesEverySecond(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes 2 s")
+	}
+	srv, _ := fakeAPI(t)
+	c := NewClient(srv.URL, 4)
+	steps, err := ParseSteps("10x1s,0x1s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	sum, samples, err := c.Steps(context.Background(), steps, 0, 7, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum.Claims != 10 || sum.Errors != 0 || len(samples) != 2 || sum.MaxTarget != 7 || sum.BackTo < 0 {
+		t.Fatalf("summary %+v, samples %+v\n%s", sum, samples, out.String())
+	}
+	if sum.WarmLast10 != 1 || sum.IdleSandboxSeconds < 9 || sum.IdleSandboxSeconds > 11 {
+		t.Errorf("summary %+v", sum)
+	}
+}
+
+func TestParseSteps(t *testing.T) {
+	got, err := ParseSteps("0x5s, 8x30s,0x1m")
+	if err != nil || len(got) != 3 || got[1] != (Step{8, 30 * time.Second}) || got[2].For != time.Minute {
+		t.Fatalf("%v %v", got, err)
+	}
+	for _, bad := range []string{"", "8", "-1x1s", "ax1s", "1x0s", "1xfoo"} {
+		if _, err := ParseSteps(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestQuantile(t *testing.T) {
+	d := []time.Duration{5, 1, 4, 2, 3}
+	if Quantile(d, .5) != 3 || Quantile(d, .99) != 5 || Quantile(d, 0) != 1 || Quantile(nil, .5) != 0 {
+		t.Fatal(Quantile(d, .5), Quantile(d, .99))
+	}
+}
+
+func TestPoolCPUFindsAProcessByStateDir(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(dir + "/held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// This process holds a file under dir, but PoolCPU skips its caller:
+	// nothing else names dir, so no pool process is found.
+	_, pids, err := PoolCPU(dir, 0)
+	if err != nil || len(pids) != 0 {
+		t.Fatalf("pids %v, err %v", pids, err)
+	}
+	_, pids, err = PoolCPU(dir, os.Getppid())
+	if err != nil || len(pids) == 0 {
+		t.Fatalf("the parent's tree: pids %v, err %v", pids, err)
+	}
+}

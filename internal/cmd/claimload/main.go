@@ -1,0 +1,181 @@
+// Command claimload drives a running sandboxpool's claim API and prints what
+// it measured as key=value pairs on one line (testdata/perf.sh reads them).
+// A development tool, not part of the shipped binary:
+//
+//	go run ./internal/cmd/claimload MODE [flags]
+//
+// Modes:
+//
+//	floor       keep-alive HTTP round trips to an empty handler in this process
+//	wait-ready  poll /metrics until -want sandboxes are ready (fill time from -since)
+//	paced       one client, -n claims -gap apart
+//	b2b         one client, -n claims back to back
+//	burst       -clients clients share -n claims; -repeat times, refilling to -refill between
+//	rate        -rate claims/s for -for, open loop
+//	steps       a profile such as 0x5s,8x30s,0x30s, one row per second, then a summary
+//	claimed     claim at -rate until the pool shows -want claimed entries or -max-wait passes
+//	cpu         CPU ms of every process of the pool under -state-dir (and -pid's tree)
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/claimload"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: claimload floor|wait-ready|paced|b2b|burst|rate|steps|cpu [flags]")
+		os.Exit(2)
+	}
+	mode := os.Args[1]
+	fs := flag.NewFlagSet(mode, flag.ExitOnError)
+	var (
+		base     = fs.String("url", "http://127.0.0.1:7780", "the API")
+		token    = fs.String("token", os.Getenv("SANDBOXPOOL_TOKEN"), "bearer token")
+		noCheck  = fs.Bool("no-health-check", false, "claim with check_health=false")
+		timeout  = fs.Duration("timeout", 10*time.Second, "each claim's server-side wait")
+		n        = fs.Int("n", 100, "claims (paced, b2b, burst) or round trips (floor)")
+		gap      = fs.Duration("gap", 300*time.Millisecond, "paced: time between claim starts")
+		clients  = fs.Int("clients", 20, "burst: concurrent clients")
+		repeat   = fs.Int("repeat", 1, "burst: how many bursts")
+		refill   = fs.Int("refill", 0, "burst: before each burst, wait until this many are ready")
+		rate     = fs.Float64("rate", 200, "rate: claims per second")
+		dur      = fs.Duration("for", 10*time.Second, "rate: how long")
+		profile  = fs.String("profile", "0x5s,8x30s,0x30s", "steps: RATExDURATION,...")
+		tail     = fs.Duration("tail", 0, "steps: keep sampling this long after the profile")
+		floor    = fs.Int("floor", 1, "steps: the target the pool should fall back to")
+		want     = fs.Int("want", 50, "wait-ready: ready sandboxes to wait for")
+		since    = fs.Int64("since", 0, "wait-ready: start instant (unix ns) to report the fill time from")
+		maxWait  = fs.Duration("max-wait", 2*time.Minute, "wait-ready and burst refills: give up after this")
+		stateDir = fs.String("state-dir", "", "cpu: the pool's --state-dir")
+		pid      = fs.Int("pid", 0, "cpu: the controller's pid (its process tree counts too)")
+	)
+	_ = fs.Parse(os.Args[2:])
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	c := claimload.NewClient(*base, max(*clients, 64))
+	c.Token, c.NoHealthCheck, c.Timeout = *token, *noCheck, *timeout
+
+	var (
+		res claimload.Result
+		err error
+	)
+	switch mode {
+	case "floor":
+		res, err = claimload.Floor(ctx, *n)
+	case "wait-ready":
+		wctx, cancel := context.WithTimeout(ctx, *maxWait)
+		defer cancel()
+		at, err := c.WaitReady(wctx, *want)
+		if err != nil {
+			fail(err)
+		}
+		from := time.Now()
+		if *since > 0 {
+			from = time.Unix(0, *since)
+		}
+		fmt.Printf("mode=wait-ready ready=%d secs=%.3f\n", *want, at.Sub(from).Seconds())
+		return
+	case "paced":
+		res, err = c.Paced(ctx, *n, *gap)
+	case "b2b":
+		res, err = c.BackToBack(ctx, *n)
+	case "burst":
+		for i := range *repeat {
+			if *refill > 0 {
+				wctx, cancel := context.WithTimeout(ctx, *maxWait)
+				_, werr := c.WaitReady(wctx, *refill)
+				cancel()
+				if werr != nil {
+					fail(fmt.Errorf("burst %d: waiting for %d ready: %w", i+1, *refill, werr))
+				}
+			}
+			r, berr := c.Burst(ctx, *clients, *n)
+			res = merge(res, r)
+			if berr != nil {
+				err = berr
+				break
+			}
+		}
+	case "rate":
+		res, err = c.Rate(ctx, *rate, *dur)
+	case "steps":
+		steps, perr := claimload.ParseSteps(*profile)
+		if perr != nil {
+			fail(perr)
+		}
+		sum, _, serr := c.Steps(ctx, steps, *tail, *floor, os.Stdout)
+		fmt.Println(sum.Line())
+		if serr != nil {
+			fail(serr)
+		}
+		return
+	case "claimed":
+		deadline := time.Now().Add(*maxWait)
+		have := 0.0
+		for time.Now().Before(deadline) && ctx.Err() == nil {
+			m, merr := c.Metrics(ctx)
+			if merr != nil {
+				fail(merr)
+			}
+			have = m[claimload.SeriesClaimed]
+			if have >= float64(*want) {
+				break
+			}
+			chunk := min(2*time.Second, time.Until(deadline))
+			r, rerr := c.Rate(ctx, *rate, chunk)
+			res = merge(res, r)
+			if rerr != nil {
+				fail(rerr)
+			}
+		}
+		fmt.Printf("%s claimed_entries=%.0f\n", res.Line(mode), have)
+		return
+	case "cpu":
+		if *stateDir == "" {
+			fail(fmt.Errorf("cpu: -state-dir is required"))
+		}
+		ms, pids, err := claimload.PoolCPU(*stateDir, *pid)
+		if err != nil {
+			fail(err)
+		}
+		list := make([]string, len(pids))
+		for i, p := range pids {
+			list[i] = strconv.Itoa(p)
+		}
+		fmt.Printf("mode=cpu cpu_ms=%.0f procs=%d pids=%s\n", ms, len(pids), strings.Join(list, ","))
+		return
+	default:
+		fail(fmt.Errorf("unknown mode %q", mode))
+	}
+	fmt.Println(res.Line(mode))
+	if err != nil {
+		fail(err)
+	}
+}
+
+func merge(a, b claimload.Result) claimload.Result {
+	a.Claims += b.Claims
+	a.Errors += b.Errors
+	if a.FirstErr == "" {
+		a.FirstErr = b.FirstErr
+	}
+	a.Latency = append(a.Latency, b.Latency...)
+	a.Elapsed += b.Elapsed
+	a.Warm += b.Warm
+	a.Waited += b.Waited
+	return a
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "claimload:", err)
+	os.Exit(1)
+}
