@@ -221,3 +221,67 @@ func TestFakeWarmup(t *testing.T) {
 		t.Fatalf("warm sandbox answered %d", code)
 	}
 }
+
+// TestFakeLatencyAndCreateDelay: the fake's knobs make figures reproducible:
+// each RPC takes the latency, each creation the create delay, and the
+// counters say which RPCs ran.
+func TestFakeLatencyAndCreateDelay(t *testing.T) {
+	f := startFake(t)
+	b, s := open(t, Options{Pool: "knobs"})
+	ctx := ctxT(t)
+	if _, err := b.Create(ctx, time.Minute); err != nil { // builds the image first
+		t.Fatal(err)
+	}
+	f.SetLatency(20 * time.Millisecond)
+	f.SetCreateDelay(300 * time.Millisecond)
+	f.ResetCounts()
+	start := time.Now()
+	if _, err := s.q.Len(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 20*time.Millisecond || d > 500*time.Millisecond {
+		t.Errorf("one RPC took %s with 20ms latency", d)
+	}
+	start = time.Now()
+	if _, err := b.Create(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond || d > 2*time.Second {
+		t.Errorf("a creation took %s with a 300ms create delay", d)
+	}
+	if c := f.Counts(); c["QueueLen"] != 1 || c["SandboxCreate"] != 1 {
+		t.Errorf("counts %s: want one QueueLen and one SandboxCreate", fakemodal.FormatCounts(c))
+	}
+}
+
+// TestFakeStopRestart: a stopped control plane is unreachable while its
+// sandboxes keep serving; restarted empty, it has lost its queues.
+func TestFakeStopRestart(t *testing.T) {
+	f := startFake(t)
+	b, s := open(t, Options{Pool: "outage"})
+	ctx := ctxT(t)
+	ref, err := b.Create(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Stop()
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	_, err = s.q.Len(short, nil)
+	cancel()
+	if err == nil {
+		t.Fatal("an RPC succeeded while the control plane was stopped")
+	}
+	if code, _, err := get(f, ref.URL); err != nil || code != http.StatusOK {
+		t.Fatalf("the sandbox stopped serving with its control plane: %d %v", code, err)
+	}
+	if err := f.Restart(true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.q.Len(ctx, nil); !isNotFound(err) {
+		t.Fatalf("the queue survived an empty restart: %v", err)
+	}
+	refs, err := b.List(ctx)
+	if err != nil || len(refs) != 1 || refs[0].ID != ref.ID {
+		t.Fatalf("after the restart List says %v, %v; want the one sandbox", refs, err)
+	}
+}

@@ -11,7 +11,9 @@ package fakemodal
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -41,6 +43,12 @@ type Options struct {
 	ListPageSize int
 	// NextItemsBatch is how many items one QueueNextItems answer holds (default 100).
 	NextItemsBatch int
+	// Latency is added to every RPC (as SetLatency), so figures taken
+	// against the fake look like a control plane that far away.
+	Latency time.Duration
+	// CreateDelay is how long SandboxCreate takes (as SetCreateDelay), like
+	// Modal scheduling a container.
+	CreateDelay time.Duration
 }
 
 // Server is a running fake control plane.
@@ -61,22 +69,25 @@ type Server struct {
 	done   chan struct{}
 	wg     sync.WaitGroup
 
-	mu         sync.Mutex
-	counts     map[string]int
-	latency    time.Duration
-	failCreate int
-	createMsg  string
-	imageFail  string
-	rejectAuth bool
-	warmup     time.Duration
-	seq        int
-	apps       map[string]string // name -> id
-	images     map[string]*image // id -> image
-	imageByTag map[string]string // dockerfile -> id
-	sandboxes  map[string]*sandbox
-	lastCreate time.Time
-	queues     map[string]*queue // id -> queue
-	queueNames map[string]string // name -> id
+	mu          sync.Mutex
+	stopped     bool // Stop ran: the control plane is away until Restart
+	incarnation string
+	counts      map[string]int
+	latency     time.Duration
+	createDelay time.Duration
+	failCreate  int
+	createMsg   string
+	imageFail   string
+	rejectAuth  bool
+	warmup      time.Duration
+	seq         int
+	apps        map[string]string // name -> id
+	images      map[string]*image // id -> image
+	imageByTag  map[string]string // dockerfile -> id
+	sandboxes   map[string]*sandbox
+	lastCreate  time.Time
+	queues      map[string]*queue // id -> queue
+	queueNames  map[string]string // name -> id
 }
 
 // Start runs a fake on a loopback port.
@@ -101,6 +112,7 @@ func Start(opts Options) (*Server, error) {
 		done: make(chan struct{}), counts: map[string]int{},
 		apps: map[string]string{}, images: map[string]*image{}, imageByTag: map[string]string{},
 		sandboxes: map[string]*sandbox{}, queues: map[string]*queue{}, queueNames: map[string]string{},
+		latency: opts.Latency, createDelay: opts.CreateDelay, incarnation: newIncarnation(),
 	}
 	var err error
 	if s.ca, err = newCA(); err != nil {
@@ -121,11 +133,64 @@ func Start(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.URL = "http://" + s.lis.Addr().String()
-	s.grpc = grpc.NewServer(grpc.ChainUnaryInterceptor(s.unaryInterceptor), grpc.ChainStreamInterceptor(s.streamInterceptor))
-	pb.RegisterModalClientServer(s.grpc, &service{s: s})
-	s.wg.Add(1)
-	go func() { defer s.wg.Done(); _ = s.grpc.Serve(s.lis) }()
+	s.serve()
 	return s, nil
+}
+
+// serve starts a gRPC server on s.lis.
+func (s *Server) serve() {
+	g := grpc.NewServer(grpc.ChainUnaryInterceptor(s.unaryInterceptor), grpc.ChainStreamInterceptor(s.streamInterceptor))
+	pb.RegisterModalClientServer(g, &service{s: s})
+	s.grpc = g
+	lis := s.lis
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); _ = g.Serve(lis) }()
+}
+
+// Stop takes the control plane away, as an outage would: the port stops
+// answering, RPCs fail as unreachable; the sandboxes keep running and
+// serving (Modal's data plane does not depend on its API).
+func (s *Server) Stop() {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return
+	}
+	s.stopped = true
+	g := s.grpc
+	s.mu.Unlock()
+	g.Stop() // closes the listener too
+}
+
+// Restart brings a stopped control plane back on the same address. With
+// empty, it comes back without its queues (their ids are new), as a control
+// plane that lost its in-memory state; apps, images, sandboxes and their
+// tags are kept.
+func (s *Server) Restart(empty bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.stopped {
+		return fmt.Errorf("fakemodal: Restart without Stop")
+	}
+	lis, err := net.Listen("tcp", strings.TrimPrefix(s.URL, "http://"))
+	if err != nil {
+		return err
+	}
+	if empty {
+		s.queues, s.queueNames = map[string]*queue{}, map[string]string{}
+		s.incarnation = newIncarnation()
+	}
+	s.lis, s.stopped = lis, false
+	s.serve()
+	return nil
+}
+
+// newIncarnation makes ids of one run of the fake differ from another's,
+// as Modal's ids never repeat.
+func newIncarnation() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // Close stops the gRPC server and every sandbox.
@@ -136,7 +201,10 @@ func (s *Server) Close() {
 	default:
 	}
 	close(s.done)
-	s.grpc.Stop()
+	s.mu.Lock()
+	g := s.grpc
+	s.mu.Unlock()
+	g.Stop()
 	s.mu.Lock()
 	sbs := make([]*sandbox, 0, len(s.sandboxes))
 	for _, sb := range s.sandboxes {
@@ -179,6 +247,9 @@ func (s *Server) RejectTokens(on bool) { s.mu.Lock(); s.rejectAuth = on; s.mu.Un
 
 // SetLatency delays every RPC by d.
 func (s *Server) SetLatency(d time.Duration) { s.mu.Lock(); s.latency = d; s.mu.Unlock() }
+
+// SetCreateDelay makes every SandboxCreate take d (Modal scheduling a container).
+func (s *Server) SetCreateDelay(d time.Duration) { s.mu.Lock(); s.createDelay = d; s.mu.Unlock() }
 
 // SetWarmup makes new sandboxes answer 503 for d after creation (like a
 // container still starting).
@@ -301,7 +372,7 @@ func (s *Server) newID(prefix string) string {
 func (s *Server) newIDLocked(prefix string) string {
 	s.seq++
 	// The number first, as Modal ids differ early: short ids stay distinct.
-	return fmt.Sprintf("%s-%06dfakefakefakefake", prefix, s.seq)
+	return fmt.Sprintf("%s-%06d%sfakefake", prefix, s.seq, s.incarnation)
 }
 
 type service struct {

@@ -160,6 +160,18 @@ func (v *service) SandboxCreate(ctx context.Context, r *pb.SandboxCreateRequest)
 	s := v.s
 	def := r.GetDefinition()
 	s.mu.Lock()
+	delay := s.createDelay
+	s.mu.Unlock()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	s.mu.Lock()
 	if !s.appExists(r.GetAppId()) {
 		s.mu.Unlock()
 		return nil, status.Errorf(codes.NotFound, "App %s not found", r.GetAppId())
