@@ -311,7 +311,7 @@ func TestRunWaitsForAClaimsBackfill(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	lease, err := st.AcquireLease(context.Background(), "pid 1 on elsewhere"+pool.ClaimHolderNote)
+	lease, err := st.AcquireLease(context.Background(), pool.LeaseRecord{Host: "elsewhere", Pid: 1, Role: pool.RoleBackfill})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,7 +82,7 @@ func TestReadOnlyDashboardNeverMaintains(t *testing.T) {
 	holder, err := s.ctrl.LeaseHolder(context.Background())
 	snap := s.ctrl.Snapshot()
 	s.stop(false, logger)
-	if err != nil || holder != "" {
+	if err != nil || !holder.IsZero() {
 		t.Fatalf("read-only took the lease: %q %v", holder, err)
 	}
 	if len(snap.Sandboxes) != 0 {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strings"
 	"syscall"
 	"time"
 
@@ -72,11 +71,11 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		closeAll()
 		return nil, err
 	}
-	note := ""
+	role := pool.RoleController
 	if !controller {
-		note = pool.ClaimHolderNote // only `claim` serves without being a controller command
+		role = pool.RoleBackfill // only `claim` serves without being a controller command
 	}
-	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, HolderNote: note})
+	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Role: role})
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -100,11 +99,11 @@ func waitForClaimBackfill(ctx context.Context, ctrl *pool.Controller, logger *sl
 	deadline := time.Now().Add(2 * time.Minute)
 	for said := false; ; said = true {
 		holder, err := ctrl.LeaseHolder(ctx)
-		if err != nil || !strings.HasSuffix(holder, pool.ClaimHolderNote) || time.Now().After(deadline) {
+		if err != nil || holder.Role != pool.RoleBackfill || time.Now().After(deadline) {
 			return nil // Serve reports a lease still held
 		}
 		if !said {
-			logger.Info("waiting for a claim's backfill to finish before maintaining the pool", "holder", holder)
+			logger.Info("waiting for a claim's backfill to finish before maintaining the pool", "holder", holder.String())
 		}
 		select {
 		case <-ctx.Done():

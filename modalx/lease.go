@@ -20,15 +20,15 @@ import (
 const partLease = "lease"
 
 type leaseRec struct {
-	Holder   string    `json:"holder"`
-	Epoch    int64     `json:"epoch"`
-	At       time.Time `json:"at"`
-	Released bool      `json:"released,omitempty"`
+	Holder   pool.LeaseRecord `json:"holder"`
+	Epoch    int64            `json:"epoch"`
+	At       time.Time        `json:"at"`
+	Released bool             `json:"released,omitempty"`
 }
 
 type electRec struct {
-	Holder string `json:"holder"`
-	Nonce  string `json:"nonce"`
+	Holder pool.LeaseRecord `json:"holder"`
+	Nonce  string           `json:"nonce"`
 }
 
 func electPart(epoch int64) string { return fmt.Sprintf("elect-%d", epoch) }
@@ -51,31 +51,31 @@ func (s *Store) currentLease(ctx context.Context) (cur leaseRec, n int, err erro
 }
 
 func (s *Store) live(r leaseRec, now time.Time) bool {
-	return r.Holder != "" && !r.Released && now.Sub(r.At) < s.staleAfter()
+	return !r.Holder.IsZero() && !r.Released && now.Sub(r.At) < s.staleAfter()
 }
 
 // LeaseHolder says who maintains the pool now, "" when nobody does (or the
 // holder's heartbeat is stale).
-func (s *Store) LeaseHolder(ctx context.Context) (string, error) {
+func (s *Store) LeaseHolder(ctx context.Context) (pool.LeaseRecord, error) {
 	cur, _, err := s.currentLease(ctx)
 	if err != nil {
-		return "", storeErr("reading the controller lease", err)
+		return pool.LeaseRecord{}, storeErr("reading the controller lease", err)
 	}
 	if s.live(cur, time.Now()) {
 		return cur.Holder, nil
 	}
-	return "", nil
+	return pool.LeaseRecord{}, nil
 }
 
 // AcquireLease takes the controller lease for holder when it is free or
 // stale, and keeps it with a heartbeat until Release. It fails with a
 // *pool.LeaseHeldError naming the live holder otherwise.
-func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, error) {
+func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool.Lease, error) {
 	cur, _, err := s.currentLease(ctx)
 	if err != nil {
 		return nil, storeErr("reading the controller lease", err)
 	}
-	if s.live(cur, time.Now()) && cur.Holder != holder {
+	if s.live(cur, time.Now()) && !cur.Holder.Same(holder) {
 		return nil, &pool.LeaseHeldError{Holder: cur.Holder}
 	}
 	epoch := cur.Epoch + 1
@@ -103,7 +103,7 @@ func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, er
 // Lease is a held controller lease. It implements pool.Lease.
 type Lease struct {
 	s      *Store
-	holder string
+	holder pool.LeaseRecord
 	epoch  int64
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -115,7 +115,7 @@ type Lease struct {
 }
 
 // Holder is who holds this lease.
-func (l *Lease) Holder() string { return l.holder }
+func (l *Lease) Holder() pool.LeaseRecord { return l.holder }
 
 // Lost is closed when another controller took the lease over (this one's
 // heartbeat went stale, e.g. a long pause) or heartbeats kept failing.
@@ -155,7 +155,7 @@ func (l *Lease) beat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if cur.Epoch > l.epoch || (cur.Epoch == l.epoch && cur.Holder != l.holder) {
+	if cur.Epoch > l.epoch || (cur.Epoch == l.epoch && !cur.Holder.Same(l.holder)) {
 		return errLeaseLost
 	}
 	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: l.epoch, At: time.Now().UTC()})); err != nil {

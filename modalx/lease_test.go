@@ -16,20 +16,20 @@ func TestLease(t *testing.T) {
 	_, a := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
 	_, b := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
 
-	if h, err := a.LeaseHolder(ctx); err != nil || h != "" {
+	if h, err := a.LeaseHolder(ctx); err != nil || !h.IsZero() {
 		t.Fatalf("holder of a new pool: %q %v", h, err)
 	}
-	la, err := a.AcquireLease(ctx, "host-a:1")
+	la, err := a.AcquireLease(ctx, pool.LeaseRecord{Host: "host-a:1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Held and kept alive by the heartbeat well past the stale limit.
 	time.Sleep(5 * hb)
 	var held *pool.LeaseHeldError
-	if _, err := b.AcquireLease(ctx, "host-b:2"); !errors.As(err, &held) || held.Holder != "host-a:1" {
+	if _, err := b.AcquireLease(ctx, pool.LeaseRecord{Host: "host-b:2"}); !errors.As(err, &held) || held.Holder.String() != "host-a:1" {
 		t.Fatalf("second acquire: %v", err)
 	}
-	if h, _ := b.LeaseHolder(ctx); h != "host-a:1" {
+	if h, _ := b.LeaseHolder(ctx); h.String() != "host-a:1" {
 		t.Fatalf("holder %q", h)
 	}
 
@@ -37,17 +37,17 @@ func TestLease(t *testing.T) {
 	if err := la.Release(); err != nil {
 		t.Fatal(err)
 	}
-	if h, _ := b.LeaseHolder(ctx); h != "" {
+	if h, _ := b.LeaseHolder(ctx); !h.IsZero() {
 		t.Fatalf("holder after release %q", h)
 	}
-	lb, err := b.AcquireLease(ctx, "host-b:2")
+	lb, err := b.AcquireLease(ctx, pool.LeaseRecord{Host: "host-b:2"})
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// B dies (no release): the lease is held until 3 heartbeats are missed.
 	lb.(*Lease).abandon()
-	if _, err := a.AcquireLease(ctx, "host-a:3"); !errors.As(err, &held) {
+	if _, err := a.AcquireLease(ctx, pool.LeaseRecord{Host: "host-a:3"}); !errors.As(err, &held) {
 		t.Fatalf("acquire of a fresh lease: %v", err)
 	}
 	time.Sleep(3*hb + 50*time.Millisecond)
@@ -57,12 +57,12 @@ func TestLease(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var won []pool.Lease
-	var lost []string
+	var lost []pool.LeaseRecord
 	for i, s := range []*Store{a, c} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l, err := s.AcquireLease(ctx, []string{"host-a:3", "host-c:4"}[i])
+			l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: []string{"host-a:3", "host-c:4"}[i]})
 			mu.Lock()
 			defer mu.Unlock()
 			if errors.As(err, &held) {
@@ -75,17 +75,17 @@ func TestLease(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if len(won) != 1 || len(lost) != 1 || lost[0] != won[0].(*Lease).Holder() {
+	if len(won) != 1 || len(lost) != 1 || !lost[0].Same(won[0].(*Lease).Holder()) {
 		t.Fatalf("won %d, lost to %v", len(won), lost)
 	}
-	if h, _ := a.LeaseHolder(ctx); h != won[0].(*Lease).Holder() {
+	if h, _ := a.LeaseHolder(ctx); !h.Same(won[0].(*Lease).Holder()) {
 		t.Fatalf("holder %q", h)
 	}
 	// The superseded holder notices on its next heartbeat (it was paused, not dead).
 	_, d := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
 	won[0].(*Lease).abandon()
 	time.Sleep(3*hb + 50*time.Millisecond)
-	ld, err := d.AcquireLease(ctx, "host-d:5")
+	ld, err := d.AcquireLease(ctx, pool.LeaseRecord{Host: "host-d:5"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestLease(t *testing.T) {
 		t.Fatal("new holder lost its lease")
 	case <-time.After(3 * hb):
 	}
-	if h, _ := a.LeaseHolder(ctx); h != "host-d:5" {
+	if h, _ := a.LeaseHolder(ctx); h.String() != "host-d:5" {
 		t.Fatalf("holder %q", h)
 	}
 }
@@ -106,14 +106,14 @@ func TestLeaseLostWhenSuperseded(t *testing.T) {
 	hb := 100 * time.Millisecond
 	_, a := open(t, Options{Pool: "lease2", LeaseHeartbeat: hb})
 	_, b := open(t, Options{Pool: "lease2", LeaseHeartbeat: hb})
-	la, err := a.AcquireLease(ctx, "a")
+	la, err := a.AcquireLease(ctx, pool.LeaseRecord{Host: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer la.Release()
 	// Same holder name from another process (a restart): it takes over, and
 	// the old one learns it lost the lease.
-	lb, err := b.AcquireLease(ctx, "a")
+	lb, err := b.AcquireLease(ctx, pool.LeaseRecord{Host: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}

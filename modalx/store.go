@@ -308,8 +308,17 @@ func (s *Store) restoreClaim(ctx context.Context, e pool.Entry) error {
 // expires at or after minExpiresAt and wins its claim bid. Heads that expire
 // earlier are dropped (returned for the caller to terminate) once their drop
 // bid wins; items whose bid was lost are stale copies and just skipped.
-func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time) (pool.Entry, []pool.Entry, bool, error) {
+func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (pool.Entry, []pool.Entry, bool, error) {
+	minExpiresAt, claimedBy, now := tr.MinExpiresAt, tr.ClaimedBy, tr.Now
 	var dropped []pool.Entry
+	// With KeepShort, short heads popped on the way go back (at the tail)
+	// once this Take is done: only the controller drops them.
+	var short []any
+	defer func() {
+		for _, v := range short {
+			s.requeue(ctx, v)
+		}
+	}()
 	for {
 		v, ok, err := s.pop(ctx, partPool)
 		if err != nil {
@@ -323,6 +332,10 @@ func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy stri
 			continue
 		}
 		e := pool.Entry{Ref: r.ref()}
+		if r.ExpiresAt.Before(minExpiresAt) && tr.KeepShort {
+			short = append(short, v)
+			continue
+		}
 		if r.ExpiresAt.Before(minExpiresAt) {
 			won, _, err := s.bid(ctx, r.ID, "drop", claimedBy)
 			if err != nil {

@@ -106,7 +106,7 @@ func TestStoreSemantics(t *testing.T) {
 	}
 
 	now := time.Now()
-	taken, dropped, ok, err := s.Take(ctx, now.Add(2*time.Minute), "cli", now)
+	taken, dropped, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: now.Add(2 * time.Minute), ClaimedBy: "cli", Now: now})
 	if err != nil || !ok {
 		t.Fatalf("Take: %v %v", ok, err)
 	}
@@ -152,7 +152,7 @@ func TestStoreSemantics(t *testing.T) {
 	if st := load(t, s); len(st.Entries) != 0 {
 		t.Fatalf("after remove: %+v", st.Entries)
 	}
-	if _, _, ok, err := s.Take(ctx, time.Now(), "cli", time.Now()); ok || err != nil {
+	if _, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: "cli", Now: time.Now()}); ok || err != nil {
 		t.Fatalf("Take on empty: %v %v", ok, err)
 	}
 	if n := len(f.QueueItems(QueueName("sem"), "")); n != 0 {
@@ -164,7 +164,7 @@ func TestStoreSemantics(t *testing.T) {
 func takeAll(ctx context.Context, s *Store, by string) ([]string, error) {
 	var got []string
 	for {
-		e, _, ok, err := s.Take(ctx, time.Now(), by, time.Now())
+		e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: by, Now: time.Now()})
 		if err != nil {
 			return got, err
 		}
@@ -238,7 +238,7 @@ func testRemoveUnderTakes(t *testing.T, evict bool) {
 		go func() {
 			defer wg.Done()
 			for range 6 { // not all: some must remain pooled
-				e, _, ok, err := sg.Take(ctx, time.Now(), fmt.Sprint("t", g), time.Now())
+				e, _, ok, err := sg.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: fmt.Sprint("t", g), Now: time.Now()})
 				if err != nil || !ok {
 					t.Error(ok, err)
 					return
@@ -351,7 +351,7 @@ func TestStoreRebuildAfterQueueCleared(t *testing.T) {
 	refs := fill(t, b, s, 6, 5*time.Minute)
 	var claimed []string
 	for range 2 {
-		e, _, ok, err := s.Take(ctx, time.Now(), "api 127.0.0.1:5555", time.Now())
+		e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: "api 127.0.0.1:5555", Now: time.Now()})
 		if err != nil || !ok {
 			t.Fatal(ok, err)
 		}
@@ -406,7 +406,7 @@ func TestRPCCounts(t *testing.T) {
 			}
 			pass := f.Counts()
 			f.ResetCounts()
-			if _, _, ok, err := s.Take(ctx, time.Now(), "cli", time.Now()); !ok || err != nil {
+			if _, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: "cli", Now: time.Now()}); !ok || err != nil {
 				t.Fatal(ok, err)
 			}
 			claim := f.Counts()
@@ -478,7 +478,7 @@ func TestStoreAdoptAfterPoolPartitionLost(t *testing.T) {
 	b, s := open(t, Options{Pool: "short"})
 	refs := fill(t, b, s, 4, 5*time.Minute)
 	load(t, s) // the queue is set up (meta written): no rebuild below
-	taken, _, ok, err := s.Take(ctx, time.Now(), "cli", time.Now())
+	taken, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: "cli", Now: time.Now()})
 	if err != nil || !ok {
 		t.Fatal(ok, err)
 	}

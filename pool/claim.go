@@ -116,7 +116,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			return Entry{}, false, err
 		}
 		now := c.clk.Now()
-		got, dropped, ok, err := c.st.Take(ctx, now.Add(c.cfg.UseDuration), o.By, now)
+		got, dropped, ok, err := c.st.Take(ctx, TakeRequest{MinExpiresAt: now.Add(c.cfg.UseDuration), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()})
 		if err != nil {
 			c.setErr(err)
 			return Entry{}, false, fmt.Errorf("claim from the store: %w", err)

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"sync"
@@ -24,9 +25,14 @@ type Options struct {
 	// StorePollEvery is how often the store is re-read to see other
 	// processes' claims (default 1s).
 	StorePollEvery time.Duration
-	// HolderNote is added to this process's name in the lease, to say what
-	// it holds the lease for.
-	HolderNote string
+	// Role is what this process holds the lease for when it takes it:
+	// RoleController (the default) or RoleBackfill (a claim refilling the
+	// pool while no controller runs).
+	Role Role
+	// Command and API go into the lease record, so others can say who
+	// maintains the pool and where its API is.
+	Command string
+	API     string
 }
 
 // Controller keeps one pool at its target. All methods are safe for
@@ -40,7 +46,7 @@ type Controller struct {
 	rnd   func() float64
 	poll  time.Duration
 
-	holderNote string
+	leaseAs LeaseRecord // what this process writes in the lease (Since set when taken)
 
 	// life bounds every goroutine the controller starts; Close cancels it.
 	life     context.Context
@@ -72,8 +78,8 @@ type Controller struct {
 	healthCounts map[bool]int64
 	creates      map[bool]int64
 	nextPass     time.Time
-	role         string
-	holder       string
+	role         Role
+	holder       LeaseRecord
 	seq          int
 
 	events   eventHub
@@ -111,7 +117,8 @@ func New(o Options) (*Controller, error) {
 	life, stop := context.WithCancel(context.Background())
 	c := &Controller{
 		cfg: o.Config, be: o.Backend, st: o.Store, clk: o.Clock, check: o.Checker, rnd: o.Rand,
-		poll: o.StorePollEvery, life: life, stop: stop, holderNote: o.HolderNote,
+		poll: o.StorePollEvery, life: life, stop: stop,
+		leaseAs:      LeaseRecord{Host: hostname(), Pid: osGetpid(), Role: cmp.Or(o.Role, RoleController), Command: o.Command, API: o.API},
 		kickCh:       make(chan struct{}, 1),
 		target:       o.Config.Size,
 		health:       map[string]Health{},

@@ -187,6 +187,32 @@ func TestClaimSkipsAndTerminatesBadOnes(t *testing.T) {
 	}
 }
 
+// A claimer that is not the lease holder never drops a pooled sandbox for
+// being short: its timing may not be the pool's; the controller judges.
+func TestClaimWithoutLeaseKeepsShortOnes(t *testing.T) {
+	h := newHarness(t, nil)
+	h.pass()
+	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	short := h.pooledIDs()[0]
+	ref := h.stored().Pooled()[0].Ref
+	if _, err := h.st.Remove(context.Background(), short); err != nil {
+		t.Fatal(err)
+	}
+	ref.ExpiresAt = t0.Add(h.cfg.UseDuration - time.Second)
+	if err := h.st.Put(context.Background(), ref); err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.c.Claim(context.Background(), pool.ClaimOptions{By: "cli"})
+	if err != nil || got.ID == short {
+		t.Fatalf("claimed %s %v", got.ID, err)
+	}
+	if !slices.Contains(h.pooledIDs(), short) || slices.Contains(h.be.Terms, short) {
+		t.Fatalf("a claimer dropped %s: pooled %v, terminated %v", short, h.pooledIDs(), h.be.Terms)
+	}
+	h.pass() // the controller's pass does drop it
+	eventually(t, "the short one terminated", func() bool { return !slices.Contains(h.be.Live(), short) })
+}
+
 func TestClaimTimesOut(t *testing.T) {
 	h := newHarness(t, func(c *pool.Config) { c.Size = 0 })
 	if err := h.claimTimingOut(5 * time.Second); !errors.Is(err, pool.ErrNoSandbox) {
@@ -581,7 +607,7 @@ func TestWatchNeverMaintains(t *testing.T) {
 	if h.be.Creates != 0 {
 		t.Fatalf("a read-only watcher created %d sandboxes", h.be.Creates)
 	}
-	if held, _ := h.st.LeaseHolder(context.Background()); held != "" {
+	if held, _ := h.st.LeaseHolder(context.Background()); !held.IsZero() {
 		t.Fatalf("a read-only watcher took the lease: %s", held)
 	}
 }
@@ -593,7 +619,7 @@ func TestLostLeaseStopsMaintaining(t *testing.T) {
 	go func() { done <- h.c.Serve(ctx, true) }()
 	eventually(t, "controller", func() bool { return h.c.Snapshot().Role == "controller" })
 	eventually(t, "filled", func() bool { return len(h.pooledIDs()) == 3 })
-	h.st.Supersede("pid 2 on elsewhere")
+	h.st.Supersede(pool.LeaseRecord{Host: "elsewhere", Pid: 2})
 	eventually(t, "viewer of the new holder", func() bool {
 		s := h.c.Snapshot()
 		return s.Role == "viewer" && s.LeaseHolder == "pid 2 on elsewhere"

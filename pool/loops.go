@@ -3,21 +3,16 @@ package pool
 import (
 	"context"
 	"errors"
-	"strconv"
 	"sync"
 	"time"
 )
 
-// ClaimHolderNote marks the lease of a `claim` that backfills the pool
-// itself for a moment; a controller starting meanwhile waits for it.
-const ClaimHolderNote = " (a claim's backfill)"
-
-// LeaseHolder says who maintains the pool now ("" when nobody does or the
-// store elects no controller).
-func (c *Controller) LeaseHolder(ctx context.Context) (string, error) {
+// LeaseHolder says who maintains the pool now (the zero record when nobody
+// does or the store elects no controller).
+func (c *Controller) LeaseHolder(ctx context.Context) (LeaseRecord, error) {
 	leaser, ok := c.st.(Leaser)
 	if !ok {
-		return "", nil
+		return LeaseRecord{}, nil
 	}
 	return leaser.LeaseHolder(ctx)
 }
@@ -42,7 +37,7 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		var held *LeaseHeldError
 		if errors.As(err, &held) && allowViewer {
 			c.mu.Lock()
-			c.role, c.holder = "viewer", held.Holder
+			c.role, c.holder = RoleViewer, held.Holder
 			c.mu.Unlock()
 			if werr := c.watchUntilLeaseFree(ctx); werr != nil {
 				return nil // ctx ended
@@ -58,7 +53,7 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		}
 		// Another controller took the pool over (a heartbeat that went
 		// stale): stop maintaining at once, or two would overshoot it.
-		c.emit(Event{Kind: EventError, Err: "lost the controller lease to " + lost})
+		c.emit(Event{Kind: EventError, Err: "lost the controller lease to " + lost.String()})
 		if !allowViewer {
 			return &LeaseHeldError{Holder: lost}
 		}
@@ -67,9 +62,9 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 
 // maintainWhileLeased runs the loops until ctx ends or the lease is lost;
 // it then releases the lease and says who holds it now.
-func (c *Controller) maintainWhileLeased(ctx context.Context) string {
+func (c *Controller) maintainWhileLeased(ctx context.Context) LeaseRecord {
 	c.mu.Lock()
-	c.role, c.holder = "controller", ""
+	c.role, c.holder = RoleController, LeaseRecord{}
 	lease := c.lease
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventLeaseAcquired})
@@ -88,7 +83,7 @@ func (c *Controller) maintainWhileLeased(ctx context.Context) string {
 	c.runLoops(lctx)
 	c.looping.Store(false)
 	if ctx.Err() != nil {
-		return ""
+		return LeaseRecord{}
 	}
 	c.mu.Lock()
 	c.lease = nil
@@ -105,7 +100,9 @@ func (c *Controller) acquire(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
-	lease, err := leaser.AcquireLease(ctx, holderName()+c.holderNote)
+	rec := c.leaseAs
+	rec.Since = c.clk.Now().UTC()
+	lease, err := leaser.AcquireLease(ctx, rec)
 	if err != nil {
 		return err
 	}
@@ -120,7 +117,7 @@ func (c *Controller) acquire(ctx context.Context) error {
 // lease, until ctx ends.
 func (c *Controller) Watch(ctx context.Context) error {
 	c.mu.Lock()
-	c.role = "viewer"
+	c.role = RoleViewer
 	c.mu.Unlock()
 	_ = c.watch(ctx, false)
 	return nil
@@ -144,7 +141,7 @@ func (c *Controller) watch(ctx context.Context, untilLeaseFree bool) error {
 		}
 		holder, err := c.LeaseHolder(ctx)
 		if err == nil {
-			if untilLeaseFree && holder == "" {
+			if untilLeaseFree && holder.IsZero() {
 				return nil
 			}
 			c.mu.Lock()
@@ -318,9 +315,4 @@ func (c *Controller) setStoredLocked(s Stored) {
 			delete(c.health, id)
 		}
 	}
-}
-
-// holderName names this process in the lease.
-func holderName() string {
-	return "pid " + strconv.Itoa(osGetpid()) + " on " + hostname()
 }

@@ -15,7 +15,7 @@ func (c *Controller) Snapshot() Snapshot {
 	s := Snapshot{
 		Pool: c.cfg.Pool, Backend: c.be.Name(), Target: c.target, Now: now,
 		Counts: make(map[State]int, len(States)), NextPass: c.nextPass,
-		Role: c.role, LeaseHolder: c.holder, LastError: c.lastErr, Stats: c.stats,
+		Role: c.role, LeaseHolder: c.holder.String(), Lease: c.holder, LastError: c.lastErr, Stats: c.stats,
 	}
 	if c.backoffUntil.After(now) {
 		s.BackoffUntil = c.backoffUntil

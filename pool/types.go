@@ -7,6 +7,8 @@ package pool
 import (
 	"context"
 	"errors"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -95,11 +97,13 @@ type Store interface {
 	// Put appends a ready sandbox to the pool. Putting an id that is already
 	// recorded changes nothing.
 	Put(ctx context.Context, ref Ref) error
-	// Take atomically removes from the pool head every entry whose ExpiresAt is
-	// before minExpiresAt (returned as dropped: the caller terminates them) and
-	// claims the first entry at or after it for claimedBy. ok is false when no
-	// such entry exists; dropped entries are removed even then.
-	Take(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time) (taken Entry, dropped []Entry, ok bool, err error)
+	// Take atomically claims the first pooled entry whose ExpiresAt is at or
+	// after r.MinExpiresAt for r.ClaimedBy. Pooled entries before it that
+	// expire too soon are removed and returned as dropped (the caller
+	// terminates them), unless r.KeepShort: then they are skipped and stay
+	// pooled. ok is false when no such entry exists; dropped entries are
+	// removed even then.
+	Take(ctx context.Context, r TakeRequest) (taken Entry, dropped []Entry, ok bool, err error)
 	// Remove deletes entries (pooled or claimed) by id and returns those it found.
 	Remove(ctx context.Context, ids ...string) ([]Entry, error)
 	// Evict deletes pooled entries by id and returns those it found; an entry
@@ -113,6 +117,21 @@ type Store interface {
 	Close() error
 }
 
+// TakeRequest is one claim asked of a Store.
+type TakeRequest struct {
+	// MinExpiresAt: an entry expiring before it is too short to hand out.
+	MinExpiresAt time.Time
+	// ClaimedBy says who claims; it must not be empty.
+	ClaimedBy string
+	// Now is recorded as the entry's ClaimedAt.
+	Now time.Time
+	// KeepShort leaves short entries pooled instead of dropping them: only
+	// the controller (the lease holder) terminates pooled sandboxes for
+	// being too short; a claimer in another process skips them, since its
+	// idea of "too short" may not be the pool's.
+	KeepShort bool
+}
+
 // Lease is held by the one controller that maintains a pool (SPEC Behaviour 6).
 type Lease interface {
 	// Release gives the lease up.
@@ -123,16 +142,77 @@ type Lease interface {
 type Leaser interface {
 	// AcquireLease takes the controller lease for holder, or fails with an
 	// *LeaseHeldError naming who holds it.
-	AcquireLease(ctx context.Context, holder string) (Lease, error)
-	// LeaseHolder says who holds the lease now, "" when nobody does.
-	LeaseHolder(ctx context.Context) (string, error)
+	AcquireLease(ctx context.Context, holder LeaseRecord) (Lease, error)
+	// LeaseHolder says who holds the lease now, the zero record when nobody does.
+	LeaseHolder(ctx context.Context) (LeaseRecord, error)
+}
+
+// Role is what a process is to a pool.
+type Role string
+
+const (
+	// RoleNone: no loop runs in this process (a one-shot command).
+	RoleNone Role = ""
+	// RoleController holds the lease and maintains the pool.
+	RoleController Role = "controller"
+	// RoleViewer watches a pool that another process maintains.
+	RoleViewer Role = "viewer"
+	// RoleBackfill holds the lease for a moment to refill the pool after a
+	// claim when no controller runs; a controller starting meanwhile waits.
+	RoleBackfill Role = "backfill"
+)
+
+// LeaseRecord says who holds a pool's controller lease, as stored with it.
+type LeaseRecord struct {
+	Host string `json:"host,omitempty"`
+	Pid  int    `json:"pid,omitempty"`
+	// Role is RoleController or RoleBackfill.
+	Role Role `json:"role,omitempty"`
+	// Command is what the holder runs: "run", "dashboard", "maintain", "claim".
+	Command string `json:"command,omitempty"`
+	// API is the address the holder serves the HTTP API on ("" when none).
+	API   string    `json:"api,omitempty"`
+	Since time.Time `json:"since,omitzero"`
+}
+
+// IsZero reports an empty record: nobody holds the lease.
+func (r LeaseRecord) IsZero() bool {
+	return r.Host == "" && r.Pid == 0 && r.Role == "" && r.Command == "" && r.API == "" && r.Since.IsZero()
+}
+
+// Same reports whether two records name the same holder (Since compared as an instant).
+func (r LeaseRecord) Same(o LeaseRecord) bool {
+	return r.Host == o.Host && r.Pid == o.Pid && r.Role == o.Role && r.Command == o.Command &&
+		r.API == o.API && r.Since.Equal(o.Since)
+}
+
+// String names the holder in one line: "run pid 42 on build-1 (api 127.0.0.1:7780)".
+func (r LeaseRecord) String() string {
+	if r.IsZero() {
+		return ""
+	}
+	s := ""
+	if r.Command != "" {
+		s = r.Command + " "
+	}
+	if r.Pid != 0 {
+		s += "pid " + strconv.Itoa(r.Pid) + " on "
+	}
+	s += r.Host
+	switch {
+	case r.Role == RoleBackfill:
+		s += " (a claim's backfill)"
+	case r.API != "":
+		s += " (api " + r.API + ")"
+	}
+	return strings.TrimSpace(strings.ReplaceAll(s, "\n", " "))
 }
 
 // LeaseHeldError says that another controller maintains the pool.
-type LeaseHeldError struct{ Holder string }
+type LeaseHeldError struct{ Holder LeaseRecord }
 
 func (e *LeaseHeldError) Error() string {
-	return "pool is maintained by another controller: " + e.Holder
+	return "pool is maintained by another controller: " + e.Holder.String()
 }
 
 // ErrNoSandbox is returned by a claim that found no good sandbox in time.
@@ -186,11 +266,13 @@ type Snapshot struct {
 	NextPass time.Time
 	// BackoffUntil is set while creations are backed off after failures.
 	BackoffUntil time.Time
-	// Role is "controller" when this process holds the lease, "viewer" when
-	// another does, "" when no loop runs here.
-	Role string
-	// LeaseHolder names the controller when this process is a viewer.
+	// Role is RoleController when this process holds the lease, RoleViewer
+	// when another does, RoleNone when no loop runs here.
+	Role Role
+	// LeaseHolder names the controller when this process is a viewer
+	// (Lease.String()); Lease is the whole record.
 	LeaseHolder string
+	Lease       LeaseRecord
 	// LastError is the last backend or store error, cleared by a success.
 	LastError string
 	// Stats is the pool's claim and waste accounting.

@@ -305,13 +305,12 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 // Take drops the pooled head entries that expire before minExpiresAt and
 // claims the first pooled one at or after it. Claimed entries are skipped,
 // never dropped or taken.
-func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time) (taken pool.Entry, dropped []pool.Entry, ok bool, err error) {
-	if claimedBy == "" {
+func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (taken pool.Entry, dropped []pool.Entry, ok bool, err error) {
+	if tr.ClaimedBy == "" {
 		// An empty ClaimedBy would leave the entry pooled: it could be handed out again.
 		return pool.Entry{}, nil, false, errors.New("filestore: take: empty claimer")
 	}
-	req := &takeReq{minExpiresAt: minExpiresAt, claimedBy: claimedBy, now: now,
-		done: make(chan takeResult, 1), lead: make(chan struct{})}
+	req := &takeReq{TakeRequest: tr, done: make(chan takeResult, 1), lead: make(chan struct{})}
 	s.takes.Lock()
 	s.takeQueue = append(s.takeQueue, req)
 	leader := !s.takeLeading
@@ -333,11 +332,9 @@ func (s *Store) Take(ctx context.Context, minExpiresAt time.Time, claimedBy stri
 
 // takeReq is one Take waiting for a batch.
 type takeReq struct {
-	minExpiresAt time.Time
-	claimedBy    string
-	now          time.Time
-	done         chan takeResult
-	lead         chan struct{} // closed when this request must run the next batch
+	pool.TakeRequest
+	done chan takeResult
+	lead chan struct{} // closed when this request must run the next batch
 }
 
 type takeResult struct {
@@ -368,11 +365,14 @@ func (s *Store) takeBatch(ctx context.Context) {
 			for j, e := range st.Entries {
 				switch {
 				case e.Claimed():
-				case e.ExpiresAt.Before(req.minExpiresAt):
+				case e.ExpiresAt.Before(req.MinExpiresAt):
+					if req.KeepShort {
+						break // a claimer skips it; the controller drops it
+					}
 					r.dropped = append(r.dropped, e)
 					continue
 				default:
-					e.ClaimedBy, e.ClaimedAt = req.claimedBy, req.now
+					e.ClaimedBy, e.ClaimedAt = req.ClaimedBy, req.Now
 					r.taken, r.ok = e, true
 					kept = append(kept, e)
 					kept = append(kept, st.Entries[j+1:]...)

@@ -191,7 +191,7 @@ func TestTake(t *testing.T) {
 				err     error
 			)
 			rw := rewritten(t, s, func() {
-				taken, dropped, ok, err = s.Take(context.Background(), minExp, "tester", at(50))
+				taken, dropped, ok, err = s.Take(context.Background(), pool.TakeRequest{MinExpiresAt: minExp, ClaimedBy: "tester", Now: at(50)})
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -225,8 +225,19 @@ func TestTake(t *testing.T) {
 	t.Run("empty claimer", func(t *testing.T) {
 		s := open(t, t.TempDir())
 		seed(t, s, pool.Stored{Entries: []pool.Entry{{Ref: ref("a", 200)}}})
-		if _, _, _, err := s.Take(context.Background(), minExp, "", t0); err == nil {
+		if _, _, _, err := s.Take(context.Background(), pool.TakeRequest{MinExpiresAt: minExp, Now: t0}); err == nil {
 			t.Fatal("no error")
+		}
+	})
+	t.Run("keep short", func(t *testing.T) {
+		s := open(t, t.TempDir())
+		seed(t, s, pool.Stored{Entries: []pool.Entry{{Ref: ref("a", 10)}, {Ref: ref("b", 200)}, {Ref: ref("c", 20)}}})
+		taken, dropped, ok, err := s.Take(context.Background(), pool.TakeRequest{MinExpiresAt: minExp, ClaimedBy: "cli", Now: t0, KeepShort: true})
+		if err != nil || !ok || taken.ID != "b" || len(dropped) != 0 {
+			t.Fatalf("taken %q ok=%v dropped %q err %v", taken.ID, ok, desc(dropped), err)
+		}
+		if got := desc(load(t, s).Entries); got != "a b* c" {
+			t.Fatalf("left %q, want short ones kept", got)
 		}
 	})
 }
@@ -348,7 +359,7 @@ func TestSharedAndCopied(t *testing.T) {
 	if got := desc(load(t, b).Entries); got != "x" {
 		t.Fatalf("b sees %q", got)
 	}
-	if _, _, _, err := b.Take(ctx, t0, "b", t0); err != nil {
+	if _, _, _, err := b.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "b", Now: t0}); err != nil {
 		t.Fatal(err)
 	}
 	if got := desc(load(t, a).Entries); got != "x*" {
@@ -398,9 +409,12 @@ func TestCorrupt(t *testing.T) {
 			}
 			before, _ := os.Stat(s.Path())
 			for name, call := range map[string]func() error{
-				"Load":      func() error { _, err := s.Load(ctx); return err },
-				"Put":       func() error { return s.Put(ctx, ref("new", 1)) },
-				"Take":      func() error { _, _, _, err := s.Take(ctx, t0, "me", t0); return err },
+				"Load": func() error { _, err := s.Load(ctx); return err },
+				"Put":  func() error { return s.Put(ctx, ref("new", 1)) },
+				"Take": func() error {
+					_, _, _, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "me", Now: t0})
+					return err
+				},
 				"Remove":    func() error { _, err := s.Remove(ctx, "a"); return err },
 				"SetTarget": func() error { return s.SetTarget(ctx, 4) },
 			} {
@@ -500,7 +514,7 @@ func TestConcurrentTakeInProcess(t *testing.T) {
 		wg.Go(func() {
 			s := stores[g%2]
 			for {
-				e, _, ok, err := s.Take(context.Background(), t0, fmt.Sprint("g", g), t0)
+				e, _, ok, err := s.Take(context.Background(), pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: fmt.Sprint("g", g), Now: t0})
 				if err != nil {
 					t.Error(err)
 					return
@@ -525,20 +539,20 @@ func TestLeaseInProcess(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	a, b := open(t, dir), open(t, dir)
-	if h, err := a.LeaseHolder(ctx); err != nil || h != "" {
+	if h, err := a.LeaseHolder(ctx); err != nil || !h.IsZero() {
 		t.Fatalf("free lease: %q %v", h, err)
 	}
-	la, err := a.AcquireLease(ctx, "run pid 1 on host")
+	la, err := a.AcquireLease(ctx, pool.LeaseRecord{Host: "run pid 1 on host"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []*Store{a, b} { // the same Store cannot take it twice either
-		_, err := s.AcquireLease(ctx, "second")
+		_, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "second"})
 		var held *pool.LeaseHeldError
-		if !errors.As(err, &held) || held.Holder != "run pid 1 on host" {
+		if !errors.As(err, &held) || held.Holder.String() != "run pid 1 on host" {
 			t.Fatalf("second acquire: %v", err)
 		}
-		if h, err := s.LeaseHolder(ctx); err != nil || h != "run pid 1 on host" {
+		if h, err := s.LeaseHolder(ctx); err != nil || h.String() != "run pid 1 on host" {
 			t.Fatalf("holder: %q %v", h, err)
 		}
 	}
@@ -548,15 +562,15 @@ func TestLeaseInProcess(t *testing.T) {
 	if err := la.Release(); err != nil {
 		t.Fatal("second Release:", err)
 	}
-	if h, err := b.LeaseHolder(ctx); err != nil || h != "" {
+	if h, err := b.LeaseHolder(ctx); err != nil || !h.IsZero() {
 		t.Fatalf("released lease: %q %v", h, err)
 	}
-	lb, err := b.AcquireLease(ctx, "b")
+	lb, err := b.AcquireLease(ctx, pool.LeaseRecord{Host: "b"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lb.Release()
-	if h, _ := a.LeaseHolder(ctx); h != "b" {
+	if h, _ := a.LeaseHolder(ctx); h.String() != "b" {
 		t.Fatalf("holder %q", h)
 	}
 }
@@ -580,7 +594,7 @@ func TestLeaseProbesDoNotBlockAcquire(t *testing.T) {
 	})
 	defer func() { close(stop); wg.Wait() }()
 	for range 50 {
-		l, err := a.AcquireLease(ctx, "a")
+		l, err := a.AcquireLease(ctx, pool.LeaseRecord{Host: "a"})
 		if err != nil {
 			t.Fatal(err)
 		}

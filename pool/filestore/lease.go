@@ -2,6 +2,7 @@ package filestore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -30,7 +31,7 @@ const heldGrace = 100 * time.Millisecond
 // AcquireLease takes the pool's controller lease for holder, or returns a
 // *pool.LeaseHeldError naming the current holder. Every call opens its own
 // lock, so two Stores of one process exclude each other too.
-func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, error) {
+func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool.Lease, error) {
 	if s.closed.Load() {
 		return nil, errClosed
 	}
@@ -57,8 +58,10 @@ func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, er
 	}
 	// Written atomically so a reader sees the old holder or the new one, never half.
 	tmp := s.holderPath() + ".tmp"
-	// One line: it ends up in another controller's one-line refusal.
-	err := os.WriteFile(tmp, []byte(strings.ReplaceAll(holder, "\n", " ")+"\n"), 0o600)
+	data, err := json.Marshal(holder)
+	if err == nil {
+		err = os.WriteFile(tmp, append(data, '\n'), 0o600)
+	}
 	if err == nil {
 		err = os.Rename(tmp, s.holderPath())
 	}
@@ -70,33 +73,37 @@ func (s *Store) AcquireLease(ctx context.Context, holder string) (pool.Lease, er
 }
 
 // LeaseHolder says who holds the lease now, "" when nobody does.
-func (s *Store) LeaseHolder(ctx context.Context) (string, error) {
+func (s *Store) LeaseHolder(ctx context.Context) (pool.LeaseRecord, error) {
 	if err := ctx.Err(); err != nil {
-		return "", err
+		return pool.LeaseRecord{}, err
 	}
 	// A shared probe: probes never block each other, and it is released at once.
 	fl := flock.New(s.leasePath(), flock.SetPermissions(0o600))
 	free, err := fl.TryRLock()
 	if err != nil {
-		return "", fmt.Errorf("lease %s: %w", fl.Path(), err)
+		return pool.LeaseRecord{}, fmt.Errorf("lease %s: %w", fl.Path(), err)
 	}
 	if free {
-		return "", fl.Unlock()
+		return pool.LeaseRecord{}, fl.Unlock()
 	}
 	return s.readHolder(), nil
 }
 
 // readHolder reads who holds the locked lease; the holder may not have
-// written its name yet.
-func (s *Store) readHolder() string {
+// written its record yet. What cannot be read is said in Host.
+func (s *Store) readHolder() pool.LeaseRecord {
 	b, err := os.ReadFile(s.holderPath())
 	if h := strings.TrimSpace(string(b)); err == nil && h != "" {
-		return h
+		var r pool.LeaseRecord
+		if json.Unmarshal([]byte(h), &r) == nil && !r.IsZero() {
+			return r
+		}
+		return pool.LeaseRecord{Host: strings.ReplaceAll(h, "\n", " ")} // an older binary's one line
 	}
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return "unknown holder (" + err.Error() + ")"
+		return pool.LeaseRecord{Host: "unknown holder (" + err.Error() + ")"}
 	}
-	return "unknown holder (lock " + s.leasePath() + " is held)"
+	return pool.LeaseRecord{Host: "unknown holder (lock " + s.leasePath() + " is held)"}
 }
 
 type lease struct {

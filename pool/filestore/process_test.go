@@ -42,7 +42,7 @@ func TestHelperProcess(t *testing.T) {
 		start, _ := strconv.ParseInt(os.Getenv(startEnv), 10, 64)
 		time.Sleep(time.Until(time.Unix(0, start)))
 		for {
-			e, _, ok, err := s.Take(ctx, t0, me, time.Now())
+			e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: me, Now: time.Now()})
 			if err != nil {
 				fmt.Println("error:", err)
 				os.Exit(1)
@@ -53,7 +53,7 @@ func TestHelperProcess(t *testing.T) {
 			fmt.Println(e.ID)
 		}
 	case "lease":
-		if _, err := s.AcquireLease(ctx, "helper "+me); err != nil {
+		if _, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "helper " + me}); err != nil {
 			fmt.Println("error:", err)
 			os.Exit(1)
 		}
@@ -61,10 +61,10 @@ func TestHelperProcess(t *testing.T) {
 		time.Sleep(time.Minute) // until killed
 		os.Exit(3)
 	case "try-lease":
-		_, err := s.AcquireLease(ctx, "try "+me)
+		_, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "try " + me})
 		var held *pool.LeaseHeldError
 		if errors.As(err, &held) {
-			fmt.Println("held:", held.Holder)
+			fmt.Println("held:", held.Holder.String())
 			return
 		}
 		fmt.Println("unexpected:", err)
@@ -172,12 +172,12 @@ func TestCrossProcessLease(t *testing.T) {
 		t.Fatalf("second process: %q %v", out, err)
 	}
 	// And so is this one.
-	_, err = s.AcquireLease(ctx, "me")
+	_, err = s.AcquireLease(ctx, pool.LeaseRecord{Host: "me"})
 	var held *pool.LeaseHeldError
-	if !errors.As(err, &held) || held.Holder != want || !strings.Contains(err.Error(), want) {
+	if !errors.As(err, &held) || held.Holder.String() != want || !strings.Contains(err.Error(), want) {
 		t.Fatalf("acquire while held: %v", err)
 	}
-	if h, err := s.LeaseHolder(ctx); h != want || err != nil {
+	if h, err := s.LeaseHolder(ctx); h.String() != want || err != nil {
 		t.Fatalf("LeaseHolder = %q %v", h, err)
 	}
 
@@ -186,14 +186,14 @@ func TestCrossProcessLease(t *testing.T) {
 		t.Fatal(err)
 	}
 	holder.Wait()
-	if h, err := s.LeaseHolder(ctx); h != "" || err != nil {
+	if h, err := s.LeaseHolder(ctx); !h.IsZero() || err != nil {
 		t.Fatalf("after kill: LeaseHolder = %q %v", h, err)
 	}
-	l, err := s.AcquireLease(ctx, "me")
+	l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "me"})
 	if err != nil {
 		t.Fatalf("acquire after kill: %v", err)
 	}
-	if h, _ := s.LeaseHolder(ctx); h != "me" {
+	if h, _ := s.LeaseHolder(ctx); h.String() != "me" {
 		t.Fatalf("holder %q", h)
 	}
 	if err := l.Release(); err != nil {
@@ -218,7 +218,7 @@ func BenchmarkTake(b *testing.B) {
 			}
 			b.ReportAllocs()
 			for b.Loop() {
-				e, _, ok, err := s.Take(ctx, t0, "bench", t0)
+				e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "bench", Now: t0})
 				if err != nil || !ok {
 					b.Fatal(ok, err)
 				}

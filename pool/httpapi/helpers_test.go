@@ -238,9 +238,9 @@ type countStore struct {
 	takes atomic.Int64
 }
 
-func (s *countStore) Take(ctx context.Context, minExpiresAt time.Time, by string, now time.Time) (pool.Entry, []pool.Entry, bool, error) {
+func (s *countStore) Take(ctx context.Context, r pool.TakeRequest) (pool.Entry, []pool.Entry, bool, error) {
 	defer s.takes.Add(1)
-	return s.Store.Take(ctx, minExpiresAt, by, now)
+	return s.Store.Take(ctx, r)
 }
 
 // syncBuffer is a bytes.Buffer safe for the server's goroutines.

@@ -185,7 +185,7 @@ type Store struct {
 	mu      sync.Mutex
 	s       pool.Stored
 	Err     error // when set, every call fails with it
-	lease   string
+	lease   pool.LeaseRecord
 	current *memLease
 	Takes   int
 	closed  bool
@@ -232,7 +232,7 @@ func (s *Store) Put(_ context.Context, r pool.Ref) error {
 	return nil
 }
 
-func (s *Store) Take(_ context.Context, minExpiresAt time.Time, by string, now time.Time) (pool.Entry, []pool.Entry, bool, error) {
+func (s *Store) Take(_ context.Context, r pool.TakeRequest) (pool.Entry, []pool.Entry, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.fail(); err != nil {
@@ -247,10 +247,14 @@ func (s *Store) Take(_ context.Context, minExpiresAt time.Time, by string, now t
 		switch {
 		case e.Claimed() || found:
 			kept = append(kept, e)
-		case e.ExpiresAt.Before(minExpiresAt):
-			dropped = append(dropped, e)
+		case e.ExpiresAt.Before(r.MinExpiresAt):
+			if r.KeepShort {
+				kept = append(kept, e)
+			} else {
+				dropped = append(dropped, e)
+			}
 		default:
-			e.ClaimedBy, e.ClaimedAt = by, now
+			e.ClaimedBy, e.ClaimedAt = r.ClaimedBy, r.Now
 			got, found = e, true
 			kept = append(kept, e)
 		}
@@ -307,10 +311,10 @@ func (s *Store) SetTiming(_ context.Context, ttl, use time.Duration) error {
 func (s *Store) Close() error { s.mu.Lock(); s.closed = true; s.mu.Unlock(); return nil }
 
 // AcquireLease implements pool.Leaser in memory.
-func (s *Store) AcquireLease(_ context.Context, holder string) (pool.Lease, error) {
+func (s *Store) AcquireLease(_ context.Context, holder pool.LeaseRecord) (pool.Lease, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.lease != "" {
+	if !s.lease.IsZero() {
 		return nil, &pool.LeaseHeldError{Holder: s.lease}
 	}
 	s.lease = holder
@@ -322,7 +326,7 @@ func (s *Store) AcquireLease(_ context.Context, holder string) (pool.Lease, erro
 // memLease is a lease on the in-memory store; Supersede makes it lost.
 type memLease struct {
 	s      *Store
-	holder string
+	holder pool.LeaseRecord
 	lost   chan struct{}
 	once   sync.Once
 }
@@ -332,15 +336,15 @@ func (l *memLease) Lost() <-chan struct{} { return l.lost }
 func (l *memLease) Release() error {
 	l.s.mu.Lock()
 	defer l.s.mu.Unlock()
-	if l.s.lease == l.holder && l.s.current == l {
-		l.s.lease, l.s.current = "", nil
+	if l.s.lease.Same(l.holder) && l.s.current == l {
+		l.s.lease, l.s.current = pool.LeaseRecord{}, nil
 	}
 	return nil
 }
 
 // Supersede hands the lease to another controller, as a stale heartbeat
 // taken over would: the current holder's lease reports it lost.
-func (s *Store) Supersede(holder string) {
+func (s *Store) Supersede(holder pool.LeaseRecord) {
 	s.mu.Lock()
 	cur := s.current
 	s.lease, s.current = holder, nil
@@ -351,11 +355,11 @@ func (s *Store) Supersede(holder string) {
 }
 
 // LeaseHolder implements pool.Leaser.
-func (s *Store) LeaseHolder(context.Context) (string, error) {
+func (s *Store) LeaseHolder(context.Context) (pool.LeaseRecord, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.lease, nil
 }
 
 // HoldLease takes the lease for another (pretend) controller.
-func (s *Store) HoldLease(holder string) { s.mu.Lock(); s.lease = holder; s.mu.Unlock() }
+func (s *Store) HoldLease(holder pool.LeaseRecord) { s.mu.Lock(); s.lease = holder; s.mu.Unlock() }
