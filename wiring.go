@@ -199,7 +199,7 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	if o.listen != "" {
 		m := metrics.New(p.ctrl)
 		api := httpapi.New(p.ctrl, httpapi.Options{Token: o.token, ReadOnly: o.readonly, Logger: logger, Metrics: m})
-		addr, errc, err := httpapi.Serve(ctx, o.listen, api, logger)
+		addr, errc, err := httpapi.Serve(ctx, o.listen, api)
 		if err != nil && allowViewer && isAddrInUse(err) {
 			// A second dashboard on a pool: the first one serves the API.
 			s.apiAddr = "off (" + o.listen + " in use)"

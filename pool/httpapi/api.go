@@ -47,6 +47,8 @@ type Options struct {
 	// RetryAfter is the Retry-After of a 503 when no backoff is under way
 	// (default 2s).
 	RetryAfter time.Duration
+	// Limits bound the connections Serve keeps open (zero: DefaultLimits).
+	Limits Limits
 }
 
 // API is the http.Handler of the claim API.
@@ -57,11 +59,14 @@ type API struct {
 	mux        *http.ServeMux
 	tokenHash  [32]byte
 	retryAfter time.Duration
+	limits     Limits
+	stats      *apiStats
 }
 
 // New returns the API of ctrl as an http.Handler.
 func New(ctrl *pool.Controller, opts Options) *API {
-	a := &API{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(), retryAfter: opts.RetryAfter}
+	a := &API{ctrl: ctrl, opts: opts, log: opts.Logger, mux: http.NewServeMux(), retryAfter: opts.RetryAfter,
+		limits: opts.Limits.orDefault(), stats: newAPIStats()}
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
@@ -75,6 +80,7 @@ func New(ctrl *pool.Controller, opts Options) *API {
 	if m == nil {
 		m = metrics.New(ctrl)
 	}
+	m.Registry().MustRegister(a.stats)
 
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.Handle("GET /metrics", m.Handler())
@@ -115,7 +121,17 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) serve(w http.ResponseWriter, r *http.Request) {
+	if p, ok := peerFrom(r.Context()); ok && p.OwnerOnly && p.UID != p.OwnerUID {
+		a.stats.reject(RejectForbidden)
+		who := "another user"
+		if p.UID < 0 {
+			who = "a user this server could not identify"
+		}
+		writeError(w, http.StatusForbidden, fmt.Sprintf("this API answers only uid %d, the user running the controller; you are %s (start it with --token-file to share it)", p.OwnerUID, who))
+		return
+	}
 	if a.opts.Token != "" && r.URL.Path != "/healthz" && !a.authorized(r) {
+		a.stats.reject(RejectUnauthorized)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="sandboxpool"`)
 		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token: send Authorization: Bearer <token>")
 		return
@@ -160,8 +176,34 @@ func (a *API) authorized(r *http.Request) bool {
 
 // ---- handlers ----
 
+// HealthzView is the body of /healthz.
+type HealthzView struct {
+	Status string `json:"status"`          // ok or error
+	Error  string `json:"error,omitempty"` // what is wrong, while the pool has problems
+}
+
+// healthz answers from the controller's memory only (never the store or the
+// backend): it stays fast however loaded or broken they are.
 func (a *API) healthz(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	w.Header().Set("Cache-Control", "no-store")
+	if msg := problemsText(a.ctrl.Problems()); msg != "" {
+		writeJSON(w, http.StatusServiceUnavailable, HealthzView{Status: "error", Error: msg})
+		return
+	}
+	writeJSON(w, http.StatusOK, HealthzView{Status: "ok"})
+}
+
+// problemsText is the problems on one line, "" when there are none.
+func problemsText(ps []pool.Problem) string {
+	parts := make([]string, 0, len(ps))
+	for _, p := range ps {
+		s := p.Kind + ": " + p.Message
+		if p.Count > 1 {
+			s += fmt.Sprintf(" (x%d)", p.Count)
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (a *API) getPool(w http.ResponseWriter, _ *http.Request) {

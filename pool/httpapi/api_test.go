@@ -428,16 +428,16 @@ func TestCheckListen(t *testing.T) {
 		{"localhost:7780", "", true},
 		{"", "", true},
 		{"0.0.0.0:7780", "", false},
-		{"0.0.0.0:7780", "tok", true},
+		{"0.0.0.0:7780", "0123456789abcdef", true},
 		{":7780", "", false},
 		{"[::]:7780", "", false},
 		{"10.0.0.5:7780", "", false},
 		{"example.com:7780", "", false},
-		{"example.com:7780", "tok", true},
+		{"example.com:7780", "0123456789abcdef", true},
 		{"127.0.0.1", "", false},
 		{"127.0.0.1:http", "", false},
 		{"127.0.0.1:70000", "", false},
-		{"127.0.0.1:70000", "tok", false},
+		{"127.0.0.1:70000", "0123456789abcdef", false},
 	} {
 		err := httpapi.CheckListen(tc.listen, tc.token)
 		if (err == nil) != tc.ok {

@@ -214,7 +214,7 @@ func benchMemPool(b *testing.B, e *localEnv) *memPool {
 			return
 		}
 		sctx, cancel := context.WithCancel(ctx)
-		addr, errc, err := httpapi.Serve(sctx, "127.0.0.1:0", httpapi.New(ctrl, httpapi.Options{}), nil)
+		addr, errc, err := httpapi.Serve(sctx, "127.0.0.1:0", httpapi.New(ctrl, httpapi.Options{}))
 		if err != nil {
 			cancel()
 			ctrl.Close()

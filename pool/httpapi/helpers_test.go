@@ -123,7 +123,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.api.Logger == nil {
 		o.api.Logger = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	addr, errc, err := httpapi.Serve(ctx, "127.0.0.1:0", httpapi.New(ctrl, o.api), o.api.Logger)
+	addr, errc, err := httpapi.Serve(ctx, "127.0.0.1:0", httpapi.New(ctrl, o.api))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -76,7 +75,7 @@ func startLocal(dir string, size int, loops bool, cfgFn func(*pool.Config)) (_ *
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	addr, errc, err := httpapi.Serve(ctx, "127.0.0.1:0", httpapi.New(ctrl, httpapi.Options{}), slog.New(slog.DiscardHandler))
+	addr, errc, err := httpapi.Serve(ctx, "127.0.0.1:0", httpapi.New(ctrl, httpapi.Options{}))
 	if err != nil {
 		cancel()
 		ctrl.Close()

@@ -1,0 +1,168 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// startRunLimited starts `run` with its file descriptor limit lowered to
+// nofile (soft and hard), as an SRE's systemd unit might.
+func startRunLimited(t *testing.T, env []string, nofile int, args ...string) *controller {
+	t.Helper()
+	script := fmt.Sprintf(`ulimit -n %d && exec "$0" run "$@"`, nofile)
+	cmd := exec.Command("sh", append([]string{"-c", script, binary}, args...)...)
+	cmd.Env = env
+	logs := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &controller{cmd: cmd, logs: logs, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(c.done) }()
+	t.Cleanup(func() { c.kill() })
+	return c
+}
+
+var apiLine = regexp.MustCompile(`api=http://(\S+)`)
+
+// apiAddr waits for the controller's "controller started" line and returns
+// the API address it names.
+func (c *controller) apiAddr(t *testing.T) string {
+	t.Helper()
+	var addr string
+	waitFor(t, "the API address in the log", 30*time.Second, func() bool {
+		if m := apiLine.FindStringSubmatch(c.logs.String()); m != nil {
+			addr = m[1]
+			return true
+		}
+		select {
+		case <-c.done:
+			t.Fatalf("controller exited:\n%s", c.logs.String())
+		default:
+		}
+		return false
+	})
+	return addr
+}
+
+// TestIdleConnectionsCannotStarveTheController is issue 13 case 1 on the
+// built binary: thousands of idle connections, some after one request, must
+// not exhaust the controller's descriptors nor stop /healthz and claims.
+func TestIdleConnectionsCannotStarveTheController(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	ctl := startRunLimited(t, env, 1024, append([]string{"--size", "2", "--listen", "127.0.0.1:0"}, fastRun[:len(fastRun)-2]...)...)
+	addr := ctl.apiAddr(t)
+	base := "http://" + addr
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(method, path string) (int, string, error) {
+		req, _ := http.NewRequest(method, base+path, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), nil
+	}
+	waitFor(t, "2 ready", 30*time.Second, func() bool {
+		_, body, err := get("GET", "/v1/pool")
+		return err == nil && strings.Contains(body, `"ready":2`)
+	})
+
+	// 5,000 connections held open: half send nothing, half one request
+	// (GET /healthz) then sit idle, as in the issue.
+	const n = 5000
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+		wg    sync.WaitGroup
+	)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	work := make(chan int)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{Timeout: 3 * time.Second}
+			for i := range work {
+				c, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					continue
+				}
+				if i%2 == 1 {
+					_, _ = io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+				}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	if len(conns) < n/2 {
+		t.Fatalf("only %d of %d connections opened", len(conns), n)
+	}
+
+	// With all of them still open: /healthz and a claim answer at once.
+	start := time.Now()
+	if code, body, err := get("GET", "/healthz"); err != nil || code != 200 {
+		t.Fatalf("healthz under %d idle connections: %d %s %v", len(conns), code, body, err)
+	}
+	if code, body, err := get("POST", "/v1/claims?timeout=10s"); err != nil || code != 200 {
+		t.Fatalf("claim under %d idle connections: %d %s %v", len(conns), code, body, err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("healthz and a claim took %s under load", d)
+	}
+
+	// The controller stayed within its descriptors and said what it did.
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", ctl.cmd.Process.Pid))
+	if err == nil && len(fds) > 900 {
+		t.Errorf("controller holds %d descriptors of its 1024", len(fds))
+	}
+	_, metrics, err := get("GET", "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^sandboxpool_api_idle_closed_total [1-9]`).MatchString(metrics) {
+		t.Errorf("sandboxpool_api_idle_closed_total not counted:\n%s", grepLines(metrics, "sandboxpool_api_"))
+	}
+	if m := regexp.MustCompile(`(?m)^sandboxpool_api_connections_max (\d+)`).FindStringSubmatch(metrics); m == nil || m[1] != "256" {
+		t.Errorf("sandboxpool_api_connections_max: %v, want 256 (a quarter of 1024)", m)
+	}
+	if logs := ctl.logs.String(); strings.Contains(logs, "too many open files") {
+		t.Errorf("the controller ran out of descriptors:\n%s", logs)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
