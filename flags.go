@@ -26,6 +26,10 @@ type options struct {
 	healthEvery   time.Duration
 	maintainEvery time.Duration
 	maxCreating   int
+	autosize      bool
+	minSize       int
+	autoWindow    time.Duration
+	pricePerHour  float64
 	stateDir      string
 	listen        string
 	token         string
@@ -54,6 +58,10 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.healthEvery, "health-every", d.HealthEvery, "background health probe interval")
 	fs.DurationVar(&o.maintainEvery, "maintain-every", d.MaintainEvery, "maintenance interval")
 	fs.IntVar(&o.maxCreating, "max-creating", d.MaxCreating, "parallel creations")
+	fs.BoolVar(&o.autosize, "autosize", false, "the target follows demand (claim rate x time-to-ready p95, with headroom) between --min-size and --max-size; a manual resize turns it off")
+	fs.IntVar(&o.minSize, "min-size", d.MinSize, "floor of an autosized target")
+	fs.DurationVar(&o.autoWindow, "autosize-window", d.AutosizeWindow, "an autosized target falls no faster than this (it rises at once)")
+	fs.Float64Var(&o.pricePerHour, "price-per-hour", 0, "a sandbox's hourly price: idle cost and cost per hour shown in money (default unset)")
 	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "directory of the local store files")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7780", "HTTP API address of dashboard and run; empty disables")
 	fs.StringVar(&o.token, "token", "", "bearer token for the API; required unless listening on loopback only")
@@ -94,6 +102,8 @@ func allowedFor(f *pflag.Flag) string {
 		return "must be a whole number"
 	case "bool":
 		return "must be true or false"
+	case "float64":
+		return "must be a number such as 0.05"
 	}
 	return "bad value"
 }
@@ -137,6 +147,7 @@ func (o *options) config(sizeSet bool) (pool.Config, error) {
 	c.TTL, c.UseDuration = o.ttl, o.useDuration
 	c.HealthTimeout, c.HealthEvery, c.MaintainEvery = o.healthTimeout, o.healthEvery, o.maintainEvery
 	c.MaxCreating = o.maxCreating
+	c.Autosize, c.MinSize, c.AutosizeWindow, c.PricePerHour = o.autosize, o.minSize, o.autoWindow, o.pricePerHour
 	if o.backend != "local" && o.backend != "modal" {
 		return c, usagef("--backend %q: must be local or modal", o.backend)
 	}

@@ -80,8 +80,9 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		closeAll()
 		return nil, err
 	}
-	if controller && cfg.SizeSet {
-		// --size given to run/dashboard/maintain sets the stored target.
+	if controller && cfg.SizeSet && !cfg.Autosize {
+		// --size given to run/dashboard/maintain sets the stored target
+		// (with --autosize the target is the rule's: --size is ignored).
 		if err := ctrl.Resize(ctx, cfg.Size); err != nil {
 			ctrl.Close()
 			closeAll()

@@ -14,6 +14,7 @@ func (c *Controller) Resize(ctx context.Context, n int) error {
 	if err := c.cfg.ValidateSize(n); err != nil {
 		return err
 	}
+	c.autosizeOff(fmt.Sprintf("target set to %d by hand", n))
 	// The old target is read before the store is written: a store reload
 	// in between (the store loop, a pass) would already show n.
 	c.mu.Lock()

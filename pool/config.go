@@ -2,6 +2,7 @@ package pool
 
 import (
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -21,22 +22,31 @@ type Config struct {
 	ClaimTimeout time.Duration
 	// CreateTries is how often one creation is tried before it counts as failed.
 	CreateTries int
+	// Autosize makes the target follow demand between MinSize and MaxSize,
+	// falling no faster than AutosizeWindow (pool/autosize.go).
+	Autosize       bool
+	MinSize        int
+	AutosizeWindow time.Duration
+	// PricePerHour is one sandbox's hourly price; 0 shows no money.
+	PricePerHour float64
 }
 
 // DefaultConfig returns SPEC's defaults.
 func DefaultConfig() Config {
 	return Config{
-		Pool:          "default",
-		Size:          3,
-		MaxSize:       100,
-		TTL:           5 * time.Minute,
-		UseDuration:   2 * time.Minute,
-		HealthTimeout: 10 * time.Second,
-		HealthEvery:   5 * time.Second,
-		MaintainEvery: 30 * time.Second,
-		MaxCreating:   20,
-		ClaimTimeout:  60 * time.Second,
-		CreateTries:   3,
+		Pool:           "default",
+		Size:           3,
+		MaxSize:        100,
+		TTL:            5 * time.Minute,
+		UseDuration:    2 * time.Minute,
+		HealthTimeout:  10 * time.Second,
+		HealthEvery:    5 * time.Second,
+		MaintainEvery:  30 * time.Second,
+		MaxCreating:    20,
+		ClaimTimeout:   60 * time.Second,
+		CreateTries:    3,
+		MinSize:        1,
+		AutosizeWindow: 5 * time.Minute,
 	}
 }
 
@@ -67,6 +77,15 @@ func (c Config) Validate() error {
 	}
 	if c.MaxCreating < 1 || c.MaxCreating > 1000 {
 		return fmt.Errorf("--max-creating %d: must be between 1 and 1000", c.MaxCreating)
+	}
+	if c.MinSize < 0 || c.Autosize && c.MinSize > c.MaxSize {
+		return fmt.Errorf("--min-size %d: must be between 0 and --max-size %d", c.MinSize, c.MaxSize)
+	}
+	if c.AutosizeWindow <= 0 {
+		return fmt.Errorf("--autosize-window %s: must be a positive duration such as 30s or 5m", c.AutosizeWindow)
+	}
+	if c.PricePerHour < 0 || math.IsNaN(c.PricePerHour) || math.IsInf(c.PricePerHour, 0) {
+		return fmt.Errorf("--price-per-hour %v: must be a price of 0 or more, such as 0.05", c.PricePerHour)
 	}
 	if c.CreateTries < 1 {
 		return fmt.Errorf("create tries %d: must be 1 or more", c.CreateTries)

@@ -82,6 +82,9 @@ type Controller struct {
 	holder       LeaseRecord
 	seq          int
 
+	auto autosizeState // its own lock; taken after mu, never before
+	cost costMeter
+
 	events   eventHub
 	waitq    waitQueue
 	changeMu sync.Mutex
@@ -131,6 +134,7 @@ func New(o Options) (*Controller, error) {
 		creates:      map[bool]int64{},
 		changed:      make(chan struct{}),
 	}
+	c.initAutosize()
 	return c, nil
 }
 

@@ -216,6 +216,7 @@ func (c *Controller) untilNextPass(next time.Time) time.Duration {
 	if c.backoffUntil.After(now) && c.backoffUntil.Before(next) {
 		next = c.backoffUntil
 	}
+	next = c.autosizeNext(now, next)
 	c.nextPass = next
 	c.mu.Unlock()
 	return max(next.Sub(now), time.Millisecond)
@@ -297,6 +298,7 @@ func diffStored(a, b Stored) (changed, lost bool) {
 }
 
 func (c *Controller) setStoredLocked(s Stored) {
+	c.autosizeSawStoredLocked(s)
 	c.stored = s
 	c.loaded = true
 	if s.HasTarget {

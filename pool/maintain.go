@@ -57,6 +57,7 @@ func (c *Controller) pass(ctx context.Context, reconcile bool) error {
 	}
 	c.mu.Unlock()
 	now := c.clk.Now()
+	target = c.autosizeTarget(ctx, target, now)
 
 	// 1. Expiring, unhealthy and dead pooled sandboxes go; claimed ones that
 	// died leave the record.

@@ -62,6 +62,7 @@ func (c *Controller) Snapshot() Snapshot {
 		s.Counts[sb.State]++
 	}
 	s.Stats.WasteSeconds = c.stats.WasteSeconds
+	s.Autosize, s.Cost = c.Autosize(), c.costLocked(now, s.Counts)
 	return s
 }
 

@@ -277,6 +277,10 @@ type Snapshot struct {
 	LastError string
 	// Stats is the pool's claim and waste accounting.
 	Stats Stats
+	// Autosize says whether and why the target follows demand; Cost is
+	// what the pool costs (pool/autosize.go, pool/cost.go).
+	Autosize AutosizeStatus
+	Cost     Cost
 }
 
 // Stats accounts for claims and the cost of keeping sandboxes warm.
