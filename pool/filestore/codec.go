@@ -13,14 +13,30 @@ import (
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
-// fileVersion is the only layout this build reads and writes.
-const fileVersion = 1
+// The store file is a snapshot, one JSON object written whole by a rename,
+// followed by a log: one JSON record per line, appended by each change.
+//
+//	{"version":2,"target":3,"ttl":"2m0s","use_duration":"30s","entries":[
+//	{"id":"a",...,"claimed_by":"cli","claimed_at":"..."},
+//	{"id":"b",...}
+//	]}
+//	{"op":"claim","id":"b","by":"api 127.0.0.1:5555","at":"..."}
+//	{"op":"put","id":"c","url":"...","created_at":"...","expires_at":"..."}
+//
+// A log line without its newline is the torn tail of a writer that died
+// mid-append: it was never acknowledged, so it is ignored (and cut away by
+// the next writer). Anything else that does not decode is corruption.
+
+// fileVersion is the layout this build writes. Version 1 (the snapshot
+// alone, as earlier builds wrote it) is read too, and rewritten as 2 by the
+// first change, so an earlier build refuses the file instead of misreading it.
+const fileVersion = 2
 
 // ErrCorrupt is wrapped by every error about a store file whose content
 // cannot be trusted. Such a file is never overwritten.
 var ErrCorrupt = errors.New("corrupt store file")
 
-// fileData is the on-disk layout.
+// fileData is the snapshot's layout.
 type fileData struct {
 	Version *int         `json:"version"`
 	Target  *int         `json:"target"`
@@ -29,53 +45,185 @@ type fileData struct {
 	Entries []pool.Entry `json:"entries"`
 }
 
-// decode parses and validates a store file. The error says what is wrong in
-// one line, without the path (the caller adds it).
-func decode(data []byte) (pool.Stored, error) {
+// record is one log line. Op says which fields count:
+// put (id, url, created_at, expires_at), claim (id, by, at), del (id),
+// target (n), timing (ttl, use_duration).
+type record struct {
+	Op        string    `json:"op"`
+	ID        string    `json:"id,omitempty"`
+	URL       string    `json:"url,omitempty"`
+	CreatedAt time.Time `json:"created_at,omitzero"`
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	By        string    `json:"by,omitempty"`
+	At        time.Time `json:"at,omitzero"`
+	N         *int      `json:"n,omitempty"`
+	TTL       string    `json:"ttl,omitempty"`
+	Use       string    `json:"use_duration,omitempty"`
+}
+
+// layout says where things are in a decoded file.
+type layout struct {
+	version int
+	snapEnd int64 // end of the snapshot, its newline included
+	end     int64 // end of the last complete line: where the next record goes
+	size    int64 // bytes read, a torn tail included
+	// appendable is false when the file must be rewritten before a record
+	// can follow (an old version, or a snapshot without its newline).
+	appendable bool
+}
+
+// decode parses and validates a whole store file. The error says what is
+// wrong in one line, without the path (the caller adds it).
+func decode(data []byte) (*state, layout, error) {
+	st, lay, err := decodeSnapshot(data)
+	if err != nil {
+		return nil, layout{}, err
+	}
+	n, err := st.replay(data[lay.snapEnd:], lay.snapEnd)
+	if err != nil {
+		return nil, layout{}, err
+	}
+	lay.end = lay.snapEnd + n
+	lay.size = int64(len(data))
+	return st, lay, nil
+}
+
+func decodeSnapshot(data []byte) (*state, layout, error) {
 	var fd fileData
 	dec := json.NewDecoder(bytes.NewReader(data))
 	// Unknown fields would be silently lost on the next rewrite: refuse them.
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&fd); err != nil {
-		return pool.Stored{}, jsonProblem(err, dec)
+		return nil, layout{}, jsonProblem(err, dec)
 	}
-	// Decode stops after the first value; anything but whitespace after it is garbage.
-	if _, err := dec.Token(); err != io.EOF {
-		return pool.Stored{}, fmt.Errorf("trailing data after the JSON object at byte %d", dec.InputOffset())
+	lay := layout{snapEnd: dec.InputOffset(), appendable: true}
+	switch {
+	case lay.snapEnd == int64(len(data)):
+		lay.appendable = false // a hand-edited file that lost its last newline
+	case data[lay.snapEnd] == '\n':
+		lay.snapEnd++
+	default:
+		// The snapshot is written whole, newline included: nothing may share its line.
+		return nil, layout{}, fmt.Errorf("trailing data after the JSON object at byte %d", lay.snapEnd)
 	}
 	switch {
 	case fd.Version == nil:
-		return pool.Stored{}, errors.New(`no "version" field (not a sandboxpool store file?)`)
+		return nil, layout{}, errors.New(`no "version" field (not a sandboxpool store file?)`)
+	case *fd.Version == 1:
+		lay.appendable = false
 	case *fd.Version != fileVersion:
-		return pool.Stored{}, fmt.Errorf("unknown version %d (this build reads version %d)", *fd.Version, fileVersion)
+		return nil, layout{}, fmt.Errorf("unknown version %d (this build reads versions 1 and %d)", *fd.Version, fileVersion)
 	}
-	st := pool.Stored{Entries: fd.Entries}
+	lay.version = *fd.Version
+	st := newState(settings{})
 	if fd.Target != nil {
 		if *fd.Target < 0 {
-			return pool.Stored{}, fmt.Errorf("negative target %d", *fd.Target)
+			return nil, layout{}, fmt.Errorf("negative target %d", *fd.Target)
 		}
-		st.Target, st.HasTarget = *fd.Target, true
+		st.target, st.hasTarget = *fd.Target, true
 	}
 	if fd.TTL != "" || fd.Use != "" {
-		ttl, err1 := time.ParseDuration(fd.TTL)
-		use, err2 := time.ParseDuration(fd.Use)
-		if err1 != nil || err2 != nil || use <= 0 || ttl <= use {
-			return pool.Stored{}, fmt.Errorf("bad timing ttl %q use_duration %q (want durations with 0 < use_duration < ttl)", fd.TTL, fd.Use)
+		ttl, use, err := parseTiming(fd.TTL, fd.Use)
+		if err != nil {
+			return nil, layout{}, err
 		}
-		st.TTL, st.UseDuration = ttl, use
+		st.ttl, st.use = ttl, use
 	}
-	// A repeated id could be claimed twice, so it counts as corruption too.
-	seen := make(map[string]struct{}, len(fd.Entries))
 	for i, e := range fd.Entries {
+		// A repeated id could be claimed twice, so it counts as corruption too.
 		if e.ID == "" {
-			return pool.Stored{}, fmt.Errorf("entry %d has no id", i)
+			return nil, layout{}, fmt.Errorf("entry %d has no id", i)
 		}
-		if _, dup := seen[e.ID]; dup {
-			return pool.Stored{}, fmt.Errorf("entry %d repeats id %q", i, e.ID)
+		if st.has(e.ID) {
+			return nil, layout{}, fmt.Errorf("entry %d repeats id %q", i, e.ID)
 		}
-		seen[e.ID] = struct{}{}
+		st.push(e)
 	}
-	return st, nil
+	return st, lay, nil
+}
+
+func parseTiming(ttlS, useS string) (ttl, use time.Duration, err error) {
+	ttl, err1 := time.ParseDuration(ttlS)
+	use, err2 := time.ParseDuration(useS)
+	if err1 != nil || err2 != nil || use <= 0 || ttl <= use {
+		return 0, 0, fmt.Errorf("bad timing ttl %q use_duration %q (want durations with 0 < use_duration < ttl)", ttlS, useS)
+	}
+	return ttl, use, nil
+}
+
+// replay applies the complete log lines of data, which starts at byte base
+// of the file, and returns how many bytes they take; a last line without
+// its newline is left out.
+func (st *state) replay(data []byte, base int64) (int64, error) {
+	var done int64
+	for {
+		nl := bytes.IndexByte(data[done:], '\n')
+		if nl < 0 {
+			return done, nil
+		}
+		line := data[done : done+int64(nl)]
+		if len(bytes.TrimSpace(line)) > 0 {
+			if err := st.applyLine(line); err != nil {
+				return 0, fmt.Errorf("log record at byte %d: %w", base+done, err)
+			}
+		}
+		done += int64(nl) + 1
+	}
+}
+
+func (st *state) applyLine(line []byte) error {
+	var r record
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return jsonProblem(err, dec)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return errors.New("trailing data after the record")
+	}
+	return st.apply(&r)
+}
+
+// apply replays one record. Writers only log what applied to the state they
+// read, so a record that does not apply means the file cannot be trusted.
+func (st *state) apply(r *record) error {
+	switch r.Op {
+	case "put":
+		switch {
+		case r.ID == "":
+			return errors.New("put without an id")
+		case st.has(r.ID):
+			return fmt.Errorf("put of %q, already recorded", r.ID)
+		}
+		st.add(pool.Entry{Ref: pool.Ref{ID: r.ID, URL: r.URL, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt}})
+	case "claim":
+		i := st.pooledIndex(r.ID)
+		switch {
+		case i < 0:
+			return fmt.Errorf("claim of %q, which is not in the pool", r.ID)
+		case r.By == "":
+			return fmt.Errorf("claim of %q by nobody", r.ID)
+		}
+		st.claim(i, r.By, r.At)
+	case "del":
+		if _, ok := st.remove(r.ID, false); !ok {
+			return fmt.Errorf("delete of %q, which is not recorded", r.ID)
+		}
+	case "target":
+		if r.N == nil || *r.N < 0 {
+			return errors.New("target without a count of 0 or more")
+		}
+		st.target, st.hasTarget = *r.N, true
+	case "timing":
+		ttl, use, err := parseTiming(r.TTL, r.Use)
+		if err != nil {
+			return err
+		}
+		st.ttl, st.use = ttl, use
+	default:
+		return fmt.Errorf("unknown op %q", r.Op)
+	}
+	return nil
 }
 
 // jsonProblem turns a decoding error into one readable line.
@@ -101,34 +249,81 @@ func jsonProblem(err error, dec *json.Decoder) error {
 	return fmt.Errorf("%s near byte %d", strings.ReplaceAll(msg, "\n", " "), dec.InputOffset())
 }
 
-// encode writes st into buf: one entry per line, so the file stays readable
-// and diffable by people.
-func encode(buf *bytes.Buffer, st pool.Stored) error {
+// encodeSnapshot writes st into buf, without the claimed entries drop
+// rejects: one entry per line, so the file stays readable by people.
+func encodeSnapshot(buf *bytes.Buffer, st *state, drop func(pool.Entry) bool) error {
 	buf.Reset()
 	buf.WriteString(`{"version":` + strconv.Itoa(fileVersion))
-	if st.HasTarget {
+	if st.hasTarget {
 		buf.WriteString(`,"target":`)
-		buf.WriteString(strconv.Itoa(st.Target))
+		buf.WriteString(strconv.Itoa(st.target))
 	}
-	if st.TTL > 0 {
-		buf.WriteString(`,"ttl":"` + st.TTL.String() + `","use_duration":"` + st.UseDuration.String() + `"`)
+	if st.ttl > 0 {
+		buf.WriteString(`,"ttl":"` + st.ttl.String() + `","use_duration":"` + st.use.String() + `"`)
 	}
 	buf.WriteString(`,"entries":[`)
 	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false) // URLs keep their '&'
-	for i := range st.Entries {
+	first := true
+	put := func(e *pool.Entry) error {
+		if !first {
+			buf.WriteByte(',')
+		}
+		first = false
 		buf.WriteByte('\n')
-		if err := enc.Encode(&st.Entries[i]); err != nil {
+		if err := enc.Encode(e); err != nil {
 			return err
 		}
 		buf.Truncate(buf.Len() - 1) // Encode's newline
-		if i < len(st.Entries)-1 {
-			buf.WriteByte(',')
+		return nil
+	}
+	for i := range st.claimed {
+		if e := &st.claimed[i]; e.ID != "" && (drop == nil || !drop(*e)) {
+			if err := put(e); err != nil {
+				return err
+			}
 		}
 	}
-	if len(st.Entries) > 0 {
+	for i := range st.pooled {
+		if err := put(&st.pooled[i]); err != nil {
+			return err
+		}
+	}
+	if !first {
 		buf.WriteByte('\n')
 	}
 	buf.WriteString("]}\n")
 	return nil
+}
+
+// logWriter encodes records into a buffer, one per line.
+type logWriter struct {
+	buf *bytes.Buffer
+	enc *json.Encoder
+}
+
+func newLogWriter(buf *bytes.Buffer) *logWriter {
+	enc := json.NewEncoder(buf)
+	enc.SetEscapeHTML(false)
+	return &logWriter{buf: buf, enc: enc}
+}
+
+// add encodes r; callers validate what they log (see encodable), so it
+// cannot fail.
+func (w *logWriter) add(r record) {
+	if err := w.enc.Encode(&r); err != nil {
+		panic("filestore: unencodable record: " + err.Error())
+	}
+}
+
+// encodable reports whether every t fits a JSON timestamp: years 0 to 9999,
+// a zone offset under a day.
+func encodable(ts ...time.Time) bool {
+	for _, t := range ts {
+		_, off := t.Zone()
+		if y := t.Year(); y < 0 || y > 9999 || off <= -24*3600 || off >= 24*3600 {
+			return false
+		}
+	}
+	return true
 }

@@ -1,9 +1,20 @@
-// Package filestore is the local pool store (SPEC Backends: local): one JSON
-// file per pool, every method one transaction under a cross-process file lock,
-// every change written atomically (temp file, fsync, rename, fsync directory).
-// Files under the directory, for pool P: P.json (the pool), P.json.tmp (the
-// next write's temp file, holding the previous version), P.lock (taken by
-// every transaction), P.lease and P.lease.holder (the controller lease).
+// Package filestore is the local pool store (SPEC Backends: local): one file
+// per pool, a snapshot followed by an append-only log (codec.go), shared by
+// every process of the pool, every method one transaction under a
+// cross-process file lock.
+//
+// A change appends its records and flushes them with one fdatasync, shared
+// by every change this process queued meanwhile (group commit): no new file,
+// no rename, no directory sync. When the log outgrows the snapshot, a
+// compaction in the background rewrites the file (temp file, fsync, rename,
+// fsync directory), dropping claimed entries whose sandbox has expired.
+// Claimed entries are kept apart from the pool in memory and a Store reads
+// only what other processes appended since it last looked, so a claim costs
+// the same however many claimed entries the pool holds.
+//
+// Files under the directory, for pool P: P.json (the store), P.json.tmp (a
+// compaction's next file, left only by a crash), P.lock (taken by every
+// transaction), P.lease and P.lease.holder (the controller lease, lease.go).
 package filestore
 
 import (
@@ -11,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -25,10 +37,25 @@ import (
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
+const (
+	// A log is compacted once it is this long and half the snapshot's size:
+	// rarely, and a reader that starts cold never replays much.
+	compactMin = 64 << 10
+	// compactRetry spaces compactions after one failed (a full disk, a
+	// directory that refuses new files): appending still works meanwhile.
+	compactRetry = 10 * time.Second
+	// expiredGrace: a claimed entry is dropped at compaction this long after
+	// its sandbox expired (the backend killed it then), whatever the clocks.
+	expiredGrace = time.Minute
+	// tailLen bytes before the end of what a Store read are compared before
+	// it reads only what was appended since.
+	tailLen = 64
+)
+
 // Store is the local store of one pool. It is safe for concurrent use, and
 // any number of Stores, in this process or others, may share one file.
 type Store struct {
-	dir, base, path, tmp string // base is <dir>/<pool>
+	dir, base, path, tmp string
 
 	dirf *os.File     // kept open to fsync renames without reopening it
 	lk   *flock.Flock // <pool>.lock, taken by every transaction
@@ -39,18 +66,31 @@ type Store struct {
 	sem    chan struct{}
 	closed atomic.Bool
 
-	// Owned by the holder of sem: buffers reused to keep the hot path light,
-	// and the last file content seen with its decoded form (see remember).
-	rbuf, wbuf bytes.Buffer
-	cacheRaw   []byte
-	cacheSt    pool.Stored
+	// Owned by the holder of sem: the file as this Store last read or wrote it.
+	f     *os.File    // nil when there is none, or it must be reopened
+	fi    os.FileInfo // f's identity and modification time then
+	lay   layout
+	tail  []byte   // up to tailLen bytes before lay.end
+	st    *state   // nil: read the file in full next time
+	carry settings // the last settings seen, for a file that vanished
+	roErr error    // why f is open read-only: every write returns it
+	rbuf  bytes.Buffer
+	wbuf  bytes.Buffer // this batch's records
+	cbuf  bytes.Buffer // a compaction's snapshot
+	logw  *logWriter   // encodes into wbuf
 
-	noSync bool // benchmarks only: measure everything but the disk flush
+	compactAfter time.Time // no compaction before, after one failed
 
-	// Concurrent Takes of this process are served in batches (see takeBatch).
-	takes       sync.Mutex
-	takeQueue   []*takeReq
-	takeLeading bool
+	noSync bool             // benchmarks only: measure everything but the disk flush
+	now    func() time.Time // for expiry at compaction
+
+	// Changes queued for the next group commit (see commit).
+	qmu     sync.Mutex
+	queue   []*change
+	leading bool
+
+	compacting atomic.Bool
+	bg         sync.WaitGroup // the background compaction
 }
 
 var (
@@ -72,7 +112,7 @@ func Open(dir, poolName string) (*Store, error) {
 		return nil, fmt.Errorf("store directory: %w", err)
 	}
 	base := filepath.Join(dir, poolName)
-	return &Store{
+	s := &Store{
 		dir:  dir,
 		base: base,
 		path: base + ".json",
@@ -80,19 +120,27 @@ func Open(dir, poolName string) (*Store, error) {
 		dirf: dirf,
 		lk:   flock.New(base+".lock", flock.SetPermissions(0o600)),
 		sem:  make(chan struct{}, 1),
-	}, nil
+		now:  time.Now,
+	}
+	s.logw = newLogWriter(&s.wbuf)
+	return s, nil
 }
 
-// Path is the pool's JSON file.
+// Path is the pool's store file.
 func (s *Store) Path() string { return s.path }
 
-// Close releases the store. Leases taken from it are released separately.
+// Close releases the store, after the running transaction and compaction.
+// Leases taken from it are released separately.
 func (s *Store) Close() error {
-	s.sem <- struct{}{} // let a running transaction finish first
-	defer func() { <-s.sem }()
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.sem <- struct{}{} // a running transaction may start a compaction: let it
+	<-s.sem
+	s.bg.Wait()
+	s.sem <- struct{}{}
+	defer func() { <-s.sem }()
+	s.closeFile()
 	return errors.Join(s.lk.Close(), s.dirf.Close())
 }
 
@@ -175,109 +223,398 @@ func waitLock(ctx context.Context, path string, shared bool) (*flock.Flock, erro
 	}
 }
 
-// read loads the file; it must run inside a transaction.
-func (s *Store) read() (pool.Stored, error) {
-	s.rbuf.Reset()
-	f, err := os.Open(s.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return pool.Stored{}, nil
+// refresh brings s.st up to date with the file; it must run inside a
+// transaction. An unchanged file costs one stat; a file others appended to
+// costs reading what they appended.
+func (s *Store) refresh() error {
+	fi, err := os.Stat(s.path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		s.lost()
+		return nil
+	case err != nil:
+		return fmt.Errorf("read store: %w", err)
 	}
-	if err != nil {
-		return pool.Stored{}, fmt.Errorf("read store: %w", err)
-	}
-	_, err = s.rbuf.ReadFrom(f)
-	f.Close()
-	if err != nil {
-		return pool.Stored{}, fmt.Errorf("read store %s: %w", s.path, err)
-	}
-	raw := s.rbuf.Bytes()
-	if s.cacheRaw != nil && bytes.Equal(raw, s.cacheRaw) {
-		st := s.cacheSt
-		st.Entries = slices.Clone(st.Entries) // the caller may change its copy
-		return st, nil
-	}
-	st, err := decode(raw)
-	if err != nil {
-		what := strings.ReplaceAll(err.Error(), "\n", " ")
-		return pool.Stored{}, fmt.Errorf("%s: %w: %s (left untouched: fix or move it away)", s.path, ErrCorrupt, what)
-	}
-	s.remember(raw, pool.Stored{Target: st.Target, HasTarget: st.HasTarget, Entries: slices.Clone(st.Entries)})
-	return st, nil
-}
-
-// write replaces the file atomically; it must run inside an exclusive
-// transaction, which is also why one fixed temp name is safe. Between writes
-// the temp file holds the previous version (see replace), so it is
-// overwritten in place, never created anew, and a crash leaves nothing to
-// clean up. The store takes ownership of st.
-func (s *Store) write(st pool.Stored) error {
-	if err := encode(&s.wbuf, st); err != nil {
-		return fmt.Errorf("encode store %s: %w", s.path, err)
-	}
-	data := s.wbuf.Bytes()
-	f, err := os.OpenFile(s.tmp, os.O_WRONLY|os.O_CREATE, 0o600)
-	if err != nil {
-		return fmt.Errorf("write store: %w", err)
-	}
-	_, err = f.WriteAt(data, 0)
-	if err == nil {
-		err = f.Truncate(int64(len(data)))
-	}
-	if err == nil && !s.noSync {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = replace(s.tmp, s.path)
-	}
-	if err != nil {
-		return fmt.Errorf("write store %s: %w", s.path, err)
-	}
-	s.remember(data, st)
-	if !s.noSync {
-		// The rename is durable only once the directory is.
-		if err := s.dirf.Sync(); err != nil {
-			return fmt.Errorf("sync store directory %s: %w", s.dir, err)
+	if s.f != nil && s.st != nil && os.SameFile(fi, s.fi) {
+		if fi.Size() == s.lay.size && fi.ModTime().Equal(s.fi.ModTime()) {
+			return nil
+		}
+		if fi.Size() > s.lay.end && s.sameTail() && s.readLog(fi) == nil {
+			return nil
 		}
 	}
+	// A new file (a compaction, or one put in place by hand), or one changed
+	// other than by appending: read it all.
+	return s.readAll()
+}
+
+// lost forgets a file that was moved away or deleted: the next write starts
+// a new one at the path (never writing to the moved one) with the settings
+// last seen, so the pool's timing and target survive; its entries are gone.
+func (s *Store) lost() {
+	if s.f == nil && s.st != nil {
+		return // already so
+	}
+	s.closeFile()
+	s.st = newState(s.carry)
+	s.lay = layout{}
+	s.tail = nil
+}
+
+func (s *Store) readAll() error {
+	s.closeFile()
+	s.st = nil
+	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+	var roErr error
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// A read-only file or file system can still be read; writes say why not.
+		if rf, rerr := os.Open(s.path); rerr == nil {
+			f, roErr, err = rf, err, nil
+		}
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		s.lost()
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read store: %w", err)
+	}
+	fi, err := f.Stat()
+	if err == nil {
+		s.rbuf.Reset()
+		_, err = s.rbuf.ReadFrom(f)
+	}
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("read store %s: %w", s.path, err)
+	}
+	data := s.rbuf.Bytes()
+	st, lay, err := decode(data)
+	if err != nil {
+		f.Close()
+		what := strings.ReplaceAll(err.Error(), "\n", " ")
+		return fmt.Errorf("%s: %w: %s (left untouched: fix or move it away)", s.path, ErrCorrupt, what)
+	}
+	s.f, s.fi, s.st, s.lay, s.roErr = f, fi, st, lay, roErr
+	s.tail = nil
+	s.grew(data[:lay.end])
+	s.carry = st.settings
 	return nil
 }
 
-// remember caches the decoded form of the file's bytes: the next transaction
-// that reads the very same bytes skips decoding, the costliest step left.
-// Byte equality makes this exact whoever wrote the file.
-func (s *Store) remember(raw []byte, st pool.Stored) {
-	s.cacheRaw = append(s.cacheRaw[:0], raw...)
-	s.cacheSt = st
-}
-
-// update runs fn on the current pool in an exclusive transaction and writes
-// the result when fn reports a change.
-func (s *Store) update(ctx context.Context, fn func(st *pool.Stored) (changed bool, err error)) error {
-	if err := s.begin(ctx, false); err != nil {
+// readLog applies what others appended since this Store last looked.
+func (s *Store) readLog(fi os.FileInfo) error {
+	n := int(fi.Size() - s.lay.end)
+	s.rbuf.Reset()
+	s.rbuf.Grow(n)
+	buf := s.rbuf.AvailableBuffer()[:n]
+	m, err := s.f.ReadAt(buf, s.lay.end)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	defer s.end()
-	st, err := s.read()
+	buf = buf[:m]
+	done, err := s.st.replay(buf, s.lay.end)
 	if err != nil {
+		s.st = nil // half applied; readAll reports it
 		return err
 	}
-	changed, err := fn(&st)
-	if err != nil || !changed {
-		return err
-	}
-	return s.write(st)
+	s.grew(buf[:done])
+	s.carry = s.st.settings
+	s.lay.end += done
+	s.lay.size = s.lay.end + int64(m) - done
+	s.fi = fi
+	return nil
 }
 
-// Load reads the whole pool under a shared lock, so it never sees a half state.
+// grew notes that data now ends at lay.end.
+func (s *Store) grew(data []byte) {
+	if len(data) >= tailLen {
+		s.tail = append(s.tail[:0], data[len(data)-tailLen:]...)
+		return
+	}
+	s.tail = append(s.tail, data...)
+	if len(s.tail) > tailLen {
+		s.tail = append(s.tail[:0], s.tail[len(s.tail)-tailLen:]...)
+	}
+}
+
+// sameTail reports whether the file still holds what this Store read last
+// just before lay.end: then a longer file was appended to, not rewritten.
+func (s *Store) sameTail() bool {
+	var b [tailLen]byte
+	got := b[:len(s.tail)]
+	n, _ := s.f.ReadAt(got, s.lay.end-int64(len(got)))
+	return n == len(got) && bytes.Equal(got, s.tail)
+}
+
+func (s *Store) closeFile() {
+	if s.f != nil {
+		s.f.Close()
+	}
+	s.f, s.fi, s.roErr = nil, nil, nil
+}
+
+// invalidate makes the next transaction read the file afresh, after a
+// write whose outcome on disk is unknown.
+func (s *Store) invalidate() {
+	s.closeFile()
+	s.st = nil
+}
+
+// appendLocked adds records to the file and flushes them; it runs inside an
+// exclusive transaction, after the records were applied to s.st.
+func (s *Store) appendLocked(recs []byte) error {
+	if s.f == nil || !s.lay.appendable {
+		// No file yet (or it vanished), or one to upgrade: write it whole.
+		return s.compactLocked()
+	}
+	if s.roErr != nil {
+		s.invalidate()
+		return fmt.Errorf("write store: %w", s.roErr)
+	}
+	if s.lay.size > s.lay.end {
+		// A writer died mid-append: cut its torn line away, or this append would continue it.
+		if err := s.f.Truncate(s.lay.end); err != nil {
+			s.invalidate()
+			return fmt.Errorf("write store: %w", err)
+		}
+		s.lay.size = s.lay.end
+	}
+	_, err := s.f.WriteAt(recs, s.lay.end)
+	if err == nil && !s.noSync {
+		err = datasync(s.f)
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = s.f.Stat()
+	}
+	if err != nil {
+		// Nothing of it may count: a claim that fails is handed out to nobody.
+		_ = s.f.Truncate(s.lay.end)
+		s.invalidate()
+		return fmt.Errorf("write store: %w", err)
+	}
+	s.grew(recs)
+	s.lay.end += int64(len(recs))
+	s.lay.size = s.lay.end
+	s.fi = fi
+	return nil
+}
+
+// compactDue reports whether the log has grown enough to be folded into the snapshot.
+func (s *Store) compactDue() bool {
+	n := s.lay.end - s.lay.snapEnd
+	return s.f != nil && n >= compactMin && n >= s.lay.snapEnd/2
+}
+
+// compactLocked rewrites the file from s.st: the snapshot alone, without the
+// claimed entries whose sandbox has expired. It runs inside an exclusive
+// transaction.
+func (s *Store) compactLocked() error {
+	if s.roErr != nil {
+		s.invalidate()
+		return fmt.Errorf("write store: %w", s.roErr)
+	}
+	cutoff := s.now().Add(-expiredGrace)
+	expired := func(e pool.Entry) bool { return !e.ExpiresAt.IsZero() && e.ExpiresAt.Before(cutoff) }
+	if err := encodeSnapshot(&s.cbuf, s.st, expired); err != nil {
+		s.invalidate()
+		return fmt.Errorf("encode store %s: %w", s.path, err)
+	}
+	data := s.cbuf.Bytes()
+	f, err := os.OpenFile(s.tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		s.invalidate()
+		return fmt.Errorf("write store: %w", err)
+	}
+	_, err = f.Write(data)
+	if err == nil && !s.noSync {
+		err = f.Sync()
+	}
+	if err == nil {
+		err = os.Rename(s.tmp, s.path)
+	}
+	if err == nil && !s.noSync {
+		// The rename is durable only once the directory is.
+		if err = s.dirf.Sync(); err != nil {
+			err = fmt.Errorf("sync directory %s: %w", s.dir, err)
+		}
+	}
+	var fi os.FileInfo
+	if err == nil {
+		fi, err = f.Stat()
+	}
+	if err != nil {
+		f.Close()
+		s.invalidate()
+		return fmt.Errorf("write store: %w", err)
+	}
+	s.closeFile()
+	s.st.squeeze(func(e pool.Entry) bool { return !expired(e) })
+	s.f, s.fi = f, fi
+	n := int64(len(data))
+	s.lay = layout{version: fileVersion, snapEnd: n, end: n, size: n, appendable: true}
+	s.tail = nil
+	s.grew(data)
+	s.carry = s.st.settings
+	return nil
+}
+
+// compactSoon starts a compaction in the background, off the claim that
+// made the log long enough. It runs while the caller holds sem, so that
+// Close cannot miss it.
+func (s *Store) compactSoon() {
+	if s.now().Before(s.compactAfter) || !s.compacting.CompareAndSwap(false, true) {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		defer s.compacting.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if s.begin(ctx, false) != nil {
+			return
+		}
+		defer s.end()
+		if s.refresh() == nil && s.compactDue() {
+			if s.compactLocked() != nil {
+				s.compactAfter = s.now().Add(compactRetry)
+			}
+		}
+	}()
+}
+
+// change is one queued write: apply edits the state and logs what it did.
+type change struct {
+	apply func(st *state, w *logWriter)
+	err   error
+	done  chan struct{}
+	lead  chan struct{} // closed when this change's caller must run the next batch
+}
+
+// commit applies a change in a batch with every other change of this Store
+// queued meanwhile: one lock, one append and one fdatasync for all of them
+// (group commit), so concurrent claims do not queue behind each other's
+// flushes. ctx bounds the wait for a turn; a change already in a batch is
+// seen through whatever ctx says (a claim made must not be lost).
+func (s *Store) commit(ctx context.Context, apply func(*state, *logWriter)) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c := &change{apply: apply, done: make(chan struct{}), lead: make(chan struct{})}
+	s.qmu.Lock()
+	s.queue = append(s.queue, c)
+	leader := !s.leading
+	s.leading = true
+	s.qmu.Unlock()
+	if !leader {
+		select {
+		case <-c.done:
+			return c.err
+		case <-c.lead:
+		case <-ctx.Done():
+			if s.withdraw(c) {
+				return ctx.Err()
+			}
+			<-c.done
+			return c.err
+		}
+	}
+	s.runBatch(ctx, c)
+	<-c.done
+	return c.err
+}
+
+// withdraw takes c out of the queue unless a batch has taken it, handing the
+// lead on if c had just been given it.
+func (s *Store) withdraw(c *change) bool {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	i := slices.Index(s.queue, c)
+	if i < 0 {
+		return false
+	}
+	s.queue = slices.Delete(s.queue, i, i+1)
+	select {
+	case <-c.lead:
+		s.passLeadLocked()
+	default:
+	}
+	return true
+}
+
+func (s *Store) passLeadLocked() {
+	if len(s.queue) > 0 {
+		close(s.queue[0].lead)
+		return
+	}
+	s.leading = false
+}
+
+// runBatch serves every change queued once the lock is held, me included.
+func (s *Store) runBatch(ctx context.Context, me *change) {
+	if err := s.begin(ctx, false); err != nil {
+		s.qmu.Lock()
+		failed := s.queue
+		if ctx.Err() != nil {
+			// Only this caller gave up: the others stay queued and one of them leads.
+			i := slices.Index(s.queue, me)
+			s.queue = slices.Delete(s.queue, i, i+1)
+			failed = []*change{me}
+		} else {
+			s.queue = nil
+		}
+		s.passLeadLocked()
+		s.qmu.Unlock()
+		for _, c := range failed {
+			c.err = err
+			close(c.done)
+		}
+		return
+	}
+	s.qmu.Lock()
+	batch := s.queue
+	s.queue = nil
+	s.qmu.Unlock()
+
+	err := s.refresh()
+	if err == nil {
+		s.wbuf.Reset()
+		for _, c := range batch {
+			c.apply(s.st, s.logw)
+		}
+		if s.wbuf.Len() > 0 {
+			err = s.appendLocked(s.wbuf.Bytes())
+		}
+	}
+	if err == nil {
+		s.carry = s.st.settings
+	}
+	if err == nil && s.compactDue() {
+		s.compactSoon()
+	}
+	s.end()
+	for _, c := range batch {
+		c.err = err
+		close(c.done)
+	}
+	s.qmu.Lock()
+	s.passLeadLocked()
+	s.qmu.Unlock()
+}
+
+// Load reads the whole pool under a shared lock, so it never sees a half
+// state: claimed entries first, then the pool in order.
 func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
 	if err := s.begin(ctx, true); err != nil {
 		return pool.Stored{}, err
 	}
 	defer s.end()
-	return s.read()
+	if err := s.refresh(); err != nil {
+		return pool.Stored{}, err
+	}
+	return s.st.stored(), nil
 }
 
 // Put appends ref to the pool; a recorded id changes nothing.
@@ -285,124 +622,46 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 	if ref.ID == "" {
 		return errors.New("filestore: put: empty sandbox id")
 	}
-	return s.update(ctx, func(st *pool.Stored) (bool, error) {
-		for i := range st.Entries {
-			if st.Entries[i].ID == ref.ID {
-				return false, nil
-			}
+	if !encodable(ref.CreatedAt, ref.ExpiresAt) {
+		return fmt.Errorf("filestore: put %s: a time out of range", ref.ID)
+	}
+	ref.Claimed = false
+	return s.commit(ctx, func(st *state, w *logWriter) {
+		if st.has(ref.ID) {
+			return
 		}
-		// Pool order is age: a sandbox that got ready later but expires
-		// sooner (parallel creations finish out of order) goes before.
-		at := len(st.Entries)
-		for at > 0 && ref.ExpiresAt.Before(st.Entries[at-1].ExpiresAt) {
-			at--
-		}
-		st.Entries = slices.Insert(st.Entries, at, pool.Entry{Ref: ref})
-		return true, nil
+		st.add(pool.Entry{Ref: ref})
+		w.add(record{Op: "put", ID: ref.ID, URL: ref.URL, CreatedAt: ref.CreatedAt, ExpiresAt: ref.ExpiresAt})
 	})
 }
 
-// Take drops the pooled head entries that expire before minExpiresAt and
-// claims the first pooled one at or after it. Claimed entries are skipped,
-// never dropped or taken.
+// Take drops the pooled head entries that expire before tr.MinExpiresAt
+// (or skips them, leaving them pooled, with tr.KeepShort) and claims the
+// first pooled one at or after it. Claimed entries are never dropped or taken.
 func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (taken pool.Entry, dropped []pool.Entry, ok bool, err error) {
 	if tr.ClaimedBy == "" {
 		// An empty ClaimedBy would leave the entry pooled: it could be handed out again.
 		return pool.Entry{}, nil, false, errors.New("filestore: take: empty claimer")
 	}
-	req := &takeReq{TakeRequest: tr, done: make(chan takeResult, 1), lead: make(chan struct{})}
-	s.takes.Lock()
-	s.takeQueue = append(s.takeQueue, req)
-	leader := !s.takeLeading
-	s.takeLeading = true
-	s.takes.Unlock()
-	if !leader {
-		// Whatever ctx says, wait for the answer: a batch may already have
-		// claimed an entry for this caller, and it must not be lost.
-		select {
-		case r := <-req.done:
-			return r.taken, r.dropped, r.ok, r.err
-		case <-req.lead:
-		}
+	if !encodable(tr.Now) {
+		return pool.Entry{}, nil, false, errors.New("filestore: take: claim time out of range")
 	}
-	s.takeBatch(ctx)
-	r := <-req.done
-	return r.taken, r.dropped, r.ok, r.err
-}
-
-// takeReq is one Take waiting for a batch.
-type takeReq struct {
-	pool.TakeRequest
-	done chan takeResult
-	lead chan struct{} // closed when this request must run the next batch
-}
-
-type takeResult struct {
-	taken   pool.Entry
-	dropped []pool.Entry
-	ok      bool
-	err     error
-}
-
-// takeBatch serves every Take queued so far in one transaction: one lock,
-// one read, one write and one fsync for all of them (group commit), so that
-// concurrent claims do not queue behind each other's fsyncs. It then hands
-// the lead to the oldest request that arrived meanwhile.
-func (s *Store) takeBatch(ctx context.Context) {
-	s.takes.Lock()
-	batch := s.takeQueue
-	s.takeQueue = nil
-	s.takes.Unlock()
-
-	// The batch serves other callers too: one caller's cancellation must not fail them.
-	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	results := make([]takeResult, len(batch))
-	err := s.update(bctx, func(st *pool.Stored) (bool, error) {
-		changed := false
-		for i, req := range batch {
-			r := &results[i]
-			kept := st.Entries[:0]
-			for j, e := range st.Entries {
-				switch {
-				case e.Claimed():
-				case e.ExpiresAt.Before(req.MinExpiresAt):
-					if req.KeepShort {
-						break // a claimer skips it; the controller drops it
-					}
-					r.dropped = append(r.dropped, e)
-					continue
-				default:
-					e.ClaimedBy, e.ClaimedAt = req.ClaimedBy, req.Now
-					r.taken, r.ok = e, true
-					kept = append(kept, e)
-					kept = append(kept, st.Entries[j+1:]...)
-					goto next
-				}
-				kept = append(kept, e)
-			}
-		next:
-			st.Entries = kept
-			changed = changed || r.ok || len(r.dropped) > 0
+	err = s.commit(ctx, func(st *state, w *logWriter) {
+		taken, dropped, ok = st.take(tr.MinExpiresAt, tr.ClaimedBy, tr.Now, tr.KeepShort)
+		for _, d := range dropped {
+			w.add(record{Op: "del", ID: d.ID})
 		}
-		return changed, nil
+		if ok {
+			w.add(record{Op: "claim", ID: taken.ID, By: tr.ClaimedBy, At: tr.Now})
+		}
 	})
-	cancel()
-	for i, req := range batch {
-		if err != nil {
-			results[i] = takeResult{err: err}
-		}
-		req.done <- results[i]
+	if err != nil {
+		return pool.Entry{}, nil, false, err
 	}
-
-	s.takes.Lock()
-	if len(s.takeQueue) > 0 {
-		close(s.takeQueue[0].lead)
-	} else {
-		s.takeLeading = false
-	}
-	s.takes.Unlock()
+	return taken, dropped, ok, nil
 }
 
+// Remove deletes entries, pooled or claimed, by id.
 func (s *Store) Remove(ctx context.Context, ids ...string) ([]pool.Entry, error) {
 	return s.remove(ctx, false, ids)
 }
@@ -412,25 +671,37 @@ func (s *Store) Evict(ctx context.Context, ids ...string) ([]pool.Entry, error) 
 	return s.remove(ctx, true, ids)
 }
 
+// remove returns what it removed in Load's order.
 func (s *Store) remove(ctx context.Context, pooledOnly bool, ids []string) ([]pool.Entry, error) {
-	var removed []pool.Entry
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	err := s.update(ctx, func(st *pool.Stored) (bool, error) {
-		kept := st.Entries[:0]
-	next:
-		for _, e := range st.Entries {
-			for _, id := range ids {
-				if e.ID == id && !(pooledOnly && e.Claimed()) {
-					removed = append(removed, e)
-					continue next
-				}
-			}
-			kept = append(kept, e)
+	var removed []pool.Entry
+	err := s.commit(ctx, func(st *state, w *logWriter) {
+		type found struct {
+			id  string
+			pos int
 		}
-		st.Entries = kept
-		return len(removed) > 0, nil
+		var hits []found
+		for _, id := range ids {
+			pos, ok := st.claimedAt[id]
+			if !ok {
+				if i := st.pooledIndex(id); i >= 0 {
+					pos, ok = len(st.claimed)+i, true
+				}
+			} else if pooledOnly {
+				ok = false
+			}
+			if ok && !slices.ContainsFunc(hits, func(f found) bool { return f.id == id }) {
+				hits = append(hits, found{id, pos})
+			}
+		}
+		slices.SortFunc(hits, func(a, b found) int { return a.pos - b.pos })
+		for _, h := range hits {
+			e, _ := st.remove(h.id, pooledOnly)
+			removed = append(removed, e)
+			w.add(record{Op: "del", ID: h.id})
+		}
 	})
 	if err != nil {
 		return nil, err
@@ -443,12 +714,12 @@ func (s *Store) SetTiming(ctx context.Context, ttl, use time.Duration) error {
 	if use <= 0 || ttl <= use {
 		return fmt.Errorf("filestore: timing ttl %s use-duration %s: want 0 < use-duration < ttl", ttl, use)
 	}
-	return s.update(ctx, func(st *pool.Stored) (bool, error) {
-		if st.TTL == ttl && st.UseDuration == use {
-			return false, nil
+	return s.commit(ctx, func(st *state, w *logWriter) {
+		if st.ttl == ttl && st.use == use {
+			return
 		}
-		st.TTL, st.UseDuration = ttl, use
-		return true, nil
+		st.ttl, st.use = ttl, use
+		w.add(record{Op: "timing", TTL: ttl.String(), Use: use.String()})
 	})
 }
 
@@ -457,11 +728,11 @@ func (s *Store) SetTarget(ctx context.Context, n int) error {
 	if n < 0 {
 		return fmt.Errorf("filestore: target %d: must be 0 or more", n)
 	}
-	return s.update(ctx, func(st *pool.Stored) (bool, error) {
-		if st.HasTarget && st.Target == n {
-			return false, nil
+	return s.commit(ctx, func(st *state, w *logWriter) {
+		if st.hasTarget && st.target == n {
+			return
 		}
-		st.Target, st.HasTarget = n, true
-		return true, nil
+		st.target, st.hasTarget = n, true
+		w.add(record{Op: "target", N: &n})
 	})
 }

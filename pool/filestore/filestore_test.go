@@ -39,11 +39,19 @@ func open(t testing.TB, dir string) *Store {
 	return s
 }
 
-// seed writes st straight to the file, bypassing the store's methods.
+func stateOf(st pool.Stored) *state {
+	s := newState(settings{target: st.Target, hasTarget: st.HasTarget, ttl: st.TTL, use: st.UseDuration})
+	for _, e := range st.Entries {
+		s.push(e)
+	}
+	return s
+}
+
+// seed writes st straight to the file as a snapshot, bypassing the store's methods.
 func seed(t testing.TB, s *Store, st pool.Stored) {
 	t.Helper()
 	var b bytes.Buffer
-	if err := encode(&b, st); err != nil {
+	if err := encodeSnapshot(&b, stateOf(st), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(s.Path(), b.Bytes(), 0o600); err != nil {
@@ -75,7 +83,7 @@ func desc(es []pool.Entry) string {
 
 func claimed(r pool.Ref) pool.Entry { return pool.Entry{Ref: r, ClaimedBy: "x", ClaimedAt: t0} }
 
-// rewritten reports whether fn replaced the store file (every write is a rename of a new file).
+// rewritten reports whether fn wrote to the store file: appended to it or replaced it.
 func rewritten(t *testing.T, s *Store, fn func()) bool {
 	t.Helper()
 	before, errBefore := os.Stat(s.Path())
@@ -84,7 +92,7 @@ func rewritten(t *testing.T, s *Store, fn func()) bool {
 	if errBefore != nil || errAfter != nil {
 		return (errBefore == nil) != (errAfter == nil)
 	}
-	return !os.SameFile(before, after)
+	return !os.SameFile(before, after) || before.Size() != after.Size()
 }
 
 func TestOpen(t *testing.T) {
@@ -236,7 +244,7 @@ func TestTake(t *testing.T) {
 		if err != nil || !ok || taken.ID != "b" || len(dropped) != 0 {
 			t.Fatalf("taken %q ok=%v dropped %q err %v", taken.ID, ok, desc(dropped), err)
 		}
-		if got := desc(load(t, s).Entries); got != "a b* c" {
+		if got := desc(load(t, s).Entries); got != "b* a c" {
 			t.Fatalf("left %q, want short ones kept", got)
 		}
 	})
@@ -249,11 +257,11 @@ func TestRemove(t *testing.T) {
 		ids           []string
 		removed, left string
 	}{
-		{name: "none", left: "a b* c"},
-		{name: "unknown", ids: []string{"z"}, left: "a b* c"},
-		{name: "pooled", ids: []string{"c"}, removed: "c", left: "a b*"},
+		{name: "none", left: "b* a c"},
+		{name: "unknown", ids: []string{"z"}, left: "b* a c"},
+		{name: "pooled", ids: []string{"c"}, removed: "c", left: "b* a"},
 		{name: "claimed", ids: []string{"b"}, removed: "b*", left: "a c"},
-		{name: "several in pool order", ids: []string{"c", "z", "a", "c"}, removed: "a c", left: "b*"},
+		{name: "several in Load's order", ids: []string{"c", "z", "a", "c", "b"}, removed: "b* a c", left: ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := open(t, t.TempDir())
@@ -315,16 +323,21 @@ func TestFileFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(s.Path())
-	if !bytes.HasPrefix(b, []byte(`{"version":1,"entries":[`)) || bytes.Contains(b, []byte("target")) {
+	if !bytes.HasPrefix(b, []byte(`{"version":2,"entries":[`)) || bytes.Contains(b, []byte("target")) {
 		t.Fatalf("never-sized pool: %s", b)
 	}
 	if err := s.SetTarget(ctx, 2); err != nil {
 		t.Fatal(err)
 	}
+	if _, _, _, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "me", Now: at(1)}); err != nil {
+		t.Fatal(err)
+	}
 	b, _ = os.ReadFile(s.Path())
-	want := `{"version":1,"target":2,"entries":[
+	want := `{"version":2,"entries":[
 {"id":"a","url":"http://127.0.0.1:1/a","created_at":"2030-01-02T03:04:05.0000006Z","expires_at":"2030-01-02T03:04:06.0000006Z"}
 ]}
+{"op":"target","n":2}
+{"op":"claim","id":"a","by":"me","at":"2030-01-02T03:04:06.0000006Z"}
 `
 	if string(b) != want {
 		t.Fatalf("file:\n%s\nwant:\n%s", b, want)
@@ -333,12 +346,16 @@ func TestFileFormat(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v", fi.Mode())
 	}
-	// Only the file, its lock, and the temp file that holds the previous version.
+	// Only the file and its lock.
 	names, _ := filepath.Glob(filepath.Join(filepath.Dir(s.Path()), "*"))
 	for i := range names {
+		fi, _ := os.Stat(names[i])
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: mode %v", names[i], fi.Mode())
+		}
 		names[i] = filepath.Base(names[i])
 	}
-	if want := []string{"p.json", "p.json.tmp", "p.lock"}; !slices.Equal(names, want) {
+	if want := []string{"p.json", "p.lock"}; !slices.Equal(names, want) {
 		t.Fatalf("files %v, want %v", names, want)
 	}
 }
@@ -365,9 +382,18 @@ func TestSharedAndCopied(t *testing.T) {
 	if got := desc(load(t, a).Entries); got != "x*" {
 		t.Fatalf("a does not see b's claim: %q", got)
 	}
-	// An outside writer, same length, different bytes.
-	raw, _ := os.ReadFile(a.Path())
-	os.WriteFile(a.Path(), bytes.Replace(raw, []byte(`"x"`), []byte(`"y"`), 1), 0o600)
+	// An outside writer that puts a new file in place (as an editor does).
+	st = load(t, a)
+	st.Entries[0].ID = "y"
+	other := filepath.Join(t.TempDir(), "other.json")
+	var buf bytes.Buffer
+	if err := encodeSnapshot(&buf, stateOf(st), nil); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(other, buf.Bytes(), 0o600)
+	if err := os.Rename(other, a.Path()); err != nil {
+		t.Fatal(err)
+	}
 	if got := desc(load(t, a).Entries); got != "y*" {
 		t.Fatalf("a does not see the outside change: %q", got)
 	}
@@ -387,7 +413,7 @@ func TestCorrupt(t *testing.T) {
 		{"truncated", `{"version":1,"entries":[` + good, "truncated"},
 		{"trailing garbage", `{"version":1,"entries":[]} x`, "trailing data"},
 		{"second object", `{"version":1,"entries":[]}{"version":1}`, "trailing data"},
-		{"unknown version", `{"version":2,"entries":[]}`, "unknown version 2"},
+		{"unknown version", `{"version":3,"entries":[]}`, "unknown version 3"},
 		{"no version", `{"entries":[]}`, `no "version"`},
 		{"array", `[]`, "JSON array, not an object"},
 		{"target string", `{"version":1,"target":"3","entries":[]}`, "target"},
@@ -622,7 +648,7 @@ func TestTimingRoundTrip(t *testing.T) {
 	if st.TTL != time.Minute || st.UseDuration != 10*time.Second {
 		t.Fatalf("timing %s %s", st.TTL, st.UseDuration)
 	}
-	if _, err := decode([]byte(`{"version":1,"ttl":"1m","use_duration":"2m","entries":[]}`)); err == nil {
+	if _, _, err := decode([]byte(`{"version":1,"ttl":"1m","use_duration":"2m","entries":[]}`)); err == nil {
 		t.Fatal("a file with use_duration >= ttl decoded")
 	}
 }

@@ -254,7 +254,9 @@ func BenchmarkLoad(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if cold {
-					s.cacheRaw = nil
+					s.sem <- struct{}{}
+					s.invalidate()
+					<-s.sem
 				}
 				if st, err := s.Load(ctx); err != nil || len(st.Entries) != 50 {
 					b.Fatal(err)
