@@ -287,6 +287,16 @@ func printPool(w io.Writer, v httpapi.PoolView) {
 	fmt.Fprintf(w, "pool %s (%s): target %d, ready %d, creating %d, warming %d, unhealthy %d, expiring %d, claimed %d\n",
 		v.Pool, v.Backend, v.Target, c.Ready, c.Creating, c.Warming, c.Unhealthy, c.Expiring, c.Claimed)
 	fmt.Fprintf(w, "warm-hit ratio %.0f%%, waste %.0f sandbox-seconds ready and never claimed\n", v.WarmHitRatio*100, v.WasteSeconds)
+	if a := v.Autosize; a != nil && a.On {
+		fmt.Fprintf(w, "autosize on: target %d (auto: %.1f claims/s x %.1f s), between %d and %d, falls no faster than %s\n",
+			v.Target, a.ClaimsPerSecond, a.TimeToReadySeconds, a.MinSize, a.MaxSize, time.Duration(a.WindowSeconds*float64(time.Second)))
+	} else if a != nil {
+		fmt.Fprintf(w, "autosize off: %s\n", a.Off)
+	}
+	if c := v.Cost; c != nil {
+		fmt.Fprintf(w, "cost %.4g per hour (%d sandboxes at %.4g), idle %.4g (%.0f sandbox-seconds unclaimed)\n",
+			c.CostPerHour, c.Sandboxes, c.PricePerHour, c.IdleCost, c.IdleSandboxSeconds)
+	}
 	if len(v.Sandboxes) == 0 {
 		fmt.Fprintln(w, "no sandboxes")
 		return

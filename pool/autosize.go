@@ -255,7 +255,9 @@ func (c *Controller) autosizeOff(why string) {
 	a := &c.auto
 	a.mu.Lock()
 	was := a.on
-	a.on, a.off = false, why
+	if was {
+		a.on, a.off = false, why
+	}
 	a.mu.Unlock()
 	if was {
 		c.emit(Event{Kind: EventResized, Message: "autosize off: " + why + " (press a in the dashboard to turn it back on)"})

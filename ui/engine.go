@@ -16,8 +16,10 @@ type Engine interface {
 	Subscribe(buffer int) (events <-chan pool.Event, cancel func())
 	// Claim takes one good sandbox out of the pool.
 	Claim(ctx context.Context, o pool.ClaimOptions) (pool.Claimed, error)
-	// Resize sets the target.
+	// Resize sets the target (and turns autosize off).
 	Resize(ctx context.Context, n int) error
+	// SetAutosize turns autosize on or off; it does no I/O.
+	SetAutosize(on bool)
 	// Terminate stops one sandbox of the pool (pooled, claimed or being created).
 	Terminate(ctx context.Context, id string) error
 	// Maintain runs one maintenance pass now.

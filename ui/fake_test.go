@@ -159,6 +159,13 @@ func (f *fakeEngine) Resize(_ context.Context, n int) error {
 	return nil
 }
 
+func (f *fakeEngine) SetAutosize(on bool) {
+	f.record(fmt.Sprintf("autosize %v", on))
+	f.mu.Lock()
+	f.snap.Autosize.On = on
+	f.mu.Unlock()
+}
+
 func (f *fakeEngine) Terminate(_ context.Context, id string) error {
 	f.record("terminate " + id)
 	if f.termErr != nil {

@@ -12,7 +12,7 @@ type keyMap struct {
 	Up, Down, PageUp, PageDown, Top, Bottom key.Binding
 
 	// These change the pool; read-only drops them (see changesPool).
-	Claim, Grow, Shrink, Size, Terminate, Refill key.Binding
+	Claim, Grow, Shrink, Size, Terminate, Refill, Autosize key.Binding
 
 	Filter, Detail, Help, Back, Quit key.Binding
 }
@@ -34,6 +34,7 @@ func newKeyMap() keyMap {
 		Size:      b([]string{"s"}, "s", "size"),
 		Terminate: b([]string{"t"}, "t", "terminate"),
 		Refill:    b([]string{"r"}, "r", "refill"),
+		Autosize:  b([]string{"a"}, "a", "autosize on"),
 		Filter:    b([]string{"/"}, "/", "filter"),
 		Detail:    b([]string{"enter"}, "enter", "details"),
 		Help:      b([]string{"?"}, "?", "help"),
@@ -45,7 +46,7 @@ func newKeyMap() keyMap {
 // changesPool lists the bindings that claim, resize, terminate or refill:
 // the one place read-only turns keys off.
 func (k *keyMap) changesPool() []*key.Binding {
-	return []*key.Binding{&k.Claim, &k.Grow, &k.Shrink, &k.Size, &k.Terminate, &k.Refill}
+	return []*key.Binding{&k.Claim, &k.Grow, &k.Shrink, &k.Size, &k.Terminate, &k.Refill, &k.Autosize}
 }
 
 func (k *keyMap) setReadOnly(ro bool) {
@@ -67,7 +68,7 @@ func (k keyMap) ShortHelp() []key.Binding {
 func (k keyMap) FullHelp() [][]key.Binding {
 	return [][]key.Binding{
 		{k.Up, k.Down, k.PageUp, k.PageDown, k.Top, k.Bottom},
-		{k.Claim, k.Grow, k.Shrink, k.Size, k.Terminate, k.Refill},
+		{k.Claim, k.Grow, k.Shrink, k.Size, k.Terminate, k.Refill, k.Autosize},
 		{k.Filter, k.Detail, k.Back, k.Help, k.Quit},
 	}
 }

@@ -395,6 +395,8 @@ func (m Model) keyNormal(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		}
 	case key.Matches(k, km.Refill):
 		return m, m.refill()
+	case key.Matches(k, km.Autosize):
+		m.autosizeOn()
 	case key.Matches(k, km.Filter):
 		m.filterIn.SetValue(m.filter)
 		m.filterIn.CursorEnd()
@@ -638,6 +640,22 @@ func (m *Model) onResizeDone(msg resizeDoneMsg) tea.Cmd {
 	m.info(msg.seq, fmt.Sprintf("target set to %d", msg.n))
 	m.wantClearAfter = m.seq
 	return m.refresh()
+}
+
+// autosizeOn is the `a` key. Autosize runs where the pool is maintained:
+// a viewer says so instead.
+func (m *Model) autosizeOn() {
+	m.seq++
+	switch {
+	case m.snap.Role == "viewer":
+		m.info(m.seq, "autosize runs in the controller ("+oneLine(m.snap.LeaseHolder)+"): press a there")
+	case m.snap.Autosize.On:
+		m.info(m.seq, "autosize is already on")
+	default:
+		m.eng.SetAutosize(true)
+		m.hasWant = false
+		m.info(m.seq, "autosize on: the target follows demand")
+	}
 }
 
 func (m *Model) terminate(id string) tea.Cmd {

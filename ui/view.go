@@ -197,6 +197,9 @@ func (m *Model) viewHeader(s *screen) {
 		target += "→" + strconv.Itoa(m.want)
 	}
 	st.Accent.write(&l, target)
+	if a := m.snap.Autosize.Explain(); a != "" {
+		st.Faint.write(&l, " ("+a+")")
+	}
 	l.WriteString(sep)
 	if m.opts.APIAddr == "" {
 		st.Faint.write(&l, "api off")
@@ -238,8 +241,22 @@ func (m *Model) viewHeader(s *screen) {
 	if !m.snap.BackoffUntil.IsZero() {
 		r = append(r, st.Warning.wrap("backoff: next try in "+fmtWait(m.snap.BackoffUntil.Sub(m.now))))
 	}
+	if cost := m.snap.Cost; cost.PricePerHour > 0 {
+		r = append(r, "cost "+money(cost.PerHour())+"/h, idle "+money(cost.IdleCost()))
+	}
 	r = append(r, "next pass "+m.nextPassText())
 	s.line(spread(c.String(), strings.Join(r, sep), s.w))
+}
+
+// money shows an amount (in the unit of --price-per-hour) with the digits that matter.
+func money(x float64) string {
+	switch {
+	case x >= 100:
+		return strconv.FormatFloat(x, 'f', 0, 64)
+	case x >= 1:
+		return strconv.FormatFloat(x, 'f', 2, 64)
+	}
+	return strconv.FormatFloat(x, 'f', 3, 64)
 }
 
 // nextPassText is the maintenance countdown: the engine's NextPass when a

@@ -23,6 +23,32 @@ type PoolView struct {
 	WarmHitRatio float64 `json:"warm_hit_ratio"`
 	// WasteSeconds is sandbox-seconds spent ready and never claimed.
 	WasteSeconds float64 `json:"waste_seconds"`
+	// Autosize is there while the target follows demand, or after a
+	// manual resize turned that off (saying so).
+	Autosize *AutosizeView `json:"autosize,omitempty"`
+	// Cost is there with --price-per-hour.
+	Cost *CostView `json:"cost,omitempty"`
+}
+
+// AutosizeView is why the target is what it is (SPEC --autosize).
+type AutosizeView struct {
+	On                 bool    `json:"on"`
+	ClaimsPerSecond    float64 `json:"claims_per_second"`
+	TimeToReadySeconds float64 `json:"time_to_ready_seconds"`
+	MinSize            int     `json:"min_size"`
+	MaxSize            int     `json:"max_size"`
+	WindowSeconds      float64 `json:"window_seconds"`
+	// Off says why it is off ("target set to 5 by hand").
+	Off string `json:"off,omitempty"`
+}
+
+// CostView is the pool's cost in the unit of --price-per-hour.
+type CostView struct {
+	PricePerHour       float64 `json:"price_per_hour"`
+	Sandboxes          int     `json:"sandboxes"`
+	CostPerHour        float64 `json:"cost_per_hour"`
+	IdleSandboxSeconds float64 `json:"idle_sandbox_seconds"`
+	IdleCost           float64 `json:"idle_cost"`
 }
 
 // Counts is the number of sandboxes in each state, in SPEC's order.
@@ -112,6 +138,14 @@ func NewPoolView(s pool.Snapshot) PoolView {
 	}
 	for _, sb := range s.Sandboxes {
 		v.Sandboxes = append(v.Sandboxes, NewSandboxView(sb, s.Now))
+	}
+	if a := s.Autosize; a.On || a.Off != "" {
+		v.Autosize = &AutosizeView{On: a.On, ClaimsPerSecond: round(a.Rate, 2), TimeToReadySeconds: round(a.TimeToReady.Seconds(), 2),
+			MinSize: a.Min, MaxSize: a.Max, WindowSeconds: a.Window.Seconds(), Off: a.Off}
+	}
+	if c := s.Cost; c.PricePerHour > 0 {
+		v.Cost = &CostView{PricePerHour: c.PricePerHour, Sandboxes: c.Sandboxes, CostPerHour: round(c.PerHour(), 4),
+			IdleSandboxSeconds: round(c.IdleSeconds, 1), IdleCost: round(c.IdleCost(), 4)}
 	}
 	return v
 }

@@ -147,6 +147,16 @@ var (
 		"Sandbox-seconds spent ready in the pool by sandboxes that were never claimed.", nil, nil)
 	descWarmRatio = prometheus.NewDesc(Namespace+"_warm_hit_ratio",
 		"Share of successful claims served at once from a ready sandbox (0 before any claim).", nil, nil)
+	descIdleSeconds = prometheus.NewDesc(Namespace+"_idle_sandbox_seconds_total",
+		"Sandbox-seconds spent unclaimed in the pool (ready, unhealthy or expiring), since this process started.", nil, nil)
+	descIdleCost = prometheus.NewDesc(Namespace+"_idle_cost_total",
+		"Idle sandbox-seconds in money, at --price-per-hour (exported when a price is set).", nil, nil)
+	descCostPerHour = prometheus.NewDesc(Namespace+"_cost_per_hour",
+		"What the pool costs per hour at its current size (every sandbox not claimed), at --price-per-hour (exported when a price is set).", nil, nil)
+	descAutosize = prometheus.NewDesc(Namespace+"_autosize_enabled",
+		"1 while the target follows demand (--autosize), else 0.", nil, nil)
+	descClaimRate = prometheus.NewDesc(Namespace+"_claim_rate",
+		"Recent claims per second, as autosize reads them.", nil, nil)
 	descClaimStats = prometheus.NewDesc(Namespace+"_pool_claims_total",
 		"Claims seen by this controller by outcome: warm (served at once), waited (waited for a creation), failed.", []string{"outcome"}, nil)
 )
@@ -157,7 +167,8 @@ var reasons = []string{pool.ReasonExpired, pool.ReasonUnhealthy, pool.ReasonShri
 
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSandboxes, descTarget, descCreations, descHealth,
-		descTerminations, descWaste, descWarmRatio, descClaimStats} {
+		descTerminations, descWaste, descWarmRatio, descClaimStats, descIdleSeconds, descIdleCost,
+		descCostPerHour, descAutosize, descClaimRate} {
 		ch <- d
 	}
 }
@@ -190,4 +201,16 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descClaimStats, prometheus.CounterValue, float64(snap.Stats.ClaimsWarm), "warm")
 	ch <- prometheus.MustNewConstMetric(descClaimStats, prometheus.CounterValue, float64(snap.Stats.ClaimsWaited), "waited")
 	ch <- prometheus.MustNewConstMetric(descClaimStats, prometheus.CounterValue, float64(snap.Stats.ClaimsFailed), "failed")
+
+	ch <- prometheus.MustNewConstMetric(descIdleSeconds, prometheus.CounterValue, snap.Cost.IdleSeconds)
+	if snap.Cost.PricePerHour > 0 {
+		ch <- prometheus.MustNewConstMetric(descIdleCost, prometheus.CounterValue, snap.Cost.IdleCost())
+		ch <- prometheus.MustNewConstMetric(descCostPerHour, prometheus.GaugeValue, snap.Cost.PerHour())
+	}
+	on := 0.0
+	if snap.Autosize.On {
+		on = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descAutosize, prometheus.GaugeValue, on)
+	ch <- prometheus.MustNewConstMetric(descClaimRate, prometheus.GaugeValue, snap.Autosize.Rate)
 }
