@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -165,4 +166,93 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// Tokens: at least 16 characters, no whitespace, from a file or the env
+// so that they stay out of ps (issue 13 case 4, issue 10 case 7).
+func TestTokenRules(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	dir := t.TempDir()
+	short := dir + "/short"
+	if err := os.WriteFile(short, []byte("abc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"run", "--token", "short"}, nil, "--token"},
+		{[]string{"run", "--token", " "}, nil, "--token"},
+		{[]string{"run", "--token", "0123456789 abcdef"}, nil, "whitespace"},
+		{[]string{"run"}, []string{"SANDBOXPOOL_TOKEN=x"}, "SANDBOXPOOL_TOKEN"},
+		{[]string{"run", "--token-file", short}, nil, "--token-file"},
+		{[]string{"run", "--token-file", dir + "/missing"}, nil, "--token-file"},
+		{[]string{"run", "--token-file", short, "--token", "0123456789abcdef"}, nil, "--token-file"},
+		{[]string{"claim", "--api", "127.0.0.1:1", "--token", "short"}, nil, "--token"},
+	} {
+		r := cli(t, append(slices.Clone(env), tc.env...), tc.args...)
+		lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+		if r.code != 2 || len(lines) != 1 || !strings.Contains(lines[0], tc.want) {
+			t.Errorf("%v %v: exit %d, %q: want exit 2 and one line naming %s", tc.env, tc.args, r.code, r.stderr, tc.want)
+		}
+		if strings.Contains(r.stderr, "0123456789") {
+			t.Errorf("%v: the error shows the token: %q", tc.args, r.stderr)
+		}
+	}
+	if entries, _ := os.ReadDir(state); len(entries) != 0 {
+		t.Fatalf("bad tokens left %d files in the state dir", len(entries))
+	}
+}
+
+// A token from --token-file guards an API on every address; the log says
+// the addresses as bound, IPv6 included.
+func TestTokenFileOnEveryAddress(t *testing.T) {
+	state := t.TempDir()
+	env := cliEnv(state)
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	const token = "sixteen-chars-token-0001"
+	tf := t.TempDir() + "/token"
+	if err := os.WriteFile(tf, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctl := startRun(t, env, append([]string{"--size", "1", "--listen", "0.0.0.0:0", "--token-file", tf}, fastRun[:len(fastRun)-2]...)...)
+	addr := ctl.apiAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	logs := ctl.logs.String()
+	if !strings.Contains(logs, "API listening") || !strings.Contains(logs, "0.0.0.0:"+port) || !strings.Contains(logs, "[::]:"+port) {
+		t.Errorf("the log does not say 0.0.0.0 and [::]:\n%s", logs)
+	}
+	if strings.Contains(logs, token) {
+		t.Errorf("the token is in the log")
+	}
+	for _, host := range []string{"127.0.0.1", "[::1]"} {
+		for _, tok := range []string{"", token} {
+			req, _ := http.NewRequest("GET", "http://"+host+":"+port+"/v1/pool", nil)
+			if tok != "" {
+				req.Header.Set("Authorization", "Bearer "+tok)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				if host == "[::1]" {
+					t.Logf("no IPv6 loopback here: %v", err)
+					continue
+				}
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			want := 401
+			if tok != "" {
+				want = 200
+			}
+			if resp.StatusCode != want {
+				t.Errorf("GET %s /v1/pool with token %v: %d, want %d", host, tok != "", resp.StatusCode, want)
+			}
+		}
+	}
+	// The token is not in the process's argv.
+	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ctl.cmd.Process.Pid)); err == nil && strings.Contains(string(cmdline), token) {
+		t.Error("the token is visible in the process's command line")
+	}
 }

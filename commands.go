@@ -38,11 +38,15 @@ func newRootCommand() *cobra.Command {
 	root.SetFlagErrorFunc(flagErrorFunc)
 	o.register(root.PersistentFlags())
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		o.tokenOnCmdLine = cmd.Flags().Changed("token") // before the env marks it changed
 		if err := applyEnv(cmd.Flags()); err != nil {
 			return usageError{err}
 		}
 		// applyEnv marks what the env set as changed too.
 		o.ttlSet, o.useSet = cmd.Flags().Changed("ttl"), cmd.Flags().Changed("use-duration")
+		if err := o.resolveToken(); err != nil {
+			return err
+		}
 		return nil
 	}
 	dashboard := func(cmd *cobra.Command, _ []string) error { return runDashboard(cmd, o) }

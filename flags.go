@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 )
 
 // options holds every flag of SPEC's table; defaults come from pool.DefaultConfig.
@@ -33,6 +34,9 @@ type options struct {
 	stateDir      string
 	listen        string
 	token         string
+	tokenFile     string
+	// tokenOnCmdLine: --token was given as a flag, visible in ps.
+	tokenOnCmdLine bool
 	cmd           string
 	warmup        time.Duration
 	port          int
@@ -64,7 +68,8 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.Float64Var(&o.pricePerHour, "price-per-hour", 0, "a sandbox's hourly price: idle cost and cost per hour shown in money (default unset)")
 	fs.StringVar(&o.stateDir, "state-dir", defaultStateDir(), "directory of the local store files")
 	fs.StringVar(&o.listen, "listen", "127.0.0.1:7780", "HTTP API address of dashboard and run; empty disables")
-	fs.StringVar(&o.token, "token", "", "bearer token for the API; required unless listening on loopback only")
+	fs.StringVar(&o.token, "token", "", "bearer token for the API (16+ characters, no whitespace); required unless listening on loopback only; prefer --token-file or SANDBOXPOOL_TOKEN, a flag shows in ps")
+	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the API's bearer token (one line)")
 	fs.StringVar(&o.cmd, "cmd", "", "sandbox command ({port} replaced, PORT set); local default: the built-in directory server, modal default: python -m http.server 8080")
 	fs.DurationVar(&o.warmup, "warmup", 0, "local: the built-in server waits this long before listening")
 	fs.IntVar(&o.port, "port", 8080, "modal: the sandbox port exposed as an encrypted tunnel")
@@ -138,6 +143,36 @@ func defaultStateDir() string {
 		return filepath.Join(home, ".local", "state", "sandboxpool")
 	}
 	return filepath.Join(os.TempDir(), "sandboxpool")
+}
+
+// resolveToken reads --token-file and checks the token (SPEC: at least 16
+// characters, no whitespace); the token itself never appears in an error.
+func (o *options) resolveToken() error {
+	if o.tokenFile != "" {
+		if o.token != "" {
+			return usagef("--token-file %s: give the token once, either --token-file or --token/SANDBOXPOOL_TOKEN", o.tokenFile)
+		}
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return usagef("--token-file %s: %v", o.tokenFile, errors.Unwrap(err))
+		}
+		tok := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+		if err := httpapi.ValidateToken(tok); err != nil {
+			return usagef("--token-file %s: %s", o.tokenFile, strings.TrimPrefix(err.Error(), "--token: "))
+		}
+		o.token = tok
+		return nil
+	}
+	if o.token == "" {
+		return nil
+	}
+	if err := httpapi.ValidateToken(o.token); err != nil {
+		if !o.tokenOnCmdLine {
+			return usagef("SANDBOXPOOL_TOKEN: %s", strings.TrimPrefix(err.Error(), "--token: "))
+		}
+		return usageError{err}
+	}
+	return nil
 }
 
 // config validates the flags into the engine's Config.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"syscall"
 	"time"
 
@@ -217,8 +218,21 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 			return nil, err
 		}
 		s.apiAddr, s.apiErr = addr, errc
+		logAPI(logger, o, addr)
 	}
 	return s, nil
+}
+
+// logAPI says where the API listens, as bound, and who it answers.
+func logAPI(logger *slog.Logger, o *options, addr string) {
+	access := "bearer token"
+	if o.token == "" {
+		access = fmt.Sprintf("uid %d only (the user running this; others get 403)", os.Getuid())
+	}
+	logger.Info("API listening", "address", httpapi.DescribeAddr(o.listen, addr), "access", access)
+	if o.tokenOnCmdLine {
+		logger.Warn("--token on the command line is visible to every local user (ps); use --token-file or SANDBOXPOOL_TOKEN")
+	}
 }
 
 // serveError says why Serve returned on its own (once done is closed): a

@@ -24,6 +24,7 @@ import (
 
 func TestMain(m *testing.M) {
 	local.MaybeRunChild() // the local backend re-executes this binary
+	maybeRunHTTPChild()   // tests re-execute it as another user
 	goleak.VerifyTestMain(withTeardown{m})
 }
 
