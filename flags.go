@@ -37,15 +37,15 @@ type options struct {
 	tokenFile     string
 	// tokenOnCmdLine: --token was given as a flag, visible in ps.
 	tokenOnCmdLine bool
-	cmd           string
-	warmup        time.Duration
-	port          int
-	image         string
-	modalApp      string
-	cleanup       bool
-	readonly      bool
-	api           string
-	logLevel      string
+	cmd            string
+	warmup         time.Duration
+	port           int
+	image          string
+	modalApp       string
+	cleanup        bool
+	readonly       bool
+	api            string
+	logLevel       string
 	// ttlSet and useSet say --ttl and --use-duration were given (flag or env).
 	ttlSet, useSet bool
 }
