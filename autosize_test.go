@@ -1,0 +1,90 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/claimload"
+)
+
+// TestAutosizeFollowsAClaimLoad runs the real binary with --autosize under a
+// claim load from the load tool: the target rises with the load, never
+// passes --max-size, and falls back to --min-size after the window.
+func TestAutosizeFollowsAClaimLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary under load for ~20 s")
+	}
+	state := t.TempDir()
+	env := cliEnv(state)
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	ctl := startRun(t, env, "--autosize", "--min-size", "2", "--max-size", "12", "--autosize-window", "3s",
+		"--price-per-hour", "0.36", "--health-every", "500ms", "--listen", "127.0.0.1:0")
+	var base string
+	waitFor(t, "the API address in the log", 30*time.Second, func() bool {
+		m := apiAddrRE.FindStringSubmatch(ctl.logs.String())
+		if m != nil {
+			base = m[1]
+		}
+		return base != ""
+	})
+	c := claimload.NewClient(base, 8)
+	ctx := context.Background()
+	metric := func(name string) float64 {
+		t.Helper()
+		m, err := c.Metrics(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m[name]
+	}
+	waitFor(t, "2 ready at the floor", 30*time.Second, func() bool {
+		return metric(claimload.SeriesReady) == 2 && metric(claimload.SeriesTarget) == 2
+	})
+	if metric("sandboxpool_autosize_enabled") != 1 || metric("sandboxpool_cost_per_hour") <= 0 {
+		t.Fatalf("autosize or cost missing from /metrics")
+	}
+
+	// 6 claims/s for 4 s, while watching the target.
+	var peak float64
+	done := make(chan claimload.Result, 1)
+	go func() {
+		r, _ := c.Rate(ctx, 6, 4*time.Second)
+		done <- r
+	}()
+	var res claimload.Result
+	for loaded := true; loaded; {
+		select {
+		case res = <-done:
+			loaded = false
+		case <-time.After(200 * time.Millisecond):
+			peak = max(peak, metric(claimload.SeriesTarget))
+		}
+	}
+	if res.Errors > 0 || res.Claims != 24 {
+		t.Fatalf("load: %s", res.Line("rate"))
+	}
+	if peak <= 2 || peak > 12 {
+		t.Fatalf("target peaked at %v under 6 claims/s: want above the floor 2, at most 12", peak)
+	}
+	last := time.Now()
+	waitFor(t, "the target back to the floor", 40*time.Second, func() bool { return metric(claimload.SeriesTarget) == 2 })
+	t.Logf("peak target %v; back to 2 %s after the last claim; %s", peak, time.Since(last).Round(100*time.Millisecond), res.Line("rate"))
+
+	// A resize by hand turns autosize off, and says so.
+	req, _ := http.NewRequest(http.MethodPut, base+"/v1/pool/size", strings.NewReader(`{"size":3}`))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("PUT size: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if metric("sandboxpool_autosize_enabled") != 0 {
+		t.Fatal("autosize still on after a resize by hand")
+	}
+	waitFor(t, "the log saying autosize went off", 10*time.Second, func() bool {
+		return strings.Contains(ctl.logs.String(), "autosize off: target set to 3 by hand")
+	})
+	ctl.stop(t)
+}
