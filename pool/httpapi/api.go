@@ -5,6 +5,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -160,7 +161,20 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if !takesBody(r) {
+		if err := decodeOptional(r.Body, &struct{}{}); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s %s takes no body: %v", r.Method, r.URL.Path, err))
+			return
+		}
+	}
 	a.mux.ServeHTTP(w, r)
+}
+
+// takesBody: the endpoints that read a JSON body; every other one accepts
+// none (or an empty object).
+func takesBody(r *http.Request) bool {
+	return (r.Method == http.MethodPost && r.URL.Path == "/v1/claims") ||
+		(r.Method == http.MethodPut && r.URL.Path == "/v1/pool/size")
 }
 
 // authorized compares the bearer token in constant time (over hashes, so
@@ -298,6 +312,24 @@ func (a *API) claimOptions(r *http.Request) (pool.ClaimOptions, error) {
 			return o, fmt.Errorf("unknown parameter %q: allowed are check_health and timeout", k)
 		}
 	}
+	if r.Method == http.MethodPost { // POST /v1/claims may carry the parameters as JSON
+		var body ClaimRequest
+		if err := decodeOptional(r.Body, &body); err != nil {
+			return o, fmt.Errorf("%w (want nothing, or {\"check_health\":bool,\"timeout\":\"30s\"})", err)
+		}
+		if body.CheckHealth != nil {
+			if _, ok := q["check_health"]; ok {
+				return o, errors.New("check_health: given in both the query and the body")
+			}
+			q.Set("check_health", strconv.FormatBool(*body.CheckHealth))
+		}
+		if body.Timeout != nil {
+			if _, ok := q["timeout"]; ok {
+				return o, errors.New("timeout: given in both the query and the body")
+			}
+			q.Set("timeout", *body.Timeout)
+		}
+	}
 	if v, ok := one(q, "check_health"); ok {
 		b, err := parseBool(v)
 		if err != nil {
@@ -334,6 +366,13 @@ func parseBool(s string) (bool, error) {
 		return false, nil
 	}
 	return false, errors.New("not a bool")
+}
+
+// ClaimRequest is the optional body of POST /v1/claims: the query's
+// parameters as JSON. Anything else in a body is a 400.
+type ClaimRequest struct {
+	CheckHealth *bool   `json:"check_health,omitempty"`
+	Timeout     *string `json:"timeout,omitempty"`
 }
 
 // SizeRequest is the body of PUT /v1/pool/size.
@@ -419,6 +458,22 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, ErrorView{Error: msg})
+}
+
+// decodeOptional is decodeStrict for a body that may also be absent or blank.
+func decodeOptional(body io.Reader, v any) error {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return fmt.Errorf("body: larger than %d bytes", tooBig.Limit)
+		}
+		return fmt.Errorf("body: %w", err)
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil
+	}
+	return decodeStrict(bytes.NewReader(b), v)
 }
 
 // decodeStrict decodes exactly one JSON value with no unknown field and
