@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"time"
 )
@@ -65,7 +66,12 @@ type rateMeter struct {
 }
 
 func (m *rateMeter) add(t time.Time) {
-	m.at = append(m.at, t)
+	// Claims seen in the store may arrive a little out of order: keep it sorted.
+	i := len(m.at)
+	for i > 0 && m.at[i-1].After(t) {
+		i--
+	}
+	m.at = slices.Insert(m.at, i, t)
 }
 
 // rate is claims per second now: the larger of the short and the long
@@ -139,6 +145,7 @@ type Autosizer struct {
 	meter    rateMeter
 	held     windowMax
 	rec      int
+	seen     map[string]time.Time // claims counted lately, by sandbox id
 }
 
 // NewAutosizer sizes between min and max, falling no faster than window.
@@ -148,6 +155,26 @@ func NewAutosizer(min, max int, window time.Duration) *Autosizer {
 
 // Claimed records one claim at t.
 func (a *Autosizer) Claimed(t time.Time) { a.meter.add(t) }
+
+// ClaimedID records the claim of sandbox id at t once, however often it is
+// reported (by this process's claim and by the store showing it claimed).
+func (a *Autosizer) ClaimedID(id string, t time.Time) {
+	if a.seen == nil {
+		a.seen = map[string]time.Time{}
+	}
+	if _, dup := a.seen[id]; dup {
+		return
+	}
+	a.seen[id] = t
+	a.meter.add(t)
+	if len(a.seen) > 2*len(a.meter.at)+64 {
+		for k, at := range a.seen {
+			if t.Sub(at) >= 2*rateLong {
+				delete(a.seen, k)
+			}
+		}
+	}
+}
 
 // Rate is the recent claim rate, per second.
 func (a *Autosizer) Rate(now time.Time) float64 { return a.meter.rate(now) }
@@ -220,7 +247,7 @@ func (c *Controller) initAutosize() {
 	c.Observe(func(e Event) {
 		if e.Kind == EventClaimed {
 			a.mu.Lock()
-			a.sizer.Claimed(e.Time)
+			a.sizer.ClaimedID(e.SandboxID, e.Time)
 			a.mu.Unlock()
 		}
 		c.cost.observe(e)
@@ -312,22 +339,39 @@ func (c *Controller) autosizeTarget(ctx context.Context, target int, now time.Ti
 	return n
 }
 
-// autosizeSawStored turns autosize off when the store shows a target this
-// process did not write lately: another process resized the pool by hand.
-// Called with c.mu held.
+// autosizeSawStored counts claims made by other processes (entries that
+// were pooled and are claimed now) and turns autosize off when the store
+// shows a target this process did not write lately: another process
+// resized the pool by hand. Called with c.mu held, before c.stored is s.
 func (c *Controller) autosizeSawStoredLocked(s Stored) {
-	if !s.HasTarget || !c.loaded || s.Target == c.target {
-		return
-	}
 	a := &c.auto
 	a.mu.Lock()
+	defer a.mu.Unlock()
+	// A viewer neither sizes nor counts: the controller's target changes
+	// in the store are not resizes by hand.
+	if !a.on || !c.loaded || c.role == RoleViewer {
+		return
+	}
+	pooled := make(map[string]bool, len(c.stored.Entries))
+	for _, e := range c.stored.Entries {
+		if !e.Claimed() {
+			pooled[e.ID] = true
+		}
+	}
+	for _, e := range s.Entries {
+		if e.Claimed() && pooled[e.ID] {
+			a.sizer.ClaimedID(e.ID, e.ClaimedAt)
+		}
+	}
+	if !s.HasTarget || s.Target == c.target {
+		return
+	}
 	if _, ours := a.written[s.Target]; a.on && !ours {
 		a.on = false
 		a.off = fmt.Sprintf("target set to %d by another process", s.Target)
 		a.announce = "autosize off: " + a.off + " (press a in the dashboard to turn it back on)"
 		c.Kick()
 	}
-	a.mu.Unlock()
 }
 
 // autosizeNext is when the maintenance loop should look again for the

@@ -286,3 +286,28 @@ func TestIdleCost(t *testing.T) {
 		t.Fatalf("idle %v, want 300 (one claimed, one idle 100 s more)", c.IdleSeconds)
 	}
 }
+
+func TestAutosizeCountsClaimsOfOtherProcesses(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) {
+		c.Size, c.Autosize, c.MinSize, c.MaxSize = 4, true, 4, 40
+	})
+	ctx := context.Background()
+	h.pass()
+	eventually(t, "4 ready", func() bool { return len(h.pooledIDs()) == 4 })
+	h.pass() // the controller has seen them pooled
+	// One claim here, two straight on the store (another process); the
+	// one here is counted once although the store shows it claimed too.
+	got, err := h.c.Claim(ctx, pool.ClaimOptions{By: "dashboard"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, _, ok, err := h.st.Take(ctx, pool.TakeRequest{MinExpiresAt: h.clk.Now(), ClaimedBy: "cli", Now: h.clk.Now()}); !ok || err != nil {
+			t.Fatalf("take: %v %v", ok, err)
+		}
+	}
+	h.pass()
+	if r := h.c.Autosize().Rate; r != 1.5 {
+		t.Fatalf("rate %v after 3 claims (%s here, 2 elsewhere) in the 2 s window, want 1.5/s", r, got.ID)
+	}
+}
