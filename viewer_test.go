@@ -93,3 +93,70 @@ func TestReadOnlyDashboardNeverMaintains(t *testing.T) {
 		t.Fatalf("read-only stored a target: %s", data)
 	}
 }
+
+// TestViewerSeesThePoolsEvents: a viewer dashboard and a CLI claim share the
+// pool's journal with the controller: the viewer sees the claim the
+// controller served and counts it, the controller sees the CLI's claim.
+func TestViewerSeesThePoolsEvents(t *testing.T) {
+	state := t.TempDir()
+	opts := func() *options {
+		return &options{backend: "local", stateDir: state, listen: "", port: 8080, logLevel: "info"}
+	}
+	cfg := pool.DefaultConfig()
+	cfg.Size = 2
+	logger := slog.New(slog.DiscardHandler)
+	ctx := context.Background()
+
+	first, err := startController(ctx, opts(), cfg, logger, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.stop(true, logger)
+	second, err := startController(ctx, opts(), cfg, logger, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.stop(false, logger)
+	seen, cancel := second.ctrl.Subscribe(512)
+	defer cancel()
+	mine, cancelMine := first.ctrl.Subscribe(512)
+	defer cancelMine()
+
+	wctx, wcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer wcancel()
+	if err := first.ctrl.WaitAtTarget(wctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.ctrl.Claim(wctx, pool.ClaimOptions{By: "api test"}); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, seen, func(e pool.Event) bool {
+		return e.Kind == pool.EventClaimed && e.By == "api test" && strings.Contains(e.Message, "pid ")
+	})
+	if s := second.ctrl.Snapshot().Stats; s.ClaimsWarm+s.ClaimsWaited != 1 {
+		t.Fatalf("the viewer counts %+v, want the controller's claim", s)
+	}
+
+	if _, err := claimFromStore(wctx, opts(), cfg, false, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, mine, func(e pool.Event) bool { return e.Kind == pool.EventClaimed && e.By == "cli" })
+	if s := first.ctrl.Snapshot().Stats; s.ClaimsWarm+s.ClaimsWaited != 2 {
+		t.Fatalf("the controller counts %+v, want its claim and the CLI's", s)
+	}
+}
+
+func waitEvent(t *testing.T, ch <-chan pool.Event, ok func(pool.Event) bool) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case e := <-ch:
+			if ok(e) {
+				return
+			}
+		case <-deadline:
+			t.Fatal("the event never came")
+		}
+	}
+}

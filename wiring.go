@@ -14,6 +14,7 @@ import (
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/filestore"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/pool/journal"
 	"github.com/sandboxpool/sandboxpool/pool/local"
 	"github.com/sandboxpool/sandboxpool/pool/metrics"
 )
@@ -22,11 +23,16 @@ import (
 type opened struct {
 	ctrl    *pool.Controller
 	closers []func()
+	journal *journal.Journal // nil without a state dir
+	follow  func()           // stops following the journal
 }
 
 // Close stops the controller (creations in flight terminate their
 // sandboxes), then releases the backend and store.
 func (p *opened) Close() {
+	if p.follow != nil {
+		p.follow()
+	}
 	p.ctrl.Close()
 	for i := len(p.closers) - 1; i >= 0; i-- {
 		p.closers[i]()
@@ -81,16 +87,66 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		closeAll()
 		return nil, err
 	}
+	p := &opened{ctrl: ctrl, closers: closers}
+	p.openJournal(o.stateDir, cfg.Pool)
 	if controller && cfg.SizeSet && !cfg.Autosize {
 		// --size given to run/dashboard/maintain sets the stored target
 		// (with --autosize the target is the rule's: --size is ignored).
 		if err := ctrl.Resize(ctx, cfg.Size); err != nil {
-			ctrl.Close()
-			closeAll()
+			p.Close()
 			return nil, err
 		}
 	}
-	return &opened{ctrl: ctrl, closers: closers}, nil
+	return p, nil
+}
+
+// openJournal makes every event of this process go to the pool's journal,
+// which the other processes of the pool on this machine follow. Without it
+// the pool works the same; viewers just see less.
+func (p *opened) openJournal(dir, poolName string) {
+	if dir == "" {
+		return
+	}
+	ctrl := p.ctrl
+	j, err := journal.Open(dir, poolName, journal.Options{Keep: func(e pool.Event) bool {
+		switch e.Kind {
+		case pool.EventStoreChanged, pool.EventMaintained:
+			return false // every process sees these itself
+		case pool.EventHealthFailed, pool.EventHealthRecovery, pool.EventError:
+			// Viewers probe and read the store too: only the controller's
+			// view of health and errors is the pool's.
+			return ctrl.Snapshot().Role == "controller"
+		}
+		return true
+	}})
+	if err != nil {
+		return
+	}
+	p.journal = j
+	ctrl.Observe(j.Append)
+	// Closers run after the controller closed: its last events are queued.
+	p.closers = append([]func(){func() { _ = j.Close() }}, p.closers...)
+}
+
+// followJournal replays, as this controller's own events, what the other
+// processes of the pool append to the journal (claims from the CLI or
+// another dashboard, the controller's life for a viewer). Close stops it.
+func (p *opened) followJournal() {
+	if p.journal == nil || p.follow != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = p.journal.Follow(ctx, func(o journal.Origin, e pool.Event) {
+			if e.Message != "" {
+				e.Message += " · " + o.Label()
+			}
+			p.ctrl.Replay(e)
+		})
+	}()
+	p.follow = func() { cancel(); <-done }
 }
 
 func isAddrInUse(err error) bool { return errors.Is(err, syscall.EADDRINUSE) }
@@ -173,6 +229,7 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	if observe != nil {
 		observe(p.ctrl)
 	}
+	p.followJournal()
 	if !allowViewer { // a dashboard watches meanwhile and takes over after
 		if err := waitForClaimBackfill(ctx, p.ctrl, logger); err != nil {
 			p.Close()

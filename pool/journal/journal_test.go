@@ -1,0 +1,153 @@
+package journal
+
+import (
+	"context"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// collector gathers what Follow delivers.
+type collector struct {
+	mu  sync.Mutex
+	got []pool.Event
+	org []Origin
+}
+
+func (c *collector) add(o Origin, e pool.Event) {
+	c.mu.Lock()
+	c.got = append(c.got, e)
+	c.org = append(c.org, o)
+	c.mu.Unlock()
+}
+
+func (c *collector) wait(t *testing.T, n int) []pool.Event {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c.mu.Lock()
+		got := append([]pool.Event(nil), c.got...)
+		c.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("followed %d events, want %d", len(got), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func follow(t *testing.T, j *Journal) *collector {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &collector{}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = j.Follow(ctx, c.add) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+func TestFollowSeesOthersNotItself(t *testing.T) {
+	dir := t.TempDir()
+	opts := Options{PollEvery: 5 * time.Millisecond}
+	viewer, err := Open(dir, "p", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer viewer.Close()
+	ctl, err := Open(dir, "p", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := follow(t, viewer)
+	time.Sleep(20 * time.Millisecond) // Follow opened the (missing) file
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	viewer.Append(pool.Event{Kind: pool.EventResized, Message: "mine"})
+	ctl.Append(pool.Event{Time: at, Kind: pool.EventClaimed, SandboxID: "sb-1", By: "cli", Warm: true,
+		Duration: 3 * time.Millisecond, Health: pool.Health{OK: true, Status: 200, Latency: time.Millisecond, CheckedAt: at}})
+	ctl.Append(pool.Event{Kind: pool.EventTerminated, SandboxID: "sb-1", Reason: pool.ReasonUser})
+	got := c.wait(t, 2)
+	if len(got) != 2 {
+		t.Fatalf("got %d events (own ones included?): %+v", len(got), got)
+	}
+	e := got[0]
+	if e.Kind != pool.EventClaimed || e.SandboxID != "sb-1" || e.By != "cli" || !e.Warm || e.Duration != 3*time.Millisecond ||
+		!e.Time.Equal(at) || e.Health.Latency != time.Millisecond || e.Health.Status != 200 {
+		t.Fatalf("round trip: %+v", e)
+	}
+	if c.org[0].Pid != os.Getpid() || c.org[0].ID == viewer.Origin().ID {
+		t.Fatalf("origin %+v", c.org[0])
+	}
+	if err := ctl.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(Path(dir, "p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+func TestRotationIsCappedAndFollowed(t *testing.T) {
+	dir := t.TempDir()
+	w, err := Open(dir, "p", Options{MaxBytes: 2000, PollEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(dir, "p", Options{PollEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c := follow(t, r)
+	time.Sleep(20 * time.Millisecond)
+	const n = 60
+	for i := range n {
+		w.Append(pool.Event{Kind: pool.EventCreated, SandboxID: "sb-" + string(rune('A'+i%26))})
+		if i%5 == 0 {
+			time.Sleep(10 * time.Millisecond) // let the follower see each generation
+		}
+	}
+	got := c.wait(t, n)
+	if len(got) != n {
+		t.Fatalf("followed %d of %d", len(got), n)
+	}
+	_ = w.Close()
+	for _, p := range []string{Path(dir, "p"), Path(dir, "p") + ".1"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() > 2000+1000 {
+			t.Fatalf("%s is %d bytes, over the cap", p, fi.Size())
+		}
+	}
+}
+
+func TestAppendNeverBlocks(t *testing.T) {
+	w, err := Open(t.TempDir(), "p", Options{Buffer: 1, Keep: func(pool.Event) bool {
+		time.Sleep(time.Millisecond) // a slow disk
+		return true
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for range 10000 {
+		w.Append(pool.Event{Kind: pool.EventHealthFailed})
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("10000 appends took %s", d)
+	}
+	if w.Dropped() == 0 {
+		t.Fatal("nothing dropped with a buffer of 1")
+	}
+	_ = w.Close()
+	w.Append(pool.Event{Kind: pool.EventError}) // after Close: ignored, no panic
+}
