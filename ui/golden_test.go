@@ -250,7 +250,7 @@ func TestGoldenViewer(t *testing.T) {
 		threeReady(s)
 		s.Role, s.LeaseHolder, s.NextPass = "viewer", "pid 4242 on build-1", time.Time{}
 	})
-	u.waitFor("sb-0003", "viewer of pid 4242 on build-1")
+	u.waitFor("sb-0003", "maintained by pid 4242 on build-1")
 	u.golden()
 }
 

@@ -280,7 +280,7 @@ func TestMaintenanceTicker(t *testing.T) {
 	d.send(maintainTickMsg{})
 	d.keys("r")
 	d.wantCalls()
-	d.wantScreen("viewer of pid 4242 on build-1", "next pass –", "maintained by pid 4242 on build-1")
+	d.wantScreen("maintained by pid 4242 on build-1", "next pass –", "maintained by pid 4242 on build-1")
 }
 
 func TestCountdownTicks(t *testing.T) {

@@ -210,15 +210,16 @@ func (m *Model) viewHeader(s *screen) {
 	if m.opts.ReadOnly {
 		tags = append(tags, st.Tag.wrap("read-only"))
 	}
-	if m.snap.Role == "viewer" {
-		tag := "viewer of " + oneLine(m.snap.LeaseHolder)
-		if m.snap.LeaseHolder == "" {
-			tag = "viewer: no controller runs"
-		}
-		tags = append(tags, st.Tag.wrap(tag))
+	maint := m.maintainer()
+	if maint != "" {
+		tags = append(tags, st.Tag.wrap(maint))
 	}
 	left, right := l.String(), strings.Join(tags, sep)
-	// The tags matter more than the program's name: it goes first.
+	// "maintained here" is the usual case: it goes first when space is short.
+	if m.snap.Role != "viewer" && maint != "" && width(left)+width(" · sandboxpool")+2+width(right) > s.w {
+		right = strings.Join(tags[:len(tags)-1], sep)
+	}
+	// The tags matter more than the program's name: it goes next.
 	if titled := st.Title.wrap("sandboxpool") + sep + left; width(titled)+2+width(right) <= s.w || right == "" {
 		left = titled
 	}
@@ -257,6 +258,24 @@ func money(x float64) string {
 		return strconv.FormatFloat(x, 'f', 2, 64)
 	}
 	return strconv.FormatFloat(x, 'f', 3, 64)
+}
+
+// maintainer says who maintains the pool: this process, or the lease
+// holder (host and pid) when this dashboard is a viewer.
+func (m *Model) maintainer() string {
+	switch {
+	case !m.haveSnap:
+		return ""
+	case m.snap.Role == "viewer" && m.snap.LeaseHolder == "":
+		return "viewer: no controller runs"
+	case m.snap.Role == "viewer":
+		return "maintained by " + oneLine(m.snap.LeaseHolder)
+	case m.opts.ReadOnly:
+		return ""
+	case m.snap.Role == "controller", m.snap.Role == "":
+		return "maintained here"
+	}
+	return ""
 }
 
 // nextPassText is the maintenance countdown: the engine's NextPass when a
