@@ -13,7 +13,23 @@ import (
 // Backend runs a pool's sandboxes as Modal Sandboxes. It implements pool.Backend.
 type Backend struct{ c *core }
 
-var _ pool.Backend = (*Backend)(nil)
+var (
+	_ pool.Backend       = (*Backend)(nil)
+	_ pool.ClaimRecorder = (*Backend)(nil)
+)
+
+// MarkClaimed tags a claimed sandbox as such, in the background (retried):
+// List then reports it Claimed and a queue rebuilt from tags keeps it out
+// of the pool. It implements pool.ClaimRecorder.
+func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
+	t, ok := b.c.lookup(id)
+	if ok && t.claimedBy != "" {
+		return nil // Take queued it already
+	}
+	t.ref.ID = id
+	b.c.markClaimed(t.ref, by, time.Now())
+	return nil
+}
 
 // Name is "modal".
 func (b *Backend) Name() string { return "modal" }
@@ -57,7 +73,6 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	if err != nil {
 		return pool.Ref{}, wrap(fmt.Sprintf("creating a sandbox in app %s", c.opts.App), err)
 	}
-	defer func() { _ = sb.Detach() }()
 	// modal-go v0.7.0 cannot tag at creation: until SetTags below, the sandbox
 	// runs untagged, so List (which filters by the pool tag) cannot see it. If
 	// this process dies in that window nobody adopts or terminates it, but it
@@ -83,6 +98,9 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 		return fail("tagging sandbox "+sb.SandboxID, err)
 	}
 	c.remember(tagged{ref: ref})
+	c.mu.Lock()
+	c.handles[ref.ID] = sb // kept attached: tags and terminate need no lookup later
+	c.mu.Unlock()
 	return ref, nil
 }
 
@@ -92,19 +110,20 @@ func (b *Backend) Terminate(ctx context.Context, id string) error {
 }
 
 func (c *core) terminate(ctx context.Context, id string) error {
-	sb, err := c.client.Sandboxes.FromID(ctx, id)
+	sb, err := c.handle(ctx, id)
 	if isNotFound(err) {
 		return nil
 	}
 	if err != nil {
 		return wrap("terminating sandbox "+id, err)
 	}
-	defer func() { _ = sb.Detach() }()
 	if _, err := sb.Terminate(ctx, nil); err != nil && !isNotFound(err) {
 		return wrap("terminating sandbox "+id, err)
 	}
+	_ = sb.Detach()
 	c.mu.Lock()
 	delete(c.known, id)
+	delete(c.handles, id)
 	c.mu.Unlock()
 	return nil
 }
@@ -118,6 +137,7 @@ func (b *Backend) List(ctx context.Context) ([]pool.Ref, error) {
 	out := make([]pool.Ref, len(ts))
 	for i, t := range ts {
 		out[i] = t.ref
+		out[i].Claimed = t.claimedBy != "" // never adopted into the pool again
 	}
 	return out, nil
 }

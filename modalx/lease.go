@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
@@ -71,6 +72,7 @@ func (s *Store) LeaseHolder(ctx context.Context) (pool.LeaseRecord, error) {
 // stale, and keeps it with a heartbeat until Release. It fails with a
 // *pool.LeaseHeldError naming the live holder otherwise.
 func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool.Lease, error) {
+	t0 := time.Now()
 	cur, _, err := s.currentLease(ctx)
 	if err != nil {
 		return nil, storeErr("reading the controller lease", err)
@@ -96,6 +98,14 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 	}
 	hctx, cancel := context.WithCancel(context.Background())
 	l := &Lease{s: s, holder: holder, epoch: epoch, cancel: cancel, lost: make(chan struct{}), done: make(chan struct{})}
+	l.extend(t0)
+	// Reservations of a holder that did not release are used only once
+	// nothing it was acknowledged can still be on its way (reserve.go).
+	inheritAt := time.Now()
+	if cur.Epoch > 0 && !cur.Released {
+		inheritAt = inheritAt.Add(s.staleAfter())
+	}
+	s.startHolding(l, holder, inheritAt)
 	go l.heartbeat(hctx)
 	return l, nil
 }
@@ -112,7 +122,18 @@ type Lease struct {
 	lost     chan struct{}
 	relOnce  sync.Once
 	relErr   error
+
+	// valid is when this holder stops serving claims from its reservations
+	// (unix ns): 2 heartbeats after it last read the lease and found itself
+	// current, a heartbeat before anyone may take the lease over.
+	valid atomic.Int64
 }
+
+func (l *Lease) extend(t0 time.Time) {
+	l.valid.Store(t0.Add(l.s.staleAfter() - l.s.c.opts.LeaseHeartbeat).UnixNano())
+}
+
+func (l *Lease) validUntil() time.Time { return time.Unix(0, l.valid.Load()) }
 
 // Holder is who holds this lease.
 func (l *Lease) Holder() pool.LeaseRecord { return l.holder }
@@ -121,7 +142,13 @@ func (l *Lease) Holder() pool.LeaseRecord { return l.holder }
 // heartbeat went stale, e.g. a long pause) or heartbeats kept failing.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
-func (l *Lease) markLost() { l.lostOnce.Do(func() { close(l.lost) }) }
+func (l *Lease) markLost() {
+	l.lostOnce.Do(func() {
+		l.valid.Store(0)
+		close(l.lost)
+		l.s.stopHolding(l)
+	})
+}
 
 func (l *Lease) heartbeat(ctx context.Context) {
 	defer close(l.done)
@@ -151,6 +178,7 @@ var errLeaseLost = fmt.Errorf("lease lost")
 func (l *Lease) beat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*l.s.c.opts.LeaseHeartbeat)
 	defer cancel()
+	t0 := time.Now()
 	cur, n, err := l.s.currentLease(ctx)
 	if err != nil {
 		return err
@@ -161,6 +189,7 @@ func (l *Lease) beat(ctx context.Context) error {
 	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: l.epoch, At: time.Now().UTC()})); err != nil {
 		return err
 	}
+	l.extend(t0)
 	if n >= 2 { // keep the partition short: drop the oldest record
 		_, _, _ = l.s.pop(ctx, partLease)
 	}
@@ -170,6 +199,8 @@ func (l *Lease) beat(ctx context.Context) error {
 // Release stops the heartbeat and marks the lease free, unless it was lost.
 func (l *Lease) Release() error {
 	l.relOnce.Do(func() {
+		l.valid.Store(0)
+		l.s.stopHolding(l) // claims from reservations end before the release record
 		l.cancel()
 		<-l.done
 		select {
@@ -196,6 +227,8 @@ func (l *Lease) Release() error {
 
 // abandon stops the heartbeat without releasing, as a crash would (tests).
 func (l *Lease) abandon() {
+	l.valid.Store(0)
+	l.s.stopHolding(l)
 	l.cancel()
 	<-l.done
 }

@@ -68,9 +68,22 @@ type core struct {
 	app    *modal.App
 	cmd    []string
 
-	mu    sync.Mutex
-	users int
-	known map[string]tagged // by sandbox id, from tags read or written
+	// life ends when the last user releases the client: background work
+	// (tags) stops with it.
+	life     context.Context
+	lifeStop context.CancelFunc
+
+	mu      sync.Mutex
+	users   int
+	known   map[string]tagged         // by sandbox id, from tags read or written
+	handles map[string]*modal.Sandbox // SDK handles of Create and List: no lookup RPC per use
+
+	// Claim tags written in the background (reserve.go).
+	tagQueue   []tagged
+	tagDone    map[string]bool
+	tagRunning bool
+	closing    bool
+	tagWG      sync.WaitGroup
 
 	imgMu sync.Mutex
 	image *modal.Image // built once, then reused by every Create
@@ -116,23 +129,29 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &core{opts: opts, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2}
+	c := &core{opts: opts, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2,
+		handles: map[string]*modal.Sandbox{}, tagDone: map[string]bool{}}
+	c.life, c.lifeStop = context.WithCancel(context.Background())
 	if !haveCredentials() {
 		// Said before the SDK tries (it would leave a connection open).
+		c.lifeStop()
 		return nil, nil, wrap("connecting to Modal", errors.New("missing token_id or token_secret"))
 	}
 	client, err := newClient(ctx, opts.Logger)
 	if err != nil {
+		c.lifeStop()
 		return nil, nil, wrap("connecting to Modal", err)
 	}
 	c.client = client
 	c.app, err = client.Apps.FromName(ctx, opts.App, &modal.AppFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
 	if err != nil {
+		c.lifeStop()
 		client.Close()
 		return nil, nil, wrap(fmt.Sprintf("looking up Modal app %q", opts.App), err)
 	}
 	q, err := client.Queues.FromName(ctx, QueueName(opts.Pool), &modal.QueueFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
 	if err != nil {
+		c.lifeStop()
 		client.Close()
 		return nil, nil, wrap(fmt.Sprintf("opening Modal queue %q", QueueName(opts.Pool)), err)
 	}
@@ -236,6 +255,7 @@ func (c *core) release() {
 	last := c.users == 0
 	c.mu.Unlock()
 	if last {
+		c.flushTags(5 * time.Second)
 		c.client.Close()
 	}
 }
@@ -302,16 +322,22 @@ func (c *core) listTagged(ctx context.Context) ([]tagged, error) {
 	seen := map[string]bool{}
 	for _, sb := range sbs {
 		t, ok := c.describe(ctx, sb, lc.infos[sb.SandboxID])
-		_ = sb.Detach()
 		if ok && !seen[t.ref.ID] {
 			seen[t.ref.ID] = true
 			out = append(out, t)
 		}
 	}
 	c.mu.Lock()
+	for _, sb := range sbs { // kept: tags and terminations need no lookup
+		if c.handles[sb.SandboxID] == nil {
+			c.handles[sb.SandboxID] = sb
+		}
+	}
 	for id := range c.known { // forget what no longer runs
 		if !seen[id] {
 			delete(c.known, id)
+			delete(c.handles, id)
+			delete(c.tagDone, id)
 		}
 	}
 	c.mu.Unlock()
@@ -343,6 +369,12 @@ func (c *core) describe(ctx context.Context, sb *modal.Sandbox, info *pb.Sandbox
 		}
 	}
 	t := fromTags(sb.SandboxID, tags)
+	if t.claimedBy == "" {
+		// Claimed here, its tags still on their way.
+		if k, ok := c.lookup(sb.SandboxID); ok && k.claimedBy != "" {
+			t.claimedBy, t.claimedAt = k.claimedBy, k.claimedAt
+		}
+	}
 	if info != nil && t.ref.CreatedAt.IsZero() && info.GetCreatedAt() > 0 {
 		t.ref.CreatedAt = time.Unix(0, int64(info.GetCreatedAt()*1e9))
 	}

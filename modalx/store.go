@@ -8,6 +8,7 @@ import (
 	"errors"
 	"slices"
 	"sort"
+	"sync"
 	"time"
 
 	modal "github.com/modal-labs/libmodal/modal-go"
@@ -24,7 +25,7 @@ import (
 //	              processes agree without a lock: a sandbox is handed out only by
 //	              the claimer whose bid is first, so never twice, even when the
 //	              pool holds a duplicate (a rebuild, an adoption) of its entry.
-//	"log-YYYYMMDD" claim and removal records of the entries that expire that day
+//	"log-YYYYMMDD" claim, removal and reserve records of the entries that expire that day
 //	              (UTC). Load reads today's, tomorrow's and the days of pooled
 //	              entries. A day's records outlive their entries (a sandbox lives
 //	              at most 24 h, a partition lives 24 h after its last put), and
@@ -40,7 +41,17 @@ import (
 // recorded as claimed.
 type Store struct {
 	c *core
-	q *modal.Queue
+
+	qmu sync.Mutex
+	q   *modal.Queue // reopened when the control plane lost it
+
+	// The lease holder's reservations (reserve.go), under rmu; fastMu is
+	// held (read) by claims from memory in flight.
+	rmu        sync.Mutex
+	hold       *holding
+	use        time.Duration // the pool's use-duration, as last loaded
+	sharedGood int           // good entries of the pool partition, as last loaded
+	fastMu     sync.RWMutex
 }
 
 var (
@@ -66,12 +77,12 @@ func (r poolRec) ref() pool.Ref {
 }
 
 type logRec struct {
-	Op    string     `json:"op"` // "claim" or "remove"
+	Op    string     `json:"op"` // "claim", "remove" or "reserve" (reserve.go)
 	Entry pool.Entry `json:"entry"`
 }
 
 type bidRec struct {
-	Op    string    `json:"op"` // "claim", "remove" or "drop"
+	Op    string    `json:"op"` // "claim", "remove", "drop" or "reserve"
 	By    string    `json:"by,omitempty"`
 	Nonce string    `json:"nonce"`
 	At    time.Time `json:"at"`
@@ -104,14 +115,31 @@ func nonce() string {
 
 // ---- queue helpers: one RPC each, except items (until an empty answer) ----
 
+// queue is the pool's Queue as now opened.
+func (s *Store) queue() *modal.Queue {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	return s.q
+}
+
+func (s *Store) useDuration() time.Duration {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	return s.use
+}
+
 func (s *Store) put(ctx context.Context, part string, vals ...any) error {
-	return s.q.PutMany(ctx, vals, &modal.QueuePutManyParams{QueuePutParams: modal.QueuePutParams{Partition: part}})
+	return s.queue().PutMany(ctx, vals, &modal.QueuePutManyParams{QueuePutParams: modal.QueuePutParams{Partition: part}})
 }
 
 // pop atomically removes the head of a partition; ok is false when it is empty.
 func (s *Store) pop(ctx context.Context, part string) (any, bool, error) {
+	return s.popFrom(ctx, s.queue(), part)
+}
+
+func (s *Store) popFrom(ctx context.Context, q *modal.Queue, part string) (any, bool, error) {
 	zero := time.Duration(0)
-	v, err := s.q.Get(ctx, &modal.QueueGetParams{Partition: part, Timeout: &zero})
+	v, err := q.Get(ctx, &modal.QueueGetParams{Partition: part, Timeout: &zero})
 	var empty modal.QueueEmptyError
 	if errors.As(err, &empty) {
 		return nil, false, nil
@@ -122,7 +150,7 @@ func (s *Store) pop(ctx context.Context, part string) (any, bool, error) {
 // items reads a partition without changing it.
 func (s *Store) items(ctx context.Context, part string) ([]any, error) {
 	var out []any
-	for v, err := range s.q.Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
+	for v, err := range s.queue().Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
 		if err != nil {
 			return nil, err
 		}
@@ -133,7 +161,7 @@ func (s *Store) items(ctx context.Context, part string) ([]any, error) {
 
 // head reads the first item of a partition (one RPC).
 func (s *Store) head(ctx context.Context, part string) (any, bool, error) {
-	for v, err := range s.q.Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
+	for v, err := range s.queue().Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
 		return v, err == nil, err
 	}
 	return nil, false, nil
@@ -157,18 +185,28 @@ func (s *Store) bid(ctx context.Context, id, op, by string) (won bool, first bid
 // view is one read of the store, with the raw pool order kept for trimming.
 type view struct {
 	pool.Stored
-	order   []string        // ids in the pool partition, as stored
-	pooled  map[string]bool // ids pooled now
-	claimed map[string]bool
-	removed map[string]bool
-	metaLen int
+	order    []string        // ids in the pool partition, as stored
+	pooled   map[string]bool // ids pooled now in the pool partition
+	reserved map[string]bool // ids reserved by the lease holder (pooled too)
+	claimed  map[string]bool
+	removed  map[string]bool
+	metaLen  int
 }
 
 // Load reads the whole pool without changing it (except to rebuild a lost
 // queue or refresh the target's TTL).
 func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
-	v, err := s.load(ctx)
+	v, err := s.loadView(ctx)
 	return v.Stored, err
+}
+
+// Loaded for the holder: its memory folded in.
+func (s *Store) loadView(ctx context.Context) (view, error) {
+	v, err := s.load(ctx)
+	if err == nil {
+		s.overlay(&v)
+	}
+	return v, err
 }
 
 func (s *Store) load(ctx context.Context) (view, error) {
@@ -205,13 +243,23 @@ func (s *Store) load(ctx context.Context) (view, error) {
 			days[logPart(r.ExpiresAt)] = true
 		}
 	}
-	claims, removed, err := s.readLogs(ctx, days)
+	claims, removed, reserves, err := s.readLogs(ctx, days)
 	if err != nil {
 		return v, err
 	}
-	v.pooled, v.claimed, v.removed = map[string]bool{}, map[string]bool{}, removed
+	v.pooled, v.claimed, v.removed, v.reserved = map[string]bool{}, map[string]bool{}, removed, map[string]bool{}
+	// Reserved ones first: they were the pool's head.
+	var res []pool.Entry
+	for id, e := range reserves {
+		if _, claimed := claims[id]; !claimed && !removed[id] && !e.ExpiresAt.Before(now) {
+			v.reserved[id] = true
+			res = append(res, pool.Entry{Ref: e.Ref})
+		}
+	}
+	sort.Slice(res, func(i, j int) bool { return res[i].ExpiresAt.Before(res[j].ExpiresAt) })
+	v.Entries = append(v.Entries, res...)
 	for _, r := range recs {
-		if v.pooled[r.ID] || removed[r.ID] {
+		if v.pooled[r.ID] || removed[r.ID] || v.reserved[r.ID] {
 			continue
 		}
 		if _, ok := claims[r.ID]; ok {
@@ -231,6 +279,11 @@ func (s *Store) load(ctx context.Context) (view, error) {
 	sort.Slice(claimed, func(i, j int) bool { return claimed[i].ClaimedAt.Before(claimed[j].ClaimedAt) })
 	v.Entries = append(v.Entries, claimed...)
 
+	s.rmu.Lock()
+	if v.UseDuration > 0 {
+		s.use = v.UseDuration
+	}
+	s.rmu.Unlock()
 	if now.Sub(latestAt) > metaRefresh {
 		// Keep "meta" younger than Modal's 24 h partition TTL.
 		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, At: now.UTC()}, v.metaLen)
@@ -238,9 +291,9 @@ func (s *Store) load(ctx context.Context) (view, error) {
 	return v, nil
 }
 
-// readLogs folds the claim and removal records of the given days.
-func (s *Store) readLogs(ctx context.Context, days map[string]bool) (map[string]pool.Entry, map[string]bool, error) {
-	claims, removed := map[string]pool.Entry{}, map[string]bool{}
+// readLogs folds the claim, removal and reserve records of the given days.
+func (s *Store) readLogs(ctx context.Context, days map[string]bool) (claims map[string]pool.Entry, removed map[string]bool, reserves map[string]pool.Entry, err error) {
+	claims, removed, reserves = map[string]pool.Entry{}, map[string]bool{}, map[string]pool.Entry{}
 	keys := make([]string, 0, len(days))
 	for d := range days {
 		keys = append(keys, d)
@@ -249,7 +302,7 @@ func (s *Store) readLogs(ctx context.Context, days map[string]bool) (map[string]
 	for _, d := range keys {
 		its, err := s.items(ctx, d)
 		if err != nil {
-			return nil, nil, storeErr("reading the pool's claims", err)
+			return nil, nil, nil, storeErr("reading the pool's claims", err)
 		}
 		for _, it := range its {
 			var r logRec
@@ -263,10 +316,12 @@ func (s *Store) readLogs(ctx context.Context, days map[string]bool) (map[string]
 				}
 			case "remove":
 				removed[r.Entry.ID] = true
+			case "reserve":
+				reserves[r.Entry.ID] = r.Entry
 			}
 		}
 	}
-	return claims, removed, nil
+	return claims, removed, reserves, nil
 }
 
 // ---- Put / Take / Remove / SetTarget ----
@@ -280,11 +335,20 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 		// claim again rather than hand it out a second time.
 		return s.restoreClaim(ctx, pool.Entry{Ref: ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt})
 	}
-	n, err := s.q.Len(ctx, &modal.QueueLenParams{Partition: bidPart(ref.ID)})
+	first, ok, err := s.head(ctx, bidPart(ref.ID))
 	if err != nil {
 		return storeErr("adding sandbox "+ref.ID+" to the pool", err)
 	}
-	if n > 0 {
+	if ok {
+		// Bid for already. One a lease holder won ahead of demand but did not
+		// record (it died in between) becomes a reservation again, which
+		// the holder inherits; any other stays out of the pool.
+		var b bidRec
+		if decode(first, &b) && b.Op == "reserve" {
+			if err := s.put(ctx, logPart(ref.ExpiresAt), encode(logRec{Op: "reserve", Entry: pool.Entry{Ref: ref}})); err != nil {
+				return storeErr("adding sandbox "+ref.ID+" to the pool", err)
+			}
+		}
 		return nil
 	}
 	rec := poolRec{ID: ref.ID, URL: ref.URL, CreatedAt: ref.CreatedAt.UTC(), ExpiresAt: ref.ExpiresAt.UTC()}
@@ -304,21 +368,28 @@ func (s *Store) restoreClaim(ctx context.Context, e pool.Entry) error {
 	return nil
 }
 
-// Take pops the pool head (Modal's atomic get) until it finds an entry that
-// expires at or after minExpiresAt and wins its claim bid. Heads that expire
-// earlier are dropped (returned for the caller to terminate) once their drop
-// bid wins; items whose bid was lost are stale copies and just skipped.
+// Take claims the first good entry. The lease holder serves it from its
+// reservations with one round trip (reserve.go); otherwise, or when it has
+// none, Take pops the pool head (Modal's atomic get) until it finds an entry
+// that expires at or after minExpiresAt and wins its claim bid. Heads that
+// expire earlier are dropped (returned for the caller to terminate) once
+// their drop bid wins; items whose bid was lost are stale copies and just
+// skipped. The claim's tags are written in the background.
+// With KeepShort, entries too short are left in the pool (put back at its
+// end) instead of dropped: only the controller retires them.
 func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (pool.Entry, []pool.Entry, bool, error) {
-	minExpiresAt, claimedBy, now := tr.MinExpiresAt, tr.ClaimedBy, tr.Now
-	var dropped []pool.Entry
-	// With KeepShort, short heads popped on the way go back (at the tail)
-	// once this Take is done: only the controller drops them.
-	var short []any
+	minExpiresAt, claimedBy, now, keepShort := tr.MinExpiresAt, tr.ClaimedBy, tr.Now, tr.KeepShort
+	e, dropped, handled, err := s.takeReserved(ctx, minExpiresAt, claimedBy, now, keepShort)
+	if handled && (err != nil || e.ID != "") {
+		return e, dropped, err == nil, err
+	}
+	var short []any // popped, too short, to put back (keepShort)
 	defer func() {
-		for _, v := range short {
-			s.requeue(ctx, v)
+		if len(short) > 0 {
+			s.requeue(ctx, short...)
 		}
 	}()
+	seen := map[string]bool{}
 	for {
 		v, ok, err := s.pop(ctx, partPool)
 		if err != nil {
@@ -332,11 +403,15 @@ func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (pool.Entry, []po
 			continue
 		}
 		e := pool.Entry{Ref: r.ref()}
-		if r.ExpiresAt.Before(minExpiresAt) && tr.KeepShort {
-			short = append(short, v)
-			continue
-		}
 		if r.ExpiresAt.Before(minExpiresAt) {
+			if keepShort {
+				short = append(short, v)
+				if seen[r.ID] { // went round the whole pool
+					return pool.Entry{}, dropped, false, nil
+				}
+				seen[r.ID] = true
+				continue
+			}
 			won, _, err := s.bid(ctx, r.ID, "drop", claimedBy)
 			if err != nil {
 				s.requeue(ctx, v)
@@ -356,31 +431,22 @@ func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (pool.Entry, []po
 			continue
 		}
 		e.ClaimedBy, e.ClaimedAt = claimedBy, now
-		sb, err := s.c.client.Sandboxes.FromID(ctx, r.ID)
-		if isNotFound(err) {
-			dropped = append(dropped, pool.Entry{Ref: r.ref()}) // Modal no longer knows it
-			continue
-		}
 		// The bid made it ours whatever happens next: record the claim where
-		// Load sees it (best effort, without the caller's deadline) and in
-		// the tags, where a rebuild sees it.
+		// Load sees it (best effort, without the caller's deadline); the
+		// tags, where a rebuild sees it, follow in the background.
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		_ = s.put(wctx, logPart(r.ExpiresAt), encode(logRec{Op: "claim", Entry: e}))
 		cancel()
-		if sb != nil {
-			_ = sb.SetTags(ctx, tagsFor(s.c.opts.Pool, e.Ref, claimedBy, now))
-			_ = sb.Detach()
-		}
-		s.c.remember(tagged{ref: e.Ref, claimedBy: claimedBy, claimedAt: now})
+		s.c.markClaimed(e.Ref, claimedBy, now)
 		return e, dropped, true, nil
 	}
 }
 
-// requeue puts back an item popped before a failure, so it is not lost.
-func (s *Store) requeue(ctx context.Context, v any) {
+// requeue puts back items popped before a failure, so they are not lost.
+func (s *Store) requeue(ctx context.Context, vs ...any) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
-	_ = s.put(ctx, partPool, v)
+	_ = s.put(ctx, partPool, vs...)
 }
 
 // Remove deletes entries by id, pooled or claimed, and returns those it found.
@@ -401,7 +467,7 @@ func (s *Store) remove(ctx context.Context, pooledOnly bool, ids []string) ([]po
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	v, err := s.load(ctx)
+	v, err := s.loadView(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -416,12 +482,19 @@ func (s *Store) remove(ctx context.Context, pooledOnly bool, ids []string) ([]po
 		if !ok || (pooledOnly && e.Claimed()) || slices.ContainsFunc(found, func(f pool.Entry) bool { return f.ID == id }) {
 			continue
 		}
-		if v.pooled[id] {
+		switch {
+		case v.reserved[id]:
+			// The holder's own reservation leaves its memory; one held by
+			// another process is evicted by it, never from here.
+			if !s.unreserve(id) && pooledOnly {
+				continue
+			}
+		case v.pooled[id]:
 			won, first, err := s.bid(ctx, id, "remove", "")
 			if err != nil {
 				return found, storeErr("removing sandbox "+id, err)
 			}
-			if !won && first.Op == "claim" {
+			if !won && (first.Op == "claim" || first.Op == "reserve") {
 				if pooledOnly {
 					continue
 				}

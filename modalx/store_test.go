@@ -116,11 +116,7 @@ func TestStoreSemantics(t *testing.T) {
 	if len(dropped) != 1 || dropped[0].ID != short.ID {
 		t.Fatalf("dropped %+v", dropped)
 	}
-	for _, sb := range f.Sandboxes() {
-		if sb.ID == taken.ID && (sb.Tags[TagClaimedBy] != "cli" || sb.Tags[TagPool] != "sem" || sb.Tags[TagURL] != taken.URL) {
-			t.Fatalf("claim tags %v", sb.Tags)
-		}
-	}
+	waitClaimTags(t, f, taken, "sem", "cli")
 	st = load(t, s)
 	if got := entryIDs(st.Entries); !slices.Equal(got, []string{long[1].ID, long[0].ID}) {
 		t.Fatalf("after take: %v", got)
@@ -505,5 +501,22 @@ func TestStoreAdoptAfterPoolPartitionLost(t *testing.T) {
 	}
 	if c := claimedOf(st); len(c) != 1 || c[0].ID != taken.ID {
 		t.Fatalf("claimed %+v", c)
+	}
+}
+
+// waitClaimTags waits for a claim's tags, written in the background.
+func waitClaimTags(t *testing.T, f *fakemodal.Server, e pool.Entry, poolName, by string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, sb := range f.Sandboxes() {
+			if sb.ID == e.ID && sb.Tags[TagClaimedBy] == by && sb.Tags[TagPool] == poolName && sb.Tags[TagURL] == e.URL {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no claim tags on %s after 5s", e.ID)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -1,0 +1,178 @@
+package modalx
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// reservedCount is how many the holder has reserved in memory.
+func reservedCount(s *Store) int {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.hold == nil {
+		return 0
+	}
+	return len(s.hold.reserved)
+}
+
+// waitReserved loads (as the engine does every second) until the holder
+// has n reserved.
+func waitReserved(t *testing.T, s *Store, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for reservedCount(s) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d reserved after 10s, want %d", reservedCount(s), n)
+		}
+		load(t, s)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReservedClaimOneRoundTrip: the lease holder serves a warm claim from
+// its reservations with one RPC (the claim record) on the critical path;
+// other processes see reserved sandboxes as pooled and never get them.
+func TestReservedClaimOneRoundTrip(t *testing.T) {
+	f := startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "fast", LeaseHeartbeat: time.Second})
+	_, other := open(t, Options{Pool: "fast", LeaseHeartbeat: time.Second})
+	fill(t, b, s, 8, 5*time.Minute)
+	l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	waitReserved(t, s, maxReserved)
+	if st := load(t, other); len(st.Pooled()) != 8 {
+		t.Fatalf("another process sees %d pooled, want all 8 (reserved ones included)", len(st.Pooled()))
+	}
+
+	f.SetLatency(20 * time.Millisecond)
+	f.ResetCounts()
+	start := time.Now()
+	got, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now().Add(time.Minute), ClaimedBy: "api", Now: time.Now()})
+	took := time.Since(start)
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	c := f.Counts()
+	t.Logf("claim from a reservation: %s, %s", took.Round(time.Millisecond), fakemodal.FormatCounts(c))
+	if c["QueuePut"] != 1 || took > 200*time.Millisecond {
+		t.Errorf("claim: %s, RPCs %s: want one QueuePut on the critical path", took, fakemodal.FormatCounts(c))
+	}
+	waitClaimTags(t, f, got, "fast", "api")
+	f.SetLatency(0)
+
+	// Claims by the holder and by another process at once: all distinct,
+	// and what the store says claimed is what they got.
+	var mu sync.Mutex
+	seen := map[string]string{got.ID: "holder"}
+	var wg sync.WaitGroup
+	for i, st := range []*Store{s, other, s, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				e, _, ok, err := st.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now().Add(time.Minute), ClaimedBy: fmt.Sprint("c", i), Now: time.Now()})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !ok {
+					return
+				}
+				mu.Lock()
+				if prev, dup := seen[e.ID]; dup {
+					t.Errorf("%s claimed twice: by %s and c%d", e.ID, prev, i)
+				}
+				seen[e.ID] = fmt.Sprint("c", i)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	// What the holder still has reserved is pooled; the rest claimed.
+	if err := l.Release(); err != nil { // waits for a reservation under way
+		t.Fatal(err)
+	}
+	st := load(t, other)
+	if n := len(st.Pooled()) + len(seen); n != 8 {
+		t.Errorf("%d claimed + %d pooled, want 8 in all (pooled %v)", len(seen), len(st.Pooled()), entryIDs(st.Pooled()))
+	}
+	for _, e := range st.Pooled() {
+		if _, dup := seen[e.ID]; dup {
+			t.Errorf("%s claimed but still pooled", e.ID)
+		}
+	}
+}
+
+// TestReservationsSurviveKill: the holder dies (no release) with sandboxes
+// reserved; the next holder inherits them once the dead one's claims can no
+// longer land, and hands each out once.
+func TestReservationsSurviveKill(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	hb := 200 * time.Millisecond
+	b, s := open(t, Options{Pool: "kill", LeaseHeartbeat: hb})
+	fill(t, b, s, 6, 5*time.Minute)
+	l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitReserved(t, s, 3)
+	e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now().Add(time.Minute), ClaimedBy: "before", Now: time.Now()})
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	l.(*Lease).abandon() // kill -9
+
+	_, s2 := open(t, Options{Pool: "kill", LeaseHeartbeat: hb})
+	var l2 pool.Lease
+	deadline := time.Now().Add(10 * time.Second)
+	for l2 == nil {
+		l2, err = s2.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 2, Role: pool.RoleController})
+		if err != nil && time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer l2.Release()
+	st := load(t, s2)
+	if n := len(st.Pooled()); n != 5 {
+		t.Fatalf("after the takeover %d pooled, want 5 (2 reserved by the dead holder)", n)
+	}
+	got := map[string]bool{e.ID: true}
+	for {
+		load(t, s2)
+		x, _, ok, err := s2.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now().Add(time.Minute), ClaimedBy: "after", Now: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			if len(got) == 6 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("claimed %d of 6", len(got))
+			}
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if got[x.ID] {
+			t.Fatalf("%s claimed twice", x.ID)
+		}
+		got[x.ID] = true
+	}
+	if st := load(t, s2); len(st.Pooled()) != 0 || len(claimedOf(st)) != 6 {
+		t.Fatalf("after all claims: pooled %v, claimed %d", entryIDs(st.Pooled()), len(claimedOf(st)))
+	}
+}
+
+var _ = context.Background
