@@ -221,7 +221,9 @@ func problemsText(ps []pool.Problem) string {
 }
 
 func (a *API) getPool(w http.ResponseWriter, _ *http.Request) {
-	writeJSON(w, http.StatusOK, NewPoolView(a.ctrl.Snapshot()))
+	v := NewPoolView(a.ctrl.Snapshot())
+	v.Error = problemsText(a.ctrl.Problems())
+	writeJSON(w, http.StatusOK, v)
 }
 
 // seedClaim is the seed's web function: GET /claim?check_health=false,

@@ -28,6 +28,9 @@ type PoolView struct {
 	Autosize *AutosizeView `json:"autosize,omitempty"`
 	// Cost is there with --price-per-hour.
 	Cost *CostView `json:"cost,omitempty"`
+	// Error says what is wrong with the pool now (GET /v1/pool; /healthz is
+	// 503 meanwhile); absent when all is well.
+	Error string `json:"error,omitempty"`
 }
 
 // AutosizeView is why the target is what it is (SPEC --autosize).

@@ -50,7 +50,16 @@ type Metrics struct {
 	claims       *prometheus.CounterVec
 	claimLatency *prometheus.HistogramVec
 	readyLatency prometheus.Histogram
+	errors       *prometheus.CounterVec
 }
+
+// ErrorKinds are the kinds of sandboxpool_errors_total always exported (at
+// zero until one happens): pool.Problem's kinds, and unknown for an error
+// event that does not say.
+var ErrorKinds = []string{"store", "backend", "budget", "backoff", "lease", ErrorKindUnknown}
+
+// ErrorKindUnknown labels an error event that carries no kind.
+const ErrorKindUnknown = "unknown"
 
 // New builds the metrics of ctrl on a new registry and starts observing its
 // events. Call it once per controller: every call adds an observer.
@@ -72,6 +81,13 @@ func New(ctrl *pool.Controller) *Metrics {
 			Help:    "Time from asking the backend for a sandbox to it answering its first health check and being pooled.",
 			Buckets: []float64{.05, .1, .25, .5, 1, 2, 5, 10, 20, 30, 60, 120},
 		}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "errors_total",
+			Help: "Errors the controller met (error events), by kind: store, backend, budget, backoff, lease, unknown.",
+		}, []string{"kind"}),
+	}
+	for _, k := range ErrorKinds {
+		m.errors.WithLabelValues(k)
 	}
 	// Pre-create the usual series so that rates work from the first scrape.
 	for src := range sources {
@@ -82,7 +98,7 @@ func New(ctrl *pool.Controller) *Metrics {
 	m.claimLatency.WithLabelValues("true")
 	m.claimLatency.WithLabelValues("false")
 
-	m.reg.MustRegister(m.claims, m.claimLatency, m.readyLatency, &snapshotCollector{ctrl: ctrl},
+	m.reg.MustRegister(m.claims, m.claimLatency, m.readyLatency, m.errors, &snapshotCollector{ctrl: ctrl},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctrl.Observe(m.observe)
 	return m
@@ -116,8 +132,15 @@ func (m *Metrics) observe(e pool.Event) {
 		m.claims.WithLabelValues(Source(e.By), claimFailure(e.Err)).Inc()
 	case pool.EventCreated:
 		m.readyLatency.Observe(e.Duration.Seconds())
+	case pool.EventError:
+		m.errors.WithLabelValues(errorKind(e)).Inc()
 	}
 }
+
+// errorKind is an error event's kind label. Events do not carry their kind
+// yet: until they do, they count as unknown (the kinds of what is wrong now
+// are in sandboxpool_problems).
+func errorKind(pool.Event) string { return ErrorKindUnknown }
 
 // claimFailure tells a claim that ran out of time from one whose claimer
 // went away. The event carries only the error text.
@@ -159,6 +182,8 @@ var (
 		"Recent claims per second, as autosize reads them.", nil, nil)
 	descClaimStats = prometheus.NewDesc(Namespace+"_pool_claims_total",
 		"Claims seen by this controller by outcome: warm (served at once), waited (waited for a creation), failed.", []string{"outcome"}, nil)
+	descProblems = prometheus.NewDesc(Namespace+"_problems",
+		"What is wrong with the pool now, by kind (0 when all is well); /healthz is 503 while any is above 0.", []string{"kind"}, nil)
 )
 
 // reasons are always exported, at zero when nothing was terminated for them yet.
@@ -168,13 +193,23 @@ var reasons = []string{pool.ReasonExpired, pool.ReasonUnhealthy, pool.ReasonShri
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSandboxes, descTarget, descCreations, descHealth,
 		descTerminations, descWaste, descWarmRatio, descClaimStats, descIdleSeconds, descIdleCost,
-		descCostPerHour, descAutosize, descClaimRate} {
+		descCostPerHour, descAutosize, descClaimRate, descProblems} {
 		ch <- d
 	}
 }
 
 func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	snap := c.ctrl.Snapshot()
+	problems := map[string]int{}
+	for _, k := range ErrorKinds {
+		problems[k] = 0
+	}
+	for _, p := range c.ctrl.Problems() {
+		problems[p.Kind]++
+	}
+	for k, n := range problems {
+		ch <- prometheus.MustNewConstMetric(descProblems, prometheus.GaugeValue, float64(n), k)
+	}
 	for _, st := range pool.States {
 		ch <- prometheus.MustNewConstMetric(descSandboxes, prometheus.GaugeValue, float64(snap.Counts[st]), string(st))
 	}
