@@ -246,8 +246,9 @@ func (c *Controller) initAutosize() {
 	a.written = map[int]time.Time{}
 	c.Observe(func(e Event) {
 		if e.Kind == EventClaimed {
+			// Demand is when a claim came, not when a cold one was served.
 			a.mu.Lock()
-			a.sizer.ClaimedID(e.SandboxID, e.Time)
+			a.sizer.ClaimedID(e.SandboxID, e.Time.Add(-e.Duration))
 			a.mu.Unlock()
 		}
 		c.cost.observe(e)

@@ -85,15 +85,11 @@ func (s StepsSummary) Line() string {
 }
 
 // Header and Row print samples as a table.
-const sampleHeader = "   t  rate  claims  errors  warm%  target  ready  creating"
+const sampleHeader = "   t  rate  claims  errors  warm  waited  target  ready  creating"
 
 func (s Sample) row() string {
-	warm := "    -"
-	if s.Warm+s.Waited > 0 {
-		warm = fmt.Sprintf("%5.0f", 100*s.Warm/(s.Warm+s.Waited))
-	}
-	return fmt.Sprintf("%4.0f  %4.1f  %6d  %6d  %s  %6d  %5d  %8d",
-		s.T.Seconds(), s.Rate, s.Claims, s.Errors, warm, s.Target, s.Ready, s.Creating)
+	return fmt.Sprintf("%4.0f  %4.1f  %6d  %6d  %4.0f  %6.0f  %6d  %5d  %8d",
+		s.T.Seconds(), s.Rate, s.Claims, s.Errors, s.Warm, s.Waited, s.Target, s.Ready, s.Creating)
 }
 
 // Steps runs the profile, then keeps sampling for tail, printing one row
