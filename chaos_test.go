@@ -69,7 +69,7 @@ const (
 
 func chaosServe(port string) int {
 	dir := os.Getenv(chaosCtlEnv)
-	id := os.Getenv("SANDBOXPOOL_LOCAL_ID")
+	id := os.Getenv("SANDBOXPOOL_SANDBOX")
 	seed, _ := strconv.ParseUint(os.Getenv(chaosSeedEnv), 10, 64)
 	k, err := chaosNextSeq(dir)
 	if err != nil {
@@ -178,12 +178,12 @@ func chaosDuration(t *testing.T, def time.Duration) time.Duration {
 type chaosProc struct {
 	pid                  int
 	id                   string
-	createdAt, expiresAt time.Time // from the supervisor's spec; zero for the workload
+	createdAt, expiresAt time.Time // from the marks the agent sets on every process of a sandbox
 }
 
 // scanChaosProcs finds every live process that carries both the run's mark
-// and a sandbox id, whatever the records say: supervisors, launchers and
-// workloads, of pooled, claimed, orphaned or half-created sandboxes.
+// and a sandbox id, whatever the agent says: workloads of pooled, claimed,
+// orphaned or half-created sandboxes.
 func scanChaosProcs(mark string) []chaosProc {
 	entries, _ := os.ReadDir("/proc")
 	var out []chaosProc
@@ -202,16 +202,12 @@ func scanChaosProcs(mark string) []chaosProc {
 			switch {
 			case string(kv) == chaosMarkEnv+"="+mark:
 				marked = true
-			case bytes.HasPrefix(kv, []byte("SANDBOXPOOL_LOCAL_ID=")):
-				p.id = string(kv[len("SANDBOXPOOL_LOCAL_ID="):])
-			case bytes.HasPrefix(kv, []byte("SANDBOXPOOL_LOCAL_SPEC=")):
-				var sp struct {
-					CreatedAt time.Time `json:"created_at"`
-					ExpiresAt time.Time `json:"expires_at"`
-				}
-				if json.Unmarshal(kv[len("SANDBOXPOOL_LOCAL_SPEC="):], &sp) == nil {
-					p.createdAt, p.expiresAt = sp.CreatedAt, sp.ExpiresAt
-				}
+			case bytes.HasPrefix(kv, []byte("SANDBOXPOOL_SANDBOX=")):
+				p.id = string(kv[len("SANDBOXPOOL_SANDBOX="):])
+			case bytes.HasPrefix(kv, []byte("SANDBOXPOOL_SANDBOX_CREATED_AT=")):
+				p.createdAt, _ = time.Parse(time.RFC3339Nano, string(kv[len("SANDBOXPOOL_SANDBOX_CREATED_AT="):]))
+			case bytes.HasPrefix(kv, []byte("SANDBOXPOOL_SANDBOX_EXPIRES_AT=")):
+				p.expiresAt, _ = time.Parse(time.RFC3339Nano, string(kv[len("SANDBOXPOOL_SANDBOX_EXPIRES_AT="):]))
 			}
 		}
 		if marked && p.id != "" && alive(pid) {
@@ -291,6 +287,9 @@ func (c *chaosController) start(args ...string) {
 				c.starts++
 				c.restarts = append(c.restarts, time.Since(begin).Round(100*time.Millisecond))
 				c.mu.Unlock()
+				if took := time.Since(begin); took > 10*time.Second {
+					c.t.Logf("a controller took %s to start; its logs:\n%s", took.Round(time.Millisecond), ctl.logs.String())
+				}
 				return
 			}
 		}
@@ -942,6 +941,7 @@ func TestChaosLocal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = lb.Shutdown(context.Background()) })
 	st, err := filestore.Open(stateDir, poolName)
 	if err != nil {
 		t.Fatal(err)
@@ -1011,11 +1011,29 @@ func TestChaosLocal(t *testing.T) {
 				break
 			}
 			ref := refs[rng.IntN(len(refs))]
-			if pids, _ := lb.Pids(ref.ID); len(pids) > 0 {
+			if pids := lb.Pids(ref.ID); len(pids) > 0 {
 				slices.Sort(pids)
 				_ = syscall.Kill(pids[rng.IntN(len(pids))], syscall.SIGKILL)
 				r.kill(ref.ID)
 			}
+		case p < 0.40:
+			// A node failure: every sandbox dies with the agent, and the
+			// controller's next creation starts a new one.
+			r.count("kill -9 the local agent")
+			refs, _ := lb.List(context.Background())
+			pid, err := lb.AgentPid(context.Background())
+			if err != nil {
+				t.Logf("agent pid: %v", err)
+				break
+			}
+			for _, ref := range refs {
+				r.kill(ref.ID)
+			}
+			// Sandboxes made between the listing and the kill die too.
+			for _, p := range scanChaosProcs(mark) {
+				r.kill(p.id)
+			}
+			_ = syscall.Kill(pid, syscall.SIGKILL)
 		case p < 0.47:
 			r.count("kill -9 the controller, restart")
 			r.ctl.kill9()

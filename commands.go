@@ -411,6 +411,12 @@ func terminateCommand(o *options) *cobra.Command {
 				if err != nil {
 					return err
 				}
+				// Nothing of a torn-down pool keeps running: the local agent goes too.
+				if a, ok := p.backend.(interface{ Shutdown(context.Context) error }); ok {
+					if err := a.Shutdown(cmd.Context()); err != nil {
+						return err
+					}
+				}
 				fmt.Fprintf(out, "terminated %d sandboxes; pool %q target set to 0\n", n, cfg.Pool)
 				return nil
 			}

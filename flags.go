@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/pool/local"
 )
 
 // options holds every flag of SPEC's table; defaults come from pool.DefaultConfig.
@@ -39,6 +41,7 @@ type options struct {
 	tokenOnCmdLine bool
 	cmd            string
 	warmup         time.Duration
+	logMax         byteSize
 	port           int
 	image          string
 	modalApp       string
@@ -72,6 +75,8 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.tokenFile, "token-file", "", "file holding the API's bearer token (one line)")
 	fs.StringVar(&o.cmd, "cmd", "", "sandbox command ({port} replaced, PORT set); local default: the built-in directory server, modal default: python -m http.server 8080")
 	fs.DurationVar(&o.warmup, "warmup", 0, "local: the built-in server waits this long before listening")
+	o.logMax = local.DefaultLogMax
+	fs.Var(&o.logMax, "log-max", "local: cap on each sandbox's log, the last part kept (the pool's logs together: 64x that)")
 	fs.IntVar(&o.port, "port", 8080, "modal: the sandbox port exposed as an encrypted tunnel")
 	fs.StringVar(&o.image, "image", "python:3.11-slim", "modal: registry image")
 	fs.StringVar(&o.modalApp, "modal-app", "example-sandbox-pool-sandboxes", "modal: the App that holds the sandboxes")
@@ -109,6 +114,8 @@ func allowedFor(f *pflag.Flag) string {
 		return "must be true or false"
 	case "float64":
 		return "must be a number such as 0.05"
+	case "size":
+		return "must be a size such as 10MB, 512KB or 1GB"
 	}
 	return "bad value"
 }
@@ -205,3 +212,42 @@ func oneLine(s string) string {
 	}
 	return s
 }
+
+// byteSize is a flag of bytes written as 10MB, 512KB, 1GB (powers of 1024;
+// KiB, MiB and GiB too) or a plain number.
+type byteSize int64
+
+func (b *byteSize) String() string {
+	n := int64(*b)
+	for _, u := range []struct {
+		s string
+		v int64
+	}{{"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}} {
+		if n >= u.v && n%u.v == 0 {
+			return strconv.FormatInt(n/u.v, 10) + u.s
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	t := strings.ToUpper(strings.TrimSpace(s))
+	mult := int64(1)
+	for _, u := range []struct {
+		s string
+		v int64
+	}{{"GIB", 1 << 30}, {"MIB", 1 << 20}, {"KIB", 1 << 10}, {"GB", 1 << 30}, {"MB", 1 << 20}, {"KB", 1 << 10}, {"B", 1}} {
+		if rest, ok := strings.CutSuffix(t, u.s); ok {
+			t, mult = strings.TrimSpace(rest), u.v
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 1 || n > (1<<62)/mult {
+		return fmt.Errorf("bad size %q", s)
+	}
+	*b = byteSize(n * mult)
+	return nil
+}
+
+func (b *byteSize) Type() string { return "size" }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -32,21 +33,6 @@ func localBackend(t *testing.T, stateDir, poolName string) *local.Backend {
 		t.Fatal(err)
 	}
 	return b
-}
-
-// allPids returns the live processes of every sandbox of the pool.
-func allPids(t *testing.T, b *local.Backend) []int {
-	t.Helper()
-	refs, err := b.List(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, r := range refs {
-		p, _ := b.Pids(r.ID)
-		pids = append(pids, p...)
-	}
-	return pids
 }
 
 func alive(pid int) bool {
@@ -113,14 +99,10 @@ func TestLocalEndToEnd(t *testing.T) {
 	}
 	waitFor(t, "backfill to 3 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 3 })
 
-	// A sandbox killed with SIGKILL is found and replaced.
+	// A sandbox that dies (its server gone, as in a crash) is found and replaced.
 	victim := readyIDs(check(t, env))[0]
-	pids, err := be.Pids(victim)
-	if err != nil || len(pids) == 0 {
-		t.Fatalf("pids of %s: %v %v", victim, pids, err)
-	}
-	for _, pid := range pids {
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+	if err := be.Kill(context.Background(), victim); err != nil {
+		t.Fatalf("kill %s: %v", victim, err)
 	}
 	waitFor(t, "the killed sandbox replaced", 30*time.Second, func() bool {
 		ids := readyIDs(check(t, env))
@@ -151,14 +133,25 @@ func TestLocalEndToEnd(t *testing.T) {
 		t.Fatalf("%d ready after stop, want 3 left running", n)
 	}
 
-	// terminate --all leaves no process of the pool alive, claimed one included.
-	pidsBefore := allPids(t, be)
+	// terminate --all leaves no process of the pool alive, claimed one
+	// included: the agent that ran them goes too.
+	agent, err := be.AgentPid(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	urls := []string{claim.URL}
+	for _, s := range check(t, env).Sandboxes {
+		urls = append(urls, s.URL)
+	}
 	if r := cli(t, env, "terminate", "--all"); r.code != 0 || !strings.Contains(r.stdout, "terminated 4") {
 		t.Fatalf("terminate --all: exit %d %q %q", r.code, r.stdout, r.stderr)
 	}
-	waitFor(t, "every process gone", 10*time.Second, func() bool {
-		return !slices.ContainsFunc(pidsBefore, alive)
-	})
+	waitFor(t, "the agent gone", 10*time.Second, func() bool { return !alive(agent) })
+	for _, u := range urls {
+		if _, err := http.Get(u); !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("GET %s after terminate --all: %v, want refused", u, err)
+		}
+	}
 	if v := check(t, env); v.Target != 0 || len(v.Sandboxes) != 0 {
 		t.Fatalf("after terminate --all: target %d, %d sandboxes", v.Target, len(v.Sandboxes))
 	}

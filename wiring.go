@@ -22,6 +22,7 @@ import (
 // opened is one pool's controller with what it holds.
 type opened struct {
 	ctrl    *pool.Controller
+	backend pool.Backend
 	closers []func()
 	journal *journal.Journal // nil without a state dir
 	follow  func()           // stops following the journal
@@ -50,7 +51,7 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 	)
 	switch o.backend {
 	case "local":
-		lb, err := local.New(local.Options{Pool: cfg.Pool, StateDir: o.stateDir, Cmd: o.cmd, Warmup: o.warmup})
+		lb, err := local.New(local.Options{Pool: cfg.Pool, StateDir: o.stateDir, Cmd: o.cmd, Warmup: o.warmup, LogMax: int64(o.logMax)})
 		if err != nil {
 			return nil, err
 		}
@@ -87,7 +88,7 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		closeAll()
 		return nil, err
 	}
-	p := &opened{ctrl: ctrl, closers: closers}
+	p := &opened{ctrl: ctrl, backend: be, closers: closers}
 	p.openJournal(o.stateDir, cfg.Pool)
 	if controller && cfg.SizeSet && !cfg.Autosize {
 		// --size given to run/dashboard/maintain sets the stored target

@@ -1,11 +1,12 @@
 package conformance_test
 
 import (
+	"context"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -30,8 +31,18 @@ func TestLocal(t *testing.T) {
 
 func newLocalEnv(t *testing.T) conformance.Env {
 	dir := t.TempDir()
+	const name = "conformance"
 	// Runs last: no process of this pool may outlive the test.
 	t.Cleanup(func() {
+		b, err := local.New(local.Options{Pool: name, StateDir: dir})
+		if err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			err = b.Shutdown(ctx) // the agent too
+			cancel()
+		}
+		if err != nil {
+			t.Errorf("shut the local agent down: %v", err)
+		}
 		deadline := time.Now().Add(10 * time.Second)
 		for len(procsOf(dir)) > 0 {
 			if time.Now().After(deadline) {
@@ -41,7 +52,6 @@ func newLocalEnv(t *testing.T) conformance.Env {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
-	const name = "conformance"
 	open := func(t *testing.T) (*local.Backend, pool.Store) {
 		b, err := local.New(local.Options{Pool: name, StateDir: dir, TermGrace: 500 * time.Millisecond})
 		if err != nil {
@@ -62,16 +72,14 @@ func newLocalEnv(t *testing.T) conformance.Env {
 		Checker: checker(t, &http.Transport{}),
 		Kill: func(t *testing.T, id string) {
 			t.Helper()
-			pids, err := b.Pids(id)
-			if err != nil || len(pids) == 0 {
-				t.Fatalf("pids of %s: %v %v", id, pids, err)
-			}
-			for _, pid := range pids {
-				_ = syscall.Kill(pid, syscall.SIGKILL)
+			// A built-in sandbox lives in the agent: it dies as a crash would.
+			if err := b.Kill(context.Background(), id); err != nil {
+				t.Fatalf("kill %s: %v", id, err)
 			}
 			deadline := time.Now().Add(5 * time.Second)
 			for {
-				if left, _ := b.Pids(id); len(left) == 0 {
+				refs, err := b.List(context.Background())
+				if err == nil && !slices.ContainsFunc(refs, func(r pool.Ref) bool { return r.ID == id }) {
 					return
 				}
 				if time.Now().After(deadline) {
@@ -92,7 +100,7 @@ func checker(t *testing.T, tr *http.Transport) pool.Checker {
 }
 
 // procsOf returns the live processes whose environment mentions dir (the
-// launchers, supervisors and servers of one pool: their spec names it).
+// pool's agent: its spec names it; --cmd workloads: their mark does).
 func procsOf(dir string) []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")

@@ -1,17 +1,21 @@
-// Package local is the default sandboxpool backend: each sandbox is a real OS
-// process group on this machine, started detached under a small supervisor
-// (this binary re-executed) that kills it at expiry even when the controller
-// that created it is gone.
+// Package local is the default sandboxpool backend: one detached local agent
+// per pool (this binary re-executed, started on first need, outliving every
+// controller) runs the pool's sandboxes on this machine. Controllers and
+// other processes talk to it over a unix socket in the state dir.
 //
-// Layout under <StateDir>/<pool>.sandboxes/:
+// The built-in workload is served from inside the agent on a loopback port
+// per sandbox; a --cmd workload is a direct child of the agent in its own
+// process group. The agent kills each sandbox at expiry, reaps and kills
+// what a workload left behind (it is a child subreaper), and when it dies
+// its --cmd children die with it (Pdeathsig). It answers only its own user.
 //
-//	<id>.json  the record, written by the supervisor itself (temp+rename)
-//	<id>.log   stdout/stderr of the supervisor and its workload
-//	<id>/      the workload's working directory (served by the built-in server)
+// Layout under <StateDir>:
 //
-// Every process of a sandbox carries SANDBOXPOOL_LOCAL_ID=<id> in its
-// environment; that marker is how a pid read from a record is told apart from
-// an unrelated process that reused the number.
+//	<pool>.agent.sock   the agent's socket
+//	<pool>.agent.lock   held by the live agent
+//	<pool>.agent.start  held while a process starts the agent
+//	<pool>.agent.log    the agent's own log
+//	<pool>.sandboxes/   <id>/ (the built-in server's directory), <id>.log[.1]
 package local
 
 import (
@@ -22,21 +26,25 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
+// DefaultLogMax caps each sandbox's log (both parts together).
+const DefaultLogMax = 10 << 20
+
 // Options configure a Backend.
 type Options struct {
-	// Pool names the pool; its sandboxes live in <StateDir>/<Pool>.sandboxes.
+	// Pool names the pool; StateDir holds its agent's socket and files.
 	Pool     string
 	StateDir string
 	// Cmd, when set, is run via /bin/sh -c instead of the built-in server,
@@ -44,24 +52,36 @@ type Options struct {
 	Cmd string
 	// Warmup is how long the built-in server waits before it listens.
 	Warmup time.Duration
-	// Exe is the binary re-executed as supervisor; default os.Executable().
+	// Exe is the binary re-executed as the agent; default os.Executable().
 	// It must call MaybeRunChild first thing.
 	Exe string
 	// TermGrace is how long Terminate waits after SIGTERM before SIGKILL; default 1s.
 	TermGrace time.Duration
+	// LogMax caps each sandbox's log; default DefaultLogMax. The pool's logs
+	// together are capped at 64 times that.
+	LogMax int64
+	// IdleExit is how long an agent started by this Backend lives with no
+	// sandbox and no caller; default 30s.
+	IdleExit time.Duration
 }
 
-// Backend runs sandboxes as local processes. It keeps no state in memory
-// (everything is in the record files), so it is safe for concurrent use and
-// several Backends, in one process or many, can share a pool.
+// Backend is a client of the pool's agent. It keeps no state: several
+// Backends, in one process or many, share a pool through its agent.
 type Backend struct {
-	opts Options
-	dir  string
+	opts    Options
+	paths   paths
+	startMu sync.Mutex
 }
 
-var _ pool.Backend = (*Backend)(nil)
+var (
+	_ pool.Backend       = (*Backend)(nil)
+	_ pool.ClaimRecorder = (*Backend)(nil)
+	_ pool.LogReader     = (*Backend)(nil)
+	_ pool.ExitWatcher   = (*Backend)(nil)
+)
 
-// New checks the options and creates the pool's sandbox directory.
+// New checks the options and makes the state dir (private to the user).
+// The agent starts on the first call that needs it.
 func New(opts Options) (*Backend, error) {
 	if err := pool.ValidatePoolName(opts.Pool); err != nil {
 		return nil, err
@@ -72,13 +92,15 @@ func New(opts Options) (*Backend, error) {
 	if opts.Warmup < 0 {
 		return nil, fmt.Errorf("--warmup %s: must be 0 or more", opts.Warmup)
 	}
+	if opts.LogMax < 0 {
+		return nil, fmt.Errorf("--log-max %d: must be 0 (the default) or more", opts.LogMax)
+	}
 	var err error
 	if opts.Exe == "" {
 		if opts.Exe, err = os.Executable(); err != nil {
 			return nil, fmt.Errorf("local backend: find own binary: %w", err)
 		}
 	}
-	// Children run in other working directories: keep paths absolute.
 	if opts.Exe, err = filepath.Abs(opts.Exe); err != nil {
 		return nil, err
 	}
@@ -88,37 +110,30 @@ func New(opts Options) (*Backend, error) {
 	if opts.TermGrace <= 0 {
 		opts.TermGrace = time.Second
 	}
-	dir := filepath.Join(opts.StateDir, opts.Pool+".sandboxes")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if opts.LogMax == 0 {
+		opts.LogMax = DefaultLogMax
+	}
+	if opts.IdleExit <= 0 {
+		opts.IdleExit = 30 * time.Second
+	}
+	p := poolPaths(opts.StateDir, opts.Pool)
+	if len(p.sock) >= len(syscall.RawSockaddrUnix{}.Path) {
+		return nil, fmt.Errorf("local backend: --state-dir %s is too long for a unix socket path; choose a shorter one", opts.StateDir)
+	}
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
-	return &Backend{opts: opts, dir: dir}, nil
+	return &Backend{opts: opts, paths: p}, nil
 }
 
 // Name is "local".
 func (b *Backend) Name() string { return "local" }
 
-// record is what <id>.json holds.
-type record struct {
-	ID        string    `json:"id"`
-	Pool      string    `json:"pool"`
-	URL       string    `json:"url"`
-	Pid       int       `json:"pid"`  // the supervisor
-	Pgid      int       `json:"pgid"` // its process group: the whole sandbox
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-}
+// Dir is the directory of the pool's sandboxes (their directories and logs).
+func (b *Backend) Dir() string { return b.paths.boxes }
 
-func (r record) ref() pool.Ref {
-	return pool.Ref{ID: r.ID, URL: r.URL, CreatedAt: r.CreatedAt, ExpiresAt: r.ExpiresAt}
-}
-
-// handshakeTimeout bounds how long Create waits for a supervisor to report,
-// so a wedged child can never hang the engine.
-const handshakeTimeout = 30 * time.Second
-
-// Create starts a supervisor for a new sandbox and returns as soon as the
-// supervisor has recorded it and started its workload (not waiting for health).
+// Create asks the agent (started if none runs) for a sandbox and returns as
+// soon as its URL is known.
 func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, error) {
 	if ttl <= 0 {
 		return pool.Ref{}, fmt.Errorf("local backend: ttl %s must be positive", ttl)
@@ -130,269 +145,306 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	if err != nil {
 		return pool.Ref{}, err
 	}
-	// The port is reserved by a bound, not yet listening socket handed down to
-	// the built-in server: no other creation can pick it, and until the server
-	// listens (after Warmup) connections are refused, as for a booting sandbox.
-	// A --cmd binds the port itself, so for it the socket only picks the port
-	// and is closed before the command starts (any copy still open would make
-	// its bind fail).
-	sock, port, err := bindLoopback()
-	if err != nil {
-		return pool.Ref{}, fmt.Errorf("local backend: reserve a port: %w", err)
-	}
-	defer sock.Close()
-	if b.opts.Cmd == "" && b.opts.Warmup == 0 {
-		// With no warmup the socket listens at once: the first health check
-		// then waits in the backlog for the server instead of being refused
-		// and retried 100 ms later.
-		if err := syscall.Listen(int(sock.Fd()), syscall.SOMAXCONN); err != nil {
-			return pool.Ref{}, fmt.Errorf("local backend: listen: %w", err)
-		}
-	}
-	extra := []*os.File{nil, sock}
+	req := request{Op: "create", ID: id, TTL: ttl, Cmd: b.opts.Cmd, Warmup: b.opts.Warmup, Grace: b.opts.TermGrace, LogMax: b.opts.LogMax}
 	if b.opts.Cmd != "" {
-		sock.Close()
-		extra = extra[:1]
+		req.Env = cleanEnv() // the workload runs in the caller's environment, not the agent's
 	}
-	// UTC without a monotonic reading: the Ref returned here then equals the
-	// one List rebuilds from the JSON record.
-	now := time.Now().UTC().Round(0)
-	sp := spec{
-		ID: id, Pool: b.opts.Pool, Dir: b.dir, Exe: b.opts.Exe, Port: port,
-		Cmd: b.opts.Cmd, Warmup: b.opts.Warmup, Grace: b.opts.TermGrace,
-		CreatedAt: now, ExpiresAt: now.Add(ttl),
-	}
-	ref := pool.Ref{ID: id, URL: sp.url(), CreatedAt: sp.CreatedAt, ExpiresAt: sp.ExpiresAt}
-
-	// The supervisor reports "ok" or "error ..." on this pipe once it has
-	// written its record and started the workload.
-	hr, hw, err := os.Pipe()
+	resp, err := b.call(ctx, req, true)
 	if err != nil {
-		return pool.Ref{}, err
-	}
-	defer hr.Close()
-	logf, err := os.OpenFile(b.path(id, ".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		hw.Close()
+		// The agent may have made it before we gave up; a terminate that
+		// comes first keeps the id from ever being created.
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.opts.TermGrace+5*time.Second)
+		_ = b.Terminate(tctx, id)
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return pool.Ref{}, err
+		}
 		return pool.Ref{}, fmt.Errorf("local backend: %w", err)
 	}
-	// The launcher starts the supervisor in a new session and exits at once, so
-	// the supervisor is re-parented to init: it outlives this process and we
-	// need no goroutine to reap it.
-	launcher := childCmd(sp, roleLaunch)
-	launcher.Stdout, launcher.Stderr = logf, logf
-	// A race-enabled binary (go test -race) sleeps 1s at exit by default, and
-	// Create waits for the launcher's exit. No effect on normal builds.
-	launcher.Env = append(launcher.Env, "GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	extra[0] = hw
-	launcher.ExtraFiles = extra
-	err = launcher.Run()
-	hw.Close()
-	logf.Close()
-	sock.Close()
-	if err != nil {
-		b.removeFiles(id)
-		return pool.Ref{}, fmt.Errorf("local backend: start supervisor (does the binary call local.MaybeRunChild first thing?): %w", err)
-	}
-	if err := handshake(ctx, hr); err != nil {
-		// Closing our end first makes a late "ok" fail in the supervisor, which
-		// then tears itself down; Terminate covers one that already reported.
-		hr.Close()
-		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.opts.TermGrace+5*time.Second)
-		defer cancel()
-		_ = b.Terminate(tctx, id)
-		return pool.Ref{}, fmt.Errorf("local backend: sandbox %s: %w", id, err)
-	}
-	return ref, nil
+	return resp.Ref.ref(), nil
 }
 
-// handshake reads the supervisor's one-line report, honouring ctx.
-func handshake(ctx context.Context, r *os.File) error {
-	deadline := time.Now().Add(handshakeTimeout)
+func (w wireRef) ref() pool.Ref {
+	return pool.Ref{ID: w.ID, URL: w.URL, CreatedAt: w.CreatedAt, ExpiresAt: w.ExpiresAt, Claimed: w.Claimed}
+}
+
+// Terminate stops a sandbox: SIGTERM, SIGKILL after TermGrace, to all its
+// processes, even those that left its group. Unknown ids are not an error.
+func (b *Backend) Terminate(ctx context.Context, id string) error {
+	if !validID(id) {
+		return nil
+	}
+	_, err := b.call(ctx, request{Op: "terminate", ID: id, Grace: b.opts.TermGrace}, false)
+	if errors.Is(err, errNoAgent) {
+		return nil
+	}
+	return err
+}
+
+// List returns the pool's running sandboxes, oldest first; claimed ones
+// have Ref.Claimed set. With no agent running, nothing runs.
+func (b *Backend) List(ctx context.Context) ([]pool.Ref, error) {
+	resp, err := b.call(ctx, request{Op: "list"}, false)
+	if errors.Is(err, errNoAgent) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("local backend: %w", err)
+	}
+	refs := make([]pool.Ref, len(resp.Refs))
+	for i, w := range resp.Refs {
+		refs[i] = w.ref()
+	}
+	return refs, nil
+}
+
+// MarkClaimed records in the agent that the sandbox was handed out: List
+// reports it claimed from then on, whatever happens to the store.
+func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
+	_, err := b.call(ctx, request{Op: "claimed", ID: id, By: by}, false)
+	if err != nil {
+		return fmt.Errorf("local backend: %w", err)
+	}
+	return nil
+}
+
+// ReadLog reads the sandbox's output: up to max bytes from offset (offset
+// < 0: the last max bytes), and the offset just after them. Offsets count
+// what was kept, across rotations.
+func (b *Backend) ReadLog(ctx context.Context, id string, offset int64, max int) ([]byte, int64, error) {
+	resp, err := b.call(ctx, request{Op: "log", ID: id, Offset: offset, Max: max}, false)
+	if err != nil {
+		return nil, offset, fmt.Errorf("local backend: %w", err)
+	}
+	return resp.Data, resp.Next, nil
+}
+
+// Exited reports whether the sandbox's workload has exited, with its exit
+// code and last lines of output. A sandbox the agent does not know (or no
+// agent) has exited.
+func (b *Backend) Exited(ctx context.Context, id string) (bool, pool.ExitInfo, error) {
+	resp, err := b.call(ctx, request{Op: "exited", ID: id}, false)
+	if errors.Is(err, errNoAgent) {
+		return true, pool.ExitInfo{Code: -1, Tail: "(no local agent runs: the sandbox is gone)"}, nil
+	}
+	if err != nil {
+		return false, pool.ExitInfo{}, fmt.Errorf("local backend: %w", err)
+	}
+	return resp.Exited, pool.ExitInfo{Code: resp.Code, Tail: resp.Tail}, nil
+}
+
+// Shutdown terminates every sandbox of the pool and stops its agent.
+func (b *Backend) Shutdown(ctx context.Context) error {
+	_, err := b.call(ctx, request{Op: "shutdown", Grace: b.opts.TermGrace}, false)
+	if errors.Is(err, errNoAgent) || isBroken(err) {
+		return nil
+	}
+	return err
+}
+
+// Kill makes a sandbox die abruptly, as a crash would (its built-in server
+// stops, or its processes get SIGKILL); the agent then sees it exited. For
+// tests and fault injection.
+func (b *Backend) Kill(ctx context.Context, id string) error {
+	_, err := b.call(ctx, request{Op: "kill", ID: id}, false)
+	return err
+}
+
+// AgentPid is the pid of the pool's agent, starting it if none runs.
+func (b *Backend) AgentPid(ctx context.Context) (int, error) {
+	resp, err := b.call(ctx, request{Op: "ping"}, true)
+	return resp.Pid, err
+}
+
+// Pids returns the live processes of a --cmd sandbox, wherever they went
+// (other groups, sessions or parents): every one carries its mark. A
+// built-in sandbox has none of its own.
+func (b *Backend) Pids(id string) []int {
+	return markedPids(envSandbox+"="+id, envAgentMark+"="+b.paths.sock)
+}
+
+// errNoAgent says that no agent runs for the pool.
+var errNoAgent = errors.New("no local agent runs")
+
+// call sends one request, starting the agent first when start is set and
+// none answers. A connection that breaks (an agent that died or was just
+// exiting) is retried against a new agent.
+func (b *Backend) call(ctx context.Context, req request, start bool) (response, error) {
+	for attempt := 0; ; attempt++ {
+		resp, err := b.roundTrip(ctx, req)
+		if err == nil {
+			if resp.Error != "" {
+				return resp, errors.New(resp.Error)
+			}
+			return resp, nil
+		}
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			return response{}, err
+		}
+		if attempt >= 2 || !(isNoAgent(err) || isBroken(err)) {
+			return response{}, err
+		}
+		if !start {
+			if isNoAgent(err) {
+				b.sweep()
+				return response{}, errNoAgent
+			}
+			continue
+		}
+		if err := b.ensureAgent(ctx); err != nil {
+			return response{}, err
+		}
+	}
+}
+
+type noAgentError struct{ err error }
+
+func (e noAgentError) Error() string { return e.err.Error() }
+func (e noAgentError) Unwrap() error { return e.err }
+
+func isNoAgent(err error) bool {
+	var n noAgentError
+	return errors.As(err, &n)
+}
+
+// isBroken is a connection that ended before the answer.
+func isBroken(err error) bool {
+	return errors.Is(err, errBroken)
+}
+
+var errBroken = errors.New("the local agent closed the connection")
+
+func (b *Backend) roundTrip(ctx context.Context, req request) (response, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", b.paths.sock)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return response{}, noAgentError{err}
+		}
+		return response{}, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	data, err := json.Marshal(req)
+	if err != nil {
+		return response{}, err
+	}
+	if _, err := c.Write(append(data, '\n')); err != nil {
+		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			return response{}, context.DeadlineExceeded
+		}
+		return response{}, fmt.Errorf("%w: %v", errBroken, err)
+	}
+	line, err := bufio.NewReaderSize(c, 64<<10).ReadBytes('\n')
+	if err != nil {
+		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			// The context's own timer may not have fired yet.
+			return response{}, context.DeadlineExceeded
+		}
+		return response{}, fmt.Errorf("%w: %v", errBroken, err)
+	}
+	var resp response
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return response{}, fmt.Errorf("bad answer from the local agent: %w", err)
+	}
+	return resp, nil
+}
+
+// sweep kills what a dead agent left (processes that escaped its
+// Pdeathsig), when no agent runs: the agent's lock is free.
+func (b *Backend) sweep() {
+	f, err := os.OpenFile(b.paths.lock, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		return // an agent runs (or starts): it sweeps itself
+	}
+	killMarked(syscall.SIGKILL, envAgentMark+"="+b.paths.sock)
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+}
+
+// ensureAgent starts the pool's agent unless one answers. The start lock
+// keeps two processes from starting two.
+func (b *Backend) ensureAgent(ctx context.Context) error {
+	b.startMu.Lock()
+	defer b.startMu.Unlock()
+	if _, err := b.roundTrip(ctx, request{Op: "ping"}); err == nil || !(isNoAgent(err) || isBroken(err)) {
+		return err
+	}
+	f, err := os.OpenFile(b.paths.start, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return fmt.Errorf("local backend: %w", err)
+	}
+	defer f.Close()
+	deadline := time.Now().Add(time.Minute)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	if err := r.SetReadDeadline(deadline); err != nil {
+	if err := flockWait(f, syscall.LOCK_EX, deadline); err != nil {
+		return fmt.Errorf("local backend: lock %s: %w", b.paths.start, err)
+	}
+	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	if _, err := b.roundTrip(ctx, request{Op: "ping"}); err == nil || !(isNoAgent(err) || isBroken(err)) {
+		return err // nil: another process started it meanwhile
+	}
+	return b.startAgent(ctx)
+}
+
+// startAgent runs the launcher, which starts the agent detached, and waits
+// for the agent to say it is ready.
+func (b *Backend) startAgent(ctx context.Context) error {
+	spec, err := json.Marshal(agentSpec{Exe: b.opts.Exe, StateDir: b.opts.StateDir, Pool: b.opts.Pool,
+		Idle: b.opts.IdleExit, LogTotal: 64 * b.opts.LogMax})
+	if err != nil {
 		return err
 	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	logf, err := os.OpenFile(b.paths.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		w.Close()
+		return fmt.Errorf("local backend: %w", err)
+	}
+	launcher := exec.Command(b.opts.Exe, childArgs(roleLaunch, b.opts.Pool)...)
+	// A race-enabled binary (go test -race) sleeps 1s at exit by default.
+	launcher.Env = append(cleanEnv(), envRole+"="+roleLaunch, envAgent+"="+string(spec),
+		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	launcher.Stdout, launcher.Stderr = logf, logf
+	launcher.ExtraFiles = []*os.File{w}
+	err = launcher.Run()
+	w.Close()
+	logf.Close()
+	if err != nil {
+		return fmt.Errorf("local backend: start the agent (does the binary call local.MaybeRunChild first thing?): %w", err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = r.SetReadDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { _ = r.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
 	line, err := bufio.NewReader(r).ReadString('\n')
 	line = strings.TrimSpace(line)
 	switch {
-	case line == "ok":
+	case strings.HasPrefix(line, "ok"):
 		return nil
 	case strings.HasPrefix(line, "error "):
-		return errors.New(strings.TrimPrefix(line, "error "))
+		return fmt.Errorf("local backend: the agent did not start: %s (see %s)", strings.TrimPrefix(line, "error "), b.paths.log)
 	case ctx.Err() != nil:
 		return ctx.Err()
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		return errors.New("supervisor did not report in time")
 	default:
-		return fmt.Errorf("supervisor exited before reporting (%v); does the binary call local.MaybeRunChild first thing?", err)
+		return fmt.Errorf("local backend: the agent exited before it was ready (%v; does the binary call local.MaybeRunChild first thing?); see %s", err, b.paths.log)
 	}
-}
-
-// Terminate stops a sandbox: SIGTERM to its process group, SIGKILL after
-// TermGrace. It works from the record alone, so it also stops sandboxes that
-// another process created. Unknown or dead ids are not an error.
-func (b *Backend) Terminate(ctx context.Context, id string) error {
-	if !validID(id) {
-		return nil
-	}
-	defer b.removeFiles(id)
-	rec, err := b.readRecord(id)
-	if err != nil {
-		return nil // no record: nothing we could still find to stop
-	}
-	b.signal(rec, syscall.SIGTERM)
-	t := time.NewTimer(b.opts.TermGrace)
-	defer t.Stop()
-	if !b.waitGone(rec, t.C, ctx.Done()) {
-		b.signal(rec, syscall.SIGKILL)
-		// SIGKILL is not catchable; wait briefly so callers see it gone.
-		kt := time.NewTimer(time.Second)
-		defer kt.Stop()
-		b.waitGone(rec, kt.C, nil)
-	}
-	return nil
-}
-
-// waitGone polls until no live process of the sandbox remains (true), or the
-// timer fires or done closes (false).
-func (b *Backend) waitGone(rec record, timer <-chan time.Time, done <-chan struct{}) bool {
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		if len(groupPids(rec.Pgid, rec.ID)) == 0 {
-			return true
-		}
-		select {
-		case <-timer:
-			return false
-		case <-done:
-			return false
-		case <-tick.C:
-		}
-	}
-}
-
-// signal sends sig to the sandbox: to the whole group while its supervisor is
-// verifiably ours (that reaches children that dropped the marker too), and
-// otherwise only to processes that still carry the marker, since a group id
-// without a live leader can be reused by unrelated processes.
-func (b *Backend) signal(rec record, sig syscall.Signal) {
-	if supervisorAlive(rec) {
-		_ = syscall.Kill(-rec.Pgid, sig)
-		return
-	}
-	for _, pid := range groupPids(rec.Pgid, rec.ID) {
-		_ = syscall.Kill(pid, sig)
-	}
-}
-
-// List returns this pool's sandboxes whose supervisor is alive, oldest first.
-// Records of dead sandboxes are removed and their leftover processes killed.
-func (b *Backend) List(ctx context.Context) ([]pool.Ref, error) {
-	entries, err := os.ReadDir(b.dir)
-	if err != nil {
-		if os.IsNotExist(err) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("local backend: %w", err)
-	}
-	recorded := map[string]bool{}
-	var refs []pool.Ref
-	for _, e := range entries {
-		id, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || !validID(id) {
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		recorded[id] = true
-		rec, err := b.readRecord(id)
-		switch {
-		case err != nil:
-			// Records are renamed into place whole, so this one is garbage.
-			b.removeFiles(id)
-		case supervisorAlive(rec):
-			refs = append(refs, rec.ref())
-		default:
-			b.signal(rec, syscall.SIGKILL)
-			b.removeFiles(id)
-		}
-	}
-	b.sweep(entries, recorded)
-	slices.SortFunc(refs, func(x, y pool.Ref) int { return x.CreatedAt.Compare(y.CreatedAt) })
-	return refs, nil
-}
-
-// sweep removes per-sandbox files (log, directory, temp record) left without
-// a record by a creation that died half-way. The age guard leaves creations in
-// flight alone.
-func (b *Backend) sweep(entries []os.DirEntry, recorded map[string]bool) {
-	const idLen = len("sb-") + 12
-	for _, e := range entries {
-		id := strings.TrimPrefix(e.Name(), ".")
-		if len(id) < idLen || !validID(id[:idLen]) || recorded[id[:idLen]] {
-			continue
-		}
-		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Minute {
-			_ = os.RemoveAll(filepath.Join(b.dir, e.Name()))
-		}
-	}
-}
-
-// Pids returns the live processes of a sandbox (supervisor and workload,
-// and whatever they started that kept the marker); empty when it is gone.
-func (b *Backend) Pids(id string) ([]int, error) {
-	rec, err := b.readRecord(id)
-	if err != nil {
-		return nil, err
-	}
-	return groupPids(rec.Pgid, rec.ID), nil
-}
-
-// Pgid returns the process group of a sandbox, as recorded.
-func (b *Backend) Pgid(id string) (int, error) {
-	rec, err := b.readRecord(id)
-	if err != nil {
-		return 0, err
-	}
-	return rec.Pgid, nil
-}
-
-// Dir is the directory holding this pool's sandbox records.
-func (b *Backend) Dir() string { return b.dir }
-
-func (b *Backend) path(id, suffix string) string { return filepath.Join(b.dir, id+suffix) }
-
-func (b *Backend) readRecord(id string) (record, error) {
-	if !validID(id) {
-		return record{}, fmt.Errorf("local backend: bad sandbox id %q", id)
-	}
-	data, err := os.ReadFile(b.path(id, ".json"))
-	if err != nil {
-		return record{}, err
-	}
-	var rec record
-	if err := json.Unmarshal(data, &rec); err != nil {
-		return record{}, err
-	}
-	if rec.ID != id || rec.Pid <= 1 || rec.Pgid <= 1 {
-		return record{}, fmt.Errorf("local backend: bad record %s", id)
-	}
-	return rec, nil
-}
-
-func (b *Backend) removeFiles(id string) { removeSandboxFiles(b.dir, id) }
-
-func removeSandboxFiles(dir, id string) {
-	_ = os.Remove(filepath.Join(dir, id+".json"))
-	_ = os.Remove(filepath.Join(dir, id+".log"))
-	_ = os.RemoveAll(filepath.Join(dir, id))
 }
 
 var idRE = regexp.MustCompile(`^sb-[0-9a-f]{12}$`)
@@ -406,25 +458,6 @@ func newID() (string, error) {
 		return "", err
 	}
 	return "sb-" + hex.EncodeToString(b[:]), nil
-}
-
-// childCmd builds the re-execution of this binary in a role. The role and id
-// are in argv only so that ps shows what a process is. -test.run=^$ is a fuse:
-// a test binary whose TestMain forgot MaybeRunChild runs no tests (instead of
-// recursively creating sandboxes), and the real binary rejects the flag.
-func childCmd(sp spec, role string) *exec.Cmd {
-	data, _ := json.Marshal(sp)
-	cmd := exec.Command(sp.Exe, "-test.run=^$", "sandboxpool-local-"+role, sp.ID)
-	cmd.Env = append(cleanEnv(), envRole+"="+role, envSpec+"="+string(data), envID+"="+sp.ID)
-	return cmd
-}
-
-// cleanEnv is our environment without this package's variables, so that a
-// workload never inherits a role.
-func cleanEnv() []string {
-	return slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, envRole+"=") || strings.HasPrefix(kv, envSpec+"=") || strings.HasPrefix(kv, envID+"=")
-	})
 }
 
 // bindLoopback returns a TCP socket bound to a free port on 127.0.0.1 but not

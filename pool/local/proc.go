@@ -4,65 +4,76 @@ import (
 	"bytes"
 	"os"
 	"strconv"
-	"strings"
+	"syscall"
 )
 
-// procStat reads the state and process group of pid from /proc/<pid>/stat.
-func procStat(pid int) (state byte, pgrp int, ok bool) {
+// procState reads the state letter of pid from /proc/<pid>/stat.
+func procState(pid int) (byte, bool) {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, 0, false
+		return 0, false
 	}
 	// The command name may hold spaces and parentheses: fields start after the last ')'.
 	i := bytes.LastIndexByte(data, ')')
-	if i < 0 {
-		return 0, 0, false
+	if i < 0 || i+2 >= len(data) {
+		return 0, false
 	}
-	f := strings.Fields(string(data[i+1:])) // state ppid pgrp ...
-	if len(f) < 3 {
-		return 0, 0, false
-	}
-	pgrp, err = strconv.Atoi(f[2])
-	return f[0][0], pgrp, err == nil
+	return data[i+2], true
 }
 
-// hasMarker reports whether pid's environment holds the marker of sandbox id.
-// Unreadable (another user's, gone) means no.
-func hasMarker(pid int, id string) bool {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
-	if err != nil {
-		return false
-	}
-	return bytes.Contains(append([]byte{0}, data...), []byte("\x00"+envID+"="+id+"\x00"))
+// live is true for a process that has not exited (a zombie has).
+func live(pid int) bool {
+	st, ok := procState(pid)
+	return ok && st != 'Z' && st != 'X' && st != 'x'
 }
 
-// live is true for a process that has not exited (zombies have: init may
-// take a while to reap an orphaned supervisor).
-func live(state byte) bool { return state != 'Z' && state != 'X' && state != 'x' }
-
-// supervisorAlive reports whether the record's supervisor runs and is really
-// the one of this sandbox, not a process that reused its pid.
-func supervisorAlive(rec record) bool {
-	st, pgrp, ok := procStat(rec.Pid)
-	return ok && live(st) && pgrp == rec.Pgid && hasMarker(rec.Pid, rec.ID)
-}
-
-// groupPids returns the live processes of group pgid that carry the marker of
-// sandbox id, in /proc order.
-func groupPids(pgid int, id string) []int {
+// markedPids returns the live processes whose environment holds every one of
+// marks ("KEY=value"). A process keeps the environment it was started with
+// even after setsid or a double fork, which is what makes the mark a way to
+// find a sandbox's escapees. Unreadable environments (another user's, gone,
+// zombies) do not match.
+func markedPids(marks ...string) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
+	needles := make([][]byte, len(marks))
+	for i, m := range marks {
+		needles[i] = []byte("\x00" + m + "\x00")
+	}
+	self := os.Getpid()
 	var pids []int
+	buf := []byte{0}
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
+		if err != nil || pid == self {
 			continue
 		}
-		if st, pgrp, ok := procStat(pid); ok && pgrp == pgid && live(st) && hasMarker(pid, id) {
+		data, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || len(data) == 0 {
+			continue
+		}
+		buf = append(append(buf[:1], data...), 0)
+		all := true
+		for _, n := range needles {
+			if !bytes.Contains(buf, n) {
+				all = false
+				break
+			}
+		}
+		if all && live(pid) {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
+}
+
+// killMarked sends sig to every live process carrying marks and says how
+// many it found.
+func killMarked(sig syscall.Signal, marks ...string) int {
+	pids := markedPids(marks...)
+	for _, pid := range pids {
+		_ = syscall.Kill(pid, sig)
+	}
+	return len(pids)
 }

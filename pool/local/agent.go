@@ -1,0 +1,815 @@
+package local
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// agentSpec is what the agent is started with (envAgent, JSON).
+type agentSpec struct {
+	Exe      string        `json:"exe"`
+	StateDir string        `json:"state_dir"`
+	Pool     string        `json:"pool"`
+	Idle     time.Duration `json:"idle"`
+	LogTotal int64         `json:"log_total"`
+}
+
+// paths are a pool's files in the state dir.
+type paths struct {
+	sock, lock, start, log, boxes string
+}
+
+func poolPaths(stateDir, pool string) paths {
+	p := filepath.Join(stateDir, pool)
+	return paths{sock: p + ".agent.sock", lock: p + ".agent.lock", start: p + ".agent.start", log: p + ".agent.log", boxes: p + ".sandboxes"}
+}
+
+// agent runs one pool's sandboxes. It answers one JSON request per line on
+// a unix socket, only to processes of its own uid.
+type agent struct {
+	spec  agentSpec
+	paths paths
+	mark  string // envAgentMark=<socket>: on every process of every sandbox of this agent
+	uid   uint32
+	ln    *net.UnixListener
+
+	logBytes atomic.Int64 // on disk, every sandbox log of the pool
+	spawnc   chan spawnReq
+
+	mu       sync.Mutex
+	boxes    map[string]*sandbox
+	byPid    map[int]*sandbox // --cmd workloads not reaped yet
+	conns    int
+	lastCall time.Time
+	// Ids terminated before they were created (a Create given up on, whose
+	// request is still on its way): never created after.
+	tombs   map[string]time.Time
+	closing bool
+}
+
+// sandbox is one sandbox as the agent runs it.
+type sandbox struct {
+	id        string
+	url       string
+	work      string
+	createdAt time.Time
+	expiresAt time.Time
+	grace     time.Duration
+	log       *logFile
+	expiry    *time.Timer
+
+	// Built-in workload.
+	srv  *http.Server
+	raw  *os.File    // during warmup: the port's socket, bound, not listening
+	warm *time.Timer // ends the warmup
+
+	// --cmd workload.
+	cmd    bool
+	pid    int           // leads the sandbox's process group; 0 once reaped
+	copied chan struct{} // closed when its output is drained into the log
+
+	// Guarded by agent.mu.
+	claimedBy string
+	ending    bool          // terminate or expiry under way: no longer listed
+	exited    bool          // the workload ended (then code says how)
+	code      int           // exit code, or -signal
+	exitedCh  chan struct{} // closed when exited is set
+	gone      chan struct{} // closed when forgotten
+}
+
+func (sb *sandbox) wire() wireRef {
+	return wireRef{ID: sb.id, URL: sb.url, CreatedAt: sb.createdAt, ExpiresAt: sb.expiresAt, Claimed: sb.claimedBy != ""}
+}
+
+// request and response are the agent's protocol: one JSON object per line.
+type request struct {
+	Op     string        `json:"op"`
+	ID     string        `json:"id,omitempty"`
+	TTL    time.Duration `json:"ttl,omitempty"`
+	Cmd    string        `json:"cmd,omitempty"`
+	Env    []string      `json:"env,omitempty"`
+	Warmup time.Duration `json:"warmup,omitempty"`
+	Grace  time.Duration `json:"grace,omitempty"`
+	LogMax int64         `json:"log_max,omitempty"`
+	By     string        `json:"by,omitempty"`
+	Offset int64         `json:"offset,omitempty"`
+	Max    int           `json:"max,omitempty"`
+}
+
+type response struct {
+	Error  string    `json:"error,omitempty"`
+	Pid    int       `json:"pid,omitempty"`
+	Ref    wireRef   `json:"ref,omitzero"`
+	Refs   []wireRef `json:"refs,omitempty"`
+	Exited bool      `json:"exited,omitempty"`
+	Code   int       `json:"code,omitempty"`
+	Tail   string    `json:"tail,omitempty"`
+	Data   []byte    `json:"data,omitempty"`
+	Next   int64     `json:"next,omitempty"`
+}
+
+type wireRef struct {
+	ID        string    `json:"id"`
+	URL       string    `json:"url"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	Claimed   bool      `json:"claimed,omitempty"`
+}
+
+// runAgent is the agent's main: it returns only on a failure before it is
+// ready (reported on ready); after that it exits the process itself.
+func runAgent(spec agentSpec, ready *os.File) error {
+	// Everything the agent creates is the user's alone.
+	syscall.Umask(0o077)
+	// Orphans of a sandbox (setsid, double fork) become our children, so
+	// that we reap them and they never outlive their sandbox under init.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become a child subreaper: %w", err)
+	}
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	p := poolPaths(spec.StateDir, spec.Pool)
+	a := &agent{
+		spec: spec, paths: p, mark: envAgentMark + "=" + p.sock, uid: uint32(os.Getuid()),
+		spawnc: make(chan spawnReq), boxes: map[string]*sandbox{}, byPid: map[int]*sandbox{}, lastCall: time.Now(), tombs: map[string]time.Time{},
+	}
+	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(p.lock, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return err
+	}
+	// Held for life: one agent per pool. An agent that is exiting still
+	// holds it for a moment: wait for it.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return err
+		}
+		if c, err := net.Dial("unix", p.sock); err == nil {
+			// Another agent runs and answers: the caller's need is met.
+			c.Close()
+			fmt.Fprintf(ready, "ok exists\n")
+			os.Exit(0)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("another local agent of pool %q holds %s and does not answer", spec.Pool, p.lock)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Whatever a dead agent left is no sandbox of ours: its processes (the
+	// ones that escaped Pdeathsig) and its files go.
+	killMarked(syscall.SIGKILL, a.mark)
+	_ = os.RemoveAll(p.boxes)
+	if err := os.Mkdir(p.boxes, 0o700); err != nil {
+		return err
+	}
+	_ = os.Remove(p.sock)
+	a.ln, err = net.ListenUnix("unix", &net.UnixAddr{Name: p.sock, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(p.sock, 0o600); err != nil {
+		return err
+	}
+	go a.spawner()
+	go a.reaper()
+	go a.idle()
+	go func() {
+		sigs := make(chan os.Signal, 1)
+		signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+		s := <-sigs
+		log.Printf("got %s: stopping every sandbox", s)
+		a.shutdown(time.Second)
+	}()
+	log.Printf("local agent of pool %q ready on %s", spec.Pool, p.sock)
+	fmt.Fprintf(ready, "ok %d\n", os.Getpid())
+	ready.Close()
+	a.accept()
+	return nil
+}
+
+// flockWait takes a flock, waiting until deadline.
+func flockWait(f *os.File, how int, deadline time.Time) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), how|syscall.LOCK_NB)
+		if err == nil || !errors.Is(err, syscall.EWOULDBLOCK) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (a *agent) accept() {
+	for {
+		c, err := a.ln.AcceptUnix()
+		if err != nil {
+			a.mu.Lock()
+			closing := a.closing
+			a.mu.Unlock()
+			if closing {
+				select {} // exit is under way
+			}
+			log.Printf("accept: %v", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		if uid, ok := peerUID(c); !ok || uid != a.uid {
+			log.Printf("refused a connection from uid %d (ok %v): only uid %d is answered", uid, ok, a.uid)
+			_ = json.NewEncoder(c).Encode(response{Error: "the local agent answers only its own user"})
+			c.Close()
+			continue
+		}
+		a.mu.Lock()
+		if a.closing {
+			a.mu.Unlock()
+			c.Close()
+			continue
+		}
+		a.conns++
+		a.lastCall = time.Now()
+		a.mu.Unlock()
+		go a.serve(c)
+	}
+}
+
+// peerUID is the uid of the process at the other end, from the kernel.
+func peerUID(c *net.UnixConn) (uint32, bool) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return 0, false
+	}
+	return cred.Uid, true
+}
+
+func (a *agent) serve(c *net.UnixConn) {
+	defer func() {
+		c.Close()
+		a.mu.Lock()
+		a.conns--
+		a.lastCall = time.Now()
+		a.mu.Unlock()
+	}()
+	r := bufio.NewReaderSize(c, 64<<10)
+	enc := json.NewEncoder(c)
+	for {
+		line, err := r.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			_ = enc.Encode(response{Error: "request too large"})
+			return
+		}
+		if err != nil {
+			return
+		}
+		var req request
+		var resp response
+		if err := json.Unmarshal(line, &req); err != nil {
+			resp.Error = "bad request: " + err.Error()
+		} else {
+			resp = a.handle(req)
+		}
+		if err := enc.Encode(resp); err != nil {
+			return
+		}
+		if req.Op == "shutdown" && resp.Error == "" {
+			a.exit()
+		}
+	}
+}
+
+func (a *agent) handle(r request) response {
+	switch r.Op {
+	case "ping":
+		return response{Pid: os.Getpid()}
+	case "create":
+		ref, err := a.create(r)
+		if err != nil {
+			return response{Error: err.Error()}
+		}
+		return response{Ref: ref}
+	case "list":
+		return response{Refs: a.list()}
+	case "terminate":
+		a.terminate(r.ID, r.Grace)
+		return response{}
+	case "claimed":
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		sb := a.boxes[r.ID]
+		if sb == nil || sb.ending || sb.exited {
+			return response{Error: fmt.Sprintf("sandbox %s is not running", r.ID)}
+		}
+		if sb.claimedBy == "" {
+			sb.claimedBy = orDefault(r.By, "someone")
+		}
+		return response{}
+	case "exited":
+		a.mu.Lock()
+		sb := a.boxes[r.ID]
+		a.mu.Unlock()
+		if sb == nil {
+			return response{Exited: true, Code: -1, Tail: "(the local agent does not know this sandbox: it is gone)"}
+		}
+		a.mu.Lock()
+		exited, code := sb.exited, sb.code
+		a.mu.Unlock()
+		if !exited {
+			return response{}
+		}
+		return response{Exited: true, Code: code, Tail: sb.log.Tail(20)}
+	case "log":
+		a.mu.Lock()
+		sb := a.boxes[r.ID]
+		a.mu.Unlock()
+		if sb == nil {
+			return response{Error: fmt.Sprintf("sandbox %s is not known to the local agent", r.ID)}
+		}
+		data, next, err := sb.log.ReadAt(r.Offset, min(r.Max, 1<<20))
+		if err != nil {
+			return response{Error: err.Error()}
+		}
+		return response{Data: data, Next: next}
+	case "kill":
+		a.kill(r.ID)
+		return response{}
+	case "shutdown":
+		a.stopAll(r.Grace)
+		return response{}
+	}
+	return response{Error: fmt.Sprintf("unknown op %q", r.Op)}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func (a *agent) list() []wireRef {
+	a.mu.Lock()
+	refs := make([]wireRef, 0, len(a.boxes))
+	for _, sb := range a.boxes {
+		if !sb.ending && !sb.exited {
+			refs = append(refs, sb.wire())
+		}
+	}
+	a.mu.Unlock()
+	slices.SortFunc(refs, func(x, y wireRef) int {
+		if c := x.CreatedAt.Compare(y.CreatedAt); c != 0 {
+			return c
+		}
+		return strings.Compare(x.ID, y.ID)
+	})
+	return refs
+}
+
+func (a *agent) create(r request) (wireRef, error) {
+	if !validID(r.ID) {
+		return wireRef{}, fmt.Errorf("bad sandbox id %q", r.ID)
+	}
+	if r.TTL <= 0 {
+		return wireRef{}, fmt.Errorf("ttl %s must be positive", r.TTL)
+	}
+	now := time.Now().UTC().Round(0)
+	sb := &sandbox{
+		id: r.ID, work: filepath.Join(a.paths.boxes, r.ID), createdAt: now, expiresAt: now.Add(r.TTL),
+		grace: r.Grace, exitedCh: make(chan struct{}), gone: make(chan struct{}),
+		log: newLogFile(filepath.Join(a.paths.boxes, r.ID+".log"), cmpInt(r.LogMax, DefaultLogMax), &a.logBytes, a.spec.LogTotal),
+	}
+	if sb.grace <= 0 {
+		sb.grace = time.Second
+	}
+	if err := os.Mkdir(sb.work, 0o700); err != nil {
+		return wireRef{}, err
+	}
+	readme := fmt.Sprintf("sandboxpool local sandbox %s\npool: %s\ncreated: %s\nexpires: %s\n",
+		sb.id, a.spec.Pool, sb.createdAt.Format(time.RFC3339), sb.expiresAt.Format(time.RFC3339))
+	if err := os.WriteFile(filepath.Join(sb.work, "README.txt"), []byte(readme), 0o600); err != nil {
+		_ = os.RemoveAll(sb.work)
+		return wireRef{}, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closing {
+		_ = os.RemoveAll(sb.work)
+		return wireRef{}, errors.New("the local agent is stopping")
+	}
+	if a.boxes[sb.id] != nil {
+		return wireRef{}, fmt.Errorf("sandbox %s exists", sb.id)
+	}
+	if _, ok := a.tombs[sb.id]; ok {
+		_ = os.RemoveAll(sb.work)
+		return wireRef{}, fmt.Errorf("sandbox %s was terminated already", sb.id)
+	}
+	var err error
+	if r.Cmd == "" {
+		err = a.startBuiltin(sb, r.Warmup)
+	} else {
+		// Under a.mu: the reaper must find the pid registered.
+		err = a.startCmd(sb, r)
+	}
+	if err != nil {
+		sb.log.RemoveFiles()
+		_ = os.RemoveAll(sb.work)
+		return wireRef{}, err
+	}
+	a.boxes[sb.id] = sb
+	if sb.pid > 0 {
+		a.byPid[sb.pid] = sb
+	}
+	sb.expiry = time.AfterFunc(time.Until(sb.expiresAt), func() { a.terminate(sb.id, sb.grace) })
+	a.lastCall = time.Now()
+	return sb.wire(), nil
+}
+
+func cmpInt(v, def int64) int64 {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// startBuiltin serves the sandbox's directory from inside the agent: a
+// sandbox costs a socket and a goroutine, not a process.
+func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration) error {
+	sb.srv = &http.Server{
+		Handler:           http.FileServer(http.Dir(sb.work)),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		ErrorLog:          log.New(sb.log, "", log.LstdFlags),
+	}
+	if warmup <= 0 {
+		ln, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return err
+		}
+		sb.url = "http://" + ln.Addr().String()
+		go func() { _ = sb.srv.Serve(ln) }()
+		return nil
+	}
+	// The port is reserved by a bound socket that listens only after the
+	// warmup: until then connections are refused, as for a booting sandbox.
+	f, port, err := bindLoopback()
+	if err != nil {
+		return err
+	}
+	sb.raw = f
+	sb.url = "http://127.0.0.1:" + strconv.Itoa(port)
+	sb.warm = time.AfterFunc(warmup, func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if sb.raw == nil || sb.ending || sb.exited {
+			return
+		}
+		f := sb.raw
+		sb.raw = nil
+		defer f.Close()
+		if err := syscall.Listen(int(f.Fd()), syscall.SOMAXCONN); err != nil {
+			fmt.Fprintf(sb.log, "sandboxpool: listen: %v\n", err)
+			return
+		}
+		ln, err := net.FileListener(f)
+		if err != nil {
+			fmt.Fprintf(sb.log, "sandboxpool: listen: %v\n", err)
+			return
+		}
+		go func() { _ = sb.srv.Serve(ln) }()
+	})
+	return nil
+}
+
+// stopBuiltin closes the server and its connections at once.
+func (sb *sandbox) stopBuiltin() {
+	if sb.warm != nil {
+		sb.warm.Stop()
+	}
+	if sb.raw != nil {
+		sb.raw.Close()
+		sb.raw = nil
+	}
+	_ = sb.srv.Close()
+}
+
+// startCmd starts a --cmd workload: /bin/sh -c, a direct child of the agent
+// in its own process group, its output piped into the capped log.
+func (a *agent) startCmd(sb *sandbox, r request) error {
+	f, port, err := bindLoopback()
+	if err != nil {
+		return err
+	}
+	f.Close() // the command binds the port itself
+	sb.cmd = true
+	sb.url = "http://127.0.0.1:" + strconv.Itoa(port)
+	ps := strconv.Itoa(port)
+	env := r.Env
+	if len(env) == 0 {
+		env = os.Environ()
+	}
+	env = slices.DeleteFunc(slices.Clone(env), func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		return k == "PORT" || k == envRole || k == envAgent || k == envSandbox || k == envAgentMark ||
+			k == envCreatedAt || k == envExpiresAt
+	})
+	env = append(env, "PORT="+ps, envSandbox+"="+sb.id, a.mark,
+		envCreatedAt+"="+sb.createdAt.Format(time.RFC3339Nano), envExpiresAt+"="+sb.expiresAt.Format(time.RFC3339Nano))
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return err
+	}
+	argv := []string{"/bin/sh", "-c", strings.ReplaceAll(r.Cmd, "{port}", ps)}
+	reply := make(chan spawnResult, 1)
+	a.spawnc <- spawnReq{argv: argv, env: env, dir: sb.work, files: []*os.File{null, pw, pw}, reply: reply}
+	res := <-reply
+	pw.Close()
+	null.Close()
+	if res.err != nil {
+		pr.Close()
+		return fmt.Errorf("start %q: %w", argv[2], res.err)
+	}
+	sb.pid = res.pid
+	sb.copied = make(chan struct{})
+	go func() {
+		defer close(sb.copied)
+		defer pr.Close()
+		buf := make([]byte, 64<<10)
+		_, _ = io.CopyBuffer(sb.log, pr, buf)
+	}()
+	return nil
+}
+
+type spawnReq struct {
+	argv, env []string
+	dir       string
+	files     []*os.File
+	reply     chan spawnResult
+}
+
+type spawnResult struct {
+	pid int
+	err error
+}
+
+// spawner forks every --cmd workload from one locked OS thread that never
+// exits: Pdeathsig fires when the forking thread dies, and we want it to
+// fire only when the agent does.
+func (a *agent) spawner() {
+	runtime.LockOSThread()
+	for r := range a.spawnc {
+		fds := make([]uintptr, len(r.files))
+		for i, f := range r.files {
+			fds[i] = f.Fd()
+		}
+		pid, err := syscall.ForkExec(r.argv[0], r.argv, &syscall.ProcAttr{
+			Dir: r.dir, Env: r.env, Files: fds,
+			Sys: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+		})
+		runtime.KeepAlive(r.files)
+		r.reply <- spawnResult{pid, err}
+	}
+}
+
+// reaper reaps every child: the workloads (their exit is the sandbox's
+// end) and the orphans we inherit as a subreaper.
+func (a *agent) reaper() {
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, syscall.SIGCHLD)
+	for range sigs {
+		for {
+			var ws syscall.WaitStatus
+			pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+			a.mu.Lock()
+			sb := a.byPid[pid]
+			delete(a.byPid, pid)
+			if sb != nil {
+				sb.pid = 0
+			}
+			a.mu.Unlock()
+			if sb != nil {
+				code := ws.ExitStatus()
+				if ws.Signaled() {
+					code = -int(ws.Signal())
+				}
+				go a.workloadExited(sb, pid, code)
+			}
+		}
+	}
+}
+
+// workloadExited ends a --cmd sandbox whose process exited: what it left
+// running is killed, its output drained, and the exit recorded (its log
+// stays until the sandbox is forgotten).
+func (a *agent) workloadExited(sb *sandbox, pgid, code int) {
+	// The group id cannot be reused while members remain.
+	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	killMarked(syscall.SIGKILL, envSandbox+"="+sb.id, a.mark)
+	select {
+	case <-sb.copied:
+	case <-time.After(time.Second):
+	}
+	a.mu.Lock()
+	ending := sb.ending
+	if !sb.exited {
+		sb.exited, sb.code = true, code
+		close(sb.exitedCh)
+	}
+	a.mu.Unlock()
+	if !ending {
+		fmt.Fprintf(sb.log, "sandboxpool: the workload exited (%s)\n", describeCode(code))
+		log.Printf("sandbox %s: the workload exited (%s)", sb.id, describeCode(code))
+	}
+}
+
+func describeCode(code int) string {
+	if code < 0 {
+		return "killed by " + syscall.Signal(-code).String()
+	}
+	return "exit code " + strconv.Itoa(code)
+}
+
+// kill makes a sandbox die abruptly, as a crash would: for tests and chaos.
+func (a *agent) kill(id string) {
+	a.mu.Lock()
+	sb := a.boxes[id]
+	if sb == nil || sb.exited {
+		a.mu.Unlock()
+		return
+	}
+	if sb.cmd {
+		if sb.pid > 0 {
+			_ = syscall.Kill(-sb.pid, syscall.SIGKILL)
+		}
+		a.mu.Unlock()
+		killMarked(syscall.SIGKILL, envSandbox+"="+id, a.mark)
+		return
+	}
+	sb.stopBuiltin()
+	sb.exited, sb.code = true, -int(syscall.SIGKILL)
+	close(sb.exitedCh)
+	a.mu.Unlock()
+}
+
+// terminate stops a sandbox (SIGTERM, then SIGKILL after the grace, to its
+// group and to every process carrying its mark) and forgets it. A second
+// call waits for the first.
+func (a *agent) terminate(id string, grace time.Duration) {
+	a.mu.Lock()
+	sb := a.boxes[id]
+	if sb == nil {
+		now := time.Now()
+		for id, at := range a.tombs {
+			if now.Sub(at) > time.Minute {
+				delete(a.tombs, id)
+			}
+		}
+		a.tombs[id] = now
+		a.mu.Unlock()
+		return
+	}
+	if sb.ending {
+		a.mu.Unlock()
+		<-sb.gone
+		return
+	}
+	sb.ending = true
+	if grace <= 0 {
+		grace = sb.grace
+	}
+	if !sb.cmd && !sb.exited {
+		sb.stopBuiltin()
+		sb.exited, sb.code = true, -int(syscall.SIGTERM)
+		close(sb.exitedCh)
+	}
+	pid := sb.pid
+	a.mu.Unlock()
+	if sb.expiry != nil {
+		sb.expiry.Stop()
+	}
+	if sb.cmd {
+		a.stopCmd(sb, pid, grace)
+	}
+	sb.log.RemoveFiles()
+	_ = os.RemoveAll(sb.work)
+	a.mu.Lock()
+	delete(a.boxes, id)
+	a.lastCall = time.Now()
+	a.mu.Unlock()
+	close(sb.gone)
+}
+
+func (a *agent) stopCmd(sb *sandbox, pid int, grace time.Duration) {
+	marks := []string{envSandbox + "=" + sb.id, a.mark}
+	signalAll := func(sig syscall.Signal) {
+		if pid > 0 {
+			_ = syscall.Kill(-pid, sig)
+		}
+		killMarked(sig, marks...)
+	}
+	signalAll(syscall.SIGTERM)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-sb.exitedCh:
+	case <-t.C:
+		signalAll(syscall.SIGKILL)
+		select {
+		case <-sb.exitedCh:
+		case <-time.After(5 * time.Second):
+			log.Printf("sandbox %s: its process %d survived SIGKILL for 5s", sb.id, pid)
+		}
+	}
+	// Escapees that ignored SIGTERM: until none carries the mark.
+	for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); {
+		if killMarked(syscall.SIGKILL, marks...) == 0 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stopAll terminates every sandbox at once.
+func (a *agent) stopAll(grace time.Duration) {
+	a.mu.Lock()
+	ids := make([]string, 0, len(a.boxes))
+	for id := range a.boxes {
+		ids = append(ids, id)
+	}
+	a.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Go(func() { a.terminate(id, grace) })
+	}
+	wg.Wait()
+}
+
+func (a *agent) shutdown(grace time.Duration) {
+	a.stopAll(grace)
+	a.exit()
+}
+
+// exit stops answering and ends the process; the lock goes with it.
+func (a *agent) exit() {
+	a.mu.Lock()
+	a.closing = true
+	a.mu.Unlock()
+	_ = a.ln.Close() // removes the socket
+	// Anything created meanwhile (a create that raced the shutdown).
+	a.stopAll(time.Second)
+	log.Printf("local agent of pool %q exits", a.spec.Pool)
+	os.Exit(0)
+}
+
+// idle ends an agent that has no sandbox and no caller for spec.Idle.
+func (a *agent) idle() {
+	every := min(max(a.spec.Idle/4, 20*time.Millisecond), 5*time.Second)
+	for range time.Tick(every) {
+		a.mu.Lock()
+		quiet := len(a.boxes) == 0 && a.conns == 0 && time.Since(a.lastCall) >= a.spec.Idle && !a.closing
+		if quiet {
+			a.closing = true
+		}
+		a.mu.Unlock()
+		if quiet {
+			log.Printf("no sandbox and no caller for %s", a.spec.Idle)
+			a.exit()
+		}
+	}
+}
