@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
@@ -201,11 +202,34 @@ func agreeOnTiming(ctx context.Context, o *options, cfg pool.Config, st pool.Sto
 // serving is a controller with its loops and API running.
 type serving struct {
 	*opened
+	// apiAddr is the API as it was once startController returned: the
+	// bound address, or why it is off. APIStatus is the live one.
 	apiAddr string
-	apiErr  <-chan error
+	apiDone chan struct{} // closed when the API has stopped (nil: no API)
 	done    chan struct{} // closed when Serve returned
 	served  error         // Serve's result, once done is closed
 	cancel  context.CancelFunc
+
+	apiMu     sync.Mutex
+	apiStatus string // guarded by apiMu
+}
+
+// apiRetryEvery is how often a dashboard whose API port was in use tries
+// to bind it again (the process holding it may quit, or a viewer take over).
+const apiRetryEvery = time.Second
+
+// APIStatus is the API now, for the dashboard's header: the address it
+// listens on, "" when disabled, or "off (why; retrying)" until it binds.
+func (s *serving) APIStatus() string {
+	s.apiMu.Lock()
+	defer s.apiMu.Unlock()
+	return s.apiStatus
+}
+
+func (s *serving) setAPIStatus(v string) {
+	s.apiMu.Lock()
+	s.apiStatus = v
+	s.apiMu.Unlock()
 }
 
 // startController runs the controller loops and the HTTP API, as `run` and
@@ -261,8 +285,13 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 		api := httpapi.New(p.ctrl, httpapi.Options{Token: o.token, ReadOnly: o.readonly, Logger: logger, Metrics: m})
 		addr, errc, err := httpapi.Serve(ctx, o.listen, api)
 		if err != nil && allowViewer && isAddrInUse(err) {
-			// A second dashboard on a pool: the first one serves the API.
-			s.apiAddr = "off (" + o.listen + " in use)"
+			// A second dashboard on a pool: the first one serves the API
+			// until it quits; then this one binds it.
+			s.apiAddr = fmt.Sprintf("off (%s in use; retrying every %s)", o.listen, apiRetryEvery)
+			s.setAPIStatus(s.apiAddr)
+			logger.Warn("API off until its address is free", "listen", o.listen, "err", err, "retry", apiRetryEvery)
+			s.apiDone = make(chan struct{})
+			go s.bindLater(ctx, o, api, logger)
 			return s, nil
 		}
 		if err != nil {
@@ -275,10 +304,54 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 			}
 			return nil, err
 		}
-		s.apiAddr, s.apiErr = addr, errc
+		s.apiAddr = addr
+		s.setAPIStatus(addr)
 		logAPI(logger, o, addr)
+		s.apiDone = make(chan struct{})
+		go func() {
+			defer close(s.apiDone)
+			s.apiStopped(<-errc, logger)
+		}()
 	}
 	return s, nil
+}
+
+// bindLater tries to bind the API every apiRetryEvery until it does (then
+// serves it until ctx ends) or ctx ends. Only a port in use is waited out.
+func (s *serving) bindLater(ctx context.Context, o *options, api *httpapi.API, logger *slog.Logger) {
+	defer close(s.apiDone)
+	t := time.NewTicker(apiRetryEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		addr, errc, err := httpapi.Serve(ctx, o.listen, api)
+		if err != nil {
+			if isAddrInUse(err) {
+				continue
+			}
+			s.setAPIStatus("off (" + oneLine(err.Error()) + ")")
+			logger.Error("API off: cannot listen", "listen", o.listen, "err", err)
+			return
+		}
+		s.setAPIStatus(addr)
+		logger.Info("API address free now: serving it", "listen", o.listen)
+		logAPI(logger, o, addr)
+		s.apiStopped(<-errc, logger)
+		return
+	}
+}
+
+// apiStopped records why a bound API stopped: nil when asked to.
+func (s *serving) apiStopped(err error, logger *slog.Logger) {
+	if err == nil {
+		return
+	}
+	s.setAPIStatus("off (" + oneLine(err.Error()) + ")")
+	logger.Error("API stopped", "err", err)
 }
 
 // logAPI says where the API listens, as bound, and who it answers.
@@ -312,8 +385,8 @@ func (s *serving) serveError(poolName string) error {
 // terminating every sandbox first with cleanup.
 func (s *serving) stop(cleanup bool, logger *slog.Logger) {
 	s.cancel()
-	if s.apiErr != nil {
-		<-s.apiErr
+	if s.apiDone != nil {
+		<-s.apiDone
 	}
 	<-s.done
 	if cleanup {

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// freeAddr is a loopback address with a port free a moment ago.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func getStatus(url string) int {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// Issue 10 case 3: after a viewer dashboard takes over the lease, it binds
+// the API as soon as the port is free, and says why it is off until then.
+func TestViewerBindsTheAPIWhenThePortFrees(t *testing.T) {
+	state := t.TempDir()
+	addr := freeAddr(t)
+	opts := func() *options {
+		return &options{backend: "local", stateDir: state, listen: addr, port: 8080, logLevel: "info"}
+	}
+	cfg := pool.DefaultConfig()
+	cfg.Size = 1
+	logger := slog.New(slog.DiscardHandler)
+	ctx := context.Background()
+
+	first, err := startController(ctx, opts(), cfg, logger, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := startController(ctx, opts(), cfg, logger, true)
+	if err != nil {
+		first.stop(true, logger)
+		t.Fatalf("a second dashboard refused: %v", err)
+	}
+	defer second.stop(true, logger)
+	if st := second.APIStatus(); !strings.Contains(st, "in use") || !strings.Contains(st, "retrying") {
+		first.stop(true, logger)
+		t.Fatalf("viewer's API status %q: want off, in use, retrying", st)
+	}
+	first.stop(false, logger) // the first dashboard quits; the viewer takes over
+
+	waitFor(t, "the viewer to serve the API", 15*time.Second, func() bool { return second.APIStatus() == addr })
+	if code := getStatus("http://" + addr + "/v1/pool"); code != http.StatusOK {
+		t.Fatalf("GET /v1/pool on the new controller: %d", code)
+	}
+	waitFor(t, "the viewer to take the lease", 15*time.Second, func() bool { return second.ctrl.Snapshot().Role == "controller" })
+}
+
+// A dashboard whose port is taken by another program binds it once freed.
+func TestDashboardBindsTheAPIWhenAnotherProgramFreesIt(t *testing.T) {
+	state := t.TempDir()
+	squatter, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := squatter.Addr().String()
+	o := &options{backend: "local", stateDir: state, listen: addr, port: 8080, logLevel: "info"}
+	cfg := pool.DefaultConfig()
+	cfg.Size = 0
+	logger := slog.New(slog.DiscardHandler)
+	s, err := startController(context.Background(), o, cfg, logger, true)
+	if err != nil {
+		squatter.Close()
+		t.Fatal(err)
+	}
+	defer s.stop(true, logger)
+	if st := s.APIStatus(); !strings.Contains(st, addr+" in use") {
+		t.Errorf("status %q: want it to say %s is in use", st, addr)
+	}
+	squatter.Close()
+	waitFor(t, "the API bound", 10*time.Second, func() bool { return s.APIStatus() == addr })
+	if code := getStatus("http://" + addr + "/healthz"); code != http.StatusOK {
+		t.Fatalf("GET /healthz: %d", code)
+	}
+}
