@@ -19,7 +19,7 @@ import (
 
 // Helper processes: the test binary re-executed with helperEnv set.
 const (
-	helperEnv = "FILESTORE_TEST_HELPER" // take | lease | try-lease
+	helperEnv = "FILESTORE_TEST_HELPER" // take | take-until-killed | lease | try-lease
 	dirEnv    = "FILESTORE_TEST_DIR"
 	startEnv  = "FILESTORE_TEST_START" // unix nanos: takers start together
 )
@@ -51,6 +51,18 @@ func TestHelperProcess(t *testing.T) {
 				return
 			}
 			fmt.Println(e.ID)
+		}
+	case "take-until-killed":
+		// Claims one by one, printing each as soon as it returned.
+		for {
+			e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: me, Now: time.Now()})
+			if err != nil {
+				fmt.Println("error:", err)
+				os.Exit(1)
+			}
+			if ok {
+				fmt.Println(e.ID)
+			}
 		}
 	case "lease":
 		if _, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "helper " + me}); err != nil {
@@ -201,67 +213,3 @@ func TestCrossProcessLease(t *testing.T) {
 	}
 }
 
-func BenchmarkTake(b *testing.B) {
-	for _, sync := range []bool{true, false} {
-		name := "fsync"
-		if !sync {
-			name = "nosync"
-		}
-		b.Run(name, func(b *testing.B) {
-			s := open(b, b.TempDir())
-			s.noSync = !sync
-			ctx := context.Background()
-			for i := range 50 {
-				if err := s.Put(ctx, ref(fmt.Sprintf("sandbox-%02d-0123456789abcdef", i), 1000)); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ReportAllocs()
-			for b.Loop() {
-				e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "bench", Now: t0})
-				if err != nil || !ok {
-					b.Fatal(ok, err)
-				}
-				b.StopTimer() // put it back at the tail: the pool stays at 50
-				if _, err := s.Remove(ctx, e.ID); err != nil {
-					b.Fatal(err)
-				}
-				if err := s.Put(ctx, e.Ref); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-			}
-		})
-	}
-}
-
-// BenchmarkLoad: warm is the usual case (the file is as this Store last saw
-// it), cold decodes every time (another process wrote it).
-func BenchmarkLoad(b *testing.B) {
-	s := open(b, b.TempDir())
-	ctx := context.Background()
-	for i := range 50 {
-		if err := s.Put(ctx, ref(fmt.Sprintf("sandbox-%02d-0123456789abcdef", i), 1000)); err != nil {
-			b.Fatal(err)
-		}
-	}
-	for _, cold := range []bool{false, true} {
-		name := "warm"
-		if cold {
-			name = "cold"
-		}
-		b.Run(name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				if cold {
-					s.sem <- struct{}{}
-					s.invalidate()
-					<-s.sem
-				}
-				if st, err := s.Load(ctx); err != nil || len(st.Entries) != 50 {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
