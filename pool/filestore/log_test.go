@@ -289,14 +289,18 @@ func TestSettingsSurviveEveryWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	short := pool.TakeRequest{MinExpiresAt: at(150), ClaimedBy: "b", Now: t0, KeepShort: true}
-	for name, write := range map[string]func() error{
-		"Put":            func() error { return b.Put(ctx, ref("p", 300)) },
-		"Take":           func() error { _, ok := take(t, b, "b"); return okErr(ok) },
-		"Take KeepShort": func() error { _, _, ok, err := b.Take(ctx, short); return errors2(err, okErr(ok)) },
-		"Evict":          func() error { _, err := b.Evict(ctx, "s3"); return err },
-		"Remove":         func() error { _, err := b.Remove(ctx, "s0"); return err },
-		"compaction":     func() error { compactNow(t, b); return nil },
+	for _, w := range []struct {
+		name  string
+		write func() error
+	}{
+		{"Put", func() error { return b.Put(ctx, ref("p", 300)) }},
+		{"Take", func() error { _, ok := take(t, b, "b"); return okErr(ok) }},
+		{"Take KeepShort", func() error { _, _, ok, err := b.Take(ctx, short); return errors2(err, okErr(ok)) }},
+		{"Evict", func() error { _, err := b.Evict(ctx, "s3"); return err }},
+		{"Remove", func() error { _, err := b.Remove(ctx, "s0"); return err }},
+		{"compaction", func() error { compactNow(t, b); return nil }},
 	} {
+		name, write := w.name, w.write
 		if err := write(); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -471,8 +475,11 @@ func TestReadOnlyStateDir(t *testing.T) {
 			t.Fatalf("%s: Load %q", name, got)
 		}
 		for op, write := range map[string]func() error{
-			"Put":       func() error { return s.Put(ctx, ref("b", 100)) },
-			"Take":      func() error { _, _, _, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "me", Now: t0}); return err },
+			"Put": func() error { return s.Put(ctx, ref("b", 100)) },
+			"Take": func() error {
+				_, _, _, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "me", Now: t0})
+				return err
+			},
 			"SetTarget": func() error { return s.SetTarget(ctx, 9) },
 		} {
 			start := time.Now()

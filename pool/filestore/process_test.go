@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,7 +22,7 @@ import (
 const (
 	helperEnv = "FILESTORE_TEST_HELPER" // take | take-until-killed | lease | try-lease
 	dirEnv    = "FILESTORE_TEST_DIR"
-	startEnv  = "FILESTORE_TEST_START" // unix nanos: takers start together
+	startEnv  = "FILESTORE_TEST_START" // a file: takers say they are ready, then start together when it exists
 )
 
 func TestHelperProcess(t *testing.T) {
@@ -39,8 +40,16 @@ func TestHelperProcess(t *testing.T) {
 	me := "pid " + strconv.Itoa(os.Getpid())
 	switch mode {
 	case "take":
-		start, _ := strconv.ParseInt(os.Getenv(startEnv), 10, 64)
-		time.Sleep(time.Until(time.Unix(0, start)))
+		// Ready (the binary loaded, the store read): say so, then wait for the start.
+		start := os.Getenv(startEnv)
+		s.Load(ctx)
+		os.WriteFile(start+"."+strconv.Itoa(os.Getpid()), nil, 0o600)
+		for {
+			if _, err := os.Stat(start); err == nil {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
 		for {
 			e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: me, Now: time.Now()})
 			if err != nil {
@@ -100,7 +109,7 @@ func TestCrossProcessTake(t *testing.T) {
 	}
 	seed(t, s, pool.Stored{Target: n, HasTarget: true, Entries: entries})
 
-	start := strconv.FormatInt(time.Now().Add(300*time.Millisecond).UnixNano(), 10)
+	start := filepath.Join(t.TempDir(), "start")
 	outs := make([]string, procs)
 	pids := make([]int, procs)
 	var wg sync.WaitGroup
@@ -118,6 +127,20 @@ func TestCrossProcessTake(t *testing.T) {
 			}
 			outs[p] = out.String()
 		})
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ready, _ := filepath.Glob(start + ".*")
+		if len(ready) == procs {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d helpers ready", len(ready), procs)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := os.WriteFile(start, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 	wg.Wait()
 
@@ -212,4 +235,3 @@ func TestCrossProcessLease(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
