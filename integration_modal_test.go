@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"net/http"
+	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -273,4 +275,119 @@ func TestModalErrors(t *testing.T) {
 	if n := len(runningOf(f, "quota")) + len(runningOf(f, "image")); n != 0 {
 		t.Errorf("%d sandboxes left running by failed creations", n)
 	}
+}
+
+// TestModalOutage is issue 13 case 3 on the built binary: the control plane
+// goes away (longer than the lease's staleness: heartbeats of 300ms here)
+// and comes back without the pool's queue. The controller keeps running,
+// says what is wrong while it lasts, keeps its lease, rebuilds the queue
+// from the sandboxes' tags and serves claims again; nothing leaks and the
+// pool is not refilled twice. SANDBOXPOOL_OUTAGE sets the outage (default
+// 4s; the issue's is 30s).
+func TestModalOutage(t *testing.T) {
+	outage := 4 * time.Second
+	if s := os.Getenv("SANDBOXPOOL_OUTAGE"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("SANDBOXPOOL_OUTAGE=%q: %v", s, err)
+		}
+		outage = d
+	}
+	f := startModalFake(t)
+	state := t.TempDir()
+	env := modalEnv(t, state, append(f.Env(), "SANDBOXPOOL_TTL=300s", "SANDBOXPOOL_USE_DURATION=10s",
+		modalx.LeaseHeartbeatEnv+"=300ms")...)
+	flags := []string{"--backend", "modal", "--pool", "outage"}
+	ctl := startRun(t, env, append(slices.Clone(flags), "--size", "3", "--health-every", "1s", "--maintain-every", "1s",
+		"--listen", "127.0.0.1:0", "--state-dir", state)...)
+	if !started(t, ctl) {
+		t.Fatalf("run exited; logs:\n%s", ctl.logs.String())
+	}
+	m := apiAddrRE.FindStringSubmatch(ctl.logs.String())
+	if m == nil {
+		t.Fatalf("no API address in the logs:\n%s", ctl.logs.String())
+	}
+	api := &httpapi.Client{BaseURL: m[1]}
+	pool3 := func() (httpapi.PoolView, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return api.Pool(ctx)
+	}
+	healthz := func() (int, string) {
+		cl := http.Client{Timeout: 3 * time.Second}
+		resp, err := cl.Get(m[1] + "/healthz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	waitFor(t, "3 ready", 30*time.Second, func() bool { v, err := pool3(); return err == nil && v.Counts.Ready == 3 })
+	before := runningOf(f, "outage")
+
+	f.Stop()
+	down := time.Now()
+	sawError := ""
+	for time.Since(down) < outage {
+		select {
+		case <-ctl.done:
+			t.Fatalf("the controller exited during the outage:\n%s", ctl.logs.String())
+		case <-time.After(200 * time.Millisecond):
+		}
+		if code, body := healthz(); code == http.StatusServiceUnavailable && sawError == "" {
+			sawError = body
+		}
+	}
+	if sawError == "" {
+		t.Errorf("/healthz never said what was wrong during a %s outage", outage)
+	}
+	t.Logf("during the outage: %q", sawError)
+	if err := f.Restart(true); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	waitFor(t, "the pool back at 3 ready, healthy", 30*time.Second, func() bool {
+		v, err := pool3()
+		code, _ := healthz()
+		return err == nil && v.Counts.Ready == 3 && code == http.StatusOK
+	})
+	t.Logf("back %s after the control plane returned", time.Since(back).Round(time.Millisecond))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	claim, err := api.Claim(ctx, true, 10*time.Second)
+	if err != nil {
+		t.Fatalf("claim after the outage: %v", err)
+	}
+	if !slices.Contains(before, claim.ID) {
+		t.Errorf("claimed %s, not one of the sandboxes from before the outage %v", claim.ID, before)
+	}
+	waitFor(t, "the backfill", 30*time.Second, func() bool {
+		v, err := pool3()
+		return err == nil && v.Counts.Ready == 3 && v.Counts.Claimed == 1
+	})
+	// Nothing leaked, nothing created twice: the 3 from before (one of them
+	// claimed) and one backfill.
+	v, _ := pool3()
+	known := map[string]bool{}
+	for _, s := range v.Sandboxes {
+		known[s.ID] = true
+	}
+	running := runningOf(f, "outage")
+	for _, id := range running {
+		if !known[id] {
+			t.Errorf("%s runs, unknown to the controller", id)
+		}
+	}
+	if len(running) != 4 {
+		t.Errorf("%d sandboxes run, want 4 (3 from before, one backfill): %v", len(running), running)
+	}
+	// It kept the lease: a second controller is refused, naming it.
+	if r := cli(t, env, append([]string{"run", "--listen", ""}, flags...)...); r.code != 1 || !strings.Contains(r.stderr, "already maintained by") {
+		t.Errorf("second run after the outage: exit %d, %q", r.code, r.stderr)
+	}
+	if logs := ctl.logs.String(); strings.Contains(logs, "lost the controller lease") {
+		t.Errorf("the controller lost its lease:\n%s", logs)
+	}
+	ctl.stop(t)
 }

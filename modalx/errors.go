@@ -29,7 +29,25 @@ var (
 	ErrUnreachable   = errors.New("Modal server unreachable")
 	ErrQuota         = errors.New("refused by Modal")
 	ErrImage         = errors.New("image build failed")
+	ErrTimeout       = errors.New("Modal server did not answer in time")
+	ErrNotFound      = errors.New("not found by Modal")
 )
+
+// Kind names the kind of a Modal error in one word, for counting and
+// alerting ("unreachable", "timeout", "token", "credentials", "quota",
+// "image", "not_found"); "" when it is none of those.
+func Kind(err error) string {
+	for _, k := range []struct {
+		err  error
+		name string
+	}{{ErrUnreachable, "unreachable"}, {ErrTimeout, "timeout"}, {ErrTokenRejected, "token"},
+		{ErrNoCredentials, "credentials"}, {ErrQuota, "quota"}, {ErrImage, "image"}, {ErrNotFound, "not_found"}} {
+		if errors.Is(err, k.err) {
+			return k.name
+		}
+	}
+	return ""
+}
 
 type kindError struct {
 	err  *Error
@@ -54,7 +72,10 @@ func wrap(doing string, err error) error {
 	var remote modal.RemoteError
 	var gs interface{ GRPCStatus() *status.Status }
 	switch {
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, context.DeadlineExceeded):
+		kind = ErrTimeout
+		e.Reason = "no answer from the Modal server at " + serverURL() + " in time"
+	case errors.Is(err, context.Canceled):
 		e.Reason = err.Error()
 	case strings.Contains(err.Error(), "missing token_id or token_secret"):
 		kind = ErrNoCredentials
@@ -78,6 +99,11 @@ func wrap(doing string, err error) error {
 		case codes.Unavailable:
 			kind = ErrUnreachable
 			e.Reason = "cannot reach the Modal server at " + serverURL() + ": " + dialReason(st.Message())
+		case codes.DeadlineExceeded:
+			kind = ErrTimeout
+			e.Reason = "no answer from the Modal server at " + serverURL() + " in time: " + st.Message()
+		case codes.NotFound:
+			kind = ErrNotFound
 		case codes.ResourceExhausted:
 			kind = ErrQuota
 			e.Reason = "refused by Modal (quota or limit reached): " + st.Message()

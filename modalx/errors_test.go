@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // checkLine asserts a one-line error with the exact text, free of the secret.
@@ -124,5 +127,26 @@ func TestCredentialsFromConfigFile(t *testing.T) {
 	t.Setenv("MODAL_CONFIG_PATH", path)
 	if err := newErr(t); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestErrorKinds: every error says its kind in one word, for counting.
+func TestErrorKinds(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		kind string
+	}{
+		{wrap("reading the pool's queue", status.Error(codes.Unavailable, "connection refused")), "unreachable"},
+		{wrap("reading the pool's queue", context.DeadlineExceeded), "timeout"},
+		{wrap("reading the pool's queue", status.Error(codes.NotFound, "Queue qu-1 not found")), "not_found"},
+		{wrap("creating a sandbox", status.Error(codes.ResourceExhausted, "quota")), "quota"},
+		{wrap("x", errors.New("odd")), ""},
+	} {
+		if got := Kind(tc.err); got != tc.kind {
+			t.Errorf("%v: kind %q, want %q", tc.err, got, tc.kind)
+		}
+		if strings.Contains(tc.err.Error(), "\n") {
+			t.Errorf("%q is not one line", tc.err)
+		}
 	}
 }

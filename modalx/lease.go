@@ -97,12 +97,15 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 		return nil, storeErr("taking the controller lease", err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
-	l := &Lease{s: s, holder: holder, epoch: epoch, cancel: cancel, lost: make(chan struct{}), done: make(chan struct{})}
+	l := &Lease{s: s, holder: holder, cancel: cancel, lost: make(chan struct{}), done: make(chan struct{}), now: make(chan struct{}, 1)}
+	l.epoch.Store(epoch)
 	l.extend(t0)
 	// Reservations of a holder that did not release are used only once
-	// nothing it was acknowledged can still be on its way (reserve.go).
+	// nothing it was acknowledged can still be on its way (reserve.go); a
+	// lease partition found empty may be one the control plane lost, its
+	// holder still alive.
 	inheritAt := time.Now()
-	if cur.Epoch > 0 && !cur.Released {
+	if !cur.Released {
 		inheritAt = inheritAt.Add(s.staleAfter())
 	}
 	s.startHolding(l, holder, inheritAt)
@@ -114,9 +117,10 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 type Lease struct {
 	s      *Store
 	holder pool.LeaseRecord
-	epoch  int64
+	epoch  atomic.Int64
 	cancel context.CancelFunc
 	done   chan struct{}
+	now    chan struct{} // a heartbeat at once
 
 	lostOnce sync.Once
 	lost     chan struct{}
@@ -139,7 +143,8 @@ func (l *Lease) validUntil() time.Time { return time.Unix(0, l.valid.Load()) }
 func (l *Lease) Holder() pool.LeaseRecord { return l.holder }
 
 // Lost is closed when another controller took the lease over (this one's
-// heartbeat went stale, e.g. a long pause) or heartbeats kept failing.
+// heartbeat went stale, e.g. a long pause, and someone else took it). An
+// unreachable control plane does not lose it.
 func (l *Lease) Lost() <-chan struct{} { return l.lost }
 
 func (l *Lease) markLost() {
@@ -155,21 +160,30 @@ func (l *Lease) heartbeat(ctx context.Context) {
 	every := l.s.c.opts.LeaseHeartbeat
 	t := time.NewTicker(every)
 	defer t.Stop()
-	lastOK := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-l.now:
 		}
-		if err := l.beat(ctx); err != nil {
-			if err == errLeaseLost || time.Since(lastOK) > l.s.staleAfter() {
-				l.markLost()
-				return
-			}
-			continue
+		// Only another holder ends the lease. While the control plane is
+		// away the beats fail and the lease lapses (no claims from
+		// reservations: l.valid passes), but it is not lost: it is taken
+		// back by the first beat that gets through, unless someone else
+		// took it meanwhile.
+		if err := l.beat(ctx); err == errLeaseLost {
+			l.markLost()
+			return
 		}
-		lastOK = time.Now()
+	}
+}
+
+// beatNow asks for a heartbeat at once (the queue was reopened empty).
+func (l *Lease) beatNow() {
+	select {
+	case l.now <- struct{}{}:
+	default:
 	}
 }
 
@@ -183,10 +197,11 @@ func (l *Lease) beat(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if cur.Epoch > l.epoch || (cur.Epoch == l.epoch && !cur.Holder.Same(l.holder)) {
+	epoch := l.epoch.Load()
+	if cur.Epoch > epoch || (cur.Epoch == epoch && !cur.Holder.Same(l.holder)) {
 		return errLeaseLost
 	}
-	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: l.epoch, At: time.Now().UTC()})); err != nil {
+	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: epoch, At: time.Now().UTC()})); err != nil {
 		return err
 	}
 	l.extend(t0)
@@ -215,10 +230,10 @@ func (l *Lease) Release() error {
 			l.relErr = storeErr("releasing the controller lease", err)
 			return
 		}
-		if cur.Epoch > l.epoch {
+		if cur.Epoch > l.epoch.Load() {
 			return
 		}
-		if err := l.s.put(ctx, partLease, encode(leaseRec{Epoch: l.epoch, At: time.Now().UTC(), Released: true})); err != nil {
+		if err := l.s.put(ctx, partLease, encode(leaseRec{Epoch: l.epoch.Load(), At: time.Now().UTC(), Released: true})); err != nil {
 			l.relErr = storeErr("releasing the controller lease", err)
 		}
 	})
@@ -231,4 +246,12 @@ func (l *Lease) abandon() {
 	l.s.stopHolding(l)
 	l.cancel()
 	<-l.done
+}
+
+// queueLost is called when the control plane lost the queue: the holder's
+// records went with it, so its epoch jumps ahead of any process that takes
+// the empty lease meanwhile, and it beats at once to say so.
+func (l *Lease) queueLost() {
+	l.epoch.Add(1 << 20)
+	l.beatNow()
 }

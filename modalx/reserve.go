@@ -213,6 +213,7 @@ func insertByExpiry(es []pool.Entry, e pool.Entry) []pool.Entry {
 func (s *Store) takeReserved(ctx context.Context, minExpiresAt time.Time, claimedBy string, now time.Time, keepShort bool) (taken pool.Entry, dropped []pool.Entry, handled bool, err error) {
 	s.fastMu.RLock()
 	defer s.fastMu.RUnlock()
+	q := s.queue() // before the pick: see reopen
 	s.rmu.Lock()
 	h := s.hold
 	until, ok := h.validUntil()
@@ -249,7 +250,8 @@ func (s *Store) takeReserved(ctx context.Context, minExpiresAt time.Time, claime
 	h.reserved = keep
 	s.rmu.Unlock()
 
-	// The records, at once and in parallel: one round trip.
+	// The records, at once and in parallel: one round trip; into the queue
+	// as it was when reserved (one reopened meanwhile lost the reservation).
 	pctx, cancel := context.WithDeadline(ctx, until)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -258,12 +260,12 @@ func (s *Store) takeReserved(ctx context.Context, minExpiresAt time.Time, claime
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			dropErrs[i] = s.put(pctx, logPart(d.ExpiresAt), encode(logRec{Op: "remove", Entry: d}))
+			dropErrs[i] = s.putTo(pctx, q, logPart(d.ExpiresAt), encode(logRec{Op: "remove", Entry: d}))
 		}()
 	}
 	var claimErr error
 	if got != nil {
-		claimErr = s.put(pctx, logPart(got.ExpiresAt), encode(logRec{Op: "claim", Entry: *got}))
+		claimErr = s.putTo(pctx, q, logPart(got.ExpiresAt), encode(logRec{Op: "claim", Entry: *got}))
 	}
 	wg.Wait()
 	s.rmu.Lock()
@@ -291,6 +293,22 @@ func (s *Store) takeReserved(ctx context.Context, minExpiresAt time.Time, claime
 	}
 	s.c.markClaimed(got.Ref, claimedBy, now)
 	return *got, out, true, nil
+}
+
+// queueLost forgets the holder's reservations with the queue that held them
+// (a rebuild pools them again from their tags) and waits before inheriting
+// any: another process may hold the empty lease for a moment.
+func (s *Store) queueLost() {
+	s.rmu.Lock()
+	h := s.hold
+	if h != nil {
+		h.reserved, h.doubt = nil, map[string]pool.Entry{}
+		h.inheritAt = time.Now().Add(s.staleAfter())
+	}
+	s.rmu.Unlock()
+	if h != nil {
+		h.lease.queueLost()
+	}
 }
 
 // unreserve takes a reservation out of the holder's memory for its removal;

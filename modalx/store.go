@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"sort"
 	"sync"
@@ -129,12 +130,55 @@ func (s *Store) useDuration() time.Duration {
 }
 
 func (s *Store) put(ctx context.Context, part string, vals ...any) error {
-	return s.queue().PutMany(ctx, vals, &modal.QueuePutManyParams{QueuePutParams: modal.QueuePutParams{Partition: part}})
+	q := s.queue()
+	err := s.putTo(ctx, q, part, vals...)
+	if isNotFound(err) {
+		if q, rerr := s.reopen(ctx, q); rerr == nil {
+			err = s.putTo(ctx, q, part, vals...)
+		}
+	}
+	return err
+}
+
+// putTo puts into one queue as opened, never into one reopened meanwhile.
+func (s *Store) putTo(ctx context.Context, q *modal.Queue, part string, vals ...any) error {
+	return q.PutMany(ctx, vals, &modal.QueuePutManyParams{QueuePutParams: modal.QueuePutParams{Partition: part}})
 }
 
 // pop atomically removes the head of a partition; ok is false when it is empty.
 func (s *Store) pop(ctx context.Context, part string) (any, bool, error) {
-	return s.popFrom(ctx, s.queue(), part)
+	q := s.queue()
+	v, ok, err := s.popFrom(ctx, q, part)
+	if isNotFound(err) {
+		if q, rerr := s.reopen(ctx, q); rerr == nil {
+			v, ok, err = s.popFrom(ctx, q, part)
+		}
+	}
+	return v, ok, err
+}
+
+// reopen replaces a queue that the control plane no longer knows (it lost
+// its state) with a new one of the same name: the next Load finds it empty
+// and rebuilds the pool from the sandboxes' tags.
+func (s *Store) reopen(ctx context.Context, old *modal.Queue) (*modal.Queue, error) {
+	s.qmu.Lock()
+	if s.q != old {
+		q := s.q
+		s.qmu.Unlock()
+		return q, nil
+	}
+	q, err := s.c.client.Queues.FromName(ctx, QueueName(s.c.opts.Pool), &modal.QueueFromNameParams{Environment: s.c.opts.Environment, CreateIfMissing: true})
+	if err != nil {
+		s.qmu.Unlock()
+		return nil, wrap(fmt.Sprintf("opening Modal queue %q", QueueName(s.c.opts.Pool)), err)
+	}
+	// Reservations go before the new queue is used: a claim from memory
+	// writes to the queue it saw before taking one (reserve.go).
+	s.queueLost()
+	s.q = q
+	s.qmu.Unlock()
+	s.c.opts.Logger.Warn("the Modal queue was gone: opened it again, the pool is rebuilt from the sandboxes' tags", "queue", QueueName(s.c.opts.Pool))
+	return q, nil
 }
 
 func (s *Store) popFrom(ctx context.Context, q *modal.Queue, part string) (any, bool, error) {
@@ -149,8 +193,19 @@ func (s *Store) popFrom(ctx context.Context, q *modal.Queue, part string) (any, 
 
 // items reads a partition without changing it.
 func (s *Store) items(ctx context.Context, part string) ([]any, error) {
+	q := s.queue()
+	out, err := itemsOf(ctx, q, part)
+	if isNotFound(err) {
+		if q, rerr := s.reopen(ctx, q); rerr == nil {
+			out, err = itemsOf(ctx, q, part)
+		}
+	}
+	return out, err
+}
+
+func itemsOf(ctx context.Context, q *modal.Queue, part string) ([]any, error) {
 	var out []any
-	for v, err := range s.queue().Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
+	for v, err := range q.Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
 		if err != nil {
 			return nil, err
 		}
@@ -161,7 +216,18 @@ func (s *Store) items(ctx context.Context, part string) ([]any, error) {
 
 // head reads the first item of a partition (one RPC).
 func (s *Store) head(ctx context.Context, part string) (any, bool, error) {
-	for v, err := range s.queue().Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
+	q := s.queue()
+	v, ok, err := headOf(ctx, q, part)
+	if isNotFound(err) {
+		if q, rerr := s.reopen(ctx, q); rerr == nil {
+			v, ok, err = headOf(ctx, q, part)
+		}
+	}
+	return v, ok, err
+}
+
+func headOf(ctx context.Context, q *modal.Queue, part string) (any, bool, error) {
+	for v, err := range q.Iterate(ctx, &modal.QueueIterateParams{Partition: part}) {
 		return v, err == nil, err
 	}
 	return nil, false, nil
