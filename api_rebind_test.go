@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +95,35 @@ func TestDashboardBindsTheAPIWhenAnotherProgramFreesIt(t *testing.T) {
 	waitFor(t, "the API bound", 10*time.Second, func() bool { return s.APIStatus() == addr })
 	if code := getStatus("http://" + addr + "/healthz"); code != http.StatusOK {
 		t.Fatalf("GET /healthz: %d", code)
+	}
+}
+
+// Issue 13 case 8: a read-only command on a pool that does not exist says
+// so, exits 1 and creates nothing (no store, no agent, no state dir).
+func TestCheckUnknownPool(t *testing.T) {
+	state := t.TempDir() + "/state" // not there yet either
+	env := cliEnv(state)
+	for _, args := range [][]string{{"check", "--pool", "typo"}, {"check", "--json", "--pool", "typo"}} {
+		r := cli(t, env, args...)
+		if r.code != 1 || !strings.Contains(r.stderr, `pool "typo" does not exist`) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Fatalf("%v: exit %d, %q: want exit 1 and one line saying the pool does not exist", args, r.code, r.stderr)
+		}
+		if r.stdout != "" {
+			t.Errorf("%v printed %q", args, r.stdout)
+		}
+	}
+	if _, err := os.Stat(state); !os.IsNotExist(err) {
+		entries, _ := os.ReadDir(state)
+		t.Fatalf("check of an unknown pool created %s: %v", state, entries)
+	}
+	// Once the pool exists, check names it; an unknown one lists the known.
+	if r := cli(t, env, "terminate", "--all", "--pool", "real"); r.code != 0 {
+		t.Fatalf("terminate --all: %d %s", r.code, r.stderr)
+	}
+	if r := cli(t, env, "check", "--pool", "real"); r.code != 0 || !strings.Contains(r.stdout, "target 0") {
+		t.Fatalf("check of a pool torn down: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r := cli(t, env, "check", "--pool", "rael"); r.code != 1 || !strings.Contains(r.stderr, "pools there: real") {
+		t.Fatalf("check of a typo: exit %d %q", r.code, r.stderr)
 	}
 }

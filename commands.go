@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -261,6 +263,9 @@ func checkCommand(o *options) *cobra.Command {
 }
 
 func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolView, error) {
+	if err := mustExist(o, cfg.Pool); err != nil {
+		return httpapi.PoolView{}, err
+	}
 	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return httpapi.PoolView{}, err
@@ -271,6 +276,31 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolV
 		return httpapi.PoolView{}, err
 	}
 	return httpapi.NewPoolView(snap), nil
+}
+
+// mustExist makes a read-only command on a pool that was never made (a typo
+// in --pool) say so instead of creating it: nothing is opened, started or
+// written. Local pools are their store file (filestore: DIR/POOL.json); a
+// Modal pool's queue is looked up by the backend itself.
+func mustExist(o *options, name string) error {
+	if o.backend != "local" {
+		return nil
+	}
+	_, err := os.Stat(filepath.Join(o.stateDir, name+".json"))
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		return nil // there, or unreadable: opening it says why
+	}
+	var names []string
+	if matches, _ := filepath.Glob(filepath.Join(o.stateDir, "*.json")); len(matches) > 0 {
+		for _, m := range matches {
+			names = append(names, strings.TrimSuffix(filepath.Base(m), ".json"))
+		}
+	}
+	known := "no pools there"
+	if len(names) > 0 {
+		known = "pools there: " + strings.Join(names, ", ")
+	}
+	return fmt.Errorf("pool %q does not exist in %s (%s); nothing was created", name, o.stateDir, known)
 }
 
 func apiClient(o *options) *httpapi.Client {
