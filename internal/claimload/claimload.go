@@ -36,12 +36,20 @@ type Client struct {
 	HTTP *http.Client
 }
 
+// MaxConns caps the connections the tool opens: the API lets one client
+// hold a quarter of its 1024 (sandboxpool_api_rejected_total{reason="client_limit"}
+// beyond). Claims over the cap wait in the tool, and an open-loop run
+// counts that wait in their latency.
+const MaxConns = 200
+
 // NewClient returns a client whose transport keeps enough idle connections
 // for conns concurrent claims, so that no claim pays a new connection.
 func NewClient(base string, conns int) *Client {
+	conns = min(conns, MaxConns)
 	tr := http.DefaultTransport.(*http.Transport).Clone()
-	tr.MaxIdleConns = conns + 16
-	tr.MaxIdleConnsPerHost = conns + 16
+	tr.MaxIdleConns = conns
+	tr.MaxIdleConnsPerHost = conns
+	tr.MaxConnsPerHost = MaxConns
 	return &Client{Base: strings.TrimRight(base, "/"), HTTP: &http.Client{Transport: tr}}
 }
 

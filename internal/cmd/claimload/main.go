@@ -61,7 +61,7 @@ func main() {
 	_ = fs.Parse(os.Args[2:])
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	c := claimload.NewClient(*base, max(*clients, 64))
+	c := claimload.NewClient(*base, claimload.MaxConns)
 	c.Token, c.NoHealthCheck, c.Timeout = *token, *noCheck, *timeout
 
 	var (
