@@ -109,15 +109,24 @@ func BenchmarkTakeConcurrent(b *testing.B) {
 	}
 }
 
-// BenchmarkLoad: the engine's store poll. unchanged is the usual case (one
-// stat, then a copy), cold reads and decodes the whole file (another
-// process compacted it).
+// BenchmarkLoad: the engine's store poll. generation is the cheap check
+// (a lock and a stat), unchanged a Load of an unchanged file (a stat, then
+// a copy of every entry), cold reads and decodes the whole file (a new
+// process, or another process compacted it).
 //
-//	go test -run '^$' -bench 'BenchmarkLoad' ./pool/filestore/
+//	go test -run '^$' -bench 'BenchmarkLoad' -benchtime 50x ./pool/filestore/
 func BenchmarkLoad(b *testing.B) {
 	for _, claimedN := range []int{10, 10000} {
 		s := benchStore(b, 50, claimedN, false)
 		ctx := context.Background()
+		b.Run(fmt.Sprintf("generation/claimed=%d", claimedN), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := s.Generation(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 		for _, cold := range []bool{false, true} {
 			name := fmt.Sprintf("unchanged/claimed=%d", claimedN)
 			if cold {

@@ -82,6 +82,7 @@ type Store struct {
 	logw  *logWriter   // encodes into wbuf
 
 	compactAfter time.Time // no compaction before, after one failed
+	gen          uint64    // counts the changes this Store has seen (Generation)
 	fullReads    int       // for tests: how often the whole file was read
 	appends      int       // for tests: how many appends (each one flush)
 
@@ -268,6 +269,7 @@ func (s *Store) lost() {
 	}
 	s.closeFile()
 	s.st = newState(s.carry)
+	s.gen++
 	s.lay = layout{}
 	s.tail = nil
 }
@@ -308,6 +310,7 @@ func (s *Store) readAll() error {
 		return fmt.Errorf("%s: %w: %s (left untouched: fix or move it away)", s.path, ErrCorrupt, what)
 	}
 	s.f, s.fi, s.st, s.lay, s.roErr = f, fi, st, lay, roErr
+	s.gen++
 	s.tail = nil
 	s.grew(data[:lay.end])
 	s.carry = st.settings
@@ -329,6 +332,9 @@ func (s *Store) readLog(fi os.FileInfo) error {
 	if err != nil {
 		s.st = nil // half applied; readAll reports it
 		return err
+	}
+	if done > 0 {
+		s.gen++
 	}
 	s.grew(buf[:done])
 	s.carry = s.st.settings
@@ -464,6 +470,7 @@ func (s *Store) compactLocked() error {
 	}
 	s.closeFile()
 	s.st.squeeze(func(e pool.Entry) bool { return !expired(e) })
+	s.gen++
 	s.f, s.fi = f, fi
 	n := int64(len(data))
 	s.lay = layout{version: fileVersion, snapEnd: n, end: n, size: n, appendable: true}
@@ -601,8 +608,9 @@ func (s *Store) runBatch(ctx context.Context, me *change) {
 			err = s.appendLocked(s.wbuf.Bytes())
 		}
 	}
-	if err == nil {
+	if err == nil && s.wbuf.Len() > 0 {
 		s.carry = s.st.settings
+		s.gen++
 	}
 	if err == nil && s.compactDue() {
 		s.compactSoon()
@@ -628,6 +636,21 @@ func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
 		return pool.Stored{}, err
 	}
 	return s.st.stored(), nil
+}
+
+// Generation returns a number that changes whenever the pool does, by any
+// process's doing: a poller that sees the same number again may skip its
+// Load. It costs a lock and a stat when nothing changed, however many
+// entries the pool holds.
+func (s *Store) Generation(ctx context.Context) (uint64, error) {
+	if err := s.begin(ctx, true); err != nil {
+		return 0, err
+	}
+	defer s.end()
+	if err := s.refresh(); err != nil {
+		return 0, err
+	}
+	return s.gen, nil
 }
 
 // Put appends ref to the pool; a recorded id changes nothing.

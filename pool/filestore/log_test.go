@@ -496,3 +496,41 @@ func TestReadOnlyStateDir(t *testing.T) {
 		t.Fatalf("the file changed: %s", got)
 	}
 }
+
+func TestGeneration(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := open(t, dir), open(t, dir)
+	gen := func(s *Store) uint64 {
+		t.Helper()
+		g, err := s.Generation(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	g := gen(b)
+	for _, c := range []struct {
+		name   string
+		change func() error
+	}{
+		{"another Store's put", func() error { return a.Put(ctx, ref("x", 100)) }},
+		{"another Store's claim", func() error { _, ok := take(t, a, "a"); return okErr(ok) }},
+		{"its own target", func() error { return b.SetTarget(ctx, 2) }},
+		{"another Store's compaction", func() error { compactNow(t, a); return nil }},
+		{"the file deleted", func() error { return os.Remove(a.Path()) }},
+	} {
+		name, change := c.name, c.change
+		if got := gen(b); got != g {
+			t.Fatalf("before %s: generation moved from %d to %d with no change", name, g, got)
+		}
+		if err := change(); err != nil {
+			t.Fatal(err)
+		}
+		next := gen(b)
+		if next == g {
+			t.Fatalf("%s: generation still %d", name, g)
+		}
+		g = next
+	}
+}
