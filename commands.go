@@ -92,7 +92,7 @@ func runDashboard(cmd *cobra.Command, o *options) error {
 		eng.cancelUnused()
 		return err
 	}
-	uerr := ui.Run(cmd.Context(), eng, ui.Options{ReadOnly: o.readonly, APIAddr: s.apiAddr})
+	uerr := ui.Run(cmd.Context(), eng, ui.Options{ReadOnly: o.readonly, APIAddr: s.apiAddr, Logs: s.logs()})
 	eng.cancelUnused()
 	s.stop(o.cleanup, logger)
 	return uerr

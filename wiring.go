@@ -102,6 +102,15 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 	return p, nil
 }
 
+// logs is the backend's log reader for the dashboard's l view, nil when
+// the backend keeps no logs.
+func (p *opened) logs() pool.LogReader {
+	if lr, ok := p.backend.(pool.LogReader); ok {
+		return lr
+	}
+	return nil
+}
+
 // openJournal makes every event of this process go to the pool's journal,
 // which the other processes of the pool on this machine follow. Without it
 // the pool works the same; viewers just see less.

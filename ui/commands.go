@@ -44,6 +44,7 @@ type (
 	}
 	copyDoneMsg struct {
 		seq int
+		id  string // the sandbox id copied; "" for the claim banner's URL
 		err error
 	}
 	clockTickMsg    struct{} // the 1 s countdown tick
@@ -239,8 +240,8 @@ func maintainCmd(l *lifecycle, eng Engine, seq int, manual bool) tea.Cmd {
 	})
 }
 
-func copyCmd(clip func(string) error, seq int, text string) tea.Cmd {
+func copyCmd(clip func(string) error, seq int, id, text string) tea.Cmd {
 	return func() tea.Msg {
-		return copyDoneMsg{seq: seq, err: clip(text)}
+		return copyDoneMsg{seq: seq, id: id, err: clip(text)}
 	}
 }

@@ -3,44 +3,54 @@ package ui
 import (
 	"strings"
 
+	"github.com/charmbracelet/bubbles/viewport"
+
 	"github.com/sandboxpool/sandboxpool/pool"
 )
+
+// detailView is enter: one sandbox in full (whole id and URL), its
+// timeline and its last health checks, scrollable.
+type detailView struct {
+	id   string
+	last pool.Sandbox // as last seen, once it left the pool
+	vp   viewport.Model
+}
 
 // refreshDetail rebuilds the detail view of the selected sandbox (cheap:
 // one sandbox). A sandbox that left the pool stays shown as last seen.
 func (m *Model) refreshDetail() {
+	d := &m.detail
 	sb, found := pool.Sandbox{}, false
 	for i := range m.snap.Sandboxes {
-		if m.snap.Sandboxes[i].ID == m.detailID {
+		if m.snap.Sandboxes[i].ID == d.id {
 			sb, found = m.snap.Sandboxes[i], true
 			break
 		}
 	}
 	if found {
-		m.detailLast = sb
-	} else if m.detailLast.ID == m.detailID {
-		sb = m.detailLast
+		d.last = sb
+	} else if d.last.ID == d.id {
+		sb = d.last
 	} else {
-		sb = pool.Sandbox{ID: m.detailID}
+		sb = pool.Sandbox{ID: d.id}
 	}
-	m.detail.SetContent(m.detailContent(sb, found))
+	d.vp.SetContent(m.detailContent(sb, found))
 }
 
 func (m *Model) detailContent(sb pool.Sandbox, live bool) string {
-	st, now := m.st, m.now
+	st, now, w := m.st, m.now, max(m.width, 1)
 	var b strings.Builder
-	field := func(name, value string) {
-		b.WriteString("  ")
-		st.Faint.write(&b, fit(name, 10))
-		b.WriteString(value)
+	line := func(l string) {
+		b.WriteString(truncate(l, w)) // never wider than the screen: cut with …
 		b.WriteByte('\n')
 	}
-	b.WriteString("  ")
-	st.Title.write(&b, "sandbox "+pool.ShortID(sb.ID))
+	field := func(name, value string) { line("  " + st.Faint.wrap(fit(name, 10)) + value) }
+	title := "  " + st.Title.wrap("sandbox "+sb.ID)
 	if !live {
-		st.Warning.write(&b, "  gone from the pool")
+		title += st.Warning.wrap("  gone from the pool")
 	}
-	b.WriteString("\n\n")
+	line(title)
+	line("")
 	field("id", sb.ID)
 	field("state", strings.TrimRight(st.stateCell(sb.State, m.frame).painted, " "))
 	field("url", orDash(sb.URL))
@@ -62,12 +72,32 @@ func (m *Model) detailContent(sb pool.Sandbox, live bool) string {
 		field("error", st.Danger.wrap(oneLine(sb.Err)))
 	}
 
-	b.WriteString("\n  ")
-	st.Title.write(&b, "health checks")
-	b.WriteByte('\n')
+	line("")
+	line("  " + st.Title.wrap("timeline"))
+	marks := m.hist.timeline(sb.ID)
+	if len(marks) == 0 {
+		line("  " + st.Faint.wrap("nothing seen since the dashboard started"))
+	}
+	for _, mk := range marks {
+		what := mk.what
+		if mk.bad {
+			what = st.Danger.wrap(what)
+		}
+		switch {
+		case mk.from == "":
+		case strings.HasPrefix(mk.what, "claimed by"):
+			what += st.Faint.wrap(" · " + mk.from)
+		default:
+			what += st.Faint.wrap(" by " + mk.from)
+		}
+		line("  " + st.Faint.wrap(clockTime(mk.at)) + "  " + what)
+	}
+
+	line("")
+	line("  " + st.Title.wrap("health checks"))
 	hs := m.health[sb.ID]
 	if len(hs) == 0 {
-		b.WriteString("  " + st.Faint.wrap("none yet") + "\n")
+		line("  " + st.Faint.wrap("none yet"))
 	}
 	for i := len(hs) - 1; i >= 0; i-- { // newest first
 		h := hs[i]
@@ -75,23 +105,7 @@ func (m *Model) detailContent(sb pool.Sandbox, live bool) string {
 		if !h.OK {
 			p = st.Danger
 		}
-		b.WriteString("  " + st.Faint.wrap(clockTime(h.CheckedAt)) + "  " + p.wrap(healthText(h)) + "\n")
-	}
-
-	b.WriteString("\n  ")
-	st.Title.write(&b, "events")
-	b.WriteByte('\n')
-	n := 0
-	for i := len(m.log) - 1; i >= 0; i-- { // newest first
-		l := m.log[i]
-		if l.id == "" || l.id != sb.ID {
-			continue
-		}
-		b.WriteString("  " + st.Faint.wrap(clockTime(l.at)) + "  " + l.text + "\n")
-		n++
-	}
-	if n == 0 {
-		b.WriteString("  " + st.Faint.wrap("none seen since the dashboard started") + "\n")
+		line("  " + st.Faint.wrap(clockTime(h.CheckedAt)) + "  " + p.wrap(healthText(h)))
 	}
 	return strings.TrimRight(b.String(), "\n")
 }

@@ -171,15 +171,15 @@ func TestGoldenClaim(t *testing.T) {
 	u := startTUI(t, h.c, Options{Clock: h.clk, APIAddr: "127.0.0.1:7780", Clipboard: clip}, 80, 24)
 	u.waitFor("sb-0003", "ready 3")
 	u.keys("c")
-	u.waitFor("copied", "◆ claimed", "claimed by dashboard (warm)", "ready 2")
+	u.waitFor("sent to clipboard", "◆ claimed", "claimed by dashboard (warm)", "ready 2")
 	m := u.golden()
 	mu.Lock()
 	defer mu.Unlock()
 	if len(copied) != 1 || copied[0] != "fake://sb-0001" {
 		t.Fatalf("copied %q", copied)
 	}
-	if m.banner.id != "sb-0001" {
-		t.Fatalf("banner for %q", m.banner.id)
+	if m.flash.banner.id != "sb-0001" {
+		t.Fatalf("banner for %q", m.flash.banner.id)
 	}
 	if s, _ := h.st.Load(context.Background()); !s.Entries[0].Claimed() || s.Entries[0].ClaimedBy != "dashboard" {
 		t.Fatalf("store: %+v", s.Entries[0])
@@ -278,9 +278,11 @@ func TestGoldenDetail(t *testing.T) {
 	})
 	u.waitFor("sb-0003")
 	waitSubscribed(t, f)
-	f.emit(pool.Event{Time: t0.Add(-80 * time.Second), Kind: pool.EventCreated, SandboxID: "sb-0002", Message: "sb-0002 created in 1.1s"})
-	f.emit(pool.Event{Time: t0.Add(-10 * time.Second), Kind: pool.EventClaimed, SandboxID: "sb-0002", Message: "sb-0002 claimed by cli (warm)"})
-	u.waitFor("claimed by cli (warm)")
+	f.emit(pool.Event{Time: t0.Add(-80 * time.Second), Kind: pool.EventCreated, SandboxID: "sb-0002", Duration: 1100 * time.Millisecond, Message: "sb-0002 created in 1.1s"})
+	f.emit(pool.Event{Time: t0.Add(-40 * time.Second), Kind: pool.EventHealthFailed, SandboxID: "sb-0002", Err: "timeout", Message: "sb-0002 failed health: timeout"})
+	f.emit(pool.Event{Time: t0.Add(-30 * time.Second), Kind: pool.EventHealthRecovery, SandboxID: "sb-0002", Health: pool.Health{OK: true, Status: 200, Latency: 2 * time.Millisecond, CheckedAt: t0.Add(-30 * time.Second)}, Message: "sb-0002 answers again"})
+	f.emit(pool.Event{Time: t0.Add(-10 * time.Second), Kind: pool.EventClaimed, SandboxID: "sb-0002", By: "cli", Warm: true, Message: "sb-0002 claimed by cli (warm) · pid 4242"})
+	u.waitFor("claimed by cli (warm) · pid 4242")
 	u.keys("j", "enter")
 	u.waitFor("health checks")
 	u.golden()

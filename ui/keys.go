@@ -14,7 +14,7 @@ type keyMap struct {
 	// These change the pool; read-only drops them (see changesPool).
 	Claim, Grow, Shrink, Size, Terminate, Refill, Autosize key.Binding
 
-	Filter, Detail, Help, Back, Quit key.Binding
+	Filter, Detail, Log, Copy, Sort, Help, Back, Quit key.Binding
 }
 
 func newKeyMap() keyMap {
@@ -37,6 +37,9 @@ func newKeyMap() keyMap {
 		Autosize:  b([]string{"a"}, "a", "autosize on"),
 		Filter:    b([]string{"/"}, "/", "filter"),
 		Detail:    b([]string{"enter"}, "enter", "details"),
+		Log:       b([]string{"l"}, "l", "log"),
+		Copy:      b([]string{"y"}, "y", "copy id"),
+		Sort:      b([]string{"o"}, "o", "sort"),
 		Help:      b([]string{"?"}, "?", "help"),
 		Back:      b([]string{"esc"}, "esc", "clear filter/banner"),
 		Quit:      b([]string{"q", "ctrl+c"}, "q", "quit"),
@@ -61,7 +64,7 @@ func (k keyMap) ShortHelp() []key.Binding {
 	target := key.NewBinding(key.WithKeys("+", "-"), key.WithHelp("+/-", "target"))
 	target.SetEnabled(k.Grow.Enabled())
 	sel := key.NewBinding(key.WithKeys("up", "down"), key.WithHelp("↑/↓", "select"))
-	return []key.Binding{k.Claim, target, k.Size, k.Terminate, k.Refill, k.Filter, k.Detail, sel, k.Help, k.Quit}
+	return []key.Binding{k.Claim, target, k.Size, k.Terminate, k.Refill, k.Filter, k.Detail, k.Log, k.Copy, k.Sort, sel, k.Help, k.Quit}
 }
 
 // FullHelp is the ? overlay, in columns.
@@ -69,39 +72,54 @@ func (k keyMap) FullHelp() [][]key.Binding {
 	return [][]key.Binding{
 		{k.Up, k.Down, k.PageUp, k.PageDown, k.Top, k.Bottom},
 		{k.Claim, k.Grow, k.Shrink, k.Size, k.Terminate, k.Refill, k.Autosize},
-		{k.Filter, k.Detail, k.Back, k.Help, k.Quit},
+		{k.Filter, k.Sort, k.Detail, k.Log, k.Copy},
+		{k.Back, k.Help, globalKeys.Suspend, globalKeys.Redraw, k.Quit},
 	}
 }
 
-// modeKeys are the few keys of a modal state (filter, prompt, confirm,
-// detail, help), with their own help line.
+// modeKeys is the help of a modal state (filter, prompt, confirm, detail,
+// log, help): its named bindings, in help order.
 type modeKeys []key.Binding
 
 func (k modeKeys) ShortHelp() []key.Binding  { return k }
 func (k modeKeys) FullHelp() [][]key.Binding { return [][]key.Binding{k} }
 
+// Keys of each modal state, by name.
 var (
-	filterKeys = modeKeys{
-		key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "keep filter")),
-		key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "clear")),
+	globalKeys = struct{ Suspend, Redraw key.Binding }{
+		Suspend: key.NewBinding(key.WithKeys("ctrl+z"), key.WithHelp("ctrl+z", "suspend")),
+		Redraw:  key.NewBinding(key.WithKeys("ctrl+l"), key.WithHelp("ctrl+l", "redraw")),
 	}
-	promptKeys = modeKeys{
-		key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "set target")),
-		key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "cancel")),
+	filterKeys = struct{ Keep, Clear key.Binding }{
+		Keep:  key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "keep filter")),
+		Clear: key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "clear")),
 	}
-	confirmKeys = modeKeys{
-		key.NewBinding(key.WithKeys("y"), key.WithHelp("y", "terminate")),
+	promptKeys = struct{ Set, Cancel key.Binding }{
+		Set:    key.NewBinding(key.WithKeys("enter"), key.WithHelp("enter", "set target")),
+		Cancel: key.NewBinding(key.WithKeys("esc"), key.WithHelp("esc", "cancel")),
+	}
+	confirmKeys = struct{ Yes, Other key.Binding }{
+		Yes: key.NewBinding(key.WithKeys("y"), key.WithHelp("y", "terminate")),
 		// Help only: any key but y cancels (the key name never matches).
-		key.NewBinding(key.WithKeys("other"), key.WithHelp("any other key", "cancels")),
+		Other: key.NewBinding(key.WithKeys("other"), key.WithHelp("any other key", "cancels")),
 	}
-	detailKeys = modeKeys{
-		key.NewBinding(key.WithKeys("up", "k", "down", "j", "pgup", "pgdown"), key.WithHelp("↑/↓", "scroll")),
-		key.NewBinding(key.WithKeys("esc", "enter", "backspace"), key.WithHelp("esc", "back")),
-		key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
+	detailKeys = struct{ Scroll, Back, Copy, Log, Quit key.Binding }{
+		Scroll: key.NewBinding(key.WithKeys("up", "k", "down", "j", "pgup", "pgdown"), key.WithHelp("↑/↓", "scroll")),
+		Back:   key.NewBinding(key.WithKeys("esc", "enter", "backspace"), key.WithHelp("esc", "back")),
+		Copy:   key.NewBinding(key.WithKeys("y"), key.WithHelp("y", "copy id")),
+		Log:    key.NewBinding(key.WithKeys("l"), key.WithHelp("l", "log")),
+		Quit:   key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
 	}
-	helpKeys = modeKeys{
-		key.NewBinding(key.WithKeys("esc", "?"), key.WithHelp("esc/?", "close")),
-		key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
+	logKeys = struct{ Scroll, Follow, Back, Copy, Quit key.Binding }{
+		Scroll: key.NewBinding(key.WithKeys("up", "k", "down", "j", "pgup", "pgdown", "home", "g"), key.WithHelp("↑/↓", "scroll")),
+		Follow: key.NewBinding(key.WithKeys("end", "G", "f"), key.WithHelp("G/f", "follow")),
+		Back:   key.NewBinding(key.WithKeys("esc", "backspace", "l"), key.WithHelp("esc", "back")),
+		Copy:   key.NewBinding(key.WithKeys("y"), key.WithHelp("y", "copy id")),
+		Quit:   key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
+	}
+	helpKeys = struct{ Close, Quit key.Binding }{
+		Close: key.NewBinding(key.WithKeys("esc", "?"), key.WithHelp("esc/?", "close")),
+		Quit:  key.NewBinding(key.WithKeys("q", "ctrl+c"), key.WithHelp("q", "quit")),
 	}
 )
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -27,9 +28,9 @@ type mode int
 const (
 	modeNormal  mode = iota
 	modeFilter       // typing a filter
-	modePrompt       // typing a target
-	modeConfirm      // terminate (y/N)
-	modeDetail       // one sandbox in full
+	modePrompt       // the prompt: a target typed, or terminate (y/N)
+	modeDetail       // one sandbox in full, with its timeline
+	modeLog          // one sandbox's log
 	modeHelp         // the full key help
 )
 
@@ -51,25 +52,6 @@ type logLine struct {
 	ui   bool   // written by the dashboard (command errors, LastError), not an engine event
 }
 
-// status is the status line: the last error or a short note.
-type status struct {
-	text       string
-	isErr      bool
-	fromEngine bool // Snapshot().LastError: cleared when the engine clears it
-	pending    bool // a request in flight ("claiming…"): stays until it ends
-	seq        int
-	at         time.Time
-}
-
-// banner shows the last sandbox claimed from the dashboard.
-type banner struct {
-	seq     int
-	id, url string
-	expires time.Time
-	copied  bool
-	copyErr string
-}
-
 // layout is computed on resize and on each snapshot, never per frame.
 type layout struct {
 	idW, urlW int
@@ -77,6 +59,7 @@ type layout struct {
 	bodyH     int // lines between the action line and the status line
 	eventsN   int // event lines shown under the table (0: no events block)
 	colHeader string
+	urlNote   string // where the URLs went, under the table, when the header had no room
 	footer    string // the key help line
 }
 
@@ -101,21 +84,22 @@ type Model struct {
 	frame    int
 	events   <-chan pool.Event
 
-	tbl        table
-	filter     string
-	filterIn   textinput.Model
-	sizeIn     textinput.Model
-	promptErr  string
-	confirmID  string
-	detail     viewport.Model
-	detailID   string
-	detailLast pool.Sandbox
-	help       help.Model
+	tbl       table
+	order     sortOrder
+	filter    string
+	filterIn  textinput.Model
+	prompt    prompt
+	detail    detailView
+	logv      logView
+	logReturn mode // where esc leaves the log view
+	help      help.Model
+	flash     flash
+	spark     sparks
 
 	log    []logLine
+	hist   history
 	health map[string][]pool.Health
-	status status
-	banner banner
+	mine   map[string]bool // terminations asked from here: "by this dashboard"
 
 	// Requests in flight. seq numbers every request; results carry theirs.
 	seq            int
@@ -153,7 +137,7 @@ func newModel(ctx context.Context, eng Engine, opts Options) Model {
 	m := Model{
 		eng: eng, opts: opts, cfg: eng.Config(), clk: opts.Clock, st: st,
 		keys: newKeyMap(), life: newLifecycle(ctx), clip: clip,
-		health: map[string][]pool.Health{},
+		health: map[string][]pool.Health{}, hist: newHistory(), mine: map[string]bool{},
 	}
 	m.keys.setReadOnly(opts.ReadOnly)
 	m.now = m.clk.Now()
@@ -161,9 +145,8 @@ func newModel(ctx context.Context, eng Engine, opts Options) Model {
 	m.nextMaintain = m.now.Add(m.cfg.MaintainEvery)
 
 	m.filterIn = newInput(st, "/ ", 64)
-	m.sizeIn = newInput(st, "target: ", 6) // no Width: 6 runes always fit
-	m.sizeIn.Placeholder = fmt.Sprintf("0 to %d", m.cfg.MaxSize)
-	m.detail = viewport.New(0, 0)
+	m.prompt = newPrompt(st, m.cfg.MaxSize)
+	m.detail.vp = viewport.New(0, 0)
 	m.help = help.New()
 	m.help.Styles = st.Help
 	m.help.ShortSeparator = " · "
@@ -263,9 +246,7 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		return m, m.onSnapshot(msg)
 	case clockTickMsg:
 		m.now = m.clk.Now()
-		if m.status.text != "" && !m.status.isErr && !m.status.pending && m.now.Sub(m.status.at) >= infoFor {
-			m.status = status{seq: m.status.seq}
-		}
+		m.flash.tick(m.now, infoFor)
 		if m.mode == modeDetail {
 			m.refreshDetail()
 		}
@@ -291,11 +272,11 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case resizeDoneMsg:
 		return m, m.onResizeDone(msg)
 	case terminateDoneMsg:
-		short := pool.ShortID(msg.id)
 		if msg.err != nil {
-			m.fail(msg.seq, "terminate "+short, msg.err)
+			delete(m.mine, msg.id)
+			m.fail(msg.seq, "terminate "+msg.id, msg.err)
 		} else {
-			m.info(msg.seq, short+" terminated")
+			m.info(msg.seq, msg.id+" terminated")
 		}
 		return m, m.refresh()
 	case maintainDoneMsg:
@@ -307,13 +288,23 @@ func (m Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		}
 		return m, m.refresh()
 	case copyDoneMsg:
-		if msg.seq == m.banner.seq {
-			m.banner.copied = msg.err == nil
-			if msg.err != nil {
-				m.banner.copyErr = msg.err.Error()
-			}
+		switch {
+		case msg.id == "":
+			m.flash.copied(msg.seq, msg.err)
+		case msg.err != nil:
+			m.fail(msg.seq, "copy "+msg.id, msg.err)
+		default:
+			// OSC 52 is written; whether the terminal took it, nobody knows.
+			m.info(msg.seq, "id "+msg.id+" sent to clipboard")
 		}
 		return m, nil
+	case logReadMsg:
+		return m, m.onLogRead(msg)
+	case logPollMsg:
+		return m, m.onLogPoll(msg)
+	case tea.ResumeMsg:
+		// Back from ctrl+z or kill -TSTP: the shell drew over the screen.
+		return m, tea.ClearScreen
 	}
 	return m, nil
 }
@@ -336,18 +327,23 @@ func (m Model) onKey(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		}
 		return next, tea.Batch(cmds...)
 	}
-	if k.Type == tea.KeyCtrlC {
+	switch {
+	case k.Type == tea.KeyCtrlC:
 		return m.quit()
+	case key.Matches(k, globalKeys.Suspend):
+		return m, tea.Suspend
+	case key.Matches(k, globalKeys.Redraw):
+		return m, tea.ClearScreen
 	}
 	switch m.mode {
 	case modeFilter:
 		return m.keyFilter(k)
 	case modePrompt:
 		return m.keyPrompt(k)
-	case modeConfirm:
-		return m.keyConfirm(k)
 	case modeDetail:
 		return m.keyDetail(k)
+	case modeLog:
+		return m.keyLog(k)
 	case modeHelp:
 		return m.keyHelp(k)
 	}
@@ -384,14 +380,12 @@ func (m Model) keyNormal(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	case key.Matches(k, km.Shrink):
 		return m, m.resizeBy(-1)
 	case key.Matches(k, km.Size):
-		m.promptErr = ""
-		m.sizeIn.SetValue("")
 		m.setMode(modePrompt)
-		return m, m.sizeIn.Focus()
+		return m, m.prompt.openSize()
 	case key.Matches(k, km.Terminate):
 		if sb, ok := m.tbl.selected(); ok {
-			m.confirmID = sb.ID
-			m.setMode(modeConfirm)
+			m.prompt.openConfirm(sb.ID, "terminate "+sb.ID+" ("+string(sb.State)+")")
+			m.setMode(modePrompt)
 		}
 	case key.Matches(k, km.Refill):
 		return m, m.refill()
@@ -404,38 +398,53 @@ func (m Model) keyNormal(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		return m, m.filterIn.Focus()
 	case key.Matches(k, km.Detail):
 		if sb, ok := m.tbl.selected(); ok {
-			m.detailID = sb.ID
+			m.detail.id = sb.ID
 			m.setMode(modeDetail)
 			m.refreshDetail()
-			m.detail.GotoTop()
+			m.detail.vp.GotoTop()
 		}
+	case key.Matches(k, km.Log):
+		if sb, ok := m.tbl.selected(); ok {
+			m.logReturn = modeNormal
+			return m, m.openLog(sb.ID)
+		}
+	case key.Matches(k, km.Copy):
+		if sb, ok := m.tbl.selected(); ok {
+			return m, m.copyID(sb.ID)
+		}
+	case key.Matches(k, km.Sort):
+		m.order = m.order.next()
+		m.setRows()
+		m.relayout()
+		m.info(m.seq, "sorted by "+m.order.String())
 	case key.Matches(k, km.Help):
 		m.setMode(modeHelp)
 	case key.Matches(k, km.Back):
 		switch {
-		case m.banner.id != "":
-			m.banner = banner{seq: m.banner.seq}
+		case m.flash.banner.id != "":
+			m.flash.closeBanner()
 		case m.filter != "":
 			m.setFilter("")
 		default:
-			m.status = status{seq: m.status.seq}
+			m.flash.clearStatus()
 		}
 	}
 	return m, nil
 }
 
-var (
-	keyEnter = key.NewBinding(key.WithKeys("enter"))
-	keyEsc   = key.NewBinding(key.WithKeys("esc"))
-)
+// copyID sends a sandbox's full id to the clipboard (OSC 52).
+func (m *Model) copyID(id string) tea.Cmd {
+	m.seq++
+	return copyCmd(m.clip, m.seq, id, id)
+}
 
 func (m Model) keyFilter(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	switch {
-	case key.Matches(k, keyEnter):
+	case key.Matches(k, filterKeys.Keep):
 		m.filterIn.Blur()
 		m.setMode(modeNormal)
 		return m, nil
-	case key.Matches(k, keyEsc):
+	case key.Matches(k, filterKeys.Clear):
 		m.filterIn.Blur()
 		m.setFilter("")
 		m.setMode(modeNormal)
@@ -450,60 +459,49 @@ func (m Model) keyFilter(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 }
 
 func (m Model) keyPrompt(k tea.KeyMsg) (tea.Model, tea.Cmd) {
-	switch {
-	case key.Matches(k, keyEnter):
-		n, err := parseTarget(m.sizeIn.Value(), m.cfg.MaxSize)
-		if err != nil {
-			m.promptErr = err.Error() // validated in place: nothing changes
-			return m, nil
-		}
-		m.sizeIn.Blur()
-		m.promptErr = ""
-		m.setMode(modeNormal)
-		return m, m.requestResize(n)
-	case key.Matches(k, keyEsc):
-		m.sizeIn.Blur()
-		m.promptErr = ""
-		m.setMode(modeNormal)
-		m.info(m.seq, "target unchanged")
-		return m, nil
+	kind := m.prompt.kind
+	p, res, n, cmd := m.prompt.update(k)
+	m.prompt = p
+	if res == promptOpen {
+		return m, cmd
 	}
-	var cmd tea.Cmd
-	m.sizeIn, cmd = updateInput(m.sizeIn, k)
-	m.promptErr = ""
-	return m, cmd
-}
-
-// keyConfirm: y terminates, anything else cancels (the default is No).
-func (m Model) keyConfirm(k tea.KeyMsg) (tea.Model, tea.Cmd) {
-	id := m.confirmID
-	m.confirmID = ""
 	m.setMode(modeNormal)
-	if key.Matches(k, confirmKeys[0]) {
-		return m, m.terminate(id)
+	switch {
+	case kind == promptConfirm && res == promptAccepted:
+		return m, m.terminate(p.subject)
+	case kind == promptConfirm:
+		m.info(m.seq, "terminate "+p.subject+" cancelled")
+	case res == promptAccepted:
+		return m, m.setTarget(n)
+	default:
+		m.info(m.seq, "target unchanged")
 	}
-	m.info(m.seq, "terminate "+pool.ShortID(id)+" cancelled")
 	return m, nil
 }
 
 func (m Model) keyDetail(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	switch {
-	case key.Matches(k, detailKeys[2]):
+	case key.Matches(k, detailKeys.Quit):
 		return m.quit()
-	case key.Matches(k, detailKeys[1]):
+	case key.Matches(k, detailKeys.Back):
 		m.setMode(modeNormal)
 		return m, nil
+	case key.Matches(k, detailKeys.Copy):
+		return m, m.copyID(m.detail.id)
+	case key.Matches(k, detailKeys.Log):
+		m.logReturn = modeDetail
+		return m, m.openLog(m.detail.id)
 	}
 	var cmd tea.Cmd
-	m.detail, cmd = m.detail.Update(k)
+	m.detail.vp, cmd = m.detail.vp.Update(k)
 	return m, cmd
 }
 
 func (m Model) keyHelp(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	switch {
-	case key.Matches(k, helpKeys[1]):
+	case key.Matches(k, helpKeys.Quit):
 		return m.quit()
-	case key.Matches(k, helpKeys[0]):
+	case key.Matches(k, helpKeys.Close):
 		m.setMode(modeNormal)
 	}
 	return m, nil
@@ -520,7 +518,12 @@ func (m *Model) setFilter(q string) {
 		m.filterIn.SetValue(q)
 		m.filterIn.CursorEnd()
 	}
-	m.tbl.setRows(filterRows(m.snap.Sandboxes, q))
+	m.setRows()
+}
+
+// setRows shows the snapshot's sandboxes, filtered and sorted.
+func (m *Model) setRows() {
+	m.tbl.setRows(sortRows(filterRows(m.snap.Sandboxes, m.filter), m.order))
 }
 
 // parseTarget validates a typed target; the error says what is allowed.
@@ -581,14 +584,10 @@ func (m *Model) onClaimDone(msg claimDoneMsg) tea.Cmd {
 		}
 		return m.refresh()
 	}
-	if m.status.seq == msg.seq && !m.status.isErr {
-		m.status.text = "" // "claiming…": the banner says the rest
-	}
+	m.flash.ended(msg.seq) // "claiming…": the banner says the rest
 	var cmds []tea.Cmd
-	if msg.seq > m.banner.seq {
-		c := msg.claimed
-		m.banner = banner{seq: msg.seq, id: c.ID, url: c.URL, expires: c.ExpiresAt}
-		cmds = append(cmds, copyCmd(m.clip, msg.seq, c.URL))
+	if c := msg.claimed; m.flash.claimed(msg.seq, c.ID, c.URL, c.ExpiresAt) {
+		cmds = append(cmds, copyCmd(m.clip, msg.seq, "", c.URL))
 	}
 	return tea.Batch(append(cmds, m.refresh())...)
 }
@@ -601,6 +600,16 @@ func (m *Model) targetNow() int {
 	return m.snap.Target
 }
 
+// setTarget is a typed target: the same target again asks nothing (the
+// engine would log "target 4 -> 4"), unless it pins an autosized pool.
+func (m *Model) setTarget(n int) tea.Cmd {
+	if n == m.targetNow() && !m.resizing && !m.snap.Autosize.On {
+		m.info(m.seq, fmt.Sprintf("the target is already %d", n))
+		return nil
+	}
+	return m.requestResize(n)
+}
+
 func (m *Model) resizeBy(d int) tea.Cmd {
 	if !m.haveSnap {
 		return nil
@@ -608,7 +617,7 @@ func (m *Model) resizeBy(d int) tea.Cmd {
 	n := m.targetNow() + d
 	if err := checkTarget(n, m.cfg.MaxSize); err != nil {
 		m.seq++
-		m.setStatus(status{text: err.Error(), isErr: true, seq: m.seq})
+		m.flash.failed(m.seq, err.Error(), m.clk.Now())
 		return nil
 	}
 	return m.requestResize(n)
@@ -660,7 +669,8 @@ func (m *Model) autosizeOn() {
 
 func (m *Model) terminate(id string) tea.Cmd {
 	m.seq++
-	m.note(m.seq, "terminating "+pool.ShortID(id)+"…")
+	m.mine[id] = true
+	m.note(m.seq, "terminating "+id+"…")
 	return terminateCmd(m.life, m.eng, m.seq, id)
 }
 
@@ -717,16 +727,19 @@ func (m *Model) applySnapshot(s pool.Snapshot) {
 	m.now = m.clk.Now()
 	m.frame = frameAt(m.now)
 	m.recordHealth(s.Sandboxes)
-	m.tbl.setRows(filterRows(s.Sandboxes, m.filter))
+	m.hist.observe(s.Sandboxes, m.now)
+	m.spark.sample(m.now, s.Counts[pool.StateReady])
+	if b := m.flash.banner; b.id != "" && b.ended == "" && !slices.ContainsFunc(s.Sandboxes, func(sb pool.Sandbox) bool { return sb.ID == b.id }) {
+		m.flash.sandboxEnded(b.id, "gone from the pool")
+	}
+	m.setRows()
 	m.relayout()
 	if s.LastError != m.lastErr {
 		m.lastErr = s.LastError
 		if s.LastError != "" {
 			m.addLog(logLine{at: m.now, text: "error: " + s.LastError, err: s.LastError, ui: true})
-			m.setStatus(status{text: s.LastError, isErr: true, fromEngine: true, seq: m.seq})
-		} else if m.status.fromEngine {
-			m.status = status{seq: m.status.seq}
 		}
+		m.flash.engineErr(m.seq, s.LastError, m.clk.Now())
 	}
 	if m.mode == modeDetail {
 		m.refreshDetail()
@@ -776,19 +789,26 @@ var hiddenEvents = map[pool.EventKind]bool{
 
 func (m *Model) onEvents(evs []pool.Event) {
 	for _, e := range evs {
+		if e.Time.IsZero() {
+			e.Time = m.clk.Now()
+		}
 		m.noteHealth(e.SandboxID, e.Health)
+		by := ""
+		switch e.Kind {
+		case pool.EventTerminated:
+			if m.mine[e.SandboxID] && origin(e) == "" {
+				by = "this dashboard"
+				delete(m.mine, e.SandboxID)
+			}
+			m.flash.sandboxEnded(e.SandboxID, "terminated ("+e.Reason+")")
+		case pool.EventClaimed:
+			m.spark.claim(e.Time, e.Duration)
+		}
+		m.hist.event(e, by)
 		if hiddenEvents[e.Kind] {
 			continue
 		}
-		text := e.Message
-		if text == "" {
-			text = string(e.Kind)
-		}
-		at := e.Time
-		if at.IsZero() {
-			at = m.clk.Now()
-		}
-		m.addLog(logLine{at: at, id: e.SandboxID, text: text, err: e.Err})
+		m.addLog(logLine{at: e.Time, id: e.SandboxID, text: eventText(e), err: e.Err})
 	}
 }
 
@@ -818,30 +838,30 @@ func (m *Model) addLog(l logLine) {
 
 func sameErr(a, b string) bool { return strings.Contains(a, b) || strings.Contains(b, a) }
 
-func (m *Model) setStatus(s status) {
-	s.text = oneLine(s.text)
-	if s.at.IsZero() {
-		s.at = m.clk.Now()
-	}
-	m.status = s
-}
-
 // info shows a note, unless a newer request already put something there.
-func (m *Model) info(seq int, text string) {
-	if seq < m.status.seq {
-		return
-	}
-	m.setStatus(status{text: text, seq: seq})
-}
+func (m *Model) info(seq int, text string) { m.flash.info(seq, text, m.clk.Now()) }
 
 // note shows a request in flight; it stays until the request ends.
-func (m *Model) note(seq int, text string) {
-	m.setStatus(status{text: text, seq: seq, pending: true})
-}
+func (m *Model) note(seq int, text string) { m.flash.note(seq, text, m.clk.Now()) }
 
 // fail shows a failed command in the status line and the event log.
 func (m *Model) fail(seq int, what string, err error) {
 	text := what + ": " + err.Error()
 	m.addLog(logLine{at: m.clk.Now(), text: text, err: err.Error(), ui: true})
-	m.setStatus(status{text: text, isErr: true, seq: max(seq, m.status.seq)})
+	m.flash.failed(seq, text, m.clk.Now())
+}
+
+// eventText is an event's line: the engine's words, with the whole id
+// (the engine shortens long ids; the view cuts with … only what does not fit).
+func eventText(e pool.Event) string {
+	text := e.Message
+	if text == "" {
+		text = string(e.Kind)
+	}
+	if id := e.SandboxID; id != "" && !strings.Contains(text, id) {
+		if short := pool.ShortID(id); short != id {
+			text = strings.Replace(text, short, id, 1)
+		}
+	}
+	return text
 }

@@ -125,7 +125,7 @@ func TestResizesGoOneAtATimeLastWins(t *testing.T) {
 func TestClaimShowsBannerAndCopies(t *testing.T) {
 	d := newDriver(t, Options{})
 	d.keys("c")
-	d.wantScreen("✓ claimed sb-0001  http://127.0.0.1:40101  copied  4:00 left", "◆ claimed")
+	d.wantScreen("✓ claimed sb-0001  http://127.0.0.1:40101  4:00 left · URL sent to clipboard", "◆ claimed")
 	if len(d.clip) != 1 || d.clip[0] != "http://127.0.0.1:40101" {
 		t.Fatalf("clipboard got %q", d.clip)
 	}
@@ -480,11 +480,11 @@ func TestInputEditing(t *testing.T) {
 	d.keys("esc")
 
 	noCmd(d, keyMsg("s"))
-	if l := line(d); !strings.HasPrefix(l, "target: 0 to 100") {
-		t.Fatalf("empty prompt line %q", l)
+	if l := line(d); !strings.HasPrefix(l, "target:") || strings.Count(l, "0 to 100") != 1 {
+		t.Fatalf("empty prompt line %q: want the range said once", l)
 	}
 	d.typeText("12345678")
-	if v := d.m.sizeIn.Value(); v != "123456" {
+	if v := d.m.prompt.in.Value(); v != "123456" {
 		t.Fatalf("prompt holds %q, want 6 runes", v)
 	}
 	d.keys("esc")

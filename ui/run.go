@@ -11,6 +11,8 @@ import (
 	"github.com/aymanbagabas/go-osc52/v2"
 	tea "github.com/charmbracelet/bubbletea"
 	"github.com/jonboulle/clockwork"
+
+	"github.com/sandboxpool/sandboxpool/pool"
 )
 
 // Options shapes the dashboard.
@@ -33,6 +35,9 @@ type Options struct {
 	// Input and Output default to the terminal (stdin and stdout).
 	Input  io.Reader
 	Output io.Writer
+	// Logs reads a sandbox's log for the l view (the backend's
+	// pool.LogReader); nil says "no log for this backend".
+	Logs pool.LogReader
 	// Inline keeps the dashboard in the normal screen instead of the
 	// alternate screen.
 	Inline bool

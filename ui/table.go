@@ -1,7 +1,10 @@
 package ui
 
 import (
+	"math"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
 )
@@ -98,4 +101,74 @@ func filterRows(all []pool.Sandbox, q string) []pool.Sandbox {
 
 func containsFold(s, lowerQ string) bool {
 	return strings.Contains(strings.ToLower(s), lowerQ)
+}
+
+// sortOrder is the table's order; o cycles it.
+type sortOrder int
+
+const (
+	sortPool    sortOrder = iota // as the pool holds them: the next claimed first
+	sortAge                      // oldest first
+	sortTTL                      // least time left first
+	sortState                    // by state, in display order
+	sortLatency                  // failing, then slowest health check first
+	sortOrders
+)
+
+func (o sortOrder) next() sortOrder { return (o + 1) % sortOrders }
+
+func (o sortOrder) String() string {
+	return [...]string{"pool order", "age", "ttl", "state", "health latency"}[o]
+}
+
+// sortRows orders rows (a copy: rows may be the snapshot's own slice);
+// ties keep pool order.
+func sortRows(rows []pool.Sandbox, o sortOrder) []pool.Sandbox {
+	if o == sortPool || len(rows) < 2 {
+		return rows
+	}
+	out := slices.Clone(rows)
+	zeroLast := func(a, b time.Time) int {
+		switch {
+		case a.IsZero() && b.IsZero():
+			return 0
+		case a.IsZero():
+			return 1
+		case b.IsZero():
+			return -1
+		}
+		return a.Compare(b)
+	}
+	var cmp func(a, b pool.Sandbox) int
+	switch o {
+	case sortAge:
+		cmp = func(a, b pool.Sandbox) int { return zeroLast(a.CreatedAt, b.CreatedAt) }
+	case sortTTL:
+		cmp = func(a, b pool.Sandbox) int { return zeroLast(a.ExpiresAt, b.ExpiresAt) }
+	case sortState:
+		cmp = func(a, b pool.Sandbox) int { return stateRank(a.State) - stateRank(b.State) }
+	case sortLatency:
+		cmp = func(a, b pool.Sandbox) int { return latencyRank(b.Health) - latencyRank(a.Health) }
+	}
+	slices.SortStableFunc(out, cmp)
+	return out
+}
+
+func stateRank(s pool.State) int {
+	if i := slices.Index(pool.States, s); i >= 0 {
+		return i
+	}
+	return len(pool.States)
+}
+
+// latencyRank grows with how badly a sandbox answers: never checked lowest,
+// then by latency, a failed check highest.
+func latencyRank(h pool.Health) int {
+	switch {
+	case !h.Checked():
+		return -1
+	case !h.OK:
+		return math.MaxInt32
+	}
+	return int(min(h.Latency/time.Microsecond, math.MaxInt32-1))
 }

@@ -11,25 +11,29 @@ import (
 
 // The screen, top to bottom:
 //
-//	header      backend/pool, target, API address, read-only / viewer tags
-//	counts      counts per state; backoff; next maintenance countdown
+//	header      backend/pool, target, API address, read-only tag, who maintains
+//	counts      counts per state; sort order; backoff; next maintenance countdown
+//	sparks      ready, claims/min and claim p50 over the last 10 minutes
 //	action      prompt, confirmation, filter being typed, claim banner
-//	body        table and the last events; or the detail view; or full help
+//	body        table and the last events; or the detail, log or help view
 //	status      the last error, or a note
 //	footer      one line of key help
-const chromeLines = 5 // every line but the body
+const chromeLines = 6 // every line but the body
 
 // relayout recomputes what depends on the size and on the rows: column
 // widths, how many rows and events fit, the help line. Never per frame.
 func (m *Model) relayout() {
 	w, h := m.width, m.height
+	lay := &m.lay
+	// Ids whole where they fit: the id column takes what the fixed columns
+	// and a minimal URL leave, and fit cuts the rest with "…".
 	idW := 6
 	for i := range m.snap.Sandboxes {
-		idW = max(idW, width(pool.ShortID(m.snap.Sandboxes[i].ID)))
+		idW = max(idW, width(m.snap.Sandboxes[i].ID))
 	}
-	lay := &m.lay
-	lay.idW = min(idW, 15)
-	fixed := 2 + lay.idW + 1 + stateW + 1 + ttlW + 1 + healthW
+	rest := 2 + 1 + stateW + 1 + ttlW + 1 + healthW
+	lay.idW = max(min(idW, w-rest), min(idW, 8))
+	fixed := rest + lay.idW
 	lay.showAge = true
 	lay.urlW = w - fixed - 1 - ageW - 1
 	if lay.urlW < minURLW {
@@ -48,19 +52,35 @@ func (m *Model) relayout() {
 		tableH = lay.bodyH - 1
 	}
 	m.tbl.setHeight(tableH)
-	m.detail.Width, m.detail.Height = w, lay.bodyH
+	m.detail.vp.Width, m.detail.vp.Height = w, lay.bodyH
+	m.logv.vp.Width, m.logv.vp.Height = w, max(lay.bodyH-1, 1)
 	m.filterIn.Width = max(w-30, 10)
 	m.filterIn.SetCursor(m.filterIn.Position()) // rescroll to the new width
 
+	mark := func(o sortOrder, name string) string {
+		if m.order == o {
+			return name + "↓"
+		}
+		return name
+	}
 	var b strings.Builder
 	b.WriteString("  ")
 	b.WriteString(fit("ID", lay.idW))
-	b.WriteString(" " + fit("STATE", stateW) + " " + fit("TTL", ttlW) + " " + fit("HEALTH", healthW))
+	b.WriteString(" " + fit(mark(sortState, "STATE"), stateW) + " " + fit(mark(sortTTL, "TTL"), ttlW) + " " + fit(mark(sortLatency, "HEALTH"), healthW))
 	if lay.showAge {
-		b.WriteString(" " + fitLeft("AGE", ageW))
+		b.WriteString(" " + fitLeft(mark(sortAge, "AGE"), ageW))
 	}
 	if lay.urlW > 0 {
 		b.WriteString(" " + fit("URL", lay.urlW))
+	}
+	lay.urlNote = ""
+	if lay.urlW == 0 {
+		// Too narrow for URLs: say where they went, here or under the table.
+		if w-width(b.String()) >= len(" URL: enter") {
+			b.WriteString(" URL: enter")
+		} else {
+			lay.urlNote = " URLs: enter ─"
+		}
 	}
 	lay.colHeader = m.st.ColHeader.wrap(b.String())
 	m.updateFooter()
@@ -77,15 +97,18 @@ func (m *Model) updateFooter() {
 func (m *Model) modeHelp() help.KeyMap {
 	switch m.mode {
 	case modeFilter:
-		return filterKeys
+		return modeKeys{filterKeys.Keep, filterKeys.Clear}
 	case modePrompt:
-		return promptKeys
-	case modeConfirm:
-		return confirmKeys
+		if m.prompt.kind == promptConfirm {
+			return modeKeys{confirmKeys.Yes, confirmKeys.Other}
+		}
+		return modeKeys{promptKeys.Set, promptKeys.Cancel}
 	case modeDetail:
-		return detailKeys
+		return modeKeys{detailKeys.Scroll, detailKeys.Log, detailKeys.Copy, detailKeys.Back, detailKeys.Quit}
+	case modeLog:
+		return modeKeys{logKeys.Scroll, logKeys.Follow, logKeys.Copy, logKeys.Back, logKeys.Quit}
 	case modeHelp:
-		return helpKeys
+		return modeKeys{helpKeys.Close, helpKeys.Quit}
 	}
 	return m.keys
 }
@@ -94,7 +117,8 @@ func (m *Model) modeHelp() help.KeyMap {
 // visible rows are formatted.
 func (m Model) View() string {
 	if m.width <= 0 || m.height <= 0 {
-		return "sandboxpool: starting…"
+		// No size yet, or a 0x0 terminal: one line, which every terminal shows.
+		return "sandboxpool " + m.snap.Backend + "/" + m.cfg.Pool + ": " + m.plainSummary()
 	}
 	if m.width < minWidth {
 		return m.narrowView()
@@ -107,7 +131,9 @@ func (m Model) View() string {
 	case modeHelp:
 		m.viewHelp(&s)
 	case modeDetail:
-		s.lines(m.detail.View(), m.lay.bodyH)
+		s.lines(m.detail.vp.View(), m.lay.bodyH)
+	case modeLog:
+		m.viewLog(&s)
 	default:
 		m.viewTable(&s)
 		m.viewEvents(&s)
@@ -245,8 +271,20 @@ func (m *Model) viewHeader(s *screen) {
 	if cost := m.snap.Cost; cost.PricePerHour > 0 {
 		r = append(r, "cost "+money(cost.PerHour())+"/h, idle "+money(cost.IdleCost()))
 	}
+	if m.order != sortPool {
+		r = append(r, st.Accent.wrap("sort: "+m.order.String()))
+	}
 	r = append(r, "next pass "+m.nextPassText())
 	s.line(spread(c.String(), strings.Join(r, sep), s.w))
+	s.line(m.sparkLine(s.w))
+}
+
+// plainSummary is the pool in a few words, for a screen with no room.
+func (m *Model) plainSummary() string {
+	if !m.haveSnap {
+		return "starting…"
+	}
+	return "ready " + strconv.Itoa(m.snap.Counts[pool.StateReady]) + " of " + strconv.Itoa(m.snap.Target)
 }
 
 // money shows an amount (in the unit of --price-per-hour) with the digits that matter.
@@ -303,37 +341,11 @@ func (m *Model) viewAction(s *screen) {
 		s.line(truncate(inputView(m.filterIn)+st.Faint.wrap("  "+m.matchCount()), s.w))
 		return
 	case modePrompt:
-		l := m.sizeIn.View()
-		if m.promptErr != "" {
-			l += "  " + st.Danger.wrap("✗ "+m.promptErr)
-		} else {
-			l += st.Faint.wrap("  0 to " + strconv.Itoa(m.cfg.MaxSize))
-		}
-		s.line(truncate(l, s.w))
-		return
-	case modeConfirm:
-		what := pool.ShortID(m.confirmID)
-		for i := range m.snap.Sandboxes {
-			if sb := &m.snap.Sandboxes[i]; sb.ID == m.confirmID {
-				what += " (" + string(sb.State) + ")"
-				break
-			}
-		}
-		s.line(truncate(st.Danger.wrap("terminate "+what+"?")+" (y/N)", s.w))
+		s.line(m.prompt.view(st, s.w))
 		return
 	}
-	if b := m.banner; b.id != "" {
-		l := st.Banner.wrap("✓ claimed "+pool.ShortID(b.id)) + "  " + b.url
-		switch {
-		case b.copied:
-			l += st.Faint.wrap("  copied")
-		case b.copyErr != "":
-			l += st.Faint.wrap("  not copied: " + b.copyErr)
-		}
-		if !b.expires.IsZero() {
-			l += st.Faint.wrap("  " + fmtClock(b.expires.Sub(m.now)) + " left")
-		}
-		s.line(truncate(l, s.w))
+	if l := m.flash.bannerView(st, m.now, s.w); l != "" {
+		s.line(l)
 		return
 	}
 	if m.filter != "" {
@@ -395,7 +407,7 @@ func (m *Model) writeRow(b *strings.Builder, sb *pool.Sandbox, selected bool) {
 	} else {
 		b.WriteString("  ")
 	}
-	b.WriteString(fit(pool.ShortID(sb.ID), lay.idW))
+	b.WriteString(fit(sb.ID, lay.idW))
 	b.WriteByte(' ')
 
 	sc := st.stateCell(sb.State, m.frame)
@@ -472,6 +484,9 @@ func (m *Model) viewEvents(s *screen) {
 		from, to := m.tbl.visible()
 		right = " rows " + strconv.Itoa(from+1) + "–" + strconv.Itoa(to) + " of " + strconv.Itoa(len(m.tbl.rows)) + " ─"
 	}
+	if m.lay.urlNote != "" {
+		right = m.lay.urlNote + right
+	}
 	rule := max(s.w-width(title)-width(right), 0)
 	s.line(st.Faint.wrap(title + strings.Repeat("─", rule) + right))
 	start := max(len(m.log)-n, 0)
@@ -498,16 +513,17 @@ func (m *Model) viewEvents(s *screen) {
 
 func (m *Model) viewStatus(s *screen) {
 	st := m.st
-	switch {
-	case m.status.text != "" && m.status.isErr:
-		s.line(truncate(st.Danger.wrap("✗ "+m.status.text), s.w))
-	case m.status.text != "":
-		s.line(truncate(st.Info.wrap("• "+m.status.text), s.w))
-	default:
-		c := m.snap.Stats
-		s.line(truncate(st.Faint.wrap("✓ no errors · claims: "+strconv.FormatInt(c.ClaimsWarm, 10)+" warm, "+
-			strconv.FormatInt(c.ClaimsWaited, 10)+" waited, "+strconv.FormatInt(c.ClaimsFailed, 10)+" failed"), s.w))
+	if l := m.flash.statusView(st, s.w); l != "" {
+		s.line(l)
+		return
 	}
+	c := m.snap.Stats
+	l := "✓ no errors · claims: " + strconv.FormatInt(c.ClaimsWarm, 10) + " warm, " +
+		strconv.FormatInt(c.ClaimsWaited, 10) + " waited, " + strconv.FormatInt(c.ClaimsFailed, 10) + " failed"
+	if c.ClaimsWarm+c.ClaimsWaited > 0 {
+		l += " · warm-hit " + strconv.Itoa(int(c.WarmHitRatio()*100+0.5)) + "%"
+	}
+	s.line(truncate(st.Faint.wrap(l), s.w))
 }
 
 func (m *Model) viewHelp(s *screen) {
