@@ -26,12 +26,12 @@ import (
 type mode int
 
 const (
-	modeNormal  mode = iota
-	modeFilter       // typing a filter
-	modePrompt       // the prompt: a target typed, or terminate (y/N)
-	modeDetail       // one sandbox in full, with its timeline
-	modeLog          // one sandbox's log
-	modeHelp         // the full key help
+	modeNormal mode = iota
+	modeFilter      // typing a filter
+	modePrompt      // the prompt: a target typed, or terminate (y/N)
+	modeDetail      // one sandbox in full, with its timeline
+	modeLog         // one sandbox's log
+	modeHelp        // the full key help
 )
 
 // Limits of what the dashboard keeps.
