@@ -100,6 +100,9 @@ func (sb *sandbox) wire() wireRef {
 	return wireRef{ID: sb.id, URL: sb.url, CreatedAt: sb.createdAt, ExpiresAt: sb.expiresAt, Claimed: sb.claimedBy != ""}
 }
 
+// maxRequest bounds what one connection may send.
+const maxRequest = 4 << 20
+
 // request and response are the agent's protocol: one JSON object per line.
 type request struct {
 	Op     string        `json:"op"`
@@ -279,15 +282,16 @@ func (a *agent) serve(c *net.UnixConn) {
 		a.lastCall = time.Now()
 		a.mu.Unlock()
 	}()
-	r := bufio.NewReaderSize(c, 64<<10)
+	// Small requests are the rule; one with a --cmd's environment grows the
+	// line as needed, up to maxRequest.
+	r := bufio.NewReader(io.LimitReader(c, maxRequest))
 	enc := json.NewEncoder(c)
 	for {
-		line, err := r.ReadSlice('\n')
-		if errors.Is(err, bufio.ErrBufferFull) {
-			_ = enc.Encode(response{Error: "request too large"})
-			return
-		}
+		line, err := r.ReadBytes('\n')
 		if err != nil {
+			if errors.Is(err, io.EOF) && len(line) > 0 {
+				_ = enc.Encode(response{Error: "request too large or cut short"})
+			}
 			return
 		}
 		var req request

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"syscall"
@@ -16,11 +15,10 @@ import (
 // the sandboxpool binary and for Go test binaries (whose TestMain calls
 // MaybeRunChild).
 const (
-	envRole  = "SANDBOXPOOL_LOCAL_ROLE"  // roleLaunch or roleAgent
+	envRole  = "SANDBOXPOOL_LOCAL_ROLE"  // roleAgent
 	envAgent = "SANDBOXPOOL_LOCAL_AGENT" // the agentSpec, JSON
 
-	roleLaunch = "launch" // starts the agent in its own session, then exits
-	roleAgent  = "agent"
+	roleAgent = "agent"
 
 	// Every process of a --cmd sandbox carries these: the marks by which
 	// its escapees are found, and what a workload may want to know.
@@ -34,7 +32,7 @@ const (
 // not ("error ...").
 const fdReady = 3
 
-// MaybeRunChild runs this process as the local agent (or its launcher) and
+// MaybeRunChild runs this process as the local agent and
 // exits when the environment says it is one; otherwise it returns at once.
 // Call it first thing in main and in the TestMain of every package whose
 // tests create local sandboxes, before flags are parsed.
@@ -49,9 +47,9 @@ func MaybeRunChild() {
 	err := json.Unmarshal([]byte(os.Getenv(envAgent)), &spec)
 	if err == nil {
 		switch role {
-		case roleLaunch:
-			err = launch(spec, ready)
 		case roleAgent:
+			// Its own session: no terminal's signals reach it.
+			_, _ = syscall.Setsid()
 			os.Unsetenv(envRole)
 			os.Unsetenv(envAgent)
 			err = runAgent(spec, ready)
@@ -65,21 +63,6 @@ func MaybeRunChild() {
 		os.Exit(1)
 	}
 	os.Exit(0)
-}
-
-// launch starts the agent in its own session and returns without waiting:
-// the agent is then re-parented away from the process that needed it, which
-// has no child to reap and may exit (even kill -9) without taking it along.
-func launch(spec agentSpec, ready *os.File) error {
-	cmd := exec.Command(spec.Exe, childArgs(roleAgent, spec.Pool)...)
-	cmd.Env = append(cleanEnv(), envRole+"="+roleAgent, envAgent+"="+os.Getenv(envAgent))
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr // the agent's log
-	cmd.ExtraFiles = []*os.File{ready}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	return cmd.Process.Release()
 }
 
 // childArgs is argv[1:] of a re-execution. The role is there only so that

@@ -339,7 +339,7 @@ func (b *Backend) roundTrip(ctx context.Context, req request) (response, error) 
 		}
 		return response{}, fmt.Errorf("%w: %v", errBroken, err)
 	}
-	line, err := bufio.NewReaderSize(c, 64<<10).ReadBytes('\n')
+	line, err := bufio.NewReader(c).ReadBytes('\n')
 	if err != nil {
 		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			// The context's own timer may not have fired yet.
@@ -396,8 +396,7 @@ func (b *Backend) ensureAgent(ctx context.Context) error {
 	return b.startAgent(ctx)
 }
 
-// startAgent runs the launcher, which starts the agent detached, and waits
-// for the agent to say it is ready.
+// startAgent starts the agent detached and waits for it to say it is ready.
 func (b *Backend) startAgent(ctx context.Context) error {
 	spec, err := json.Marshal(agentSpec{Exe: b.opts.Exe, StateDir: b.opts.StateDir, Pool: b.opts.Pool,
 		Idle: b.opts.IdleExit, LogTotal: 64 * b.opts.LogMax})
@@ -414,11 +413,15 @@ func (b *Backend) startAgent(ctx context.Context) error {
 		w.Close()
 		return fmt.Errorf("local backend: %w", err)
 	}
-	launcher := exec.Command(b.opts.Exe, childArgs(roleLaunch, b.opts.Pool)...)
+	// sh starts the agent in the background and exits at once: the agent is
+	// re-parented away from us (we have no child to reap, and may exit or be
+	// killed without taking it along), for the price of one small exec.
+	launcher := exec.Command("/bin/sh", append([]string{"-c", `"$0" "$@" &`, b.opts.Exe}, childArgs(roleAgent, b.opts.Pool)...)...)
 	// A race-enabled binary (go test -race) sleeps 1s at exit by default.
-	launcher.Env = append(cleanEnv(), envRole+"="+roleLaunch, envAgent+"="+string(spec),
+	launcher.Env = append(cleanEnv(), envRole+"="+roleAgent, envAgent+"="+string(spec),
 		"GORACE="+strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	launcher.Stdout, launcher.Stderr = logf, logf
+	launcher.Dir = b.opts.StateDir // not the caller's directory, which may go away
 	launcher.ExtraFiles = []*os.File{w}
 	err = launcher.Run()
 	w.Close()
