@@ -29,8 +29,8 @@ func (e usageError) Unwrap() error { return e.err }
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 func main() {
-	// A local sandbox's supervisor and built-in server are this binary
-	// re-executed: they never reach the command line.
+	// The local agent is this binary re-executed: it never reaches the
+	// command line (nor cobra).
 	local.MaybeRunChild()
 	os.Exit(run(os.Args[1:]))
 }

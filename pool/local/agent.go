@@ -479,6 +479,7 @@ func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration) error {
 		}
 		sb.url = "http://" + ln.Addr().String()
 		go func() { _ = sb.srv.Serve(ln) }()
+		fmt.Fprintf(sb.log, "sandboxpool: serving %s on %s\n", sb.work, sb.url)
 		return nil
 	}
 	// The port is reserved by a bound socket that listens only after the
@@ -508,6 +509,7 @@ func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration) error {
 			return
 		}
 		go func() { _ = sb.srv.Serve(ln) }()
+		fmt.Fprintf(sb.log, "sandboxpool: serving %s on %s after a %s warmup\n", sb.work, sb.url, warmup)
 	})
 	return nil
 }
