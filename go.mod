@@ -12,6 +12,7 @@ require (
 	github.com/charmbracelet/x/exp/teatest v0.0.0-20251215102626-e0db08df7383
 	github.com/gofrs/flock v0.13.2
 	github.com/jonboulle/clockwork v0.5.0
+	github.com/kisielk/og-rek v1.3.0
 	github.com/mattn/go-isatty v0.0.20
 	github.com/modal-labs/libmodal/modal-go v0.7.0
 	github.com/muesli/termenv v0.16.0
@@ -45,7 +46,6 @@ require (
 	github.com/fxamacker/cbor/v2 v2.9.0 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
-	github.com/kisielk/og-rek v1.3.0 // indirect
 	github.com/lucasb-eyer/go-colorful v1.3.0 // indirect
 	github.com/mattn/go-localereader v0.0.1 // indirect
 	github.com/mattn/go-runewidth v0.0.19 // indirect

@@ -100,6 +100,7 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	c.remember(tagged{ref: ref})
 	c.mu.Lock()
 	c.handles[ref.ID] = sb // kept attached: tags and terminate need no lookup later
+	c.fresh[ref.ID] = true
 	c.mu.Unlock()
 	return ref, nil
 }
@@ -125,6 +126,7 @@ func (c *core) terminate(ctx context.Context, id string) error {
 	delete(c.known, id)
 	delete(c.handles, id)
 	c.mu.Unlock()
+	c.forgetListed(id)
 	return nil
 }
 

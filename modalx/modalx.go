@@ -79,6 +79,10 @@ type core struct {
 	users   int
 	known   map[string]tagged         // by sandbox id, from tags read or written
 	handles map[string]*modal.Sandbox // SDK handles of Create and List: no lookup RPC per use
+	fresh   map[string]bool           // created here and not yet put in the store
+
+	raw  pb.ModalClientClient // nil if the SDK's connection was not seen
+	list listCache
 
 	// Claim tags written in the background (reserve.go).
 	tagQueue   []tagged
@@ -137,19 +141,24 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	c := &core{opts: opts, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2,
-		handles: map[string]*modal.Sandbox{}, tagDone: map[string]bool{}}
+		handles: map[string]*modal.Sandbox{}, tagDone: map[string]bool{}, fresh: map[string]bool{}}
 	c.life, c.lifeStop = context.WithCancel(context.Background())
 	if !haveCredentials() {
 		// Said before the SDK tries (it would leave a connection open).
 		c.lifeStop()
 		return nil, nil, wrap("connecting to Modal", errors.New("missing token_id or token_secret"))
 	}
-	client, err := newClient(ctx, opts.Logger)
+	client, conn, err := newClient(ctx, opts.Logger)
 	if err != nil {
 		c.lifeStop()
 		return nil, nil, wrap("connecting to Modal", err)
 	}
 	c.client = client
+	if conn != nil {
+		// The SDK's own connection, with its interceptors (headers, auth
+		// token, retries): for the calls it does not offer (incremental.go).
+		c.raw = pb.NewModalClientClient(conn)
+	}
 	c.app, err = client.Apps.FromName(ctx, opts.App, &modal.AppFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
 	if err != nil {
 		c.lifeStop()
@@ -162,7 +171,7 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 		client.Close()
 		return nil, nil, wrap(fmt.Sprintf("opening Modal queue %q", QueueName(opts.Pool)), err)
 	}
-	return &Backend{c: c}, &Store{c: c, q: q}, nil
+	return &Backend{c: c}, &Store{c: c, q: q, pcs: map[string]*partCache{}}, nil
 }
 
 // QueueName is the Modal Queue holding a pool's references.
@@ -173,7 +182,7 @@ func QueueName(pool string) string { return "sandboxpool-" + pool }
 // client that arrives late is closed. When it fails it leaves its gRPC
 // connection open (modal-go v0.7.0), so an interceptor notes the connection
 // and it is closed here.
-func newClient(ctx context.Context, logger *slog.Logger) (*modal.Client, error) {
+func newClient(ctx context.Context, logger *slog.Logger) (*modal.Client, *grpc.ClientConn, error) {
 	type res struct {
 		c   *modal.Client
 		err error
@@ -191,7 +200,7 @@ func newClient(ctx context.Context, logger *slog.Logger) (*modal.Client, error) 
 	ch := make(chan res, 1)
 	go func() {
 		c, err := modal.NewClientWithOptions(&modal.ClientParams{Logger: logger,
-			GRPCUnaryInterceptors: []grpc.UnaryClientInterceptor{captureList, noteConn}})
+			GRPCUnaryInterceptors: []grpc.UnaryClientInterceptor{countCalls, noteConn}})
 		if err != nil {
 			connMu.Lock()
 			if conn != nil {
@@ -203,14 +212,16 @@ func newClient(ctx context.Context, logger *slog.Logger) (*modal.Client, error) 
 	}()
 	select {
 	case r := <-ch:
-		return r.c, r.err
+		connMu.Lock()
+		defer connMu.Unlock()
+		return r.c, conn, r.err
 	case <-ctx.Done():
 		go func() {
 			if r := <-ch; r.c != nil {
 				r.c.Close()
 			}
 		}()
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 }
 
@@ -277,71 +288,59 @@ func splitCmd(cmd string, port int) []string {
 	return strings.Fields(cmd)
 }
 
-// ---- SandboxList capture ----
+// ---- RPCs counted by caller ----
 
-// listCapture collects the SandboxInfo of SandboxList answers. The SDK's List
-// yields bare sandboxes, but the answer already holds each one's tags and
-// timeout: reading them here spares one SandboxTagsGet per sandbox.
-type listCapture struct {
-	mu    sync.Mutex
-	infos map[string]*pb.SandboxInfo
+// callCounter counts the RPCs made under one context: what a claim costs on
+// its critical path, apart from the background work it starts (figures).
+type callCounter struct {
+	mu sync.Mutex
+	n  map[string]int
 }
 
-type captureKey struct{}
+type counterKey struct{}
 
-const sandboxListMethod = "/modal.client.ModalClient/SandboxList"
+func withCallCounter(ctx context.Context) (context.Context, *callCounter) {
+	cc := &callCounter{n: map[string]int{}}
+	return context.WithValue(ctx, counterKey{}, cc), cc
+}
 
-// captureList is a client interceptor (a documented SDK hook) that copies
-// SandboxList answers into the listCapture carried by the call's context.
-func captureList(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	err := invoke(ctx, method, req, reply, cc, opts...)
-	if err != nil || method != sandboxListMethod {
-		return err
+func (cc *callCounter) counts() map[string]int {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	out := make(map[string]int, len(cc.n))
+	for k, v := range cc.n {
+		out[k] = v
 	}
-	if lc, ok := ctx.Value(captureKey{}).(*listCapture); ok {
-		if r, ok := reply.(*pb.SandboxListResponse); ok {
-			lc.mu.Lock()
-			for _, info := range r.GetSandboxes() {
-				lc.infos[info.GetId()] = info
-			}
-			lc.mu.Unlock()
-		}
+	return out
+}
+
+func countCalls(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if c, ok := ctx.Value(counterKey{}).(*callCounter); ok {
+		c.mu.Lock()
+		c.n[method[strings.LastIndex(method, "/")+1:]]++
+		c.mu.Unlock()
 	}
-	return err
+	return invoke(ctx, method, req, reply, cc, opts...)
 }
 
 // listTagged lists this pool's running sandboxes with what their tags say.
 func (c *core) listTagged(ctx context.Context) ([]tagged, error) {
-	lc := &listCapture{infos: map[string]*pb.SandboxInfo{}}
-	it, err := c.client.Sandboxes.List(context.WithValue(ctx, captureKey{}, lc), &modal.SandboxListParams{
-		AppID: c.app.AppID, Tags: map[string]string{TagPool: c.opts.Pool}, Environment: c.opts.Environment})
+	infos, err := c.listInfos(ctx)
 	if err != nil {
 		return nil, wrap("listing sandboxes", err)
 	}
-	var sbs []*modal.Sandbox
-	for sb, err := range it {
-		if err != nil {
-			return nil, wrap("listing sandboxes", err)
-		}
-		sbs = append(sbs, sb)
-	}
-	out := make([]tagged, 0, len(sbs))
+	out := make([]tagged, 0, len(infos))
 	seen := map[string]bool{}
-	for _, sb := range sbs {
-		t, ok := c.describe(ctx, sb, lc.infos[sb.SandboxID])
+	for _, info := range infos {
+		t, ok := c.describe(ctx, info)
 		if ok && !seen[t.ref.ID] {
 			seen[t.ref.ID] = true
 			out = append(out, t)
 		}
 	}
 	c.mu.Lock()
-	for _, sb := range sbs { // kept: tags and terminations need no lookup
-		if c.handles[sb.SandboxID] == nil {
-			c.handles[sb.SandboxID] = sb
-		}
-	}
 	for id := range c.known { // forget what no longer runs
-		if !seen[id] {
+		if !seen[id] && !c.fresh[id] {
 			delete(c.known, id)
 			delete(c.handles, id)
 			delete(c.tagDone, id)
@@ -355,9 +354,10 @@ func (c *core) listTagged(ctx context.Context) ([]tagged, error) {
 // describe reads a listed sandbox: from the captured tags, else from what
 // this process knows, else with one SandboxTagsGet (and the tunnel when the
 // URL tag is missing).
-func (c *core) describe(ctx context.Context, sb *modal.Sandbox, info *pb.SandboxInfo) (tagged, bool) {
+func (c *core) describe(ctx context.Context, info *pb.SandboxInfo) (tagged, bool) {
+	id := info.GetId()
 	var tags map[string]string
-	if info != nil && len(info.GetTags()) > 0 {
+	if len(info.GetTags()) > 0 {
 		tags = map[string]string{}
 		for _, t := range info.GetTags() {
 			tags[t.GetTagName()] = t.GetTagValue()
@@ -365,32 +365,37 @@ func (c *core) describe(ctx context.Context, sb *modal.Sandbox, info *pb.Sandbox
 	}
 	if tags == nil {
 		c.mu.Lock()
-		t, ok := c.known[sb.SandboxID]
+		t, ok := c.known[id]
 		c.mu.Unlock()
 		if ok {
 			return t, true
 		}
-		var err error
+		sb, err := c.handle(ctx, id)
+		if err != nil {
+			return tagged{}, false
+		}
 		if tags, err = sb.GetTags(ctx); err != nil {
 			return tagged{}, false
 		}
 	}
-	t := fromTags(sb.SandboxID, tags)
+	t := fromTags(id, tags)
 	if t.claimedBy == "" {
 		// Claimed here, its tags still on their way.
-		if k, ok := c.lookup(sb.SandboxID); ok && k.claimedBy != "" {
+		if k, ok := c.lookup(id); ok && k.claimedBy != "" {
 			t.claimedBy, t.claimedAt = k.claimedBy, k.claimedAt
 		}
 	}
-	if info != nil && t.ref.CreatedAt.IsZero() && info.GetCreatedAt() > 0 {
+	if t.ref.CreatedAt.IsZero() && info.GetCreatedAt() > 0 {
 		t.ref.CreatedAt = time.Unix(0, int64(info.GetCreatedAt()*1e9))
 	}
-	if info != nil && t.ref.ExpiresAt.IsZero() && !t.ref.CreatedAt.IsZero() && info.GetTimeoutSecs() > 0 {
+	if t.ref.ExpiresAt.IsZero() && !t.ref.CreatedAt.IsZero() && info.GetTimeoutSecs() > 0 {
 		t.ref.ExpiresAt = t.ref.CreatedAt.Add(time.Duration(info.GetTimeoutSecs()) * time.Second)
 	}
 	if t.ref.URL == "" {
-		if tun, err := sb.Tunnels(ctx, 5*time.Second); err == nil && tun[c.opts.Port] != nil {
-			t.ref.URL = tun[c.opts.Port].URL()
+		if sb, err := c.handle(ctx, id); err == nil {
+			if tun, err := sb.Tunnels(ctx, 5*time.Second); err == nil && tun[c.opts.Port] != nil {
+				t.ref.URL = tun[c.opts.Port].URL()
+			}
 		}
 	}
 	c.remember(t)
@@ -401,6 +406,16 @@ func (c *core) remember(t tagged) {
 	c.mu.Lock()
 	c.known[t.ref.ID] = t
 	c.mu.Unlock()
+}
+
+// takeFresh reports (once) whether this process created the sandbox and has
+// not put it in the store yet.
+func (c *core) takeFresh(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	f := c.fresh[id]
+	delete(c.fresh, id)
+	return f
 }
 
 func (c *core) lookup(id string) (tagged, bool) {

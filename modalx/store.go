@@ -53,6 +53,9 @@ type Store struct {
 	use        time.Duration // the pool's use-duration, as last loaded
 	sharedGood int           // good entries of the pool partition, as last loaded
 	fastMu     sync.RWMutex
+
+	pcMu sync.Mutex
+	pcs  map[string]*partCache // what was last read of each partition (incremental.go)
 }
 
 var (
@@ -194,10 +197,10 @@ func (s *Store) popFrom(ctx context.Context, q *modal.Queue, part string) (any, 
 // items reads a partition without changing it.
 func (s *Store) items(ctx context.Context, part string) ([]any, error) {
 	q := s.queue()
-	out, err := itemsOf(ctx, q, part)
+	out, err := s.readPart(ctx, q, part)
 	if isNotFound(err) {
 		if q, rerr := s.reopen(ctx, q); rerr == nil {
-			out, err = itemsOf(ctx, q, part)
+			out, err = s.readPart(ctx, q, part)
 		}
 	}
 	return out, err
@@ -276,42 +279,59 @@ func (s *Store) loadView(ctx context.Context) (view, error) {
 }
 
 func (s *Store) load(ctx context.Context) (view, error) {
-	now := time.Now()
-	var v view
-	metas, err := s.items(ctx, partMeta)
-	if err != nil {
-		return v, storeErr("reading the pool's queue", err)
-	}
-	if len(metas) == 0 {
+	v, empty, err := s.loadOnce(ctx)
+	if err == nil && empty {
 		// New pool, or Modal dropped the queue: rebuild it from the tags.
 		if err := s.rebuild(ctx); err != nil {
 			return v, err
 		}
-		if metas, err = s.items(ctx, partMeta); err != nil {
-			return v, storeErr("reading the pool's queue", err)
-		}
+		v, _, err = s.loadOnce(ctx)
+	}
+	return v, err
+}
+
+// loadOnce reads the store; empty says that it holds no settings record
+// (a new pool, or a queue the control plane lost).
+func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
+	now := time.Now()
+	var v view
+	// The partitions are read at once: a Load costs the round trips of one.
+	today, tomorrow := logPart(now), logPart(now.Add(24*time.Hour))
+	parts := []string{partMeta, partPool, today, tomorrow}
+	got := make([][]any, len(parts))
+	errs := make([]error, len(parts))
+	var wg sync.WaitGroup
+	for i, p := range parts {
+		wg.Add(1)
+		go func() { defer wg.Done(); got[i], errs[i] = s.items(ctx, p) }()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return v, false, storeErr("reading the pool's queue", err)
+	}
+	metas, raw := got[0], got[1]
+	if len(metas) == 0 {
+		return v, true, nil
 	}
 	cur, latestAt := foldMeta(metas)
 	v.Target, v.HasTarget, v.TTL, v.UseDuration = cur.Target, cur.Has, cur.TTL, cur.Use
 	v.metaLen = len(metas)
 
-	raw, err := s.items(ctx, partPool)
-	if err != nil {
-		return v, storeErr("reading the pool's queue", err)
-	}
 	var recs []poolRec
-	days := map[string]bool{logPart(now): true, logPart(now.Add(24 * time.Hour)): true}
+	days := map[string][]any{today: got[2], tomorrow: got[3]}
 	for _, it := range raw {
 		var r poolRec
 		if decode(it, &r) && r.ID != "" {
 			recs = append(recs, r)
 			v.order = append(v.order, r.ID)
-			days[logPart(r.ExpiresAt)] = true
+			if d := logPart(r.ExpiresAt); days[d] == nil {
+				days[d] = nil // read below
+			}
 		}
 	}
 	claims, removed, reserves, err := s.readLogs(ctx, days)
 	if err != nil {
-		return v, err
+		return v, false, err
 	}
 	v.pooled, v.claimed, v.removed, v.reserved = map[string]bool{}, map[string]bool{}, removed, map[string]bool{}
 	// Reserved ones first: they were the pool's head.
@@ -354,21 +374,25 @@ func (s *Store) load(ctx context.Context) (view, error) {
 		// Keep "meta" younger than Modal's 24 h partition TTL.
 		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, At: now.UTC()}, v.metaLen)
 	}
-	return v, nil
+	return v, false, nil
 }
 
-// readLogs folds the claim, removal and reserve records of the given days.
-func (s *Store) readLogs(ctx context.Context, days map[string]bool) (claims map[string]pool.Entry, removed map[string]bool, reserves map[string]pool.Entry, err error) {
+// readLogs folds the claim, removal and reserve records of the given days;
+// a day already read comes with its items.
+func (s *Store) readLogs(ctx context.Context, days map[string][]any) (claims map[string]pool.Entry, removed map[string]bool, reserves map[string]pool.Entry, err error) {
 	claims, removed, reserves = map[string]pool.Entry{}, map[string]bool{}, map[string]pool.Entry{}
 	keys := make([]string, 0, len(days))
 	for d := range days {
 		keys = append(keys, d)
 	}
 	sort.Strings(keys)
+	now := time.Now()
 	for _, d := range keys {
-		its, err := s.items(ctx, d)
-		if err != nil {
-			return nil, nil, nil, storeErr("reading the pool's claims", err)
+		its := days[d]
+		if its == nil && d != logPart(now) && d != logPart(now.Add(24*time.Hour)) {
+			if its, err = s.items(ctx, d); err != nil {
+				return nil, nil, nil, storeErr("reading the pool's claims", err)
+			}
 		}
 		for _, it := range its {
 			var r logRec
@@ -401,7 +425,11 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 		// claim again rather than hand it out a second time.
 		return s.restoreClaim(ctx, pool.Entry{Ref: ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt})
 	}
-	first, ok, err := s.head(ctx, bidPart(ref.ID))
+	// A sandbox this process just created was never bid for: no need to look.
+	first, ok, err := any(nil), false, error(nil)
+	if !s.c.takeFresh(ref.ID) {
+		first, ok, err = s.head(ctx, bidPart(ref.ID))
+	}
 	if err != nil {
 		return storeErr("adding sandbox "+ref.ID+" to the pool", err)
 	}
