@@ -93,12 +93,12 @@ awk 'NR > 1 && $1 ~ /^[0-9]+$/ {
 END {
 	for (i = 0; i <= last; i++) {
 		warm = (n[i] > 0) ? sprintf("%.0f%%", 100 * w[i] / n[i]) : "-"
-		printf "| %d-%d | %s | %d | %s | %d | %d |\n", 5 * i, 5 * i + 5, rate[i], claims[i], warm, tmax[i], ready[i]
+		printf "| %d-%d | %g | %d | %s | %d | %d |\n", 5 * i, 5 * i + 5, rate[i] + 0, claims[i], warm, tmax[i], ready[i]
 	}
 }' "$work/auto.rows"
 echo
-echo "| pool | warm share, last 10 s of load | warm share, all claims | idle sandbox-seconds | max target | back to its floor after the last claim |"
-echo "|---|---|---|---|---|---|"
+echo "| pool | warm share, last 10 s of load | warm share, all claims | failed claims (10 s timeout) | idle sandbox-seconds | max target | back to its floor after the last claim |"
+echo "|---|---|---|---|---|---|---|"
 for name in auto fixed3 fixed40; do
 	s=$(tail -n1 "$work/$name.rows")
 	case $name in
@@ -109,5 +109,5 @@ for name in auto fixed3 fixed40; do
 	back=$(sed -n 's/.*back_to_[0-9]*_after_s=\([^ ]*\).*/\1/p' <<<"$s")
 	[ "$back" != never ] && back="${back} s"
 	[ "$name" != auto ] && back="-"
-	echo "| $label | $(kv "$s" warm_last10_pct)% | $(kv "$s" warm_all_pct)% | $(kv "$s" idle_sandbox_s) | $(kv "$s" max_target) | $back |"
+	echo "| $label | $(kv "$s" warm_last10_pct)% | $(kv "$s" warm_all_pct)% | $(kv "$s" errors) of $(kv "$s" claims) | $(kv "$s" idle_sandbox_s) | $(kv "$s" max_target) | $back |"
 done
