@@ -3,6 +3,7 @@ package ui
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
@@ -68,6 +69,9 @@ type lifecycle struct {
 
 	// noTimers turns the tickers off, for tests that drive Update by hand.
 	noTimers bool
+	// suspend is what ctrl+z runs: set by Run (see suspendOnStop); unset,
+	// Bubble Tea's own tea.Suspend.
+	suspend atomic.Pointer[tea.Cmd]
 
 	mu      sync.Mutex
 	stopped bool
@@ -78,6 +82,13 @@ type lifecycle struct {
 func newLifecycle(parent context.Context) *lifecycle {
 	ctx, cancel := context.WithCancel(parent)
 	return &lifecycle{ctx: ctx, cancel: cancel}
+}
+
+func (l *lifecycle) suspendCmd() tea.Cmd {
+	if c := l.suspend.Load(); c != nil {
+		return *c
+	}
+	return tea.Suspend
 }
 
 // begin registers an engine call; false once stopped (the call is skipped).

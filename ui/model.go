@@ -331,7 +331,7 @@ func (m Model) onKey(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	case k.Type == tea.KeyCtrlC:
 		return m.quit()
 	case key.Matches(k, globalKeys.Suspend):
-		return m, tea.Suspend
+		return m, m.life.suspendCmd()
 	case key.Matches(k, globalKeys.Redraw):
 		return m, tea.ClearScreen
 	}

@@ -38,6 +38,10 @@ type Options struct {
 	// Logs reads a sandbox's log for the l view (the backend's
 	// pool.LogReader); nil says "no log for this backend".
 	Logs pool.LogReader
+	// Plain prints the pool's state and events as lines instead of drawing
+	// a screen: for TERM=dumb, or output that is not a terminal. It changes
+	// nothing and ends with ctx.
+	Plain bool
 	// Inline keeps the dashboard in the normal screen instead of the
 	// alternate screen.
 	Inline bool
@@ -69,9 +73,16 @@ func Run(ctx context.Context, eng Engine, opts Options) error {
 	if out == nil {
 		out = os.Stdout
 	}
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	if opts.Plain {
+		return runPlain(ctx, eng, opts, out)
+	}
 	if opts.Clipboard == nil {
 		opts.Clipboard = osc52Clipboard(out)
 	}
+	setBackground() // before any style: no terminal query delays the first frame
 	m := newModel(ctx, eng, opts)
 	popts := []tea.ProgramOption{tea.WithContext(ctx), tea.WithOutput(out)}
 	if opts.Input != nil {
@@ -80,7 +91,11 @@ func Run(ctx context.Context, eng Engine, opts Options) error {
 	if !opts.Inline {
 		popts = append(popts, tea.WithAltScreen())
 	}
-	_, err := tea.NewProgram(m, popts...).Run()
+	p := tea.NewProgram(m, popts...)
+	suspend, stopSuspend := suspendOnStop(p)
+	m.life.suspend.Store(&suspend)
+	_, err := p.Run()
+	stopSuspend()
 	m.life.stop()
 	m.life.wait(shutdownWait)
 	switch {

@@ -62,7 +62,7 @@ func (h *history) observe(sbs []pool.Sandbox, now time.Time) {
 	for i := range sbs {
 		sb := &sbs[i]
 		prev, seen := h.last[sb.ID]
-		if !seen && !sb.CreatedAt.IsZero() {
+		if !seen && !sb.CreatedAt.IsZero() && !h.has(sb.ID, "created") {
 			what := "created"
 			if sb.State != pool.StateCreating {
 				what = "created (before this dashboard watched)"
