@@ -102,6 +102,12 @@ func New(ctrl *pool.Controller, opts Options) *API {
 	return a
 }
 
+// Connections returns the API's open connections and how many of them are
+// serving a request now.
+func (a *API) Connections() (open, busy int) {
+	return int(a.stats.open.Load()), int(a.stats.busy.Load())
+}
+
 // ServeHTTP authenticates, routes and logs one request.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()

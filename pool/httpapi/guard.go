@@ -63,6 +63,7 @@ type apiStats struct {
 	rejected map[string]*atomic.Uint64 // fixed keys: read without a lock
 	evicted  atomic.Uint64
 	open     atomic.Int64
+	busy     atomic.Int64 // open connections serving a request
 	max      atomic.Int64
 }
 
@@ -82,7 +83,7 @@ var (
 	descEvicted = prometheus.NewDesc(metrics.Namespace+"_api_idle_closed_total",
 		"Idle API connections closed to make room for a new one at the connection limits.", nil, nil)
 	descOpen = prometheus.NewDesc(metrics.Namespace+"_api_connections",
-		"Open API connections.", nil, nil)
+		"Open API connections by state: busy (serving a request) or idle.", []string{"state"}, nil)
 	descMax = prometheus.NewDesc(metrics.Namespace+"_api_connections_max",
 		"Cap on open API connections.", nil, nil)
 )
@@ -99,7 +100,9 @@ func (s *apiStats) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(s.rejected[r].Load()), r)
 	}
 	ch <- prometheus.MustNewConstMetric(descEvicted, prometheus.CounterValue, float64(s.evicted.Load()))
-	ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(s.open.Load()))
+	open, busy := s.open.Load(), s.busy.Load()
+	ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(busy), "busy")
+	ch <- prometheus.MustNewConstMetric(descOpen, prometheus.GaugeValue, float64(max(0, open-busy)), "idle")
 	ch <- prometheus.MustNewConstMetric(descMax, prometheus.GaugeValue, float64(s.max.Load()))
 }
 
@@ -198,6 +201,10 @@ func (g *guard) releaseLocked(c *guardConn) {
 		return
 	}
 	c.gone = true
+	if c.busy {
+		c.busy = false
+		g.stats.busy.Add(-1)
+	}
 	delete(g.open, c)
 	if g.perKey[c.key]--; g.perKey[c.key] <= 0 {
 		delete(g.perKey, c.key)
@@ -214,11 +221,18 @@ func (g *guard) connState(nc net.Conn, s http.ConnState) {
 	switch s {
 	case http.StateActive:
 		g.mu.Lock()
-		c.busy = true
+		if !c.busy && !c.gone {
+			c.busy = true
+			g.stats.busy.Add(1)
+		}
 		g.mu.Unlock()
 	case http.StateIdle:
 		g.mu.Lock()
-		c.busy, c.idleSince = false, time.Now()
+		if c.busy {
+			c.busy = false
+			g.stats.busy.Add(-1)
+		}
+		c.idleSince = time.Now()
 		g.mu.Unlock()
 	case http.StateHijacked, http.StateClosed:
 		g.release(c)

@@ -93,7 +93,7 @@ func TestBusyConnectionsAreNotEvicted(t *testing.T) {
 		}
 		waiting = append(waiting, c)
 	}
-	eventually(t, 2*time.Second, "three claims waiting", func() bool { return e.cst.takes.Load() >= 3 })
+	eventually(t, 2*time.Second, "three claims waiting", func() bool { _, busy := e.api.Connections(); return busy == 3 })
 	// Every slot is serving a request: a fourth connection is refused with 503.
 	if got := metric4(t, addr); got != http.StatusServiceUnavailable {
 		t.Fatalf("a fourth connection: %d, want 503", got)

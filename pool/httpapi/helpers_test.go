@@ -41,6 +41,7 @@ func (w withTeardown) Run() int {
 type env struct {
 	t     testing.TB
 	ctrl  *pool.Controller
+	api   *httpapi.API
 	be    *pooltest.Backend
 	st    *pooltest.Store
 	cst   *countStore // st, counting takes
@@ -124,7 +125,8 @@ func newEnv(t testing.TB, o envOpts) *env {
 	if o.api.Logger == nil {
 		o.api.Logger = slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	addr, errc, err := httpapi.Serve(ctx, "127.0.0.1:0", httpapi.New(ctrl, o.api))
+	e.api = httpapi.New(ctrl, o.api)
+	addr, errc, err := httpapi.Serve(ctx, "127.0.0.1:0", e.api)
 	if err != nil {
 		t.Fatal(err)
 	}
