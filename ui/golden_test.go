@@ -3,6 +3,8 @@ package ui
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -342,4 +344,113 @@ func TestGoldenNarrow(t *testing.T) {
 	u, _ := fakeTUI(t, Options{}, 50, 20, threeReady)
 	u.waitFor("too narrow")
 	u.golden()
+}
+
+// fakeLogs is a LogReader holding one text per sandbox.
+type fakeLogs struct {
+	mu   sync.Mutex
+	logs map[string]string
+}
+
+func (f *fakeLogs) ReadLog(_ context.Context, id string, off int64, n int) ([]byte, int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s, ok := f.logs[id]
+	if !ok {
+		return nil, 0, pool.ErrNotFound
+	}
+	if off < 0 {
+		off = max(int64(len(s)-n), 0)
+	}
+	off = min(off, int64(len(s)))
+	end := min(off+int64(n), int64(len(s)))
+	return []byte(s[off:end]), end, nil
+}
+
+func (f *fakeLogs) add(id, text string) {
+	f.mu.Lock()
+	f.logs[id] += text
+	f.mu.Unlock()
+}
+
+func TestGoldenLogView(t *testing.T) {
+	logs := &fakeLogs{logs: map[string]string{}}
+	var b strings.Builder
+	for i := 1; i <= 30; i++ {
+		fmt.Fprintf(&b, "GET /health 200 %dms\n", i)
+	}
+	// Escape sequences and control characters from a workload never reach the terminal.
+	b.WriteString("\x1b[31mred\x1b[0m and a bell\a\ttab\nprogress 10%\rprogress 100%\n")
+	logs.add("sb-0002", b.String())
+	u, _ := fakeTUI(t, Options{Logs: logs}, 80, 24, threeReady)
+	u.waitFor("sb-0003")
+	u.keys("j", "l")
+	u.waitFor("following", "progress 100%")
+	logs.add("sb-0002", "one more line\n") // followed: read within a second
+	u.waitFor("one more line")
+	u.golden()
+}
+
+func TestGoldenLogNoReader(t *testing.T) {
+	u, _ := fakeTUI(t, Options{}, 80, 24, threeReady)
+	u.waitFor("sb-0003")
+	u.keys("l")
+	u.waitFor("no log for this backend")
+	u.golden()
+}
+
+func TestGoldenSorted(t *testing.T) {
+	u, _ := fakeTUI(t, Options{}, 80, 24, func(s *pool.Snapshot) {
+		young, old, mid := ready(1, 20*time.Second), ready(2, 150*time.Second), ready(3, 80*time.Second)
+		old.Health.Latency = 40 * time.Millisecond
+		mid.State, mid.Health = pool.StateUnhealthy, pool.Health{Error: "timeout", CheckedAt: t0.Add(-time.Second)}
+		s.Sandboxes = []pool.Sandbox{young, old, mid}
+	})
+	u.waitFor("sb-0003")
+	u.keys("o") // age: oldest first
+	u.waitFor("sort: age")
+	u.keys("o", "o", "o") // ttl, state, health latency: failing, then slowest first
+	u.waitFor("sort: health latency")
+	m := u.golden()
+	var ids []string
+	for _, r := range m.tbl.rows {
+		ids = append(ids, r.ID)
+	}
+	if got := strings.Join(ids, " "); got != "sb-0003 sb-0002 sb-0001" {
+		t.Fatalf("by health latency: %s", got)
+	}
+}
+
+// sparkTUI runs ten minutes of a pool on the fake clock: the ready count
+// climbs and falls, claims come faster, then slower, each waiting longer.
+func sparkTUI(t *testing.T, w int) *tui {
+	u, f := fakeTUI(t, Options{}, w, 24, threeReady)
+	u.waitFor("sb-0003")
+	waitSubscribed(t, f)
+	readyN := []int{1, 2, 3, 4, 5, 5, 4, 3, 3, 2}
+	for i := range 10 {
+		f.clk.Advance(time.Minute)
+		f.set(func(s *pool.Snapshot) {
+			s.Sandboxes = nil
+			for n := range readyN[i] {
+				sb := ready(n+1, 30*time.Second)
+				sb.CreatedAt, sb.ExpiresAt = sb.CreatedAt.Add(time.Duration(i+1)*time.Minute), sb.ExpiresAt.Add(time.Duration(i+1)*time.Minute)
+				s.Sandboxes = append(s.Sandboxes, sb)
+			}
+		})
+		for c := range i%4 + 1 {
+			f.emit(pool.Event{Kind: pool.EventClaimed, SandboxID: fmt.Sprintf("sb-%02d%02d", i, c), By: "api", Warm: i < 5,
+				Duration: time.Duration(i+1) * 40 * time.Millisecond, Message: fmt.Sprintf("sb-%02d%02d claimed by api", i, c)})
+		}
+		u.waitFor(fmt.Sprintf("sb-%02d%02d claimed by api", i, i%4))
+	}
+	return u
+}
+
+func TestGoldenSparklines80(t *testing.T) {
+	sparkTUI(t, 80).golden()
+}
+
+func TestGoldenSparklines60(t *testing.T) {
+	sparkTUI(t, 60).golden()
 }
