@@ -573,10 +573,35 @@ func (a *agent) startCmd(sb *sandbox, r request) error {
 	go func() {
 		defer close(sb.copied)
 		defer pr.Close()
-		buf := make([]byte, 64<<10)
-		_, _ = io.CopyBuffer(sb.log, pr, buf)
+		copyPaced(sb.log, pr)
 	}()
 	return nil
+}
+
+// logRate is how fast the agent takes a workload's output. Past it the
+// workload waits on its writes, as with a full pipe: a chatty workload
+// (`yes`) slows down instead of costing the agent a core.
+const logRate = 8 << 20 // bytes per second
+
+// copyPaced copies r to w at logRate at most.
+func copyPaced(w io.Writer, r io.Reader) {
+	buf := make([]byte, 64<<10)
+	window, taken := time.Now(), 0
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			_, _ = w.Write(buf[:n])
+			if taken += n; taken >= logRate/10 {
+				if d := 100*time.Millisecond - time.Since(window); d > 0 {
+					time.Sleep(d)
+				}
+				window, taken = time.Now(), 0
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
 }
 
 type spawnReq struct {
