@@ -1141,8 +1141,11 @@ func TestChaosModal(t *testing.T) {
 	f := startModalFake(t)
 	mark := fmt.Sprintf("modal-%d-%d", os.Getpid(), r.seed)
 	t.Cleanup(func() { killMarked(mark) })
+	// Heartbeats of 1s: a killed controller's lease is stale after 3s, its
+	// reservations are inherited 3s later.
 	r.env = modalEnv(t, t.TempDir(), append(append(f.Env(), timing.env()...),
-		"SANDBOXPOOL_BACKEND=modal", "SANDBOXPOOL_POOL="+poolName, chaosMarkEnv+"="+mark)...)
+		"SANDBOXPOOL_BACKEND=modal", "SANDBOXPOOL_POOL="+poolName, chaosMarkEnv+"="+mark, modalx.LeaseHeartbeatEnv+"=1s")...)
+	f.SetLatency(20 * time.Millisecond) // a control plane as far as Modal's, all along
 	running := func() []fakemodal.SandboxInfo {
 		var out []fakemodal.SandboxInfo
 		for _, sb := range f.Sandboxes() {
@@ -1166,6 +1169,13 @@ func TestChaosModal(t *testing.T) {
 	}
 	r.startObserving()
 	r.startClaimers(4)
+	// Claimers of every kind at once: CLI processes (above), API clients,
+	// and the README's Python protocol on the queue.
+	octx, stopOthers := context.WithCancel(context.Background())
+	stopCLI := r.stopClaims
+	r.stopClaims = func() { stopOthers(); stopCLI() }
+	r.startAPIClaimers(octx, 2)
+	r.startPythonClaimer(octx, t, f, poolName, timing.useDuration)
 
 	rng := r.rng
 	start := time.Now()
@@ -1201,12 +1211,30 @@ func TestChaosModal(t *testing.T) {
 				f.Terminate(id)
 				r.kill(id)
 			}
-		case p < 0.50:
+		case p < 0.45:
 			r.count("refuse the next creations")
 			f.FailCreates(1+rng.IntN(3), "")
+		case p < 0.55:
+			// The holder reserves ahead right after a claim: kill it while
+			// it does, then see that nothing reserved is lost or handed
+			// out twice.
+			r.count("claim through the API, kill -9 the controller at once, restart")
+			if _, up := r.ctl.up(); up {
+				cl := http.Client{Timeout: 5 * time.Second}
+				if resp, err := cl.Post("http://"+r.ctl.addr+"/v1/claims?timeout=2s&check_health=false", "", nil); err == nil {
+					var c httpapi.ClaimView
+					if resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&c) == nil && c.ID != "" {
+						r.record(claimerAPI+99, c.ID, c.ExpiresAt)
+					}
+					resp.Body.Close()
+				}
+				time.Sleep(time.Duration(rng.Int64N(int64(150 * time.Millisecond))))
+				r.ctl.kill9()
+				r.ctl.start()
+			}
 		case p < 0.60:
 			r.count("slow control plane")
-			f.SetLatency(time.Duration(rng.Int64N(int64(250 * time.Millisecond))))
+			f.SetLatency(20*time.Millisecond + time.Duration(rng.Int64N(int64(230*time.Millisecond))))
 		case p < 0.67:
 			r.count("slow starts")
 			f.SetWarmup(time.Duration(rng.Int64N(int64(2 * time.Second))))
@@ -1220,9 +1248,23 @@ func TestChaosModal(t *testing.T) {
 	}
 	r.calmAndCheck(func() {
 		f.FailCreates(0, "")
-		f.SetLatency(0)
+		f.SetLatency(20 * time.Millisecond)
 		f.SetWarmup(0)
 	})
+	kinds := map[string]int{}
+	r.mu.Lock()
+	for _, c := range r.claims {
+		switch {
+		case c.by >= claimerPython:
+			kinds["python protocol"]++
+		case c.by >= claimerAPI:
+			kinds["api"]++
+		default:
+			kinds["cli"]++
+		}
+	}
+	r.mu.Unlock()
+	t.Logf("claims by kind of claimer: %v", kinds)
 	t.Logf("fake control plane: %s", fakemodal.FormatCounts(f.Counts()))
 }
 

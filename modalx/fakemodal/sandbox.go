@@ -202,17 +202,17 @@ func (v *service) SandboxCreate(ctx context.Context, r *pb.SandboxCreateRequest)
 	for _, p := range def.GetOpenPorts().GetPorts() {
 		sb.ports = append(sb.ports, p.GetPort())
 	}
-	s.sandboxes[id] = sb
-	s.mu.Unlock()
-
+	// Listening before the sandbox is known: nobody reads it half made.
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		sb.finish(pb.GenericResult_GENERIC_STATUS_FAILURE)
+		s.mu.Unlock()
 		return nil, status.Errorf(codes.Internal, "listen: %v", err)
 	}
 	sb.port = lis.Addr().(*net.TCPAddr).Port
 	sb.srv = &http.Server{Handler: sb.handler(), ReadHeaderTimeout: 5 * time.Second,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{s.ca.leaf}}}
+	s.sandboxes[id] = sb
+	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() { defer s.wg.Done(); _ = sb.srv.ServeTLS(lis, "", "") }()
 	sb.mu.Lock()
