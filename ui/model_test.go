@@ -490,3 +490,47 @@ func TestInputEditing(t *testing.T) {
 	d.keys("esc")
 	d.wantCalls()
 }
+
+func TestCosmeticDefects(t *testing.T) {
+	t.Run("the banner stops counting down once its sandbox is terminated", func(t *testing.T) {
+		d := newDriver(t, Options{})
+		d.keys("c")
+		d.wantScreen("✓ claimed sb-0001", "4:00 left", "URL sent to clipboard")
+		d.m.onEvents([]pool.Event{{Kind: pool.EventTerminated, SandboxID: "sb-0001", Reason: pool.ReasonUser, Message: "sb-0001 terminated (user)"}})
+		d.wantScreen("✓ claimed sb-0001", "terminated (user)")
+		d.wantNotScreen("left ·")
+	})
+	t.Run("the same target asks the engine nothing", func(t *testing.T) {
+		d := newDriver(t, Options{})
+		d.keys("s", "3", "enter")
+		d.wantCalls()
+		d.wantScreen("the target is already 3")
+	})
+	t.Run("y sends the whole id, and says so without claiming it arrived", func(t *testing.T) {
+		long := "sb-000005fakefa1b2c3d4e5f6a7b8c9d0e"
+		sb := ready(1, time.Minute)
+		sb.ID = long
+		d := newDriver(t, Options{}, sb, ready(2, time.Minute))
+		d.keys("y")
+		if len(d.clip) != 1 || d.clip[0] != long {
+			t.Fatalf("clipboard got %q", d.clip)
+		}
+		d.wantScreen("sent to clipboard")
+		d.wantNotScreen("copied")
+		// Whole where it fits (the URL column gives way, and says so)...
+		d.wantScreen("▸ "+long+" ", "URLs: enter")
+		// ...and cut with … where it does not.
+		d.send(tea.WindowSizeMsg{Width: 60, Height: 24})
+		d.wantScreen("▸ sb-000005fakefa1b… ", "URLs: enter")
+		d.send(tea.WindowSizeMsg{Width: 80, Height: 24})
+		d.keys("enter")
+		d.wantScreen("id        " + long)
+	})
+	t.Run("at 60 columns the table says where the URLs went", func(t *testing.T) {
+		sb := ready(1, time.Minute)
+		sb.ID = "sb-0b9e6f13a8c4"
+		d := newDriver(t, Options{}, sb)
+		d.send(tea.WindowSizeMsg{Width: 60, Height: 24})
+		d.wantScreen("▸ sb-0b9e6f13a8c4 ", "URLs: enter")
+	})
+}
