@@ -72,6 +72,54 @@ func BenchmarkTake(b *testing.B) {
 	}
 }
 
+// BenchmarkTakeClaimedRatio: claims on two pools of 50, one with 10 claimed
+// entries besides and one with 10,000, taken in turns so that both see the
+// same machine load; ratio is p50 with 10,000 over p50 with 10.
+//
+//	go test -run '^$' -bench 'BenchmarkTakeClaimedRatio' -benchtime 3000x ./pool/filestore/
+func BenchmarkTakeClaimedRatio(b *testing.B) {
+	for _, noSync := range []bool{false, true} {
+		name := "fdatasync"
+		if noSync {
+			name = "nosync"
+		}
+		b.Run(name, func(b *testing.B) {
+			stores := []*Store{benchStore(b, 50, 10, noSync), benchStore(b, 50, 10000, noSync)}
+			ctx := context.Background()
+			req := pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "bench", Now: t0}
+			times := [2][]time.Duration{}
+			b.ResetTimer()
+			for range b.N {
+				for i, s := range stores {
+					start := time.Now()
+					e, _, ok, err := s.Take(ctx, req)
+					times[i] = append(times[i], time.Since(start))
+					if err != nil || !ok {
+						b.Fatal(ok, err)
+					}
+					b.StopTimer()
+					if _, err := s.Remove(ctx, e.ID); err != nil {
+						b.Fatal(err)
+					}
+					if err := s.Put(ctx, e.Ref); err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+				}
+			}
+			b.StopTimer()
+			var p50 [2]float64
+			for i := range times {
+				slices.Sort(times[i])
+				p50[i] = float64(times[i][len(times[i])/2].Nanoseconds())
+			}
+			b.ReportMetric(p50[0], "p50-ns-10")
+			b.ReportMetric(p50[1], "p50-ns-10000")
+			b.ReportMetric(p50[1]/p50[0], "ratio")
+		})
+	}
+}
+
 // BenchmarkTakeConcurrent: 20 goroutines claim from one Store at once;
 // ns/op is the cost per claim, claims/flush how many one fdatasync served.
 //
