@@ -253,6 +253,14 @@ type dashTmux struct {
 	t      *testing.T
 	socket string
 	env    []string
+	pane   string // the session keys go to and screens come from; "" is "t"
+}
+
+func (x *dashTmux) target() string {
+	if x.pane == "" {
+		return "t"
+	}
+	return x.pane
 }
 
 func (x *dashTmux) tmux(args ...string) (string, error) {
@@ -273,12 +281,12 @@ func (x *dashTmux) must(args ...string) string {
 
 func (x *dashTmux) capture() string {
 	x.t.Helper()
-	return x.must("capture-pane", "-p", "-t", "t")
+	return x.must("capture-pane", "-p", "-t", x.target())
 }
 
 func (x *dashTmux) keys(keys ...string) {
 	x.t.Helper()
-	x.must(append([]string{"send-keys", "-t", "t"}, keys...)...)
+	x.must(append([]string{"send-keys", "-t", x.target()}, keys...)...)
 }
 
 // waitScreen polls the screen until cond holds, and returns that screen.
