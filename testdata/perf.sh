@@ -15,7 +15,8 @@
 #
 # Knobs (env): POOL (50), MAX (100), RATE (200), RATE_FOR (10s),
 # CLAIMED (10000: claimed entries for the last row), CLAIMED_RATE (400/s),
-# CLAIMED_BUDGET (120s: the last row reports the count it reached).
+# CLAIMED_BUDGET (90s: the last row reports the count it reached),
+# KEEP_LOG (a path: the controller's log is copied there at the end).
 # It leaves nothing running: the controller is stopped and
 # `terminate --all` tears the pool (and its agent) down, on any exit.
 set -euo pipefail
@@ -27,7 +28,7 @@ RATE=${RATE:-200}
 RATE_FOR=${RATE_FOR:-10s}
 CLAIMED=${CLAIMED:-10000}
 CLAIMED_RATE=${CLAIMED_RATE:-400}
-CLAIMED_BUDGET=${CLAIMED_BUDGET:-120s}
+CLAIMED_BUDGET=${CLAIMED_BUDGET:-90s}
 BURST_CLIENTS=20
 BURST_N=$((POOL * 9 / 10)) # 45 of 50
 BURSTS=5
@@ -63,6 +64,7 @@ cleanup() {
 			for p in ${left//,/ }; do kill -KILL "$p" 2>/dev/null; done
 		fi
 	fi
+	if [ -n "${KEEP_LOG:-}" ] && [ -f "$work/run.log" ]; then cp "$work/run.log" "$KEEP_LOG"; fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -144,9 +146,19 @@ say "$rate"
 say "claiming until $CLAIMED entries are claimed (at most $CLAIMED_BUDGET)"
 bulk=$("$load" claimed -url "$api" -want "$CLAIMED" -rate "$CLAIMED_RATE" -no-health-check -max-wait "$CLAIMED_BUDGET")
 say "$bulk"
-"$load" wait-ready -url "$api" -want "$POOL" >/dev/null
-big=$("$load" paced -url "$api" -n 100 -gap 50ms)
-big_claimed=$(metric 'sandboxpool_sandboxes{state="claimed"}')
+big_note=
+if ! "$load" wait-ready -url "$api" -want "$POOL" -max-wait 60s >/dev/null; then
+	# Measured anyway, and said: the pool did not get back to its size in time.
+	big_note=" (the pool had not refilled to $POOL within 60 s)"
+	say "not back to $POOL ready within 60 s; /healthz took $(curl -s -o /dev/null -m 30 -w '%{time_total}' "$api/healthz") s; the controller's log ends:"
+	tail -n 5 "$work/run.log" >&2
+fi
+if [ -z "$big_note" ]; then
+	big=$("$load" paced -url "$api" -n 100 -gap 50ms) || true
+else # bounded: claims may wait their whole timeout
+	big=$("$load" paced -url "$api" -n 20 -gap 50ms -timeout 2s) || true
+fi
+big_claimed=$(metric 'sandboxpool_sandboxes{state="claimed"}') || true
 say "$big (claimed entries after: $big_claimed)"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -166,6 +178,6 @@ Loopback floor (keep-alive HTTP round trip to an empty handler, same tool): p50 
 | fill $POOL from process start | $(kv "$fill" secs) s | <= 1 s |
 | machine CPU per created sandbox (grow $POOL -> $MAX, all pool processes) | $cpu_create ms | <= 2 ms |
 | machine CPU per claim, its backfill included (back to back) | $cpu_claim ms | - |
-| claim p50 with $(printf '%.0f' "$big_claimed") claimed entries vs $(printf '%.0f' "$small_claimed") (one client, 50 ms apart) | $(p50 "$big") vs $(p50 "$small") ms ($(pct "$(p50 "$big")" "$(p50 "$small")")) | within 10% |
+| claim p50 with $(printf '%.0f' "${big_claimed:-0}") claimed entries vs $(printf '%.0f' "$small_claimed") (one client, 50 ms apart) | $(p50 "$big") vs $(p50 "$small") ms ($(pct "$(p50 "$big")" "$(p50 "$small")"))$big_note | within 10% |
 EOF
 say "done in $SECONDS s"
