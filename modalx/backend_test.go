@@ -285,3 +285,36 @@ func TestFakeStopRestart(t *testing.T) {
 		t.Fatalf("after the restart List says %v, %v; want the one sandbox", refs, err)
 	}
 }
+
+// TestReadLog: a sandbox's output (the server's start line, one line per
+// request) through pool.LogReader, read incrementally.
+func TestReadLog(t *testing.T) {
+	f := startFake(t)
+	b, _ := open(t, Options{Pool: "logs"})
+	ctx := ctxT(t)
+	ref, err := b.Create(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := get(f, ref.URL+"/first"); err != nil {
+		t.Fatal(err)
+	}
+	data, next, err := b.ReadLog(ctx, ref.ID, 0, 1<<16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(data), "Serving HTTP on") || !strings.Contains(string(data), `"GET /first HTTP/1.1" 200`) {
+		t.Fatalf("log %q", data)
+	}
+	if _, _, err := get(f, ref.URL+"/second"); err != nil {
+		t.Fatal(err)
+	}
+	more, next2, err := b.ReadLog(ctx, ref.ID, next, 1<<16)
+	if err != nil || !strings.Contains(string(more), "/second") || strings.Contains(string(more), "/first") || next2 <= next {
+		t.Fatalf("after %d: %q, next %d, %v", next, more, next2, err)
+	}
+	tail, _, _ := b.ReadLog(ctx, ref.ID, -1, 10)
+	if len(tail) != 10 {
+		t.Fatalf("last 10 bytes: %q", tail)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // The controller lease (SPEC Behaviour 6) lives in two kinds of partitions:
@@ -172,9 +174,16 @@ func (l *Lease) heartbeat(ctx context.Context) {
 		// reservations: l.valid passes), but it is not lost: it is taken
 		// back by the first beat that gets through, unless someone else
 		// took it meanwhile.
-		if err := l.beat(ctx); err == errLeaseLost {
+		err := l.beat(ctx)
+		if err == errLeaseLost {
 			l.markLost()
 			return
+		}
+		if status.Code(err) == codes.Unavailable && l.s.c.conn != nil {
+			// gRPC waits longer and longer between reconnections (up
+			// to 2 minutes): try again at the next call instead, so the
+			// control plane is seen back within a heartbeat.
+			l.s.c.conn.ResetConnectBackoff()
 		}
 	}
 }

@@ -81,8 +81,10 @@ type core struct {
 	handles map[string]*modal.Sandbox // SDK handles of Create and List: no lookup RPC per use
 	fresh   map[string]bool           // created here and not yet put in the store
 
+	conn *grpc.ClientConn     // the SDK's connection (nil if not seen)
 	raw  pb.ModalClientClient // nil if the SDK's connection was not seen
 	list listCache
+	logs map[string]*sandboxLog // what ReadLog read, by sandbox
 
 	// Claim tags written in the background (reserve.go).
 	tagQueue   []tagged
@@ -158,6 +160,7 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 		// The SDK's own connection, with its interceptors (headers, auth
 		// token, retries): for the calls it does not offer (incremental.go).
 		c.raw = pb.NewModalClientClient(conn)
+		c.conn = conn
 	}
 	c.app, err = client.Apps.FromName(ctx, opts.App, &modal.AppFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
 	if err != nil {
@@ -344,6 +347,7 @@ func (c *core) listTagged(ctx context.Context) ([]tagged, error) {
 			delete(c.known, id)
 			delete(c.handles, id)
 			delete(c.tagDone, id)
+			delete(c.logs, id)
 		}
 	}
 	c.mu.Unlock()

@@ -36,6 +36,7 @@ type sandbox struct {
 	warmUntil time.Time
 
 	mu       sync.Mutex
+	logs     sandboxLogs       // under mu
 	result   *pb.GenericResult // nil while running
 	finished chan struct{}
 	timer    *time.Timer
@@ -211,6 +212,7 @@ func (v *service) SandboxCreate(ctx context.Context, r *pb.SandboxCreateRequest)
 	sb.port = lis.Addr().(*net.TCPAddr).Port
 	sb.srv = &http.Server{Handler: sb.handler(), ReadHeaderTimeout: 5 * time.Second,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{s.ca.leaf}}}
+	sb.logf(pb.FileDescriptor_FILE_DESCRIPTOR_STDOUT, "Serving HTTP on 0.0.0.0 port %d (http://0.0.0.0:%d/) ...\n", firstPort(sb.ports), firstPort(sb.ports))
 	s.sandboxes[id] = sb
 	s.mu.Unlock()
 	s.wg.Add(1)
@@ -226,8 +228,10 @@ func (sb *sandbox) handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if time.Now().Before(sb.warmUntil) {
 			http.Error(w, "starting", http.StatusServiceUnavailable)
+			sb.logRequest(r, http.StatusServiceUnavailable)
 			return
 		}
+		sb.logRequest(r, http.StatusOK)
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
 		w.Header().Set("X-Sandbox-Id", sb.id)
 		fmt.Fprintf(w, "<!DOCTYPE HTML>\n<html><head><title>Directory listing for %s</title></head>\n<body><h1>Directory listing for %s</h1><hr><ul><li><a href=\"app/\">app/</a></li></ul><hr>sandbox %s</body></html>\n", r.URL.Path, r.URL.Path, sb.id)
@@ -364,4 +368,11 @@ func (v *service) SandboxTerminate(ctx context.Context, r *pb.SandboxTerminateRe
 	sb.mu.Unlock()
 	sb.finish(pb.GenericResult_GENERIC_STATUS_TERMINATED)
 	return pb.SandboxTerminateResponse_builder{ExistingResult: existing}.Build(), nil
+}
+
+func firstPort(ps []uint32) uint32 {
+	if len(ps) == 0 {
+		return 8000
+	}
+	return ps[0]
 }
