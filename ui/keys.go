@@ -64,7 +64,7 @@ func (k keyMap) ShortHelp() []key.Binding {
 	target := key.NewBinding(key.WithKeys("+", "-"), key.WithHelp("+/-", "target"))
 	target.SetEnabled(k.Grow.Enabled())
 	sel := key.NewBinding(key.WithKeys("up", "down"), key.WithHelp("↑/↓", "select"))
-	return []key.Binding{k.Claim, target, k.Size, k.Terminate, k.Refill, k.Filter, k.Detail, k.Log, k.Copy, k.Sort, sel, k.Help, k.Quit}
+	return []key.Binding{k.Claim, target, k.Size, k.Terminate, k.Detail, k.Log, k.Copy, k.Sort, k.Refill, k.Filter, sel, k.Help, k.Quit}
 }
 
 // FullHelp is the ? overlay, in columns.

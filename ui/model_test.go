@@ -299,7 +299,7 @@ func TestWindowSizeRelayouts(t *testing.T) {
 	d.send(tea.WindowSizeMsg{Width: 60, Height: 24})
 	d.wantScreen("sb-0001")
 	d.send(tea.WindowSizeMsg{Width: 100, Height: 30})
-	d.wantScreen("http://127.0.0.1:40101", "/ filter")
+	d.wantScreen("http://127.0.0.1:40101", "l log")
 }
 
 // TestViewFitsTheScreen: every mode, at every size, draws exactly the
