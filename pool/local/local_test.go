@@ -389,20 +389,28 @@ func TestExpiryWithoutController(t *testing.T) {
 
 func TestAgentKill9(t *testing.T) {
 	t.Parallel()
-	b := newBackend(t, local.Options{Cmd: "exec sleep 300"})
+	// The workload dies with the agent (Pdeathsig); what it started in
+	// another session is found by its mark and killed by the next call.
+	b := newBackend(t, local.Options{Cmd: "setsid sleep 777 & exec sleep 300"})
 	ref := mustCreate(t, b, time.Minute)
-	pids := b.Pids(ref.ID)
-	if len(pids) != 1 {
-		t.Fatalf("Pids = %v", pids)
-	}
+	var pids []int
+	eventually(t, 5*time.Second, "the workload and its escapee started", func() bool {
+		pids = b.Pids(ref.ID)
+		return len(pids) == 2
+	})
 	agent := agentPid(t, b)
 	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the workload dies with its agent", func() bool { return !alive(pids[0]) })
+	eventually(t, 10*time.Second, "the workload dies with its agent", func() bool {
+		return len(b.Pids(ref.ID)) <= 1
+	})
 	if got := list(t, b); len(got) != 0 {
 		t.Fatalf("List with the agent dead = %v", got)
 	}
+	eventually(t, 10*time.Second, "the escapee killed", func() bool {
+		return !slices.ContainsFunc(pids, alive)
+	})
 	next := mustCreate(t, b, time.Minute) // starts a new agent
 	if pid := agentPid(t, b); pid == agent {
 		t.Fatalf("agent pid %d again", pid)
