@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -256,5 +257,53 @@ func TestTokenFileOnEveryAddress(t *testing.T) {
 	// The token is not in the process's argv.
 	if cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ctl.cmd.Process.Pid)); err == nil && strings.Contains(string(cmdline), token) {
 		t.Error("the token is visible in the process's command line")
+	}
+}
+
+// Issue 13 case 4 on the binary: through the default loopback API, another
+// local user can neither list nor claim; the owner can, with nothing to set.
+func TestOtherUserIsRefusedByTheBinary(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a client as another uid")
+	}
+	state := t.TempDir()
+	env := cliEnv(state)
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	ctl := startRun(t, env, append([]string{"--size", "1", "--listen", "127.0.0.1:0"}, fastRun[:len(fastRun)-2]...)...)
+	addr := ctl.apiAddr(t)
+	waitFor(t, "1 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 1 })
+
+	// The binary sits in a private temp dir: a copy that uid 65534 can run.
+	dir, err := os.MkdirTemp("", "sandboxpool-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	self, err := os.ReadFile(binary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := dir + "/sandboxpool"
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"check", "--api", addr}, {"claim", "--api", addr, "--timeout", "2s"}} {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", "HOME=" + dir}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "403") || !strings.Contains(string(out), "uid 0") {
+			t.Errorf("%v as uid 65534: %v %q, want a 403 naming the owner's uid", args, err, out)
+		}
+	}
+	if v := check(t, env); v.Counts.Claimed != 0 {
+		t.Fatalf("another user claimed through the API: %+v", v.Counts)
+	}
+	// The owner: plain requests, no token.
+	if r := cli(t, env, "claim", "--api", addr, "--timeout", "10s"); r.code != 0 {
+		t.Fatalf("owner claim --api: exit %d %s", r.code, r.stderr)
 	}
 }
