@@ -119,15 +119,16 @@ type request struct {
 }
 
 type response struct {
-	Error  string    `json:"error,omitempty"`
-	Pid    int       `json:"pid,omitempty"`
-	Ref    wireRef   `json:"ref,omitzero"`
-	Refs   []wireRef `json:"refs,omitempty"`
-	Exited bool      `json:"exited,omitempty"`
-	Code   int       `json:"code,omitempty"`
-	Tail   string    `json:"tail,omitempty"`
-	Data   []byte    `json:"data,omitempty"`
-	Next   int64     `json:"next,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	NotFound bool      `json:"not_found,omitempty"` // the error is: no such sandbox
+	Pid      int       `json:"pid,omitempty"`
+	Ref      wireRef   `json:"ref,omitzero"`
+	Refs     []wireRef `json:"refs,omitempty"`
+	Exited   bool      `json:"exited,omitempty"`
+	Code     int       `json:"code,omitempty"`
+	Tail     string    `json:"tail,omitempty"`
+	Data     []byte    `json:"data,omitempty"`
+	Next     int64     `json:"next,omitempty"`
 }
 
 type wireRef struct {
@@ -330,7 +331,7 @@ func (a *agent) handle(r request) response {
 		defer a.mu.Unlock()
 		sb := a.boxes[r.ID]
 		if sb == nil || sb.ending || sb.exited {
-			return response{Error: fmt.Sprintf("sandbox %s is not running", r.ID)}
+			return response{Error: fmt.Sprintf("sandbox %s is not running", r.ID), NotFound: true}
 		}
 		if sb.claimedBy == "" {
 			sb.claimedBy = orDefault(r.By, "someone")
@@ -355,7 +356,7 @@ func (a *agent) handle(r request) response {
 		sb := a.boxes[r.ID]
 		a.mu.Unlock()
 		if sb == nil {
-			return response{Error: fmt.Sprintf("sandbox %s is not known to the local agent", r.ID)}
+			return response{Error: fmt.Sprintf("sandbox %s is not known to the local agent", r.ID), NotFound: true}
 		}
 		data, next, err := sb.log.ReadAt(r.Offset, min(r.Max, 1<<20))
 		if err != nil {

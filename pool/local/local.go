@@ -202,6 +202,9 @@ func (b *Backend) List(ctx context.Context) ([]pool.Ref, error) {
 // reports it claimed from then on, whatever happens to the store.
 func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
 	_, err := b.call(ctx, request{Op: "claimed", ID: id, By: by}, false)
+	if errors.Is(err, errNoAgent) {
+		err = fmt.Errorf("%w: %s (no local agent runs)", pool.ErrNotFound, id)
+	}
 	if err != nil {
 		return fmt.Errorf("local backend: %w", err)
 	}
@@ -213,6 +216,9 @@ func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
 // what was kept, across rotations.
 func (b *Backend) ReadLog(ctx context.Context, id string, offset int64, max int) ([]byte, int64, error) {
 	resp, err := b.call(ctx, request{Op: "log", ID: id, Offset: offset, Max: max}, false)
+	if errors.Is(err, errNoAgent) {
+		err = fmt.Errorf("%w: %s (no local agent runs)", pool.ErrNotFound, id)
+	}
 	if err != nil {
 		return nil, offset, fmt.Errorf("local backend: %w", err)
 	}
@@ -273,7 +279,10 @@ func (b *Backend) call(ctx context.Context, req request, start bool) (response, 
 	for attempt := 0; ; attempt++ {
 		resp, err := b.roundTrip(ctx, req)
 		if err == nil {
-			if resp.Error != "" {
+			switch {
+			case resp.NotFound:
+				return resp, fmt.Errorf("%w: %s", pool.ErrNotFound, resp.Error)
+			case resp.Error != "":
 				return resp, errors.New(resp.Error)
 			}
 			return resp, nil

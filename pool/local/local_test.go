@@ -323,8 +323,8 @@ func TestCreateListTerminate(t *testing.T) {
 			t.Fatalf("List = %+v: only %s is claimed", got, refs[1].ID)
 		}
 	}
-	if err := b.MarkClaimed(context.Background(), victim.ID, "test"); err == nil {
-		t.Fatal("MarkClaimed of a terminated sandbox succeeded")
+	if err := b.MarkClaimed(context.Background(), victim.ID, "test"); !errors.Is(err, pool.ErrNotFound) {
+		t.Fatalf("MarkClaimed of a terminated sandbox = %v, want pool.ErrNotFound", err)
 	}
 }
 
@@ -514,8 +514,8 @@ func TestExitAtOnce(t *testing.T) {
 	if err := b.Terminate(context.Background(), ref.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := b.ReadLog(context.Background(), ref.ID, 0, 10); err == nil {
-		t.Fatal("log still readable once the sandbox is forgotten")
+	if _, _, err := b.ReadLog(context.Background(), ref.ID, 0, 10); !errors.Is(err, pool.ErrNotFound) {
+		t.Fatalf("ReadLog once the sandbox is forgotten = %v, want pool.ErrNotFound", err)
 	}
 	if m, _ := filepath.Glob(filepath.Join(b.Dir(), ref.ID+"*")); len(m) != 0 {
 		t.Fatalf("files left: %v", m)
