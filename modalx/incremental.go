@@ -3,6 +3,7 @@ package modalx
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,11 +26,13 @@ import (
 
 type entryID struct{ ms, seq uint64 }
 
-func parseEntryID(s string) entryID {
-	a, b, _ := strings.Cut(s, "-")
-	ms, _ := strconv.ParseUint(a, 10, 64)
-	seq, _ := strconv.ParseUint(b, 10, 64)
-	return entryID{ms, seq}
+// parseEntryID reads a stream entry id ("<ms>-<seq>"); ok is false for
+// any other form, and then partitions are read whole (the SDK's way).
+func parseEntryID(s string) (entryID, bool) {
+	a, b, found := strings.Cut(s, "-")
+	ms, err1 := strconv.ParseUint(a, 10, 64)
+	seq, err2 := strconv.ParseUint(b, 10, 64)
+	return entryID{ms, seq}, found && err1 == nil && err2 == nil
 }
 
 func (e entryID) less(o entryID) bool { return e.ms < o.ms || (e.ms == o.ms && e.seq < o.seq) }
@@ -75,7 +78,11 @@ func (s *Store) nextItems(ctx context.Context, q *modal.Queue, part, after strin
 		if err != nil {
 			v = nil // not ours: skipped by decode
 		}
-		out = append(out, rawItem{id: parseEntryID(it.GetEntryId()), entry: it.GetEntryId(), v: v})
+		id, ok := parseEntryID(it.GetEntryId())
+		if !ok {
+			return nil, errOpaqueIDs
+		}
+		out = append(out, rawItem{id: id, entry: it.GetEntryId(), v: v})
 	}
 	return out, nil
 }
@@ -83,9 +90,20 @@ func (s *Store) nextItems(ctx context.Context, q *modal.Queue, part, after strin
 // readPart returns a partition's items, reading only its head and what is
 // new since the last read.
 func (s *Store) readPart(ctx context.Context, q *modal.Queue, part string) ([]any, error) {
-	if s.c.raw == nil {
+	if s.c.raw == nil || s.opaque.Load() {
 		return itemsOf(ctx, q, part)
 	}
+	out, err := s.readPartIncr(ctx, q, part)
+	if err == errOpaqueIDs {
+		s.opaque.Store(true)
+		return itemsOf(ctx, q, part)
+	}
+	return out, err
+}
+
+var errOpaqueIDs = errors.New("queue entry ids are not stream ids")
+
+func (s *Store) readPartIncr(ctx context.Context, q *modal.Queue, part string) ([]any, error) {
 	pc := s.partCache(part)
 	pc.mu.Lock()
 	defer pc.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	modal "github.com/modal-labs/libmodal/modal-go"
@@ -54,8 +55,9 @@ type Store struct {
 	sharedGood int           // good entries of the pool partition, as last loaded
 	fastMu     sync.RWMutex
 
-	pcMu sync.Mutex
-	pcs  map[string]*partCache // what was last read of each partition (incremental.go)
+	pcMu   sync.Mutex
+	pcs    map[string]*partCache // what was last read of each partition (incremental.go)
+	opaque atomic.Bool           // entry ids that cannot be ordered: read partitions whole
 }
 
 var (
