@@ -32,6 +32,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gofrs/flock"
 
@@ -682,8 +683,9 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 	if ref.ID == "" {
 		return errors.New("filestore: put: empty sandbox id")
 	}
-	if !encodable(ref.CreatedAt, ref.ExpiresAt) {
-		return fmt.Errorf("filestore: put %s: a time out of range", ref.ID)
+	if !encodable(ref.CreatedAt, ref.ExpiresAt) || !utf8.ValidString(ref.ID) || !utf8.ValidString(ref.URL) {
+		// JSON would change it on the way to the disk: other processes would see another entry.
+		return fmt.Errorf("filestore: put %q: a time out of range or text that is not UTF-8", ref.ID)
 	}
 	ref.Claimed = false
 	return s.commit(ctx, func(st *state, w *logWriter) {
@@ -703,8 +705,8 @@ func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (taken pool.Entry
 		// An empty ClaimedBy would leave the entry pooled: it could be handed out again.
 		return pool.Entry{}, nil, false, errors.New("filestore: take: empty claimer")
 	}
-	if !encodable(tr.Now) {
-		return pool.Entry{}, nil, false, errors.New("filestore: take: claim time out of range")
+	if !encodable(tr.Now) || !utf8.ValidString(tr.ClaimedBy) {
+		return pool.Entry{}, nil, false, errors.New("filestore: take: claim time out of range or claimer not UTF-8")
 	}
 	err = s.commit(ctx, func(st *state, w *logWriter) {
 		taken, dropped, ok = st.take(tr.MinExpiresAt, tr.ClaimedBy, tr.Now, tr.KeepShort)

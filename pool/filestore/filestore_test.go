@@ -134,6 +134,8 @@ func TestPut(t *testing.T) {
 		{name: "known pooled", start: []pool.Entry{{Ref: ref("a", 10)}}, put: ref("a", 99), want: "a"},
 		{name: "known claimed", start: []pool.Entry{claimed(ref("a", 10))}, put: ref("a", 99), want: "a*"},
 		{name: "empty id", put: pool.Ref{}, want: "", wantErr: true},
+		{name: "id not UTF-8", put: pool.Ref{ID: "a\xff"}, want: "", wantErr: true},
+		{name: "time out of JSON's range", put: pool.Ref{ID: "a", ExpiresAt: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, want: "", wantErr: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := open(t, t.TempDir())
