@@ -474,3 +474,34 @@ func TestGeneration(t *testing.T) {
 		g = next
 	}
 }
+
+// A version 1 file (an earlier build's) is read as it is and rewritten as
+// version 2 by the first change, so that an earlier build refuses the new
+// layout instead of misreading it.
+func TestVersion1Upgraded(t *testing.T) {
+	s := open(t, t.TempDir())
+	v1 := `{"version":1,"target":2,"ttl":"2m0s","use_duration":"30s","entries":[
+{"id":"a","url":"u","created_at":"2030-01-02T03:04:05Z","expires_at":"2030-01-02T03:09:05Z","claimed_by":"cli","claimed_at":"2030-01-02T03:05:05Z"},
+{"id":"b","url":"u","created_at":"2030-01-02T03:04:05Z","expires_at":"2030-01-02T03:09:05Z"}
+]}
+`
+	if err := os.WriteFile(s.Path(), []byte(v1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if st := load(t, s); desc(st.Entries) != "a* b" || st.Target != 2 || st.TTL != 2*time.Minute {
+		t.Fatalf("v1 read as %+v", st)
+	}
+	if got := readFile(t, s.Path()); string(got) != v1 {
+		t.Fatalf("a Load rewrote the file: %s", got)
+	}
+	if e, ok := take(t, s, "me"); !ok || e.ID != "b" {
+		t.Fatalf("took %q %v", e.ID, ok)
+	}
+	got := readFile(t, s.Path())
+	if !bytes.HasPrefix(got, []byte(`{"version":2,"target":2,"ttl":"2m0s","use_duration":"30s","entries":[`)) {
+		t.Fatalf("not upgraded:\n%s", got)
+	}
+	if st := load(t, open(t, filepath.Dir(s.Path()))); desc(st.Entries) != "a* b*" || st.UseDuration != 30*time.Second {
+		t.Fatalf("after the upgrade: %+v", st)
+	}
+}
