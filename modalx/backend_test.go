@@ -2,6 +2,7 @@ package modalx
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -316,5 +317,8 @@ func TestReadLog(t *testing.T) {
 	tail, _, _ := b.ReadLog(ctx, ref.ID, -1, 10)
 	if len(tail) != 10 {
 		t.Fatalf("last 10 bytes: %q", tail)
+	}
+	if _, _, err := b.ReadLog(ctx, "sb-unknown", 0, 10); !errors.Is(err, pool.ErrNotFound) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("ReadLog of an unknown sandbox = %v, want one line wrapping pool.ErrNotFound", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	modal "github.com/modal-labs/libmodal/modal-go"
+	"github.com/sandboxpool/sandboxpool/pool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -54,9 +55,12 @@ type kindError struct {
 	kind error
 }
 
-func (k kindError) Error() string        { return k.err.Error() }
-func (k kindError) Is(target error) bool { return target == k.kind }
-func (k kindError) Unwrap() error        { return k.err }
+func (k kindError) Error() string { return k.err.Error() }
+func (k kindError) Is(target error) bool {
+	// Something Modal does not know is, to the engine, a sandbox that is gone.
+	return target == k.kind || (k.kind == ErrNotFound && target == pool.ErrNotFound)
+}
+func (k kindError) Unwrap() error { return k.err }
 
 // wrap turns an SDK error into one clear line that says what was being done.
 func wrap(doing string, err error) error {
