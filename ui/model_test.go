@@ -323,10 +323,17 @@ func testViewFits(t *testing.T) {
 	}
 	modes := map[string][]string{
 		"normal": nil, "filter": {"/", "x"}, "prompt": {"s", "z", "enter"}, "confirm": {"t"},
-		"detail": {"enter"}, "help": {"?"}, "banner": {"c"},
+		"detail": {"enter"}, "help": {"?"}, "banner": {"c"}, "sorted": {"o", "o", "o", "o"},
+		"log": {"l"}, "no log": {"l"},
 	}
 	for name, keys := range modes {
-		d := newDriver(t, Options{APIAddr: "127.0.0.1:7780"}, many...)
+		opts := Options{APIAddr: "127.0.0.1:7780"}
+		if name == "log" {
+			logs := &fakeLogs{logs: map[string]string{}}
+			logs.add(many[0].ID, strings.Repeat("a very long line of output, ", 20)+"\n\x1b[2J\x1b[31mred\ttab\n")
+			opts.Logs = logs
+		}
+		d := newDriver(t, opts, many...)
 		d.f.set(func(s *pool.Snapshot) {
 			s.LastError = strings.Repeat("a very long backend error ", 10) + "\nwith a second line"
 			s.Sandboxes[1].Health = pool.Health{CheckedAt: t0, Error: "dial tcp:\nconnection reset"}
