@@ -27,6 +27,7 @@ type options struct {
 	useDuration   time.Duration
 	healthTimeout time.Duration
 	healthEvery   time.Duration
+	healthFresh   time.Duration
 	maintainEvery time.Duration
 	maxCreating   int
 	autosize      bool
@@ -63,6 +64,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.useDuration, "use-duration", d.UseDuration, "time a claimer needs; must be < --ttl")
 	fs.DurationVar(&o.healthTimeout, "health-timeout", d.HealthTimeout, "one health check, and the first-start wait")
 	fs.DurationVar(&o.healthEvery, "health-every", d.HealthEvery, "background health probe interval")
+	fs.DurationVar(&o.healthFresh, "health-fresh", d.HealthFresh, "a claim skips its own probe when the last OK probe is younger; 0 always probes")
 	fs.DurationVar(&o.maintainEvery, "maintain-every", d.MaintainEvery, "maintenance interval")
 	fs.IntVar(&o.maxCreating, "max-creating", d.MaxCreating, "parallel creations")
 	fs.BoolVar(&o.autosize, "autosize", false, "the target follows demand (claim rate x time-to-ready p95, with headroom) between --min-size and --max-size; a manual resize turns it off")
@@ -190,6 +192,7 @@ func (o *options) config(sizeSet bool) (pool.Config, error) {
 	c.HealthTimeout, c.HealthEvery, c.MaintainEvery = o.healthTimeout, o.healthEvery, o.maintainEvery
 	c.MaxCreating = o.maxCreating
 	c.Autosize, c.MinSize, c.AutosizeWindow, c.PricePerHour = o.autosize, o.minSize, o.autoWindow, o.pricePerHour
+	c.HealthFresh = o.healthFresh
 	if o.backend != "local" && o.backend != "modal" {
 		return c, usagef("--backend %q: must be local or modal", o.backend)
 	}

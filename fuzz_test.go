@@ -19,7 +19,7 @@ import (
 // fuzzFlags are the flags whose values are parsed (not just stored): every
 // one of them is fuzzed, from the command line and from the environment.
 var fuzzFlags = []string{
-	"ttl", "use-duration", "health-timeout", "health-every", "maintain-every", "warmup",
+	"ttl", "use-duration", "health-timeout", "health-every", "health-fresh", "maintain-every", "warmup",
 	"size", "max-size", "max-creating", "port", "backend", "pool", "log-level",
 }
 

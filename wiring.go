@@ -413,7 +413,7 @@ func (s *serving) stop(cleanup bool, logger *slog.Logger) {
 
 // logEvents writes the controller's events to logger, as `run` shows them.
 func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
-	ctrl.Observe(func(e pool.Event) {
+	ctrl.ObserveAsync(func(e pool.Event) { // a slow log never slows a claim
 		if e.Kind == pool.EventMaintained || e.Kind == pool.EventStoreChanged {
 			return
 		}

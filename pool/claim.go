@@ -85,7 +85,7 @@ func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
 	} else {
 		c.stats.ClaimsWaited++
 	}
-	c.stored.Entries = replaceEntry(c.stored.Entries, got)
+	c.wroteLocked(got, false)
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventClaimed, SandboxID: got.ID, By: got.ClaimedBy, Duration: waited, Warm: warm})
 	c.Kick() // backfill at once
@@ -116,7 +116,9 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			return Entry{}, false, err
 		}
 		now := c.clk.Now()
+		c.takes.enter()
 		got, dropped, ok, err := c.st.Take(ctx, TakeRequest{MinExpiresAt: now.Add(c.cfg.UseDuration), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()})
+		c.takes.leave()
 		if err != nil {
 			c.setErr(err)
 			return Entry{}, false, fmt.Errorf("claim from the store: %w", err)
@@ -129,7 +131,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		if !ok {
 			return Entry{}, false, nil
 		}
-		if o.CheckHealth {
+		if o.CheckHealth && !c.freshlyHealthy(got.ID, now) {
 			h := c.probe(ctx, got.URL)
 			if err := ctx.Err(); err != nil {
 				// The claimer left during the check: the sandbox is not to
@@ -152,7 +154,38 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 				continue
 			}
 		}
+		c.recordClaim(got)
 		return got, true, nil
+	}
+}
+
+// freshlyHealthy says a sandbox passed a probe less than HealthFresh ago,
+// so a claim need not probe it again (HikariCP's aliveBypassWindowMs).
+func (c *Controller) freshlyHealthy(id string, now time.Time) bool {
+	if c.cfg.HealthFresh <= 0 {
+		return false
+	}
+	c.mu.Lock()
+	h := c.health[id]
+	c.mu.Unlock()
+	return h.OK && now.Sub(h.CheckedAt) < c.cfg.HealthFresh
+}
+
+// recordClaim tells a backend that keeps its own record of claims (the
+// local agent, Modal tags) that e was handed out, so that losing or
+// replacing the store never puts it back in the pool. The store's record
+// is the one that counts: a failure here is reported, not fatal.
+func (c *Controller) recordClaim(e Entry) {
+	rec, ok := c.be.(ClaimRecorder)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.life, 5*time.Second)
+	defer cancel()
+	if err := rec.MarkClaimed(ctx, e.ID, e.ClaimedBy); err != nil && ctx.Err() == nil {
+		err = fmt.Errorf("record the claim of %s in the backend: %w", e.ID, err)
+		c.setErr(err)
+		c.emit(Event{Kind: EventError, SandboxID: e.ID, Err: err.Error()})
 	}
 }
 
@@ -169,16 +202,6 @@ func (c *Controller) giveBack(e Entry) {
 	if err := c.st.Put(ctx, e.Ref); err != nil {
 		c.setErr(err)
 	}
-}
-
-func replaceEntry(entries []Entry, e Entry) []Entry {
-	for i := range entries {
-		if entries[i].ID == e.ID {
-			entries[i] = e
-			return entries
-		}
-	}
-	return append(entries, e)
 }
 
 // changeSignal is closed the next time a sandbox becomes ready here or the

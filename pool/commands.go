@@ -27,6 +27,7 @@ func (c *Controller) Resize(ctx context.Context, n int) error {
 	c.mu.Lock()
 	c.target = n
 	c.stored.Target, c.stored.HasTarget = n, true
+	c.targetSeq = c.loadSeq
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventResized, Message: fmt.Sprintf("target %d -> %d", old, n)})
 	c.Kick()
@@ -85,6 +86,8 @@ func (c *Controller) TerminateAll(ctx context.Context) (int, error) {
 	}
 	c.mu.Lock()
 	c.target = 0
+	c.stored.Target, c.stored.HasTarget = 0, true
+	c.targetSeq = c.loadSeq
 	c.mu.Unlock()
 	return c.terminateEverything(ctx, ReasonUser)
 }
@@ -170,7 +173,7 @@ func (c *Controller) WaitIdle(ctx context.Context) { c.waitCreations(ctx) }
 // forget drops what memory holds of a sandbox that left the pool.
 func (c *Controller) forget(id string) {
 	c.mu.Lock()
-	c.stored.Entries = slices.DeleteFunc(c.stored.Entries, func(e Entry) bool { return e.ID == id })
+	c.wroteLocked(Entry{Ref: Ref{ID: id}}, true)
 	delete(c.health, id)
 	c.mu.Unlock()
 }

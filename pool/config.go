@@ -16,6 +16,9 @@ type Config struct {
 	UseDuration   time.Duration
 	HealthTimeout time.Duration
 	HealthEvery   time.Duration
+	// HealthFresh: a claim skips its own probe of a sandbox whose last
+	// successful probe is younger (HikariCP's aliveBypassWindowMs); 0 always probes.
+	HealthFresh   time.Duration
 	MaintainEvery time.Duration
 	MaxCreating   int
 	// ClaimTimeout bounds how long a claim waits for a good sandbox.
@@ -41,6 +44,7 @@ func DefaultConfig() Config {
 		UseDuration:    2 * time.Minute,
 		HealthTimeout:  10 * time.Second,
 		HealthEvery:    5 * time.Second,
+		HealthFresh:    500 * time.Millisecond,
 		MaintainEvery:  30 * time.Second,
 		MaxCreating:    20,
 		ClaimTimeout:   60 * time.Second,
@@ -71,6 +75,9 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			return fmt.Errorf("%s %s: must be a positive duration such as 30s or 5m", d.flag, d.v)
 		}
+	}
+	if c.HealthFresh < 0 {
+		return fmt.Errorf("--health-fresh %s: must be 0 or a positive duration", c.HealthFresh)
 	}
 	if c.UseDuration >= c.TTL {
 		return fmt.Errorf("--use-duration %s: must be less than --ttl %s", c.UseDuration, c.TTL)

@@ -52,7 +52,8 @@ type Controller struct {
 	life     context.Context
 	stop     context.CancelFunc
 	wg       sync.WaitGroup
-	passMu   sync.Mutex // one maintenance pass at a time
+	passes   passRunner // one maintenance pass at a time, no lock across it
+	takes    takeGate   // claims taking from the store now
 	kickCh   chan struct{}
 	looping  atomic.Bool // a maintenance loop runs in this process
 	lease    Lease
@@ -61,6 +62,11 @@ type Controller struct {
 	mu           sync.Mutex
 	stored       Stored
 	loaded       bool
+	loadSeq      uint64                // store loads started
+	appliedSeq   uint64                // the newest load applied to stored
+	targetSeq    uint64                // loadSeq when this process last set the target
+	writes       map[string]localWrite // this process's store writes a load in flight may miss
+	limit        creationLimit
 	target       int
 	health       map[string]Health
 	inflight     map[string]*creation
@@ -126,6 +132,8 @@ func New(o Options) (*Controller, error) {
 		target:       o.Config.Size,
 		health:       map[string]Health{},
 		inflight:     map[string]*creation{},
+		writes:       map[string]localWrite{},
+		limit:        newCreationLimit(o.Config.MaxCreating),
 		doomed:       map[string]bool{},
 		recent:       map[string]Sandbox{},
 		failedAt:     map[string]time.Time{},
@@ -166,9 +174,15 @@ func (c *Controller) Subscribe(buffer int) (events <-chan Event, cancel func()) 
 	return c.events.subscribe(buffer)
 }
 
-// Observe registers fn to be called synchronously for every event (metrics).
-// fn must be quick and must not call back into the controller.
+// Observe registers fn to be called synchronously for every event (metrics),
+// by the goroutine that caused it, outside any lock. fn must be quick and
+// must not call back into the controller; slow ones use ObserveAsync.
 func (c *Controller) Observe(fn func(Event)) { c.events.observe(fn) }
+
+// ObserveAsync registers fn to be called for every event in order on a
+// goroutine of its own (log writers): a slow fn delays nothing else. Close
+// waits until fn has seen every event published before it.
+func (c *Controller) ObserveAsync(fn func(Event)) { c.events.observeAsync(fn) }
 
 func (c *Controller) emit(e Event) {
 	if e.Time.IsZero() {

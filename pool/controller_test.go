@@ -171,6 +171,7 @@ func TestClaimSkipsAndTerminatesBadOnes(t *testing.T) {
 	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
 	ids := h.pooledIDs()
 	h.be.SetUnhealthy(ids[0], true)
+	h.clk.Advance(h.cfg.HealthFresh) // the first-start probes are no longer fresh
 	got, err := h.c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
 	if err != nil {
 		t.Fatal(err)
@@ -211,6 +212,38 @@ func TestClaimWithoutLeaseKeepsShortOnes(t *testing.T) {
 	}
 	h.pass() // the controller's pass does drop it
 	eventually(t, "the short one terminated", func() bool { return !slices.Contains(h.be.Live(), short) })
+}
+
+// A claim trusts a probe younger than HealthFresh and probes otherwise.
+func TestClaimSkipsProbeWhenHealthIsFresh(t *testing.T) {
+	h := newHarness(t, nil)
+	var probes sync.Map // url -> count
+	count := func(url string) int { n, _ := probes.Load(url); return n.(int) }
+	checker := func(ctx context.Context, url string) pool.Health {
+		n, _ := probes.LoadOrStore(url, 0)
+		probes.Store(url, n.(int)+1)
+		return h.be.Checker(ctx, url)
+	}
+	c, err := pool.New(pool.Options{Config: h.cfg, Backend: h.be, Store: h.st, Clock: h.clk, Checker: checker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitIdle(context.Background())
+	ids := h.pooledIDs()
+	h.clk.Advance(h.cfg.HealthFresh - time.Millisecond)
+	got, err := c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+	if err != nil || count(got.URL) != 1 {
+		t.Fatalf("claimed %s (%v) with %d probes, want only the first-start one", got.ID, err, count(got.URL))
+	}
+	h.clk.Advance(time.Millisecond) // now exactly HealthFresh old: probed again
+	got, err = c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+	if err != nil || got.ID != ids[1] || count(got.URL) != 2 {
+		t.Fatalf("claimed %s (%v) with %d probes, want a second probe", got.ID, err, count(got.URL))
+	}
 }
 
 func TestClaimTimesOut(t *testing.T) {

@@ -3,16 +3,19 @@ package pool
 import (
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
 
-// eventHub fans events out to observers (synchronous) and subscribers
-// (buffered channels that drop when full, so a slow screen never stalls the pool).
+// eventHub fans events out to observers and subscribers. Its mutex only
+// guards its lists: observers run and log lines are written outside it, so
+// a slow observer never holds up another publisher (a claim).
 type eventHub struct {
-	mu        sync.Mutex
+	mu        sync.Mutex // guards the fields below; never held while an observer runs
 	observers []func(Event)
-	subs      map[chan Event]struct{}
+	subs      map[chan Event]struct{} // buffered; a full one misses the event
+	async     *asyncObservers
 	closed    bool
 }
 
@@ -20,6 +23,20 @@ func (h *eventHub) observe(fn func(Event)) {
 	h.mu.Lock()
 	h.observers = append(h.observers, fn)
 	h.mu.Unlock()
+}
+
+// observeAsync registers fn to run on the hub's own goroutine, in order:
+// for slow observers such as log writers.
+func (h *eventHub) observeAsync(fn func(Event)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return
+	}
+	if h.async == nil {
+		h.async = newAsyncObservers()
+	}
+	h.async.add(fn)
 }
 
 func (h *eventHub) subscribe(buffer int) (<-chan Event, func()) {
@@ -49,28 +66,116 @@ func (h *eventHub) subscribe(buffer int) (<-chan Event, func()) {
 
 func (h *eventHub) publish(e Event) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if h.closed {
+		h.mu.Unlock()
 		return
 	}
-	for _, fn := range h.observers {
-		fn(e)
-	}
-	for ch := range h.subs {
+	// observers only grows by append: this header stays valid unlocked.
+	observers, async := h.observers, h.async
+	for ch := range h.subs { // never blocks: a full subscriber misses it
 		select {
 		case ch <- e:
 		default:
 		}
 	}
+	h.mu.Unlock()
+	for _, fn := range observers {
+		fn(e)
+	}
+	if async != nil {
+		async.push(e)
+	}
 }
 
+// closeAll ends every subscription and lets the async observers drain.
 func (h *eventHub) closeAll() {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	h.closed = true
 	for ch := range h.subs {
 		delete(h.subs, ch)
 		close(ch)
+	}
+	async := h.async
+	h.mu.Unlock()
+	if async != nil {
+		async.close()
+	}
+}
+
+// asyncMax bounds the events waiting for slow observers; past it the
+// oldest are dropped (and counted) rather than memory growing.
+const asyncMax = 1 << 14
+
+// asyncObservers runs slow observers on one goroutine, in publish order.
+type asyncObservers struct {
+	mu      sync.Mutex // guards the fields below; never held while fns run
+	fns     []func(Event)
+	queue   []Event
+	dropped int
+	closed  bool
+	wake    chan struct{} // 1-buffered
+	done    chan struct{} // closed when the goroutine ended
+}
+
+func newAsyncObservers() *asyncObservers {
+	a := &asyncObservers{wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go a.run()
+	return a
+}
+
+func (a *asyncObservers) add(fn func(Event)) {
+	a.mu.Lock()
+	a.fns = append(a.fns, fn)
+	a.mu.Unlock()
+}
+
+func (a *asyncObservers) push(e Event) {
+	a.mu.Lock()
+	if len(a.queue) >= asyncMax {
+		a.queue = a.queue[1:]
+		a.dropped++
+	}
+	a.queue = append(a.queue, e)
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (a *asyncObservers) close() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+	<-a.done
+}
+
+func (a *asyncObservers) run() {
+	defer close(a.done)
+	for {
+		a.mu.Lock()
+		batch, fns, closed, dropped := a.queue, a.fns, a.closed, a.dropped
+		a.queue, a.dropped = nil, 0
+		a.mu.Unlock()
+		if dropped > 0 {
+			batch = append([]Event{{Kind: EventError, Time: batch[0].Time,
+				Message: fmt.Sprintf("%d events dropped: observers too slow", dropped)}}, batch...)
+		}
+		for _, e := range batch {
+			for _, fn := range fns {
+				fn(e)
+			}
+		}
+		if closed && len(batch) == 0 {
+			return
+		}
+		if len(batch) == 0 {
+			<-a.wake
+		}
 	}
 }
 
@@ -112,6 +217,15 @@ func describe(e Event) string {
 		return "pool changed"
 	}
 	return string(e.Kind)
+}
+
+// lastLine is the last non-empty line of s.
+func lastLine(s string) string {
+	s = strings.TrimRight(s, "\n ")
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		s = s[i+1:]
+	}
+	return s
 }
 
 // ShortID is the id as the dashboard shows it.

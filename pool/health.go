@@ -55,7 +55,10 @@ func NewHealthClient(transport *http.Transport) *http.Client {
 	if transport == nil {
 		transport = http.DefaultTransport.(*http.Transport).Clone()
 	}
+	// Kept alive: a claim's probe reuses the connection of the last one.
+	// Every sandbox is its own host, so the total must cover a big pool.
 	transport.MaxIdleConnsPerHost = 2
+	transport.MaxIdleConns = 4096
 	transport.DisableCompression = true
 	return &http.Client{
 		Transport:     transport,
@@ -82,10 +85,10 @@ func describeHealthError(ctx context.Context, err error) string {
 func (c *Controller) probe(ctx context.Context, url string) Health {
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.HealthTimeout)
 	defer cancel()
+	start := c.clk.Now()
 	h := c.check(ctx, url)
-	if h.CheckedAt.IsZero() {
-		h.CheckedAt = c.clk.Now()
-	}
+	h.CheckedAt = start // on the controller's clock, whatever the checker's
+
 	c.mu.Lock()
 	c.healthCounts[h.OK]++
 	c.mu.Unlock()
@@ -133,29 +136,37 @@ func (c *Controller) ProbeAll(ctx context.Context) int {
 }
 
 // waitHealthy retries a new sandbox every 100 ms until it answers or the
-// health timeout passes (the seed's wait-for-container-start).
-func (c *Controller) waitHealthy(ctx context.Context, url string) Health {
+// health timeout passes (the seed's wait-for-container-start). With an
+// ExitWatcher backend, a workload that exited ends the wait at once, with
+// how it ended.
+func (c *Controller) waitHealthy(ctx context.Context, ref Ref) (Health, *ExitInfo) {
 	deadline := c.clk.Now().Add(c.cfg.HealthTimeout)
+	watcher, _ := c.be.(ExitWatcher)
 	for {
 		remaining := deadline.Sub(c.clk.Now())
 		attempt, cancel := context.WithTimeout(ctx, remaining)
-		h := c.check(attempt, url)
+		start := c.clk.Now()
+		h := c.check(attempt, ref.URL)
 		cancel()
-		if h.CheckedAt.IsZero() {
-			h.CheckedAt = c.clk.Now()
-		}
+		h.CheckedAt = start
 		if h.OK || ctx.Err() != nil {
-			return h
+			return h, nil
+		}
+		if watcher != nil {
+			if exited, info, err := watcher.Exited(ctx, ref.ID); err == nil && exited {
+				h.Error = fmt.Sprintf("exited (code %d)", info.Code)
+				return h, &info
+			}
 		}
 		if !c.clk.Now().Add(100 * time.Millisecond).Before(deadline) {
 			if h.Error == "" {
 				h.Error = "timeout"
 			}
-			return h
+			return h, nil
 		}
 		select {
 		case <-ctx.Done():
-			return h
+			return h, nil
 		case <-c.clk.After(100 * time.Millisecond):
 		}
 	}

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 )
@@ -257,25 +258,93 @@ func (c *Controller) storeLoop(ctx context.Context) {
 // refreshStore reloads the store and reports whether the pool lost entries
 // (claimed or removed elsewhere).
 func (c *Controller) refreshStore(ctx context.Context) bool {
-	s, err := c.st.Load(ctx)
+	_, changed, lost, err := c.loadStore(ctx)
 	if err != nil {
-		if ctx.Err() == nil {
-			c.setErr(err)
-			c.emit(Event{Kind: EventError, Err: err.Error()})
-		}
 		return false
 	}
-	c.mu.Lock()
-	// Compared under the lock: claims and forget edit c.stored.Entries in
-	// place, and s is c.stored from here on.
-	changed, lost := diffStored(c.stored, s)
-	c.setStoredLocked(s)
-	c.mu.Unlock()
 	if changed {
 		c.notifyChange()
 		c.emit(Event{Kind: EventStoreChanged})
 	}
 	return lost
+}
+
+// localWrite is a store write of this process (a put, a claim, a removal)
+// that a load started before the write finished may not show.
+type localWrite struct {
+	seq     uint64 // loadSeq when the write finished
+	entry   Entry
+	removed bool
+}
+
+// loadStore reads the store and makes it this controller's view, without a
+// lock held across the read: writes this process finished meanwhile are
+// laid over what the load saw, and a load that ends after a newer one is
+// not applied. It returns the view and how it differs from the last one.
+func (c *Controller) loadStore(ctx context.Context) (s Stored, changed, lost bool, err error) {
+	c.mu.Lock()
+	c.loadSeq++
+	seq := c.loadSeq
+	c.mu.Unlock()
+	s, err = c.st.Load(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.setErr(err)
+			c.emit(Event{Kind: EventError, Err: err.Error()})
+		}
+		return s, false, false, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.Entries = slices.Clone(s.Entries)
+	for id, w := range c.writes {
+		if w.seq < seq {
+			if seq >= c.appliedSeq {
+				delete(c.writes, id) // this load saw it
+			}
+			continue
+		}
+		s.Entries = applyWrite(s.Entries, w)
+	}
+	if c.targetSeq >= seq {
+		s.Target, s.HasTarget = c.stored.Target, c.stored.HasTarget
+	}
+	if seq < c.appliedSeq {
+		return s, false, false, nil // a newer load is already applied
+	}
+	c.appliedSeq = seq
+	// Compared under the lock: s is c.stored from here on.
+	changed, lost = diffStored(c.stored, s)
+	c.setStoredLocked(s)
+	return s, changed, lost, nil
+}
+
+// wroteLocked records a store write of this process and applies it to the view.
+func (c *Controller) wroteLocked(e Entry, removed bool) {
+	w := localWrite{seq: c.loadSeq, entry: e, removed: removed}
+	c.writes[e.ID] = w
+	c.stored.Entries = applyWrite(c.stored.Entries, w)
+}
+
+func applyWrite(entries []Entry, w localWrite) []Entry {
+	i := slices.IndexFunc(entries, func(e Entry) bool { return e.ID == w.entry.ID })
+	switch {
+	case w.removed:
+		if i >= 0 {
+			entries = slices.Delete(entries, i, i+1)
+		}
+	case i >= 0:
+		if w.entry.Claimed() {
+			entries[i] = w.entry
+		}
+	default:
+		at := len(entries) // pool order: by expiry, as the stores keep it
+		for at > 0 && w.entry.ExpiresAt.Before(entries[at-1].ExpiresAt) {
+			at--
+		}
+		entries = slices.Insert(entries, at, w.entry)
+	}
+	return entries
 }
 
 func diffStored(a, b Stored) (changed, lost bool) {

@@ -29,10 +29,14 @@ var errNotListed = errors.New("not listed in a quick pass")
 
 // pass is a maintenance pass; a quick one (the backfill after a claim, a
 // terminate or a resize) skips listing the backend, the costly part that
-// reconciling needs, and leaves that to the regular passes.
+// reconciling needs, and leaves that to the regular passes. Passes run one
+// at a time (c.passes), but no lock is held across one: claims and
+// creations never wait for a pass's I/O.
 func (c *Controller) pass(ctx context.Context, reconcile bool) error {
-	c.passMu.Lock()
-	defer c.passMu.Unlock()
+	return c.passes.run(ctx, c.life, reconcile, c.passOnce)
+}
+
+func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	if c.life.Err() != nil {
 		return c.life.Err()
 	}
@@ -43,14 +47,11 @@ func (c *Controller) pass(ctx context.Context, reconcile bool) error {
 	if reconcile {
 		live, listErr = c.be.List(ctx)
 	}
-	stored, err := c.st.Load(ctx)
+	stored, _, _, err := c.loadStore(ctx)
 	if err != nil {
-		c.setErr(err)
-		c.emit(Event{Kind: EventError, Err: err.Error()})
 		return err
 	}
 	c.mu.Lock()
-	c.setStoredLocked(stored)
 	target := c.target
 	if !stored.HasTarget {
 		target = c.cfg.Size
@@ -72,7 +73,7 @@ func (c *Controller) pass(ctx context.Context, reconcile bool) error {
 	var drops []drop
 	c.mu.Lock()
 	for _, e := range stored.Entries {
-		_, alive := liveSet[e.ID]
+		r, alive := liveSet[e.ID]
 		dead := listErr == nil && !alive && e.CreatedAt.Before(listedAt)
 		h := c.health[e.ID]
 		switch {
@@ -80,6 +81,10 @@ func (c *Controller) pass(ctx context.Context, reconcile bool) error {
 			if dead {
 				drops = append(drops, drop{e, ""})
 			}
+		case alive && r.Claimed:
+			// The backend's own record says it was handed out (a store
+			// lost or replaced): it leaves the pool and keeps running.
+			drops = append(drops, drop{e, reasonClaimedElsewhere})
 		case dead:
 			drops = append(drops, drop{e, ReasonUnhealthy})
 		case !HasTimeLeft(e.ExpiresAt, now, c.cfg.UseDuration):
@@ -122,6 +127,9 @@ func (c *Controller) pass(ctx context.Context, reconcile bool) error {
 			switch {
 			case d.reason == "":
 				// A claimed sandbox that ended: nothing to terminate.
+			case d.reason == reasonClaimedElsewhere:
+				c.emit(Event{Kind: EventStoreChanged, SandboxID: d.e.ID,
+					Message: ShortID(d.e.ID) + " is claimed (the backend says so): left out of the pool"})
 			case d.reason == ReasonExpired:
 				c.emit(Event{Kind: EventExpired, SandboxID: d.e.ID})
 				c.terminateAsync(d.e, d.reason)
@@ -168,7 +176,8 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 	}
 	var unknown []Ref
 	for _, r := range live {
-		if known[r.ID] {
+		if known[r.ID] || r.Claimed {
+			// A claimed sandbox is its claimer's: never adopted, never reaped.
 			continue
 		}
 		if c.doomed[r.ID] {
@@ -204,7 +213,7 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 			if err := c.st.Put(ctx, r); err == nil {
 				c.mu.Lock()
 				c.health[r.ID] = h
-				c.stored.Entries = append(c.stored.Entries, Entry{Ref: r})
+				c.wroteLocked(Entry{Ref: r}, false)
 				c.mu.Unlock()
 				c.emit(Event{Kind: EventAdopted, SandboxID: r.ID})
 				c.notifyChange()
@@ -240,18 +249,7 @@ func (c *Controller) resize(target int, now time.Time) {
 	have := len(counted) + len(active)
 	switch {
 	case have < target:
-		missing := target - have
-		room := c.cfg.MaxCreating - len(c.inflight)
-		if c.failures > 0 {
-			// After failures, probe with one creation at a time: never hammer.
-			room = min(room, 1-len(active))
-			if now.Before(c.backoffUntil) {
-				room = 0
-			}
-		}
-		for range min(missing, room) {
-			c.startCreationLocked()
-		}
+		c.growLocked(target-have, len(active), now)
 		c.mu.Unlock()
 	case have > target:
 		surplus := have - target
@@ -274,6 +272,58 @@ func (c *Controller) resize(target int, now time.Time) {
 	default:
 		c.mu.Unlock()
 	}
+}
+
+// growLocked starts up to missing creations, within the creation limit and
+// the backoff.
+func (c *Controller) growLocked(missing, active int, now time.Time) {
+	room := c.limit.now() - len(c.inflight)
+	if c.failures > 0 {
+		// After failures, probe with one creation at a time: never hammer.
+		room = min(room, 1-active)
+		if now.Before(c.backoffUntil) {
+			room = 0
+		}
+	}
+	for range min(missing, room) {
+		c.startCreationLocked()
+	}
+}
+
+// topUp starts the creations the pool misses, as a pass would, without any
+// I/O: what a finished creation does with the slot it frees.
+func (c *Controller) topUp() {
+	if c.life.Err() != nil {
+		return
+	}
+	now := c.clk.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.loaded {
+		return
+	}
+	counted, active := c.countedLocked(now)
+	if have := counted + active; have < c.target {
+		c.growLocked(c.target-have, active, now)
+	}
+}
+
+// countedLocked counts what stands toward the target: good pooled
+// sandboxes that stay good past the lead, and creations not cancelled.
+func (c *Controller) countedLocked(now time.Time) (counted, active int) {
+	lead := c.leadLocked()
+	for _, e := range c.stored.Entries {
+		if !e.Claimed() && IsGood(e.ExpiresAt, c.health[e.ID], now, c.cfg.UseDuration) &&
+			CountsTowardTarget(e.ExpiresAt, now, c.cfg.UseDuration, lead) {
+			counted++
+		}
+	}
+	for _, cr := range c.inflight {
+		if !cr.cancelled {
+			active++
+		}
+	}
+	return counted, active
 }
 
 func (c *Controller) shrink(victims []Entry) {
@@ -345,8 +395,15 @@ func (c *Controller) create(ctx context.Context, cr *creation) {
 		if ctx.Err() != nil {
 			break
 		}
-		c.emit(Event{Kind: EventCreateFailed, SandboxID: cr.key, Err: err.Error(),
-			Message: fmt.Sprintf("creation failed (try %d of %d): %v", try, c.cfg.CreateTries, err)})
+		ev := Event{Kind: EventCreateFailed, SandboxID: cr.key, Err: err.Error(),
+			Message: fmt.Sprintf("creation failed (try %d of %d): %v", try, c.cfg.CreateTries, err)}
+		if ee, ok := err.(*exitError); ok {
+			ev.Tail = ee.info.Tail
+			if ee.info.Tail != "" {
+				ev.Message += ": " + lastLine(ee.info.Tail)
+			}
+		}
+		c.emit(ev)
 	}
 	if ctx.Err() != nil {
 		c.finishCreation(cr, nil, nil) // cancelled: not a failure
@@ -364,7 +421,7 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 		return Ref{}, err
 	}
 	c.setCreation(cr, StateWarming, ref)
-	h := c.waitHealthy(ctx, ref.URL)
+	h, exit := c.waitHealthy(ctx, ref)
 	c.mu.Lock()
 	c.health[ref.ID] = h
 	c.healthCounts[h.OK]++
@@ -374,28 +431,45 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 		if ctx.Err() != nil {
 			return Ref{}, ctx.Err()
 		}
+		if exit != nil {
+			return Ref{}, &exitError{id: ref.ID, info: *exit}
+		}
 		return Ref{}, fmt.Errorf("sandbox %s never got healthy within %s: %s", ref.ID, c.cfg.HealthTimeout, h.Error)
 	}
-	// Pooling a sandbox and ending its creation happen together with respect
-	// to passes, so that a pass never counts it twice or not at all.
-	c.passMu.Lock()
+	// Claims taking from the store go first: a burst of creations must not
+	// queue its writes ahead of them.
+	c.takes.waitIdle(ctx, c.clk, putYield)
 	if err := c.st.Put(ctx, ref); err != nil {
-		c.passMu.Unlock()
 		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed)
 		return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
 	}
 	took := c.clk.Now().Sub(start)
+	// Pooled and no longer in flight in one step under c.mu, so that a
+	// pass never counts it twice or not at all.
 	c.mu.Lock()
 	c.readyTimes = append(c.readyTimes, took)
 	if len(c.readyTimes) > 20 {
 		c.readyTimes = c.readyTimes[len(c.readyTimes)-20:]
 	}
-	c.stored.Entries = append(c.stored.Entries, Entry{Ref: ref})
+	c.limit.done(took, true, slices.Min(c.readyTimes))
+	c.wroteLocked(Entry{Ref: ref}, false)
 	delete(c.inflight, cr.key)
 	c.mu.Unlock()
-	c.passMu.Unlock()
 	c.emit(Event{Kind: EventCreated, SandboxID: ref.ID, Duration: took, Health: h})
 	return ref, nil
+}
+
+// putYield bounds how long a creation's store write waits for claims.
+const putYield = 20 * time.Millisecond
+
+// exitError is a try whose workload exited before it got healthy.
+type exitError struct {
+	id   string
+	info ExitInfo
+}
+
+func (e *exitError) Error() string {
+	return fmt.Sprintf("sandbox %s exited with code %d before it got healthy", e.id, e.info.Code)
 }
 
 func (c *Controller) setCreation(cr *creation, st State, ref Ref) {
@@ -416,6 +490,7 @@ func (c *Controller) finishCreation(cr *creation, ref *Ref, err error) {
 		c.lastCreate = ""
 	case err != nil:
 		c.creates[false]++
+		c.limit.done(0, false, 0)
 		c.failures++
 		c.backoffUntil = now.Add(BackoffDelay(c.failures, c.rnd))
 		c.lastCreate = err.Error()
@@ -427,6 +502,7 @@ func (c *Controller) finishCreation(cr *creation, ref *Ref, err error) {
 	c.mu.Unlock()
 	if ref != nil {
 		c.notifyChange()
+		c.topUp() // the freed slot goes to the next missing sandbox at once
 		c.Kick()
 	}
 	if err != nil {

@@ -88,3 +88,25 @@ func SurplusOrder(entries []Entry) []Entry {
 	slices.SortStableFunc(out, func(a, b Entry) int { return a.ExpiresAt.Compare(b.ExpiresAt) })
 	return out
 }
+
+// initialCreationLimit is how many creations start at once before any has
+// shown how quick the backend is.
+const initialCreationLimit = 4
+
+// NextCreationLimit is the creation concurrency after one creation ended:
+// a failure halves it; a creation as quick as the best recent one (within
+// twice it, plus 50ms for scheduling noise) adds one, up to max; a slow
+// one (over four times the best, plus 200ms) takes a quarter off; never
+// below 1. Creations slow down when too many run at once on a busy
+// machine or backend: the limit settles where they stay quick.
+func NextCreationLimit(limit, maxLimit int, took, best time.Duration, ok bool) int {
+	switch {
+	case !ok:
+		limit /= 2
+	case took <= 2*best+50*time.Millisecond:
+		limit++
+	case took > 4*best+200*time.Millisecond:
+		limit -= max(limit/4, 1)
+	}
+	return min(maxLimit, max(1, limit))
+}

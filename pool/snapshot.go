@@ -89,13 +89,9 @@ func (c *Controller) Counters() (terminations map[string]int64, healthOK, health
 // Refresh reads the store (and, with probe, checks every pooled sandbox once)
 // and returns the snapshot: what a one-shot `check` shows.
 func (c *Controller) Refresh(ctx context.Context, probe bool) (Snapshot, error) {
-	s, err := c.st.Load(ctx)
-	if err != nil {
+	if _, _, _, err := c.loadStore(ctx); err != nil {
 		return Snapshot{}, err
 	}
-	c.mu.Lock()
-	c.setStoredLocked(s)
-	c.mu.Unlock()
 	if probe {
 		c.ProbeAll(ctx)
 	}

@@ -332,6 +332,9 @@ const (
 	ReasonFailed    = "failed"    // never got healthy after creation
 	ReasonOrphan    = "orphan"    // running for this pool but unknown to the store
 	ReasonCleanup   = "cleanup"   // --cleanup on quit
+	// reasonClaimedElsewhere: pooled in the store, claimed in the backend's
+	// record; it leaves the pool and is not terminated.
+	reasonClaimedElsewhere = "claimed"
 )
 
 // Event is one thing that happened to the pool, for observers.
@@ -352,6 +355,9 @@ type Event struct {
 	// Until is set for backoff.
 	Until time.Time
 	Err   string
+	// Tail is the workload's last lines of output, for a create_failed
+	// whose workload exited (ExitWatcher backends).
+	Tail string
 	// Message is a one-line human description.
 	Message string
 }

@@ -401,7 +401,8 @@ func testClaimOldestAndBackfill(t *testing.T, p *rig) {
 
 // Behaviour 3: bad ones met on the way are terminated, not handed out.
 func testClaimSkipsDead(t *testing.T, p *rig) {
-	c := p.controller(nil)
+	// A probe younger than HealthFresh would be trusted: this claim must probe.
+	c := p.controller(func(cfg *pool.Config) { cfg.HealthFresh = 0 })
 	ids := p.fill(c, 3)
 	p.env.Kill(t, ids[0])
 	got, err := c.Claim(p.ctx, pool.ClaimOptions{CheckHealth: true, By: "conformance"})

@@ -82,6 +82,7 @@ func newEnv(t testing.TB, o envOpts) *env {
 	cfg.Pool = "test"
 	cfg.Size, cfg.SizeSet = o.size, true
 	cfg.ClaimTimeout = 5 * time.Second
+	cfg.HealthFresh = 0 // these tests watch each claim's own probe
 	if o.cfg != nil {
 		o.cfg(&cfg)
 	}

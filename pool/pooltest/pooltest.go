@@ -32,14 +32,20 @@ type Backend struct {
 	pending   map[string]time.Time // creations waiting out CreateDelay, by due time
 	failNext  int
 	failAll   error
-	Creates   int // Create calls, including failed ones
-	Terms     []string
-	CreatedAt []time.Time // Create call times, for backoff tests
+	exited    map[string]pool.ExitInfo
+	claimed   map[string]string // the backend's own record of claims (ClaimRecorder)
+	// ExitOnCreate, when set, makes every new sandbox's workload exit at
+	// once with it (ExitWatcher).
+	ExitOnCreate *pool.ExitInfo
+	Creates      int // Create calls, including failed ones
+	Terms        []string
+	CreatedAt    []time.Time // Create call times, for backoff tests
 }
 
 // NewBackend returns an empty backend on clk.
 func NewBackend(clk clockwork.Clock) *Backend {
-	return &Backend{Clock: clk, live: map[string]pool.Ref{}, unhealthy: map[string]bool{}, slow: map[string]bool{}, pending: map[string]time.Time{}}
+	return &Backend{Clock: clk, live: map[string]pool.Ref{}, unhealthy: map[string]bool{}, slow: map[string]bool{},
+		pending: map[string]time.Time{}, exited: map[string]pool.ExitInfo{}, claimed: map[string]string{}}
 }
 
 func (b *Backend) Name() string { return "fake" }
@@ -87,8 +93,36 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	b.mu.Lock()
 	b.live[id] = ref
 	b.order = append(b.order, id)
+	if b.ExitOnCreate != nil {
+		b.exited[id] = *b.ExitOnCreate
+	}
 	b.mu.Unlock()
 	return ref, nil
+}
+
+// MarkClaimed implements pool.ClaimRecorder: List then reports it claimed.
+func (b *Backend) MarkClaimed(_ context.Context, id, by string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if _, ok := b.live[id]; ok {
+		b.claimed[id] = by
+	}
+	return nil
+}
+
+// ClaimedBy says who the backend's record says claimed id ("" when nobody).
+func (b *Backend) ClaimedBy(id string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.claimed[id]
+}
+
+// Exited implements pool.ExitWatcher.
+func (b *Backend) Exited(_ context.Context, id string) (bool, pool.ExitInfo, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	info, ok := b.exited[id]
+	return ok, info, nil
 }
 
 func (b *Backend) Terminate(_ context.Context, id string) error {
@@ -115,6 +149,7 @@ func (b *Backend) List(context.Context) ([]pool.Ref, error) {
 			continue
 		}
 		kept = append(kept, id)
+		r.Claimed = b.claimed[id] != ""
 		out = append(out, r)
 	}
 	b.order = kept
@@ -165,13 +200,14 @@ func (b *Backend) Checker(ctx context.Context, url string) pool.Health {
 	b.mu.Lock()
 	r, alive := b.live[id]
 	bad, hung := b.unhealthy[id], b.slow[id]
+	_, exited := b.exited[id]
 	b.mu.Unlock()
 	now := b.Clock.Now()
 	if hung {
 		<-ctx.Done()
 		return pool.Health{CheckedAt: now, Error: "timeout"}
 	}
-	if !alive || !r.ExpiresAt.After(now) {
+	if !alive || exited || !r.ExpiresAt.After(now) {
 		return pool.Health{CheckedAt: now, Error: "refused"}
 	}
 	if bad {

@@ -1,0 +1,126 @@
+package pool
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+)
+
+// passRunner runs maintenance passes one at a time without a lock held
+// across a pass: a pass asked for while one runs joins the one after it
+// (coalesced), and the caller that runs a pass runs that follow-up too.
+type passRunner struct {
+	mu      sync.Mutex // guards the fields below; never held across a pass
+	running bool
+	next    *passWait // callers waiting for the pass after the running one
+}
+
+type passWait struct {
+	full bool
+	done chan struct{}
+	err  error
+}
+
+// run runs fn now, or waits for the pass after the running one. Follow-up
+// passes run with life, since the callers they serve are not this one.
+func (p *passRunner) run(ctx, life context.Context, full bool, fn func(context.Context, bool) error) error {
+	p.mu.Lock()
+	if p.running {
+		w := p.next
+		if w == nil {
+			w = &passWait{done: make(chan struct{})}
+			p.next = w
+		}
+		w.full = w.full || full
+		p.mu.Unlock()
+		select {
+		case <-w.done:
+			return w.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.running = true
+	p.mu.Unlock()
+	err := fn(ctx, full)
+	for {
+		p.mu.Lock()
+		w := p.next
+		p.next = nil
+		if w == nil {
+			p.running = false
+			p.mu.Unlock()
+			return err
+		}
+		p.mu.Unlock()
+		w.err = fn(life, w.full)
+		close(w.done)
+	}
+}
+
+// takeGate counts claims taking from the store, so that creations' store
+// writes can let them go first.
+type takeGate struct {
+	mu   sync.Mutex    // guards n and idle
+	n    int           // takes in flight
+	idle chan struct{} // closed while n == 0
+}
+
+func (g *takeGate) enter() {
+	g.mu.Lock()
+	if g.n == 0 {
+		g.idle = make(chan struct{})
+	}
+	g.n++
+	g.mu.Unlock()
+}
+
+func (g *takeGate) leave() {
+	g.mu.Lock()
+	g.n--
+	if g.n == 0 {
+		close(g.idle)
+	}
+	g.mu.Unlock()
+}
+
+// waitIdle returns once no take is in flight, or after at most d, or at
+// ctx's end. The timer is made only when there is something to wait for.
+func (g *takeGate) waitIdle(ctx context.Context, clk clockwork.Clock, d time.Duration) {
+	g.mu.Lock()
+	if g.n == 0 {
+		g.mu.Unlock()
+		return
+	}
+	idle := g.idle
+	g.mu.Unlock()
+	t := clk.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.Chan():
+	case <-ctx.Done():
+	}
+}
+
+// creationLimit paces creations to what the backend and the machine can
+// do (a concurrency limit in the style of TCP slow start): it starts small,
+// grows by one per creation that stays quick, and is cut when one is slow
+// or fails; never above max. Guarded by Controller.mu.
+type creationLimit struct {
+	limit, most int
+}
+
+func newCreationLimit(most int) creationLimit {
+	return creationLimit{limit: min(most, initialCreationLimit), most: most}
+}
+
+func (l *creationLimit) now() int { return l.limit }
+
+// done accounts for one creation that took took (ok) or failed; best is
+// the quickest recent creation.
+func (l *creationLimit) done(took time.Duration, ok bool, best time.Duration) {
+	l.limit = NextCreationLimit(l.limit, l.most, took, best, ok)
+}
