@@ -329,12 +329,14 @@ func (c *Controller) autosizeTarget(ctx context.Context, target int, now time.Ti
 		return n
 	}
 	if err := c.st.SetTarget(ctx, n); err != nil {
-		c.setErr(err)
+		c.report(ProblemStore, opWrite, "", fmt.Errorf("set target: %w", err))
 		return target
 	}
+	c.resolve(ProblemStore, opWrite)
 	c.mu.Lock()
 	c.target = n
 	c.stored.Target, c.stored.HasTarget = n, true
+	c.targetSeq = c.loadSeq
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventResized, Message: fmt.Sprintf("target %d -> %d (auto: %.1f claims/s x %.1f s)", target, n, rate, ttr.Seconds())})
 	return n

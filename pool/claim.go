@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -49,6 +50,9 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 			return c.claimed(got, start, true), nil
 		}
 	}
+	if err := c.sizedToZero(ctx); err != nil {
+		return Claimed{}, c.claimFailed(o, err)
+	}
 	c.Kick() // backfill
 	deadline := c.clk.After(timeout)
 	ticket := c.waitq.join()
@@ -85,6 +89,7 @@ func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
 	} else {
 		c.stats.ClaimsWaited++
 	}
+	c.budget.claimed(c.clk.Now())
 	c.wroteLocked(got, false)
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventClaimed, SandboxID: got.ID, By: got.ClaimedBy, Duration: waited, Warm: warm})
@@ -117,16 +122,20 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		}
 		now := c.clk.Now()
 		c.takes.enter()
-		got, dropped, ok, err := c.st.Take(ctx, TakeRequest{MinExpiresAt: now.Add(c.cfg.UseDuration), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()})
+		got, dropped, ok, err := c.st.Take(ctx, TakeRequest{MinExpiresAt: now.Add(c.useDur()), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()})
 		c.takes.leave()
 		if err != nil {
-			c.setErr(err)
-			return Entry{}, false, fmt.Errorf("claim from the store: %w", err)
+			err = fmt.Errorf("claim from the store: %w", err)
+			if ctx.Err() == nil {
+				c.report(ProblemStore, opWrite, "", err)
+			}
+			return Entry{}, false, err
 		}
+		c.resolve(ProblemStore, opWrite)
 		for _, d := range dropped {
 			c.forget(d.ID)
 			c.emit(Event{Kind: EventExpired, SandboxID: d.ID})
-			c.terminateAsync(d, ReasonExpired)
+			c.terminateAsync(d, ReasonExpired, o.By)
 		}
 		if !ok {
 			return Entry{}, false, nil
@@ -145,18 +154,40 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			if !h.OK {
 				c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Health: h, Err: h.Error})
 				if _, err := c.st.Remove(ctx, got.ID); err != nil {
-					c.setErr(err)
+					c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("remove %s from the store: %w", got.ID, err))
 				}
 				c.forget(got.ID)
 				unpooled := got
 				unpooled.ClaimedBy = "" // it was never really handed out: count it as waste
-				c.terminateAsync(unpooled, ReasonUnhealthy)
+				c.terminateAsync(unpooled, ReasonUnhealthy, o.By)
 				continue
 			}
 		}
 		c.recordClaim(got)
 		return got, true, nil
 	}
+}
+
+// ErrTargetZero is returned at once by a claim on a pool whose stored
+// target is 0 (sized to 0, or torn down): waiting could not help.
+var ErrTargetZero = errors.New("the pool's target is 0")
+
+// sizedToZero fails a claim that could only time out: the pool was sized
+// to 0 and nothing is being created.
+func (c *Controller) sizedToZero(ctx context.Context) error {
+	c.mu.Lock()
+	loaded := c.loaded
+	c.mu.Unlock()
+	if !loaded {
+		_, _, _, _ = c.loadStore(ctx)
+	}
+	c.mu.Lock()
+	zero := c.stored.HasTarget && c.stored.Target == 0 && len(c.inflight) == 0
+	c.mu.Unlock()
+	if zero {
+		return fmt.Errorf("%w: %w in pool %q: resize it (--size, +, PUT /v1/pool/size) to claim", ErrNoSandbox, ErrTargetZero, c.cfg.Pool)
+	}
+	return nil
 }
 
 // freshlyHealthy says a sandbox passed a probe less than HealthFresh ago,
@@ -183,9 +214,9 @@ func (c *Controller) recordClaim(e Entry) {
 	ctx, cancel := context.WithTimeout(c.life, 5*time.Second)
 	defer cancel()
 	if err := rec.MarkClaimed(ctx, e.ID, e.ClaimedBy); err != nil && ctx.Err() == nil {
-		err = fmt.Errorf("record the claim of %s in the backend: %w", e.ID, err)
-		c.setErr(err)
-		c.emit(Event{Kind: EventError, SandboxID: e.ID, Err: err.Error()})
+		c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
+	} else if err == nil {
+		c.resolve(ProblemBackend, opRecord)
 	}
 }
 
@@ -196,11 +227,11 @@ func (c *Controller) giveBack(e Entry) {
 	ctx, cancel := context.WithTimeout(c.life, 10*time.Second)
 	defer cancel()
 	if _, err := c.st.Remove(ctx, e.ID); err != nil {
-		c.setErr(err)
+		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 		return
 	}
 	if err := c.st.Put(ctx, e.Ref); err != nil {
-		c.setErr(err)
+		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 	}
 }
 

@@ -21,9 +21,11 @@ func (c *Controller) Resize(ctx context.Context, n int) error {
 	old := c.target
 	c.mu.Unlock()
 	if err := c.st.SetTarget(ctx, n); err != nil {
-		c.setErr(err)
-		return fmt.Errorf("set target: %w", err)
+		err = fmt.Errorf("set target: %w", err)
+		c.report(ProblemStore, opWrite, "", err)
+		return err
 	}
+	c.resolve(ProblemStore, opWrite)
 	c.mu.Lock()
 	c.target = n
 	c.stored.Target, c.stored.HasTarget = n, true
@@ -44,8 +46,14 @@ func (c *Controller) Target() int {
 // ErrNotFound says that no sandbox of the pool has that id.
 var ErrNotFound = errors.New("no such sandbox in the pool")
 
-// Terminate stops one sandbox of the pool: pooled, claimed or being created.
+// Terminate stops one sandbox of the pool: pooled, claimed or being
+// created, as asked by a user ("user" in its event's By).
 func (c *Controller) Terminate(ctx context.Context, id string) error {
+	return c.TerminateAs(ctx, id, ByUser)
+}
+
+// TerminateAs is Terminate on behalf of by ("dashboard", "api 127.0.0.1:5555", "cli").
+func (c *Controller) TerminateAs(ctx context.Context, id, by string) error {
 	c.mu.Lock()
 	for _, cr := range c.inflight {
 		if cr.key == id || cr.ref.ID == id {
@@ -58,8 +66,9 @@ func (c *Controller) Terminate(ctx context.Context, id string) error {
 	c.mu.Unlock()
 	removed, err := c.st.Remove(ctx, id)
 	if err != nil {
-		c.setErr(err)
-		return fmt.Errorf("remove %s from the store: %w", id, err)
+		err = fmt.Errorf("remove %s from the store: %w", id, err)
+		c.report(ProblemStore, opWrite, id, err)
+		return err
 	}
 	if len(removed) == 0 {
 		live, lerr := c.be.List(ctx)
@@ -72,7 +81,7 @@ func (c *Controller) Terminate(ctx context.Context, id string) error {
 		removed = []Entry{{Ref: Ref{ID: id}}}
 	}
 	c.forget(removed[0].ID)
-	err = c.terminate(ctx, removed[0], ReasonUser)
+	err = c.terminate(ctx, removed[0], ReasonUser, by)
 	c.Kick()
 	return err
 }
@@ -89,16 +98,16 @@ func (c *Controller) TerminateAll(ctx context.Context) (int, error) {
 	c.stored.Target, c.stored.HasTarget = 0, true
 	c.targetSeq = c.loadSeq
 	c.mu.Unlock()
-	return c.terminateEverything(ctx, ReasonUser)
+	return c.terminateEverything(ctx, ReasonUser, ByUser)
 }
 
 // Cleanup terminates every sandbox of the pool but keeps the target: what
 // --cleanup does on quit.
 func (c *Controller) Cleanup(ctx context.Context) (int, error) {
-	return c.terminateEverything(ctx, ReasonCleanup)
+	return c.terminateEverything(ctx, ReasonCleanup, ByController)
 }
 
-func (c *Controller) terminateEverything(ctx context.Context, reason string) (int, error) {
+func (c *Controller) terminateEverything(ctx context.Context, reason, by string) (int, error) {
 	c.mu.Lock()
 	for _, cr := range c.inflight {
 		cr.cancelled = true
@@ -137,7 +146,7 @@ func (c *Controller) terminateEverything(ctx context.Context, reason string) (in
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := c.terminate(ctx, e, reason); err != nil {
+			if err := c.terminate(ctx, e, reason, by); err != nil {
 				mu.Lock()
 				firstErr = cmpErr(firstErr, err)
 				mu.Unlock()
@@ -158,11 +167,15 @@ func cmpErr(a, b error) error {
 
 // waitCreations waits (bounded by ctx) until no creation is in flight.
 func (c *Controller) waitCreations(ctx context.Context) {
-	for c.creating.Load() > 0 {
+	for {
+		changed := c.changeSignal() // taken first: an end in between wakes us
+		if c.creating.Load() == 0 {
+			return
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(10 * time.Millisecond):
+		case <-changed:
 		}
 	}
 }
@@ -179,14 +192,17 @@ func (c *Controller) forget(id string) {
 }
 
 // terminate asks the backend to stop a sandbox that is already out of the
-// store, and accounts for it.
-func (c *Controller) terminate(ctx context.Context, e Entry, reason string) error {
+// store, and accounts for it; its event says why (reason) and who asked (by).
+func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) error {
 	now := c.clk.Now()
 	c.mu.Lock()
 	c.doomed[e.ID] = true
 	c.recent[e.ID] = Sandbox{ID: e.ID, URL: e.URL, State: StateTerminating, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt}
 	if !e.Claimed() && !e.CreatedAt.IsZero() && reason != ReasonFailed {
 		c.stats.WasteSeconds += now.Sub(e.CreatedAt).Seconds()
+	}
+	if !e.Claimed() && reason != ReasonExpired && reason != ReasonFailed && reason != ReasonOrphan {
+		c.budget.lose(now) // a pooled sandbox gone early explains its replacement
 	}
 	c.mu.Unlock()
 	// A terminate must finish even when the caller's ctx is gone (shutdown),
@@ -202,19 +218,19 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason string) erro
 	c.mu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("terminate %s: %w", e.ID, err)
-		c.setErr(err)
-		c.emit(Event{Kind: EventError, SandboxID: e.ID, Err: err.Error()})
+		c.report(ProblemBackend, opTerminate, e.ID, err)
 		return err
 	}
-	c.emit(Event{Kind: EventTerminated, SandboxID: e.ID, Reason: reason})
+	c.resolve(ProblemBackend, opTerminate)
+	c.emit(Event{Kind: EventTerminated, SandboxID: e.ID, Reason: reason, By: by})
 	return nil
 }
 
 // terminateAsync terminates in the background, owned by the controller.
-func (c *Controller) terminateAsync(e Entry, reason string) {
+func (c *Controller) terminateAsync(e Entry, reason, by string) {
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		_ = c.terminate(c.life, e, reason)
+		_ = c.terminate(c.life, e, reason, by)
 	}()
 }

@@ -58,6 +58,9 @@ type Controller struct {
 	looping  atomic.Bool // a maintenance loop runs in this process
 	lease    Lease
 	creating atomic.Int64
+	// The pool's timing, as stored (one pool, one timing): what "good"
+	// means here even when this process was given other flags.
+	ttlNs, useNs atomic.Int64
 
 	mu           sync.Mutex
 	stored       Stored
@@ -67,6 +70,8 @@ type Controller struct {
 	targetSeq    uint64                // loadSeq when this process last set the target
 	writes       map[string]localWrite // this process's store writes a load in flight may miss
 	limit        creationLimit
+	budget       creationBudget
+	timingSaid   bool // the pool's timing differs from this process's and that was said
 	target       int
 	health       map[string]Health
 	inflight     map[string]*creation
@@ -77,8 +82,8 @@ type Controller struct {
 	readyTimes   []time.Duration
 	failures     int
 	backoffUntil time.Time
-	lastErr      string
-	lastCreate   string // last creation error, for maintain's failure line
+	lastCreate   string    // last creation error, for maintain's failure line
+	failingSince time.Time // first of the creation failures in a row
 	stats        Stats
 	terminations map[string]int64
 	healthCounts map[bool]int64
@@ -91,6 +96,7 @@ type Controller struct {
 	auto autosizeState // its own lock; taken after mu, never before
 	cost costMeter
 
+	problems problemLog
 	events   eventHub
 	waitq    waitQueue
 	changeMu sync.Mutex
@@ -104,6 +110,7 @@ type creation struct {
 	started   time.Time
 	cancel    context.CancelFunc
 	cancelled bool
+	tries     int
 }
 
 // New validates the config and builds a controller; it starts nothing.
@@ -118,7 +125,7 @@ func New(o Options) (*Controller, error) {
 		o.Clock = clockwork.NewRealClock()
 	}
 	if o.Checker == nil {
-		o.Checker = NewHTTPChecker(nil)
+		o.Checker = newHTTPChecker(nil, o.Clock)
 	}
 	if o.StorePollEvery <= 0 {
 		o.StorePollEvery = time.Second
@@ -142,9 +149,19 @@ func New(o Options) (*Controller, error) {
 		creates:      map[bool]int64{},
 		changed:      make(chan struct{}),
 	}
+	c.ttlNs.Store(int64(o.Config.TTL))
+	c.useNs.Store(int64(o.Config.UseDuration))
 	c.initAutosize()
 	return c, nil
 }
+
+// ttlDur and useDur are the pool's ttl and use-duration.
+func (c *Controller) ttlDur() time.Duration { return time.Duration(c.ttlNs.Load()) }
+func (c *Controller) useDur() time.Duration { return time.Duration(c.useNs.Load()) }
+
+// Timing is the pool's ttl and use-duration as this controller judges by
+// them: the stored ones once the store was read, else the configured ones.
+func (c *Controller) Timing() (ttl, use time.Duration) { return c.ttlDur(), c.useDur() }
 
 // Config returns the controller's configuration.
 func (c *Controller) Config() Config { return c.cfg }
@@ -192,24 +209,4 @@ func (c *Controller) emit(e Event) {
 		e.Message = describe(e)
 	}
 	c.events.publish(e)
-}
-
-func (c *Controller) setErr(err error) {
-	c.mu.Lock()
-	if err == nil {
-		c.lastErr = ""
-	} else {
-		c.lastErr = err.Error()
-	}
-	c.mu.Unlock()
-}
-
-// Problems lists what is wrong with the pool now (empty when all is well).
-func (c *Controller) Problems() []Problem {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.lastErr == "" {
-		return nil
-	}
-	return []Problem{{Kind: "error", Message: c.lastErr, Count: 1}}
 }

@@ -246,6 +246,18 @@ func TestClaimSkipsProbeWhenHealthIsFresh(t *testing.T) {
 	}
 }
 
+// A pool sized to 0 fails a claim at once, saying so: waiting cannot help.
+func TestClaimOnTargetZeroFailsAtOnce(t *testing.T) {
+	h := newHarness(t, nil)
+	if err := h.c.Resize(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.c.Claim(context.Background(), pool.ClaimOptions{By: "cli"}) // no clock advance
+	if !errors.Is(err, pool.ErrTargetZero) || !errors.Is(err, pool.ErrNoSandbox) {
+		t.Fatalf("claim on target 0: %v", err)
+	}
+}
+
 func TestClaimTimesOut(t *testing.T) {
 	h := newHarness(t, func(c *pool.Config) { c.Size = 0 })
 	if err := h.claimTimingOut(5 * time.Second); !errors.Is(err, pool.ErrNoSandbox) {

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/jonboulle/clockwork"
 )
 
 // Checker runs one health check of a sandbox URL, bounded by ctx.
@@ -20,11 +22,15 @@ type Checker func(ctx context.Context, url string) Health
 // (SPEC Behaviour 1). A nil client gets one that keeps connections warm and
 // does not follow redirects, so a 3xx counts as it is.
 func NewHTTPChecker(client *http.Client) Checker {
+	return newHTTPChecker(client, clockwork.NewRealClock())
+}
+
+func newHTTPChecker(client *http.Client, clk clockwork.Clock) Checker {
 	if client == nil {
 		client = NewHealthClient(nil)
 	}
 	return func(ctx context.Context, url string) Health {
-		start := time.Now()
+		start := clk.Now()
 		h := Health{CheckedAt: start}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
@@ -32,7 +38,7 @@ func NewHTTPChecker(client *http.Client) Checker {
 			return h
 		}
 		resp, err := client.Do(req)
-		h.Latency = time.Since(start)
+		h.Latency = clk.Since(start)
 		if err != nil {
 			h.Error = describeHealthError(ctx, err)
 			return h
@@ -102,8 +108,17 @@ const probeParallel = 64
 // ProbeAll checks every pooled sandbox once, in parallel, and returns how
 // many failed.
 func (c *Controller) ProbeAll(ctx context.Context) int {
+	now := c.clk.Now()
 	c.mu.Lock()
-	pooled := c.stored.Pooled()
+	var pooled []Entry
+	for _, e := range c.stored.Pooled() {
+		// One with too little time left is the pass's to drop as expired:
+		// probing it (the backend may have ended it) would call a normal
+		// expiry a health failure.
+		if HasTimeLeft(e.ExpiresAt, now, c.useDur()) {
+			pooled = append(pooled, e)
+		}
+	}
 	c.mu.Unlock()
 	var bad atomic.Int64
 	sem := make(chan struct{}, probeParallel)

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -54,7 +55,7 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		}
 		// Another controller took the pool over (a heartbeat that went
 		// stale): stop maintaining at once, or two would overshoot it.
-		c.emit(Event{Kind: EventError, Err: "lost the controller lease to " + lost.String()})
+		c.report(ProblemLease, opLease, "", errors.New("lost the controller lease to "+lost.String()))
 		if !allowViewer {
 			return &LeaseHeldError{Holder: lost}
 		}
@@ -205,17 +206,22 @@ func (c *Controller) maintainLoop(ctx context.Context) {
 func (c *Controller) untilNextPass(next time.Time) time.Duration {
 	now := c.clk.Now()
 	c.mu.Lock()
-	lead := c.leadLocked()
+	lead := c.leadLocked(now)
 	for _, e := range c.stored.Entries {
-		if e.Claimed() || !CountsTowardTarget(e.ExpiresAt, now, c.cfg.UseDuration, lead) {
+		if e.Claimed() || !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), lead) {
 			continue
 		}
-		if at := RotationAt(e.ExpiresAt, c.cfg.UseDuration, lead); at.Before(next) {
+		if at := RotationAt(e.ExpiresAt, c.useDur(), lead); at.Before(next) {
 			next = at
 		}
 	}
 	if c.backoffUntil.After(now) && c.backoffUntil.Before(next) {
 		next = c.backoffUntil
+	}
+	if c.budget.paused != "" { // wake when the oldest creation leaves the window
+		if at := c.budget.resumeAt(BudgetWindow(c.ttlDur() - c.useDur())); at.After(now) && at.Before(next) {
+			next = at
+		}
 	}
 	next = c.autosizeNext(now, next)
 	c.nextPass = next
@@ -255,8 +261,9 @@ func (c *Controller) storeLoop(ctx context.Context) {
 	}
 }
 
-// refreshStore reloads the store and reports whether the pool lost entries
-// (claimed or removed elsewhere).
+// refreshStore reloads the store and reports whether a pass should follow:
+// the pool lost entries (claimed or removed elsewhere) or its target
+// changed (another process resized it).
 func (c *Controller) refreshStore(ctx context.Context) bool {
 	_, changed, lost, err := c.loadStore(ctx)
 	if err != nil {
@@ -289,13 +296,12 @@ func (c *Controller) loadStore(ctx context.Context) (s Stored, changed, lost boo
 	s, err = c.st.Load(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
-			c.setErr(err)
-			c.emit(Event{Kind: EventError, Err: err.Error()})
+			c.report(ProblemStore, opRead, "", err)
 		}
 		return s, false, false, err
 	}
+	c.resolve(ProblemStore, opRead)
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	s.Entries = slices.Clone(s.Entries)
 	for id, w := range c.writes {
 		if w.seq < seq {
@@ -310,13 +316,73 @@ func (c *Controller) loadStore(ctx context.Context) (s Stored, changed, lost boo
 		s.Target, s.HasTarget = c.stored.Target, c.stored.HasTarget
 	}
 	if seq < c.appliedSeq {
+		c.mu.Unlock()
 		return s, false, false, nil // a newer load is already applied
 	}
 	c.appliedSeq = seq
 	// Compared under the lock: s is c.stored from here on.
 	changed, lost = diffStored(c.stored, s)
+	seen := c.claimsSeenLocked(s)
 	c.setStoredLocked(s)
+	say := c.adoptTimingLocked(s)
+	c.mu.Unlock()
+	for _, e := range seen {
+		c.emit(e)
+	}
+	if say != "" {
+		c.emit(Event{Kind: EventTiming, Message: say})
+	}
 	return s, changed, lost, nil
+}
+
+// adoptTimingLocked judges by the pool's stored timing (one pool, one
+// timing): a process given other flags would call the controller's fresh
+// sandboxes expiring. It returns what to say, once.
+func (c *Controller) adoptTimingLocked(s Stored) string {
+	if s.TTL <= 0 || s.UseDuration <= 0 || s.UseDuration >= s.TTL {
+		return ""
+	}
+	c.ttlNs.Store(int64(s.TTL))
+	c.useNs.Store(int64(s.UseDuration))
+	if c.timingSaid || (s.TTL == c.cfg.TTL && s.UseDuration == c.cfg.UseDuration) {
+		return ""
+	}
+	c.timingSaid = true
+	return fmt.Sprintf("the pool's timing is ttl %s, use-duration %s (this process was given %s, %s): judging by the pool's",
+		s.TTL, s.UseDuration, c.cfg.TTL, c.cfg.UseDuration)
+}
+
+// claimsSeenLocked turns claims made by other processes, seen as entries
+// that turned claimed since the last load, into claim events, so that every
+// process counts every claim once (its own as it makes them). A claim of a
+// sandbox this process saw pooled was served warm.
+func (c *Controller) claimsSeenLocked(s Stored) []Event {
+	if !c.loaded {
+		return nil // the first load: those claims are history
+	}
+	before := make(map[string]Entry, len(c.stored.Entries))
+	for _, e := range c.stored.Entries {
+		before[e.ID] = e
+	}
+	var out []Event
+	for _, e := range s.Entries {
+		if !e.Claimed() {
+			continue
+		}
+		prev, known := before[e.ID]
+		if known && prev.Claimed() {
+			continue
+		}
+		warm := known
+		if warm {
+			c.stats.ClaimsWarm++
+		} else {
+			c.stats.ClaimsWaited++
+		}
+		c.budget.claimed(c.clk.Now())
+		out = append(out, Event{Kind: EventClaimed, SandboxID: e.ID, By: e.ClaimedBy, Warm: warm, Remote: true, Time: e.ClaimedAt})
+	}
+	return out
 }
 
 // wroteLocked records a store write of this process and applies it to the view.
@@ -348,7 +414,10 @@ func applyWrite(entries []Entry, w localWrite) []Entry {
 }
 
 func diffStored(a, b Stored) (changed, lost bool) {
-	if a.Target != b.Target || len(a.Entries) != len(b.Entries) {
+	if a.Target != b.Target || a.HasTarget != b.HasTarget {
+		changed, lost = true, true // a resize elsewhere: act on it within a poll
+	}
+	if len(a.Entries) != len(b.Entries) {
 		changed = true
 	}
 	inB := make(map[string]bool, len(b.Entries))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"math/rand/v2"
 	"strconv"
 	"time"
 )
@@ -43,6 +44,15 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	// Listing before loading means an entry missing from the list was
 	// already stored when the list was taken, unless it was created after it.
 	listedAt := c.clk.Now()
+	// Only entries known before the list can be judged dead by it: one
+	// pooled meanwhile (no lock is held across the pass) may have been
+	// created after the list was taken.
+	c.mu.Lock()
+	knownBefore := make(map[string]bool, len(c.stored.Entries))
+	for _, e := range c.stored.Entries {
+		knownBefore[e.ID] = true
+	}
+	c.mu.Unlock()
 	live, listErr := []Ref(nil), errNotListed
 	if reconcile {
 		live, listErr = c.be.List(ctx)
@@ -74,7 +84,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	c.mu.Lock()
 	for _, e := range stored.Entries {
 		r, alive := liveSet[e.ID]
-		dead := listErr == nil && !alive && e.CreatedAt.Before(listedAt)
+		dead := listErr == nil && !alive && knownBefore[e.ID] && e.CreatedAt.Before(listedAt)
 		h := c.health[e.ID]
 		switch {
 		case e.Claimed():
@@ -85,9 +95,11 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			// The backend's own record says it was handed out (a store
 			// lost or replaced): it leaves the pool and keeps running.
 			drops = append(drops, drop{e, reasonClaimedElsewhere})
+		case dead && !e.ExpiresAt.After(listedAt):
+			drops = append(drops, drop{e, ReasonExpired}) // the backend ended it on time
 		case dead:
 			drops = append(drops, drop{e, ReasonUnhealthy})
-		case !HasTimeLeft(e.ExpiresAt, now, c.cfg.UseDuration):
+		case !HasTimeLeft(e.ExpiresAt, now, c.useDur()):
 			drops = append(drops, drop{e, ReasonExpired})
 		case h.Checked() && !h.OK:
 			drops = append(drops, drop{e, ReasonUnhealthy})
@@ -112,7 +124,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			removed = append(removed, gone...)
 		}
 		if err != nil {
-			c.setErr(err)
+			c.report(ProblemStore, opWrite, "", fmt.Errorf("drop sandboxes from the store: %w", err))
 			return err
 		}
 		gone := make(map[string]bool, len(removed))
@@ -132,17 +144,18 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 					Message: ShortID(d.e.ID) + " is claimed (the backend says so): left out of the pool"})
 			case d.reason == ReasonExpired:
 				c.emit(Event{Kind: EventExpired, SandboxID: d.e.ID})
-				c.terminateAsync(d.e, d.reason)
+				c.terminateAsync(d.e, d.reason, ByController)
 			default:
 				if _, alive := liveSet[d.e.ID]; !alive && listErr == nil {
 					c.mu.Lock()
 					c.stats.WasteSeconds += now.Sub(d.e.CreatedAt).Seconds()
 					c.terminations[d.reason]++
+					c.budget.lose(now)
 					c.mu.Unlock()
 					c.emit(Event{Kind: EventTerminated, SandboxID: d.e.ID, Reason: d.reason, Message: d.e.ID + " died"})
 					continue
 				}
-				c.terminateAsync(d.e, d.reason)
+				c.terminateAsync(d.e, d.reason, ByController)
 			}
 		}
 	}
@@ -151,8 +164,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	switch {
 	case listErr == errNotListed:
 	case listErr != nil:
-		c.setErr(fmt.Errorf("list sandboxes: %w", listErr))
-		c.emit(Event{Kind: EventError, Err: listErr.Error()})
+		c.report(ProblemBackend, opList, "", fmt.Errorf("list sandboxes: %w", listErr))
 	default:
 		c.reconcile(ctx, live, now)
 	}
@@ -160,7 +172,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	// 3. Size.
 	c.resize(target, now)
 	if listErr == nil {
-		c.setErr(nil)
+		c.resolve(ProblemBackend, opList)
 	}
 	return nil
 }
@@ -202,11 +214,11 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 		// is adopted at once; if the store would not take it, the next pass
 		// finds it unknown again and terminates it, so it never lingers.
 		if doomed || suspects[r.ID] {
-			c.terminateAsync(Entry{Ref: r}, ReasonOrphan)
+			c.terminateAsync(Entry{Ref: r}, ReasonOrphan, ByController)
 			continue
 		}
 		next[r.ID] = true
-		if !HasTimeLeft(r.ExpiresAt, now, c.cfg.UseDuration) {
+		if !HasTimeLeft(r.ExpiresAt, now, c.useDur()) {
 			continue
 		}
 		if h := c.probe(ctx, r.URL); h.OK {
@@ -230,13 +242,13 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 // longer than a replacement takes, plus creations in flight) equal target.
 func (c *Controller) resize(target int, now time.Time) {
 	c.mu.Lock()
-	lead := c.leadLocked()
+	lead := c.leadLocked(now)
 	var counted []Entry
 	for _, e := range c.stored.Entries {
 		if e.Claimed() {
 			continue
 		}
-		if IsGood(e.ExpiresAt, c.health[e.ID], now, c.cfg.UseDuration) && CountsTowardTarget(e.ExpiresAt, now, c.cfg.UseDuration, lead) {
+		if IsGood(e.ExpiresAt, c.health[e.ID], now, c.useDur()) && CountsTowardTarget(e.ExpiresAt, now, c.useDur(), lead) {
 			counted = append(counted, e)
 		}
 	}
@@ -249,8 +261,9 @@ func (c *Controller) resize(target int, now time.Time) {
 	have := len(counted) + len(active)
 	switch {
 	case have < target:
-		c.growLocked(target-have, len(active), now)
+		paused := c.growLocked(target, target-have, len(active), now)
 		c.mu.Unlock()
+		c.announcePause(paused)
 	case have > target:
 		surplus := have - target
 		// Creations in flight are worth least: cancel the newest first.
@@ -268,7 +281,7 @@ func (c *Controller) resize(target int, now time.Time) {
 			victims = SurplusOrder(counted)[:surplus]
 		}
 		c.mu.Unlock()
-		c.shrink(victims)
+		c.shrink(victims, target)
 	default:
 		c.mu.Unlock()
 	}
@@ -276,8 +289,10 @@ func (c *Controller) resize(target int, now time.Time) {
 
 // growLocked starts up to missing creations, within the creation limit and
 // the backoff.
-func (c *Controller) growLocked(missing, active int, now time.Time) {
+func (c *Controller) growLocked(target, missing, active int, now time.Time) (paused string) {
 	room := c.limit.now() - len(c.inflight)
+	allowed, paused := c.budget.allowance(now, target, missing, c.ttlDur()-c.useDur())
+	room = min(room, allowed)
 	if c.failures > 0 {
 		// After failures, probe with one creation at a time: never hammer.
 		room = min(room, 1-active)
@@ -287,6 +302,14 @@ func (c *Controller) growLocked(missing, active int, now time.Time) {
 	}
 	for range min(missing, room) {
 		c.startCreationLocked()
+	}
+	return paused
+}
+
+// announcePause says once that the creation budget paused creations.
+func (c *Controller) announcePause(paused string) {
+	if paused != "" {
+		c.emit(Event{Kind: EventError, ErrorKind: ProblemBudget, Err: paused, Count: 1})
 	}
 }
 
@@ -298,23 +321,26 @@ func (c *Controller) topUp() {
 	}
 	now := c.clk.Now()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if !c.loaded {
+		c.mu.Unlock()
 		return
 	}
+	paused := ""
 	counted, active := c.countedLocked(now)
 	if have := counted + active; have < c.target {
-		c.growLocked(c.target-have, active, now)
+		paused = c.growLocked(c.target, c.target-have, active, now)
 	}
+	c.mu.Unlock()
+	c.announcePause(paused)
 }
 
 // countedLocked counts what stands toward the target: good pooled
 // sandboxes that stay good past the lead, and creations not cancelled.
 func (c *Controller) countedLocked(now time.Time) (counted, active int) {
-	lead := c.leadLocked()
+	lead := c.leadLocked(now)
 	for _, e := range c.stored.Entries {
-		if !e.Claimed() && IsGood(e.ExpiresAt, c.health[e.ID], now, c.cfg.UseDuration) &&
-			CountsTowardTarget(e.ExpiresAt, now, c.cfg.UseDuration, lead) {
+		if !e.Claimed() && IsGood(e.ExpiresAt, c.health[e.ID], now, c.useDur()) &&
+			CountsTowardTarget(e.ExpiresAt, now, c.useDur(), lead) {
 			counted++
 		}
 	}
@@ -326,7 +352,7 @@ func (c *Controller) countedLocked(now time.Time) (counted, active int) {
 	return counted, active
 }
 
-func (c *Controller) shrink(victims []Entry) {
+func (c *Controller) shrink(victims []Entry, target int) {
 	if len(victims) == 0 {
 		return
 	}
@@ -336,24 +362,53 @@ func (c *Controller) shrink(victims []Entry) {
 	}
 	removed, err := c.st.Evict(c.life, ids...)
 	if err != nil {
-		c.setErr(err)
+		c.report(ProblemStore, opWrite, "", fmt.Errorf("drop surplus sandboxes from the store: %w", err))
 		return
 	}
 	for _, e := range removed {
 		c.forget(e.ID)
-		c.terminateAsync(e, ReasonShrink)
+		reason := ReasonShrink
+		if target == 0 {
+			reason = ReasonUser // a target of 0 is a teardown someone asked for
+		}
+		c.terminateAsync(e, reason, ByController)
 	}
 }
 
-// leadLocked is how long a replacement takes to get ready: the p95 of recent
-// creations, the health timeout before there is any.
-func (c *Controller) leadLocked() time.Duration {
-	// A quarter more and half a second for the pass that starts the
-	// replacement and for a slow creation. Capped at half the good life of
-	// a sandbox: a lead as long as that life would make no sandbox ever
-	// count, and the pool create forever.
+// leadLocked is how long a replacement takes to get ready (the p95 of
+// recent creations, the health timeout before there is any), including
+// the wait behind the creations ahead of it: those in flight and the
+// replacements of sandboxes that rotate out as soon (RotationLead).
+func (c *Controller) leadLocked(now time.Time) time.Duration {
 	p95 := P95(c.readyTimes, c.cfg.HealthTimeout)
-	return min(p95+p95/4+500*time.Millisecond, (c.cfg.TTL-c.cfg.UseDuration)/2)
+	use, maxLead := c.useDur(), (c.ttlDur()-c.useDur())/2
+	base := RotationLead(p95, 0, 1, maxLead)
+	queued := len(c.inflight)
+	for _, e := range c.stored.Entries {
+		if e.Claimed() {
+			continue
+		}
+		// Counting now, and out of the count within base: its replacement
+		// joins the queue at about the same time as this one's.
+		if CountsTowardTarget(e.ExpiresAt, now, use, 0) && !CountsTowardTarget(e.ExpiresAt, now, use, base) {
+			queued++
+		}
+	}
+	return RotationLead(p95, queued, c.limit.now(), maxLead)
+}
+
+// creationTTL is the ttl asked of the backend for one sandbox: the pool's,
+// shortened by up to 2.5% at random (as HikariCP varies maxLifetime), so the
+// sandboxes of one fill do not all expire in the same second.
+func (c *Controller) creationTTL() time.Duration {
+	return JitterTTL(c.ttlDur(), c.random())
+}
+
+func (c *Controller) random() float64 {
+	if c.rnd != nil {
+		return c.rnd()
+	}
+	return rand.Float64()
 }
 
 func (c *Controller) startCreationLocked() {
@@ -361,10 +416,12 @@ func (c *Controller) startCreationLocked() {
 	ctx, cancel := context.WithCancel(c.life)
 	cr := &creation{key: "new-" + strconv.Itoa(c.seq), state: StateCreating, started: c.clk.Now(), cancel: cancel}
 	c.inflight[cr.key] = cr
+	c.budget.create(cr.started)
 	c.creating.Add(1)
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
+		defer c.notifyChange() // WaitIdle waits for the count to reach 0
 		defer c.creating.Add(-1)
 		defer cancel()
 		c.create(ctx, cr)
@@ -395,6 +452,9 @@ func (c *Controller) create(ctx context.Context, cr *creation) {
 		if ctx.Err() != nil {
 			break
 		}
+		c.mu.Lock()
+		c.budget.fail(c.clk.Now()) // a failed try explains the next one
+		c.mu.Unlock()
 		ev := Event{Kind: EventCreateFailed, SandboxID: cr.key, Err: err.Error(),
 			Message: fmt.Sprintf("creation failed (try %d of %d): %v", try, c.cfg.CreateTries, err)}
 		if ee, ok := err.(*exitError); ok {
@@ -415,9 +475,20 @@ func (c *Controller) create(ctx context.Context, cr *creation) {
 // createOnce is one try: create, wait until healthy, put in the store.
 func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) {
 	start := c.clk.Now()
-	c.setCreation(cr, StateCreating, Ref{})
-	ref, err := c.be.Create(ctx, c.cfg.TTL)
+	c.mu.Lock()
+	if cr.tries > 0 { // a retry: the first try was counted when it started
+		c.budget.create(start)
+	}
+	cr.tries++
+	cr.state, cr.ref = StateCreating, Ref{}
+	c.mu.Unlock()
+	ref, err := c.be.Create(ctx, c.creationTTL())
 	if err != nil {
+		if ctx.Err() == nil {
+			c.mu.Lock()
+			c.limit.done(0, false, 0) // the backend refused: ask for less at once
+			c.mu.Unlock()
+		}
 		return Ref{}, err
 	}
 	c.setCreation(cr, StateWarming, ref)
@@ -427,7 +498,7 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	c.healthCounts[h.OK]++
 	c.mu.Unlock()
 	if !h.OK || ctx.Err() != nil {
-		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed)
+		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed, ByController)
 		if ctx.Err() != nil {
 			return Ref{}, ctx.Err()
 		}
@@ -440,7 +511,7 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	// queue its writes ahead of them.
 	c.takes.waitIdle(ctx, c.clk, putYield)
 	if err := c.st.Put(ctx, ref); err != nil {
-		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed)
+		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed, ByController)
 		return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
 	}
 	took := c.clk.Now().Sub(start)
@@ -490,11 +561,12 @@ func (c *Controller) finishCreation(cr *creation, ref *Ref, err error) {
 		c.lastCreate = ""
 	case err != nil:
 		c.creates[false]++
-		c.limit.done(0, false, 0)
 		c.failures++
 		c.backoffUntil = now.Add(BackoffDelay(c.failures, c.rnd))
 		c.lastCreate = err.Error()
-		c.lastErr = err.Error()
+		if c.failures == 1 {
+			c.failingSince = now
+		}
 		c.recent[cr.key] = Sandbox{ID: cr.key, State: StateFailed, CreatedAt: cr.started, Err: err.Error()}
 		c.failedAt[cr.key] = now
 	}
@@ -521,7 +593,7 @@ var ErrCreateFailed = errors.New("creations are failing")
 func (c *Controller) WaitAtTarget(ctx context.Context, progress func(Snapshot)) error {
 	sub, cancel := c.Subscribe(256)
 	defer cancel()
-	tick := time.NewTicker(250 * time.Millisecond)
+	tick := c.clk.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		snap := c.Snapshot()
@@ -541,7 +613,7 @@ func (c *Controller) WaitAtTarget(ctx context.Context, progress func(Snapshot)) 
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-sub:
-		case <-tick.C:
+		case <-tick.Chan():
 		}
 	}
 }

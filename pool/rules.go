@@ -110,3 +110,62 @@ func NextCreationLimit(limit, maxLimit int, took, best time.Duration, ok bool) i
 	}
 	return min(maxLimit, max(1, limit))
 }
+
+// BudgetInput is what one window of a pool's history explains.
+type BudgetInput struct {
+	Window time.Duration
+	// Target is the highest target during the window.
+	Target int
+	// Claims made in the window, by every process.
+	Claims int
+	// Lost counts pooled sandboxes that left the pool in the window other
+	// than by expiry: died, failed health, terminated by a user or as surplus.
+	Lost int
+	// Failed counts creation tries that failed in the window.
+	Failed int
+	// GoodLife is how long one sandbox counts toward the target (ttl minus
+	// use-duration): expiries are explained by the rotations it implies,
+	// not one by one, so a pool that judged fresh sandboxes expiring would
+	// still be stopped.
+	GoodLife time.Duration
+}
+
+// CreationBudget is how many creations a window explains: a fill to the
+// target, one per claim, lost sandbox and failed try, the rotations that
+// the target needs in the window (target x window / good life, rounded
+// up), and BudgetSlack. Past it, creations pause (SPEC Behaviour 4).
+func CreationBudget(in BudgetInput) int {
+	rotations := 0
+	if in.GoodLife > 0 && in.Target > 0 {
+		rotations = int((int64(in.Target)*int64(in.Window) + int64(in.GoodLife) - 1) / int64(in.GoodLife))
+	}
+	return in.Target + in.Claims + in.Lost + in.Failed + rotations + BudgetSlack(in.Target)
+}
+
+// BudgetSlack is the creation budget's margin: 2, and a tenth of the target.
+func BudgetSlack(target int) int { return 2 + target/10 }
+
+// BudgetWindow is the window the creation budget counts over: a minute, or
+// one good life of a sandbox when that is longer (so that a window always
+// explains at least one rotation of the whole pool).
+func BudgetWindow(goodLife time.Duration) time.Duration { return max(time.Minute, goodLife) }
+
+// RotationLead is how long before a sandbox stops being good its
+// replacement must start: one creation (p95), a quarter more and half a
+// second for the pass that starts it, and one more p95 for each full round
+// of creations queued ahead of it behind the creation limit. Capped at
+// maxLead (half a sandbox's good life): a lead as long as that life would
+// make no sandbox ever count, and the pool create forever.
+func RotationLead(p95 time.Duration, queued, limit int, maxLead time.Duration) time.Duration {
+	lead := p95 + p95/4 + 500*time.Millisecond
+	if limit > 0 {
+		lead += time.Duration(queued/limit) * p95
+	}
+	return min(lead, maxLead)
+}
+
+// JitterTTL shortens a sandbox's ttl by up to 2.5% (r in [0,1)), spreading
+// the expiries of sandboxes created together.
+func JitterTTL(ttl time.Duration, r float64) time.Duration {
+	return ttl - time.Duration(r*float64(ttl)/40)
+}

@@ -15,17 +15,20 @@ func (c *Controller) Snapshot() Snapshot {
 	s := Snapshot{
 		Pool: c.cfg.Pool, Backend: c.be.Name(), Target: c.target, Now: now,
 		Counts: make(map[State]int, len(States)), NextPass: c.nextPass,
-		Role: c.role, LeaseHolder: c.holder.String(), Lease: c.holder, LastError: c.lastErr, Stats: c.stats,
+		Role: c.role, LeaseHolder: c.holder.String(), Lease: c.holder, Stats: c.stats,
 	}
 	if c.backoffUntil.After(now) {
 		s.BackoffUntil = c.backoffUntil
+	}
+	if open := c.problems.list(); len(open) > 0 {
+		s.LastError = open[len(open)-1].Message
 	}
 	s.Sandboxes = make([]Sandbox, 0, len(c.stored.Entries)+len(c.inflight)+len(c.recent))
 	seen := make(map[string]bool, len(c.stored.Entries))
 	for _, e := range c.stored.Entries {
 		h := c.health[e.ID]
 		sb := Sandbox{ID: e.ID, URL: e.URL, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt, Health: h,
-			ClaimedBy: e.ClaimedBy, ClaimedAt: e.ClaimedAt, State: StateOf(e, h, now, c.cfg.UseDuration)}
+			ClaimedBy: e.ClaimedBy, ClaimedAt: e.ClaimedAt, State: StateOf(e, h, now, c.useDur())}
 		if r, ok := c.recent[e.ID]; ok && r.State == StateTerminating {
 			sb.State = StateTerminating
 		}

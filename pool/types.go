@@ -321,6 +321,7 @@ const (
 	EventStoreChanged   EventKind = "store_changed"   // another process changed the pool
 	EventLeaseAcquired  EventKind = "lease_acquired"  // this process became the controller
 	EventHealthRecovery EventKind = "health_recovery" // an unhealthy sandbox answered again
+	EventTiming         EventKind = "timing"          // this process judges by the pool's stored timing
 )
 
 // Termination reasons, as counted by metrics.
@@ -337,12 +338,19 @@ const (
 	reasonClaimedElsewhere = "claimed"
 )
 
+// Who asked for a termination (Event.By), besides a claimer's own name.
+const (
+	ByController = "controller" // the pool's own rules: expiry, health, surplus, orphans
+	ByUser       = "user"       // a person or client, through Terminate or TerminateAll
+)
+
 // Event is one thing that happened to the pool, for observers.
 type Event struct {
 	Time      time.Time
 	Kind      EventKind
 	SandboxID string
-	// By is who claimed (dashboard, cli, api 127.0.0.1:5555).
+	// By is who claimed (dashboard, cli, api 127.0.0.1:5555), or who asked
+	// for a termination (ByController, ByUser, or a claimer).
 	By string
 	// Reason is why a sandbox was terminated.
 	Reason string
@@ -355,6 +363,15 @@ type Event struct {
 	// Until is set for backoff.
 	Until time.Time
 	Err   string
+	// ErrorKind says what failed, for an error event: ProblemStore,
+	// ProblemBackend, ProblemBudget, ProblemLease (sandboxpool_errors_total{kind}).
+	ErrorKind string
+	// Count is how many identical errors this one stands for: identical
+	// errors are folded, one event at the 1st, 10th, 100th... occurrence.
+	Count int
+	// Remote is set for a claim made by another process, seen in the store:
+	// Duration is then unknown (0).
+	Remote bool
 	// Tail is the workload's last lines of output, for a create_failed
 	// whose workload exited (ExitWatcher backends).
 	Tail string
@@ -397,7 +414,7 @@ type ExitInfo struct {
 // Problem is something wrong with the pool now: shown by /healthz (503),
 // GET /v1/pool's error, the dashboard and sandboxpool_errors_total{kind}.
 type Problem struct {
-	Kind    string // "store", "backend", "budget", "backoff", "lease"
+	Kind    string // ProblemStore, ProblemBackend, ProblemBudget, ProblemBackoff, ProblemLease
 	Message string
 	Count   int // identical occurrences folded into this one
 	Since   time.Time
