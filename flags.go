@@ -203,9 +203,24 @@ func (o *options) config(sizeSet bool) (pool.Config, error) {
 		return c, usagef("--port %d: must be between 1 and 65535", o.port)
 	}
 	if err := c.Validate(); err != nil {
-		return c, usageError{err}
+		return c, usageError{flagError(err)}
 	}
 	return c, nil
+}
+
+// flagError says an engine's *pool.FieldError with the flags that set the
+// fields ("use_duration" is --use-duration); other errors pass unchanged.
+func flagError(err error) error {
+	var fe *pool.FieldError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	return errors.New(fe.Render(func(field string) string {
+		if field == "claim_timeout" {
+			return "--timeout"
+		}
+		return "--" + strings.ReplaceAll(field, "_", "-")
+	}))
 }
 
 func oneLine(s string) string {

@@ -198,7 +198,7 @@ func agreeOnTiming(ctx context.Context, o *options, cfg pool.Config, st pool.Sto
 		}
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, usageError{fmt.Errorf("%w (the pool stores ttl %s, use-duration %s)", err, stored.TTL, stored.UseDuration)}
+		return cfg, usageError{fmt.Errorf("%w (the pool stores ttl %s, use-duration %s)", flagError(err), stored.TTL, stored.UseDuration)}
 	}
 	if controller && (stored.TTL != cfg.TTL || stored.UseDuration != cfg.UseDuration) {
 		if err := st.SetTiming(ctx, cfg.TTL, cfg.UseDuration); err != nil {

@@ -3,6 +3,8 @@ package pool
 import (
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -54,48 +56,82 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate checks every field; the error names the field (as its flag) and the allowed range.
+// FieldError is a Config field with a value it cannot take. Field names it
+// as the engine knows it ("size", "use_duration"); Rule says what is
+// allowed, naming any other field in braces ("must be less than {ttl} 5m0s"),
+// so that the command line can say the same with its flags.
+type FieldError struct {
+	Field string
+	Value any
+	Rule  string
+}
+
+func (e *FieldError) Error() string { return e.Render(func(f string) string { return f }) }
+
+// Render writes the error with each field named by name (e.g. its flag).
+func (e *FieldError) Render(name func(field string) string) string {
+	rule := e.Rule
+	for {
+		i := strings.IndexByte(rule, '{')
+		j := strings.IndexByte(rule, '}')
+		if i < 0 || j < i {
+			break
+		}
+		rule = rule[:i] + name(rule[i+1:j]) + rule[j+1:]
+	}
+	v := fmt.Sprint(e.Value)
+	if s, ok := e.Value.(string); ok {
+		v = strconv.Quote(s)
+	}
+	return name(e.Field) + " " + v + ": " + rule
+}
+
+func fieldErr(field string, v any, rule string, args ...any) *FieldError {
+	return &FieldError{Field: field, Value: v, Rule: fmt.Sprintf(rule, args...)}
+}
+
+// Validate checks every field; a *FieldError names the field and what it allows.
 func (c Config) Validate() error {
 	if err := ValidatePoolName(c.Pool); err != nil {
 		return err
 	}
 	if c.MaxSize < 0 {
-		return fmt.Errorf("--max-size %d: must be 0 or more", c.MaxSize)
+		return fieldErr("max_size", c.MaxSize, "must be 0 or more")
 	}
 	if err := c.ValidateSize(c.Size); err != nil {
 		return err
 	}
 	for _, d := range []struct {
-		flag string
-		v    time.Duration
+		field string
+		v     time.Duration
 	}{
-		{"--ttl", c.TTL}, {"--use-duration", c.UseDuration}, {"--health-timeout", c.HealthTimeout},
-		{"--health-every", c.HealthEvery}, {"--maintain-every", c.MaintainEvery}, {"--timeout", c.ClaimTimeout},
+		{"ttl", c.TTL}, {"use_duration", c.UseDuration}, {"health_timeout", c.HealthTimeout},
+		{"health_every", c.HealthEvery}, {"maintain_every", c.MaintainEvery}, {"claim_timeout", c.ClaimTimeout},
 	} {
 		if d.v <= 0 {
-			return fmt.Errorf("%s %s: must be a positive duration such as 30s or 5m", d.flag, d.v)
+			return fieldErr(d.field, d.v, "must be a positive duration such as 30s or 5m")
 		}
 	}
 	if c.HealthFresh < 0 {
-		return fmt.Errorf("--health-fresh %s: must be 0 or a positive duration", c.HealthFresh)
+		return fieldErr("health_fresh", c.HealthFresh, "must be 0 or a positive duration")
 	}
 	if c.UseDuration >= c.TTL {
-		return fmt.Errorf("--use-duration %s: must be less than --ttl %s", c.UseDuration, c.TTL)
+		return fieldErr("use_duration", c.UseDuration, "must be less than {ttl} %s", c.TTL)
 	}
 	if c.MaxCreating < 1 || c.MaxCreating > 1000 {
-		return fmt.Errorf("--max-creating %d: must be between 1 and 1000", c.MaxCreating)
+		return fieldErr("max_creating", c.MaxCreating, "must be between 1 and 1000")
 	}
 	if c.MinSize < 0 || c.Autosize && c.MinSize > c.MaxSize {
-		return fmt.Errorf("--min-size %d: must be between 0 and --max-size %d", c.MinSize, c.MaxSize)
+		return fieldErr("min_size", c.MinSize, "must be between 0 and {max_size} %d", c.MaxSize)
 	}
 	if c.AutosizeWindow <= 0 {
-		return fmt.Errorf("--autosize-window %s: must be a positive duration such as 30s or 5m", c.AutosizeWindow)
+		return fieldErr("autosize_window", c.AutosizeWindow, "must be a positive duration such as 30s or 5m")
 	}
 	if c.PricePerHour < 0 || math.IsNaN(c.PricePerHour) || math.IsInf(c.PricePerHour, 0) {
-		return fmt.Errorf("--price-per-hour %v: must be a price of 0 or more, such as 0.05", c.PricePerHour)
+		return fieldErr("price_per_hour", c.PricePerHour, "must be a price of 0 or more, such as 0.05")
 	}
 	if c.CreateTries < 1 {
-		return fmt.Errorf("create tries %d: must be 1 or more", c.CreateTries)
+		return fieldErr("create_tries", c.CreateTries, "must be 1 or more")
 	}
 	return nil
 }
@@ -103,7 +139,7 @@ func (c Config) Validate() error {
 // ValidateSize checks a target against the configured cap.
 func (c Config) ValidateSize(n int) error {
 	if n < 0 || n > c.MaxSize {
-		return fmt.Errorf("--size %d: must be between 0 and --max-size %d", n, c.MaxSize)
+		return fieldErr("size", n, "must be between 0 and {max_size} %d", c.MaxSize)
 	}
 	return nil
 }
@@ -111,12 +147,12 @@ func (c Config) ValidateSize(n int) error {
 // ValidatePoolName allows names that are safe as a file name, a queue name and a tag.
 func ValidatePoolName(name string) error {
 	if name == "" || len(name) > 48 {
-		return fmt.Errorf("--pool %q: must be 1 to 48 characters of a-z, A-Z, 0-9, '-' or '_'", name)
+		return fieldErr("pool", name, "must be 1 to 48 characters of a-z, A-Z, 0-9, '-' or '_'")
 	}
 	for _, r := range name {
 		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_'
 		if !ok {
-			return fmt.Errorf("--pool %q: must be 1 to 48 characters of a-z, A-Z, 0-9, '-' or '_'", name)
+			return fieldErr("pool", name, "must be 1 to 48 characters of a-z, A-Z, 0-9, '-' or '_'")
 		}
 	}
 	return nil

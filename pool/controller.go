@@ -69,6 +69,7 @@ type Controller struct {
 	appliedSeq   uint64                // the newest load applied to stored
 	targetSeq    uint64                // loadSeq when this process last set the target
 	writes       map[string]localWrite // this process's store writes a load in flight may miss
+	rotated      map[string]bool       // pooled sandboxes whose replacement started (rotation)
 	limit        creationLimit
 	budget       creationBudget
 	timingSaid   bool // the pool's timing differs from this process's and that was said
@@ -80,6 +81,7 @@ type Controller struct {
 	recent       map[string]Sandbox
 	failedAt     map[string]time.Time
 	readyTimes   []time.Duration
+	createTimes  []time.Duration // backend Create answer times, for the creation limit
 	failures     int
 	backoffUntil time.Time
 	lastCreate   string    // last creation error, for maintain's failure line
@@ -140,6 +142,7 @@ func New(o Options) (*Controller, error) {
 		health:       map[string]Health{},
 		inflight:     map[string]*creation{},
 		writes:       map[string]localWrite{},
+		rotated:      map[string]bool{},
 		limit:        newCreationLimit(o.Config.MaxCreating),
 		doomed:       map[string]bool{},
 		recent:       map[string]Sandbox{},

@@ -203,7 +203,7 @@ func describe(e Event) string {
 		return fmt.Sprintf("%s claimed by %s (%s)", id, e.By, how)
 	case EventTerminated:
 		if e.By != "" {
-			return fmt.Sprintf("%s terminated (%s, by %s)", id, e.Reason, e.By)
+			return fmt.Sprintf("%s terminated (%s) by %s", id, e.Reason, e.By)
 		}
 		return fmt.Sprintf("%s terminated (%s)", id, e.Reason)
 	case EventAdopted:

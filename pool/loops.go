@@ -206,12 +206,12 @@ func (c *Controller) maintainLoop(ctx context.Context) {
 func (c *Controller) untilNextPass(next time.Time) time.Duration {
 	now := c.clk.Now()
 	c.mu.Lock()
-	lead := c.leadLocked(now)
+	leads := c.leadsLocked()
 	for _, e := range c.stored.Entries {
-		if e.Claimed() || !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), lead) {
+		if e.Claimed() || c.rotated[e.ID] || !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), leads[e.ID]) {
 			continue
 		}
-		if at := RotationAt(e.ExpiresAt, c.useDur(), lead); at.Before(next) {
+		if at := RotationAt(e.ExpiresAt, c.useDur(), leads[e.ID]); at.Before(next) {
 			next = at
 		}
 	}
@@ -453,6 +453,11 @@ func (c *Controller) setStoredLocked(s Stored) {
 	for id := range c.health {
 		if !known[id] {
 			delete(c.health, id)
+		}
+	}
+	for id := range c.rotated {
+		if !known[id] {
+			delete(c.rotated, id)
 		}
 	}
 }

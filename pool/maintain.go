@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -242,13 +242,13 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 // longer than a replacement takes, plus creations in flight) equal target.
 func (c *Controller) resize(target int, now time.Time) {
 	c.mu.Lock()
-	lead := c.leadLocked(now)
+	leads := c.leadsLocked()
 	var counted []Entry
 	for _, e := range c.stored.Entries {
 		if e.Claimed() {
 			continue
 		}
-		if IsGood(e.ExpiresAt, c.health[e.ID], now, c.useDur()) && CountsTowardTarget(e.ExpiresAt, now, c.useDur(), lead) {
+		if c.countsLocked(e, now, leads) {
 			counted = append(counted, e)
 		}
 	}
@@ -337,10 +337,9 @@ func (c *Controller) topUp() {
 // countedLocked counts what stands toward the target: good pooled
 // sandboxes that stay good past the lead, and creations not cancelled.
 func (c *Controller) countedLocked(now time.Time) (counted, active int) {
-	lead := c.leadLocked(now)
+	leads := c.leadsLocked()
 	for _, e := range c.stored.Entries {
-		if !e.Claimed() && IsGood(e.ExpiresAt, c.health[e.ID], now, c.useDur()) &&
-			CountsTowardTarget(e.ExpiresAt, now, c.useDur(), lead) {
+		if !e.Claimed() && c.countsLocked(e, now, leads) {
 			counted++
 		}
 	}
@@ -375,26 +374,50 @@ func (c *Controller) shrink(victims []Entry, target int) {
 	}
 }
 
-// leadLocked is how long a replacement takes to get ready (the p95 of
-// recent creations, the health timeout before there is any), including
-// the wait behind the creations ahead of it: those in flight and the
-// replacements of sandboxes that rotate out as soon (RotationLead).
-func (c *Controller) leadLocked(now time.Time) time.Duration {
+// countsLocked says whether a pooled sandbox counts toward the target: good
+// and not rotated out. Once rotated out (its replacement started) it never
+// counts again, even if the lead shrinks as the queue drains: counting it
+// again would make its replacement surplus, and churn.
+func (c *Controller) countsLocked(e Entry, now time.Time, leads map[string]time.Duration) bool {
+	if !IsGood(e.ExpiresAt, c.health[e.ID], now, c.useDur()) || c.rotated[e.ID] {
+		return false
+	}
+	if !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), leads[e.ID]) {
+		c.rotated[e.ID] = true
+		return false
+	}
+	return true
+}
+
+// leadsLocked gives each pooled sandbox its rotation lead: how long before
+// it stops being good its replacement must start, including the wait
+// behind the replacements of the sandboxes that stop being good about when
+// it does (RotationLeads), so that a whole fill expiring together is
+// replaced in time.
+func (c *Controller) leadsLocked() map[string]time.Duration {
 	p95 := P95(c.readyTimes, c.cfg.HealthTimeout)
 	use, maxLead := c.useDur(), (c.ttlDur()-c.useDur())/2
-	base := RotationLead(p95, 0, 1, maxLead)
-	queued := len(c.inflight)
+	type end struct {
+		id string
+		at time.Time
+	}
+	ends := make([]end, 0, len(c.stored.Entries))
 	for _, e := range c.stored.Entries {
-		if e.Claimed() {
-			continue
-		}
-		// Counting now, and out of the count within base: its replacement
-		// joins the queue at about the same time as this one's.
-		if CountsTowardTarget(e.ExpiresAt, now, use, 0) && !CountsTowardTarget(e.ExpiresAt, now, use, base) {
-			queued++
+		if !e.Claimed() {
+			ends = append(ends, end{e.ID, e.ExpiresAt.Add(-use)})
 		}
 	}
-	return RotationLead(p95, queued, c.limit.now(), maxLead)
+	slices.SortFunc(ends, func(a, b end) int { return a.at.Compare(b.at) })
+	at := make([]time.Time, len(ends))
+	for i, e := range ends {
+		at[i] = e.at
+	}
+	leads := RotationLeads(at, p95, len(c.inflight), c.limit.now(), maxLead)
+	out := make(map[string]time.Duration, len(ends))
+	for i, e := range ends {
+		out[e.id] = leads[i]
+	}
+	return out
 }
 
 // creationTTL is the ttl asked of the backend for one sandbox: the pool's,
@@ -491,6 +514,21 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 		}
 		return Ref{}, err
 	}
+	// The limit follows the backend's own answer time, not the workload's
+	// start (a slow workload says nothing about the machine or backend).
+	asked := c.clk.Since(start)
+	c.mu.Lock()
+	c.createTimes = append(c.createTimes, asked)
+	if len(c.createTimes) > 20 {
+		c.createTimes = c.createTimes[len(c.createTimes)-20:]
+	}
+	grew := c.limit.now()
+	c.limit.done(asked, true, slices.Min(c.createTimes))
+	grew = c.limit.now() - grew
+	c.mu.Unlock()
+	if grew > 0 {
+		c.topUp() // slow start: a quick answer lets the next creation start now
+	}
 	c.setCreation(cr, StateWarming, ref)
 	h, exit := c.waitHealthy(ctx, ref)
 	c.mu.Lock()
@@ -522,7 +560,6 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	if len(c.readyTimes) > 20 {
 		c.readyTimes = c.readyTimes[len(c.readyTimes)-20:]
 	}
-	c.limit.done(took, true, slices.Min(c.readyTimes))
 	c.wroteLocked(Entry{Ref: ref}, false)
 	delete(c.inflight, cr.key)
 	c.mu.Unlock()

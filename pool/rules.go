@@ -164,6 +164,29 @@ func RotationLead(p95 time.Duration, queued, limit int, maxLead time.Duration) t
 	return min(lead, maxLead)
 }
 
+// RotationLeads gives each good-end (when a sandbox stops being good,
+// sorted) its lead: RotationLead with the creations queued ahead of its
+// replacement: those in flight, and the replacements of the sandboxes whose
+// good-ends fall within its own lead before it. The lead grows with the
+// queue it reveals, a few rounds at most.
+func RotationLeads(goodEnds []time.Time, p95 time.Duration, inflight, limit int, maxLead time.Duration) []time.Duration {
+	leads := make([]time.Duration, len(goodEnds))
+	for i, end := range goodEnds {
+		lead := RotationLead(p95, inflight, limit, maxLead)
+		for range 4 {
+			from := end.Add(-lead)
+			j, _ := slices.BinarySearchFunc(goodEnds[:i], from, func(t, f time.Time) int { return t.Compare(f) })
+			next := RotationLead(p95, inflight+i-j, limit, maxLead)
+			if next <= lead {
+				break
+			}
+			lead = next
+		}
+		leads[i] = lead
+	}
+	return leads
+}
+
 // JitterTTL shortens a sandbox's ttl by up to 2.5% (r in [0,1)), spreading
 // the expiries of sandboxes created together.
 func JitterTTL(ttl time.Duration, r float64) time.Duration {

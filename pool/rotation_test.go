@@ -1,0 +1,116 @@
+package pool_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+func TestRotationLeadAndJitter(t *testing.T) {
+	p95 := 2 * time.Second
+	for _, tc := range []struct {
+		queued, limit int
+		want          time.Duration
+	}{
+		{0, 20, 3 * time.Second},                    // 2s + 0.5s + 0.5s
+		{19, 20, 3 * time.Second},                   // less than a round ahead: no wait
+		{20, 20, 5 * time.Second},                   // one full round ahead
+		{300, 20, 3*time.Second + 15*2*time.Second}, // a whole fill rotating at once
+		{10_000, 20, time.Minute},                   // capped
+	} {
+		if got := pool.RotationLead(p95, tc.queued, tc.limit, time.Minute); got != tc.want {
+			t.Errorf("RotationLead(queued %d, limit %d) = %s, want %s", tc.queued, tc.limit, got, tc.want)
+		}
+	}
+	ttl := 5 * time.Minute
+	if got := pool.JitterTTL(ttl, 0); got != ttl {
+		t.Errorf("JitterTTL(0) = %s", got)
+	}
+	if got := pool.JitterTTL(ttl, 0.999999); got <= ttl-ttl/40 || got > ttl {
+		t.Errorf("JitterTTL(~1) = %s, want within 2.5%% of %s", got, ttl)
+	}
+}
+
+// At 300 sandboxes the ready count stays >= 95% of the target through
+// rotations, and live sandboxes stay near the target (issue 13.6).
+func TestRotationHoldsAtScale(t *testing.T) {
+	if testing.Short() {
+		t.Skip("600 simulated seconds of a pool of 300")
+	}
+	const target = 300
+	var mu sync.Mutex
+	var r float64
+	h := newHarness(t, func(c *pool.Config) {
+		c.Size, c.MaxSize, c.MaxCreating = target, 1000, 20
+		c.TTL, c.UseDuration = 5*time.Minute, 2*time.Minute
+	})
+	// The worst case: a whole fill made in the same second, so it all
+	// stops being good in the same second.
+	ctx := context.Background()
+	for range target {
+		ref, err := h.be.Create(ctx, h.cfg.TTL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.st.Put(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.be.CreateDelay = 2 * time.Second
+	// Spread jitter like a real random source would.
+	c, err := pool.New(pool.Options{Config: h.cfg, Backend: h.be, Store: h.st, Clock: h.clk, Checker: h.be.Checker,
+		Rand: func() float64 {
+			mu.Lock()
+			defer mu.Unlock()
+			r += 0.618034
+			r -= float64(int(r))
+			return r
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h.c = c
+	filled := false
+	minGood, maxLive := target, 0
+	for i := range 2 * 360 {
+		h.clk.Advance(time.Second)
+		h.settle()
+		if err := c.Maintain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		h.settle()
+		now := h.clk.Now()
+		good := 0
+		for _, e := range h.stored().Pooled() {
+			if pool.HasTimeLeft(e.ExpiresAt, now, h.cfg.UseDuration) {
+				good++
+			}
+		}
+		if good >= target {
+			filled = true
+		}
+		if !filled {
+			continue
+		}
+		minGood = min(minGood, good)
+		maxLive = max(maxLive, len(h.be.Live()))
+		if good < target*95/100 {
+			terms := map[string]int{}
+			for _, id := range h.be.Terms {
+				terms[id[:3]]++
+			}
+			t.Logf("pooled %d, live %d, creating %d, terms %d, snap counts %v", len(h.stored().Pooled()), len(h.be.Live()), c.Creating(), len(h.be.Terms), c.Snapshot().Counts)
+			t.Fatalf("at +%ds only %d good of %d", i+1, good, target)
+		}
+	}
+	t.Logf("through two ttls: at least %d good, at most %d live, %d created", minGood, maxLive, h.be.Creates)
+	// Replacing a fill that expires together needs a whole fill of
+	// creations at once: live stays within target + those (+ the ones in flight).
+	if want := 2*target + h.cfg.MaxCreating; !filled || maxLive > want {
+		t.Fatalf("filled %v, at most %d live: want at most %d", filled, maxLive, want)
+	}
+}
