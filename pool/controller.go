@@ -38,71 +38,85 @@ type Options struct {
 // Controller keeps one pool at its target. All methods are safe for
 // concurrent use; Close stops everything it started.
 type Controller struct {
-	cfg   Config
-	be    Backend
-	st    Store
-	clk   clockwork.Clock
-	check Checker
-	rnd   func() float64
-	poll  time.Duration
-
+	// Set by New, read-only after.
+	cfg     Config
+	be      Backend
+	st      Store
+	clk     clockwork.Clock // every time read and wait of the package goes through it
+	check   Checker
+	rnd     func() float64
+	poll    time.Duration
 	leaseAs LeaseRecord // what this process writes in the lease (Since set when taken)
 
-	// life bounds every goroutine the controller starts; Close cancels it.
-	life     context.Context
-	stop     context.CancelFunc
-	wg       sync.WaitGroup
-	passes   passRunner // one maintenance pass at a time, no lock across it
-	takes    takeGate   // claims taking from the store now
-	kickCh   chan struct{}
-	looping  atomic.Bool // a maintenance loop runs in this process
-	lease    Lease
-	creating atomic.Int64
+	// Lifetime: life bounds every goroutine the controller starts; Close cancels it.
+	life context.Context
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	// Coordination without a lock held across I/O, each with its own guard.
+	passes   passRunner    // one maintenance pass at a time (its own mutex, never held across a pass)
+	takes    takeGate      // claims taking from the store now (its own mutex)
+	waitq    waitQueue     // waiting claims in arrival order (its own mutex)
+	kickCh   chan struct{} // asks the maintenance loop for a pass; kicks coalesce
+	looping  atomic.Bool   // a maintenance loop runs in this process
+	creating atomic.Int64  // creations in flight, read without mu
 	// The pool's timing, as stored (one pool, one timing): what "good"
 	// means here even when this process was given other flags.
 	ttlNs, useNs atomic.Int64
+	changeMu     sync.Mutex    // guards changed
+	changed      chan struct{} // closed and replaced whenever a sandbox becomes ready or the store changes
 
-	mu           sync.Mutex
-	stored       Stored
-	loaded       bool
-	loadSeq      uint64                // store loads started
-	appliedSeq   uint64                // the newest load applied to stored
-	targetSeq    uint64                // loadSeq when this process last set the target
-	writes       map[string]localWrite // this process's store writes a load in flight may miss
-	rotated      map[string]bool       // pooled sandboxes whose replacement started (rotation)
-	limit        creationLimit
-	budget       creationBudget
-	timingSaid   bool // the pool's timing differs from this process's and that was said
-	target       int
-	health       map[string]Health
+	// mu guards every group below. Long running operations (backend, store,
+	// network, emitting events) are not allowed while it is held.
+	mu sync.Mutex
+
+	// The store as this process sees it (guarded by mu).
+	stored     Stored
+	loaded     bool
+	loadSeq    uint64                // store loads started
+	appliedSeq uint64                // the newest load applied to stored
+	targetSeq  uint64                // loadSeq when this process last set the target
+	writes     map[string]localWrite // this process's store writes a load in flight may miss
+	target     int
+	timingSaid bool // the pool's timing differs from this process's and that was said
+
+	// Sandboxes (guarded by mu).
+	health   map[string]Health
+	rotated  map[string]bool // pooled sandboxes whose replacement started (rotation)
+	doomed   map[string]bool // terminated by us: never adopt again
+	suspects map[string]bool // orphans seen by the last pass
+	recent   map[string]Sandbox
+	failedAt map[string]time.Time
+
+	// Creations (guarded by mu).
 	inflight     map[string]*creation
-	doomed       map[string]bool // terminated by us: never adopt again
-	suspects     map[string]bool // orphans seen by the last pass
-	recent       map[string]Sandbox
-	failedAt     map[string]time.Time
-	readyTimes   []time.Duration
+	seq          int
+	limit        creationLimit   // adaptive concurrency
+	budget       creationBudget  // what explains creations; the pause
+	readyTimes   []time.Duration // create-to-ready, for the rotation lead
 	createTimes  []time.Duration // backend Create answer times, for the creation limit
-	failures     int
+	failures     int             // creations failed in a row (backoff)
 	backoffUntil time.Time
 	lastCreate   string    // last creation error, for maintain's failure line
 	failingSince time.Time // first of the creation failures in a row
+
+	// Counters (guarded by mu).
 	stats        Stats
 	terminations map[string]int64
 	healthCounts map[bool]int64
 	creates      map[bool]int64
-	nextPass     time.Time
-	role         Role
-	holder       LeaseRecord
-	seq          int
+
+	// Lease and loop (guarded by mu).
+	lease    Lease
+	nextPass time.Time
+	role     Role
+	holder   LeaseRecord
 
 	auto autosizeState // its own lock; taken after mu, never before
 	cost costMeter
 
-	problems problemLog
-	events   eventHub
-	waitq    waitQueue
-	changeMu sync.Mutex
-	changed  chan struct{} // closed and replaced whenever a sandbox becomes ready
+	problems problemLog // its own mutex; taken after mu, never before
+	events   eventHub   // its own mutex; never held while observers run
 }
 
 type creation struct {

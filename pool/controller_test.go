@@ -614,19 +614,20 @@ func TestConfigValidation(t *testing.T) {
 		mod  func(*pool.Config)
 		want string
 	}{
-		{func(c *pool.Config) { c.UseDuration = c.TTL }, "--use-duration"},
-		{func(c *pool.Config) { c.Size = 101 }, "--size"},
-		{func(c *pool.Config) { c.Size = -1 }, "--size"},
-		{func(c *pool.Config) { c.TTL = 0 }, "--ttl"},
-		{func(c *pool.Config) { c.HealthEvery = -time.Second }, "--health-every"},
-		{func(c *pool.Config) { c.MaxCreating = 0 }, "--max-creating"},
-		{func(c *pool.Config) { c.Pool = "a/b" }, "--pool"},
+		{func(c *pool.Config) { c.UseDuration = c.TTL }, "use_duration"},
+		{func(c *pool.Config) { c.Size = 101 }, "size"},
+		{func(c *pool.Config) { c.Size = -1 }, "size"},
+		{func(c *pool.Config) { c.TTL = 0 }, "ttl"},
+		{func(c *pool.Config) { c.HealthEvery = -time.Second }, "health_every"},
+		{func(c *pool.Config) { c.MaxCreating = 0 }, "max_creating"},
+		{func(c *pool.Config) { c.Pool = "a/b" }, "pool"},
 	} {
 		cfg := pool.DefaultConfig()
 		tc.mod(&cfg)
 		err := cfg.Validate()
-		if err == nil || !containsWord(err.Error(), tc.want) {
-			t.Errorf("Validate() = %v, want an error naming %s", err, tc.want)
+		var fe *pool.FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.want || !containsWord(err.Error(), tc.want) {
+			t.Errorf("Validate() = %v, want an error naming the field %s", err, tc.want)
 		}
 	}
 	if err := pool.DefaultConfig().Validate(); err != nil {
