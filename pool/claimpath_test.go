@@ -127,13 +127,15 @@ func TestNextCreationLimit(t *testing.T) {
 		want        int
 	}{
 		{"quick grows", 4, 20, best, true, 5},
-		{"quick at the edge grows", 4, 20, 2*best + 50*time.Millisecond, true, 5},
-		{"just past quick holds", 4, 20, 2*best + 50*time.Millisecond + 1, true, 4},
-		{"slow at the edge holds", 4, 20, 4*best + 200*time.Millisecond, true, 4},
-		{"slow cuts a quarter", 8, 20, 4*best + 200*time.Millisecond + 1, true, 6},
-		{"slow cuts at least one", 2, 20, time.Hour, true, 1},
+		{"quick at the edge grows", 4, 20, 2*best + 250*time.Millisecond, true, 5},
+		{"just past quick holds", 4, 20, 2*best + 250*time.Millisecond + 1, true, 4},
+		{"slow at the edge holds", 8, 20, 4*best + time.Second, true, 8},
+		{"slow cuts a quarter", 8, 20, 4*best + time.Second + 1, true, 6},
+		{"slow cuts at least one", 5, 20, time.Hour, true, 4},
+		{"slow never below the initial limit", 4, 20, time.Hour, true, 4},
 		{"never above max", 20, 20, best, true, 20},
 		{"failure halves", 9, 20, 0, false, 4},
+		{"failure goes below the initial limit", 2, 20, 0, false, 1},
 		{"never below one", 1, 20, 0, false, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -93,20 +93,21 @@ func SurplusOrder(entries []Entry) []Entry {
 // shown how quick the backend is.
 const initialCreationLimit = 4
 
-// NextCreationLimit is the creation concurrency after one creation ended:
-// a failure halves it; a creation as quick as the best recent one (within
-// twice it, plus 50ms for scheduling noise) adds one, up to max; a slow
-// one (over four times the best, plus 200ms) takes a quarter off; never
-// below 1. Creations slow down when too many run at once on a busy
-// machine or backend: the limit settles where they stay quick.
+// NextCreationLimit is the creation concurrency after the backend answered
+// one Create in took: a refusal (!ok) halves it, down to 1; an answer as
+// quick as the best recent one (within twice it, plus 250ms of noise on a
+// busy machine) adds one, up to max; a slow one (over four times the best,
+// plus a second) takes a quarter off, but not below the initial limit:
+// only refusals go lower. Creations slow down when too many run at once on
+// a busy machine or backend: the limit settles where they stay quick.
 func NextCreationLimit(limit, maxLimit int, took, best time.Duration, ok bool) int {
 	switch {
 	case !ok:
-		limit /= 2
-	case took <= 2*best+50*time.Millisecond:
+		limit = max(1, limit/2)
+	case took <= 2*best+250*time.Millisecond:
 		limit++
-	case took > 4*best+200*time.Millisecond:
-		limit -= max(limit/4, 1)
+	case took > 4*best+time.Second:
+		limit = max(min(initialCreationLimit, limit), limit-max(limit/4, 1))
 	}
 	return min(maxLimit, max(1, limit))
 }
