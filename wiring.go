@@ -52,7 +52,7 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 	)
 	switch o.backend {
 	case "local":
-		lb, err := local.New(local.Options{Pool: cfg.Pool, StateDir: o.stateDir, Cmd: o.cmd, Warmup: o.warmup, LogMax: int64(o.logMax)})
+		lb, err := local.New(local.Options{Pool: cfg.Pool, StateDir: o.stateDir, Cmd: o.cmd, Warmup: o.warmup, LogMax: int64(o.logMax), Prestart: controller})
 		if err != nil {
 			return nil, err
 		}

@@ -36,11 +36,14 @@ type agentSpec struct {
 // paths are a pool's files in the state dir.
 type paths struct {
 	sock, lock, start, log, boxes string
+	// clean exists while no agent runs and the last one stopped every
+	// sandbox it had: nothing of the pool can be left to sweep.
+	clean string
 }
 
 func poolPaths(stateDir, pool string) paths {
 	p := filepath.Join(stateDir, pool)
-	return paths{sock: p + ".agent.sock", lock: p + ".agent.lock", start: p + ".agent.start", log: p + ".agent.log", boxes: p + ".sandboxes"}
+	return paths{sock: p + ".agent.sock", lock: p + ".agent.lock", start: p + ".agent.start", log: p + ".agent.log", boxes: p + ".sandboxes", clean: p + ".agent.clean"}
 }
 
 // agent runs one pool's sandboxes. It answers one JSON request per line on
@@ -150,6 +153,7 @@ func runAgent(spec agentSpec, ready *os.File) error {
 		return fmt.Errorf("become a child subreaper: %w", err)
 	}
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds | log.LUTC)
 	p := poolPaths(spec.StateDir, spec.Pool)
 	a := &agent{
 		spec: spec, paths: p, mark: envAgentMark + "=" + p.sock, uid: uint32(os.Getuid()),
@@ -158,6 +162,8 @@ func runAgent(spec agentSpec, ready *os.File) error {
 	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
 		return err
 	}
+	_, err := os.Stat(p.lock)
+	first := os.IsNotExist(err) // no agent ever ran here: nothing to sweep
 	lock, err := os.OpenFile(p.lock, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return err
@@ -185,7 +191,9 @@ func runAgent(spec agentSpec, ready *os.File) error {
 	}
 	// Whatever a dead agent left is no sandbox of ours: its processes (the
 	// ones that escaped Pdeathsig) and its files go.
-	killMarked(syscall.SIGKILL, a.mark)
+	if os.Remove(p.clean) != nil && !first {
+		killMarked(syscall.SIGKILL, a.mark) // a /proc scan: only after an agent died
+	}
 	_ = os.RemoveAll(p.boxes)
 	if err := os.Mkdir(p.boxes, 0o700); err != nil {
 		return err
@@ -825,6 +833,9 @@ func (a *agent) exit() {
 	_ = a.ln.Close() // removes the socket
 	// Anything created meanwhile (a create that raced the shutdown).
 	a.stopAll(time.Second)
+	if f, err := os.OpenFile(a.paths.clean, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		f.Close()
+	}
 	log.Printf("local agent of pool %q exits", a.spec.Pool)
 	os.Exit(0)
 }

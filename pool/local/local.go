@@ -15,6 +15,7 @@
 //	<pool>.agent.lock   held by the live agent
 //	<pool>.agent.start  held while a process starts the agent
 //	<pool>.agent.log    the agent's own log
+//	<pool>.agent.clean  no agent runs, and nothing of the last one is left
 //	<pool>.sandboxes/   <id>/ (the built-in server's directory), <id>.log[.1]
 package local
 
@@ -63,6 +64,9 @@ type Options struct {
 	// IdleExit is how long an agent started by this Backend lives with no
 	// sandbox and no caller; default 30s.
 	IdleExit time.Duration
+	// Prestart starts the agent in the background at New, so that a
+	// controller's first creations do not wait for it.
+	Prestart bool
 }
 
 // Backend is a client of the pool's agent. It keeps no state: several
@@ -123,7 +127,17 @@ func New(opts Options) (*Backend, error) {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
-	return &Backend{opts: opts, paths: p}, nil
+	b := &Backend{opts: opts, paths: p}
+	if opts.Prestart {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			if _, err := b.roundTrip(ctx, request{Op: "ping"}); isNoAgent(err) {
+				_ = b.ensureAgent(ctx) // a failure shows at the first Create
+			}
+		}()
+	}
+	return b, nil
 }
 
 // Name is "local".
@@ -366,6 +380,9 @@ func (b *Backend) roundTrip(ctx context.Context, req request) (response, error) 
 // sweep kills what a dead agent left (processes that escaped its
 // Pdeathsig), when no agent runs: the agent's lock is free.
 func (b *Backend) sweep() {
+	if _, err := os.Stat(b.paths.clean); err == nil {
+		return // the last agent left nothing
+	}
 	f, err := os.OpenFile(b.paths.lock, os.O_RDWR, 0)
 	if err != nil {
 		return
@@ -375,6 +392,9 @@ func (b *Backend) sweep() {
 		return // an agent runs (or starts): it sweeps itself
 	}
 	killMarked(syscall.SIGKILL, envAgentMark+"="+b.paths.sock)
+	if cf, err := os.OpenFile(b.paths.clean, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		cf.Close() // swept: the next agent need not scan again
+	}
 	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 }
 
