@@ -1,0 +1,333 @@
+package main
+
+// Issue 10's numbered cases replayed as a user did them, on the built binary,
+// plus a property test over random mixes of claimers with their own timing.
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+)
+
+// api is a client of one controller's HTTP API.
+type api struct {
+	t    *testing.T
+	base string
+}
+
+func (a api) do(method, path, body string) (int, string) {
+	a.t.Helper()
+	req, err := http.NewRequest(method, a.base+path, strings.NewReader(body))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// passes runs n maintenance passes, each to its end: "wait for n passes"
+// instead of sleeping and hoping nothing happened meanwhile.
+func (a api) passes(n int) {
+	a.t.Helper()
+	for range n {
+		if code, body := a.do("POST", "/v1/maintain", ""); code != http.StatusOK {
+			a.t.Logf("maintain pass: %d %s", code, body)
+		}
+	}
+}
+
+func (a api) pool() (httpapi.PoolView, bool) {
+	a.t.Helper()
+	code, body := a.do("GET", "/v1/pool", "")
+	if code != http.StatusOK {
+		return httpapi.PoolView{}, false
+	}
+	var v httpapi.PoolView
+	if err := json.Unmarshal([]byte(body), &v); err != nil {
+		a.t.Fatalf("GET /v1/pool: %v\n%s", err, body)
+	}
+	return v, true
+}
+
+func (a api) ready() int {
+	v, ok := a.pool()
+	if !ok {
+		return -1
+	}
+	return v.Counts.Ready
+}
+
+// startPool starts `run` on its own state dir and port and waits for target
+// ready sandboxes; the pool is torn down when the test ends.
+func startPool(t *testing.T, target int, args ...string) (env []string, c *controller, a api) {
+	t.Helper()
+	state := t.TempDir()
+	env = cliEnv(state)
+	addr := freeLoopbackAddr(t)
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	c = startRun(t, env, append([]string{"--size", fmt.Sprint(target), "--listen", addr}, args...)...)
+	a = api{t: t, base: "http://" + addr}
+	waitFor(t, fmt.Sprintf("%d ready", target), 30*time.Second, func() bool { return a.ready() == target })
+	return env, c, a
+}
+
+func claimCLI(t *testing.T, env []string, args ...string) (httpapi.ClaimView, result) {
+	t.Helper()
+	r := cli(t, env, append([]string{"claim", "--json"}, args...)...)
+	var v httpapi.ClaimView
+	if r.code == 0 {
+		if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+			t.Fatalf("claim --json: %v\n%s", err, r.stdout)
+		}
+	}
+	return v, r
+}
+
+func countEvents(logs, kind string) int {
+	n := 0
+	for _, e := range parseEvents(logs) {
+		if e.kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// Case 1: claims with the default flags on a pool with its own timing never
+// make the controller create in a loop, and every termination says why.
+func TestReplayClaimsWithOtherFlagsNeverRunAway(t *testing.T) {
+	env, c, a := startPool(t, 3, "--ttl", "2m", "--use-duration", "30s", "--maintain-every", "1s")
+	var ids []string
+	for range 2 {
+		v, r := claimCLI(t, env, "--timeout", "10s")
+		if r.code != 0 {
+			t.Fatalf("claim: exit %d: %s\ncontroller:\n%s", r.code, r.stderr, c.logs.String())
+		}
+		ids = append(ids, v.ID)
+	}
+	if ids[0] == ids[1] {
+		t.Fatalf("one sandbox claimed twice: %v", ids)
+	}
+	a.passes(5)
+	waitFor(t, "backfill to 3 ready", 20*time.Second, func() bool { return a.ready() == 3 })
+	a.passes(3)
+	logs := c.logs.String()
+	// 3 for the fill, 2 to backfill the claims; a little slack for a retry.
+	if n := countEvents(logs, "created"); n > 3+2+2 {
+		t.Fatalf("%d sandboxes created for a target of 3 and 2 claims: runaway\n%s", n, logs)
+	}
+	for _, e := range parseEvents(logs) {
+		if e.kind == "terminated" && e.reason == "" && e.message == "" {
+			t.Errorf("termination of %s without a reason: %+v", e.id, e)
+		}
+	}
+}
+
+// Case 2: following the advice for a corrupt store (move it away) never puts
+// a claimed sandbox back in the pool, nor terminates it.
+func TestReplayStoreLossNeverRepoolsAClaimedSandbox(t *testing.T) {
+	env, c, a := startPool(t, 3, "--maintain-every", "1s")
+	got, r := claimCLI(t, env, "--timeout", "10s")
+	if r.code != 0 {
+		t.Fatalf("claim: exit %d: %s", r.code, r.stderr)
+	}
+	state := strings.TrimPrefix(env[len(env)-1], "SANDBOXPOOL_STATE_DIR=")
+	store := filepath.Join(state, "default.json")
+	if err := os.WriteFile(store, []byte("garbage{{{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.passes(2)
+	if err := os.Rename(store, store+".bad"); err != nil {
+		t.Fatal(err)
+	}
+	a.passes(3)
+	waitFor(t, "the pool refilled after the store loss", 20*time.Second, func() bool { return a.ready() == 3 })
+	a.passes(2)
+	v, _ := a.pool()
+	for _, s := range v.Sandboxes {
+		if s.ID == got.ID && s.State != "claimed" {
+			t.Fatalf("claimed sandbox %s is %s in the pool after the store loss\n%s", got.ID, s.State, c.logs.String())
+		}
+	}
+	if code, _ := get(t, got.URL); code != http.StatusOK {
+		t.Fatalf("claimed sandbox %s answers %d after the store loss: it was terminated\n%s", got.ID, code, c.logs.String())
+	}
+	for _, e := range parseEvents(c.logs.String()) {
+		if e.id == got.ID && (e.kind == "terminated" || e.kind == "adopted") {
+			t.Fatalf("claimed sandbox %s was %s: %s", got.ID, e.kind, e.message)
+		}
+	}
+}
+
+// Case 5: a target set by another process reaches the controller within a
+// second, not a whole --maintain-every later.
+func TestReplayAnotherProcessTargetActsAtOnce(t *testing.T) {
+	env, c, a := startPool(t, 2, "--maintain-every", "60s")
+	start := time.Now()
+	done := make(chan result, 1)
+	go func() { done <- cli(t, env, "maintain", "--size", "4") }()
+	waitFor(t, "4 ready after another process set the target", 8*time.Second, func() bool { return a.ready() == 4 })
+	t.Logf("target from another process served in %s", time.Since(start).Round(time.Millisecond))
+	select {
+	case r := <-done:
+		if r.code != 0 {
+			t.Fatalf("maintain --size 4: exit %d: %s %s\ncontroller:\n%s", r.code, r.stdout, r.stderr, c.logs.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("maintain --size 4 did not return once the pool was at 4")
+	}
+}
+
+// Case 6: a corrupt store shows in /healthz, /v1/pool and the metrics, and
+// its warning does not flood the log.
+func TestReplayCorruptStoreIsShownNotFlooded(t *testing.T) {
+	env, c, a := startPool(t, 2, "--maintain-every", "1s")
+	state := strings.TrimPrefix(env[len(env)-1], "SANDBOXPOOL_STATE_DIR=")
+	store := filepath.Join(state, "default.json")
+	good, err := os.ReadFile(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(store, []byte("garbage{{{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "/healthz 503 naming the store", 10*time.Second, func() bool {
+		code, body := a.do("GET", "/healthz", "")
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "default.json")
+	})
+	v, _ := a.pool()
+	if v.Error == "" {
+		t.Errorf("GET /v1/pool carries no error while the store is corrupt")
+	}
+	_, metrics := a.do("GET", "/metrics", "")
+	if !strings.Contains(metrics, `sandboxpool_errors_total{kind="store"}`) {
+		t.Errorf("no sandboxpool_errors_total{kind=\"store\"} while the store is corrupt")
+	}
+	before := strings.Count(c.logs.String(), "level=WARN")
+	a.passes(5)
+	if n := strings.Count(c.logs.String(), "level=WARN") - before; n > 2 {
+		t.Errorf("%d WARN lines in 5 passes for one unchanged error: it floods", n)
+	}
+	if err := os.WriteFile(store, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "/healthz ok once the store is restored", 15*time.Second, func() bool {
+		code, _ := a.do("GET", "/healthz", "")
+		return code == http.StatusOK
+	})
+}
+
+// Case 7: bad input says what is wrong at once and changes nothing.
+func TestReplayBadInputFailsAtOnce(t *testing.T) {
+	env, _, a := startPool(t, 1)
+	for _, tok := range []string{" ", "x", "short-token", "has space in the token"} {
+		r := cli(t, env, "run", "--token", tok, "--listen", "127.0.0.1:0")
+		if r.code != 2 || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+			t.Errorf("run --token %q: exit %d, stderr %q: want exit 2 and one line", tok, r.code, r.stderr)
+		}
+	}
+	for _, body := range []string{`{"bogus":1}`, `{"size":2,"extra":true}`} {
+		if code, got := a.do("PUT", "/v1/pool/size", body); code != http.StatusBadRequest {
+			t.Errorf("PUT /v1/pool/size %s: %d %s, want 400", body, code, got)
+		}
+	}
+	if code, got := a.do("POST", "/v1/claims", `{"bogus":1}`); code != http.StatusBadRequest {
+		t.Errorf("POST /v1/claims with an unknown field: %d %s, want 400", code, got)
+	}
+	if code, _ := a.do("PUT", "/v1/pool/size", `{"size":0}`); code != http.StatusOK {
+		t.Fatalf("PUT size 0: %d", code)
+	}
+	start := time.Now()
+	_, r := claimCLI(t, env, "--timeout", "30s")
+	if r.code != 1 || !strings.Contains(r.stderr, "target") || time.Since(start) > 10*time.Second {
+		t.Errorf("claim on a pool with target 0: exit %d after %s: %q; want exit 1 at once saying the target is 0",
+			r.code, time.Since(start).Round(time.Millisecond), r.stderr)
+	}
+}
+
+// TestClaimersWithMixedTimingProperty: claimers in other processes, each
+// with its own --ttl/--use-duration (or none), claim from one pool at once.
+// Whatever the mix, no sandbox is handed out twice, and creations stay
+// within what the target and the claims explain (no runaway).
+func TestClaimersWithMixedTimingProperty(t *testing.T) {
+	seed := chaosSeed(t)
+	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
+	const target = 4
+	env, c, a := startPool(t, target, "--ttl", "40s", "--use-duration", "10s", "--maintain-every", "1s")
+	ttls := []string{"", "20s", "40s", "5m", "2m"}
+	uses := []string{"", "5s", "10s", "30s", "1m"}
+	var (
+		mu      sync.Mutex
+		claimed []string
+		wg      sync.WaitGroup
+	)
+	const claimers = 6
+	for i := range claimers {
+		var args []string
+		if tt := ttls[rng.IntN(len(ttls))]; tt != "" {
+			args = append(args, "--ttl", tt)
+		}
+		if u := uses[rng.IntN(len(uses))]; u != "" {
+			args = append(args, "--use-duration", u)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 2 {
+				v, r := claimCLI(t, env, append([]string{"--timeout", "15s"}, args...)...)
+				switch r.code {
+				case 0:
+					mu.Lock()
+					claimed = append(claimed, v.ID)
+					mu.Unlock()
+				case 2: // flags that contradict themselves: refused, nothing done
+				default:
+					t.Errorf("claimer %d %v: exit %d: %s", i, args, r.code, r.stderr)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	a.passes(3)
+	waitFor(t, "the pool back at target", 30*time.Second, func() bool { return a.ready() == target })
+	a.passes(3)
+	sorted := slices.Clone(claimed)
+	slices.Sort(sorted)
+	if len(slices.Compact(sorted)) != len(claimed) {
+		t.Fatalf("seed %d: a sandbox was handed out twice: %v", seed, claimed)
+	}
+	logs := c.logs.String()
+	created := countEvents(logs, "created")
+	died := 0
+	for _, e := range parseEvents(logs) {
+		if e.kind == "terminated" && e.reason != "shrink" && e.reason != "user" {
+			died++
+		}
+	}
+	if budget := target + len(claimed) + died + 3; created > budget {
+		var b bytes.Buffer
+		fmt.Fprintf(&b, "seed %d: %d created > target %d + %d claims + %d died + slack 3\n", seed, created, target, len(claimed), died)
+		t.Fatalf("%s%s", b.String(), logs)
+	}
+	t.Logf("seed %d: %d claims, %d created, %d died", seed, len(claimed), created, died)
+}
