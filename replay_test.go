@@ -50,9 +50,7 @@ func (a api) do(method, path, body string) (int, string) {
 func (a api) passes(n int) {
 	a.t.Helper()
 	for range n {
-		if code, body := a.do("POST", "/v1/maintain", ""); code != http.StatusOK {
-			a.t.Logf("maintain pass: %d %s", code, body)
-		}
+		a.do("POST", "/v1/maintain", "") // a 500 is expected while the store is corrupt
 	}
 }
 
