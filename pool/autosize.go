@@ -296,17 +296,21 @@ func (c *Controller) autosizeOff(why string) {
 // target the rule gives now and stores it when it changed (so that viewers
 // and `check` see it); otherwise target as it is.
 func (c *Controller) autosizeTarget(ctx context.Context, target int, now time.Time) int {
+	a := &c.auto
+	a.mu.Lock()
+	msg, on := a.announce, a.on
+	a.announce = ""
+	a.mu.Unlock()
+	if msg != "" {
+		c.emit(Event{Kind: EventResized, Message: msg})
+	}
+	if !on { // the common case costs one uncontended lock: passes follow every claim
+		return target
+	}
 	c.mu.Lock()
 	ttr := P95(c.readyTimes, timeToReadyUnknown)
 	c.mu.Unlock()
-	a := &c.auto
 	a.mu.Lock()
-	if msg := a.announce; msg != "" {
-		a.announce = ""
-		a.mu.Unlock()
-		c.emit(Event{Kind: EventResized, Message: msg})
-		a.mu.Lock()
-	}
 	if !a.on {
 		a.mu.Unlock()
 		return target
