@@ -36,11 +36,11 @@ func TestProblemsAreShown(t *testing.T) {
 	if r := e.do("GET", "/v1/pool", ""); r.status != http.StatusOK || json.Unmarshal(r.body, &pv) != nil || !strings.Contains(pv.Error, "store on fire") {
 		t.Errorf("/v1/pool while the store fails: %d %s: want 200 with the error", r.status, r.body)
 	}
-	if v := metric(t, e, `sandboxpool_errors_total{kind="unknown"}`); v == "" || v == "0" {
-		t.Errorf(`sandboxpool_errors_total{kind="unknown"} = %q, want > 0`, v)
+	if v := metric(t, e, `sandboxpool_errors_total{kind="store"}`); v == "" || v == "0" {
+		t.Errorf(`sandboxpool_errors_total{kind="store"} = %q, want > 0`, v)
 	}
-	if v := metric(t, e, `sandboxpool_errors_total{kind="store"}`); v != "0" {
-		t.Errorf(`sandboxpool_errors_total{kind="store"} = %q, want the series at 0`, v)
+	if v := metric(t, e, `sandboxpool_errors_total{kind="budget"}`); v != "0" {
+		t.Errorf(`sandboxpool_errors_total{kind="budget"} = %q, want the series at 0`, v)
 	}
 	problems := 0
 	for _, line := range strings.Split(string(e.do("GET", "/metrics", "").body), "\n") {

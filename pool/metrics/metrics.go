@@ -54,9 +54,10 @@ type Metrics struct {
 }
 
 // ErrorKinds are the kinds of sandboxpool_errors_total always exported (at
-// zero until one happens): pool.Problem's kinds, and unknown for an error
+// zero until one happens): pool's Problem kinds, and unknown for an error
 // event that does not say.
-var ErrorKinds = []string{"store", "backend", "budget", "backoff", "lease", ErrorKindUnknown}
+var ErrorKinds = []string{pool.ProblemStore, pool.ProblemBackend, pool.ProblemBudget, pool.ProblemBackoff,
+	pool.ProblemLease, ErrorKindUnknown}
 
 // ErrorKindUnknown labels an error event that carries no kind.
 const ErrorKindUnknown = "unknown"
@@ -137,10 +138,14 @@ func (m *Metrics) observe(e pool.Event) {
 	}
 }
 
-// errorKind is an error event's kind label. Events do not carry their kind
-// yet: until they do, they count as unknown (the kinds of what is wrong now
-// are in sandboxpool_problems).
-func errorKind(pool.Event) string { return ErrorKindUnknown }
+// errorKind is an error event's kind label; an event that does not say
+// counts as unknown.
+func errorKind(e pool.Event) string {
+	if e.ErrorKind == "" {
+		return ErrorKindUnknown
+	}
+	return e.ErrorKind
+}
 
 // claimFailure tells a claim that ran out of time from one whose claimer
 // went away. The event carries only the error text.
