@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -168,5 +169,103 @@ func TestCreationBudgetHoldsUnderRandomLoad(t *testing.T) {
 				t.Fatalf("seed %d: %d creations in the window ending %s, budget %d (%+v)", seed, n, end, budget, in)
 			}
 		}
+	}
+}
+
+// Another process's resize reaches the controller within one store poll
+// (1s), not a whole maintenance interval.
+func TestTargetSetElsewhereActsWithinAPoll(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = h.c.Serve(ctx, false) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "filled to 3", func() bool { return len(h.pooledIDs()) == 3 && h.c.Creating() == 0 })
+	at := h.clk.Now()
+	if err := h.st.SetTarget(context.Background(), 5); err != nil { // as `maintain --size 5` would
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(h.pooledIDs()) != 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("pooled %d after the store poll, want 5", len(h.pooledIDs()))
+		}
+		h.clk.Advance(100 * time.Millisecond)
+		if h.clk.Since(at) > 2*time.Second { // a poll is 1s; a maintenance interval 30s
+			t.Fatalf("still %d pooled %s after the resize: not within a poll", len(h.pooledIDs()), h.clk.Since(at))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A claim made by another process (straight on the store) counts here once,
+// seen by the store poll, as warm when this process saw it pooled.
+func TestClaimsElsewhereAreCounted(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.pass()
+	h.c.WaitIdle(ctx)
+	events, cancel := h.c.Subscribe(64)
+	defer cancel()
+	now := h.clk.Now()
+	got, _, ok, err := h.st.Take(ctx, pool.TakeRequest{MinExpiresAt: now, ClaimedBy: "cli", Now: now})
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	for range 2 { // a second load must not count it again
+		if _, err := h.c.Refresh(ctx, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := h.c.Snapshot().Stats; s.ClaimsWarm != 1 || s.ClaimsWaited != 0 {
+		t.Fatalf("stats %+v, want the claim elsewhere counted once, warm", s)
+	}
+	for e := range events {
+		if e.Kind == pool.EventClaimed {
+			if e.SandboxID != got.ID || !e.Remote || e.By != "cli" {
+				t.Fatalf("claim event %+v", e)
+			}
+			break
+		}
+	}
+}
+
+// An error repeated every poll is one Problem with a count and one event
+// per order of magnitude, not one a second; it goes when the store heals.
+func TestProblemsFoldIdenticalErrors(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	events, cancel := h.c.Subscribe(256)
+	defer cancel()
+	h.st.SetErr(errors.New("disk on fire"))
+	for range 12 {
+		_, _ = h.c.Refresh(ctx, false)
+	}
+	probs := h.c.Problems()
+	if len(probs) != 1 || probs[0].Kind != pool.ProblemStore || probs[0].Count != 12 {
+		t.Fatalf("problems %+v, want one store problem counted 12 times", probs)
+	}
+	if n := h.c.ErrorCounts()[pool.ProblemStore]; n != 12 {
+		t.Fatalf("error count %d, want 12", n)
+	}
+	h.st.SetErr(nil)
+	if _, err := h.c.Refresh(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if probs := h.c.Problems(); len(probs) != 0 {
+		t.Fatalf("problems after healing: %+v", probs)
+	}
+	cancel()
+	var counts []int
+	for e := range events {
+		if e.Kind == pool.EventError {
+			if e.ErrorKind != pool.ProblemStore {
+				t.Fatalf("error event kind %q", e.ErrorKind)
+			}
+			counts = append(counts, e.Count)
+		}
+	}
+	if !slices.Equal(counts, []int{1, 10}) {
+		t.Fatalf("error events at counts %v, want [1 10]", counts)
 	}
 }
