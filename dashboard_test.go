@@ -67,6 +67,7 @@ func dashboardOptions(t *testing.T, stateDir string, args ...string) (*options, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.TTLJitter = 0 // the goldens show pool order as creation order
 	return o, cfg
 }
 

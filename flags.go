@@ -191,6 +191,7 @@ func (o *options) config(sizeSet bool) (pool.Config, error) {
 	c.TTL, c.UseDuration = o.ttl, o.useDuration
 	c.HealthTimeout, c.HealthEvery, c.MaintainEvery = o.healthTimeout, o.healthEvery, o.maintainEvery
 	c.MaxCreating = o.maxCreating
+	c.TTLJitter = pool.DefaultTTLJitter
 	c.Autosize, c.MinSize, c.AutosizeWindow, c.PricePerHour = o.autosize, o.minSize, o.autoWindow, o.pricePerHour
 	c.HealthFresh = o.healthFresh
 	if o.backend != "local" && o.backend != "modal" {

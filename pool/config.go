@@ -27,6 +27,11 @@ type Config struct {
 	ClaimTimeout time.Duration
 	// CreateTries is how often one creation is tried before it counts as failed.
 	CreateTries int
+	// TTLJitter is the largest fraction by which one sandbox's ttl is
+	// shortened at random (HikariCP varies maxLifetime so), spreading the
+	// expiries of a fill. 0 (the default, for exact tests) never jitters;
+	// the command line uses DefaultTTLJitter.
+	TTLJitter float64
 	// Autosize makes the target follow demand between MinSize and MaxSize,
 	// falling no faster than AutosizeWindow (pool/autosize.go).
 	Autosize       bool
@@ -35,6 +40,9 @@ type Config struct {
 	// PricePerHour is one sandbox's hourly price; 0 shows no money.
 	PricePerHour float64
 }
+
+// DefaultTTLJitter is the ttl jitter of the command line: up to 2.5%.
+const DefaultTTLJitter = 0.025
 
 // DefaultConfig returns SPEC's defaults.
 func DefaultConfig() Config {
@@ -129,6 +137,9 @@ func (c Config) Validate() error {
 	}
 	if c.PricePerHour < 0 || math.IsNaN(c.PricePerHour) || math.IsInf(c.PricePerHour, 0) {
 		return fieldErr("price_per_hour", c.PricePerHour, "must be a price of 0 or more, such as 0.05")
+	}
+	if c.TTLJitter < 0 || c.TTLJitter > 0.1 || math.IsNaN(c.TTLJitter) {
+		return fieldErr("ttl_jitter", c.TTLJitter, "must be between 0 and 0.1")
 	}
 	if c.CreateTries < 1 {
 		return fieldErr("create_tries", c.CreateTries, "must be 1 or more")

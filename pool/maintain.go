@@ -421,10 +421,13 @@ func (c *Controller) leadsLocked() map[string]time.Duration {
 }
 
 // creationTTL is the ttl asked of the backend for one sandbox: the pool's,
-// shortened by up to 2.5% at random (as HikariCP varies maxLifetime), so the
-// sandboxes of one fill do not all expire in the same second.
+// shortened by up to TTLJitter at random (as HikariCP varies maxLifetime),
+// so the sandboxes of one fill do not all expire in the same second.
 func (c *Controller) creationTTL() time.Duration {
-	return JitterTTL(c.ttlDur(), c.random())
+	if c.cfg.TTLJitter <= 0 {
+		return c.ttlDur()
+	}
+	return JitterTTL(c.ttlDur(), c.random()*c.cfg.TTLJitter/0.025)
 }
 
 func (c *Controller) random() float64 {

@@ -46,6 +46,7 @@ func TestRotationHoldsAtScale(t *testing.T) {
 	h := newHarness(t, func(c *pool.Config) {
 		c.Size, c.MaxSize, c.MaxCreating = target, 1000, 20
 		c.TTL, c.UseDuration = 5*time.Minute, 2*time.Minute
+		c.TTLJitter = pool.DefaultTTLJitter
 	})
 	// The worst case: a whole fill made in the same second, so it all
 	// stops being good in the same second.

@@ -188,8 +188,8 @@ func RotationLeads(goodEnds []time.Time, p95 time.Duration, inflight, limit int,
 	return leads
 }
 
-// JitterTTL shortens a sandbox's ttl by up to 2.5% (r in [0,1)), spreading
-// the expiries of sandboxes created together.
+// JitterTTL shortens a sandbox's ttl by r x 2.5% (r in [0,1) for up to
+// 2.5%), spreading the expiries of sandboxes created together.
 func JitterTTL(ttl time.Duration, r float64) time.Duration {
 	return ttl - time.Duration(r*float64(ttl)/40)
 }
