@@ -20,7 +20,9 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
-	ctl := startRun(t, env, "--autosize", "--min-size", "2", "--max-size", "12", "--autosize-window", "3s",
+	// --warmup: with the agent a bare creation takes ~3 ms, and a pool needs no
+	// headroom for that; the issue sizes against sandboxes that take time.
+	ctl := startRun(t, env, "--autosize", "--min-size", "2", "--max-size", "12", "--autosize-window", "3s", "--warmup", "1s",
 		"--price-per-hour", "0.36", "--health-every", "500ms", "--listen", "127.0.0.1:0")
 	var base string
 	waitFor(t, "the API address in the log", 30*time.Second, func() bool {
