@@ -34,9 +34,20 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		case <-ctx.Done():
 		}
 	}()
+	backfillUntil := c.clk.Now().Add(backfillPatience)
 	for {
 		err := c.acquire(ctx)
 		var held *LeaseHeldError
+		if errors.As(err, &held) && !allowViewer && held.Holder.Role == RoleBackfill && c.clk.Now().Before(backfillUntil) {
+			// A claim holds the pool for its own short backfill (claimers may
+			// keep coming): wait for it rather than refuse to maintain.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-c.clk.After(250 * time.Millisecond):
+			}
+			continue
+		}
 		if errors.As(err, &held) && allowViewer {
 			c.mu.Lock()
 			c.role, c.holder = RoleViewer, held.Holder
@@ -61,6 +72,9 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		}
 	}
 }
+
+// backfillPatience bounds how long Serve waits for claims' backfill leases.
+const backfillPatience = 2 * time.Minute
 
 // maintainWhileLeased runs the loops until ctx ends or the lease is lost;
 // it then releases the lease and says who holds it now.
