@@ -114,7 +114,10 @@ type creationLimit struct {
 }
 
 func newCreationLimit(most int) creationLimit {
-	return creationLimit{limit: min(most, initialCreationLimit), most: most}
+	// Start at the cap: a creation costs the local agent ~1-3 ms of CPU and
+	// Modal a second of waiting, so holding back only slows a fill; slow
+	// or refused answers cut the limit from there.
+	return creationLimit{limit: most, most: most}
 }
 
 func (l *creationLimit) now() int { return l.limit }

@@ -89,9 +89,9 @@ func SurplusOrder(entries []Entry) []Entry {
 	return out
 }
 
-// initialCreationLimit is how many creations start at once before any has
-// shown how quick the backend is.
-const initialCreationLimit = 4
+// initialCreationLimit is the floor that slow answers never cut the
+// creation limit below (only refusals go lower).
+const initialCreationLimit = 10
 
 // NextCreationLimit is the creation concurrency after the backend answered
 // one Create in took: a refusal (!ok) halves it, down to 1; an answer as
