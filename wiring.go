@@ -120,6 +120,9 @@ func (p *opened) openJournal(dir, poolName string) {
 	}
 	ctrl := p.ctrl
 	j, err := journal.Open(dir, poolName, journal.Options{Keep: func(e pool.Event) bool {
+		if e.Remote {
+			return false // seen in the store, caused elsewhere: its own process says it
+		}
 		switch e.Kind {
 		case pool.EventStoreChanged, pool.EventMaintained:
 			return false // every process sees these itself

@@ -230,6 +230,28 @@ func TestClaimsElsewhereAreCounted(t *testing.T) {
 	}
 }
 
+// A claim by another process reaches a controller twice, through the
+// pool's journal (Replay) and through the store: it counts, and shows, once.
+func TestClaimSeenTwiceCountsOnce(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.pass()
+	h.c.WaitIdle(ctx)
+	now := h.clk.Now()
+	got, _, ok, err := h.st.Take(ctx, pool.TakeRequest{MinExpiresAt: now, ClaimedBy: "cli", Now: now})
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	h.c.Replay(pool.Event{Kind: pool.EventClaimed, SandboxID: got.ID, By: "cli", Warm: true})
+	h.c.Replay(pool.Event{Kind: pool.EventClaimed, SandboxID: got.ID, By: "cli", Warm: true})
+	if _, err := h.c.Refresh(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if s := h.c.Snapshot().Stats; s.ClaimsWarm != 1 || s.ClaimsWaited != 0 {
+		t.Fatalf("stats %+v, want one warm claim: the journal and the store saw the same one", s)
+	}
+}
+
 // An error repeated every poll is one Problem with a count and one event
 // per order of magnitude, not one a second; it goes when the store heals.
 func TestProblemsFoldIdenticalErrors(t *testing.T) {

@@ -84,10 +84,12 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
 	waited := c.clk.Now().Sub(start)
 	c.mu.Lock()
-	if warm {
-		c.stats.ClaimsWarm++
-	} else {
-		c.stats.ClaimsWaited++
+	if c.countClaimOnceLocked(got.ID) {
+		if warm {
+			c.stats.ClaimsWarm++
+		} else {
+			c.stats.ClaimsWaited++
+		}
 	}
 	c.budget.claimed(c.clk.Now())
 	c.wroteLocked(got, false)
@@ -310,4 +312,26 @@ func (q *waitQueue) turn(t *ticket) <-chan struct{} {
 		return nil
 	}
 	return t.head
+}
+
+// countClaimOnceLocked reports whether the claim of id is news here. A claim
+// by another process reaches a controller twice, through the store (a pooled
+// entry turned claimed) and through the pool's journal: it counts once.
+func (c *Controller) countClaimOnceLocked(id string) bool {
+	now := c.clk.Now()
+	if c.counted == nil {
+		c.counted = map[string]time.Time{}
+	}
+	if _, seen := c.counted[id]; seen {
+		return false
+	}
+	if len(c.counted) >= 4096 {
+		for k, at := range c.counted {
+			if now.Sub(at) > 10*time.Minute {
+				delete(c.counted, k)
+			}
+		}
+	}
+	c.counted[id] = now
+	return true
 }

@@ -102,6 +102,7 @@ type Controller struct {
 
 	// Counters (guarded by mu).
 	stats        Stats
+	counted      map[string]time.Time // claims counted in stats, by sandbox: each once, however it is seen
 	terminations map[string]int64
 	healthCounts map[bool]int64
 	creates      map[bool]int64

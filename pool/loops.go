@@ -387,6 +387,9 @@ func (c *Controller) claimsSeenLocked(s Stored) []Event {
 		if known && prev.Claimed() {
 			continue
 		}
+		if !c.countClaimOnceLocked(e.ID) {
+			continue // already seen through the journal
+		}
 		warm := known
 		if warm {
 			c.stats.ClaimsWarm++

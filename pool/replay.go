@@ -16,6 +16,10 @@ func (c *Controller) Replay(e Event) {
 	c.mu.Lock()
 	switch e.Kind {
 	case EventClaimed:
+		if e.SandboxID != "" && !c.countClaimOnceLocked(e.SandboxID) {
+			c.mu.Unlock()
+			return // already seen in the store, and shown then
+		}
 		if e.Warm {
 			c.stats.ClaimsWarm++
 		} else {
