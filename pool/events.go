@@ -181,7 +181,7 @@ func (a *asyncObservers) run() {
 
 // describe is the one-line text of an event, as the dashboard and logs show it.
 func describe(e Event) string {
-	id := ShortID(e.SandboxID)
+	id := e.SandboxID // whole: a log line's id is copied into commands
 	switch e.Kind {
 	case EventCreating:
 		return "creating a sandbox"
@@ -223,12 +223,16 @@ func describe(e Event) string {
 }
 
 // lastLine is the last non-empty line of s.
+// lastLine is the workload's last line of output: the local agent's own
+// notes ("sandboxpool: the workload exited ...") are not the workload's.
 func lastLine(s string) string {
-	s = strings.TrimRight(s, "\n ")
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		s = s[i+1:]
+	lines := strings.Split(strings.TrimRight(s, "\n "), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" && !strings.HasPrefix(l, "sandboxpool: ") {
+			return l
+		}
 	}
-	return s
+	return strings.TrimSpace(lines[len(lines)-1])
 }
 
 // ShortID is the id as the dashboard shows it.

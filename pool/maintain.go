@@ -141,7 +141,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 				// A claimed sandbox that ended: nothing to terminate.
 			case d.reason == reasonClaimedElsewhere:
 				c.emit(Event{Kind: EventStoreChanged, SandboxID: d.e.ID,
-					Message: ShortID(d.e.ID) + " is claimed (the backend says so): left out of the pool"})
+					Message: d.e.ID + " is claimed (the backend says so): left out of the pool"})
 			case d.reason == ReasonExpired:
 				c.emit(Event{Kind: EventExpired, SandboxID: d.e.ID})
 				c.terminateAsync(d.e, d.reason, ByController)
