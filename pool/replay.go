@@ -20,6 +20,9 @@ func (c *Controller) Replay(e Event) {
 			c.mu.Unlock()
 			return // already seen in the store, and shown then
 		}
+		// The claim explains a backfill: the store poll that sees it later
+		// does not count it again.
+		c.budget.claimed(c.clk.Now())
 		if e.Warm {
 			c.stats.ClaimsWarm++
 		} else {
