@@ -229,6 +229,10 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 				c.mu.Unlock()
 				c.emit(Event{Kind: EventAdopted, SandboxID: r.ID})
 				c.notifyChange()
+				// Known again: if it goes missing from the store now, it is
+				// a claimer's (taken, its claim record not yet written), and
+				// only two more passes that find it unknown make it an orphan.
+				delete(next, r.ID)
 			}
 		}
 	}
