@@ -22,17 +22,7 @@ import (
 func startRunLimited(t *testing.T, env []string, nofile int, args ...string) *controller {
 	t.Helper()
 	script := fmt.Sprintf(`ulimit -n %d && exec "$0" run "$@"`, nofile)
-	cmd := exec.Command("sh", append([]string{"-c", script, binary}, args...)...)
-	cmd.Env = env
-	logs := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &controller{cmd: cmd, logs: logs, done: make(chan struct{})}
-	go func() { _ = cmd.Wait(); close(c.done) }()
-	t.Cleanup(func() { c.kill() })
-	return c
+	return startProcess(t, env, exec.Command("sh", append([]string{"-c", script, binary}, args...)...))
 }
 
 var apiLine = regexp.MustCompile(`api=http://(\S+)`)

@@ -13,17 +13,6 @@ import (
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
-// freeAddr is a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 func getStatus(url string) int {
 	c := &http.Client{Timeout: 2 * time.Second}
 	resp, err := c.Get(url)
@@ -38,7 +27,7 @@ func getStatus(url string) int {
 // the API as soon as the port is free, and says why it is off until then.
 func TestViewerBindsTheAPIWhenThePortFrees(t *testing.T) {
 	state := t.TempDir()
-	addr := freeAddr(t)
+	addr := freeLoopbackAddr(t)
 	opts := func() *options {
 		return &options{backend: "local", stateDir: state, listen: addr, port: 8080, logLevel: "info"}
 	}

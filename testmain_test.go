@@ -102,7 +102,12 @@ type controller struct {
 
 func startRun(t *testing.T, env []string, args ...string) *controller {
 	t.Helper()
-	cmd := exec.Command(binary, append([]string{"run"}, args...)...)
+	return startProcess(t, env, exec.Command(binary, append([]string{"run"}, args...)...))
+}
+
+// startProcess starts cmd with env, its output kept, killed at cleanup.
+func startProcess(t *testing.T, env []string, cmd *exec.Cmd) *controller {
+	t.Helper()
 	cmd.Env = env
 	logs := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
