@@ -1,0 +1,17 @@
+package testkit
+
+import "go.uber.org/goleak"
+
+// ignored are goroutines that never end and are not ours.
+var ignored = []goleak.Option{
+	// teatest's interrupt watcher outlives every test model.
+	goleak.IgnoreTopFunction("github.com/charmbracelet/x/exp/teatest.NewTestModel.func2"),
+}
+
+// Main runs the tests of m and, when they pass, fails the binary if any
+// goroutine is still running (every goroutine has an owner that stops it),
+// ignoring the known ones above and opts. Call it from TestMain, after
+// anything that re-executes the test binary as a child.
+func Main(m goleak.TestingM, opts ...goleak.Option) {
+	goleak.VerifyTestMain(m, append(append([]goleak.Option{}, ignored...), opts...)...)
+}
