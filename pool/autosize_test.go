@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -209,7 +210,7 @@ func TestAutosizeInTheController(t *testing.T) {
 		t.Fatalf("target with no demand: %d, want the floor 2", got)
 	}
 	h.clk.Advance(2 * time.Second)
-	eventually(t, "2 ready", func() bool { return len(h.pooledIDs()) == 2 })
+	testkit.Eventually(t, waitLong, "2 ready", func() bool { return len(h.pooledIDs()) == 2 })
 	for range 2 {
 		if _, err := h.c.Claim(ctx, pool.ClaimOptions{By: "cli"}); err != nil {
 			t.Fatal(err)
@@ -267,7 +268,7 @@ func TestAutosizeInTheController(t *testing.T) {
 func TestIdleCost(t *testing.T) {
 	h := newHarness(t, func(c *pool.Config) { c.Size, c.PricePerHour = 2, 3.6 })
 	h.pass()
-	eventually(t, "2 ready", func() bool { return len(h.pooledIDs()) == 2 })
+	testkit.Eventually(t, waitLong, "2 ready", func() bool { return len(h.pooledIDs()) == 2 })
 	h.c.Snapshot()
 	h.clk.Advance(100 * time.Second)
 	c := h.c.Snapshot().Cost
@@ -293,7 +294,7 @@ func TestAutosizeCountsClaimsOfOtherProcesses(t *testing.T) {
 	})
 	ctx := context.Background()
 	h.pass()
-	eventually(t, "4 ready", func() bool { return len(h.pooledIDs()) == 4 })
+	testkit.Eventually(t, waitLong, "4 ready", func() bool { return len(h.pooledIDs()) == 4 })
 	h.pass() // the controller has seen them pooled
 	// One claim here, two straight on the store (another process); the
 	// one here is counted once although the store shows it claimed too.

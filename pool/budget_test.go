@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
@@ -180,22 +181,22 @@ func TestTargetSetElsewhereActsWithinAPoll(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = h.c.Serve(ctx, false) }()
 	defer func() { cancel(); <-done }()
-	eventually(t, "filled to 3", func() bool { return len(h.pooledIDs()) == 3 && h.c.Creating() == 0 })
+	testkit.Eventually(t, waitLong, "filled to 3", func() bool { return len(h.pooledIDs()) == 3 && h.c.Creating() == 0 })
 	at := h.clk.Now()
 	if err := h.st.SetTarget(context.Background(), 5); err != nil { // as `maintain --size 5` would
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(h.pooledIDs()) != 5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("pooled %d after the store poll, want 5", len(h.pooledIDs()))
+	// Each poll moves the clock on by 100ms: the resize must land within 2s of it.
+	testkit.Eventually(t, waitLong, "5 pooled after the store poll", func() bool {
+		if len(h.pooledIDs()) == 5 {
+			return true
 		}
 		h.clk.Advance(100 * time.Millisecond)
 		if h.clk.Since(at) > 2*time.Second { // a poll is 1s; a maintenance interval 30s
 			t.Fatalf("still %d pooled %s after the resize: not within a poll", len(h.pooledIDs()), h.clk.Since(at))
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 // A claim made by another process (straight on the store) counts here once,

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"go.uber.org/goleak"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/local"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
@@ -19,7 +19,7 @@ import (
 
 func TestMain(m *testing.M) {
 	local.MaybeRunChild()
-	goleak.VerifyTestMain(m)
+	testkit.Main(m)
 }
 
 var t0 = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
@@ -50,23 +50,14 @@ func newHarness(t *testing.T, mod func(*pool.Config)) *harness {
 	return &harness{t: t, clk: clk, be: be, st: st, c: c, cfg: cfg}
 }
 
-// eventually polls cond in real time with a deadline: goroutines of the
-// controller run on their own even when the clock is fake.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
+// waitLong bounds every wait on the controller's goroutines (in real time:
+// they run on their own even when the clock is fake).
+const waitLong = 10 * time.Second
 
 // settle waits until every creation in flight waits on the fake clock.
 func (h *harness) settle() {
 	h.t.Helper()
-	eventually(h.t, "creations to settle", func() bool { return h.be.Settled(h.c.Creating()) })
+	testkit.Eventually(h.t, waitLong, "creations to settle", func() bool { return h.be.Settled(h.c.Creating()) })
 }
 
 func (h *harness) pass() {
@@ -128,7 +119,7 @@ func TestIsGoodBoundary(t *testing.T) {
 func TestFillToTarget(t *testing.T) {
 	h := newHarness(t, nil)
 	h.pass()
-	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	testkit.Eventually(t, waitLong, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
 	snap := h.c.Snapshot()
 	if snap.Counts[pool.StateReady] != 3 || snap.Target != 3 {
 		t.Fatalf("counts %v target %d", snap.Counts, snap.Target)
@@ -145,7 +136,7 @@ func TestFillToTarget(t *testing.T) {
 func TestClaimOrderAndBackfill(t *testing.T) {
 	h := newHarness(t, nil)
 	h.pass()
-	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	testkit.Eventually(t, waitLong, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
 	first := h.pooledIDs()[0]
 	got, err := h.c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
 	if err != nil {
@@ -156,7 +147,7 @@ func TestClaimOrderAndBackfill(t *testing.T) {
 	}
 	// Claimed ones stay recorded but out of the pool; a pass backfills.
 	h.pass()
-	eventually(t, "backfill", func() bool { return len(h.pooledIDs()) == 3 })
+	testkit.Eventually(t, waitLong, "backfill", func() bool { return len(h.pooledIDs()) == 3 })
 	if slices.Contains(h.pooledIDs(), first) {
 		t.Fatal("the claimed sandbox is still pooled")
 	}
@@ -168,7 +159,7 @@ func TestClaimOrderAndBackfill(t *testing.T) {
 func TestClaimSkipsAndTerminatesBadOnes(t *testing.T) {
 	h := newHarness(t, nil)
 	h.pass()
-	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	testkit.Eventually(t, waitLong, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
 	ids := h.pooledIDs()
 	h.be.SetUnhealthy(ids[0], true)
 	h.clk.Advance(h.cfg.HealthFresh) // the first-start probes are no longer fresh
@@ -179,7 +170,7 @@ func TestClaimSkipsAndTerminatesBadOnes(t *testing.T) {
 	if got.ID != ids[1] {
 		t.Fatalf("claimed %s, want %s (the first healthy)", got.ID, ids[1])
 	}
-	eventually(t, "the unhealthy one terminated", func() bool { return !slices.Contains(h.be.Live(), ids[0]) })
+	testkit.Eventually(t, waitLong, "the unhealthy one terminated", func() bool { return !slices.Contains(h.be.Live(), ids[0]) })
 	// Without the health check the unhealthy one would have been handed out;
 	// expiry is always checked.
 	h.clk.Advance(h.cfg.TTL - h.cfg.UseDuration + time.Second)
@@ -193,7 +184,7 @@ func TestClaimSkipsAndTerminatesBadOnes(t *testing.T) {
 func TestClaimWithoutLeaseKeepsShortOnes(t *testing.T) {
 	h := newHarness(t, nil)
 	h.pass()
-	eventually(t, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	testkit.Eventually(t, waitLong, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
 	short := h.pooledIDs()[0]
 	ref := h.stored().Pooled()[0].Ref
 	if _, err := h.st.Remove(context.Background(), short); err != nil {
@@ -211,7 +202,7 @@ func TestClaimWithoutLeaseKeepsShortOnes(t *testing.T) {
 		t.Fatalf("a claimer dropped %s: pooled %v, terminated %v", short, h.pooledIDs(), h.be.Terms)
 	}
 	h.pass() // the controller's pass does drop it
-	eventually(t, "the short one terminated", func() bool { return !slices.Contains(h.be.Live(), short) })
+	testkit.Eventually(t, waitLong, "the short one terminated", func() bool { return !slices.Contains(h.be.Live(), short) })
 }
 
 // A claim trusts a probe younger than HealthFresh and probes otherwise.
@@ -311,7 +302,7 @@ func TestFailedHealthIsTerminatedAndRetried(t *testing.T) {
 	if err := c.Maintain(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "third try ready", func() bool {
+	testkit.Eventually(t, waitLong, "third try ready", func() bool {
 		s, _ := st.Load(context.Background())
 		return len(s.Entries) == 1
 	})
@@ -327,7 +318,7 @@ func TestFailedHealthIsTerminatedAndRetried(t *testing.T) {
 func TestNoOvershootUnderConcurrentClaimsAndPasses(t *testing.T) {
 	h := newHarness(t, func(c *pool.Config) { c.Size = 5 })
 	h.pass()
-	eventually(t, "5 ready", func() bool { return len(h.pooledIDs()) == 5 })
+	testkit.Eventually(t, waitLong, "5 ready", func() bool { return len(h.pooledIDs()) == 5 })
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	claimed := map[string]bool{}
@@ -404,7 +395,7 @@ func TestShrinkTerminatesLeastTimeLeftFirst(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.pass()
-	eventually(t, "shrink", func() bool { return len(h.be.Live()) == 2 })
+	testkit.Eventually(t, waitLong, "shrink", func() bool { return len(h.be.Live()) == 2 })
 	if got := h.pooledIDs(); !slices.Equal(got, ids[2:]) {
 		t.Fatalf("kept %v, want the two with most time left %v", got, ids[2:])
 	}
@@ -450,8 +441,8 @@ func TestReconcileAdoptsAndReaps(t *testing.T) {
 	if slices.Contains(ids, dead.ID) {
 		t.Fatalf("the dead sandbox %s is still pooled", dead.ID)
 	}
-	eventually(t, "orphan reaped", func() bool { return !slices.Contains(h.be.Live(), expiring.ID) })
-	eventually(t, "pool at 2", func() bool { return len(h.pooledIDs()) == 2 })
+	testkit.Eventually(t, waitLong, "orphan reaped", func() bool { return !slices.Contains(h.be.Live(), expiring.ID) })
+	testkit.Eventually(t, waitLong, "pool at 2", func() bool { return len(h.pooledIDs()) == 2 })
 }
 
 func TestMaintainDropsExpiringAndUnhealthyButNoGoodOne(t *testing.T) {
@@ -465,7 +456,7 @@ func TestMaintainDropsExpiringAndUnhealthyButNoGoodOne(t *testing.T) {
 		t.Fatalf("probe found %d bad, want 1", bad)
 	}
 	h.pass()
-	eventually(t, "unhealthy terminated", func() bool { return slices.Contains(h.be.Terms, ids[1]) })
+	testkit.Eventually(t, waitLong, "unhealthy terminated", func() bool { return slices.Contains(h.be.Terms, ids[1]) })
 	for _, id := range []string{ids[0], ids[2]} {
 		if slices.Contains(h.be.Terms, id) {
 			t.Fatalf("good sandbox %s terminated", id)
@@ -517,7 +508,7 @@ func TestNextPassWakesAtRotation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = h.c.Serve(ctx, false) }()
-	eventually(t, "next pass scheduled", func() bool { return !h.c.Snapshot().NextPass.IsZero() })
+	testkit.Eventually(t, waitLong, "next pass scheduled", func() bool { return !h.c.Snapshot().NextPass.IsZero() })
 	next := h.c.Snapshot().NextPass
 	// The lead is the time a creation took (20s), a quarter more, and 0.5s.
 	want := pool.RotationAt(snapBefore.ExpiresAt, h.cfg.UseDuration, 25500*time.Millisecond)
@@ -644,7 +635,7 @@ func TestWatchNeverMaintains(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = h.c.Watch(ctx) }()
-	eventually(t, "the viewer role", func() bool { return h.c.Snapshot().Role == "viewer" })
+	testkit.Eventually(t, waitLong, "the viewer role", func() bool { return h.c.Snapshot().Role == "viewer" })
 	for range 5 {
 		h.clk.Advance(time.Second)
 	}
@@ -663,10 +654,10 @@ func TestLostLeaseStopsMaintaining(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.c.Serve(ctx, true) }()
-	eventually(t, "controller", func() bool { return h.c.Snapshot().Role == "controller" })
-	eventually(t, "filled", func() bool { return len(h.pooledIDs()) == 3 })
+	testkit.Eventually(t, waitLong, "controller", func() bool { return h.c.Snapshot().Role == "controller" })
+	testkit.Eventually(t, waitLong, "filled", func() bool { return len(h.pooledIDs()) == 3 })
 	h.st.Supersede(pool.LeaseRecord{Host: "elsewhere", Pid: 2})
-	eventually(t, "viewer of the new holder", func() bool {
+	testkit.Eventually(t, waitLong, "viewer of the new holder", func() bool {
 		s := h.c.Snapshot()
 		return s.Role == "viewer" && s.LeaseHolder == "pid 2 on elsewhere"
 	})
