@@ -20,8 +20,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/local"
 )
@@ -50,7 +49,7 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(envDial); sock != "" {
 		dial(sock)
 	}
-	goleak.VerifyTestMain(m)
+	testkit.Main(m)
 }
 
 func controller(dir string) {
@@ -120,18 +119,14 @@ func newBackend(t testing.TB, opts local.Options) *local.Backend {
 		if err := b.Shutdown(ctx); err != nil {
 			t.Errorf("Shutdown: %v", err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for left := procsOf(opts.StateDir, opts.Pool); len(left) > 0; left = procsOf(opts.StateDir, opts.Pool) {
-			if time.Now().After(deadline) {
-				for _, pid := range left {
-					cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-					t.Errorf("process %d of pool %s left: %q", pid, opts.Pool, cmdline)
-				}
-				agentLog, _ := os.ReadFile(filepath.Join(opts.StateDir, opts.Pool+".agent.log"))
-				t.Logf("agent log:\n%s", agentLog)
-				return
+		var left []int
+		if !testkit.Until(10*time.Second, func() bool { left = procsOf(opts.StateDir, opts.Pool); return len(left) == 0 }) {
+			for _, pid := range left {
+				cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+				t.Errorf("process %d of pool %s left: %q", pid, opts.Pool, cmdline)
 			}
-			time.Sleep(10 * time.Millisecond)
+			agentLog, _ := os.ReadFile(filepath.Join(opts.StateDir, opts.Pool+".agent.log"))
+			t.Logf("agent log:\n%s", agentLog)
 		}
 	})
 	return b
@@ -158,17 +153,6 @@ func procsOf(dir, poolName string) []int {
 	return pids
 }
 
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // get polls url until it answers 200 and returns the body.
 func get(t testing.TB, url string) string {
 	t.Helper()
@@ -179,7 +163,7 @@ func get(t testing.TB, url string) string {
 			t.Logf("last GET %s: %v", url, last)
 		}
 	}()
-	eventually(t, 10*time.Second, "GET "+url+" answers 200", func() bool {
+	testkit.Eventually(t, 10*time.Second, "GET "+url+" answers 200", func() bool {
 		resp, err := client.Get(url)
 		if err != nil {
 			last = err
@@ -336,7 +320,7 @@ func TestModes(t *testing.T) {
 		t.Fatalf("state dir after New: %v %v, want 0700", st.Mode(), err)
 	}
 	ref := mustCreate(t, b, time.Minute)
-	eventually(t, 5*time.Second, "the log written", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the log written", func() bool {
 		data, _, err := b.ReadLog(context.Background(), ref.ID, 0, 100)
 		return err == nil && strings.Contains(string(data), "hello")
 	})
@@ -373,12 +357,12 @@ func TestExpiryWithoutController(t *testing.T) {
 		t.Fatalf("Pids = %v, want the workload", pids)
 	}
 	// No backend call from here on: the agent alone must act.
-	eventually(t, 15*time.Second, "expired workload killed by the agent", func() bool { return !alive(pids[0]) })
-	eventually(t, 5*time.Second, "expired built-in sandbox closed", func() bool { return refused(bref.URL) })
+	testkit.Eventually(t, 15*time.Second, "expired workload killed by the agent", func() bool { return !alive(pids[0]) })
+	testkit.Eventually(t, 5*time.Second, "expired built-in sandbox closed", func() bool { return refused(bref.URL) })
 	if time.Now().Before(ref.ExpiresAt) {
 		t.Fatalf("killed before its expiry %s", ref.ExpiresAt)
 	}
-	eventually(t, 5*time.Second, "files removed", func() bool {
+	testkit.Eventually(t, 5*time.Second, "files removed", func() bool {
 		m, _ := filepath.Glob(filepath.Join(b.Dir(), ref.ID+"*"))
 		return len(m) == 0
 	})
@@ -394,7 +378,7 @@ func TestAgentKill9(t *testing.T) {
 	b := newBackend(t, local.Options{Cmd: "setsid sleep 777 & exec sleep 300"})
 	ref := mustCreate(t, b, time.Minute)
 	var pids []int
-	eventually(t, 5*time.Second, "the workload and its escapee started", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the workload and its escapee started", func() bool {
 		pids = b.Pids(ref.ID)
 		return len(pids) == 2
 	})
@@ -402,13 +386,13 @@ func TestAgentKill9(t *testing.T) {
 	if err := syscall.Kill(agent, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the workload dies with its agent", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the workload dies with its agent", func() bool {
 		return len(b.Pids(ref.ID)) <= 1
 	})
 	if got := list(t, b); len(got) != 0 {
 		t.Fatalf("List with the agent dead = %v", got)
 	}
-	eventually(t, 10*time.Second, "the escapee killed", func() bool {
+	testkit.Eventually(t, 10*time.Second, "the escapee killed", func() bool {
 		return !slices.ContainsFunc(pids, alive)
 	})
 	next := mustCreate(t, b, time.Minute) // starts a new agent
@@ -436,7 +420,7 @@ func TestSubreaper(t *testing.T) {
 			}
 			ref := mustCreate(t, b, ttl)
 			var pids []int
-			eventually(t, 5*time.Second, "the escapee started", func() bool {
+			testkit.Eventually(t, 5*time.Second, "the escapee started", func() bool {
 				pids = b.Pids(ref.ID)
 				return len(pids) >= 2
 			})
@@ -445,7 +429,7 @@ func TestSubreaper(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			eventually(t, 10*time.Second, "every process of the sandbox gone and reaped", func() bool {
+			testkit.Eventually(t, 10*time.Second, "every process of the sandbox gone and reaped", func() bool {
 				return !slices.ContainsFunc(pids, func(p int) bool { return syscall.Kill(p, 0) == nil })
 			})
 		})
@@ -457,7 +441,7 @@ func TestLogCap(t *testing.T) {
 	const capBytes = 64 << 10
 	b := newBackend(t, local.Options{Cmd: "exec yes chatty", LogMax: capBytes})
 	ref := mustCreate(t, b, time.Minute)
-	eventually(t, 20*time.Second, "8 MB of output", func() bool {
+	testkit.Eventually(t, 20*time.Second, "8 MB of output", func() bool {
 		_, next, err := b.ReadLog(context.Background(), ref.ID, -1, 0)
 		return err == nil && next > 8<<20
 	})
@@ -490,7 +474,7 @@ func TestExitAtOnce(t *testing.T) {
 	ref := mustCreate(t, b, time.Minute)
 	start := time.Now()
 	var info pool.ExitInfo
-	eventually(t, 5*time.Second, "the exit seen", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the exit seen", func() bool {
 		exited, i, err := b.Exited(context.Background(), ref.ID)
 		if err != nil {
 			t.Fatal(err)
@@ -590,7 +574,7 @@ func TestIdleExit(t *testing.T) {
 	if err := b.Terminate(context.Background(), ref.ID); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 5*time.Second, "the idle agent exits", func() bool { return !alive(agent) })
+	testkit.Eventually(t, 5*time.Second, "the idle agent exits", func() bool { return !alive(agent) })
 	if _, err := os.Stat(filepath.Join(filepath.Dir(b.Dir()), "test.agent.sock")); !os.IsNotExist(err) {
 		t.Fatalf("socket left: %v", err)
 	}
@@ -677,7 +661,7 @@ func TestCmd(t *testing.T) {
 		if err := b.Kill(context.Background(), ref.ID); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 5*time.Second, "killed workload dropped", func() bool { return len(list(t, b)) == 0 })
+		testkit.Eventually(t, 5*time.Second, "killed workload dropped", func() bool { return len(list(t, b)) == 0 })
 		if exited, info, _ := b.Exited(context.Background(), ref.ID); !exited || info.Code != -9 {
 			t.Fatalf("Exited = %v %+v, want killed by SIGKILL", exited, info)
 		}
@@ -736,7 +720,7 @@ func TestCreateFailures(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		eventually(t, 10*time.Second, "only the first sandbox left", func() bool { return len(list(t, b)) == 1 })
+		testkit.Eventually(t, 10*time.Second, "only the first sandbox left", func() bool { return len(list(t, b)) == 1 })
 	})
 	t.Run("bad options", func(t *testing.T) {
 		if _, err := local.New(local.Options{Pool: "a/b", StateDir: t.TempDir()}); err == nil {
