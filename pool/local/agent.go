@@ -103,7 +103,7 @@ func (sb *sandbox) wire() wireRef {
 	return wireRef{ID: sb.id, URL: sb.url, CreatedAt: sb.createdAt, ExpiresAt: sb.expiresAt, Claimed: sb.claimedBy != ""}
 }
 
-// maxRequest bounds what one connection may send.
+// maxRequest bounds one request line.
 const maxRequest = 4 << 20
 
 // request and response are the agent's protocol: one JSON object per line.
@@ -293,7 +293,9 @@ func (a *agent) serve(c *net.UnixConn) {
 	}()
 	// Small requests are the rule; one with a --cmd's environment grows the
 	// line as needed, up to maxRequest.
-	r := bufio.NewReader(io.LimitReader(c, maxRequest))
+	// The bound is per request: a client keeps its connection for many.
+	lr := &io.LimitedReader{R: c, N: maxRequest}
+	r := bufio.NewReader(lr)
 	enc := json.NewEncoder(c)
 	for {
 		line, err := r.ReadBytes('\n')
@@ -303,6 +305,7 @@ func (a *agent) serve(c *net.UnixConn) {
 			}
 			return
 		}
+		lr.N = maxRequest - int64(r.Buffered()) // what was read ahead counts toward the next
 		var req request
 		var resp response
 		if err := json.Unmarshal(line, &req); err != nil {

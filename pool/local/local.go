@@ -27,6 +27,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -75,7 +76,26 @@ type Backend struct {
 	opts    Options
 	paths   paths
 	startMu sync.Mutex
+
+	// Connections to the agent kept open between calls: dialling (and the
+	// agent's accept and peer check) cost more than a small request. One
+	// unused for keepIdle is closed, so an idle agent still sees no caller.
+	connMu   sync.Mutex
+	idle     []*agentConn // most recently used last
+	reaping  bool         // a reapIdle is scheduled
+	keepIdle time.Duration
 }
+
+// agentConn is one connection to the agent, one request at a time.
+type agentConn struct {
+	c    net.Conn
+	r    *bufio.Reader
+	used time.Time
+}
+
+// maxIdleConns bounds the connections kept open: about the claims and
+// creations that talk to the agent at once.
+const maxIdleConns = 32
 
 var (
 	_ pool.Backend       = (*Backend)(nil)
@@ -127,7 +147,7 @@ func New(opts Options) (*Backend, error) {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
-	b := &Backend{opts: opts, paths: p}
+	b := &Backend{opts: opts, paths: p, keepIdle: min(time.Second, opts.IdleExit/4)}
 	if opts.Prestart {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -338,6 +358,20 @@ func isBroken(err error) bool {
 var errBroken = errors.New("the local agent closed the connection")
 
 func (b *Backend) roundTrip(ctx context.Context, req request) (response, error) {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return response{}, err
+	}
+	data = append(data, '\n')
+	if ac := b.takeIdle(); ac != nil {
+		resp, sent, err := b.exchange(ctx, ac, data)
+		if err == nil || sent || ctx.Err() != nil {
+			return resp, err
+		}
+		// A kept connection that failed before the request left it: its
+		// agent is gone (or closed it), and so are the other kept ones.
+		b.dropIdle()
+	}
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", b.paths.sock)
 	if err != nil {
@@ -346,35 +380,105 @@ func (b *Backend) roundTrip(ctx context.Context, req request) (response, error) 
 		}
 		return response{}, err
 	}
-	defer c.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = c.SetDeadline(dl)
-	}
-	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
-	data, err := json.Marshal(req)
-	if err != nil {
-		return response{}, err
-	}
-	if _, err := c.Write(append(data, '\n')); err != nil {
-		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
-			return response{}, context.DeadlineExceeded
+	resp, _, err := b.exchange(ctx, &agentConn{c: c, r: bufio.NewReader(c)}, data)
+	return resp, err
+}
+
+// exchange sends one request line on ac and reads the answer; ac goes back
+// to the idle set after a clean exchange and is closed otherwise. sent says
+// whether the request may have reached the agent.
+func (b *Backend) exchange(ctx context.Context, ac *agentConn, data []byte) (resp response, sent bool, err error) {
+	dl, _ := ctx.Deadline() // zero: none, clearing the last call's
+	_ = ac.c.SetDeadline(dl)
+	stop := context.AfterFunc(ctx, func() { _ = ac.c.SetDeadline(time.Unix(1, 0)) })
+	ok := false
+	defer func() {
+		if stop() && ok {
+			b.putIdle(ac)
+		} else {
+			ac.c.Close()
 		}
-		return response{}, fmt.Errorf("%w: %v", errBroken, err)
+	}()
+	if n, err := ac.c.Write(data); err != nil {
+		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			return response{}, n > 0, context.DeadlineExceeded
+		}
+		return response{}, n > 0, fmt.Errorf("%w: %v", errBroken, err)
 	}
-	line, err := bufio.NewReader(c).ReadBytes('\n')
+	line, err := ac.r.ReadBytes('\n')
 	if err != nil {
 		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
 			// The context's own timer may not have fired yet.
-			return response{}, context.DeadlineExceeded
+			return response{}, true, context.DeadlineExceeded
 		}
-		return response{}, fmt.Errorf("%w: %v", errBroken, err)
+		// Nothing read at all: the agent closed the connection before it
+		// took the request (an agent that exited while it was kept idle).
+		return response{}, len(line) > 0 || !errors.Is(err, io.EOF), fmt.Errorf("%w: %v", errBroken, err)
 	}
-	var resp response
 	if err := json.Unmarshal(line, &resp); err != nil {
-		return response{}, fmt.Errorf("bad answer from the local agent: %w", err)
+		return response{}, true, fmt.Errorf("bad answer from the local agent: %w", err)
 	}
-	return resp, nil
+	ok = true
+	return resp, true, nil
+}
+
+// takeIdle returns the most recently used kept connection, if any.
+func (b *Backend) takeIdle() *agentConn {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	n := len(b.idle)
+	if n == 0 {
+		return nil
+	}
+	ac := b.idle[n-1]
+	b.idle = b.idle[:n-1]
+	return ac
+}
+
+func (b *Backend) putIdle(ac *agentConn) {
+	ac.used = time.Now()
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	if len(b.idle) >= maxIdleConns {
+		ac.c.Close()
+		return
+	}
+	b.idle = append(b.idle, ac)
+	if !b.reaping {
+		b.reaping = true
+		time.AfterFunc(b.keepIdle, b.reapIdle)
+	}
+}
+
+// reapIdle closes the connections unused for keepIdle.
+func (b *Backend) reapIdle() {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	cut := time.Now().Add(-b.keepIdle)
+	n := 0
+	for _, ac := range b.idle { // oldest first
+		if ac.used.After(cut) {
+			break
+		}
+		ac.c.Close()
+		n++
+	}
+	b.idle = append(b.idle[:0], b.idle[n:]...)
+	if len(b.idle) == 0 {
+		b.reaping = false
+		return
+	}
+	time.AfterFunc(b.idle[0].used.Sub(cut), b.reapIdle)
+}
+
+// dropIdle closes every kept connection.
+func (b *Backend) dropIdle() {
+	b.connMu.Lock()
+	defer b.connMu.Unlock()
+	for _, ac := range b.idle {
+		ac.c.Close()
+	}
+	b.idle = b.idle[:0]
 }
 
 // sweep kills what a dead agent left (processes that escaped its
