@@ -14,12 +14,12 @@ import (
 	"time"
 
 	"github.com/gofrs/flock"
-	"go.uber.org/goleak"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 var t0 = time.Date(2030, 1, 2, 3, 4, 5, 600, time.UTC)
 
@@ -498,7 +498,16 @@ func TestContextWhileLocked(t *testing.T) {
 	// Readers wait for a writer too, and go on once it is gone.
 	done := make(chan error)
 	go func() { _, err := s.Load(context.Background()); done <- err }()
-	time.Sleep(20 * time.Millisecond)
+	short, cancel3 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel3()
+	if _, err := s.Load(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Load under a writer's lock: %v, want it to wait", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Load went on under a writer's lock: %v", err)
+	default:
+	}
 	other.Unlock()
 	if err := <-done; err != nil {
 		t.Fatal(err)

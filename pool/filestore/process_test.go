@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -128,16 +129,9 @@ func TestCrossProcessTake(t *testing.T) {
 			outs[p] = out.String()
 		})
 	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ready, _ := filepath.Glob(start + ".*")
-		if len(ready) == procs {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d helpers ready", len(ready), procs)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var ready []string
+	if !testkit.Until(30*time.Second, func() bool { ready, _ = filepath.Glob(start + ".*"); return len(ready) == procs }) {
+		t.Fatalf("%d of %d helpers ready", len(ready), procs)
 	}
 	if err := os.WriteFile(start, nil, 0o600); err != nil {
 		t.Fatal(err)
