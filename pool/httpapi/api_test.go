@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 )
@@ -562,7 +563,7 @@ func assertKeys(t testing.TB, what string, data []byte, keys ...string) {
 
 func waitReady(t testing.TB, e *env, n int) {
 	t.Helper()
-	eventually(t, 10*time.Second, fmt.Sprintf("%d ready", n), func() bool {
+	testkit.Eventually(t, 10*time.Second, fmt.Sprintf("%d ready", n), func() bool {
 		return e.ctrl.Snapshot().Counts[pool.StateReady] >= n
 	})
 }
@@ -572,5 +573,5 @@ func waitReady(t testing.TB, e *env, n int) {
 // head of the queue) and found nothing.
 func waitClaimWaiting(t testing.TB, e *env) {
 	t.Helper()
-	eventually(t, 5*time.Second, "a claim waits", func() bool { return e.cst.takes.Load() >= 2 })
+	testkit.Eventually(t, 5*time.Second, "a claim waits", func() bool { return e.cst.takes.Load() >= 2 })
 }

@@ -18,6 +18,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
@@ -193,7 +194,7 @@ func TestDisconnectedClientTakesNothing(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("client: %v", err)
 	}
-	eventually(t, 5*time.Second, "the server sees the claim end", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the server sees the claim end", func() bool {
 		return e.ctrl.Snapshot().Stats.ClaimsFailed == 1
 	})
 	if err := e.ctrl.Resize(context.Background(), 1); err != nil {
@@ -203,7 +204,6 @@ func TestDisconnectedClientTakesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitReady(t, e, 1)
-	time.Sleep(50 * time.Millisecond) // a claim that had not stopped would take it now
 	snap := e.ctrl.Snapshot()
 	if snap.Counts[pool.StateReady] != 1 || snap.Counts[pool.StateClaimed] != 0 || snap.Stats.ClaimsWarm+snap.Stats.ClaimsWaited != 0 {
 		t.Fatalf("after the client left: %v %+v", snap.Counts, snap.Stats)
@@ -214,6 +214,11 @@ func TestDisconnectedClientTakesNothing(t *testing.T) {
 	m := scrape(t, e)
 	if v := counter(m, "sandboxpool_claims_total", "source", "api", "result", "cancelled"); v != 1 {
 		t.Errorf("claims cancelled = %v, want 1", v)
+	}
+	// A claim that had not stopped would be ahead of this one in the queue and
+	// take the one sandbox (nothing backfills here).
+	if _, err := e.client().Claim(context.Background(), false, 2*time.Second); err != nil {
+		t.Fatalf("the next claim after the client left: %v", err)
 	}
 }
 
@@ -237,12 +242,12 @@ func TestDisconnectDuringHealthCheckKeepsThePool(t *testing.T) {
 	if _, err := e.client().Claim(ctx, true, 0); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("claim: %v", err)
 	}
-	eventually(t, 5*time.Second, "the claim ends on the server", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the claim ends on the server", func() bool {
 		return strings.Contains(e.logs.String(), "path=/v1/claims")
 	})
 	// The claim went back untouched: all 3 alive, none terminated, the
 	// hung one pooled again (at the end).
-	eventually(t, 5*time.Second, "the sandbox given back", func() bool {
+	testkit.Eventually(t, 5*time.Second, "the sandbox given back", func() bool {
 		s, err := e.st.Load(context.Background())
 		return err == nil && len(s.Pooled()) == 3
 	})
@@ -274,7 +279,7 @@ func TestClaimedAsClientLeftIsGivenBack(t *testing.T) {
 	if _, err := e.client().Claim(ctx, true, 0); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("claim: %v", err)
 	}
-	eventually(t, 5*time.Second, id+" back in the pool", func() bool {
+	testkit.Eventually(t, 5*time.Second, id+" back in the pool", func() bool {
 		s, err := e.st.Load(context.Background())
 		return err == nil && len(s.Pooled()) == 2 && slices.ContainsFunc(s.Pooled(), func(en pool.Entry) bool { return en.ID == id })
 	})

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 )
 
@@ -65,7 +66,7 @@ func TestIdleConnectionsMakeRoom(t *testing.T) {
 		t.Fatalf("claim with 40 idle connections: %d %s", r.status, r.body)
 	}
 	// The oldest idle ones were closed by the server, the newest kept.
-	eventually(t, 2*time.Second, "the first idle connection closed", func() bool { return closedByServer(idle[0]) })
+	testkit.Eventually(t, 2*time.Second, "the first idle connection closed", func() bool { return closedByServer(idle[0]) })
 	if closedByServer(idle[len(idle)-1]) {
 		t.Error("the newest idle connection was closed before older ones")
 	}
@@ -93,7 +94,7 @@ func TestBusyConnectionsAreNotEvicted(t *testing.T) {
 		}
 		waiting = append(waiting, c)
 	}
-	eventually(t, 2*time.Second, "three claims waiting", func() bool { _, busy := e.api.Connections(); return busy == 3 })
+	testkit.Eventually(t, 2*time.Second, "three claims waiting", func() bool { _, busy := e.api.Connections(); return busy == 3 })
 	// Every slot is serving a request: a fourth connection is refused with 503.
 	if got := metric4(t, addr); got != http.StatusServiceUnavailable {
 		t.Fatalf("a fourth connection: %d, want 503", got)
@@ -108,7 +109,7 @@ func TestBusyConnectionsAreNotEvicted(t *testing.T) {
 		_ = c.Close()
 	}
 	// One client holds every slot: its own limit is met first.
-	eventually(t, 5*time.Second, "client_limit counted", func() bool {
+	testkit.Eventually(t, 5*time.Second, "client_limit counted", func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return false

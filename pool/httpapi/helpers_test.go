@@ -1,7 +1,6 @@
 package httpapi_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -14,8 +13,8 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
-	"go.uber.org/goleak"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 	"github.com/sandboxpool/sandboxpool/pool/local"
@@ -25,7 +24,7 @@ import (
 func TestMain(m *testing.M) {
 	local.MaybeRunChild() // the local backend re-executes this binary
 	maybeRunHTTPChild()   // tests re-execute it as another user
-	goleak.VerifyTestMain(withTeardown{m})
+	testkit.Main(withTeardown{m})
 }
 
 // withTeardown stops what benchmarks share before goleak looks.
@@ -49,7 +48,7 @@ type env struct {
 	base  string // http://127.0.0.1:PORT
 	http  *http.Client
 	tr    *http.Transport
-	logs  *syncBuffer
+	logs  *testkit.SyncBuffer
 	stop  context.CancelFunc // stops the server (and the loops)
 	errc  <-chan error
 	token string
@@ -70,7 +69,7 @@ type envOpts struct {
 
 func newEnv(t testing.TB, o envOpts) *env {
 	t.Helper()
-	e := &env{t: t, clk: o.clock, logs: &syncBuffer{}, token: o.api.Token}
+	e := &env{t: t, clk: o.clock, logs: &testkit.SyncBuffer{}, token: o.api.Token}
 	if e.clk == nil {
 		e.clk = clockwork.NewRealClock()
 	}
@@ -224,18 +223,6 @@ func (e *env) client() *httpapi.Client {
 	return &httpapi.Client{BaseURL: e.base, Token: e.token, HTTP: e.http}
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // countStore counts Take calls.
 type countStore struct {
 	*pooltest.Store
@@ -245,22 +232,4 @@ type countStore struct {
 func (s *countStore) Take(ctx context.Context, r pool.TakeRequest) (pool.Entry, []pool.Entry, bool, error) {
 	defer s.takes.Add(1)
 	return s.Store.Take(ctx, r)
-}
-
-// syncBuffer is a bytes.Buffer safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

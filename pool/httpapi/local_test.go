@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/filestore"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
@@ -178,7 +179,7 @@ func TestLocalBackendEndToEnd(t *testing.T) {
 	}
 
 	// Backfill: two more get ready, the claimed ones stay recorded.
-	eventually(t, 30*time.Second, "backfill to 2 ready", func() bool {
+	testkit.Eventually(t, 30*time.Second, "backfill to 2 ready", func() bool {
 		return e.ctrl.Snapshot().Counts[pool.StateReady] == 2
 	})
 	var v httpapi.PoolView
@@ -214,7 +215,7 @@ func TestLocalBackendEndToEnd(t *testing.T) {
 	if r := e.do(t, "POST", "/v1/maintain", ""); r.status != 200 {
 		t.Fatalf("POST maintain: %d %s", r.status, r.body)
 	}
-	eventually(t, 30*time.Second, "no ready sandbox at size 0", func() bool {
+	testkit.Eventually(t, 30*time.Second, "no ready sandbox at size 0", func() bool {
 		return e.ctrl.Snapshot().Counts[pool.StateReady] == 0
 	})
 	if stored, err := e.st.Load(context.Background()); err != nil || stored.Target != 0 || len(stored.Pooled()) != 0 {

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 // While the store cannot be used, /healthz is 503 with the reason, GET
@@ -22,7 +24,7 @@ func TestProblemsAreShown(t *testing.T) {
 	}
 	e.st.SetErr(errors.New("store on fire"))
 	defer e.st.SetErr(nil)
-	eventually(t, 5*time.Second, "healthz 503", func() bool { return e.do("GET", "/healthz", "").status == http.StatusServiceUnavailable })
+	testkit.Eventually(t, 5*time.Second, "healthz 503", func() bool { return e.do("GET", "/healthz", "").status == http.StatusServiceUnavailable })
 	r := e.do("GET", "/healthz", "")
 	var hv map[string]string
 	r.json(t, &hv)
