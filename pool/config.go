@@ -28,9 +28,9 @@ type Config struct {
 	// CreateTries is how often one creation is tried before it counts as failed.
 	CreateTries int
 	// TTLJitter is the largest fraction by which one sandbox's ttl is
-	// shortened at random (HikariCP varies maxLifetime so), spreading the
-	// expiries of a fill. 0 (the default, for exact tests) never jitters;
-	// the command line uses DefaultTTLJitter.
+	// shortened to spread the expiries of a fill (SpreadExpiry; HikariCP
+	// varies maxLifetime so). 0 (the default, for exact tests) never
+	// shortens; the command line uses DefaultTTLJitter.
 	TTLJitter float64
 	// Autosize makes the target follow demand between MinSize and MaxSize,
 	// falling no faster than AutosizeWindow (pool/autosize.go).
@@ -41,8 +41,10 @@ type Config struct {
 	PricePerHour float64
 }
 
-// DefaultTTLJitter is the ttl jitter of the command line: up to 2.5%.
-const DefaultTTLJitter = 0.025
+// DefaultTTLJitter is the ttl spread of the command line: up to 10%, so
+// that even a short ttl leaves room to place a small pool's expiries more
+// than a rotation's lead apart (2 s at a ttl of 20 s).
+const DefaultTTLJitter = 0.1
 
 // DefaultConfig returns SPEC's defaults.
 func DefaultConfig() Config {

@@ -128,6 +128,7 @@ type creation struct {
 	cancel    context.CancelFunc
 	cancelled bool
 	tries     int
+	expires   time.Time // the expiry asked of the backend (SpreadExpiry)
 }
 
 // New validates the config and builds a controller; it starts nothing.

@@ -233,7 +233,7 @@ func (c *Controller) untilNextPass(next time.Time) time.Duration {
 		next = c.backoffUntil
 	}
 	if c.budget.paused != "" { // wake when the oldest creation leaves the window
-		if at := c.budget.resumeAt(BudgetWindow(c.ttlDur() - c.useDur())); at.After(now) && at.Before(next) {
+		if at := c.budget.resumeAt(BudgetWindow(c.goodLife())); at.After(now) && at.Before(next) {
 			next = at
 		}
 	}

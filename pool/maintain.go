@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"slices"
 	"strconv"
 	"time"
@@ -295,7 +294,7 @@ func (c *Controller) resize(target int, now time.Time) {
 // the backoff.
 func (c *Controller) growLocked(target, missing, active int, now time.Time) (paused string) {
 	room := c.limit.now() - len(c.inflight)
-	allowed, paused := c.budget.allowance(now, target, missing, c.ttlDur()-c.useDur())
+	allowed, paused := c.budget.allowance(now, target, missing, c.goodLife())
 	room = min(room, allowed)
 	if c.failures > 0 {
 		// After failures, probe with one creation at a time: never hammer.
@@ -424,21 +423,39 @@ func (c *Controller) leadsLocked() map[string]time.Duration {
 	return out
 }
 
-// creationTTL is the ttl asked of the backend for one sandbox: the pool's,
-// shortened by up to TTLJitter at random (as HikariCP varies maxLifetime),
-// so the sandboxes of one fill do not all expire in the same second.
-func (c *Controller) creationTTL() time.Duration {
+// creationTTLLocked is the ttl asked of the backend for cr: the pool's,
+// shortened by up to TTLJitter so that the sandbox stops being good apart
+// from the others (SpreadExpiry), pooled or being made.
+func (c *Controller) creationTTLLocked(cr *creation, now time.Time) time.Duration {
+	ttl := c.ttlDur()
+	latest := now.Add(ttl)
+	cr.expires = latest
 	if c.cfg.TTLJitter <= 0 {
-		return c.ttlDur()
+		return ttl
 	}
-	return JitterTTL(c.ttlDur(), c.random()*c.cfg.TTLJitter/0.025)
+	ends := make([]time.Time, 0, len(c.stored.Entries)+len(c.inflight))
+	for _, e := range c.stored.Entries {
+		if !e.Claimed() {
+			ends = append(ends, e.ExpiresAt)
+		}
+	}
+	for _, o := range c.inflight {
+		if o != cr && !o.cancelled && o.tries > 0 {
+			ends = append(ends, o.expires)
+		}
+	}
+	window := time.Duration(c.cfg.TTLJitter * float64(ttl))
+	spacing := (ttl - c.useDur()) / time.Duration(max(c.target, 1))
+	cr.expires = SpreadExpiry(latest, window, spacing, ends)
+	return ttl - latest.Sub(cr.expires)
 }
 
-func (c *Controller) random() float64 {
-	if c.rnd != nil {
-		return c.rnd()
-	}
-	return rand.Float64()
+// goodLife is the shortest time a sandbox can count as good by design (its
+// ttl spread shortened, less use-duration): what the creation budget
+// explains rotations by.
+func (c *Controller) goodLife() time.Duration {
+	ttl := c.ttlDur()
+	return ttl - time.Duration(c.cfg.TTLJitter*float64(ttl)) - c.useDur()
 }
 
 func (c *Controller) startCreationLocked() {
@@ -511,8 +528,9 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	}
 	cr.tries++
 	cr.state, cr.ref = StateCreating, Ref{}
+	ttl := c.creationTTLLocked(cr, start)
 	c.mu.Unlock()
-	ref, err := c.be.Create(ctx, c.creationTTL())
+	ref, err := c.be.Create(ctx, ttl)
 	if err != nil {
 		if ctx.Err() == nil {
 			c.mu.Lock()

@@ -25,12 +25,75 @@ func TestRotationLeadAndJitter(t *testing.T) {
 			t.Errorf("RotationLead(queued %d, limit %d) = %s, want %s", tc.queued, tc.limit, got, tc.want)
 		}
 	}
-	ttl := 5 * time.Minute
-	if got := pool.JitterTTL(ttl, 0); got != ttl {
-		t.Errorf("JitterTTL(0) = %s", got)
+}
+
+func TestSpreadExpiry(t *testing.T) {
+	latest := t0.Add(20 * time.Second)
+	at := func(d time.Duration) time.Time { return latest.Add(d) }
+	ms := time.Millisecond
+	for _, tc := range []struct {
+		name            string
+		window, spacing time.Duration
+		ends            []time.Time
+		want            time.Time
+	}{
+		{"alone: a full ttl", 2 * time.Second, 5 * time.Second, nil, latest},
+		{"no window: a full ttl", 0, 5 * time.Second, []time.Time{latest}, latest},
+		{"far from the others: a full ttl", 2 * time.Second, 100 * ms, []time.Time{at(-200 * ms), at(-10 * time.Second)}, latest},
+		{"just before one that is too close", 2 * time.Second, 100 * ms, []time.Time{at(-20 * ms)}, at(-70 * ms)},
+		{"skips a run of close ones", 2 * time.Second, 100 * ms, []time.Time{at(-20 * ms), at(-90 * ms), at(30 * ms)}, at(-140 * ms)},
+		{"small pool, one made: the far edge", 2 * time.Second, 5 * time.Second, []time.Time{latest}, at(-2 * time.Second)},
+		{"small pool, two made: between", 2 * time.Second, 5 * time.Second, []time.Time{latest, at(-2 * time.Second)}, at(-time.Second)},
+		{"later than latest: the far edge", 2 * time.Second, 10 * time.Second, []time.Time{at(time.Second)}, at(-2 * time.Second)},
+		{"equals: the latest", 2 * time.Second, 10 * time.Second, []time.Time{at(-time.Second)}, latest},
+	} {
+		if got := pool.SpreadExpiry(latest, tc.window, tc.spacing, tc.ends); !got.Equal(tc.want) {
+			t.Errorf("%s: SpreadExpiry = latest%+v, want latest%+v", tc.name, got.Sub(latest), tc.want.Sub(latest))
+		}
 	}
-	if got := pool.JitterTTL(ttl, 0.999999); got <= ttl-ttl/40 || got > ttl {
-		t.Errorf("JitterTTL(~1) = %s, want within 2.5%% of %s", got, ttl)
+}
+
+// Issue 13.6, the small case: at 3 with a ttl of 20s, a fill made in one go
+// is spread so that its rotations never double the pool, and the ready
+// count never dips below the target.
+func TestSmallPoolRotationNeverDoubles(t *testing.T) {
+	const target = 3
+	h := newHarness(t, func(c *pool.Config) {
+		c.Size = target
+		c.TTL, c.UseDuration = 20*time.Second, 5*time.Second
+		c.TTLJitter = pool.DefaultTTLJitter
+	})
+	h.be.CreateDelay = 300 * time.Millisecond
+	ctx := context.Background()
+	filled := false
+	minGood, maxLive, expiries := target, 0, map[time.Time]bool{}
+	for i := range 800 { // 80 simulated seconds: four generations
+		if err := h.c.Maintain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		h.settle()
+		now := h.clk.Now()
+		good := 0
+		for _, e := range h.stored().Pooled() {
+			if pool.HasTimeLeft(e.ExpiresAt, now, h.cfg.UseDuration) {
+				good++
+			}
+			expiries[e.ExpiresAt] = true
+		}
+		filled = filled || good >= target
+		if filled {
+			live := good + h.c.Creating()
+			minGood, maxLive = min(minGood, good), max(maxLive, live)
+			if live >= 2*target || good < target {
+				t.Fatalf("at +%s: %d good, %d live (%d creating): want %d good and fewer than %d live",
+					time.Duration(i)*100*time.Millisecond, good, live, h.c.Creating(), target, 2*target)
+			}
+		}
+		h.clk.Advance(100 * time.Millisecond)
+	}
+	t.Logf("after the fill: at least %d good, at most %d live, %d sandboxes made", minGood, maxLive, len(expiries))
+	if len(expiries) < 4*target {
+		t.Fatalf("only %d sandboxes made in 80s: want four generations of %d", len(expiries), target)
 	}
 }
 

@@ -188,8 +188,66 @@ func RotationLeads(goodEnds []time.Time, p95 time.Duration, inflight, limit int,
 	return leads
 }
 
-// JitterTTL shortens a sandbox's ttl by r x 2.5% (r in [0,1) for up to
-// 2.5%), spreading the expiries of sandboxes created together.
-func JitterTTL(ttl time.Duration, r float64) time.Duration {
-	return ttl - time.Duration(r*float64(ttl)/40)
+// SpreadExpiry is when a sandbox created now should expire so that it stops
+// being good apart from the pool's others: sandboxes that stop being good
+// together are rotated together, so a small pool made in one go would double
+// at each rotation and a large one queue its whole fill behind the creation
+// limit (HikariCP varies maxLifetime for the same reason; a spread by design
+// is even where a random one clusters). latest is the expiry of a full ttl;
+// the answer lies in [latest-window, latest]: the latest time there that is
+// at least spacing/2 from every other expiry (ends, any order), or, when
+// there is none, the time there farthest from them (the latest of equals).
+// spacing is the pool's even gap: a good life over the target.
+func SpreadExpiry(latest time.Time, window, spacing time.Duration, ends []time.Time) time.Time {
+	if window <= 0 {
+		return latest
+	}
+	lo, half := latest.Add(-window), spacing/2
+	reach := max(half, window) // farther ends are never the nearest to a point of the window
+	var near []time.Time
+	for _, e := range ends {
+		if !e.Before(lo.Add(-reach)) && !e.After(latest.Add(reach)) {
+			near = append(near, e)
+		}
+	}
+	if len(near) == 0 {
+		return latest
+	}
+	slices.SortFunc(near, func(a, b time.Time) int { return a.Compare(b) })
+	dist := func(p time.Time) time.Duration {
+		i, _ := slices.BinarySearchFunc(near, p, func(e, p time.Time) int { return e.Compare(p) })
+		d := time.Duration(1<<63 - 1)
+		if i < len(near) {
+			d = near[i].Sub(p)
+		}
+		if i > 0 {
+			d = min(d, p.Sub(near[i-1]))
+		}
+		return d
+	}
+	// The latest time far enough from all: latest itself, or just before one
+	// of the others.
+	if dist(latest) >= half {
+		return latest
+	}
+	for i := len(near) - 1; i >= 0; i-- {
+		if p := near[i].Add(-half); !p.After(latest) && !p.Before(lo) && dist(p) >= half {
+			return p
+		}
+	}
+	// None: the farthest time, between two others or at an edge.
+	best, bestD := latest, dist(latest)
+	for i := len(near) - 1; i > 0; i-- {
+		p := near[i-1].Add(near[i].Sub(near[i-1]) / 2)
+		if p.After(latest) || p.Before(lo) {
+			continue
+		}
+		if d := dist(p); d > bestD {
+			best, bestD = p, d
+		}
+	}
+	if d := dist(lo); d > bestD {
+		best = lo
+	}
+	return best
 }

@@ -527,7 +527,7 @@ func testShrink(t *testing.T, p *rig) {
 		t.Fatal(err)
 	}
 	all := p.fill(c, 4)
-	// Expiries are jittered (pool.JitterTTL): the older fill need not
+	// Expiries are spread (pool.SpreadExpiry): the older fill need not
 	// expire first; the sandboxes' own expiries say which go.
 	entries := p.load(p.env.Store).Pooled()
 	byExpiry := entryIDs(pool.SurplusOrder(entries))
