@@ -15,14 +15,14 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"go.uber.org/goleak"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/metrics"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 func TestSource(t *testing.T) {
 	for by, want := range map[string]string{
@@ -272,10 +272,10 @@ func TestCreationFailuresCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Three tries, with pauses on the fake clock between them.
-	for f.ctrl.Snapshot().Counts[pool.StateFailed] == 0 {
+	testkit.Eventually(t, 10*time.Second, "the creation failed", func() bool {
 		f.clk.Advance(time.Second)
-		time.Sleep(time.Millisecond)
-	}
+		return f.ctrl.Snapshot().Counts[pool.StateFailed] > 0
+	})
 	f.ctrl.WaitIdle(ctx)
 	mf := f.scrape(t)
 	expect(t, mf, "sandboxpool_creations_total", 1, "result", "failed")
@@ -312,12 +312,8 @@ func TestOwnRegistry(t *testing.T) {
 
 func (f *fixture) waitReady(t *testing.T, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for f.ctrl.Snapshot().Counts[pool.StateReady] < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("not %d ready: %v", n, f.ctrl.Snapshot().Counts)
-		}
-		time.Sleep(2 * time.Millisecond)
+	if !testkit.Until(5*time.Second, func() bool { return f.ctrl.Snapshot().Counts[pool.StateReady] >= n }) {
+		t.Fatalf("not %d ready: %v", n, f.ctrl.Snapshot().Counts)
 	}
 }
 
@@ -334,22 +330,15 @@ func (f *fixture) liveReady(t *testing.T) string {
 
 func eventuallyScrape(t *testing.T, f *fixture, cond func(map[string]*dto.MetricFamily) bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		mf := f.scrape(t)
-		if cond(mf) {
-			return
-		}
-		if time.Now().After(deadline) {
-			var b strings.Builder
-			for _, name := range []string{"sandboxpool_terminations_total", "sandboxpool_health_checks_total", "sandboxpool_sandboxes"} {
-				for _, m := range mf[name].GetMetric() {
-					b.WriteString(name + " " + m.String() + "\n")
-				}
+	var mf map[string]*dto.MetricFamily
+	if !testkit.Until(5*time.Second, func() bool { mf = f.scrape(t); return cond(mf) }) {
+		var b strings.Builder
+		for _, name := range []string{"sandboxpool_terminations_total", "sandboxpool_health_checks_total", "sandboxpool_sandboxes"} {
+			for _, m := range mf[name].GetMetric() {
+				b.WriteString(name + " " + m.String() + "\n")
 			}
-			t.Fatalf("metrics did not reach the expected values:\n%s", b.String())
 		}
-		time.Sleep(5 * time.Millisecond)
+		t.Fatalf("metrics did not reach the expected values:\n%s", b.String())
 	}
 }
 
