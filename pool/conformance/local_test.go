@@ -10,8 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/conformance"
 	"github.com/sandboxpool/sandboxpool/pool/filestore"
@@ -21,7 +20,7 @@ import (
 func TestMain(m *testing.M) {
 	// Local sandboxes are this test binary re-executed.
 	local.MaybeRunChild()
-	goleak.VerifyTestMain(m)
+	testkit.Main(m)
 }
 
 // TestLocal runs the suite on the local process backend and the file store.
@@ -43,13 +42,8 @@ func newLocalEnv(t *testing.T) conformance.Env {
 		if err != nil {
 			t.Errorf("shut the local agent down: %v", err)
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for len(procsOf(dir)) > 0 {
-			if time.Now().After(deadline) {
-				t.Errorf("processes of %s left running: %v", dir, procsOf(dir))
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+		if !testkit.Until(10*time.Second, func() bool { return len(procsOf(dir)) == 0 }) {
+			t.Errorf("processes of %s left running: %v", dir, procsOf(dir))
 		}
 	})
 	open := func(t *testing.T) (*local.Backend, pool.Store) {
@@ -76,17 +70,10 @@ func newLocalEnv(t *testing.T) conformance.Env {
 			if err := b.Kill(context.Background(), id); err != nil {
 				t.Fatalf("kill %s: %v", id, err)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for {
+			testkit.Eventually(t, 5*time.Second, id+" gone after kill -9", func() bool {
 				refs, err := b.List(context.Background())
-				if err == nil && !slices.ContainsFunc(refs, func(r pool.Ref) bool { return r.ID == id }) {
-					return
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%s survived kill -9", id)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+				return err == nil && !slices.ContainsFunc(refs, func(r pool.Ref) bool { return r.ID == id })
+			})
 		},
 		Reopen: func(t *testing.T) (pool.Backend, pool.Store) { return open(t) },
 	}

@@ -8,28 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/conformance"
 )
-
-// startFake runs a fake Modal control plane and points the SDK at it through
-// the process environment: the tests using it are top-level and sequential
-// (their subtests share the one fake, each on its own pool).
-func startFake(t *testing.T, opts fakemodal.Options) *fakemodal.Server {
-	t.Helper()
-	f, err := fakemodal.Start(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Close)
-	t.Setenv("MODAL_SERVER_URL", f.URL)
-	t.Setenv("MODAL_TOKEN_ID", f.TokenID)
-	t.Setenv("MODAL_TOKEN_SECRET", f.TokenSecret)
-	t.Setenv("MODAL_CONFIG_PATH", t.TempDir()+"/none.toml")
-	return f
-}
 
 func openModal(t *testing.T, name string) (*modalx.Backend, *modalx.Store) {
 	t.Helper()
@@ -45,7 +29,7 @@ func openModal(t *testing.T, name string) (*modalx.Backend, *modalx.Store) {
 
 // TestModal runs the suite on the Modal adapter over the fake control plane.
 func TestModal(t *testing.T) {
-	f := startFake(t, fakemodal.Options{})
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	var n atomic.Int64
 	conformance.Run(t, func(t *testing.T) conformance.Env {
 		name := fmt.Sprintf("conformance-%d", n.Add(1))
