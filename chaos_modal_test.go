@@ -67,6 +67,9 @@ func (r *chaosRun) quiet() bool {
 func (r *chaosRun) record(by int, id string, expires time.Time) {
 	r.mu.Lock()
 	r.claims = append(r.claims, chaosClaim{by: by, id: id, at: time.Now()})
+	if _, ok := r.claimedAt[id]; !ok {
+		r.claimedAt[id] = time.Now()
+	}
 	if !expires.IsZero() {
 		r.expires[id] = expires
 	}

@@ -93,7 +93,7 @@ func chaosServe(port string) int {
 		}
 	}
 	if f, err := os.OpenFile(filepath.Join(dir, "decisions"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644); err == nil {
-		fmt.Fprintf(f, "%d %s %s\n", k, id, decision)
+		fmt.Fprintf(f, "%d %s %s %d\n", k, id, decision, time.Now().UnixNano())
 		f.Close()
 	}
 	switch decision {
@@ -296,6 +296,15 @@ func (c *chaosController) start(args ...string) {
 	}
 }
 
+// adopt makes ctl (a dashboard that took over) the current controller.
+func (c *chaosController) adopt(ctl *controller) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.all = append(c.all, ctl)
+	c.cur, c.upSince = ctl, time.Now()
+	c.starts++
+}
+
 func (c *chaosController) kill9() {
 	c.mu.Lock()
 	ctl := c.cur
@@ -484,6 +493,23 @@ type chaosRun struct {
 
 	quietUntil time.Time // claimers pause until then, so that the pool sits and ages
 
+	// The faults of chaos_faults_test.go and what they check.
+	target0      int                  // the target before the storm
+	mark         string               // carried by every process of the run
+	started      func() []time.Time   // when each sandbox of the run started, by any process
+	extraCauses  func() []time.Time   // backend-specific causes of creations (failed or sick workloads)
+	claimedAt    map[string]time.Time // when each claim returned
+	repooled     []string
+	repooledSeen map[string]bool
+	inflightLost []time.Time // one per creation in flight at a controller's kill -9
+	faultErrs    []string
+	roOnce       sync.Once
+	tmuxOnce     sync.Once
+	tmuxSocket   string
+	views        int
+	takeovers    []time.Duration
+	timeline     []string // every action of the storm, when it started
+
 	observing   context.CancelFunc
 	observeDone chan struct{}
 	stopClaims  context.CancelFunc
@@ -492,14 +518,17 @@ type chaosRun struct {
 
 func newChaosRun(t *testing.T, timing chaosTiming, target int) *chaosRun {
 	seed := chaosSeed(t)
-	return &chaosRun{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0)), timing: timing, target: target,
+	return &chaosRun{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0)), timing: timing, target: target, target0: target,
 		claimErrs: map[string]int{}, killed: map[string]time.Time{}, expires: map[string]time.Time{},
-		storedIDs: map[string]bool{}, unknownAt: map[string]time.Time{}, actions: map[string]int{}}
+		storedIDs: map[string]bool{}, unknownAt: map[string]time.Time{}, actions: map[string]int{},
+		claimedAt: map[string]time.Time{}, repooledSeen: map[string]bool{},
+		tmuxSocket: fmt.Sprintf("sp-chaos-%d-%d", os.Getpid(), seed%1000000)}
 }
 
 func (r *chaosRun) count(action string) {
 	r.mu.Lock()
 	r.actions[action]++
+	r.timeline = append(r.timeline, time.Now().Format("15:04:05.000")+" "+action)
 	r.mu.Unlock()
 }
 
@@ -571,7 +600,7 @@ func (r *chaosRun) observe() {
 	r.mu.Lock()
 	if ok {
 		r.samples++
-		r.noteView(v, known)
+		r.noteView(v, known, now)
 	}
 	r.mu.Unlock()
 	live := r.live()
@@ -587,9 +616,10 @@ func (r *chaosRun) observe() {
 	}
 	// A second look: a creation that ended between the first and the
 	// listing is in the store or the view by now.
+	second := time.Now()
 	if v2, ok2 := r.ctl.pool(); ok2 {
 		r.mu.Lock()
-		r.noteView(v2, known)
+		r.noteView(v2, known, second)
 		r.mu.Unlock()
 	}
 	upSince, up := r.ctl.up()
@@ -607,7 +637,9 @@ func (r *chaosRun) observe() {
 	}
 	settle := 2*r.timing.maintainEvery + r.timing.healthTimeout + 3*time.Second
 	for id, l := range live {
-		if known[id] {
+		// A claimed sandbox is its claimer's: known even when a store
+		// loss took its record away.
+		if _, claimed := r.claimedAt[id]; known[id] || claimed {
 			continue
 		}
 		since, seen := r.unknownAt[id]
@@ -627,9 +659,16 @@ func (r *chaosRun) observe() {
 	}
 }
 
-func (r *chaosRun) noteView(v httpapi.PoolView, known map[string]bool) {
+// noteView takes in a view of the pool asked for at at.
+func (r *chaosRun) noteView(v httpapi.PoolView, known map[string]bool, at time.Time) {
+	// While the store cannot be read, the view is the controller's memory,
+	// marked with the error: claims made meanwhile are not in it yet.
+	stale := strings.Contains(strings.ToLower(v.Error), "store")
 	for _, s := range v.Sandboxes {
 		known[s.ID] = true
+		if !stale {
+			r.noteRepooled(s.ID, string(s.State), at)
+		}
 		if s.ExpiresAt != nil {
 			r.expires[s.ID] = *s.ExpiresAt
 		}
@@ -684,10 +723,7 @@ func (r *chaosRun) startClaimers(n int) {
 						r.t.Errorf("claimer %d: claim --json printed %q: %v", i, out, err)
 						continue
 					}
-					r.mu.Lock()
-					r.claims = append(r.claims, chaosClaim{by: i, id: c.ID, at: time.Now()})
-					r.expires[c.ID] = c.ExpiresAt
-					r.mu.Unlock()
+					r.record(i, c.ID, c.ExpiresAt)
 					sleepCtx(ctx, time.Duration(crng.Int64N(int64(2*time.Second))))
 					if crng.Float64() < 0.8 {
 						chaosCLI(context.Background(), r.env, "terminate", c.ID)
@@ -772,7 +808,9 @@ func (r *chaosRun) calmAndCheck(calm func()) {
 		t.Logf("every live sandbox accounted for %s after the calm", time.Since(calmAt).Round(time.Millisecond))
 	}
 	logs := r.ctl.logs()
-	r.checkPromises(parseEvents(logs))
+	events := parseEvents(logs)
+	r.checkPromises(events)
+	r.checkFaultPromises(events)
 
 	// terminate --all leaves nothing of the pool running, claimed ones
 	// included; a creation the running controller had in flight is shrunk.
@@ -791,7 +829,11 @@ func (r *chaosRun) calmAndCheck(calm func()) {
 	if live := r.live(); len(live) > 0 {
 		t.Errorf("after the controller stopped, sandboxes of the pool still run: %v", live)
 	}
+	r.checkNothingLeft()
 	if t.Failed() {
+		r.mu.Lock()
+		t.Logf("the storm's actions:\n%s", strings.Join(r.timeline, "\n"))
+		r.mu.Unlock()
 		t.Logf("controller logs:\n%s", logs)
 	}
 }
@@ -933,7 +975,13 @@ func TestChaosLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	mark := fmt.Sprintf("local-%d-%d", os.Getpid(), r.seed)
+	r.mark = mark
 	t.Cleanup(func() { killMarked(mark) }) // whatever happens, nothing of the run outlives it
+	r.started = func() []time.Time { s, _ := chaosStarts(t, ctlDir); return s }
+	r.extraCauses = func() []time.Time {
+		_, failed := chaosStarts(t, ctlDir)
+		return append(failed, sickTimes(filepath.Join(ctlDir, "sick"))...)
+	}
 	r.env = cliEnv(stateDir, append(timing.env(), "SANDBOXPOOL_POOL="+poolName,
 		"SANDBOXPOOL_CMD="+chaosServeEnv+"={port} exec '"+exe+"'",
 		chaosCtlEnv+"="+ctlDir, chaosSeedEnv+"="+strconv.FormatUint(r.seed, 10), chaosMarkEnv+"="+mark)...)
@@ -995,6 +1043,12 @@ func TestChaosLocal(t *testing.T) {
 	quietAt := stormStart.Add(time.Duration(rng.Int64N(int64(storm / 2))))
 	quietFor := min(12*time.Second+time.Duration(rng.Int64N(int64(8*time.Second))), storm/3)
 	quieted := false
+	storePath := st.Path()
+	faults := r.planFaults(stormStart, storm,
+		chaosFault{"store: corrupt, then restore", func() { r.corruptStore(storePath) }},
+		chaosFault{"store: moved away", func() { r.loseStore(storePath) }},
+		chaosFault{"state dir read-only", func() { r.readOnlyDir(stateDir, filepath.Base(storePath)) }},
+		chaosFault{"viewer takes over from a controller killed -9", func() { r.viewerTakeover("--maintain-every", timing.maintainEvery.String()) }})
 	for time.Now().Before(stormEnd) {
 		if !quieted && time.Now().After(quietAt) {
 			quieted = true
@@ -1003,7 +1057,13 @@ func TestChaosLocal(t *testing.T) {
 			r.quietUntil = time.Now().Add(quietFor)
 			r.mu.Unlock()
 		}
+		if f, ok := faults.due(); ok {
+			r.runFault(f)
+			continue
+		}
 		switch p := rng.Float64(); {
+		case p < 0.05:
+			r.runFault(faults.any(rng))
 		case p < 0.35:
 			r.count("kill -9 a sandbox process")
 			refs, err := lb.List(context.Background())
@@ -1036,14 +1096,14 @@ func TestChaosLocal(t *testing.T) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		case p < 0.47:
 			r.count("kill -9 the controller, restart")
-			r.ctl.kill9()
+			r.kill9Controller()
 			time.Sleep(time.Duration(rng.Int64N(int64(2 * time.Second))))
 			r.ctl.start()
 		case p < 0.57:
 			r.count("resize up, kill -9 the controller mid-fill, restart")
 			r.resize(min(r.currentTarget()+1+rng.IntN(3), maxTarget), setInStore)
 			time.Sleep(time.Duration(rng.Int64N(int64(1500 * time.Millisecond))))
-			r.ctl.kill9()
+			r.kill9Controller()
 			time.Sleep(time.Duration(rng.Int64N(int64(time.Second))))
 			r.ctl.start()
 		case p < 0.85:
@@ -1058,7 +1118,7 @@ func TestChaosLocal(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(ctlDir, "decisions")); err == nil {
 		counts := map[string]int{}
 		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-			if f := strings.Fields(line); len(f) == 3 {
+			if f := strings.Fields(line); len(f) >= 3 {
 				counts[f[2]]++
 			}
 		}
@@ -1135,15 +1195,17 @@ func TestChaosModal(t *testing.T) {
 	const poolName, maxTarget = "chaosm", 5
 	timing := chaosTiming{ttl: 40 * time.Second, useDuration: 5 * time.Second, healthTimeout: 3 * time.Second, maintainEvery: 2 * time.Second}
 	r := newChaosRun(t, timing, 3)
-	storm := min(chaosDuration(t, 25*time.Second), 25*time.Second)
+	storm := min(chaosDuration(t, 30*time.Second), 40*time.Second)
 	t.Logf("chaos seed %d, storm %s (replay: SANDBOXPOOL_CHAOS_SEED=%d SANDBOXPOOL_CHAOS_DURATION=%s)", r.seed, storm, r.seed, storm)
 
 	f := startModalFake(t)
 	mark := fmt.Sprintf("modal-%d-%d", os.Getpid(), r.seed)
+	r.mark = mark
 	t.Cleanup(func() { killMarked(mark) })
 	// Heartbeats of 1s: a killed controller's lease is stale after 3s, its
 	// reservations are inherited 3s later.
-	r.env = modalEnv(t, t.TempDir(), append(append(f.Env(), timing.env()...),
+	stateDir := t.TempDir() // on Modal, the pool's journal of events only
+	r.env = modalEnv(t, stateDir, append(append(f.Env(), timing.env()...),
 		"SANDBOXPOOL_BACKEND=modal", "SANDBOXPOOL_POOL="+poolName, chaosMarkEnv+"="+mark, modalx.LeaseHeartbeatEnv+"=1s")...)
 	f.SetLatency(20 * time.Millisecond) // a control plane as far as Modal's, all along
 	running := func() []fakemodal.SandboxInfo {
@@ -1162,6 +1224,15 @@ func TestChaosModal(t *testing.T) {
 		}
 		return out
 	}
+	r.started = func() []time.Time {
+		var out []time.Time
+		for _, sb := range f.Sandboxes() {
+			if sb.Tags[modalx.TagPool] == poolName {
+				out = append(out, sb.Created)
+			}
+		}
+		return out
+	}
 	r.ctl = &chaosController{t: t, env: r.env, addr: freeLoopbackAddr(t)}
 	r.ctl.start("--size", "3")
 	if !waitUntil(60*time.Second, func() bool { v, ok := r.ctl.pool(); return ok && v.Counts.Ready >= 3 }) {
@@ -1176,6 +1247,7 @@ func TestChaosModal(t *testing.T) {
 	r.stopClaims = func() { stopOthers(); stopCLI() }
 	r.startAPIClaimers(octx, 2)
 	r.startPythonClaimer(octx, t, f, poolName, timing.useDuration)
+	mq := r.modalFaults(t, f, poolName)
 
 	rng := r.rng
 	start := time.Now()
@@ -1189,17 +1261,28 @@ func TestChaosModal(t *testing.T) {
 		}
 		return sbs[rng.IntN(len(sbs))].ID, true
 	}
+	faults := r.planFaults(start, storm,
+		chaosFault{"store: the queue cleared", mq.lose},
+		chaosFault{"store: garbage in the queue", mq.corrupt},
+		chaosFault{"state dir read-only", func() { r.readOnlyDir(stateDir, dirFiles(stateDir)...) }},
+		chaosFault{"viewer takes over from a controller killed -9", func() { r.viewerTakeover() }})
 	for time.Now().Before(stormEnd) {
+		if f, ok := faults.due(); ok {
+			r.runFault(f)
+			continue
+		}
 		if !controllerKilled && time.Now().After(killAt) {
 			controllerKilled = true
 			r.count("resize up, kill -9 the controller mid-fill, restart")
 			r.resize(min(r.currentTarget()+1+rng.IntN(2), maxTarget), nil)
 			time.Sleep(time.Duration(rng.Int64N(int64(time.Second))))
-			r.ctl.kill9()
+			r.kill9Controller()
 			r.ctl.start()
 			continue
 		}
 		switch p := rng.Float64(); {
+		case p < 0.04:
+			r.runFault(faults.any(rng))
 		case p < 0.25:
 			r.count("kill a sandbox's server (Modal still lists it)")
 			if id, ok := pick(); ok && f.KillServer(id) {
@@ -1229,7 +1312,7 @@ func TestChaosModal(t *testing.T) {
 					resp.Body.Close()
 				}
 				time.Sleep(time.Duration(rng.Int64N(int64(150 * time.Millisecond))))
-				r.ctl.kill9()
+				r.kill9Controller()
 				r.ctl.start()
 			}
 		case p < 0.60:

@@ -92,7 +92,7 @@ func runDashboard(cmd *cobra.Command, o *options) error {
 		eng.cancelUnused()
 		return err
 	}
-	uerr := ui.Run(cmd.Context(), eng, ui.Options{ReadOnly: o.readonly, APIAddr: s.apiAddr, Logs: s.logs(),
+	uerr := ui.Run(cmd.Context(), eng, ui.Options{ReadOnly: o.readonly, APIAddr: s.apiAddr, APIStatus: s.APIStatus, Logs: s.logs(),
 		// TERM=dumb or no terminal: the pool's state and events as plain lines.
 		Plain: os.Getenv("TERM") == "dumb" || !isTerminal(os.Stdout)})
 	eng.cancelUnused()

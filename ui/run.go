@@ -24,6 +24,10 @@ type Options struct {
 	// APIAddr is the address the HTTP API listens on, shown in the header;
 	// empty shows "api off".
 	APIAddr string
+	// APIStatus, when set, is the API's address or why it is off now, read
+	// at each redraw instead of APIAddr: a dashboard whose port was in use
+	// binds it later (a viewer taking over) and the header must say so.
+	APIStatus func() string
 	// Clock is where "now" comes from (countdowns, ages, spinner frames);
 	// nil means the real clock. Redraws are still scheduled in real time
 	// (1 s countdown tick, the maintenance ticker): with a fake clock the

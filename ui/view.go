@@ -227,10 +227,14 @@ func (m *Model) viewHeader(s *screen) {
 		st.Faint.write(&l, " ("+a+")")
 	}
 	l.WriteString(sep)
-	if m.opts.APIAddr == "" {
+	api := m.opts.APIAddr
+	if m.opts.APIStatus != nil {
+		api = m.opts.APIStatus()
+	}
+	if api == "" {
 		st.Faint.write(&l, "api off")
 	} else {
-		l.WriteString("api " + m.opts.APIAddr)
+		l.WriteString("api " + api)
 	}
 	var tags []string
 	if m.opts.ReadOnly {
