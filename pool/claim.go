@@ -96,6 +96,7 @@ func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventClaimed, SandboxID: got.ID, By: got.ClaimedBy, Duration: waited, Warm: warm})
 	c.Kick() // backfill at once
+	c.probeAhead()
 	return Claimed{Entry: got, Warm: warm, Waited: waited}
 }
 
@@ -117,16 +118,33 @@ func (c *Controller) claimFailed(o ClaimOptions, err error) error {
 }
 
 // tryTake takes entries until one is good, terminating bad ones met on the way.
+// While it runs, the backfill's passes, creations and store writes hold back
+// (c.takes): a burst of claims is served ahead of the work it causes.
 func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, error) {
+	c.takes.enter()
+	defer c.takes.leave()
 	for {
 		if err := ctx.Err(); err != nil {
 			return Entry{}, false, err
 		}
 		now := c.clk.Now()
-		c.takes.enter()
-		got, dropped, ok, err := c.st.Take(ctx, TakeRequest{MinExpiresAt: now.Add(c.useDur()), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()})
-		c.takes.leave()
+		tr := TakeRequest{MinExpiresAt: now.Add(c.useDur()), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()}
+		// A sandbox that needs no probe gets its claim record in the
+		// backend while the store flushes the claim, not after.
+		var recorded <-chan struct{}
+		if _, isRec := c.be.(ClaimRecorder); isRec {
+			tr.OnTaken = func(e Entry) {
+				if !o.CheckHealth || c.freshlyHealthy(e.ID, now) {
+					recorded = c.recordClaimAsync(e)
+				}
+			}
+		}
+		got, dropped, ok, err := c.st.Take(ctx, tr)
 		if err != nil {
+			// A claim record sent for a take that failed stays: that
+			// sandbox is never handed out, the next full pass leaves it
+			// out of the pool (claimed, the backend says) and it runs
+			// until its expiry, as a claimer's would.
 			err = fmt.Errorf("claim from the store: %w", err)
 			if ctx.Err() == nil {
 				c.report(ProblemStore, opWrite, "", err)
@@ -141,6 +159,10 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		}
 		if !ok {
 			return Entry{}, false, nil
+		}
+		if recorded != nil {
+			<-recorded
+			return got, true, nil
 		}
 		if o.CheckHealth && !c.freshlyHealthy(got.ID, now) {
 			h := c.probe(ctx, got.URL)
@@ -220,6 +242,19 @@ func (c *Controller) recordClaim(e Entry) {
 	} else if err == nil {
 		c.resolve(ProblemBackend, opRecord)
 	}
+}
+
+// recordClaimAsync runs recordClaim in the background; the channel is
+// closed when it is done.
+func (c *Controller) recordClaimAsync(e Entry) <-chan struct{} {
+	done := make(chan struct{})
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer close(done)
+		c.recordClaim(e)
+	}()
+	return done
 }
 
 // giveBack returns a taken sandbox to the pool. A store that cannot take an

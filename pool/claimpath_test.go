@@ -4,9 +4,11 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -145,4 +147,116 @@ func TestNextCreationLimit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// probeCounter wraps the harness's checker, counting probes per URL; block,
+// when set for a URL, holds its probes until it is closed.
+type probeCounter struct {
+	h     *harness
+	mu    sync.Mutex
+	n     map[string]int
+	block map[string]chan struct{}
+	in    chan string // each blocked probe says its URL here
+}
+
+func newProbeCounter(h *harness) *probeCounter {
+	return &probeCounter{h: h, n: map[string]int{}, block: map[string]chan struct{}{}, in: make(chan string, 16)}
+}
+
+func (p *probeCounter) check(ctx context.Context, url string) pool.Health {
+	p.mu.Lock()
+	p.n[url]++
+	wait := p.block[url]
+	p.mu.Unlock()
+	if wait != nil {
+		p.in <- url
+		<-wait
+	}
+	return p.h.be.Checker(ctx, url)
+}
+
+func (p *probeCounter) count(url string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n[url]
+}
+
+// serving starts a controller with its loops on (the checker counted) and
+// waits until the pool is full and nothing is being created.
+func (h *harness) serving(p *probeCounter) *pool.Controller {
+	h.t.Helper()
+	c, err := pool.New(pool.Options{Config: h.cfg, Backend: h.be, Store: h.st, Clock: h.clk, Checker: p.check})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Serve(ctx, false) }()
+	h.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			h.t.Error(err)
+		}
+		c.Close()
+	})
+	testkit.Eventually(h.t, waitLong, "filled", func() bool {
+		return len(h.pooledIDs()) == h.cfg.Size && c.Creating() == 0
+	})
+	return c
+}
+
+// After a claim, the controller probes the sandboxes the next claims will
+// take, so that a claim soon after finds its sandbox freshly probed and
+// skips its own probe.
+func TestProbeAheadKeepsTheHeadFresh(t *testing.T) {
+	h := newHarness(t, nil)
+	p := newProbeCounter(h)
+	c := h.serving(p)
+	pooled := h.stored().Pooled()
+	h.clk.Advance(h.cfg.HealthFresh) // the first-start probes are stale now
+	got, err := c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+	if err != nil || got.ID != pooled[0].ID || p.count(got.URL) != 2 {
+		t.Fatalf("claimed %s (%v) with %d probes, want %s probed by the claim", got.ID, err, p.count(got.URL), pooled[0].ID)
+	}
+	next := pooled[1].URL
+	testkit.Eventually(t, waitLong, "the next one probed ahead", func() bool { return p.count(next) == 2 })
+	h.clk.Advance(h.cfg.HealthFresh / 2)
+	got, err = c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+	if err != nil || got.ID != pooled[1].ID || p.count(next) != 2 {
+		t.Fatalf("claimed %s (%v) with %d probes, want %s with its probe ahead only", got.ID, err, p.count(next), pooled[1].ID)
+	}
+	if by := h.be.ClaimedBy(got.ID); by != "cli" {
+		t.Fatalf("backend record of %s: %q, want cli (sent while the store wrote the claim)", got.ID, by)
+	}
+}
+
+// A claim on its way out goes ahead of the backfill it causes: the pass
+// that follows a claim starts no creation while a claim is still probing.
+func TestClaimsGoAheadOfBackfill(t *testing.T) {
+	h := newHarness(t, nil)
+	p := newProbeCounter(h)
+	c := h.serving(p)
+	head := h.stored().Pooled()[0]
+	release := make(chan struct{})
+	p.mu.Lock()
+	p.block[head.URL] = release
+	p.mu.Unlock()
+	h.clk.Advance(h.cfg.HealthFresh) // the claim probes
+	creates := h.be.CreateCalls()
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+		done <- err
+	}()
+	<-p.in // taken from the store (one short now), probing
+	c.Kick()
+	// Without the yield, the kicked pass would create the replacement now.
+	if testkit.Until(300*time.Millisecond, func() bool { return h.be.CreateCalls() > creates }) {
+		t.Fatal("the backfill started a creation while a claim was on its way out")
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, waitLong, "the backfill after the claim", func() bool { return h.be.CreateCalls() == creates+1 })
 }

@@ -55,7 +55,8 @@ type Controller struct {
 
 	// Coordination without a lock held across I/O, each with its own guard.
 	passes   passRunner    // one maintenance pass at a time (its own mutex, never held across a pass)
-	takes    takeGate      // claims taking from the store now (its own mutex)
+	takes    takeGate      // claims on their way out now: take, probe, claim record (its own mutex)
+	ahead    atomic.Bool   // a probe ahead of claims runs (probeAhead)
 	waitq    waitQueue     // waiting claims in arrival order (its own mutex)
 	kickCh   chan struct{} // asks the maintenance loop for a pass; kicks coalesce
 	looping  atomic.Bool   // a maintenance loop runs in this process

@@ -120,10 +120,16 @@ func (c *Controller) ProbeAll(ctx context.Context) int {
 		}
 	}
 	c.mu.Unlock()
+	return c.probeEach(ctx, pooled, probeParallel)
+}
+
+// probeEach probes entries, at most parallel at once, records what it
+// found and returns how many failed.
+func (c *Controller) probeEach(ctx context.Context, entries []Entry, parallel int) int {
 	var bad atomic.Int64
-	sem := make(chan struct{}, probeParallel)
+	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
-	for _, e := range pooled {
+	for _, e := range entries {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
@@ -148,6 +154,48 @@ func (c *Controller) ProbeAll(ctx context.Context) int {
 	}
 	wg.Wait()
 	return int(bad.Load())
+}
+
+// probeAheadN is how many of the pool's next sandboxes a claim keeps fresh.
+const probeAheadN = 2
+
+// probeAhead probes, in the background, the pooled sandboxes the next
+// claims will take (the first good ones in pool order) unless a probe of
+// theirs is younger than half of HealthFresh: a claim that follows within
+// HealthFresh then skips its own probe. One runs at a time; only a
+// controller (its loops on) does it.
+func (c *Controller) probeAhead() {
+	if !c.looping.Load() || c.cfg.HealthFresh <= 0 || !c.ahead.CompareAndSwap(false, true) {
+		return
+	}
+	now := c.clk.Now()
+	var next []Entry
+	c.mu.Lock()
+	for _, e := range c.stored.Entries {
+		if len(next) == probeAheadN {
+			break
+		}
+		// As the store's Take goes: claimed ones and ones with too little time left are passed over.
+		if e.Claimed() || !HasTimeLeft(e.ExpiresAt, now, c.useDur()) {
+			continue
+		}
+		if h := c.health[e.ID]; !h.OK || now.Sub(h.CheckedAt) >= c.cfg.HealthFresh/2 {
+			next = append(next, e)
+		}
+	}
+	c.mu.Unlock()
+	if len(next) == 0 {
+		c.ahead.Store(false)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer c.ahead.Store(false)
+		if c.probeEach(c.life, next, probeAheadN) > 0 {
+			c.Kick() // the pass drops it
+		}
+	}()
 }
 
 // waitHealthy retries a new sandbox every 100 ms until it answers or the

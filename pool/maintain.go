@@ -40,6 +40,10 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	if c.life.Err() != nil {
 		return c.life.Err()
 	}
+	if !reconcile {
+		// The backfill after a claim: claims on their way out go first.
+		c.takes.waitIdle(ctx, c.clk, backfillYield)
+	}
 	// Listing before loading means an entry missing from the list was
 	// already stored when the list was taken, unless it was created after it.
 	listedAt := c.clk.Now()
@@ -530,6 +534,10 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	cr.state, cr.ref = StateCreating, Ref{}
 	ttl := c.creationTTLLocked(cr, start)
 	c.mu.Unlock()
+	c.takes.waitIdle(ctx, c.clk, backfillYield) // claims on their way out go first
+	if err := ctx.Err(); err != nil {
+		return Ref{}, err // cancelled meanwhile (surplus): nothing asked of the backend
+	}
 	ref, err := c.be.Create(ctx, ttl)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -592,8 +600,12 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	return ref, nil
 }
 
-// putYield bounds how long a creation's store write waits for claims.
-const putYield = 20 * time.Millisecond
+// putYield bounds how long a creation's store write waits for claims;
+// backfillYield how long a quick pass or a creation's start does.
+const (
+	putYield      = 20 * time.Millisecond
+	backfillYield = 20 * time.Millisecond
+)
 
 // exitError is a try whose workload exited before it got healthy.
 type exitError struct {

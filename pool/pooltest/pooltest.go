@@ -100,6 +100,9 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	return ref, nil
 }
 
+// CreateCalls is Creates, read under the backend's lock.
+func (b *Backend) CreateCalls() int { b.mu.Lock(); defer b.mu.Unlock(); return b.Creates }
+
 // MarkClaimed implements pool.ClaimRecorder: List then reports it claimed.
 func (b *Backend) MarkClaimed(_ context.Context, id, by string) error {
 	b.mu.Lock()
@@ -296,6 +299,9 @@ func (s *Store) Take(_ context.Context, r pool.TakeRequest) (pool.Entry, []pool.
 		}
 	}
 	s.s.Entries = kept
+	if found && r.OnTaken != nil {
+		r.OnTaken(got)
+	}
 	return got, dropped, found, nil
 }
 
