@@ -10,28 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
-	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// startFake runs a fake control plane and points the SDK at it (process env:
-// tests using it must not run in parallel).
-func startFake(t *testing.T) *fakemodal.Server {
-	t.Helper()
-	f, err := fakemodal.Start(fakemodal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Close)
-	t.Setenv("MODAL_SERVER_URL", f.URL)
-	t.Setenv("MODAL_TOKEN_ID", f.TokenID)
-	t.Setenv("MODAL_TOKEN_SECRET", f.TokenSecret)
-	t.Setenv("MODAL_CONFIG_PATH", t.TempDir()+"/none.toml")
-	return f
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 func open(t *testing.T, opts Options) (*Backend, *Store) {
 	t.Helper()
@@ -71,7 +55,7 @@ func ids(refs []pool.Ref) []string {
 }
 
 func TestBackendCreateListTerminate(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, _ := open(t, Options{Pool: "p1"})
 	other, _ := open(t, Options{Pool: "p2"})
@@ -171,7 +155,7 @@ func TestBackendCreateListTerminate(t *testing.T) {
 }
 
 func TestBackendSandboxExpires(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, _ := open(t, Options{Pool: "short"})
 	ref, err := b.Create(ctx, 1500*time.Millisecond) // rounded up to 2s, as Modal counts whole seconds
@@ -184,9 +168,12 @@ func TestBackendSandboxExpires(t *testing.T) {
 	if code, _, err := get(f, ref.URL); err != nil || code != http.StatusOK {
 		t.Fatalf("GET: %d %v", code, err)
 	}
-	time.Sleep(time.Until(ref.ExpiresAt) + 300*time.Millisecond)
-	if _, _, err := get(f, ref.URL); err == nil {
-		t.Fatal("expired sandbox still answers")
+	testkit.Eventually(t, time.Until(ref.ExpiresAt)+5*time.Second, "the expired sandbox to stop answering", func() bool {
+		_, _, err := get(f, ref.URL)
+		return err != nil
+	})
+	if early := time.Until(ref.ExpiresAt); early > time.Second {
+		t.Fatalf("the sandbox stopped answering %s before it expired", early)
 	}
 	got, err := b.List(ctx)
 	if err != nil {
@@ -207,7 +194,7 @@ func TestSplitCmd(t *testing.T) {
 }
 
 func TestFakeWarmup(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	b, _ := open(t, Options{Pool: "warm"})
 	f.SetWarmup(300 * time.Millisecond)
 	ref, err := b.Create(ctxT(t), time.Minute)
@@ -217,17 +204,17 @@ func TestFakeWarmup(t *testing.T) {
 	if code, _, _ := get(f, ref.URL); code != http.StatusServiceUnavailable {
 		t.Fatalf("warming sandbox answered %d", code)
 	}
-	time.Sleep(350 * time.Millisecond)
-	if code, _, _ := get(f, ref.URL); code != http.StatusOK {
-		t.Fatalf("warm sandbox answered %d", code)
-	}
+	testkit.Eventually(t, 5*time.Second, "the sandbox to warm up", func() bool {
+		code, _, _ := get(f, ref.URL)
+		return code == http.StatusOK
+	})
 }
 
 // TestFakeLatencyAndCreateDelay: the fake's knobs make figures reproducible:
 // each RPC takes the latency, each creation the create delay, and the
 // counters say which RPCs ran.
 func TestFakeLatencyAndCreateDelay(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	b, s := open(t, Options{Pool: "knobs"})
 	ctx := ctxT(t)
 	if _, err := b.Create(ctx, time.Minute); err != nil { // builds the image first
@@ -258,7 +245,7 @@ func TestFakeLatencyAndCreateDelay(t *testing.T) {
 // TestFakeStopRestart: a stopped control plane is unreachable while its
 // sandboxes keep serving; restarted empty, it has lost its queues.
 func TestFakeStopRestart(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	b, s := open(t, Options{Pool: "outage"})
 	ctx := ctxT(t)
 	ref, err := b.Create(ctx, time.Minute)
@@ -290,7 +277,7 @@ func TestFakeStopRestart(t *testing.T) {
 // TestReadLog: a sandbox's output (the server's start line, one line per
 // request) through pool.LogReader, read incrementally.
 func TestReadLog(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	b, _ := open(t, Options{Pool: "logs"})
 	ctx := ctxT(t)
 	ref, err := b.Create(ctx, time.Minute)

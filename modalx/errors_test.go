@@ -11,6 +11,9 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
+	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 )
 
 // checkLine asserts a one-line error with the exact text, free of the secret.
@@ -44,7 +47,7 @@ func newErr(t *testing.T) error {
 }
 
 func TestErrorNoCredentials(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	t.Setenv("MODAL_TOKEN_ID", "")
 	t.Setenv("MODAL_TOKEN_SECRET", "")
 	checkLine(t, newErr(t), ErrNoCredentials,
@@ -52,7 +55,7 @@ func TestErrorNoCredentials(t *testing.T) {
 }
 
 func TestErrorWrongToken(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	const secret = "as-ThisIsTheWrongSecret42"
 	t.Setenv("MODAL_TOKEN_SECRET", secret)
 	err := newErr(t)
@@ -63,14 +66,14 @@ func TestErrorWrongToken(t *testing.T) {
 	}
 
 	// A revoked token (right pair, refused by the server) reads the same.
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	f.RejectTokens(true)
 	checkLine(t, newErr(t), ErrTokenRejected,
 		"modal: connecting to Modal: Modal rejected the token ak-fake (check MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or ~/.modal.toml): Token ID or secret is invalid. Please check your Modal token credentials.")
 }
 
 func TestErrorUnreachable(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +86,7 @@ func TestErrorUnreachable(t *testing.T) {
 }
 
 func TestErrorImageBuildFails(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	b, _ := open(t, Options{Pool: "img", Image: "python:9-nope"})
 	f.FailImageBuilds("Error: pull access denied for python:9-nope\nrepository does not exist")
 	_, err := b.Create(ctxT(t), time.Minute)
@@ -96,7 +99,7 @@ func TestErrorImageBuildFails(t *testing.T) {
 }
 
 func TestErrorCreateRefused(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	b, _ := open(t, Options{Pool: "quota"})
 	f.FailCreates(1, "")
 	_, err := b.Create(ctxT(t), time.Minute)
@@ -116,7 +119,7 @@ func TestOneLineScrubsSecrets(t *testing.T) {
 }
 
 func TestCredentialsFromConfigFile(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	t.Setenv("MODAL_TOKEN_ID", "")
 	t.Setenv("MODAL_TOKEN_SECRET", "")
 	path := t.TempDir() + "/modal.toml"

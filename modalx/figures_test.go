@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
@@ -33,7 +34,7 @@ func TestModalFigures(t *testing.T) {
 	if os.Getenv("SANDBOXPOOL_FIGURES") == "" {
 		t.Skip("figures: set SANDBOXPOOL_FIGURES=1 (creates 1,100 fake sandboxes)")
 	}
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	sizes := []int{3, 100, 1000}
 	if env := os.Getenv("SANDBOXPOOL_FIGURES_SIZES"); env != "" {
 		sizes = nil
@@ -220,11 +221,8 @@ func fillFigure(t *testing.T, f *fakemodal.Server, n int, delay time.Duration) t
 		})
 	}
 	go func() { _ = c.Serve(ctx, false) }()
-	for c.Snapshot().Counts[pool.StateReady] < n {
-		if time.Since(start) > time.Minute {
-			t.Fatalf("fill %d: %d ready after a minute", n, c.Snapshot().Counts[pool.StateReady])
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testkit.Until(time.Minute, func() bool { return c.Snapshot().Counts[pool.StateReady] >= n }) {
+		t.Fatalf("fill %d: %d ready after a minute", n, c.Snapshot().Counts[pool.StateReady])
 	}
 	return time.Since(start)
 }

@@ -133,6 +133,7 @@ type Lease struct {
 	// (unix ns): 2 heartbeats after it last read the lease and found itself
 	// current, a heartbeat before anyone may take the lease over.
 	valid atomic.Int64
+	beats atomic.Int64 // heartbeats written: tests wait for N of them
 }
 
 func (l *Lease) extend(t0 time.Time) {
@@ -214,6 +215,7 @@ func (l *Lease) beat(ctx context.Context) error {
 		return err
 	}
 	l.extend(t0)
+	l.beats.Add(1)
 	if n >= 2 { // keep the partition short: drop the oldest record
 		_, _, _ = l.s.pop(ctx, partLease)
 	}

@@ -6,11 +6,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
+	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
 func TestLease(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	hb := 100 * time.Millisecond
 	_, a := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
@@ -23,8 +25,8 @@ func TestLease(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Held and kept alive by the heartbeat well past the stale limit.
-	time.Sleep(5 * hb)
+	// Held and kept alive by the heartbeat well past the stale limit (3 beats).
+	testkit.Eventually(t, 10*time.Second, "5 heartbeats", func() bool { return la.(*Lease).beats.Load() >= 5 })
 	var held *pool.LeaseHeldError
 	if _, err := b.AcquireLease(ctx, pool.LeaseRecord{Host: "host-b:2"}); !errors.As(err, &held) || held.Holder.String() != "host-a:1" {
 		t.Fatalf("second acquire: %v", err)
@@ -50,7 +52,7 @@ func TestLease(t *testing.T) {
 	if _, err := a.AcquireLease(ctx, pool.LeaseRecord{Host: "host-a:3"}); !errors.As(err, &held) {
 		t.Fatalf("acquire of a fresh lease: %v", err)
 	}
-	time.Sleep(3*hb + 50*time.Millisecond)
+	waitStale(t, a)
 
 	// Two controllers take the stale lease over at once: exactly one wins.
 	_, c := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
@@ -84,7 +86,7 @@ func TestLease(t *testing.T) {
 	// The superseded holder notices on its next heartbeat (it was paused, not dead).
 	_, d := open(t, Options{Pool: "lease", LeaseHeartbeat: hb})
 	won[0].(*Lease).abandon()
-	time.Sleep(3*hb + 50*time.Millisecond)
+	waitStale(t, d)
 	ld, err := d.AcquireLease(ctx, pool.LeaseRecord{Host: "host-d:5"})
 	if err != nil {
 		t.Fatal(err)
@@ -100,8 +102,19 @@ func TestLease(t *testing.T) {
 	}
 }
 
+// waitStale waits until s sees nobody holding the lease: its holder's
+// heartbeats stopped 3 intervals ago.
+func waitStale(t *testing.T, s *Store) {
+	t.Helper()
+	ctx := ctxT(t)
+	testkit.Eventually(t, 10*time.Second, "the abandoned lease to go stale", func() bool {
+		h, err := s.LeaseHolder(ctx)
+		return err == nil && h.IsZero()
+	})
+}
+
 func TestLeaseLostWhenSuperseded(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	hb := 100 * time.Millisecond
 	_, a := open(t, Options{Pool: "lease2", LeaseHeartbeat: hb})

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
@@ -25,13 +26,8 @@ func reservedCount(s *Store) int {
 // has n reserved.
 func waitReserved(t *testing.T, s *Store, n int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for reservedCount(s) < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d reserved after 10s, want %d", reservedCount(s), n)
-		}
-		load(t, s)
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Until(10*time.Second, func() bool { load(t, s); return reservedCount(s) >= n }) {
+		t.Fatalf("%d reserved after 10s, want %d", reservedCount(s), n)
 	}
 }
 
@@ -39,7 +35,7 @@ func waitReserved(t *testing.T, s *Store, n int) {
 // its reservations with one RPC (the claim record) on the critical path;
 // other processes see reserved sandboxes as pooled and never get them.
 func TestReservedClaimOneRoundTrip(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "fast", LeaseHeartbeat: time.Second})
 	_, other := open(t, Options{Pool: "fast", LeaseHeartbeat: time.Second})
@@ -117,7 +113,7 @@ func TestReservedClaimOneRoundTrip(t *testing.T) {
 // reserved; the next holder inherits them once the dead one's claims can no
 // longer land, and hands each out once.
 func TestReservationsSurviveKill(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	hb := 200 * time.Millisecond
 	b, s := open(t, Options{Pool: "kill", LeaseHeartbeat: hb})
@@ -135,47 +131,36 @@ func TestReservationsSurviveKill(t *testing.T) {
 
 	_, s2 := open(t, Options{Pool: "kill", LeaseHeartbeat: hb})
 	var l2 pool.Lease
-	deadline := time.Now().Add(10 * time.Second)
-	for l2 == nil {
+	if !testkit.Until(10*time.Second, func() bool {
 		l2, err = s2.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 2, Role: pool.RoleController})
-		if err != nil && time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		return err == nil
+	}) {
+		t.Fatal(err)
 	}
 	defer l2.Release()
 	// The new holder's view catches up with the queue within a few reads
 	// (partitions are read incrementally); a loaded machine needs some.
-	for n := 0; ; {
-		if n = len(load(t, s2).Pooled()); n == 5 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the takeover %d pooled, want 5 (2 reserved by the dead holder)", n)
-		}
-		time.Sleep(50 * time.Millisecond)
+	n := 0
+	if !testkit.Until(10*time.Second, func() bool { n = len(load(t, s2).Pooled()); return n == 5 }) {
+		t.Fatalf("after the takeover %d pooled, want 5 (2 reserved by the dead holder)", n)
 	}
 	got := map[string]bool{e.ID: true}
-	for {
+	if !testkit.Until(10*time.Second, func() bool {
 		load(t, s2)
 		x, _, ok, err := s2.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now().Add(time.Minute), ClaimedBy: "after", Now: time.Now()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !ok {
-			if len(got) == 6 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("claimed %d of 6", len(got))
-			}
-			time.Sleep(50 * time.Millisecond)
-			continue
+			return len(got) == 6
 		}
 		if got[x.ID] {
 			t.Fatalf("%s claimed twice", x.ID)
 		}
 		got[x.ID] = true
+		return false
+	}) {
+		t.Fatalf("claimed %d of 6", len(got))
 	}
 	if st := load(t, s2); len(st.Pooled()) != 0 || len(claimedOf(st)) != 6 {
 		t.Fatalf("after all claims: pooled %v, claimed %d", entryIDs(st.Pooled()), len(claimedOf(st)))

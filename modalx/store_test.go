@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
@@ -72,7 +73,7 @@ func claimedOf(st pool.Stored) []pool.Entry {
 }
 
 func TestStoreSemantics(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "sem"})
 
@@ -172,7 +173,7 @@ func takeAll(ctx context.Context, s *Store, by string) ([]string, error) {
 }
 
 func TestStoreConcurrentTakesOwnClients(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "conc"})
 	refs := fill(t, b, s, 100, 5*time.Minute)
@@ -216,7 +217,7 @@ func TestStoreRemoveUnderConcurrentTakes(t *testing.T) {
 }
 
 func testRemoveUnderTakes(t *testing.T, evict bool) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "rm"})
 	refs := fill(t, b, s, 40, 5*time.Minute)
@@ -308,7 +309,7 @@ func testRemoveUnderTakes(t *testing.T, evict bool) {
 }
 
 func TestStoreTargetSurvivesNewClient(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	_, s := open(t, Options{Pool: "tgt"})
 	if err := s.SetTarget(ctxT(t), 7); err != nil {
 		t.Fatal(err)
@@ -341,7 +342,7 @@ func TestStoreTargetSurvivesNewClient(t *testing.T) {
 }
 
 func TestStoreRebuildAfterQueueCleared(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "rb"})
 	refs := fill(t, b, s, 6, 5*time.Minute)
@@ -388,7 +389,7 @@ func TestStoreRebuildAfterQueueCleared(t *testing.T) {
 func TestRPCCounts(t *testing.T) {
 	for _, n := range []int{3, 30, 100} {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			f := startFake(t)
+			f := testkit.UseFakeModal(t, fakemodal.Options{})
 			ctx := ctxT(t)
 			b, s := open(t, Options{Pool: "count"})
 			fill(t, b, s, n, 5*time.Minute)
@@ -428,7 +429,7 @@ func sum(m map[string]int) int {
 
 // Latency widens every race window; claims stay exclusive.
 func TestStoreConcurrentTakesWithLatency(t *testing.T) {
-	f := startFake(t)
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "lat"})
 	fill(t, b, s, 30, 5*time.Minute)
@@ -469,7 +470,7 @@ func TestStoreConcurrentTakesWithLatency(t *testing.T) {
 // The pool partition alone lost ("short"): the engine's reconcile adopts what
 // List shows with Put; claimed ones stay claimed.
 func TestStoreAdoptAfterPoolPartitionLost(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "short"})
 	refs := fill(t, b, s, 4, 5*time.Minute)
@@ -507,16 +508,9 @@ func TestStoreAdoptAfterPoolPartitionLost(t *testing.T) {
 // waitClaimTags waits for a claim's tags, written in the background.
 func waitClaimTags(t *testing.T, f *fakemodal.Server, e pool.Entry, poolName, by string) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		for _, sb := range f.Sandboxes() {
-			if sb.ID == e.ID && sb.Tags[TagClaimedBy] == by && sb.Tags[TagPool] == poolName && sb.Tags[TagURL] == e.URL {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no claim tags on %s after 5s", e.ID)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, 5*time.Second, "claim tags on "+e.ID, func() bool {
+		return slices.ContainsFunc(f.Sandboxes(), func(sb fakemodal.SandboxInfo) bool {
+			return sb.ID == e.ID && sb.Tags[TagClaimedBy] == by && sb.Tags[TagPool] == poolName && sb.Tags[TagURL] == e.URL
+		})
+	})
 }
