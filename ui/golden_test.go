@@ -13,6 +13,7 @@ import (
 	"github.com/charmbracelet/x/exp/teatest"
 	"github.com/jonboulle/clockwork"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
@@ -94,13 +95,7 @@ func fakeTUI(t *testing.T, opts Options, w, h int, mod func(s *pool.Snapshot)) (
 // waitSubscribed waits until the dashboard listens to the fake's events.
 func waitSubscribed(t *testing.T, f *fakeEngine) {
 	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for f.subscribers() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the dashboard never subscribed")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, waitLong, "the dashboard to subscribe", func() bool { return f.subscribers() > 0 })
 }
 
 func threeReady(s *pool.Snapshot) {
@@ -137,13 +132,7 @@ func newController(t *testing.T, n int) *engineHarness {
 		if err := c.Maintain(ctx); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(waitLong)
-		for c.Snapshot().Counts[pool.StateReady] < i {
-			if time.Now().After(deadline) {
-				t.Fatalf("never got %d ready", i)
-			}
-			time.Sleep(time.Millisecond)
-		}
+		testkit.Eventually(t, waitLong, fmt.Sprintf("%d ready", i), func() bool { return c.Snapshot().Counts[pool.StateReady] >= i })
 	}
 	c.WaitIdle(ctx)
 	return &engineHarness{clk: clk, be: be, st: st, c: c}

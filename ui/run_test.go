@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jonboulle/clockwork"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 func TestRunQuitsOnQ(t *testing.T) {
@@ -36,10 +38,7 @@ func TestRunReturnsWhenCtxEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- Run(ctx, f, Options{Input: pr, Output: io.Discard, Clock: f.clk}) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for f.subscribers() == 0 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "Run to subscribe", func() bool { return f.subscribers() > 0 })
 	cancel()
 	select {
 	case err := <-done:

@@ -7,6 +7,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
@@ -28,7 +29,7 @@ func TestOverAServingController(t *testing.T) {
 	go func() { served <- c.Serve(ctx, true) }()
 	t.Cleanup(func() { cancel(); <-served; c.Close() })
 
-	eventually(t, "3 ready under a controller", func() bool {
+	testkit.Eventually(t, waitLong, "3 ready under a controller", func() bool {
 		s := c.Snapshot()
 		return s.Role == "controller" && s.Counts[pool.StateReady] == 3 && !s.NextPass.IsZero()
 	})
@@ -59,17 +60,5 @@ func TestOverAServingController(t *testing.T) {
 	m := u.final()
 	if m.snap.Role != "controller" || m.maintaining {
 		t.Fatalf("role %q, maintaining %v", m.snap.Role, m.maintaining)
-	}
-}
-
-// eventually polls cond in real time with a deadline.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLong)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
