@@ -7,38 +7,65 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
-// collector gathers what Follow delivers.
+func TestMain(m *testing.M) { testkit.Main(m) }
+
+// collector gathers what Follow delivers, but for the probe's sync marks.
 type collector struct {
-	mu  sync.Mutex
-	got []pool.Event
-	org []Origin
+	mu     sync.Mutex
+	got    []pool.Event
+	org    []Origin
+	synced bool // a sync mark came through
 }
+
+// syncMark is what sync appends: the collector notes and drops it.
+const syncMark = "testkit sync"
 
 func (c *collector) add(o Origin, e pool.Event) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.Message == syncMark {
+		c.synced = true
+		return
+	}
 	c.got = append(c.got, e)
 	c.org = append(c.org, o)
-	c.mu.Unlock()
+}
+
+func (c *collector) events() []pool.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]pool.Event(nil), c.got...)
 }
 
 func (c *collector) wait(t *testing.T, n int) []pool.Event {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c.mu.Lock()
-		got := append([]pool.Event(nil), c.got...)
-		c.mu.Unlock()
-		if len(got) >= n {
-			return got
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("followed %d events, want %d", len(got), n)
-		}
-		time.Sleep(5 * time.Millisecond)
+	var got []pool.Event
+	if !testkit.Until(10*time.Second, func() bool { got = c.events(); return len(got) >= n }) {
+		t.Fatalf("followed %d events, want %d", len(got), n)
 	}
+	return got
+}
+
+// sync waits until Follow has the file open (it reads from the end of a
+// file that exists when it starts): a probe journal appends marks until one
+// comes through, so everything appended from now on is followed.
+func (c *collector) sync(t *testing.T, dir, name string) {
+	t.Helper()
+	probe, err := Open(dir, name, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	testkit.Eventually(t, 10*time.Second, "Follow to see a sync mark", func() bool {
+		probe.Append(pool.Event{Kind: pool.EventResized, Message: syncMark})
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.synced
+	})
 }
 
 func follow(t *testing.T, j *Journal) *collector {
@@ -64,7 +91,7 @@ func TestFollowSeesOthersNotItself(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := follow(t, viewer)
-	time.Sleep(20 * time.Millisecond) // Follow opened the (missing) file
+	c.sync(t, dir, "p")
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	viewer.Append(pool.Event{Kind: pool.EventResized, Message: "mine"})
 	ctl.Append(pool.Event{Time: at, Kind: pool.EventClaimed, SandboxID: "sb-1", By: "cli", Warm: true,
@@ -106,12 +133,12 @@ func TestRotationIsCappedAndFollowed(t *testing.T) {
 	}
 	defer r.Close()
 	c := follow(t, r)
-	time.Sleep(20 * time.Millisecond)
+	c.sync(t, dir, "p")
 	const n = 60
 	for i := range n {
 		w.Append(pool.Event{Kind: pool.EventCreated, SandboxID: "sb-" + string(rune('A'+i%26))})
 		if i%5 == 0 {
-			time.Sleep(10 * time.Millisecond) // let the follower see each generation
+			c.wait(t, i+1) // the follower sees each generation before the next rotation
 		}
 	}
 	got := c.wait(t, n)
