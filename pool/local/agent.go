@@ -56,6 +56,7 @@ type agent struct {
 	ln    *net.UnixListener
 
 	logBytes atomic.Int64 // on disk, every sandbox log of the pool
+	logFds   *fdCache     // the few log files kept open
 	spawnc   chan spawnReq
 
 	mu       sync.Mutex
@@ -73,7 +74,7 @@ type agent struct {
 type sandbox struct {
 	id        string
 	url       string
-	work      string
+	work      string // a --cmd workload's directory (the built-in one's is in memory)
 	createdAt time.Time
 	expiresAt time.Time
 	grace     time.Duration
@@ -157,6 +158,7 @@ func runAgent(spec agentSpec, ready *os.File) error {
 	p := poolPaths(spec.StateDir, spec.Pool)
 	a := &agent{
 		spec: spec, paths: p, mark: envAgentMark + "=" + p.sock, uid: uint32(os.Getuid()),
+		logFds: newFDCache(fdCacheSize()),
 		spawnc: make(chan spawnReq), boxes: map[string]*sandbox{}, byPid: map[int]*sandbox{}, lastCall: time.Now(), tombs: map[string]time.Time{},
 	}
 	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
@@ -418,45 +420,50 @@ func (a *agent) create(r request) (wireRef, error) {
 	}
 	now := time.Now().UTC().Round(0)
 	sb := &sandbox{
-		id: r.ID, work: filepath.Join(a.paths.boxes, r.ID), createdAt: now, expiresAt: now.Add(r.TTL),
+		id: r.ID, createdAt: now, expiresAt: now.Add(r.TTL),
 		grace: r.Grace, exitedCh: make(chan struct{}), gone: make(chan struct{}),
-		log: newLogFile(filepath.Join(a.paths.boxes, r.ID+".log"), cmpInt(r.LogMax, DefaultLogMax), &a.logBytes, a.spec.LogTotal),
+		log: newLogFile(filepath.Join(a.paths.boxes, r.ID+".log"), cmpInt(r.LogMax, DefaultLogMax), &a.logBytes, a.spec.LogTotal, a.logFds),
 	}
 	if sb.grace <= 0 {
 		sb.grace = time.Second
 	}
-	if err := os.Mkdir(sb.work, 0o700); err != nil {
-		return wireRef{}, err
-	}
 	readme := fmt.Sprintf("sandboxpool local sandbox %s\npool: %s\ncreated: %s\nexpires: %s\n",
 		sb.id, a.spec.Pool, sb.createdAt.Format(time.RFC3339), sb.expiresAt.Format(time.RFC3339))
-	if err := os.WriteFile(filepath.Join(sb.work, "README.txt"), []byte(readme), 0o600); err != nil {
-		_ = os.RemoveAll(sb.work)
-		return wireRef{}, err
+	// A --cmd workload gets a directory of its own; the built-in one serves
+	// the same listing from memory (no inode to make and remove per sandbox).
+	if r.Cmd != "" {
+		sb.work = filepath.Join(a.paths.boxes, r.ID)
+		if err := os.Mkdir(sb.work, 0o700); err != nil {
+			return wireRef{}, err
+		}
+		if err := os.WriteFile(filepath.Join(sb.work, "README.txt"), []byte(readme), 0o600); err != nil {
+			sb.removeWork()
+			return wireRef{}, err
+		}
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closing {
-		_ = os.RemoveAll(sb.work)
+		sb.removeWork()
 		return wireRef{}, errors.New("the local agent is stopping")
 	}
 	if a.boxes[sb.id] != nil {
 		return wireRef{}, fmt.Errorf("sandbox %s exists", sb.id)
 	}
 	if _, ok := a.tombs[sb.id]; ok {
-		_ = os.RemoveAll(sb.work)
+		sb.removeWork()
 		return wireRef{}, fmt.Errorf("sandbox %s was terminated already", sb.id)
 	}
 	var err error
 	if r.Cmd == "" {
-		err = a.startBuiltin(sb, r.Warmup)
+		err = a.startBuiltin(sb, r.Warmup, readme)
 	} else {
 		// Under a.mu: the reaper must find the pid registered.
 		err = a.startCmd(sb, r)
 	}
 	if err != nil {
 		sb.log.RemoveFiles()
-		_ = os.RemoveAll(sb.work)
+		sb.removeWork()
 		return wireRef{}, err
 	}
 	a.boxes[sb.id] = sb
@@ -468,6 +475,13 @@ func (a *agent) create(r request) (wireRef, error) {
 	return sb.wire(), nil
 }
 
+// removeWork removes a --cmd workload's directory.
+func (sb *sandbox) removeWork() {
+	if sb.work != "" {
+		_ = os.RemoveAll(sb.work)
+	}
+}
+
 func cmpInt(v, def int64) int64 {
 	if v <= 0 {
 		return def
@@ -475,11 +489,11 @@ func cmpInt(v, def int64) int64 {
 	return v
 }
 
-// startBuiltin serves the sandbox's directory from inside the agent: a
+// startBuiltin serves the sandbox's listing from inside the agent: a
 // sandbox costs a socket and a goroutine, not a process.
-func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration) error {
+func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration, readme string) error {
 	sb.srv = &http.Server{
-		Handler:           http.FileServer(http.Dir(sb.work)),
+		Handler:           builtinHandler{readme: readme, at: sb.createdAt},
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          log.New(sb.log, "", log.LstdFlags),
@@ -491,7 +505,7 @@ func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration) error {
 		}
 		sb.url = "http://" + ln.Addr().String()
 		go func() { _ = sb.srv.Serve(ln) }()
-		fmt.Fprintf(sb.log, "sandboxpool: serving %s on %s\n", sb.work, sb.url)
+		fmt.Fprintf(sb.log, "sandboxpool: serving the built-in listing on %s\n", sb.url)
 		return nil
 	}
 	// The port is reserved by a bound socket that listens only after the
@@ -521,9 +535,33 @@ func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration) error {
 			return
 		}
 		go func() { _ = sb.srv.Serve(ln) }()
-		fmt.Fprintf(sb.log, "sandboxpool: serving %s on %s after a %s warmup\n", sb.work, sb.url, warmup)
+		fmt.Fprintf(sb.log, "sandboxpool: serving the built-in listing on %s after a %s warmup\n", sb.url, warmup)
 	})
 	return nil
+}
+
+// builtinHandler is the built-in workload: a directory listing holding one
+// README.txt, as http.FileServer would serve it from disk.
+type builtinHandler struct {
+	readme string
+	at     time.Time
+}
+
+var builtinListing = []byte("<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n<a href=\"README.txt\">README.txt</a>\n</pre>\n")
+
+func (h builtinHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/":
+		w.Header()["Content-Type"] = []string{"text/html; charset=utf-8"}
+		w.Header()["Content-Length"] = []string{strconv.Itoa(len(builtinListing))}
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(builtinListing)
+		}
+	case "/README.txt":
+		http.ServeContent(w, r, "README.txt", h.at, strings.NewReader(h.readme))
+	default:
+		http.NotFound(w, r)
+	}
 }
 
 // stopBuiltin closes the server and its connections at once.
@@ -770,7 +808,7 @@ func (a *agent) terminate(id string, grace time.Duration) {
 		a.stopCmd(sb, pid, grace)
 	}
 	sb.log.RemoveFiles()
-	_ = os.RemoveAll(sb.work)
+	sb.removeWork()
 	a.mu.Lock()
 	delete(a.boxes, id)
 	a.lastCall = time.Now()

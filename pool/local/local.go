@@ -16,7 +16,7 @@
 //	<pool>.agent.start  held while a process starts the agent
 //	<pool>.agent.log    the agent's own log
 //	<pool>.agent.clean  no agent runs, and nothing of the last one is left
-//	<pool>.sandboxes/   <id>/ (the built-in server's directory), <id>.log[.1]
+//	<pool>.sandboxes/   <id>/ (a --cmd workload's directory), <id>.log[.1] (a log past 2 KB)
 package local
 
 import (

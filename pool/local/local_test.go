@@ -38,6 +38,15 @@ const envController = "LOCALTEST_CONTROLLER_DIR"
 // and print the answer (TestPeerUID, run as another user).
 const envDial = "LOCALTEST_DIAL"
 
+// envFDLimit makes the test binary lower its RLIMIT_NOFILE (soft and hard)
+// to the number given, start the agent of the pool in the state dir named
+// by envFDDir (it inherits the limit), print the agent's pid and exit
+// (TestFDLimit).
+const (
+	envFDLimit = "LOCALTEST_FD_LIMIT"
+	envFDDir   = "LOCALTEST_FD_DIR"
+)
+
 func TestMain(m *testing.M) {
 	local.MaybeRunChild()
 	if port := os.Getenv(envCmdPort); port != "" {
@@ -48,6 +57,9 @@ func TestMain(m *testing.M) {
 	}
 	if sock := os.Getenv(envDial); sock != "" {
 		dial(sock)
+	}
+	if limit := os.Getenv(envFDLimit); limit != "" {
+		startLimitedAgent(limit, os.Getenv(envFDDir))
 	}
 	testkit.Main(m)
 }
@@ -88,6 +100,26 @@ func dial(sock string) {
 	line, err := bufio.NewReader(c).ReadString('\n')
 	fmt.Printf("answer: %s (%v)\n", strings.TrimSpace(line), err)
 	os.Exit(0)
+}
+
+func startLimitedAgent(limit, dir string) {
+	n, err := strconv.ParseUint(limit, 10, 64)
+	if err == nil {
+		err = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: n, Max: n})
+	}
+	var b *local.Backend
+	if err == nil {
+		b, err = local.New(local.Options{StateDir: dir, Pool: "test", IdleExit: 10 * time.Second})
+	}
+	if err == nil {
+		var pid int
+		if pid, err = b.AgentPid(context.Background()); err == nil {
+			fmt.Println(pid)
+			os.Exit(0)
+		}
+	}
+	fmt.Fprintln(os.Stderr, err)
+	os.Exit(1)
 }
 
 // client keeps no idle connections, so goleak sees no transport goroutines.
@@ -783,5 +815,53 @@ func BenchmarkCreate(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
+	}
+}
+
+// TestFDLimit: an agent holds no file descriptor per sandbox log. Under a
+// descriptor limit of 128 it runs 80 --cmd sandboxes that each wrote more
+// than a log keeps in memory (80 pipes, 80 logs on disk): with a descriptor
+// per log that is 160 and creations fail with "too many open files".
+func TestFDLimit(t *testing.T) {
+	t.Parallel()
+	const limit, n = 128, 80
+	dir := t.TempDir()
+	// The workload writes 3 KB (past what a log keeps in memory) and idles.
+	b := newBackend(t, local.Options{StateDir: dir, Cmd: `head -c 3000 /dev/zero | tr '\0' x; echo " end $PORT"; exec sleep 120`})
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), envFDLimit+"="+strconv.Itoa(limit), envFDDir+"="+dir)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("start the agent under a limit of %d descriptors: %v (%s)", limit, err, out)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(out)))
+	if err != nil || agentPid(t, b) != pid {
+		t.Fatalf("the limited agent said %q; the backend talks to %d", out, agentPid(t, b))
+	}
+	lim, _ := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if !strings.Contains(string(lim), "Max open files            128                  128") {
+		t.Fatalf("the agent's limits:\n%s", lim)
+	}
+	refs := make([]pool.Ref, n)
+	for i := range refs {
+		refs[i] = mustCreate(t, b, time.Minute)
+	}
+	for _, ref := range refs {
+		want := fmt.Sprintf(" end %s\n", ref.URL[strings.LastIndexByte(ref.URL, ':')+1:])
+		testkit.Eventually(t, 20*time.Second, ref.ID+" logged its output", func() bool {
+			data, next, err := b.ReadLog(context.Background(), ref.ID, 0, 1<<20)
+			return err == nil && next == 3000+int64(len(want)) && strings.HasSuffix(string(data), want)
+		})
+		if _, err := os.Stat(filepath.Join(b.Dir(), ref.ID+".log")); err != nil {
+			t.Fatalf("%s: a log past the memory part is on disk: %v", ref.ID, err)
+		}
+	}
+	if got := len(list(t, b)); got != n {
+		t.Fatalf("%d sandboxes run, want %d", got, n)
+	}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	t.Logf("%d sandboxes with logs on disk, the agent holds %d descriptors (limit %d)", n, len(fds), limit)
+	if agentLog, _ := os.ReadFile(filepath.Join(dir, "test.agent.log")); strings.Contains(string(agentLog), "too many open files") {
+		t.Fatalf("agent log:\n%s", agentLog)
 	}
 }
