@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/sandboxpool/sandboxpool/internal/cpuprof"
 	"github.com/sandboxpool/sandboxpool/pool/local"
 )
 
@@ -31,6 +32,7 @@ func usagef(format string, args ...any) error { return usageError{fmt.Errorf(for
 func main() {
 	// The local agent is this binary re-executed: it never reaches the
 	// command line (nor cobra).
+	cpuprof.FromEnv()
 	local.MaybeRunChild()
 	os.Exit(run(os.Args[1:]))
 }

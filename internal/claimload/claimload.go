@@ -8,6 +8,7 @@ package claimload
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,10 @@ type Client struct {
 	Timeout time.Duration
 	// HTTP keeps connections alive across claims; NewClient sets it.
 	HTTP *http.Client
+	// Every is WaitReady's poll interval; 0 is 5 ms. Each poll is a scrape
+	// that costs the controller CPU, so a phase whose CPU is measured polls
+	// less often.
+	Every time.Duration
 }
 
 // MaxConns caps the connections the tool opens: the API lets one client
@@ -173,7 +178,7 @@ func (c *Client) WaitReady(ctx context.Context, want int) (time.Time, error) {
 				return time.Time{}, fmt.Errorf("%w (last error: %v)", ctx.Err(), last)
 			}
 			return time.Time{}, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
+		case <-time.After(cmp.Or(c.Every, 5*time.Millisecond)):
 		}
 	}
 }

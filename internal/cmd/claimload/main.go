@@ -54,6 +54,7 @@ func main() {
 		floor    = fs.Int("floor", 1, "steps: the target the pool should fall back to")
 		want     = fs.Int("want", 50, "wait-ready: ready sandboxes to wait for")
 		since    = fs.Int64("since", 0, "wait-ready: start instant (unix ns) to report the fill time from")
+		every    = fs.Duration("every", 5*time.Millisecond, "wait-ready: poll interval (each poll is a /metrics scrape, which costs the controller CPU)")
 		maxWait  = fs.Duration("max-wait", 2*time.Minute, "wait-ready and burst refills: give up after this")
 		stateDir = fs.String("state-dir", "", "cpu: the pool's --state-dir")
 		pid      = fs.Int("pid", 0, "cpu: the controller's pid (its process tree counts too)")
@@ -62,7 +63,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	c := claimload.NewClient(*base, claimload.MaxConns)
-	c.Token, c.NoHealthCheck, c.Timeout = *token, *noCheck, *timeout
+	c.Token, c.NoHealthCheck, c.Timeout, c.Every = *token, *noCheck, *timeout, *every
 
 	var (
 		res claimload.Result
