@@ -173,6 +173,10 @@ func (r *chaosRun) viewerTakeover(dashArgs ...string) {
 		return
 	}
 	t := r.t
+	if _, err := exec.LookPath("tmux"); err != nil {
+		r.count("viewer: skipped, no tmux")
+		return
+	}
 	r.views++
 	x := &dashTmux{t: t, socket: r.tmuxSocket, env: r.env, pane: fmt.Sprintf("v%d", r.views)}
 	r.tmuxOnce.Do(func() {
@@ -330,7 +334,9 @@ func (r *chaosRun) checkBudget(started []time.Time, explained []time.Time) {
 	t.Helper()
 	slices.SortFunc(started, func(a, b time.Time) int { return a.Compare(b) })
 	slices.SortFunc(explained, func(a, b time.Time) int { return a.Compare(b) })
-	goodLife := r.timing.ttl - r.timing.useDuration
+	// The engine's good life: the command line shortens a ttl by up to
+	// DefaultTTLJitter to spread expiries (SpreadExpiry).
+	goodLife := r.timing.ttl - time.Duration(pool.DefaultTTLJitter*float64(r.timing.ttl)) - r.timing.useDuration
 	window := pool.BudgetWindow(goodLife)
 	in := func(ts []time.Time, from, to time.Time) int {
 		i, _ := slices.BinarySearchFunc(ts, from, func(a, b time.Time) int { return a.Compare(b) })

@@ -957,7 +957,7 @@ func TestChaosLocal(t *testing.T) {
 	// adoption grace (19s here) and two passes.
 	timing := chaosTiming{ttl: 40 * time.Second, useDuration: 25 * time.Second, healthTimeout: 3 * time.Second, maintainEvery: 2 * time.Second}
 	r := newChaosRun(t, timing, 4)
-	storm := chaosDuration(t, 60*time.Second)
+	storm := chaosDuration(t, 50*time.Second)
 	t.Logf("chaos seed %d, storm %s (replay: SANDBOXPOOL_CHAOS_SEED=%d SANDBOXPOOL_CHAOS_DURATION=%s)", r.seed, storm, r.seed, storm)
 
 	stateDir, ctlDir := t.TempDir(), t.TempDir()
