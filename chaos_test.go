@@ -36,6 +36,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool/filestore"
@@ -367,15 +368,9 @@ func (c *chaosController) resize(n int) error {
 	return nil
 }
 
-func freeLoopbackAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+// freeLoopbackAddr is testkit.FreeAddr, by the name the root package's
+// tests use.
+func freeLoopbackAddr(t *testing.T) string { t.Helper(); return testkit.FreeAddr(t) }
 
 // ---- the controller's logs ----
 
@@ -509,6 +504,7 @@ type chaosRun struct {
 	views        int
 	takeovers    []time.Duration
 	timeline     []string // every action of the storm, when it started
+	modal        bool
 
 	observing   context.CancelFunc
 	observeDone chan struct{}
@@ -774,7 +770,7 @@ func (r *chaosRun) calmAndCheck(calm func()) {
 	}
 	atTargetBy := backoffEnd.Add(r.timing.maintainEvery + r.timing.healthTimeout + 4*time.Second)
 	var last httpapi.PoolView
-	if !waitUntil(time.Until(atTargetBy), func() bool {
+	if !testkit.Until(time.Until(atTargetBy), func() bool {
 		v, ok := r.ctl.pool()
 		last = v
 		return ok && v.Counts.Ready >= target
@@ -789,7 +785,7 @@ func (r *chaosRun) calmAndCheck(calm func()) {
 	// store, or a creation of the controller) three rounds in a row; the
 	// observer meanwhile flags any that stays unknown too long.
 	stable := 0
-	settled := waitUntil(r.timing.adoptGrace()+4*r.timing.maintainEvery+2*r.timing.healthTimeout+10*time.Second, func() bool {
+	settled := testkit.Until(r.timing.adoptGrace()+4*r.timing.maintainEvery+2*r.timing.healthTimeout+10*time.Second, func() bool {
 		r.mu.Lock()
 		unknown := len(r.unknownAt)
 		r.mu.Unlock()
@@ -817,7 +813,7 @@ func (r *chaosRun) calmAndCheck(calm func()) {
 	if res := cli(t, r.env, "terminate", "--all"); res.code != 0 {
 		t.Fatalf("terminate --all: exit %d: %s", res.code, res.stderr)
 	}
-	if !waitUntil(2*r.timing.maintainEvery+r.timing.healthTimeout+5*time.Second, func() bool { return len(r.live()) == 0 }) {
+	if !testkit.Until(2*r.timing.maintainEvery+r.timing.healthTimeout+5*time.Second, func() bool { return len(r.live()) == 0 }) {
 		t.Errorf("after terminate --all, sandboxes of the pool still run: %v", r.live())
 	}
 	r.ctl.mu.Lock()
@@ -1027,7 +1023,7 @@ func TestChaosLocal(t *testing.T) {
 	}
 	r.ctl = &chaosController{t: t, env: r.env, addr: freeLoopbackAddr(t)}
 	r.ctl.start("--size", "4")
-	if !waitUntil(30*time.Second, func() bool { v, ok := r.ctl.pool(); return ok && v.Counts.Ready >= 4 }) {
+	if !testkit.Until(30*time.Second, func() bool { v, ok := r.ctl.pool(); return ok && v.Counts.Ready >= 4 }) {
 		t.Errorf("the first fill did not reach 4 ready within 30s") // the checks at the end say more
 	}
 	r.startObserving()
@@ -1047,7 +1043,7 @@ func TestChaosLocal(t *testing.T) {
 	faults := r.planFaults(stormStart, storm,
 		chaosFault{"store: corrupt, then restore", func() { r.corruptStore(storePath) }},
 		chaosFault{"store: moved away", func() { r.loseStore(storePath) }},
-		chaosFault{"state dir read-only", func() { r.readOnlyDir(stateDir, filepath.Base(storePath)) }},
+		chaosFault{"state dir read-only", func() { r.readOnlyDir(stateDir, true, filepath.Base(storePath)) }},
 		chaosFault{"viewer takes over from a controller killed -9", func() { r.viewerTakeover("--maintain-every", timing.maintainEvery.String()) }})
 	for time.Now().Before(stormEnd) {
 		if !quieted && time.Now().After(quietAt) {
@@ -1168,20 +1164,6 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// waitUntil polls cond every 200ms until it holds (true) or d passes (false).
-func waitUntil(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
 // TestChaosModal is a shorter storm on the Modal backend over the fake
 // control plane: servers that die while Modal lists them as running,
 // sandboxes that Modal ends, refused creations, a slow control plane, slow
@@ -1198,6 +1180,7 @@ func TestChaosModal(t *testing.T) {
 	storm := min(chaosDuration(t, 30*time.Second), 40*time.Second)
 	t.Logf("chaos seed %d, storm %s (replay: SANDBOXPOOL_CHAOS_SEED=%d SANDBOXPOOL_CHAOS_DURATION=%s)", r.seed, storm, r.seed, storm)
 
+	r.modal = true
 	f := startModalFake(t)
 	mark := fmt.Sprintf("modal-%d-%d", os.Getpid(), r.seed)
 	r.mark = mark
@@ -1235,7 +1218,7 @@ func TestChaosModal(t *testing.T) {
 	}
 	r.ctl = &chaosController{t: t, env: r.env, addr: freeLoopbackAddr(t)}
 	r.ctl.start("--size", "3")
-	if !waitUntil(60*time.Second, func() bool { v, ok := r.ctl.pool(); return ok && v.Counts.Ready >= 3 }) {
+	if !testkit.Until(60*time.Second, func() bool { v, ok := r.ctl.pool(); return ok && v.Counts.Ready >= 3 }) {
 		t.Fatalf("the first fill did not reach 3 ready; logs:\n%s", r.ctl.logs())
 	}
 	r.startObserving()
@@ -1264,7 +1247,7 @@ func TestChaosModal(t *testing.T) {
 	faults := r.planFaults(start, storm,
 		chaosFault{"store: the queue cleared", mq.lose},
 		chaosFault{"store: garbage in the queue", mq.corrupt},
-		chaosFault{"state dir read-only", func() { r.readOnlyDir(stateDir, dirFiles(stateDir)...) }},
+		chaosFault{"state dir read-only", func() { r.readOnlyDir(stateDir, false, dirFiles(stateDir)...) }},
 		chaosFault{"viewer takes over from a controller killed -9", func() { r.viewerTakeover() }})
 	for time.Now().Before(stormEnd) {
 		if f, ok := faults.due(); ok {
