@@ -541,3 +541,15 @@ func TestCosmeticDefects(t *testing.T) {
 		d.wantScreen("▸ sb-0b9e6f13a8c4 ", "URLs: enter")
 	})
 }
+
+// Issue 10 case 3: a viewer that took over binds the API later; the header
+// follows the live status instead of the one at start.
+func TestHeaderFollowsTheAPIStatus(t *testing.T) {
+	status := "off (127.0.0.1:7780 in use; retrying every 1s)"
+	d := newDriver(t, Options{APIAddr: status, APIStatus: func() string { return status }})
+	d.wantScreen("api off (127.0.0.1:7780 in use")
+	status = "127.0.0.1:7780"
+	d.refresh()
+	d.wantScreen("api 127.0.0.1:7780")
+	d.wantNotScreen("in use")
+}
