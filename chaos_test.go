@@ -885,7 +885,7 @@ func (r *chaosRun) checkPromises(events []logEvent) {
 		case "terminated":
 			reasons[e.reason]++
 			if c, ok := byID[e.id]; ok {
-				t.Errorf("%s terminated (%s) by the controller at %s, but claimer %d got it", e.id, e.reason, e.at.Format("15:04:05.000"), c.by)
+				t.Errorf("%s terminated (%s) by the controller at %s, but claimer %d got it at %s", e.id, e.reason, e.at.Format("15:04:05.000"), c.by, c.at.Format("15:04:05.000"))
 			}
 			exp, expKnown := r.expires[e.id]
 			expiring := expKnown && !exp.Add(-use).After(e.at.Add(time.Second))

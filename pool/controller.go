@@ -83,9 +83,10 @@ type Controller struct {
 
 	// Sandboxes (guarded by mu).
 	health   map[string]Health
-	rotated  map[string]bool // pooled sandboxes whose replacement started (rotation)
-	doomed   map[string]bool // terminated by us: never adopt again
-	suspects map[string]bool // orphans seen by the last pass
+	rotated  map[string]bool      // pooled sandboxes whose replacement started (rotation)
+	doomed   map[string]bool      // terminated by us: never adopt again
+	suspects map[string]bool      // orphans seen by the last pass
+	adopted  map[string]time.Time // when this controller last adopted a live sandbox
 	recent   map[string]Sandbox
 	failedAt map[string]time.Time
 

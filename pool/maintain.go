@@ -205,6 +205,18 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 		unknown = append(unknown, r)
 	}
 	suspects := c.suspects
+	if c.adopted == nil {
+		c.adopted = map[string]time.Time{}
+	}
+	liveIDs := make(map[string]bool, len(live))
+	for _, r := range live {
+		liveIDs[r.ID] = true
+	}
+	for id := range c.adopted { // forget what no longer runs
+		if !liveIDs[id] {
+			delete(c.adopted, id)
+		}
+	}
 	c.mu.Unlock()
 	next := map[string]bool{}
 	for _, r := range unknown {
@@ -221,13 +233,23 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 			continue
 		}
 		next[r.ID] = true
-		if !HasTimeLeft(r.ExpiresAt, now, c.useDur()) {
+		c.mu.Lock()
+		at, was := c.adopted[r.ID]
+		c.mu.Unlock()
+		// Adopted lately and unknown again: a claimer's (its claim record
+		// in flight), or a Put that does not stick (on Modal, a bid won by
+		// a claimer that died before its record). Adopting it again would
+		// loop, "adopted" every pass, never pooled: it is a suspect now,
+		// an orphan if the next pass still finds it unknown. (A store lost
+		// again much later re-adopts it.)
+		if (was && now.Sub(at) < c.adoptGrace()) || !HasTimeLeft(r.ExpiresAt, now, c.useDur()) {
 			continue
 		}
 		if h := c.probe(ctx, r.URL); h.OK {
 			if err := c.st.Put(ctx, r); err == nil {
 				c.mu.Lock()
 				c.health[r.ID] = h
+				c.adopted[r.ID] = now
 				c.wroteLocked(Entry{Ref: r}, false)
 				c.mu.Unlock()
 				c.emit(Event{Kind: EventAdopted, SandboxID: r.ID})
