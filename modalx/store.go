@@ -1,6 +1,7 @@
 package modalx
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -244,7 +245,11 @@ func (s *Store) bid(ctx context.Context, id, op, by string) (won bool, first bid
 	if err := s.put(ctx, bidPart(id), encode(mine)); err != nil {
 		return false, bidRec{}, err
 	}
-	v, ok, err := s.head(ctx, bidPart(id))
+	// The bid is in: learn whether it won even if the caller gives up now
+	// (a claim cancelled by SIGTERM), or a won claim would be nobody's.
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	v, ok, err := s.head(hctx, bidPart(id))
 	if err != nil || !ok || !decode(v, &first) {
 		return false, first, err
 	}
@@ -436,21 +441,58 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 		return storeErr("adding sandbox "+ref.ID+" to the pool", err)
 	}
 	if ok {
-		// Bid for already. One a lease holder won ahead of demand but did not
-		// record (it died in between) becomes a reservation again, which
-		// the holder inherits; any other stays out of the pool.
-		var b bidRec
-		if decode(first, &b) && b.Op == "reserve" {
-			if err := s.put(ctx, logPart(ref.ExpiresAt), encode(logRec{Op: "reserve", Entry: pool.Entry{Ref: ref}})); err != nil {
-				return storeErr("adding sandbox "+ref.ID+" to the pool", err)
-			}
-		}
-		return nil
+		return s.putDecided(ctx, ref, first)
 	}
 	rec := poolRec{ID: ref.ID, URL: ref.URL, CreatedAt: ref.CreatedAt.UTC(), ExpiresAt: ref.ExpiresAt.UTC()}
 	if err := s.put(ctx, partPool, encode(rec)); err != nil {
 		return storeErr("adding sandbox "+ref.ID+" to the pool", err)
 	}
+	return nil
+}
+
+// putDecided is Put of a sandbox that was bid for already: its first bid
+// decided whose it is, and the record that bid should have led to is written
+// now if it is missing (its writer died or gave up between the bid and the
+// record). Anything else would leave it unknown for ever, adopted again at
+// every pass and never terminated.
+//   - removed since (a remove record), or first bid "remove" or "drop": it is
+//     not the pool's (ErrNotPooled), reconcile terminates it as an orphan;
+//   - "reserve": a reservation again, which the lease holder inherits;
+//   - "claim": claimed, by the bid's claimer (it may be using it): it lives
+//     out its ttl and is never pooled again.
+func (s *Store) putDecided(ctx context.Context, ref pool.Ref, first any) error {
+	doing := "adding sandbox " + ref.ID + " to the pool"
+	var b bidRec
+	if !decode(first, &b) {
+		return pool.ErrNotPooled
+	}
+	if b.Op != "reserve" && b.Op != "claim" {
+		return pool.ErrNotPooled
+	}
+	its, err := s.items(ctx, logPart(ref.ExpiresAt))
+	if err != nil {
+		return storeErr(doing, err)
+	}
+	for _, it := range its {
+		var r logRec
+		if decode(it, &r) && r.Entry.ID == ref.ID && r.Op == "remove" {
+			return pool.ErrNotPooled
+		}
+	}
+	if b.Op == "reserve" {
+		if err := s.put(ctx, logPart(ref.ExpiresAt), encode(logRec{Op: "reserve", Entry: pool.Entry{Ref: ref}})); err != nil {
+			return storeErr(doing, err)
+		}
+		return nil
+	}
+	e := pool.Entry{Ref: ref, ClaimedBy: cmp.Or(b.By, "unknown"), ClaimedAt: b.At}
+	if e.ClaimedAt.IsZero() {
+		e.ClaimedAt = time.Now().UTC()
+	}
+	if err := s.put(ctx, logPart(ref.ExpiresAt), encode(logRec{Op: "claim", Entry: e})); err != nil {
+		return storeErr("recording the claim of "+ref.ID, err)
+	}
+	s.c.markClaimed(e.Ref, e.ClaimedBy, e.ClaimedAt)
 	return nil
 }
 
@@ -720,7 +762,7 @@ func (s *Store) rebuild(ctx context.Context) error {
 			if err := s.restoreClaim(ctx, pool.Entry{Ref: t.ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}); err != nil {
 				return err
 			}
-		} else if err := s.Put(ctx, t.ref); err != nil {
+		} else if err := s.Put(ctx, t.ref); err != nil && !errors.Is(err, pool.ErrNotPooled) {
 			return err
 		}
 	}

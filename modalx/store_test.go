@@ -2,6 +2,7 @@ package modalx
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -513,4 +514,77 @@ func waitClaimTags(t *testing.T, f *fakemodal.Server, e pool.Entry, poolName, by
 			return sb.ID == e.ID && sb.Tags[TagClaimedBy] == by && sb.Tags[TagPool] == poolName && sb.Tags[TagURL] == e.URL
 		})
 	})
+}
+
+// A sandbox whose first bid was won but whose record never followed (its
+// claimer was cancelled or killed in between) is found by reconcile and put
+// again: Put writes the record the bid decided, so the sandbox is never left
+// unknown to every Load, adopted again at each pass and never terminated
+// (TestChaosModal's "leak"). One removed or dropped is not pooled again.
+func TestStorePutOfADecidedSandbox(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "decided"})
+	refs := fill(t, b, s, 4, 5*time.Minute)
+	load(t, s)                                    // the queue is set up (meta written): no rebuild below
+	_, other := open(t, Options{Pool: "decided"}) // reconcile runs in another process
+	inStore := func(id string) (pool.Entry, bool) {
+		for _, e := range load(t, other).Entries {
+			if e.ID == id {
+				return e, true
+			}
+		}
+		return pool.Entry{}, false
+	}
+	// A claimer pops the head and wins its bid, then dies before its record.
+	popBid := func(op, by string) pool.Ref {
+		t.Helper()
+		v, ok, err := s.pop(ctx, partPool)
+		var r poolRec
+		if err != nil || !ok || !decode(v, &r) {
+			t.Fatalf("pop: %v %v", ok, err)
+		}
+		if won, _, err := s.bid(ctx, r.ID, op, by); err != nil || !won {
+			t.Fatalf("bid: %v %v", won, err)
+		}
+		if _, known := inStore(r.ID); known {
+			t.Fatalf("%s known to the store before the test's Put", r.ID)
+		}
+		return r.ref()
+	}
+
+	claimed := popBid("claim", "python")
+	if err := other.Put(ctx, claimed); err != nil {
+		t.Fatalf("put of a claimed sandbox: %v", err)
+	}
+	if e, ok := inStore(claimed.ID); !ok || e.ClaimedBy != "python" {
+		t.Fatalf("a sandbox whose claim bid won is %+v (known %v), want claimed by python", e, ok)
+	}
+
+	dropped := popBid("drop", "cli")
+	if err := other.Put(ctx, dropped); !errors.Is(err, pool.ErrNotPooled) {
+		t.Fatalf("put of a dropped sandbox: %v, want ErrNotPooled", err)
+	}
+	if _, ok := inStore(dropped.ID); ok {
+		t.Fatalf("a dropped sandbox is in the store again")
+	}
+
+	// Taken, then given back (the claimer left during its health check):
+	// Modal cannot pool it again; Put says so, reconcile terminates it.
+	taken, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: "cli", Now: time.Now()})
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	if _, err := s.Remove(ctx, taken.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Put(ctx, taken.Ref); !errors.Is(err, pool.ErrNotPooled) {
+		t.Fatalf("put of a sandbox given back: %v, want ErrNotPooled", err)
+	}
+	if _, ok := inStore(taken.ID); ok {
+		t.Fatalf("a sandbox given back is in the store again")
+	}
+	if st := load(t, other); len(st.Pooled()) != 1 || st.Pooled()[0].ID != refs[3].ID {
+		t.Fatalf("pooled %v, want only %s", entryIDs(st.Pooled()), refs[3].ID)
+	}
 }

@@ -267,7 +267,7 @@ func (c *Controller) giveBack(e Entry) {
 		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 		return
 	}
-	if err := c.st.Put(ctx, e.Ref); err != nil {
+	if err := c.st.Put(ctx, e.Ref); err != nil && !errors.Is(err, ErrNotPooled) {
 		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 	}
 }

@@ -95,7 +95,9 @@ type Store interface {
 	// Load reads the whole pool without changing it.
 	Load(ctx context.Context) (Stored, error)
 	// Put appends a ready sandbox to the pool. Putting an id that is already
-	// recorded changes nothing.
+	// recorded changes nothing. A store that remembers ids it decided (Modal's
+	// bids) returns ErrNotPooled for one removed or dropped before: it is not
+	// the pool's, and reconcile terminates it.
 	Put(ctx context.Context, ref Ref) error
 	// Take atomically claims the first pooled entry whose ExpiresAt is at or
 	// after r.MinExpiresAt for r.ClaimedBy. Pooled entries before it that
@@ -220,6 +222,10 @@ type LeaseHeldError struct{ Holder LeaseRecord }
 func (e *LeaseHeldError) Error() string {
 	return "pool is maintained by another controller: " + e.Holder.String()
 }
+
+// ErrNotPooled is returned by Store.Put for a sandbox the store will not
+// pool again: it was removed or dropped (its terminator may have died first).
+var ErrNotPooled = errors.New("removed from the pool before: not pooled again")
 
 // ErrNoSandbox is returned by a claim that found no good sandbox in time.
 var ErrNoSandbox = errors.New("no good sandbox available")
