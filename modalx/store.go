@@ -56,6 +56,9 @@ type Store struct {
 	sharedGood int           // good entries of the pool partition, as last loaded
 	fastMu     sync.RWMutex
 
+	wantMu   sync.Mutex
+	wantedAt time.Time // when this process last said it wants the lease (lease.go)
+
 	pcMu   sync.Mutex
 	pcs    map[string]*partCache // what was last read of each partition (incremental.go)
 	opaque atomic.Bool           // entry ids that cannot be ordered: read partitions whole
@@ -429,7 +432,13 @@ func (s *Store) readLogs(ctx context.Context, days map[string][]any) (claims map
 func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 	if t, ok := s.c.lookup(ref.ID); ok && t.claimedBy != "" {
 		// Its tags say it is claimed (the queue lost the claim): record the
-		// claim again rather than hand it out a second time.
+		// claim again rather than hand it out a second time; unless it was
+		// removed since (given back by a claimer that left).
+		if removed, err := s.removedRecord(ctx, ref); err != nil {
+			return storeErr("adding sandbox "+ref.ID+" to the pool", err)
+		} else if removed {
+			return pool.ErrNotPooled
+		}
 		return s.restoreClaim(ctx, pool.Entry{Ref: ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt})
 	}
 	// A sandbox this process just created was never bid for: no need to look.
@@ -469,15 +478,10 @@ func (s *Store) putDecided(ctx context.Context, ref pool.Ref, first any) error {
 	if b.Op != "reserve" && b.Op != "claim" {
 		return pool.ErrNotPooled
 	}
-	its, err := s.items(ctx, logPart(ref.ExpiresAt))
-	if err != nil {
+	if removed, err := s.removedRecord(ctx, ref); err != nil {
 		return storeErr(doing, err)
-	}
-	for _, it := range its {
-		var r logRec
-		if decode(it, &r) && r.Entry.ID == ref.ID && r.Op == "remove" {
-			return pool.ErrNotPooled
-		}
+	} else if removed {
+		return pool.ErrNotPooled
 	}
 	if b.Op == "reserve" {
 		if err := s.put(ctx, logPart(ref.ExpiresAt), encode(logRec{Op: "reserve", Entry: pool.Entry{Ref: ref}})); err != nil {
@@ -494,6 +498,21 @@ func (s *Store) putDecided(ctx context.Context, ref pool.Ref, first any) error {
 	}
 	s.c.markClaimed(e.Ref, e.ClaimedBy, e.ClaimedAt)
 	return nil
+}
+
+// removedRecord reports whether the log holds a removal of ref.
+func (s *Store) removedRecord(ctx context.Context, ref pool.Ref) (bool, error) {
+	its, err := s.items(ctx, logPart(ref.ExpiresAt))
+	if err != nil {
+		return false, err
+	}
+	for _, it := range its {
+		var r logRec
+		if decode(it, &r) && r.Entry.ID == ref.ID && r.Op == "remove" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 func (s *Store) restoreClaim(ctx context.Context, e pool.Entry) error {

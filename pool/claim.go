@@ -169,7 +169,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			if err := ctx.Err(); err != nil {
 				// The claimer left during the check: the sandbox is not to
 				// blame. It goes back to the pool (at its end) untouched.
-				c.giveBack(got)
+				c.giveBack(got, o.By)
 				return Entry{}, false, err
 			}
 			c.mu.Lock()
@@ -258,16 +258,23 @@ func (c *Controller) recordClaimAsync(e Entry) <-chan struct{} {
 }
 
 // giveBack returns a taken sandbox to the pool. A store that cannot take an
-// id back (Modal records every claim) leaves it unknown: reconcile then
-// terminates it as an orphan, so it is never leaked.
-func (c *Controller) giveBack(e Entry) {
+// id back (Modal records every claim, and its tags say claimed, so reconcile
+// would never reap it) says ErrNotPooled: it is nobody's, and terminated.
+func (c *Controller) giveBack(e Entry, by string) {
 	ctx, cancel := context.WithTimeout(c.life, 10*time.Second)
 	defer cancel()
 	if _, err := c.st.Remove(ctx, e.ID); err != nil {
 		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 		return
 	}
-	if err := c.st.Put(ctx, e.Ref); err != nil && !errors.Is(err, ErrNotPooled) {
+	err := c.st.Put(ctx, e.Ref)
+	switch {
+	case errors.Is(err, ErrNotPooled):
+		c.forget(e.ID)
+		unpooled := e
+		unpooled.ClaimedBy = "" // never really handed out
+		c.terminateAsync(unpooled, ReasonOrphan, by)
+	case err != nil:
 		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 	}
 }
