@@ -413,7 +413,14 @@ func claimFromStore(ctx context.Context, o *options, cfg pool.Config, check bool
 	}
 	if p.ctrl.Snapshot().Role == "controller" {
 		wctx, wcancel := context.WithTimeout(ctx, time.Duration(pool.DefaultConfig().CreateTries)*cfg.HealthTimeout+30*time.Second)
-		_ = p.ctrl.WaitAtTarget(wctx, nil)
+		_ = p.ctrl.WaitAtTarget(wctx, func(s pool.Snapshot) {
+			// A controller that came meanwhile has the pool now (the
+			// backfill handed it over): only this process's creations are
+			// left to finish.
+			if s.Role != pool.RoleController && s.Counts[pool.StateCreating]+s.Counts[pool.StateWarming] == 0 {
+				wcancel()
+			}
+		})
 		wcancel()
 	}
 	return httpapi.NewClaimView(got, time.Now()), nil

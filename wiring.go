@@ -165,26 +165,6 @@ func (p *opened) followJournal() {
 
 func isAddrInUse(err error) bool { return errors.Is(err, syscall.EADDRINUSE) }
 
-// waitForClaimBackfill lets a `claim` that holds the lease for its own
-// backfill finish (it is short), instead of refusing to start the controller.
-func waitForClaimBackfill(ctx context.Context, ctrl *pool.Controller, logger *slog.Logger) error {
-	deadline := time.Now().Add(2 * time.Minute)
-	for said := false; ; said = true {
-		holder, err := ctrl.LeaseHolder(ctx)
-		if err != nil || holder.Role != pool.RoleBackfill || time.Now().After(deadline) {
-			return nil // Serve reports a lease still held
-		}
-		if !said {
-			logger.Info("waiting for a claim's backfill to finish before maintaining the pool", "holder", holder.String())
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
-}
-
 // agreeOnTiming makes every process of a pool judge "good" alike: what
 // --ttl and --use-duration say when given, else what the pool stored.
 func agreeOnTiming(ctx context.Context, o *options, cfg pool.Config, st pool.Store, controller bool) (pool.Config, error) {
@@ -267,12 +247,6 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 		observe(p.ctrl)
 	}
 	p.followJournal()
-	if !allowViewer { // a dashboard watches meanwhile and takes over after
-		if err := waitForClaimBackfill(ctx, p.ctrl, logger); err != nil {
-			p.Close()
-			return nil, err
-		}
-	}
 	ctx, cancel := context.WithCancel(ctx)
 	s := &serving{opened: p, done: make(chan struct{}), cancel: cancel}
 	go func() {

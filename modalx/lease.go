@@ -20,7 +20,37 @@ import (
 //	"elect-<n>"    bids for epoch n. Whoever finds the lease free or stale bids for
 //	               the next epoch, then reads the head: the first bid wins, so
 //	               two controllers taking over at once cannot both win.
-const partLease = "lease"
+//	"lease-want"   a controller that waits while a claim's backfill holds the
+//	               lease says so here: backfills do not take the lease while such
+//	               a record is fresh, and a backfill holding it hands it over
+//	               (releases it) at its next heartbeat.
+const (
+	partLease = "lease"
+	partWant  = "lease-want"
+)
+
+// wantRec says that a controller waits for the lease.
+type wantRec struct {
+	Holder pool.LeaseRecord `json:"holder"`
+	At     time.Time        `json:"at"`
+}
+
+func isBackfill(r pool.LeaseRecord) bool { return r.Role == pool.RoleBackfill }
+
+// now is the lease's clock (a fake one in tests): when records were written
+// and whether they are fresh. Reservations keep to the real clock.
+func (s *Store) now() time.Time {
+	if s.c.leaseNow != nil {
+		return s.c.leaseNow()
+	}
+	return time.Now()
+}
+
+// controllerGrace is how long the lease of a controller whose heartbeat is
+// late stays out of reach of a claim's backfill: a slow control plane or a
+// paused process is not a controller gone. Another controller (a restart
+// after kill -9) takes it over once stale; a claim only after this.
+func (s *Store) controllerGrace() time.Duration { return 2 * s.staleAfter() }
 
 type leaseRec struct {
 	Holder   pool.LeaseRecord `json:"holder"`
@@ -64,7 +94,7 @@ func (s *Store) LeaseHolder(ctx context.Context) (pool.LeaseRecord, error) {
 	if err != nil {
 		return pool.LeaseRecord{}, storeErr("reading the controller lease", err)
 	}
-	if s.live(cur, time.Now()) {
+	if s.live(cur, s.now()) {
 		return cur.Holder, nil
 	}
 	return pool.LeaseRecord{}, nil
@@ -79,8 +109,27 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 	if err != nil {
 		return nil, storeErr("reading the controller lease", err)
 	}
-	if s.live(cur, time.Now()) && !cur.Holder.Same(holder) {
-		return nil, &pool.LeaseHeldError{Holder: cur.Holder}
+	if now := s.now(); !cur.Holder.Same(holder) {
+		if s.live(cur, now) {
+			if isBackfill(cur.Holder) && !isBackfill(holder) {
+				s.want(ctx, holder, now) // it hands the pool over at its next beat
+			}
+			return nil, &pool.LeaseHeldError{Holder: cur.Holder}
+		}
+		if isBackfill(holder) {
+			// A claim backfills only a pool that no controller wants: none
+			// waits for it, and the last one was not heard of lately.
+			w, ok, err := s.wanted(ctx, now)
+			if err != nil {
+				return nil, storeErr("reading the controller lease", err)
+			}
+			if ok {
+				return nil, &pool.LeaseHeldError{Holder: w.Holder}
+			}
+			if !cur.Released && !cur.Holder.IsZero() && !isBackfill(cur.Holder) && now.Sub(cur.At) < s.controllerGrace() {
+				return nil, &pool.LeaseHeldError{Holder: cur.Holder}
+			}
+		}
 	}
 	epoch := cur.Epoch + 1
 	mine := electRec{Holder: holder, Nonce: nonce()}
@@ -95,7 +144,7 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 	if !ok || !decode(v, &first) || first.Nonce != mine.Nonce {
 		return nil, &pool.LeaseHeldError{Holder: first.Holder}
 	}
-	if err := s.put(ctx, partLease, encode(leaseRec{Holder: holder, Epoch: epoch, At: time.Now().UTC()})); err != nil {
+	if err := s.put(ctx, partLease, encode(leaseRec{Holder: holder, Epoch: epoch, At: s.now().UTC()})); err != nil {
 		return nil, storeErr("taking the controller lease", err)
 	}
 	hctx, cancel := context.WithCancel(context.Background())
@@ -113,6 +162,39 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 	s.startHolding(l, holder, inheritAt)
 	go l.heartbeat(hctx)
 	return l, nil
+}
+
+// want records that holder, a controller, waits for the lease; at most one
+// record a heartbeat, and the partition is kept short.
+func (s *Store) want(ctx context.Context, holder pool.LeaseRecord, now time.Time) {
+	s.wantMu.Lock()
+	if now.Sub(s.wantedAt) < s.c.opts.LeaseHeartbeat {
+		s.wantMu.Unlock()
+		return
+	}
+	s.wantedAt = now
+	s.wantMu.Unlock()
+	if its, err := s.items(ctx, partWant); err == nil && len(its) >= 2 {
+		_, _, _ = s.pop(ctx, partWant)
+	}
+	_ = s.put(ctx, partWant, encode(wantRec{Holder: holder, At: now.UTC()}))
+}
+
+// wanted returns the newest want record when it is fresh: its controller
+// asked within the last 3 heartbeats and is still waiting.
+func (s *Store) wanted(ctx context.Context, now time.Time) (wantRec, bool, error) {
+	its, err := s.items(ctx, partWant)
+	if err != nil {
+		return wantRec{}, false, err
+	}
+	var w wantRec
+	for _, it := range its {
+		var r wantRec
+		if decode(it, &r) && r.At.After(w.At) {
+			w = r
+		}
+	}
+	return w, !w.Holder.IsZero() && now.Sub(w.At) < s.staleAfter(), nil
 }
 
 // Lease is a held controller lease. It implements pool.Lease.
@@ -180,6 +262,13 @@ func (l *Lease) heartbeat(ctx context.Context) {
 			l.markLost()
 			return
 		}
+		if err == errYield {
+			// A controller waits: a claim's backfill hands the pool over.
+			l.s.stopHolding(l)
+			l.putReleased(ctx)
+			l.markLost()
+			return
+		}
 		if status.Code(err) == codes.Unavailable && l.s.c.conn != nil {
 			// gRPC waits longer and longer between reconnections (up
 			// to 2 minutes): try again at the next call instead, so the
@@ -197,7 +286,10 @@ func (l *Lease) beatNow() {
 	}
 }
 
-var errLeaseLost = fmt.Errorf("lease lost")
+var (
+	errLeaseLost = fmt.Errorf("lease lost")
+	errYield     = fmt.Errorf("a controller waits for the lease")
+)
 
 func (l *Lease) beat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*l.s.c.opts.LeaseHeartbeat)
@@ -211,7 +303,12 @@ func (l *Lease) beat(ctx context.Context) error {
 	if cur.Epoch > epoch || (cur.Epoch == epoch && !cur.Holder.Same(l.holder)) {
 		return errLeaseLost
 	}
-	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: epoch, At: time.Now().UTC()})); err != nil {
+	if isBackfill(l.holder) {
+		if _, ok, err := l.s.wanted(ctx, l.s.now()); err == nil && ok {
+			return errYield
+		}
+	}
+	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: epoch, At: l.s.now().UTC()})); err != nil {
 		return err
 	}
 	l.extend(t0)
@@ -236,19 +333,26 @@ func (l *Lease) Release() error {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		cur, _, err := l.s.currentLease(ctx)
-		if err != nil {
-			l.relErr = storeErr("releasing the controller lease", err)
-			return
-		}
-		if cur.Epoch > l.epoch.Load() {
-			return
-		}
-		if err := l.s.put(ctx, partLease, encode(leaseRec{Epoch: l.epoch.Load(), At: time.Now().UTC(), Released: true})); err != nil {
-			l.relErr = storeErr("releasing the controller lease", err)
-		}
+		l.relErr = l.putReleased(ctx)
 	})
 	return l.relErr
+}
+
+// putReleased marks the lease free, unless someone took it over meanwhile.
+func (l *Lease) putReleased(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	cur, _, err := l.s.currentLease(ctx)
+	if err != nil {
+		return storeErr("releasing the controller lease", err)
+	}
+	if cur.Epoch > l.epoch.Load() {
+		return nil
+	}
+	if err := l.s.put(ctx, partLease, encode(leaseRec{Epoch: l.epoch.Load(), At: l.s.now().UTC(), Released: true})); err != nil {
+		return storeErr("releasing the controller lease", err)
+	}
+	return nil
 }
 
 // abandon stops the heartbeat without releasing, as a crash would (tests).

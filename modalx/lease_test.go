@@ -137,3 +137,110 @@ func TestLeaseLostWhenSuperseded(t *testing.T) {
 		t.Fatal("superseded lease not marked lost")
 	}
 }
+
+// leaseClock is a settable clock for the lease's records.
+type leaseClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *leaseClock) Now() time.Time      { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *leaseClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+// A claim's backfill never takes the pool from a controller that is only
+// late (a slow control plane, a paused process): not within a grace of 2x
+// the stale limit, nor while a controller waits for the lease; and a
+// backfill holding the lease hands it over to a waiting controller at its
+// next heartbeat. Another controller still takes a stale lease over at 3
+// heartbeats (a restart after kill -9). The heartbeat itself never ticks
+// here (1h): the fake clock says how old each record is, beatNow beats.
+func TestLeaseBackfillDefersToController(t *testing.T) {
+	startFake(t)
+	ctx := ctxT(t)
+	const hb = time.Hour
+	clk := &leaseClock{t: time.Now()}
+	open3 := func() *Store {
+		_, s := open(t, Options{Pool: "defer", LeaseHeartbeat: hb})
+		s.c.leaseNow = clk.Now
+		return s
+	}
+	ctlStore, claimA, claimB := open3(), open3(), open3()
+	ctl := pool.LeaseRecord{Host: "vm", Pid: 1, Role: pool.RoleController, Command: "run"}
+	backfillA := pool.LeaseRecord{Host: "vm", Pid: 2, Role: pool.RoleBackfill, Command: "claim"}
+	backfillB := pool.LeaseRecord{Host: "vm", Pid: 3, Role: pool.RoleBackfill, Command: "claim"}
+	heldBy := func(err error) pool.LeaseRecord {
+		t.Helper()
+		var held *pool.LeaseHeldError
+		if !errors.As(err, &held) {
+			t.Fatalf("acquire: %v, want the lease held", err)
+		}
+		return held.Holder
+	}
+
+	lc, err := ctlStore.AcquireLease(ctx, ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(4 * hb) // the controller's heartbeat is late: stale, not gone
+	if h, _ := claimA.LeaseHolder(ctx); !h.IsZero() {
+		t.Fatalf("holder of a stale lease: %v", h)
+	}
+	if _, err := claimA.AcquireLease(ctx, backfillA); !heldBy(err).Same(ctl) {
+		t.Fatalf("a backfill was refused naming %v, want the late controller", heldBy(err))
+	}
+
+	// Gone for good (past the grace): a claim backfills.
+	clk.Add(3 * hb)
+	la, err := claimA.AcquireLease(ctx, backfillA)
+	if err != nil {
+		t.Fatalf("backfill of a pool whose controller is gone: %v", err)
+	}
+	lc.(*Lease).beatNow() // the old controller wakes up: it lost the lease
+	waitLost(t, lc.(*Lease))
+
+	// It asks for the pool back: refused for now, but the backfill hands it
+	// over at its next beat, and no other backfill takes it meanwhile.
+	if got := heldBy(mustFail(ctlStore.AcquireLease(ctx, ctl))); !got.Same(backfillA) {
+		t.Fatalf("controller refused naming %v, want the backfill", got)
+	}
+	la.(*Lease).beatNow()
+	waitLost(t, la.(*Lease))
+	if h, _ := claimB.LeaseHolder(ctx); !h.IsZero() {
+		t.Fatalf("holder after the backfill handed over: %v", h)
+	}
+	if got := heldBy(mustFail(claimB.AcquireLease(ctx, backfillB))); !got.Same(ctl) {
+		t.Fatalf("another backfill refused naming %v, want the waiting controller", got)
+	}
+	lc2, err := ctlStore.AcquireLease(ctx, ctl)
+	if err != nil {
+		t.Fatalf("the waiting controller: %v", err)
+	}
+	defer lc2.Release()
+
+	// A restart of the controller (kill -9) takes a stale lease at 3 beats.
+	lc2.(*Lease).abandon()
+	clk.Add(3*hb + time.Second)
+	restart := ctl
+	restart.Pid = 4
+	if _, err := claimB.AcquireLease(ctx, backfillB); !heldBy(err).Same(ctl) {
+		t.Fatalf("a backfill took a controller's lease 3 beats old")
+	}
+	l4, err := claimB.AcquireLease(ctx, restart)
+	if err != nil {
+		t.Fatalf("a restarted controller: %v", err)
+	}
+	l4.Release()
+	la.Release()
+	lc.Release()
+}
+
+func mustFail(_ pool.Lease, err error) error { return err }
+
+func waitLost(t *testing.T, l *Lease) {
+	t.Helper()
+	select {
+	case <-l.Lost():
+	case <-time.After(10 * time.Second):
+		t.Fatal("lease not lost")
+	}
+}

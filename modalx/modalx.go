@@ -93,6 +93,8 @@ type core struct {
 	closing    bool
 	tagWG      sync.WaitGroup
 
+	leaseNow func() time.Time // the lease's clock; nil: time.Now (tests set it)
+
 	imgMu sync.Mutex
 	image *modal.Image // built once, then reused by every Create
 }

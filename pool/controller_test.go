@@ -677,3 +677,49 @@ func TestLostLeaseStopsMaintaining(t *testing.T) {
 		t.Fatalf("a controller that lost its lease created %d more", h.be.Creates-creates)
 	}
 }
+
+// A controller whose heartbeat was late and whose lease a claim's backfill
+// took meanwhile waits for the backfill and takes the pool back: only another
+// controller (or SIGTERM) ends it (TestChaosModal: `run` exited "already
+// maintained by … (a claim's backfill)").
+func TestLeaseLostToABackfillIsTakenBack(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- h.c.Serve(ctx, false) }()
+	eventually(t, "controller", func() bool { return h.c.Snapshot().Role == "controller" })
+	h.st.Supersede(pool.LeaseRecord{Host: "elsewhere", Pid: 2, Role: pool.RoleBackfill})
+	served := func() {
+		select {
+		case err := <-done:
+			t.Fatalf("Serve returned after losing the lease to a claim's backfill: %v", err)
+		default:
+		}
+	}
+	eventually(t, "the lease lost", func() bool { served(); return h.c.Snapshot().Role != "controller" })
+	for range 4 { // the backfill holds it a moment
+		h.clk.Advance(250 * time.Millisecond)
+		served()
+	}
+	h.st.HoldLease(pool.LeaseRecord{}) // the backfill hands it over
+	eventually(t, "the pool taken back", func() bool {
+		h.clk.Advance(250 * time.Millisecond)
+		return h.c.Snapshot().Role == "controller"
+	})
+	if held, _ := h.st.LeaseHolder(ctx); held.Role != pool.RoleController {
+		t.Fatalf("lease holder %+v, want this controller", held)
+	}
+
+	// Another controller ends it.
+	h.st.Supersede(pool.LeaseRecord{Host: "elsewhere", Pid: 3, Role: pool.RoleController})
+	select {
+	case err := <-done:
+		var held *pool.LeaseHeldError
+		if !errors.As(err, &held) || held.Holder.Pid != 3 {
+			t.Fatalf("Serve returned %v, want the new controller named", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve went on after another controller took the pool")
+	}
+}

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -35,12 +36,22 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		}
 	}()
 	backfillUntil := c.clk.Now().Add(backfillPatience)
+	waiting := false // said that it waits for a backfill
 	for {
 		err := c.acquire(ctx)
 		var held *LeaseHeldError
 		if errors.As(err, &held) && !allowViewer && held.Holder.Role == RoleBackfill && c.clk.Now().Before(backfillUntil) {
-			// A claim holds the pool for its own short backfill (claimers may
-			// keep coming): wait for it rather than refuse to maintain.
+			// A claim holds the pool for its own short backfill: wait for it
+			// rather than refuse to maintain. Asking for the lease told it
+			// that a controller waits (a store that can, Modal, has it hand
+			// the pool over at its next heartbeat).
+			c.mu.Lock()
+			c.role, c.holder = RoleViewer, held.Holder // not maintaining meanwhile
+			c.mu.Unlock()
+			if !waiting {
+				waiting = true
+				c.emit(Event{Kind: EventLeaseWait, Message: "waiting for a claim's backfill to hand the pool over: " + held.Holder.String()})
+			}
 			select {
 			case <-ctx.Done():
 				return nil
@@ -60,13 +71,21 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		if err != nil {
 			return err
 		}
+		waiting = false
 		lost := c.maintainWhileLeased(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		// Another controller took the pool over (a heartbeat that went
 		// stale): stop maintaining at once, or two would overshoot it.
-		c.report(ProblemLease, opLease, "", errors.New("lost the controller lease to "+lost.String()))
+		c.report(ProblemLease, opLease, "", errors.New("lost the controller lease to "+cmp.Or(lost.String(), "nobody (it lapsed)")))
+		if !allowViewer && c.leaseAs.Role != RoleBackfill && (lost.IsZero() || lost.Role == RoleBackfill) {
+			// Only another controller (or SIGTERM) ends a controller: a
+			// claim's backfill that took the pool meanwhile hands it back,
+			// and a lapsed lease is taken back.
+			backfillUntil = c.clk.Now().Add(backfillPatience)
+			continue
+		}
 		if !allowViewer {
 			return &LeaseHeldError{Holder: lost}
 		}
@@ -84,6 +103,7 @@ func (c *Controller) maintainWhileLeased(ctx context.Context) LeaseRecord {
 	lease := c.lease
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventLeaseAcquired})
+	c.resolve(ProblemLease, opLease) // taken back
 	lctx, stop := context.WithCancel(ctx)
 	defer stop()
 	if l, ok := lease.(interface{ Lost() <-chan struct{} }); ok {
@@ -149,7 +169,7 @@ func (c *Controller) watch(ctx context.Context, untilLeaseFree bool) error {
 	tick := c.clk.NewTicker(c.poll)
 	defer tick.Stop()
 	var probed time.Time
-	for {
+	for first := true; ; first = false {
 		c.refreshStore(ctx)
 		if now := c.clk.Now(); now.Sub(probed) >= c.cfg.HealthEvery {
 			probed = now
@@ -159,6 +179,9 @@ func (c *Controller) watch(ctx context.Context, untilLeaseFree bool) error {
 		if err == nil {
 			if untilLeaseFree && holder.IsZero() {
 				return nil
+			}
+			if untilLeaseFree && !first && holder.Role == RoleBackfill && c.leaseAs.Role != RoleBackfill {
+				return nil // ask for it: a backfill hands the pool over to a controller
 			}
 			c.mu.Lock()
 			c.holder = holder

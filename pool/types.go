@@ -332,6 +332,7 @@ const (
 	EventMaintained     EventKind = "maintained"      // a pass ended
 	EventStoreChanged   EventKind = "store_changed"   // another process changed the pool
 	EventLeaseAcquired  EventKind = "lease_acquired"  // this process became the controller
+	EventLeaseWait      EventKind = "lease_wait"      // a controller waits for a claim's backfill to hand the pool over
 	EventHealthRecovery EventKind = "health_recovery" // an unhealthy sandbox answered again
 	EventTiming         EventKind = "timing"          // this process judges by the pool's stored timing
 )
