@@ -155,7 +155,7 @@ func (c *leaseClock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.
 // heartbeats (a restart after kill -9). The heartbeat itself never ticks
 // here (1h): the fake clock says how old each record is, beatNow beats.
 func TestLeaseBackfillDefersToController(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	const hb = time.Hour
 	clk := &leaseClock{t: time.Now()}

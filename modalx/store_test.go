@@ -522,7 +522,7 @@ func waitClaimTags(t *testing.T, f *fakemodal.Server, e pool.Entry, poolName, by
 // unknown to every Load, adopted again at each pass and never terminated
 // (TestChaosModal's "leak"). One removed or dropped is not pooled again.
 func TestStorePutOfADecidedSandbox(t *testing.T) {
-	startFake(t)
+	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	b, s := open(t, Options{Pool: "decided"})
 	refs := fill(t, b, s, 4, 5*time.Minute)

@@ -688,7 +688,7 @@ func TestLeaseLostToABackfillIsTakenBack(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- h.c.Serve(ctx, false) }()
-	eventually(t, "controller", func() bool { return h.c.Snapshot().Role == "controller" })
+	testkit.Eventually(t, waitLong, "controller", func() bool { return h.c.Snapshot().Role == "controller" })
 	h.st.Supersede(pool.LeaseRecord{Host: "elsewhere", Pid: 2, Role: pool.RoleBackfill})
 	served := func() {
 		select {
@@ -697,13 +697,13 @@ func TestLeaseLostToABackfillIsTakenBack(t *testing.T) {
 		default:
 		}
 	}
-	eventually(t, "the lease lost", func() bool { served(); return h.c.Snapshot().Role != "controller" })
+	testkit.Eventually(t, waitLong, "the lease lost", func() bool { served(); return h.c.Snapshot().Role != "controller" })
 	for range 4 { // the backfill holds it a moment
 		h.clk.Advance(250 * time.Millisecond)
 		served()
 	}
 	h.st.HoldLease(pool.LeaseRecord{}) // the backfill hands it over
-	eventually(t, "the pool taken back", func() bool {
+	testkit.Eventually(t, waitLong, "the pool taken back", func() bool {
 		h.clk.Advance(250 * time.Millisecond)
 		return h.c.Snapshot().Role == "controller"
 	})
