@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 // startRunLimited starts `run` with its file descriptor limit lowered to
@@ -32,7 +34,7 @@ var apiLine = regexp.MustCompile(`api=http://(\S+)`)
 func (c *controller) apiAddr(t *testing.T) string {
 	t.Helper()
 	var addr string
-	waitFor(t, "the API address in the log", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "the API address in the log", func() bool {
 		if m := apiLine.FindStringSubmatch(c.logs.String()); m != nil {
 			addr = m[1]
 			return true
@@ -68,7 +70,7 @@ func TestIdleConnectionsCannotStarveTheController(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b), nil
 	}
-	waitFor(t, "2 ready", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "2 ready", func() bool {
 		_, body, err := get("GET", "/v1/pool")
 		return err == nil && strings.Contains(body, `"ready":2`)
 	})
@@ -261,7 +263,7 @@ func TestOtherUserIsRefusedByTheBinary(t *testing.T) {
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	ctl := startRun(t, env, append([]string{"--size", "1", "--listen", "127.0.0.1:0"}, fastRun[:len(fastRun)-2]...)...)
 	addr := ctl.apiAddr(t)
-	waitFor(t, "1 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 1 })
+	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })
 
 	// The binary sits in a private temp dir: a copy that uid 65534 can run.
 	dir, err := os.MkdirTemp("", "sandboxpool-nobody-")

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -27,7 +28,7 @@ func getStatus(url string) int {
 // the API as soon as the port is free, and says why it is off until then.
 func TestViewerBindsTheAPIWhenThePortFrees(t *testing.T) {
 	state := t.TempDir()
-	addr := freeLoopbackAddr(t)
+	addr := testkit.FreeAddr(t)
 	opts := func() *options {
 		return &options{backend: "local", stateDir: state, listen: addr, port: 8080, logLevel: "info"}
 	}
@@ -52,11 +53,11 @@ func TestViewerBindsTheAPIWhenThePortFrees(t *testing.T) {
 	}
 	first.stop(false, logger) // the first dashboard quits; the viewer takes over
 
-	waitFor(t, "the viewer to serve the API", 15*time.Second, func() bool { return second.APIStatus() == addr })
+	testkit.Eventually(t, 15*time.Second, "the viewer to serve the API", func() bool { return second.APIStatus() == addr })
 	if code := getStatus("http://" + addr + "/v1/pool"); code != http.StatusOK {
 		t.Fatalf("GET /v1/pool on the new controller: %d", code)
 	}
-	waitFor(t, "the viewer to take the lease", 15*time.Second, func() bool { return second.ctrl.Snapshot().Role == "controller" })
+	testkit.Eventually(t, 15*time.Second, "the viewer to take the lease", func() bool { return second.ctrl.Snapshot().Role == "controller" })
 }
 
 // A dashboard whose port is taken by another program binds it once freed.
@@ -81,7 +82,7 @@ func TestDashboardBindsTheAPIWhenAnotherProgramFreesIt(t *testing.T) {
 		t.Errorf("status %q: want it to say %s is in use", st, addr)
 	}
 	squatter.Close()
-	waitFor(t, "the API bound", 10*time.Second, func() bool { return s.APIStatus() == addr })
+	testkit.Eventually(t, 10*time.Second, "the API bound", func() bool { return s.APIStatus() == addr })
 	if code := getStatus("http://" + addr + "/healthz"); code != http.StatusOK {
 		t.Fatalf("GET /healthz: %d", code)
 	}

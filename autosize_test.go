@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/internal/claimload"
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 // TestAutosizeFollowsAClaimLoad runs the real binary with --autosize under a
@@ -25,7 +26,7 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 	ctl := startRun(t, env, "--autosize", "--min-size", "2", "--max-size", "12", "--autosize-window", "3s", "--warmup", "1s",
 		"--price-per-hour", "0.36", "--health-every", "500ms", "--listen", "127.0.0.1:0")
 	var base string
-	waitFor(t, "the API address in the log", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "the API address in the log", func() bool {
 		m := apiAddrRE.FindStringSubmatch(ctl.logs.String())
 		if m != nil {
 			base = m[1]
@@ -42,7 +43,7 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 		}
 		return m[name]
 	}
-	waitFor(t, "2 ready at the floor", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "2 ready at the floor", func() bool {
 		return metric(claimload.SeriesReady) == 2 && metric(claimload.SeriesTarget) == 2
 	})
 	if metric("sandboxpool_autosize_enabled") != 1 || metric("sandboxpool_cost_per_hour") <= 0 {
@@ -72,7 +73,7 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 		t.Fatalf("target peaked at %v under 6 claims/s: want above the floor 2, at most 12", peak)
 	}
 	last := time.Now()
-	waitFor(t, "the target back to the floor", 40*time.Second, func() bool { return metric(claimload.SeriesTarget) == 2 })
+	testkit.Eventually(t, 40*time.Second, "the target back to the floor", func() bool { return metric(claimload.SeriesTarget) == 2 })
 	t.Logf("peak target %v; back to 2 %s after the last claim; %s", peak, time.Since(last).Round(100*time.Millisecond), res.Line("rate"))
 
 	// A resize by hand turns autosize off, and says so.
@@ -85,7 +86,7 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 	if metric("sandboxpool_autosize_enabled") != 0 {
 		t.Fatal("autosize still on after a resize by hand")
 	}
-	waitFor(t, "the log saying autosize went off", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the log saying autosize went off", func() bool {
 		return strings.Contains(ctl.logs.String(), "autosize off: target set to 3 by hand")
 	})
 	ctl.stop(t)

@@ -26,6 +26,7 @@ import (
 	"github.com/muesli/termenv"
 	"github.com/spf13/pflag"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 	"github.com/sandboxpool/sandboxpool/ui"
@@ -378,7 +379,7 @@ func TestDashboardTmux(t *testing.T) {
 	x.must("set-option", "-t", "t", "remain-on-exit", "on")
 	shPid := strings.TrimSpace(x.must("display-message", "-p", "-t", "t", "#{pane_pid}"))
 	var pid int
-	waitFor(t, "the dashboard process", dashWait, func() bool {
+	testkit.Eventually(t, dashWait, "the dashboard process", func() bool {
 		b, _ := os.ReadFile("/proc/" + shPid + "/task/" + shPid + "/children")
 		pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
 		return pid > 0

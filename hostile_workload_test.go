@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 var failedCreationsRE = regexp.MustCompile(`sandboxpool_creations_total\{result="failed"\} (\d+)`)
@@ -18,18 +20,18 @@ func TestWorkloadThatExitsIsReportedAtOnce(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
-	addr := freeLoopbackAddr(t)
+	addr := testkit.FreeAddr(t)
 	start := time.Now()
 	c := startRun(t, env, "--size", "2", "--health-timeout", "10s", "--listen", addr,
 		"--cmd", "echo FATAL config missing >&2; exit 3")
 	a := api{t: t, base: "http://" + addr}
-	waitFor(t, "a failed creation in the log", 8*time.Second, func() bool {
+	testkit.Eventually(t, 8*time.Second, "a failed creation in the log", func() bool {
 		return strings.Contains(c.logs.String(), "event=create_failed")
 	})
 	if took := time.Since(start); took > 8*time.Second {
 		t.Fatalf("first failure after %s: it waited out the health timeout", took)
 	}
-	waitFor(t, "/healthz 503 saying the workload exited", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "/healthz 503 saying the workload exited", func() bool {
 		code, body := a.do("GET", "/healthz", "")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "exited with code 3")
 	})

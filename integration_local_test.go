@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/filestore"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
@@ -72,7 +73,7 @@ func TestLocalEndToEnd(t *testing.T) {
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 
 	ctl := startRun(t, env, append([]string{"--size", "3"}, fastRun...)...)
-	waitFor(t, "3 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 3 })
+	testkit.Eventually(t, 30*time.Second, "3 ready", func() bool { return len(readyIDs(check(t, env))) == 3 })
 	v := check(t, env)
 	for _, s := range v.Sandboxes {
 		if s.SecondsLeft < 200 || !s.Health.OK {
@@ -97,14 +98,14 @@ func TestLocalEndToEnd(t *testing.T) {
 	if code, body := get(t, claim.URL); code != 200 || !strings.Contains(body, "README.txt") {
 		t.Fatalf("GET claimed %s: %d %q", claim.URL, code, body)
 	}
-	waitFor(t, "backfill to 3 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 3 })
+	testkit.Eventually(t, 30*time.Second, "backfill to 3 ready", func() bool { return len(readyIDs(check(t, env))) == 3 })
 
 	// A sandbox that dies (its server gone, as in a crash) is found and replaced.
 	victim := readyIDs(check(t, env))[0]
 	if err := be.Kill(context.Background(), victim); err != nil {
 		t.Fatalf("kill %s: %v", victim, err)
 	}
-	waitFor(t, "the killed sandbox replaced", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "the killed sandbox replaced", func() bool {
 		ids := readyIDs(check(t, env))
 		return len(ids) == 3 && !slices.Contains(ids, victim)
 	})
@@ -146,7 +147,7 @@ func TestLocalEndToEnd(t *testing.T) {
 	if r := cli(t, env, "terminate", "--all"); r.code != 0 || !strings.Contains(r.stdout, "terminated 4") {
 		t.Fatalf("terminate --all: exit %d %q %q", r.code, r.stdout, r.stderr)
 	}
-	waitFor(t, "the agent gone", 10*time.Second, func() bool { return !alive(agent) })
+	testkit.Eventually(t, 10*time.Second, "the agent gone", func() bool { return !alive(agent) })
 	for _, u := range urls {
 		if _, err := http.Get(u); !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("GET %s after terminate --all: %v, want refused", u, err)
@@ -165,19 +166,19 @@ func TestLocalShortTTLIsReplaced(t *testing.T) {
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	startRun(t, env, append([]string{"--size", "1", "--ttl", "3s", "--use-duration", "1s"}, fastRun...)...)
 	var first string
-	waitFor(t, "1 ready", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool {
 		ids := readyIDs(check(t, env))
 		if len(ids) == 1 {
 			first = ids[0]
 		}
 		return first != ""
 	})
-	waitFor(t, "the first sandbox replaced before it expires", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "the first sandbox replaced before it expires", func() bool {
 		ids := readyIDs(check(t, env))
 		return len(ids) >= 1 && !slices.Contains(ids, first)
 	})
 	be := localBackend(t, state, "default")
-	waitFor(t, "the expired sandbox gone", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the expired sandbox gone", func() bool {
 		refs, _ := be.List(context.Background())
 		return !containsRef(refs, first)
 	})
@@ -310,14 +311,14 @@ func TestRunWaitsForAClaimsBackfill(t *testing.T) {
 	}
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	ctl := startRun(t, env, append([]string{"--size", "1"}, fastRun...)...)
-	waitFor(t, "the controller to say it waits", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the controller to say it waits", func() bool {
 		return strings.Contains(ctl.logs.String(), "waiting for a claim's backfill")
 	})
 	if err := lease.Release(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the controller to start after the claim", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the controller to start after the claim", func() bool {
 		return strings.Contains(ctl.logs.String(), "controller started")
 	})
-	waitFor(t, "1 ready", 30*time.Second, func() bool { return len(readyIDs(check(t, env))) == 1 })
+	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })
 }

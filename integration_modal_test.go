@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"regexp"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
@@ -25,14 +25,11 @@ import (
 //
 //	go test -race -run Modal .
 
+// startModalFake is the chaos tests' name for testkit.FakeModal (until they
+// adopt testkit).
 func startModalFake(t *testing.T) *fakemodal.Server {
 	t.Helper()
-	f, err := fakemodal.Start(fakemodal.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(f.Close)
-	return f
+	return testkit.FakeModal(t, fakemodal.Options{})
 }
 
 // modalEnv is a child's environment: none of the caller's SANDBOXPOOL_,
@@ -96,7 +93,7 @@ func started(t *testing.T, c *controller) bool {
 // fill, claim from another process, a dead server replaced, kill -9 of the
 // controller and restart (adoption, no extra sandbox), terminate --all.
 func TestModalEndToEnd(t *testing.T) {
-	f := startModalFake(t)
+	f := testkit.FakeModal(t, fakemodal.Options{})
 	state := t.TempDir()
 	// The pool's timing is every process's configuration, not the pool's:
 	// check and claim must use the controller's --use-duration (from the
@@ -111,7 +108,7 @@ func TestModalEndToEnd(t *testing.T) {
 	if !started(t, ctl) {
 		t.Fatalf("run exited; logs:\n%s", ctl.logs.String())
 	}
-	waitFor(t, "2 ready", 30*time.Second, func() bool { return len(readyIDs(view())) == 2 })
+	testkit.Eventually(t, 30*time.Second, "2 ready", func() bool { return len(readyIDs(view())) == 2 })
 	for _, s := range view().Sandboxes {
 		if !strings.HasPrefix(s.URL, "https://") || !s.Health.OK || s.SecondsLeft < 40 || s.SecondsLeft > 60 {
 			t.Fatalf("sandbox %+v: want an https tunnel, healthy, about 60s left", s)
@@ -144,7 +141,7 @@ func TestModalEndToEnd(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "Directory listing") || resp.Header.Get("X-Sandbox-Id") != claim.ID {
 		t.Fatalf("GET %s: %d %s %q", claim.URL, resp.StatusCode, resp.Header.Get("X-Sandbox-Id"), body)
 	}
-	waitFor(t, "the backfill", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "the backfill", func() bool {
 		v := view()
 		return len(readyIDs(v)) == 2 && countViewState(v, pool.StateClaimed) == 1 && !slices.Contains(readyIDs(v), claim.ID)
 	})
@@ -154,7 +151,7 @@ func TestModalEndToEnd(t *testing.T) {
 	if !f.KillServer(victim) {
 		t.Fatalf("the fake knows no %s", victim)
 	}
-	waitFor(t, "the dead server replaced", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "the dead server replaced", func() bool {
 		v := view()
 		return len(readyIDs(v)) == 2 && !inView(v, victim) && !slices.Contains(runningOf(f, "e2e"), victim)
 	})
@@ -166,7 +163,7 @@ func TestModalEndToEnd(t *testing.T) {
 	ctl.kill()
 	var ctl2 *controller
 	refusals := 0
-	waitFor(t, "a restarted controller", 40*time.Second, func() bool {
+	testkit.Eventually(t, 40*time.Second, "a restarted controller", func() bool {
 		c := startRun(t, env, runArgs...)
 		if started(t, c) {
 			ctl2 = c
@@ -221,14 +218,9 @@ func TestModalEndToEnd(t *testing.T) {
 // TestModalErrors: each Modal failure is one line on stderr that says what
 // is wrong, exit 1, and never the token secret.
 func TestModalErrors(t *testing.T) {
-	f := startModalFake(t)
+	f := testkit.FakeModal(t, fakemodal.Options{})
 	state := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := "http://" + ln.Addr().String()
-	ln.Close()
+	closed := "http://" + testkit.FreeAddr(t)
 	for _, tc := range []struct {
 		name  string
 		env   []string
@@ -293,7 +285,7 @@ func TestModalOutage(t *testing.T) {
 		}
 		outage = d
 	}
-	f := startModalFake(t)
+	f := testkit.FakeModal(t, fakemodal.Options{})
 	state := t.TempDir()
 	env := modalEnv(t, state, append(f.Env(), "SANDBOXPOOL_TTL=300s", "SANDBOXPOOL_USE_DURATION=10s",
 		modalx.LeaseHeartbeatEnv+"=300ms")...)
@@ -323,7 +315,7 @@ func TestModalOutage(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, strings.TrimSpace(string(b))
 	}
-	waitFor(t, "3 ready", 30*time.Second, func() bool { v, err := pool3(); return err == nil && v.Counts.Ready == 3 })
+	testkit.Eventually(t, 30*time.Second, "3 ready", func() bool { v, err := pool3(); return err == nil && v.Counts.Ready == 3 })
 	before := runningOf(f, "outage")
 
 	f.Stop()
@@ -347,7 +339,7 @@ func TestModalOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := time.Now()
-	waitFor(t, "the pool back at 3 ready, healthy", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "the pool back at 3 ready, healthy", func() bool {
 		v, err := pool3()
 		code, _ := healthz()
 		return err == nil && v.Counts.Ready == 3 && code == http.StatusOK
@@ -362,7 +354,7 @@ func TestModalOutage(t *testing.T) {
 	if !slices.Contains(before, claim.ID) {
 		t.Errorf("claimed %s, not one of the sandboxes from before the outage %v", claim.ID, before)
 	}
-	waitFor(t, "the backfill", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "the backfill", func() bool {
 		v, err := pool3()
 		return err == nil && v.Counts.Ready == 3 && v.Counts.Claimed == 1
 	})

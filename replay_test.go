@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 )
 
@@ -81,11 +82,11 @@ func startPool(t *testing.T, target int, args ...string) (env []string, c *contr
 	t.Helper()
 	state := t.TempDir()
 	env = cliEnv(state)
-	addr := freeLoopbackAddr(t)
+	addr := testkit.FreeAddr(t)
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	c = startRun(t, env, append([]string{"--size", fmt.Sprint(target), "--listen", addr}, args...)...)
 	a = api{t: t, base: "http://" + addr}
-	waitFor(t, fmt.Sprintf("%d ready", target), 30*time.Second, func() bool { return a.ready() == target })
+	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("%d ready", target), func() bool { return a.ready() == target })
 	return env, c, a
 }
 
@@ -127,7 +128,7 @@ func TestReplayClaimsWithOtherFlagsNeverRunAway(t *testing.T) {
 		t.Fatalf("one sandbox claimed twice: %v", ids)
 	}
 	a.passes(5)
-	waitFor(t, "backfill to 3 ready", 20*time.Second, func() bool { return a.ready() == 3 })
+	testkit.Eventually(t, 20*time.Second, "backfill to 3 ready", func() bool { return a.ready() == 3 })
 	a.passes(3)
 	logs := c.logs.String()
 	// 3 for the fill, 2 to backfill the claims; a little slack for a retry.
@@ -159,7 +160,7 @@ func TestReplayStoreLossNeverRepoolsAClaimedSandbox(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.passes(3)
-	waitFor(t, "the pool refilled after the store loss", 20*time.Second, func() bool { return a.ready() == 3 })
+	testkit.Eventually(t, 20*time.Second, "the pool refilled after the store loss", func() bool { return a.ready() == 3 })
 	a.passes(2)
 	v, _ := a.pool()
 	for _, s := range v.Sandboxes {
@@ -184,7 +185,7 @@ func TestReplayAnotherProcessTargetActsAtOnce(t *testing.T) {
 	start := time.Now()
 	done := make(chan result, 1)
 	go func() { done <- cli(t, env, "maintain", "--size", "4") }()
-	waitFor(t, "4 ready after another process set the target", 8*time.Second, func() bool { return a.ready() == 4 })
+	testkit.Eventually(t, 8*time.Second, "4 ready after another process set the target", func() bool { return a.ready() == 4 })
 	t.Logf("target from another process served in %s", time.Since(start).Round(time.Millisecond))
 	select {
 	case r := <-done:
@@ -209,7 +210,7 @@ func TestReplayCorruptStoreIsShownNotFlooded(t *testing.T) {
 	if err := os.WriteFile(store, []byte("garbage{{{"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "/healthz 503 naming the store", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "/healthz 503 naming the store", func() bool {
 		code, body := a.do("GET", "/healthz", "")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "default.json")
 	})
@@ -229,7 +230,7 @@ func TestReplayCorruptStoreIsShownNotFlooded(t *testing.T) {
 	if err := os.WriteFile(store, good, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "/healthz ok once the store is restored", 15*time.Second, func() bool {
+	testkit.Eventually(t, 15*time.Second, "/healthz ok once the store is restored", func() bool {
 		code, _ := a.do("GET", "/healthz", "")
 		return code == http.StatusOK
 	})

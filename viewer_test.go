@@ -3,13 +3,13 @@ package main
 import (
 	"context"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -17,12 +17,7 @@ import (
 // elsewhere attaches as a viewer, without the API port the holder serves.
 func TestSecondDashboardIsAViewer(t *testing.T) {
 	state := t.TempDir()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := testkit.FreeAddr(t)
 	opts := func() *options {
 		o := &options{backend: "local", stateDir: state, listen: addr, port: 8080, logLevel: "info"}
 		return o
