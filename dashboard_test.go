@@ -294,17 +294,11 @@ func (x *dashTmux) keys(keys ...string) {
 // waitScreen polls the screen until cond holds, and returns that screen.
 func (x *dashTmux) waitScreen(what string, timeout time.Duration, cond func(screen string) bool) string {
 	x.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		s := x.capture()
-		if cond(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			x.t.Fatalf("timed out after %s waiting for %s; the screen:\n%s", timeout, what, s)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var s string
+	if !testkit.Until(timeout, func() bool { s = x.capture(); return cond(s) }) {
+		x.t.Fatalf("timed out after %s waiting for %s; the screen:\n%s", timeout, what, s)
 	}
+	return s
 }
 
 // dashRow is one line of the dashboard's table.
@@ -465,25 +459,22 @@ func TestDashboardTmux(t *testing.T) {
 
 	// q: the process exits 0 and the sandboxes keep running.
 	x.keys("q")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var code string
+	if !testkit.Until(15*time.Second, func() bool {
 		b, _ := os.ReadFile(exitFile)
-		if code := strings.TrimSpace(string(b)); code != "" {
-			if code != "0" {
-				t.Fatalf("the dashboard exited with %s:\n%s", code, x.must("capture-pane", "-p", "-t", "t", "-S", "-3000"))
-			}
-			break
+		code = strings.TrimSpace(string(b))
+		return code != ""
+	}) {
+		// Where is it stuck? A goroutine dump lands in the pane.
+		stuck := alive(pid)
+		if stuck {
+			_ = syscall.Kill(pid, syscall.SIGQUIT)
+			time.Sleep(time.Second)
 		}
-		if time.Now().After(deadline) {
-			// Where is it stuck? A goroutine dump lands in the pane.
-			stuck := alive(pid)
-			if stuck {
-				_ = syscall.Kill(pid, syscall.SIGQUIT)
-				time.Sleep(time.Second)
-			}
-			t.Fatalf("the dashboard did not exit 15s after q (alive %v):\n%s", stuck, x.must("capture-pane", "-p", "-t", "t", "-S", "-3000"))
-		}
-		time.Sleep(50 * time.Millisecond)
+		t.Fatalf("the dashboard did not exit 15s after q (alive %v):\n%s", stuck, x.must("capture-pane", "-p", "-t", "t", "-S", "-3000"))
+	}
+	if code != "0" {
+		t.Fatalf("the dashboard exited with %s:\n%s", code, x.must("capture-pane", "-p", "-t", "t", "-S", "-3000"))
 	}
 	if alive(pid) {
 		t.Fatalf("the dashboard (pid %d) is still running", pid)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 // TestDashboardTmuxViewer: two dashboards on one pool in tmux at 100x30, the
@@ -96,13 +98,11 @@ func TestDashboardTmuxViewer(t *testing.T) {
 	// The viewer quits first; the controller keeps the pool.
 	view.keys("q")
 	ctl.keys("q")
-	deadline := time.Now().Add(15 * time.Second)
 	for _, x := range []*dashTmux{view, ctl} {
-		for strings.TrimSpace(x.must("display-message", "-p", "-t", x.pane, "#{pane_dead}")) != "1" {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not exit after q:\n%s", x.pane, x.capture())
-			}
-			time.Sleep(50 * time.Millisecond)
+		if !testkit.Until(15*time.Second, func() bool {
+			return strings.TrimSpace(x.must("display-message", "-p", "-t", x.pane, "#{pane_dead}")) == "1"
+		}) {
+			t.Fatalf("%s did not exit after q:\n%s", x.pane, x.capture())
 		}
 	}
 }

@@ -113,8 +113,11 @@ func TestLocalEndToEnd(t *testing.T) {
 	// kill -9 of the controller, then a restart, re-adopts the same sandboxes.
 	before := readyIDs(check(t, env))
 	ctl.kill()
-	ctl = startRun(t, env, fastRun...)
-	time.Sleep(3 * time.Second) // let at least one pass run; then nothing may have changed
+	addr := testkit.FreeAddr(t)
+	ctl = startRun(t, env, slices.Concat(fastRun, []string{"--listen", addr})...)
+	a := api{t: t, base: "http://" + addr}
+	testkit.Eventually(t, 30*time.Second, "the restarted controller's API", func() bool { return a.ready() >= 0 })
+	a.passes(2) // then nothing may have changed
 	after := readyIDs(check(t, env))
 	slices.Sort(before)
 	slices.Sort(after)

@@ -312,13 +312,9 @@ func TestClaimersWithMixedTimingProperty(t *testing.T) {
 	}
 	wg.Wait()
 	a.passes(3)
-	deadline := time.Now().Add(30 * time.Second)
-	for a.ready() < target {
-		if time.Now().After(deadline) {
-			v, _ := a.pool()
-			t.Fatalf("seed %d: the pool not back at target %d within 30s: %+v\n%s", seed, target, v.Counts, c.logs.String())
-		}
-		time.Sleep(100 * time.Millisecond)
+	if !testkit.Until(30*time.Second, func() bool { return a.ready() >= target }) {
+		v, _ := a.pool()
+		t.Fatalf("seed %d: the pool not back at target %d within 30s: %+v\n%s", seed, target, v.Counts, c.logs.String())
 	}
 	a.passes(3)
 	sorted := slices.Clone(claimed)

@@ -42,12 +42,10 @@ func TestSecondDashboardIsAViewer(t *testing.T) {
 	if !strings.Contains(second.apiAddr, "in use") {
 		t.Fatalf("second dashboard's API %q: want off, the first serves it", second.apiAddr)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for second.ctrl.Snapshot().Role != "viewer" || first.ctrl.Snapshot().Role != "controller" {
-		if time.Now().After(deadline) {
-			t.Fatalf("roles %q and %q, want controller and viewer", first.ctrl.Snapshot().Role, second.ctrl.Snapshot().Role)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testkit.Until(10*time.Second, func() bool {
+		return second.ctrl.Snapshot().Role == "viewer" && first.ctrl.Snapshot().Role == "controller"
+	}) {
+		t.Fatalf("roles %q and %q, want controller and viewer", first.ctrl.Snapshot().Role, second.ctrl.Snapshot().Role)
 	}
 	if h := second.ctrl.Snapshot().LeaseHolder; !strings.Contains(h, "pid") {
 		t.Fatalf("the viewer names the holder %q", h)
@@ -66,14 +64,11 @@ func TestReadOnlyDashboardNeverMaintains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for s.ctrl.Snapshot().Role != "viewer" {
-		if time.Now().After(deadline) {
-			t.Fatalf("role %q, want viewer", s.ctrl.Snapshot().Role)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond) // a controller would have started creating by now
+	testkit.Eventually(t, 5*time.Second, "the viewer role", func() bool { return s.ctrl.Snapshot().Role == "viewer" })
+	// Three rounds of watching the store and the lease: a controller would
+	// have taken the lease and started creating by now.
+	rounds := s.ctrl.Rounds()
+	testkit.Eventually(t, 10*time.Second, "3 watch rounds", func() bool { return s.ctrl.Rounds() >= rounds+3 })
 	holder, err := s.ctrl.LeaseHolder(context.Background())
 	snap := s.ctrl.Snapshot()
 	s.stop(false, logger)

@@ -61,6 +61,7 @@ type Controller struct {
 	kickCh   chan struct{} // asks the maintenance loop for a pass; kicks coalesce
 	looping  atomic.Bool   // a maintenance loop runs in this process
 	creating atomic.Int64  // creations in flight, read without mu
+	rounds   atomic.Int64  // passes and viewer watch rounds finished (Rounds)
 	// The pool's timing, as stored (one pool, one timing): what "good"
 	// means here even when this process was given other flags.
 	ttlNs, useNs atomic.Int64

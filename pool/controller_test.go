@@ -723,3 +723,15 @@ func TestLeaseLostToABackfillIsTakenBack(t *testing.T) {
 		t.Fatal("Serve went on after another controller took the pool")
 	}
 }
+
+// Rounds counts each finished pass: tests wait for N of them to show that
+// nothing happened.
+func TestRoundsCountPasses(t *testing.T) {
+	h := newHarness(t, nil)
+	before := h.c.Rounds()
+	h.pass()
+	h.pass()
+	if got := h.c.Rounds() - before; got != 2 {
+		t.Fatalf("%d rounds after 2 passes", got)
+	}
+}

@@ -187,6 +187,7 @@ func (c *Controller) watch(ctx context.Context, untilLeaseFree bool) error {
 			c.holder = holder
 			c.mu.Unlock()
 		}
+		c.rounds.Add(1)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

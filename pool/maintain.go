@@ -40,6 +40,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	if c.life.Err() != nil {
 		return c.life.Err()
 	}
+	defer c.rounds.Add(1)
 	if !reconcile {
 		// The backfill after a claim: claims on their way out go first.
 		c.takes.waitIdle(ctx, c.clk, backfillYield)

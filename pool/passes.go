@@ -60,6 +60,11 @@ func (p *passRunner) run(ctx, life context.Context, full bool, fn func(context.C
 	}
 }
 
+// Rounds counts the maintenance passes this process finished and, as a
+// viewer, its rounds of watching the store and the lease: a test showing
+// that nothing happened waits for a few more rounds instead of sleeping.
+func (c *Controller) Rounds() int64 { return c.rounds.Load() }
+
 // takeGate counts claims taking from the store, so that creations' store
 // writes can let them go first.
 type takeGate struct {
