@@ -130,11 +130,13 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		now := c.clk.Now()
 		tr := TakeRequest{MinExpiresAt: now.Add(c.useDur()), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()}
 		// A sandbox that needs no probe gets its claim record in the
-		// backend while the store flushes the claim, not after.
+		// backend while the store flushes the claim, not after. One that
+		// needs a probe gets it after, so that a claimer leaving during the
+		// probe can give it back.
 		var recorded <-chan struct{}
 		if _, isRec := c.be.(ClaimRecorder); isRec {
 			tr.OnTaken = func(e Entry) {
-				if !o.CheckHealth || c.freshlyHealthy(e.ID, now) {
+				if !o.CheckHealth || c.freshNoWait(e.ID, now) {
 					recorded = c.recordClaimAsync(e)
 				}
 			}
@@ -221,6 +223,18 @@ func (c *Controller) freshlyHealthy(id string, now time.Time) bool {
 		return false
 	}
 	c.mu.Lock()
+	h := c.health[id]
+	c.mu.Unlock()
+	return h.OK && now.Sub(h.CheckedAt) < c.cfg.HealthFresh
+}
+
+// freshNoWait is freshlyHealthy for code inside a store transaction, which
+// must not wait for c.mu: when the lock is busy it answers false, and the
+// claim records after the take, as for a sandbox it probes.
+func (c *Controller) freshNoWait(id string, now time.Time) bool {
+	if c.cfg.HealthFresh <= 0 || !c.mu.TryLock() {
+		return false
+	}
 	h := c.health[id]
 	c.mu.Unlock()
 	return h.OK && now.Sub(h.CheckedAt) < c.cfg.HealthFresh

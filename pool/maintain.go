@@ -43,7 +43,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	defer c.rounds.Add(1)
 	if !reconcile {
 		// The backfill after a claim: claims on their way out go first.
-		c.takes.waitIdle(ctx, c.clk, backfillYield)
+		c.yieldToClaims(ctx, backfillYield)
 	}
 	// Listing before loading means an entry missing from the list was
 	// already stored when the list was taken, unless it was created after it.
@@ -557,10 +557,11 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	cr.state, cr.ref = StateCreating, Ref{}
 	ttl := c.creationTTLLocked(cr, start)
 	c.mu.Unlock()
-	c.takes.waitIdle(ctx, c.clk, backfillYield) // claims on their way out go first
+	c.yieldToClaims(ctx, backfillYield)
 	if err := ctx.Err(); err != nil {
 		return Ref{}, err // cancelled meanwhile (surplus): nothing asked of the backend
 	}
+	askedAt := c.clk.Now()
 	ref, err := c.be.Create(ctx, ttl)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -572,7 +573,7 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	}
 	// The limit follows the backend's own answer time, not the workload's
 	// start (a slow workload says nothing about the machine or backend).
-	asked := c.clk.Since(start)
+	asked := c.clk.Since(askedAt)
 	c.mu.Lock()
 	c.createTimes = append(c.createTimes, asked)
 	if len(c.createTimes) > 20 {
@@ -603,7 +604,7 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	}
 	// Claims taking from the store go first: a burst of creations must not
 	// queue its writes ahead of them.
-	c.takes.waitIdle(ctx, c.clk, putYield)
+	c.yieldToClaims(ctx, putYield)
 	if err := c.st.Put(ctx, ref); err != nil {
 		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed, ByController)
 		return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
@@ -621,6 +622,29 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventCreated, SandboxID: ref.ID, Duration: took, Health: h})
 	return ref, nil
+}
+
+// yieldToClaims lets the claims on their way out (c.takes) go first, for at
+// most d, while the pool is well stocked: with few ready sandboxes left, or
+// claims waiting for one, this backfill is what they need.
+func (c *Controller) yieldToClaims(ctx context.Context, d time.Duration) {
+	if !c.waitq.empty() || !c.takes.busy() {
+		return
+	}
+	now := c.clk.Now()
+	c.mu.Lock()
+	ready, enough := 0, max(2, c.target/4)
+	for _, e := range c.stored.Entries {
+		if !e.Claimed() && HasTimeLeft(e.ExpiresAt, now, c.useDur()) {
+			if ready++; ready > enough {
+				break
+			}
+		}
+	}
+	c.mu.Unlock()
+	if ready > enough {
+		c.takes.waitIdle(ctx, c.clk, d)
+	}
 }
 
 // putYield bounds how long a creation's store write waits for claims;

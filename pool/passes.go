@@ -91,6 +91,13 @@ func (g *takeGate) leave() {
 	g.mu.Unlock()
 }
 
+// busy reports whether a take is in flight.
+func (g *takeGate) busy() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n > 0
+}
+
 // waitIdle returns once no take is in flight, or after at most d, or at
 // ctx's end. The timer is made only when there is something to wait for.
 func (g *takeGate) waitIdle(ctx context.Context, clk clockwork.Clock, d time.Duration) {
