@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 	"github.com/sandboxpool/sandboxpool/pool/local"
@@ -220,7 +221,7 @@ func (w *rotationWatch) run(fillWithin, rotationsWithin time.Duration) {
 	w.figMinReady = w.target
 	var gen map[string]bool
 	start := time.Now()
-	waitFor(t, fmt.Sprintf("%d ready", w.target), fillWithin, func() bool {
+	testkit.Eventually(t, fillWithin, fmt.Sprintf("%d ready", w.target), func() bool {
 		v, ok := w.a.pool()
 		if ok && v.Counts.Ready >= w.target {
 			gen = map[string]bool{}
@@ -287,7 +288,7 @@ func TestRotationHoldsAt300(t *testing.T) {
 	ttl, use := 20*time.Second, 4*time.Second
 	state := t.TempDir()
 	env := cliEnv(state)
-	addr := freeLoopbackAddr(t)
+	addr := testkit.FreeAddr(t)
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	ctl := startRun(t, env, "--size", fmt.Sprint(target), "--max-size", fmt.Sprint(target),
 		"--ttl", ttl.String(), "--use-duration", use.String(), "--listen", addr)
@@ -303,7 +304,7 @@ func TestSmallPoolRotationOnTheBinary(t *testing.T) {
 	ttl, use := 20*time.Second, 5*time.Second
 	state := t.TempDir()
 	env := cliEnv(state)
-	addr := freeLoopbackAddr(t)
+	addr := testkit.FreeAddr(t)
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	ctl := startRun(t, env, "--size", fmt.Sprint(target), "--ttl", ttl.String(), "--use-duration", use.String(),
 		"--listen", addr)
@@ -336,7 +337,7 @@ func escapees(t *testing.T, n int) (cmd string, find func() []int) {
 func waitEscapees(t *testing.T, find func() []int) []int {
 	t.Helper()
 	var pids []int
-	waitFor(t, "the setsid and double-forked sleeps", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "the setsid and double-forked sleeps", func() bool {
 		pids = find()
 		return len(pids) == 2
 	})
@@ -345,21 +346,18 @@ func waitEscapees(t *testing.T, find func() []int) []int {
 
 func waitGone(t *testing.T, what string, within time.Duration, pids []int) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for slices.ContainsFunc(pids, alive) {
-		if time.Now().After(deadline) {
-			var left []string
-			for _, p := range pids {
-				if alive(p) {
-					cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
-					stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
-					left = append(left, fmt.Sprintf("%d %q %s", p, cmdline, stat))
-				}
-			}
-			t.Fatalf("%s: still running after %s:\n%s", what, within, strings.Join(left, "\n"))
-		}
-		time.Sleep(100 * time.Millisecond)
+	if testkit.Until(within, func() bool { return !slices.ContainsFunc(pids, alive) }) {
+		return
 	}
+	var left []string
+	for _, p := range pids {
+		if alive(p) {
+			cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+			stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p))
+			left = append(left, fmt.Sprintf("%d %q %s", p, cmdline, stat))
+		}
+	}
+	t.Fatalf("%s: still running after %s:\n%s", what, within, strings.Join(left, "\n"))
 }
 
 // Issue 13 case 5 on the built binary: what a workload starts in its own
@@ -410,7 +408,7 @@ func TestEscapeesDieWithTheirSandbox(t *testing.T) {
 		// controller's next pass starts a new agent.
 		waitGone(t, "after kill -9 of the agent", 15*time.Second, pids)
 		// The pool refills with a new sandbox (and its own new sleeps).
-		waitFor(t, "the pool refilled by a new agent", 30*time.Second, func() bool {
+		testkit.Eventually(t, 30*time.Second, "the pool refilled by a new agent", func() bool {
 			return len(agentPids(p)) == 1 && len(find()) == 2
 		})
 		if r := cli(t, env, "terminate", "--all", "--pool", p); r.code != 0 {
@@ -452,7 +450,7 @@ func TestChattyWorkloadLogIsCapped(t *testing.T) {
 	}
 	ctx := context.Background()
 	var written int64
-	waitFor(t, "16 MB written (64 times the cap)", 30*time.Second, func() bool {
+	testkit.Eventually(t, 30*time.Second, "16 MB written (64 times the cap)", func() bool {
 		_, next, err := be.ReadLog(ctx, sb.ID, -1, 0)
 		written = next
 		return err == nil && next > 64*logMax
@@ -494,22 +492,22 @@ func TestChattyWorkloadLogIsCapped(t *testing.T) {
 func TestExpiryIsNotAHealthFailure(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	addr := freeLoopbackAddr(t)
+	addr := testkit.FreeAddr(t)
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	args := []string{"--size", "2", "--ttl", "5s", "--use-duration", "1s", "--health-every", "200ms", "--listen", addr}
 	first := startRun(t, env, args...)
-	waitFor(t, "4 expiries", 30*time.Second, func() bool { return countEvents(first.logs.String(), "expired") >= 4 })
+	testkit.Eventually(t, 30*time.Second, "4 expiries", func() bool { return countEvents(first.logs.String(), "expired") >= 4 })
 	a := api{t: t, base: "http://" + addr}
 	_, metrics := a.do("GET", "/metrics", "")
 	first.stop(t)
 	// Stopped: the pool's sandboxes expire with no controller to see it.
 	be := localBackend(t, state, "default")
-	waitFor(t, "the sandboxes ended at their expiry", 20*time.Second, func() bool {
+	testkit.Eventually(t, 20*time.Second, "the sandboxes ended at their expiry", func() bool {
 		refs, err := be.List(context.Background())
 		return err == nil && len(refs) == 0
 	})
 	second := startRun(t, env, args...)
-	waitFor(t, "the expiries while stopped seen", 20*time.Second, func() bool { return countEvents(second.logs.String(), "expired") >= 2 })
+	testkit.Eventually(t, 20*time.Second, "the expiries while stopped seen", func() bool { return countEvents(second.logs.String(), "expired") >= 2 })
 	for i, logs := range []string{first.logs.String(), second.logs.String()} {
 		for _, e := range parseEvents(logs) {
 			if e.kind == "health_failed" || e.kind == "terminated" && e.reason != "expired" {
@@ -529,7 +527,7 @@ func TestExpiryIsNotAHealthFailure(t *testing.T) {
 	if !regexp.MustCompile(`sandboxpool_terminations_total\{reason="expired"\} [1-9]`).MatchString(metrics) {
 		t.Errorf("/metrics: no expiry counted:\n%s", grepLines(metrics, "terminations_total"))
 	}
-	waitFor(t, "the second controller's API", 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, "the second controller's API", func() bool {
 		code, _ := a.do("GET", "/healthz", "")
 		return code == http.StatusOK
 	})
