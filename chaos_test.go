@@ -248,6 +248,9 @@ type chaosController struct {
 	kills    int
 	refused  int             // starts refused: the lease was held (by a claim backfilling, or a killed controller on Modal)
 	restarts []time.Duration // how long each start took to serve
+	// When each controller (a run, or a viewer that took over) began to
+	// serve: each starts with a fresh creation budget (it is in memory).
+	startTimes []time.Time
 }
 
 // start runs a controller and waits until its API answers. A `claim` that
@@ -286,6 +289,7 @@ func (c *chaosController) start(args ...string) {
 				c.mu.Lock()
 				c.cur, c.upSince = ctl, time.Now()
 				c.starts++
+				c.startTimes = append(c.startTimes, c.upSince)
 				c.restarts = append(c.restarts, time.Since(begin).Round(100*time.Millisecond))
 				c.mu.Unlock()
 				if took := time.Since(begin); took > 10*time.Second {
@@ -304,6 +308,7 @@ func (c *chaosController) adopt(ctl *controller) {
 	c.all = append(c.all, ctl)
 	c.cur, c.upSince = ctl, time.Now()
 	c.starts++
+	c.startTimes = append(c.startTimes, c.upSince)
 }
 
 func (c *chaosController) kill9() {
