@@ -60,5 +60,5 @@ func TestAdoptionThatDoesNotStickIsNotLooped(t *testing.T) {
 	if n := st.puts.Load(); n != 1 {
 		t.Fatalf("adopted %d times in 4 passes, want once", n)
 	}
-	testkit.Eventually(t, waitLong, "the orphan terminated", func() bool { return slices.Contains(be.Terms, lost.ID) })
+	testkit.Eventually(t, waitLong, "the orphan terminated", func() bool { return slices.Contains(be.Terminated(), lost.ID) })
 }

@@ -64,8 +64,8 @@ func TestClaimedStaysClaimedWhenTheStoreIsLost(t *testing.T) {
 	h.pass()
 	h.pass()
 	h.c.WaitIdle(ctx)
-	if slices.Contains(h.pooledIDs(), got.ID) || slices.Contains(h.be.Terms, got.ID) {
-		t.Fatalf("claimed %s re-pooled %v or terminated %v", got.ID, h.pooledIDs(), h.be.Terms)
+	if slices.Contains(h.pooledIDs(), got.ID) || slices.Contains(h.be.Terminated(), got.ID) {
+		t.Fatalf("claimed %s re-pooled %v or terminated %v", got.ID, h.pooledIDs(), h.be.Terminated())
 	}
 	// An old copy of the store comes back with it pooled: it leaves the pool, alive.
 	if err := h.st.Put(ctx, got.Ref); err != nil {
@@ -73,8 +73,8 @@ func TestClaimedStaysClaimedWhenTheStoreIsLost(t *testing.T) {
 	}
 	h.pass()
 	h.c.WaitIdle(ctx)
-	if slices.Contains(h.pooledIDs(), got.ID) || slices.Contains(h.be.Terms, got.ID) || !slices.Contains(h.be.Live(), got.ID) {
-		t.Fatalf("restored claimed %s: pooled %v, terminated %v", got.ID, h.pooledIDs(), h.be.Terms)
+	if slices.Contains(h.pooledIDs(), got.ID) || slices.Contains(h.be.Terminated(), got.ID) || !slices.Contains(h.be.Live(), got.ID) {
+		t.Fatalf("restored claimed %s: pooled %v, terminated %v", got.ID, h.pooledIDs(), h.be.Terminated())
 	}
 	if n := len(h.pooledIDs()); n != 3 {
 		t.Fatalf("pooled %d, want 3", n)

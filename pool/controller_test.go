@@ -128,8 +128,8 @@ func TestFillToTarget(t *testing.T) {
 	// terminates a good sandbox on every pass.
 	creates := h.be.Creates
 	h.pass()
-	if len(h.be.Terms) != 0 || h.be.Creates != creates {
-		t.Fatalf("a pass on a good pool terminated %v and created %d", h.be.Terms, h.be.Creates-creates)
+	if len(h.be.Terminated()) != 0 || h.be.Creates != creates {
+		t.Fatalf("a pass on a good pool terminated %v and created %d", h.be.Terminated(), h.be.Creates-creates)
 	}
 }
 
@@ -198,8 +198,8 @@ func TestClaimWithoutLeaseKeepsShortOnes(t *testing.T) {
 	if err != nil || got.ID == short {
 		t.Fatalf("claimed %s %v", got.ID, err)
 	}
-	if !slices.Contains(h.pooledIDs(), short) || slices.Contains(h.be.Terms, short) {
-		t.Fatalf("a claimer dropped %s: pooled %v, terminated %v", short, h.pooledIDs(), h.be.Terms)
+	if !slices.Contains(h.pooledIDs(), short) || slices.Contains(h.be.Terminated(), short) {
+		t.Fatalf("a claimer dropped %s: pooled %v, terminated %v", short, h.pooledIDs(), h.be.Terminated())
 	}
 	h.pass() // the controller's pass does drop it
 	testkit.Eventually(t, waitLong, "the short one terminated", func() bool { return !slices.Contains(h.be.Live(), short) })
@@ -456,9 +456,9 @@ func TestMaintainDropsExpiringAndUnhealthyButNoGoodOne(t *testing.T) {
 		t.Fatalf("probe found %d bad, want 1", bad)
 	}
 	h.pass()
-	testkit.Eventually(t, waitLong, "unhealthy terminated", func() bool { return slices.Contains(h.be.Terms, ids[1]) })
+	testkit.Eventually(t, waitLong, "unhealthy terminated", func() bool { return slices.Contains(h.be.Terminated(), ids[1]) })
 	for _, id := range []string{ids[0], ids[2]} {
-		if slices.Contains(h.be.Terms, id) {
+		if slices.Contains(h.be.Terminated(), id) {
 			t.Fatalf("good sandbox %s terminated", id)
 		}
 	}

@@ -164,10 +164,10 @@ func TestRotationHoldsAtScale(t *testing.T) {
 		maxLive = max(maxLive, len(h.be.Live()))
 		if good < target*95/100 {
 			terms := map[string]int{}
-			for _, id := range h.be.Terms {
+			for _, id := range h.be.Terminated() {
 				terms[id[:3]]++
 			}
-			t.Logf("pooled %d, live %d, creating %d, terms %d, snap counts %v", len(h.stored().Pooled()), len(h.be.Live()), c.Creating(), len(h.be.Terms), c.Snapshot().Counts)
+			t.Logf("pooled %d, live %d, creating %d, terms %d, snap counts %v", len(h.stored().Pooled()), len(h.be.Live()), c.Creating(), len(h.be.Terminated()), c.Snapshot().Counts)
 			t.Fatalf("at +%ds only %d good of %d", i+1, good, target)
 		}
 	}

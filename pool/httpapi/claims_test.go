@@ -251,8 +251,8 @@ func TestDisconnectDuringHealthCheckKeepsThePool(t *testing.T) {
 		s, err := e.st.Load(context.Background())
 		return err == nil && len(s.Pooled()) == 3
 	})
-	if live := e.be.Live(); len(live) != 3 || len(e.be.Terms) != 0 {
-		t.Fatalf("a claimer leaving during the health check cost the pool: live %v, terminated %v", live, e.be.Terms)
+	if live := e.be.Live(); len(live) != 3 || len(e.be.Terminated()) != 0 {
+		t.Fatalf("a claimer leaving during the health check cost the pool: live %v, terminated %v", live, e.be.Terminated())
 	}
 }
 

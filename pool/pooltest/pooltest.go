@@ -34,11 +34,11 @@ type Backend struct {
 	failAll   error
 	exited    map[string]pool.ExitInfo
 	claimed   map[string]string // the backend's own record of claims (ClaimRecorder)
+	terms     []string          // Terminate calls, in order
 	// ExitOnCreate, when set, makes every new sandbox's workload exit at
 	// once with it (ExitWatcher).
 	ExitOnCreate *pool.ExitInfo
-	Creates      int // Create calls, including failed ones
-	Terms        []string
+	Creates      int         // Create calls, including failed ones
 	CreatedAt    []time.Time // Create call times, for backoff tests
 }
 
@@ -128,11 +128,18 @@ func (b *Backend) Exited(_ context.Context, id string) (bool, pool.ExitInfo, err
 	return ok, info, nil
 }
 
+// Terminated returns the ids of Terminate calls so far, in order.
+func (b *Backend) Terminated() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.terms)
+}
+
 func (b *Backend) Terminate(_ context.Context, id string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	delete(b.live, id)
-	b.Terms = append(b.Terms, id)
+	b.terms = append(b.terms, id)
 	return nil
 }
 
