@@ -381,8 +381,8 @@ func TestExpiryWithoutController(t *testing.T) {
 	t.Parallel()
 	b := newBackend(t, local.Options{Cmd: "exec sleep 300"})
 	builtin := newBackend(t, local.Options{StateDir: filepath.Dir(b.Dir()), Pool: "builtin"})
-	ref := mustCreate(t, b, 2*time.Second)
-	bref := mustCreate(t, builtin, 2*time.Second)
+	ref := mustCreate(t, b, 5*time.Second)
+	bref := mustCreate(t, builtin, 5*time.Second)
 	get(t, bref.URL)
 	pids := b.Pids(ref.ID)
 	if len(pids) != 1 {
