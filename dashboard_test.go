@@ -466,7 +466,7 @@ func TestDashboardTmux(t *testing.T) {
 		return code != ""
 	}) {
 		// Where is it stuck? A goroutine dump lands in the pane.
-		stuck := alive(pid)
+		stuck := testkit.Alive(pid)
 		if stuck {
 			_ = syscall.Kill(pid, syscall.SIGQUIT)
 			time.Sleep(time.Second)
@@ -476,7 +476,7 @@ func TestDashboardTmux(t *testing.T) {
 	if code != "0" {
 		t.Fatalf("the dashboard exited with %s:\n%s", code, x.must("capture-pane", "-p", "-t", "t", "-S", "-3000"))
 	}
-	if alive(pid) {
+	if testkit.Alive(pid) {
 		t.Fatalf("the dashboard (pid %d) is still running", pid)
 	}
 	v := check(t, env)

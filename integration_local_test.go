@@ -5,12 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,33 +34,17 @@ func localBackend(t *testing.T, stateDir, poolName string) *local.Backend {
 	return b
 }
 
-func alive(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return false
-	}
-	// A zombie is dead; init reaps orphans only every second or two here.
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+// alive and get are the chaos tests' names for testkit.Alive and
+// testkit.Get (until they adopt testkit).
+func alive(pid int) bool { return testkit.Alive(pid) }
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	return testkit.Get(t, nil, url)
 }
 
 func containsRef(refs []pool.Ref, id string) bool {
 	return slices.ContainsFunc(refs, func(r pool.Ref) bool { return r.ID == id })
-}
-
-func get(t *testing.T, url string) (int, string) {
-	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
 }
 
 // TestLocalEndToEnd is the engine issue's "done when", as a user does it.
@@ -95,7 +77,7 @@ func TestLocalEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &claim); err != nil {
 		t.Fatal(err)
 	}
-	if code, body := get(t, claim.URL); code != 200 || !strings.Contains(body, "README.txt") {
+	if code, body := testkit.Get(t, nil, claim.URL); code != 200 || !strings.Contains(body, "README.txt") {
 		t.Fatalf("GET claimed %s: %d %q", claim.URL, code, body)
 	}
 	testkit.Eventually(t, 30*time.Second, "backfill to 3 ready", func() bool { return len(readyIDs(check(t, env))) == 3 })
@@ -150,7 +132,7 @@ func TestLocalEndToEnd(t *testing.T) {
 	if r := cli(t, env, "terminate", "--all"); r.code != 0 || !strings.Contains(r.stdout, "terminated 4") {
 		t.Fatalf("terminate --all: exit %d %q %q", r.code, r.stdout, r.stderr)
 	}
-	testkit.Eventually(t, 10*time.Second, "the agent gone", func() bool { return !alive(agent) })
+	testkit.Eventually(t, 10*time.Second, "the agent gone", func() bool { return !testkit.Alive(agent) })
 	for _, u := range urls {
 		if _, err := http.Get(u); !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("GET %s after terminate --all: %v, want refused", u, err)

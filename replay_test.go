@@ -168,7 +168,7 @@ func TestReplayStoreLossNeverRepoolsAClaimedSandbox(t *testing.T) {
 			t.Fatalf("claimed sandbox %s is %s in the pool after the store loss\n%s", got.ID, s.State, c.logs.String())
 		}
 	}
-	if code, _ := get(t, got.URL); code != http.StatusOK {
+	if code, _ := testkit.Get(t, nil, got.URL); code != http.StatusOK {
 		t.Fatalf("claimed sandbox %s answers %d after the store loss: it was terminated\n%s", got.ID, code, c.logs.String())
 	}
 	for _, e := range parseEvents(c.logs.String()) {

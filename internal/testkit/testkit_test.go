@@ -6,7 +6,10 @@ import (
 	"go/token"
 	"io/fs"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -153,5 +156,38 @@ func TestNotImported(t *testing.T) {
 	}
 	if len(bad) > 0 {
 		t.Fatalf("non-test files import testkit: %v", bad)
+	}
+}
+
+func TestAlive(t *testing.T) {
+	if !testkit.Alive(os.Getpid()) {
+		t.Fatal("this process is not alive")
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	// Exited but not waited for: a zombie, which is not alive.
+	testkit.Eventually(t, 10*time.Second, "the exited child to stop being alive", func() bool { return !testkit.Alive(pid) })
+	_ = cmd.Wait()
+	if testkit.Alive(pid) {
+		t.Fatal("a reaped child is alive")
+	}
+}
+
+func TestGet(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+		_, _ = w.Write([]byte("short and stout"))
+	}))
+	defer srv.Close()
+	defer srv.Client().CloseIdleConnections()
+	if code, body := testkit.Get(t, srv.Client(), srv.URL); code != http.StatusTeapot || body != "short and stout" {
+		t.Fatalf("GET = %d %q", code, body)
+	}
+	msg := failure(func(tb testing.TB) { testkit.Get(tb, srv.Client(), "http://"+testkit.FreeAddr(t)+"/") })
+	if !strings.Contains(msg, "GET http://127.0.0.1:") {
+		t.Fatalf("failure %q, want one naming the URL", msg)
 	}
 }

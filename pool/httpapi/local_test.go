@@ -138,13 +138,7 @@ func (e *localEnv) do(tb testing.TB, method, path, body string) response {
 
 func (e *localEnv) get(tb testing.TB, url string) (int, string) {
 	tb.Helper()
-	resp, err := e.http.Get(url)
-	if err != nil {
-		tb.Fatalf("GET %s: %v", url, err)
-	}
-	defer resp.Body.Close()
-	data, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(data)
+	return testkit.Get(tb, e.http, url)
 }
 
 func TestLocalBackendEndToEnd(t *testing.T) {

@@ -178,7 +178,7 @@ func procsOf(dir, poolName string) []int {
 			continue
 		}
 		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
-		if err == nil && (strings.Contains(string(env), spec) || strings.Contains(string(env), sock+"\x00")) && alive(pid) {
+		if err == nil && (strings.Contains(string(env), spec) || strings.Contains(string(env), sock+"\x00")) && testkit.Alive(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -254,16 +254,6 @@ func agentPid(t testing.TB, b *local.Backend) int {
 		t.Fatal(err)
 	}
 	return pid
-}
-
-func alive(pid int) bool {
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(stat)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
 }
 
 func TestCreateListTerminate(t *testing.T) {
@@ -392,7 +382,7 @@ func TestExpiryWithoutController(t *testing.T) {
 		t.Fatalf("Pids = %v, want the workload", pids)
 	}
 	// No backend call from here on: the agent alone must act.
-	testkit.Eventually(t, 15*time.Second, "expired workload killed by the agent", func() bool { return !alive(pids[0]) })
+	testkit.Eventually(t, 15*time.Second, "expired workload killed by the agent", func() bool { return !testkit.Alive(pids[0]) })
 	testkit.Eventually(t, 5*time.Second, "expired built-in sandbox closed", func() bool { return refused(bref.URL) })
 	if time.Now().Before(ref.ExpiresAt) {
 		t.Fatalf("killed before its expiry %s", ref.ExpiresAt)
@@ -428,7 +418,7 @@ func TestAgentKill9(t *testing.T) {
 		t.Fatalf("List with the agent dead = %v", got)
 	}
 	testkit.Eventually(t, 10*time.Second, "the escapee killed", func() bool {
-		return !slices.ContainsFunc(pids, alive)
+		return !slices.ContainsFunc(pids, testkit.Alive)
 	})
 	next := mustCreate(t, b, time.Minute) // starts a new agent
 	if pid := agentPid(t, b); pid == agent {
@@ -602,14 +592,14 @@ func TestIdleExit(t *testing.T) {
 	b := newBackend(t, local.Options{IdleExit: 300 * time.Millisecond})
 	ref := mustCreate(t, b, time.Minute)
 	agent := agentPid(t, b)
-	time.Sleep(600 * time.Millisecond) // a sandbox keeps it alive, however quiet
-	if !alive(agent) {
+	time.Sleep(600 * time.Millisecond) // a sandbox keeps it testkit.Alive, however quiet
+	if !testkit.Alive(agent) {
 		t.Fatal("the agent exited with a sandbox running")
 	}
 	if err := b.Terminate(context.Background(), ref.ID); err != nil {
 		t.Fatal(err)
 	}
-	testkit.Eventually(t, 5*time.Second, "the idle agent exits", func() bool { return !alive(agent) })
+	testkit.Eventually(t, 5*time.Second, "the idle agent exits", func() bool { return !testkit.Alive(agent) })
 	if _, err := os.Stat(filepath.Join(filepath.Dir(b.Dir()), "test.agent.sock")); !os.IsNotExist(err) {
 		t.Fatalf("socket left: %v", err)
 	}
@@ -674,8 +664,8 @@ func TestCmd(t *testing.T) {
 		if err := b.Terminate(context.Background(), ref.ID); err != nil {
 			t.Fatal(err)
 		}
-		if alive(pids[0]) {
-			t.Fatal("workload alive after Terminate")
+		if testkit.Alive(pids[0]) {
+			t.Fatal("workload testkit.Alive after Terminate")
 		}
 	})
 	t.Run("python", func(t *testing.T) {
