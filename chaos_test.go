@@ -503,7 +503,6 @@ type chaosRun struct {
 	repooledSeen map[string]bool
 	inflightLost []time.Time // one per creation in flight at a controller's kill -9
 	faultErrs    []string
-	roOnce       sync.Once
 	tmuxOnce     sync.Once
 	tmuxSocket   string
 	views        int
@@ -556,6 +555,14 @@ func (r *chaosRun) maxTargetSince(t time.Time) int {
 		}
 	}
 	return n
+}
+
+// noteResize records a target set by another process (a CLI).
+func (r *chaosRun) noteResize(n int) {
+	r.mu.Lock()
+	r.resizes = append(r.resizes, chaosResize{at: time.Now(), from: r.target, to: n})
+	r.target = n
+	r.mu.Unlock()
 }
 
 // resize sets the target through the API, or (with set, half the time or
