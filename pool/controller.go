@@ -102,6 +102,7 @@ type Controller struct {
 	backoffUntil time.Time
 	lastCreate   string    // last creation error, for maintain's failure line
 	failingSince time.Time // first of the creation failures in a row
+	createKickAt time.Time // a creation done before it kicks no pass unless it is the last
 
 	// Counters (guarded by mu).
 	stats        Stats

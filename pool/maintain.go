@@ -647,6 +647,10 @@ func (c *Controller) yieldToClaims(ctx context.Context, d time.Duration) {
 	}
 }
 
+// createKickEvery spaces the passes that creations ask for while more are
+// in flight.
+const createKickEvery = 50 * time.Millisecond
+
 // putYield bounds how long a creation's store write waits for claims;
 // backfillYield how long a quick pass or a creation's start does.
 const (
@@ -692,11 +696,21 @@ func (c *Controller) finishCreation(cr *creation, ref *Ref, err error) {
 		c.failedAt[cr.key] = now
 	}
 	until := c.backoffUntil
+	// A pass after a creation re-judges the pool and re-times the next
+	// rotation; while others are still being made, one such pass per
+	// createKickEvery does (a pass per sandbox was most of a creation's CPU
+	// in the controller), and the last creation of a batch always kicks.
+	kick := ref != nil && (len(c.inflight) == 0 || !now.Before(c.createKickAt))
+	if kick {
+		c.createKickAt = now.Add(createKickEvery)
+	}
 	c.mu.Unlock()
 	if ref != nil {
 		c.notifyChange()
 		c.topUp() // the freed slot goes to the next missing sandbox at once
-		c.Kick()
+		if kick {
+			c.Kick()
+		}
 	}
 	if err != nil {
 		c.emit(Event{Kind: EventBackoff, Until: until, Err: err.Error(),

@@ -5,7 +5,8 @@
 //
 // A change appends its records and flushes them with one fdatasync, shared
 // by every change this process queued meanwhile (group commit): no new file,
-// no rename, no directory sync. When the log outgrows the snapshot, a
+// no rename, no directory sync. A put (a new sandbox) is appended unflushed:
+// the next flushing change or compaction carries it to the disk. When the log outgrows the snapshot, a
 // compaction in the background rewrites the file (temp file, fsync, rename,
 // fsync directory), dropping claimed entries whose sandbox has expired.
 // Claimed entries are kept apart from the pool in memory and a Store reads
@@ -406,7 +407,7 @@ func (s *Store) invalidate() {
 
 // appendLocked adds records to the file and flushes them; it runs inside an
 // exclusive transaction, after the records were applied to s.st.
-func (s *Store) appendLocked(recs []byte) error {
+func (s *Store) appendLocked(recs []byte, flush bool) error {
 	if s.f == nil || !s.lay.appendable {
 		// No file yet (or it vanished), or one to upgrade: write it whole.
 		return s.compactLocked()
@@ -424,7 +425,7 @@ func (s *Store) appendLocked(recs []byte) error {
 		s.lay.size = s.lay.end
 	}
 	_, err := s.f.WriteAt(recs, s.lay.end)
-	if err == nil && !s.noSync {
+	if err == nil && flush && !s.noSync {
 		err = datasync(s.f)
 	}
 	var fi os.FileInfo
@@ -533,9 +534,16 @@ func (s *Store) compactSoon() {
 // change is one queued write: apply edits the state and logs what it did.
 type change struct {
 	apply func(st *state, w *logWriter)
-	err   error
-	done  chan struct{}
-	lead  chan struct{} // closed when this change's caller must run the next batch
+	// lazy: the change needs no flush of its own (it is flushed with the
+	// next change that does, or compaction). A put: a sandbox lost with a
+	// machine's crash is gone with that crash anyway (a local sandbox is a
+	// process of that machine), and kill -9 of a process loses nothing
+	// written; without the flush a creation costs no fdatasync (and the
+	// scheduler no spinning while a thread waits in one).
+	lazy bool
+	err  error
+	done chan struct{}
+	lead chan struct{} // closed when this change's caller must run the next batch
 }
 
 // commit applies a change in a batch with every other change of this Store
@@ -543,11 +551,11 @@ type change struct {
 // (group commit), so concurrent claims do not queue behind each other's
 // flushes. ctx bounds the wait for a turn; a change already in a batch is
 // seen through whatever ctx says (a claim made must not be lost).
-func (s *Store) commit(ctx context.Context, apply func(*state, *logWriter)) error {
+func (s *Store) commit(ctx context.Context, lazy bool, apply func(*state, *logWriter)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c := &change{apply: apply, done: make(chan struct{}), lead: make(chan struct{})}
+	c := &change{apply: apply, lazy: lazy, done: make(chan struct{}), lead: make(chan struct{})}
 	s.qmu.Lock()
 	s.queue = append(s.queue, c)
 	leader := !s.leading
@@ -626,11 +634,13 @@ func (s *Store) runBatch(ctx context.Context, me *change) {
 	err := s.refresh()
 	if err == nil {
 		s.wbuf.Reset()
+		flush := false
 		for _, c := range batch {
 			c.apply(s.st, s.logw)
+			flush = flush || !c.lazy
 		}
 		if s.wbuf.Len() > 0 {
-			err = s.appendLocked(s.wbuf.Bytes())
+			err = s.appendLocked(s.wbuf.Bytes(), flush)
 		}
 	}
 	if err == nil && s.wbuf.Len() > 0 {
@@ -688,7 +698,7 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 		return fmt.Errorf("filestore: put %q: a time out of range or text that is not UTF-8", ref.ID)
 	}
 	ref.Claimed = false
-	return s.commit(ctx, func(st *state, w *logWriter) {
+	return s.commit(ctx, true, func(st *state, w *logWriter) {
 		if st.has(ref.ID) {
 			return
 		}
@@ -708,7 +718,7 @@ func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (taken pool.Entry
 	if !encodable(tr.Now) || !utf8.ValidString(tr.ClaimedBy) {
 		return pool.Entry{}, nil, false, errors.New("filestore: take: claim time out of range or claimer not UTF-8")
 	}
-	err = s.commit(ctx, func(st *state, w *logWriter) {
+	err = s.commit(ctx, false, func(st *state, w *logWriter) {
 		taken, dropped, ok = st.take(tr.MinExpiresAt, tr.ClaimedBy, tr.Now, tr.KeepShort)
 		for _, d := range dropped {
 			w.add(record{Op: "del", ID: d.ID})
@@ -742,7 +752,7 @@ func (s *Store) remove(ctx context.Context, pooledOnly bool, ids []string) ([]po
 		return nil, nil
 	}
 	var removed []pool.Entry
-	err := s.commit(ctx, func(st *state, w *logWriter) {
+	err := s.commit(ctx, false, func(st *state, w *logWriter) {
 		type found struct {
 			id  string
 			pos int
@@ -779,7 +789,7 @@ func (s *Store) SetTiming(ctx context.Context, ttl, use time.Duration) error {
 	if use <= 0 || ttl <= use {
 		return fmt.Errorf("filestore: timing ttl %s use-duration %s: want 0 < use-duration < ttl", ttl, use)
 	}
-	return s.commit(ctx, func(st *state, w *logWriter) {
+	return s.commit(ctx, false, func(st *state, w *logWriter) {
 		if st.ttl == ttl && st.use == use {
 			return
 		}
@@ -793,7 +803,7 @@ func (s *Store) SetTarget(ctx context.Context, n int) error {
 	if n < 0 {
 		return fmt.Errorf("filestore: target %d: must be 0 or more", n)
 	}
-	return s.commit(ctx, func(st *state, w *logWriter) {
+	return s.commit(ctx, false, func(st *state, w *logWriter) {
 		if st.hasTarget && st.target == n {
 			return
 		}
