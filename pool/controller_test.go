@@ -519,6 +519,43 @@ func TestNextPassWakesAtRotation(t *testing.T) {
 	}
 }
 
+// Once its replacement is made, a sandbox rotated out is terminated just
+// after it stops being good, not at the regular pass (an hour here).
+func TestNextPassWakesWhenASandboxStopsBeingGood(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 1; c.MaintainEvery = time.Hour })
+	h.be.CreateDelay = 20 * time.Second
+	h.pass()
+	h.clk.Advance(20 * time.Second)
+	h.c.WaitIdle(context.Background())
+	old := h.stored().Pooled()[0]
+	// Its rotation point: the replacement starts, then is made.
+	h.clk.Advance(pool.RotationAt(old.ExpiresAt, h.cfg.UseDuration, 25500*time.Millisecond).Sub(h.clk.Now()) + time.Second)
+	h.pass()
+	h.clk.Advance(20 * time.Second)
+	h.c.WaitIdle(context.Background())
+	if n := len(h.stored().Pooled()); n != 2 {
+		t.Fatalf("%d pooled after the rotation, want the old one and its replacement", n)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = h.c.Serve(ctx, false) }()
+	testkit.Eventually(t, waitLong, "next pass scheduled", func() bool { return !h.c.Snapshot().NextPass.IsZero() })
+	next := h.c.Snapshot().NextPass
+	end := old.ExpiresAt.Add(-h.cfg.UseDuration)
+	if !next.After(end) || next.Sub(end) > time.Second {
+		cancel()
+		<-done
+		t.Fatalf("next pass at %s, want just after the old sandbox stops being good at %s", next, end)
+	}
+	h.clk.Advance(next.Sub(h.clk.Now()))
+	testkit.Eventually(t, waitLong, "the old sandbox terminated", func() bool { return !slices.Contains(h.be.Live(), old.ID) })
+	cancel()
+	<-done
+	if ids := h.pooledIDs(); len(ids) != 1 || ids[0] == old.ID {
+		t.Fatalf("pooled %v: want only the replacement", ids)
+	}
+}
+
 func TestBackoffFallsOffAndRecovers(t *testing.T) {
 	h := newHarness(t, func(c *pool.Config) { c.Size = 3; c.CreateTries = 1 })
 	h.be.FailAll(pooltest.ErrInjected)

@@ -240,13 +240,26 @@ func (c *Controller) maintainLoop(ctx context.Context) {
 
 // untilNextPass is the time to the next regular pass, shortened to the moment a sandbox
 // stops counting toward the target (rotation) or a backoff ends, so that
-// replacements start exactly when they should.
+// replacements start exactly when they should, and to just after a sandbox
+// stops being good, so that it is terminated then: nobody can claim it any
+// more, and waiting for the regular pass would keep it running (and paid
+// for) up to --maintain-every longer.
 func (c *Controller) untilNextPass(next time.Time) time.Duration {
 	now := c.clk.Now()
 	c.mu.Lock()
 	leads := c.leadsLocked()
 	for _, e := range c.stored.Entries {
-		if e.Claimed() || c.rotated[e.ID] || !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), leads[e.ID]) {
+		if e.Claimed() {
+			continue
+		}
+		if end := e.ExpiresAt.Add(-c.useDur()); !end.Before(now) {
+			// The first batch boundary strictly after it (the boundary
+			// itself is good): one pass for the ends that fall together.
+			if at := end.Truncate(expiryBatch).Add(expiryBatch); at.Before(next) {
+				next = at
+			}
+		}
+		if c.rotated[e.ID] || !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), leads[e.ID]) {
 			continue
 		}
 		if at := RotationAt(e.ExpiresAt, c.useDur(), leads[e.ID]); at.Before(next) {
@@ -266,6 +279,9 @@ func (c *Controller) untilNextPass(next time.Time) time.Duration {
 	c.mu.Unlock()
 	return max(next.Sub(now), time.Millisecond)
 }
+
+// expiryBatch groups the passes that drop sandboxes as they stop being good.
+const expiryBatch = 500 * time.Millisecond
 
 func (c *Controller) healthLoop(ctx context.Context) {
 	tick := c.clk.NewTicker(c.cfg.HealthEvery)
