@@ -175,7 +175,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 				return Entry{}, false, err
 			}
 			c.mu.Lock()
-			c.health[got.ID] = h
+			c.setHealthLocked(got.ID, h)
 			c.mu.Unlock()
 			if !h.OK {
 				c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Health: h, Err: h.Error})
@@ -229,15 +229,13 @@ func (c *Controller) freshlyHealthy(id string, now time.Time) bool {
 }
 
 // freshNoWait is freshlyHealthy for code inside a store transaction, which
-// must not wait for c.mu: when the lock is busy it answers false, and the
-// claim records after the take, as for a sandbox it probes.
+// must not wait for c.mu.
 func (c *Controller) freshNoWait(id string, now time.Time) bool {
-	if c.cfg.HealthFresh <= 0 || !c.mu.TryLock() {
+	if c.cfg.HealthFresh <= 0 {
 		return false
 	}
-	h := c.health[id]
-	c.mu.Unlock()
-	return h.OK && now.Sub(h.CheckedAt) < c.cfg.HealthFresh
+	at, ok := c.healthOK.Load(id)
+	return ok && now.Sub(at.(time.Time)) < c.cfg.HealthFresh
 }
 
 // recordClaim tells a backend that keeps its own record of claims (the

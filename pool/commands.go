@@ -187,7 +187,7 @@ func (c *Controller) WaitIdle(ctx context.Context) { c.waitCreations(ctx) }
 func (c *Controller) forget(id string) {
 	c.mu.Lock()
 	c.wroteLocked(Entry{Ref: Ref{ID: id}}, true)
-	delete(c.health, id)
+	c.dropHealthLocked(id)
 	c.mu.Unlock()
 }
 

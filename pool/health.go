@@ -101,6 +101,21 @@ func (c *Controller) probe(ctx context.Context, url string) Health {
 	return h
 }
 
+// setHealthLocked records a probe's result.
+func (c *Controller) setHealthLocked(id string, h Health) {
+	c.health[id] = h
+	if h.OK {
+		c.healthOK.Store(id, h.CheckedAt)
+	} else {
+		c.healthOK.Delete(id)
+	}
+}
+
+func (c *Controller) dropHealthLocked(id string) {
+	delete(c.health, id)
+	c.healthOK.Delete(id)
+}
+
 // probeParallel bounds how many health checks run at once, so one hung
 // sandbox never delays the others and a big pool does not open 1,000 sockets.
 const probeParallel = 64
@@ -140,7 +155,7 @@ func (c *Controller) probeEach(ctx context.Context, entries []Entry, parallel in
 			}
 			c.mu.Lock()
 			prev := c.health[e.ID]
-			c.health[e.ID] = h
+			c.setHealthLocked(e.ID, h)
 			c.mu.Unlock()
 			if !h.OK {
 				bad.Add(1)
@@ -156,8 +171,12 @@ func (c *Controller) probeEach(ctx context.Context, entries []Entry, parallel in
 	return int(bad.Load())
 }
 
-// probeAheadN is how many of the pool's next sandboxes a claim keeps fresh.
-const probeAheadN = 2
+// probeAheadN is how many of the pool's next sandboxes a claim keeps fresh,
+// plus one per claim on its way out (a burst), up to probeAheadMax.
+const (
+	probeAheadN   = 2
+	probeAheadMax = 16
+)
 
 // probeAhead probes, in the background, the pooled sandboxes the next
 // claims will take (the first good ones in pool order) unless a probe of
@@ -169,10 +188,11 @@ func (c *Controller) probeAhead() {
 		return
 	}
 	now := c.clk.Now()
+	n := min(probeAheadN+c.takes.inFlight(), probeAheadMax)
 	var next []Entry
 	c.mu.Lock()
 	for _, e := range c.stored.Entries {
-		if len(next) == probeAheadN {
+		if len(next) == n {
 			break
 		}
 		// As the store's Take goes: claimed ones and ones with too little time left are passed over.
@@ -192,7 +212,7 @@ func (c *Controller) probeAhead() {
 	go func() {
 		defer c.wg.Done()
 		defer c.ahead.Store(false)
-		if c.probeEach(c.life, next, probeAheadN) > 0 {
+		if c.probeEach(c.life, next, len(next)) > 0 {
 			c.Kick() // the pass drops it
 		}
 	}()

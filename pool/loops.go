@@ -509,7 +509,7 @@ func (c *Controller) setStoredLocked(s Stored) {
 	}
 	for id := range c.health {
 		if !known[id] {
-			delete(c.health, id)
+			c.dropHealthLocked(id)
 		}
 	}
 	for id := range c.rotated {

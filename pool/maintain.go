@@ -249,7 +249,7 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 		if h := c.probe(ctx, r.URL); h.OK {
 			if err := c.st.Put(ctx, r); err == nil {
 				c.mu.Lock()
-				c.health[r.ID] = h
+				c.setHealthLocked(r.ID, h)
 				c.adopted[r.ID] = now
 				c.wroteLocked(Entry{Ref: r}, false)
 				c.mu.Unlock()
@@ -589,7 +589,7 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	c.setCreation(cr, StateWarming, ref)
 	h, exit := c.waitHealthy(ctx, ref)
 	c.mu.Lock()
-	c.health[ref.ID] = h
+	c.setHealthLocked(ref.ID, h)
 	c.healthCounts[h.OK]++
 	c.mu.Unlock()
 	if !h.OK || ctx.Err() != nil {

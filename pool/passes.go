@@ -92,10 +92,13 @@ func (g *takeGate) leave() {
 }
 
 // busy reports whether a take is in flight.
-func (g *takeGate) busy() bool {
+func (g *takeGate) busy() bool { return g.inFlight() > 0 }
+
+// inFlight is the number of takes in flight.
+func (g *takeGate) inFlight() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.n > 0
+	return g.n
 }
 
 // waitIdle returns once no take is in flight, or after at most d, or at
