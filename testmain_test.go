@@ -34,9 +34,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build sandboxpool: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	// Every goroutine a test starts (in-process controllers and dashboards,
+	// process waiters) ends with it.
+	testkit.Main(testkit.Teardown(m, func() { os.RemoveAll(dir) }))
 }
 
 // cliEnv is an environment with nothing of the caller's SANDBOXPOOL_ settings.

@@ -15,3 +15,18 @@ var ignored = []goleak.Option{
 func Main(m goleak.TestingM, opts ...goleak.Option) {
 	goleak.VerifyTestMain(m, append(append([]goleak.Option{}, ignored...), opts...)...)
 }
+
+// Teardown wraps m so that fn runs after the tests and before Main looks
+// for leaks: for what TestMain itself set up (a built binary, a server the
+// benchmarks share).
+func Teardown(m goleak.TestingM, fn func()) goleak.TestingM { return teardown{m, fn} }
+
+type teardown struct {
+	m  goleak.TestingM
+	fn func()
+}
+
+func (t teardown) Run() int {
+	defer t.fn()
+	return t.m.Run()
+}

@@ -191,3 +191,20 @@ func TestGet(t *testing.T) {
 		t.Fatalf("failure %q, want one naming the URL", msg)
 	}
 }
+
+type countRun struct{ runs *int }
+
+func (c countRun) Run() int { *c.runs++; return 3 }
+
+func TestTeardownRunsAfterTheTests(t *testing.T) {
+	runs, torn := 0, 0
+	m := testkit.Teardown(countRun{&runs}, func() {
+		if runs != 1 {
+			t.Errorf("teardown before the tests (%d runs)", runs)
+		}
+		torn++
+	})
+	if code := m.Run(); code != 3 || torn != 1 {
+		t.Fatalf("Run = %d with %d teardowns, want the tests' code 3 and one teardown", code, torn)
+	}
+}

@@ -22,18 +22,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	local.MaybeRunChild() // the local backend re-executes this binary
-	maybeRunHTTPChild()   // tests re-execute it as another user
-	testkit.Main(withTeardown{m})
-}
-
-// withTeardown stops what benchmarks share before goleak looks.
-type withTeardown struct{ m *testing.M }
-
-func (w withTeardown) Run() int {
-	code := w.m.Run()
-	teardownBench()
-	return code
+	local.MaybeRunChild()                            // the local backend re-executes this binary
+	maybeRunHTTPChild()                              // tests re-execute it as another user
+	testkit.Main(testkit.Teardown(m, teardownBench)) // what benchmarks share stops before goleak looks
 }
 
 // env is one controller served by the API on a real loopback listener.
