@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +116,43 @@ func TestCheckUnknownPool(t *testing.T) {
 	}
 	if r := cli(t, env, "check", "--pool", "rael"); r.code != 1 || !strings.Contains(r.stderr, "pools there: real") {
 		t.Fatalf("check of a typo: exit %d %q", r.code, r.stderr)
+	}
+}
+
+// TestCheckUnknownModalPool is TestCheckUnknownPool on the Modal backend (issue
+// 13 case 8): a typo in --pool says the pool does not exist, exits 1 and
+// creates nothing: no app, no queue, no sandbox.
+func TestCheckUnknownModalPool(t *testing.T) {
+	f := startModalFake(t)
+	env := modalEnv(t, t.TempDir(), append(f.Env(), "SANDBOXPOOL_BACKEND=modal")...)
+	unknown := func(want string) {
+		t.Helper()
+		for _, args := range [][]string{{"check", "--pool", "typo"}, {"check", "--json", "--pool", "typo"}} {
+			r := cli(t, env, args...)
+			if r.code != 1 || !strings.Contains(r.stderr, `pool "typo" does not exist`) || !strings.Contains(r.stderr, want) ||
+				strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+				t.Fatalf("%v: exit %d, %q: want exit 1 and one line saying the pool does not exist (%s)", args, r.code, r.stderr, want)
+			}
+			if r.stdout != "" {
+				t.Errorf("%v printed %q", args, r.stdout)
+			}
+		}
+	}
+	unknown("no app")
+	if objs := f.Objects(); len(objs) != 0 || len(f.Sandboxes()) != 0 {
+		t.Fatalf("check of an unknown pool created %v and %d sandboxes", objs, len(f.Sandboxes()))
+	}
+	// Once another pool exists (its app too), check names that one; the typo
+	// still creates nothing.
+	if r := cli(t, env, "terminate", "--all", "--pool", "real"); r.code != 0 {
+		t.Fatalf("terminate --all: %d %s", r.code, r.stderr)
+	}
+	if r := cli(t, env, "check", "--pool", "real"); r.code != 0 || !strings.Contains(r.stdout, "target 0") {
+		t.Fatalf("check of a pool torn down: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	before := f.Objects()
+	unknown(`no queue "sandboxpool-typo"`)
+	if after := f.Objects(); !slices.Equal(before, after) || len(f.Sandboxes()) != 0 {
+		t.Fatalf("check of an unknown pool created objects: %v, then %v", before, after)
 	}
 }

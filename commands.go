@@ -268,7 +268,9 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolV
 	if err := mustExist(o, cfg.Pool); err != nil {
 		return httpapi.PoolView{}, err
 	}
-	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler), false)
+	ro := *o
+	ro.mustExist = true // Modal: looked up, never created
+	p, err := openPool(ctx, &ro, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return httpapi.PoolView{}, err
 	}
@@ -283,7 +285,8 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolV
 // mustExist makes a read-only command on a pool that was never made (a typo
 // in --pool) say so instead of creating it: nothing is opened, started or
 // written. Local pools are their store file (filestore: DIR/POOL.json); a
-// Modal pool's queue is looked up by the backend itself.
+// Modal pool's app and queue are looked up by the backend itself
+// (modalx.Options.MustExist).
 func mustExist(o *options, name string) error {
 	if o.backend != "local" {
 		return nil

@@ -52,6 +52,9 @@ type options struct {
 	logLevel       string
 	// ttlSet and useSet say --ttl and --use-duration were given (flag or env).
 	ttlSet, useSet bool
+	// mustExist: a read-only command (check) creates nothing of a pool never
+	// made (on Modal: no app, no queue).
+	mustExist bool
 }
 
 func (o *options) register(fs *pflag.FlagSet) {

@@ -63,7 +63,7 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 		be, st = lb, fs
 		closers = append(closers, func() { _ = fs.Close() })
 	case "modal":
-		mb, ms, err := modalx.New(ctx, modalx.Options{Pool: cfg.Pool, App: o.modalApp, Image: o.image, Cmd: o.cmd, Port: o.port, Logger: logger})
+		mb, ms, err := modalx.New(ctx, modalx.Options{Pool: cfg.Pool, App: o.modalApp, Image: o.image, Cmd: o.cmd, Port: o.port, Logger: logger, MustExist: o.mustExist})
 		if err != nil {
 			return nil, err
 		}

@@ -60,7 +60,14 @@ type Options struct {
 	TunnelTimeout time.Duration
 	// Logger receives the SDK's logs; nil discards them (they would garble a TUI).
 	Logger *slog.Logger
+	// MustExist (read-only commands such as check): the App and the pool's
+	// Queue are looked up, never created; New fails with ErrPoolNotFound
+	// when either is missing, having created nothing.
+	MustExist bool
 }
+
+// ErrPoolNotFound is New's error, with Options.MustExist, for a pool never made.
+var ErrPoolNotFound = errors.New("pool does not exist")
 
 // core is what a pool's Backend and Store share: one SDK client, the App,
 // and what List learnt from tags.
@@ -164,16 +171,25 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 		c.raw = pb.NewModalClientClient(conn)
 		c.conn = conn
 	}
-	c.app, err = client.Apps.FromName(ctx, opts.App, &modal.AppFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
+	notFound := func(what string) error {
+		return fmt.Errorf("pool %q does not exist on Modal (%s); nothing was created: %w", opts.Pool, what, ErrPoolNotFound)
+	}
+	c.app, err = client.Apps.FromName(ctx, opts.App, &modal.AppFromNameParams{Environment: opts.Environment, CreateIfMissing: !opts.MustExist})
 	if err != nil {
 		c.lifeStop()
 		client.Close()
+		if opts.MustExist && isNotFound(err) {
+			return nil, nil, notFound(fmt.Sprintf("no app %q", opts.App))
+		}
 		return nil, nil, wrap(fmt.Sprintf("looking up Modal app %q", opts.App), err)
 	}
-	q, err := client.Queues.FromName(ctx, QueueName(opts.Pool), &modal.QueueFromNameParams{Environment: opts.Environment, CreateIfMissing: true})
+	q, err := client.Queues.FromName(ctx, QueueName(opts.Pool), &modal.QueueFromNameParams{Environment: opts.Environment, CreateIfMissing: !opts.MustExist})
 	if err != nil {
 		c.lifeStop()
 		client.Close()
+		if opts.MustExist && isNotFound(err) {
+			return nil, nil, notFound(fmt.Sprintf("no queue %q in app %q", QueueName(opts.Pool), opts.App))
+		}
 		return nil, nil, wrap(fmt.Sprintf("opening Modal queue %q", QueueName(opts.Pool)), err)
 	}
 	return &Backend{c: c}, &Store{c: c, q: q, pcs: map[string]*partCache{}}, nil

@@ -3,6 +3,7 @@ package fakemodal
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -287,4 +288,20 @@ func (v *service) QueueNextItems(ctx context.Context, r *pb.QueueNextItemsReques
 		return nil, err
 	}
 	return pb.QueueNextItemsResponse_builder{Items: out}.Build(), nil
+}
+
+// Objects lists the names of the apps ("app:<env>/<name>") and named queues
+// ("queue:<name>") the fake holds, sorted: what a test checks was created.
+func (s *Server) Objects() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for k := range s.apps {
+		out = append(out, "app:"+k)
+	}
+	for k := range s.queueNames {
+		out = append(out, "queue:"+k)
+	}
+	sort.Strings(out)
+	return out
 }
