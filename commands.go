@@ -279,7 +279,11 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolV
 	if err != nil {
 		return httpapi.PoolView{}, err
 	}
-	return httpapi.NewPoolView(snap), nil
+	view := httpapi.NewPoolView(snap)
+	if holder, err := p.ctrl.LeaseHolder(ctx); err == nil && !holder.IsZero() {
+		view.MaintainedBy = &holder
+	}
+	return view, nil
 }
 
 // mustExist makes a read-only command on a pool that was never made (a typo
@@ -326,6 +330,11 @@ func printPool(w io.Writer, v httpapi.PoolView) {
 	fmt.Fprintf(w, "pool %s (%s): target %d, ready %d, creating %d, warming %d, unhealthy %d, expiring %d, claimed %d\n",
 		v.Pool, v.Backend, v.Target, c.Ready, c.Creating, c.Warming, c.Unhealthy, c.Expiring, c.Claimed)
 	fmt.Fprintf(w, "warm-hit ratio %.0f%%, waste %.0f sandbox-seconds ready and never claimed\n", v.WarmHitRatio*100, v.WasteSeconds)
+	if m := v.MaintainedBy; m != nil {
+		fmt.Fprintf(w, "maintained by %s\n", m)
+	} else {
+		fmt.Fprintln(w, "no controller maintains it (start one with sandboxpool run or the dashboard)")
+	}
 	if a := v.Autosize; a != nil && a.On {
 		fmt.Fprintf(w, "autosize on: target %d (auto: %.1f claims/s x %.1f s), between %d and %d, falls no faster than %s\n",
 			v.Target, a.ClaimsPerSecond, a.TimeToReadySeconds, a.MinSize, a.MaxSize, time.Duration(a.WindowSeconds*float64(time.Second)))

@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -84,7 +86,7 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 	if !controller {
 		role = pool.RoleBackfill // only `claim` serves without being a controller command
 	}
-	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Role: role})
+	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Role: role, Command: commandLine(os.Args)})
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -161,6 +163,32 @@ func (p *opened) followJournal() {
 		})
 	}()
 	p.follow = func() { cancel(); <-done }
+}
+
+// commandLine is this process's command line for the lease record (who
+// maintains the pool), without secrets: a --token value is never shown.
+func commandLine(args []string) string {
+	out := []string{"sandboxpool"}
+	hide := false
+	for _, a := range args[1:] {
+		switch {
+		case hide:
+			a, hide = "***", false
+		case a == "--token":
+			hide = true
+		case strings.HasPrefix(a, "--token="):
+			a = "--token=***"
+		}
+		if a == "" || strings.ContainsAny(a, " \t\n'\"") {
+			a = strconv.Quote(a)
+		}
+		out = append(out, a)
+	}
+	line := strings.Join(out, " ")
+	if r := []rune(line); len(r) > 200 {
+		line = string(r[:199]) + "…"
+	}
+	return line
 }
 
 func isAddrInUse(err error) bool { return errors.Is(err, syscall.EADDRINUSE) }
@@ -292,6 +320,7 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 		}
 		s.apiAddr = addr
 		s.setAPIStatus(addr)
+		p.ctrl.SetAPI(addr)
 		logAPI(logger, o, addr)
 		s.apiDone = make(chan struct{})
 		go func() {
@@ -324,6 +353,7 @@ func (s *serving) bindLater(ctx context.Context, o *options, api *httpapi.API, l
 			return
 		}
 		s.setAPIStatus(addr)
+		s.ctrl.SetAPI(addr)
 		logger.Info("API address free now: serving it", "listen", o.listen)
 		logAPI(logger, o, addr)
 		s.apiStopped(<-errc, logger)
@@ -336,6 +366,7 @@ func (s *serving) apiStopped(err error, logger *slog.Logger) {
 	if err == nil {
 		return
 	}
+	s.ctrl.SetAPI("")
 	s.setAPIStatus("off (" + oneLine(err.Error()) + ")")
 	logger.Error("API stopped", "err", err)
 }

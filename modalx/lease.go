@@ -200,7 +200,8 @@ func (s *Store) wanted(ctx context.Context, now time.Time) (wantRec, bool, error
 // Lease is a held controller lease. It implements pool.Lease.
 type Lease struct {
 	s      *Store
-	holder pool.LeaseRecord
+	hmu    sync.Mutex
+	holder pool.LeaseRecord // guarded by hmu
 	epoch  atomic.Int64
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -225,7 +226,32 @@ func (l *Lease) extend(t0 time.Time) {
 func (l *Lease) validUntil() time.Time { return time.Unix(0, l.valid.Load()) }
 
 // Holder is who holds this lease.
-func (l *Lease) Holder() pool.LeaseRecord { return l.holder }
+func (l *Lease) Holder() pool.LeaseRecord {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	return l.holder
+}
+
+// UpdateHolder changes what the lease record says of its holder (the API
+// bound after the lease was taken); the next heartbeat, at once, writes it.
+func (l *Lease) UpdateHolder(h pool.LeaseRecord) error {
+	l.hmu.Lock()
+	if !sameHolder(h, l.holder) {
+		l.hmu.Unlock()
+		return fmt.Errorf("lease holder %s cannot become %s", l.holder, h)
+	}
+	l.holder = h
+	l.hmu.Unlock()
+	l.beatNow()
+	return nil
+}
+
+// sameHolder says two records name one holder, whatever they say of its API
+// (UpdateHolder changes it).
+func sameHolder(a, b pool.LeaseRecord) bool {
+	a.API, b.API = "", ""
+	return a.Same(b)
+}
 
 // Lost is closed when another controller took the lease over (this one's
 // heartbeat went stale, e.g. a long pause, and someone else took it). An
@@ -300,15 +326,16 @@ func (l *Lease) beat(ctx context.Context) error {
 		return err
 	}
 	epoch := l.epoch.Load()
-	if cur.Epoch > epoch || (cur.Epoch == epoch && !cur.Holder.Same(l.holder)) {
+	holder := l.Holder()
+	if cur.Epoch > epoch || (cur.Epoch == epoch && !sameHolder(cur.Holder, holder)) {
 		return errLeaseLost
 	}
-	if isBackfill(l.holder) {
+	if isBackfill(holder) {
 		if _, ok, err := l.s.wanted(ctx, l.s.now()); err == nil && ok {
 			return errYield
 		}
 	}
-	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: l.holder, Epoch: epoch, At: l.s.now().UTC()})); err != nil {
+	if err := l.s.put(ctx, partLease, encode(leaseRec{Holder: holder, Epoch: epoch, At: l.s.now().UTC()})); err != nil {
 		return err
 	}
 	l.extend(t0)

@@ -117,6 +117,8 @@ type Controller struct {
 
 	// Lease and loop (guarded by mu).
 	lease    Lease
+	leaseRec LeaseRecord // what the lease held now says (Since and API set)
+	apiAddr  string      // the API as bound (SetAPI), for the lease record
 	nextPass time.Time
 	role     Role
 	holder   LeaseRecord

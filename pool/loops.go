@@ -138,14 +138,48 @@ func (c *Controller) acquire(ctx context.Context) error {
 	}
 	rec := c.leaseAs
 	rec.Since = c.clk.Now().UTC()
+	c.mu.Lock()
+	rec.API = cmp.Or(c.apiAddr, rec.API)
+	c.mu.Unlock()
 	lease, err := leaser.AcquireLease(ctx, rec)
 	if err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.lease = lease
+	c.lease, c.leaseRec = lease, rec
+	if c.apiAddr != "" && c.apiAddr != rec.API { // bound meanwhile
+		rec.API = c.apiAddr
+		c.leaseRec = rec
+		c.updateLeaseLocked()
+	}
 	c.mu.Unlock()
 	return nil
+}
+
+// LeaseUpdater is a Lease whose record can say more once taken (the API's
+// address, bound after the lease was taken). Identity (host, pid, role,
+// since) never changes.
+type LeaseUpdater interface {
+	UpdateHolder(LeaseRecord) error
+}
+
+// SetAPI says where this process serves the HTTP API ("" when it does not):
+// it goes into the lease record, now if held, so that check and the
+// dashboards say where the controller's API is.
+func (c *Controller) SetAPI(addr string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.apiAddr = addr
+	if c.lease != nil && c.leaseRec.API != addr {
+		c.leaseRec.API = addr
+		c.updateLeaseLocked()
+	}
+}
+
+func (c *Controller) updateLeaseLocked() {
+	if u, ok := c.lease.(LeaseUpdater); ok {
+		_ = u.UpdateHolder(c.leaseRec) // best effort: the record only informs
+	}
 }
 
 // Watch follows the pool without ever maintaining it (a read-only

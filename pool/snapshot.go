@@ -17,6 +17,9 @@ func (c *Controller) Snapshot() Snapshot {
 		Counts: make(map[State]int, len(States)), NextPass: c.nextPass,
 		Role: c.role, LeaseHolder: c.holder.String(), Lease: c.holder, Stats: c.stats,
 	}
+	if c.role == RoleController && c.lease != nil {
+		s.Lease = c.leaseRec // this process: its own record
+	}
 	if c.backoffUntil.After(now) {
 		s.BackoffUntil = c.backoffUntil
 	}

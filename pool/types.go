@@ -176,7 +176,8 @@ type LeaseRecord struct {
 	Pid  int    `json:"pid,omitempty"`
 	// Role is RoleController or RoleBackfill.
 	Role Role `json:"role,omitempty"`
-	// Command is what the holder runs: "run", "dashboard", "maintain", "claim".
+	// Command is the holder's command line, secrets left out
+	// ("sandboxpool run --size 5 --token ***").
 	Command string `json:"command,omitempty"`
 	// API is the address the holder serves the HTTP API on ("" when none).
 	API   string    `json:"api,omitempty"`
@@ -194,15 +195,13 @@ func (r LeaseRecord) Same(o LeaseRecord) bool {
 		r.API == o.API && r.Since.Equal(o.Since)
 }
 
-// String names the holder in one line: "run pid 42 on build-1 (api 127.0.0.1:7780)".
+// String names the holder in one line:
+// "pid 42 on build-1 (api 127.0.0.1:7780): sandboxpool run --size 5".
 func (r LeaseRecord) String() string {
 	if r.IsZero() {
 		return ""
 	}
 	s := ""
-	if r.Command != "" {
-		s = r.Command + " "
-	}
 	if r.Pid != 0 {
 		s += "pid " + strconv.Itoa(r.Pid) + " on "
 	}
@@ -212,6 +211,9 @@ func (r LeaseRecord) String() string {
 		s += " (a claim's backfill)"
 	case r.API != "":
 		s += " (api " + r.API + ")"
+	}
+	if r.Command != "" {
+		s += ": " + r.Command
 	}
 	return strings.TrimSpace(strings.ReplaceAll(s, "\n", " "))
 }
@@ -282,7 +284,8 @@ type Snapshot struct {
 	// when another does, RoleNone when no loop runs here.
 	Role Role
 	// LeaseHolder names the controller when this process is a viewer
-	// (Lease.String()); Lease is the whole record.
+	// (Lease.String()); Lease is the whole record, this process's own when
+	// it is the controller.
 	LeaseHolder string
 	Lease       LeaseRecord
 	// LastError is the last backend or store error, cleared by a success.

@@ -56,20 +56,28 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 		case <-ctx.Done():
 		}
 	}
-	// Written atomically so a reader sees the old holder or the new one, never half.
-	tmp := s.holderPath() + ".tmp"
+	if err := writeHolder(s.holderPath(), holder); err != nil {
+		fl.Unlock()
+		return nil, err
+	}
+	return &lease{fl: fl, holderPath: s.holderPath()}, nil
+}
+
+// writeHolder writes who holds the lease, atomically so a reader sees the
+// old holder or the new one, never half.
+func writeHolder(path string, holder pool.LeaseRecord) error {
+	tmp := path + ".tmp"
 	data, err := json.Marshal(holder)
 	if err == nil {
 		err = os.WriteFile(tmp, append(data, '\n'), 0o600)
 	}
 	if err == nil {
-		err = os.Rename(tmp, s.holderPath())
+		err = os.Rename(tmp, path)
 	}
 	if err != nil {
-		fl.Unlock()
-		return nil, fmt.Errorf("lease holder %s: %w", s.holderPath(), err)
+		return fmt.Errorf("lease holder %s: %w", path, err)
 	}
-	return &lease{fl: fl, holderPath: s.holderPath()}, nil
+	return nil
 }
 
 // LeaseHolder says who holds the lease now, "" when nobody does.
@@ -111,11 +119,28 @@ type lease struct {
 	holderPath string
 	once       sync.Once
 	err        error
+
+	mu       sync.Mutex // UpdateHolder against Release: the name is the next holder's after
+	released bool
+}
+
+// UpdateHolder rewrites what the holder record says (the API bound after
+// the lease was taken), while the lease is held.
+func (l *lease) UpdateHolder(holder pool.LeaseRecord) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.released {
+		return nil
+	}
+	return writeHolder(l.holderPath, holder)
 }
 
 // Release gives the lease up; later calls do nothing.
 func (l *lease) Release() error {
 	l.once.Do(func() {
+		l.mu.Lock()
+		l.released = true
+		l.mu.Unlock()
 		// Remove the name while still holding the lock: afterwards it may be the next holder's.
 		if err := os.Remove(l.holderPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			l.err = err

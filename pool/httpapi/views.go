@@ -31,6 +31,9 @@ type PoolView struct {
 	// Error says what is wrong with the pool now (GET /v1/pool; /healthz is
 	// 503 meanwhile); absent when all is well.
 	Error string `json:"error,omitempty"`
+	// MaintainedBy is the controller lease's holder: who maintains the pool,
+	// its command line (no secrets) and API; absent when nobody does.
+	MaintainedBy *pool.LeaseRecord `json:"maintained_by,omitempty"`
 }
 
 // AutosizeView is why the target is what it is (SPEC --autosize).
@@ -145,6 +148,10 @@ func NewPoolView(s pool.Snapshot) PoolView {
 	if a := s.Autosize; a.On || a.Off != "" {
 		v.Autosize = &AutosizeView{On: a.On, ClaimsPerSecond: round(a.Rate, 2), TimeToReadySeconds: round(a.TimeToReady.Seconds(), 2),
 			MinSize: a.Min, MaxSize: a.Max, WindowSeconds: a.Window.Seconds(), Off: a.Off}
+	}
+	if !s.Lease.IsZero() {
+		l := s.Lease
+		v.MaintainedBy = &l
 	}
 	if c := s.Cost; c.PricePerHour > 0 {
 		v.Cost = &CostView{PricePerHour: c.PricePerHour, Sandboxes: c.Sandboxes, CostPerHour: round(c.PerHour(), 4),
