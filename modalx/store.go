@@ -773,17 +773,80 @@ func (s *Store) rebuild(ctx context.Context) error {
 			pooled[r.ID] = true
 		}
 	}
-	for _, t := range ts {
+	// In parallel (a rebuild of a few dozen sandboxes one RPC at a time
+	// took seconds on a slow control plane, every process's view of the
+	// pool stale meanwhile): claims' bids and each unclaimed one's bid
+	// check at once, then the records in one put per partition.
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		errs []error
+		logs = map[string][]any{}
+		recs = make([]any, len(ts))
+		sem  = make(chan struct{}, 16)
+	)
+	for i, t := range ts {
 		if pooled[t.ref.ID] {
 			continue
 		}
-		if t.claimedBy != "" {
-			if err := s.restoreClaim(ctx, pool.Entry{Ref: t.ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}); err != nil {
-				return err
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			var err error
+			if t.claimedBy != "" {
+				e := pool.Entry{Ref: t.ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}
+				if err = s.put(ctx, bidPart(e.ID), encode(bidRec{Op: "claim", By: e.ClaimedBy, Nonce: nonce(), At: e.ClaimedAt})); err == nil {
+					mu.Lock()
+					logs[logPart(e.ExpiresAt)] = append(logs[logPart(e.ExpiresAt)], encode(logRec{Op: "claim", Entry: e}))
+					mu.Unlock()
+				}
+			} else {
+				var first any
+				var bid bool
+				if first, bid, err = s.head(ctx, bidPart(t.ref.ID)); err == nil && bid {
+					err = s.putDecided(ctx, t.ref, first)
+				} else if err == nil {
+					mu.Lock()
+					recs[i] = encode(poolRec{ID: t.ref.ID, URL: t.ref.URL, CreatedAt: t.ref.CreatedAt.UTC(), ExpiresAt: t.ref.ExpiresAt.UTC()})
+					mu.Unlock()
+				}
 			}
-		} else if err := s.Put(ctx, t.ref); err != nil && !errors.Is(err, pool.ErrNotPooled) {
-			return err
+			if err != nil && !errors.Is(err, pool.ErrNotPooled) {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return storeErr("rebuilding the pool's queue", err)
+	}
+	var put []any // oldest first, as ts is sorted
+	for _, r := range recs {
+		if r != nil {
+			put = append(put, r)
 		}
+	}
+	if len(put) > 0 {
+		logs[partPool] = put
+	}
+	for part, vals := range logs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.put(ctx, part, vals...); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return storeErr("rebuilding the pool's queue", err)
 	}
 	// A marker without a target: the target is not in the tags.
 	if err := s.put(ctx, partMeta, encode(metaRec{At: time.Now().UTC()})); err != nil {
