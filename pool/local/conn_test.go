@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 // A Backend keeps its connection to the agent between calls, closes it once
@@ -48,13 +50,7 @@ func TestKeptConnection(t *testing.T) {
 	if now := kept(); len(now) != 1 || now[0] != first[0] {
 		t.Fatalf("sequential calls used %d other connections, want the kept one", len(now))
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(kept()) > 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("a connection unused for %s is still kept", b.keepIdle)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "the connection unused for keepIdle closed", func() bool { return len(kept()) == 0 })
 
 	c, err := net.Dial("unix", b.paths.sock)
 	if err != nil {
