@@ -731,6 +731,9 @@ func (c *Controller) WaitAtTarget(ctx context.Context, progress func(Snapshot)) 
 	tick := c.clk.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		// Taken before the check: a creation's end (creating back to 0)
+		// comes after its last event, and is signalled only here.
+		changed := c.changeSignal()
 		snap := c.Snapshot()
 		if progress != nil {
 			progress(snap)
@@ -748,6 +751,7 @@ func (c *Controller) WaitAtTarget(ctx context.Context, progress func(Snapshot)) 
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-sub:
+		case <-changed:
 		case <-tick.Chan():
 		}
 	}
