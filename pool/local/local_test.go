@@ -592,7 +592,7 @@ func TestIdleExit(t *testing.T) {
 	b := newBackend(t, local.Options{IdleExit: 300 * time.Millisecond})
 	ref := mustCreate(t, b, time.Minute)
 	agent := agentPid(t, b)
-	time.Sleep(600 * time.Millisecond) // a sandbox keeps it testkit.Alive, however quiet
+	time.Sleep(600 * time.Millisecond) // a sandbox keeps it alive, however quiet
 	if !testkit.Alive(agent) {
 		t.Fatal("the agent exited with a sandbox running")
 	}
