@@ -129,24 +129,8 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		}
 		now := c.clk.Now()
 		tr := TakeRequest{MinExpiresAt: now.Add(c.useDur()), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()}
-		// A sandbox that needs no probe gets its claim record in the
-		// backend while the store flushes the claim, not after. One that
-		// needs a probe gets it after, so that a claimer leaving during the
-		// probe can give it back.
-		var recorded <-chan struct{}
-		if _, isRec := c.be.(ClaimRecorder); isRec {
-			tr.OnTaken = func(e Entry) {
-				if !o.CheckHealth || c.freshNoWait(e.ID, now) {
-					recorded = c.recordClaimAsync(e)
-				}
-			}
-		}
 		got, dropped, ok, err := c.st.Take(ctx, tr)
 		if err != nil {
-			// A claim record sent for a take that failed stays: that
-			// sandbox is never handed out, the next full pass leaves it
-			// out of the pool (claimed, the backend says) and it runs
-			// until its expiry, as a claimer's would.
 			err = fmt.Errorf("claim from the store: %w", err)
 			if ctx.Err() == nil {
 				c.report(ProblemStore, opWrite, "", err)
@@ -161,10 +145,6 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		}
 		if !ok {
 			return Entry{}, false, nil
-		}
-		if recorded != nil {
-			<-recorded
-			return got, true, nil
 		}
 		if o.CheckHealth && !c.freshlyHealthy(got.ID, now) {
 			h := c.probe(ctx, got.URL)
@@ -228,16 +208,6 @@ func (c *Controller) freshlyHealthy(id string, now time.Time) bool {
 	return h.OK && now.Sub(h.CheckedAt) < c.cfg.HealthFresh
 }
 
-// freshNoWait is freshlyHealthy for code inside a store transaction, which
-// must not wait for c.mu.
-func (c *Controller) freshNoWait(id string, now time.Time) bool {
-	if c.cfg.HealthFresh <= 0 {
-		return false
-	}
-	at, ok := c.healthOK.Load(id)
-	return ok && now.Sub(at.(time.Time)) < c.cfg.HealthFresh
-}
-
 // recordClaim tells a backend that keeps its own record of claims (the
 // local agent, Modal tags) that e was handed out, so that losing or
 // replacing the store never puts it back in the pool. The store's record
@@ -254,19 +224,6 @@ func (c *Controller) recordClaim(e Entry) {
 	} else if err == nil {
 		c.resolve(ProblemBackend, opRecord)
 	}
-}
-
-// recordClaimAsync runs recordClaim in the background; the channel is
-// closed when it is done.
-func (c *Controller) recordClaimAsync(e Entry) <-chan struct{} {
-	done := make(chan struct{})
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		defer close(done)
-		c.recordClaim(e)
-	}()
-	return done
 }
 
 // giveBack returns a taken sandbox to the pool. A store that cannot take an

@@ -226,7 +226,7 @@ func TestProbeAheadKeepsTheHeadFresh(t *testing.T) {
 		t.Fatalf("claimed %s (%v) with %d probes, want %s with its probe ahead only", got.ID, err, p.count(next), pooled[1].ID)
 	}
 	if by := h.be.ClaimedBy(got.ID); by != "cli" {
-		t.Fatalf("backend record of %s: %q, want cli (sent while the store wrote the claim)", got.ID, by)
+		t.Fatalf("backend record of %s: %q, want cli", got.ID, by)
 	}
 }
 

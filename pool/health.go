@@ -104,16 +104,10 @@ func (c *Controller) probe(ctx context.Context, url string) Health {
 // setHealthLocked records a probe's result.
 func (c *Controller) setHealthLocked(id string, h Health) {
 	c.health[id] = h
-	if h.OK {
-		c.healthOK.Store(id, h.CheckedAt)
-	} else {
-		c.healthOK.Delete(id)
-	}
 }
 
 func (c *Controller) dropHealthLocked(id string) {
 	delete(c.health, id)
-	c.healthOK.Delete(id)
 }
 
 // probeParallel bounds how many health checks run at once, so one hung

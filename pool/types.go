@@ -132,12 +132,6 @@ type TakeRequest struct {
 	// being too short; a claimer in another process skips them, since its
 	// idea of "too short" may not be the pool's.
 	KeepShort bool
-	// OnTaken, when set, may be called once the store has chosen the entry
-	// to hand out, before the claim is durable (while its write is flushed),
-	// so that work the answer waits for anyway (the backend's claim record)
-	// runs meanwhile. It must be quick and must not call the store. A store
-	// need not call it; when the take then fails, the entry was not claimed.
-	OnTaken func(Entry)
 }
 
 // Lease is held by the one controller that maintains a pool (SPEC Behaviour 6).

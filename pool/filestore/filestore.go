@@ -725,9 +725,6 @@ func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (taken pool.Entry
 		}
 		if ok {
 			w.add(record{Op: "claim", ID: taken.ID, By: tr.ClaimedBy, At: tr.Now})
-			if tr.OnTaken != nil {
-				tr.OnTaken(taken) // runs while the batch is flushed
-			}
 		}
 	})
 	if err != nil {

@@ -250,23 +250,6 @@ func TestTake(t *testing.T) {
 			t.Fatalf("left %q, want short ones kept", got)
 		}
 	})
-	t.Run("on taken", func(t *testing.T) {
-		// The caller hears which entry it gets before the claim is flushed,
-		// and hears nothing when there is none.
-		s := open(t, t.TempDir())
-		seed(t, s, pool.Stored{Entries: []pool.Entry{{Ref: ref("a", 200)}}})
-		var heard []string
-		tr := pool.TakeRequest{MinExpiresAt: minExp, ClaimedBy: "cli", Now: t0,
-			OnTaken: func(e pool.Entry) { heard = append(heard, e.ID+"/"+e.ClaimedBy) }}
-		for range 2 {
-			if _, _, _, err := s.Take(context.Background(), tr); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if !slices.Equal(heard, []string{"a/cli"}) {
-			t.Fatalf("OnTaken heard %v, want [a/cli]", heard)
-		}
-	})
 }
 
 func TestRemove(t *testing.T) {

@@ -306,9 +306,6 @@ func (s *Store) Take(_ context.Context, r pool.TakeRequest) (pool.Entry, []pool.
 		}
 	}
 	s.s.Entries = kept
-	if found && r.OnTaken != nil {
-		r.OnTaken(got)
-	}
 	return got, dropped, found, nil
 }
 
