@@ -228,7 +228,9 @@ func (c *Controller) recordClaim(e Entry) {
 
 // giveBack returns a taken sandbox to the pool. A store that cannot take an
 // id back (Modal records every claim, and its tags say claimed, so reconcile
-// would never reap it) says ErrNotPooled: it is nobody's, and terminated.
+// would never reap it) says ErrNotPooled: it is nobody's, and terminated for
+// the claimer that left (a pooled sandbox gone: it explains its replacement,
+// which starts at once).
 func (c *Controller) giveBack(e Entry, by string) {
 	ctx, cancel := context.WithTimeout(c.life, 10*time.Second)
 	defer cancel()
@@ -242,7 +244,8 @@ func (c *Controller) giveBack(e Entry, by string) {
 		c.forget(e.ID)
 		unpooled := e
 		unpooled.ClaimedBy = "" // never really handed out
-		c.terminateAsync(unpooled, ReasonOrphan, by)
+		c.terminateAsync(unpooled, ReasonUser, by)
+		c.Kick()
 	case err != nil:
 		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 	}
