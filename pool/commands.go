@@ -197,6 +197,13 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	now := c.clk.Now()
 	c.mu.Lock()
 	c.doomed[e.ID] = true
+	if c.killing[e.ID] {
+		// Already on its way out (a pass met it still listed): one call,
+		// one count, one event.
+		c.mu.Unlock()
+		return nil
+	}
+	c.killing[e.ID] = true
 	c.recent[e.ID] = Sandbox{ID: e.ID, URL: e.URL, State: StateTerminating, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt}
 	if !e.Claimed() && !e.CreatedAt.IsZero() && reason != ReasonFailed {
 		c.stats.WasteSeconds += now.Sub(e.CreatedAt).Seconds()
@@ -211,6 +218,7 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	defer cancel()
 	err := c.be.Terminate(tctx, e.ID)
 	c.mu.Lock()
+	delete(c.killing, e.ID)
 	delete(c.recent, e.ID)
 	if err == nil {
 		c.terminations[reason]++

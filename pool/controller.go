@@ -86,6 +86,7 @@ type Controller struct {
 	health   map[string]Health
 	rotated  map[string]bool      // pooled sandboxes whose replacement started (rotation)
 	doomed   map[string]bool      // terminated by us: never adopt again
+	killing  map[string]bool      // a Terminate call in flight: a second one waits for nothing
 	suspects map[string]bool      // orphans seen by the last pass
 	adopted  map[string]time.Time // when this controller last adopted a live sandbox
 	recent   map[string]Sandbox
@@ -167,6 +168,7 @@ func New(o Options) (*Controller, error) {
 		rotated:      map[string]bool{},
 		limit:        newCreationLimit(o.Config.MaxCreating),
 		doomed:       map[string]bool{},
+		killing:      map[string]bool{},
 		recent:       map[string]Sandbox{},
 		failedAt:     map[string]time.Time{},
 		terminations: map[string]int64{},
