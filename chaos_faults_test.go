@@ -230,6 +230,12 @@ func (r *chaosRun) viewerTakeover(dashArgs ...string) {
 			if out, err := x.tmux("kill-server"); err != nil && !strings.Contains(out, "no server") {
 				t.Logf("tmux kill-server: %v %s", err, out)
 			}
+			// tmux leaves its socket behind.
+			dir := os.Getenv("TMUX_TMPDIR")
+			if dir == "" {
+				dir = "/tmp"
+			}
+			_ = os.Remove(filepath.Join(dir, fmt.Sprintf("tmux-%d", os.Getuid()), r.tmuxSocket))
 		})
 	})
 	args := append([]string{"new-session", "-d", "-s", x.pane, "-x", "100", "-y", "30", "--", binary,
