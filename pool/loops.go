@@ -282,7 +282,7 @@ func (c *Controller) untilNextPass(next time.Time) time.Duration {
 	now := c.clk.Now()
 	c.mu.Lock()
 	leads := c.leadsLocked()
-	for _, e := range c.stored.Entries {
+	for i, e := range c.stored.Entries {
 		if e.Claimed() {
 			continue
 		}
@@ -293,10 +293,10 @@ func (c *Controller) untilNextPass(next time.Time) time.Duration {
 				next = at
 			}
 		}
-		if c.rotated[e.ID] || !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), leads[e.ID]) {
+		if c.rotated[e.ID] || !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), leads[i]) {
 			continue
 		}
-		if at := RotationAt(e.ExpiresAt, c.useDur(), leads[e.ID]); at.Before(next) {
+		if at := RotationAt(e.ExpiresAt, c.useDur(), leads[i]); at.Before(next) {
 			next = at
 		}
 	}

@@ -274,11 +274,11 @@ func (c *Controller) resize(target int, now time.Time) {
 	c.mu.Lock()
 	leads := c.leadsLocked()
 	var counted []Entry
-	for _, e := range c.stored.Entries {
+	for i, e := range c.stored.Entries {
 		if e.Claimed() {
 			continue
 		}
-		if c.countsLocked(e, now, leads) {
+		if c.countsLocked(e, now, leads[i]) {
 			counted = append(counted, e)
 		}
 	}
@@ -368,8 +368,8 @@ func (c *Controller) topUp() {
 // sandboxes that stay good past the lead, and creations not cancelled.
 func (c *Controller) countedLocked(now time.Time) (counted, active int) {
 	leads := c.leadsLocked()
-	for _, e := range c.stored.Entries {
-		if !e.Claimed() && c.countsLocked(e, now, leads) {
+	for i, e := range c.stored.Entries {
+		if !e.Claimed() && c.countsLocked(e, now, leads[i]) {
 			counted++
 		}
 	}
@@ -408,11 +408,11 @@ func (c *Controller) shrink(victims []Entry, target int) {
 // and not rotated out. Once rotated out (its replacement started) it never
 // counts again, even if the lead shrinks as the queue drains: counting it
 // again would make its replacement surplus, and churn.
-func (c *Controller) countsLocked(e Entry, now time.Time, leads map[string]time.Duration) bool {
+func (c *Controller) countsLocked(e Entry, now time.Time, lead time.Duration) bool {
 	if !IsGood(e.ExpiresAt, c.health[e.ID], now, c.useDur()) || c.rotated[e.ID] {
 		return false
 	}
-	if !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), leads[e.ID]) {
+	if !CountsTowardTarget(e.ExpiresAt, now, c.useDur(), lead) {
 		c.rotated[e.ID] = true
 		return false
 	}
@@ -423,29 +423,32 @@ func (c *Controller) countsLocked(e Entry, now time.Time, leads map[string]time.
 // it stops being good its replacement must start, including the wait
 // behind the replacements of the sandboxes that stop being good about when
 // it does (RotationLeads), so that a whole fill expiring together is
-// replaced in time.
-func (c *Controller) leadsLocked() map[string]time.Duration {
+// replaced in time. The answer is indexed as c.stored.Entries (claimed
+// entries get 0): it is asked on every pass and every creation's end, so it
+// builds no map, and sorts only when the entries are not in expiry order
+// already (the stores and applyWrite keep them so).
+func (c *Controller) leadsLocked() []time.Duration {
 	p95 := P95(c.readyTimes, c.cfg.HealthTimeout)
 	use, maxLead := c.useDur(), (c.ttlDur()-c.useDur())/2
-	type end struct {
-		id string
-		at time.Time
-	}
-	ends := make([]end, 0, len(c.stored.Entries))
-	for _, e := range c.stored.Entries {
+	entries := c.stored.Entries
+	pooled := make([]int, 0, len(entries)) // indexes of unclaimed entries, by good-end
+	for i, e := range entries {
 		if !e.Claimed() {
-			ends = append(ends, end{e.ID, e.ExpiresAt.Add(-use)})
+			pooled = append(pooled, i)
 		}
 	}
-	slices.SortFunc(ends, func(a, b end) int { return a.at.Compare(b.at) })
-	at := make([]time.Time, len(ends))
-	for i, e := range ends {
-		at[i] = e.at
+	byEnd := func(a, b int) int { return entries[a].ExpiresAt.Compare(entries[b].ExpiresAt) }
+	if !slices.IsSortedFunc(pooled, byEnd) {
+		slices.SortStableFunc(pooled, byEnd)
+	}
+	at := make([]time.Time, len(pooled))
+	for k, i := range pooled {
+		at[k] = entries[i].ExpiresAt.Add(-use)
 	}
 	leads := RotationLeads(at, p95, len(c.inflight), c.limit.now(), maxLead)
-	out := make(map[string]time.Duration, len(ends))
-	for i, e := range ends {
-		out[e.id] = leads[i]
+	out := make([]time.Duration, len(entries))
+	for k, i := range pooled {
+		out[i] = leads[k]
 	}
 	return out
 }
