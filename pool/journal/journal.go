@@ -317,6 +317,10 @@ func samePath(f *os.File, path string) bool {
 // follows the file across rotations and waits for it to exist.
 func (j *Journal) Follow(ctx context.Context, fn func(Origin, pool.Event)) error {
 	t := &tail{path: j.path}
+	// This process's own lines start so (the writer encodes the record with
+	// its origin first): skipped without decoding, as each creation writes
+	// several. A line that does not match is decoded and checked by ID.
+	t.skip = linePrefix(j.origin)
 	t.start()
 	defer t.close()
 	tick := time.NewTicker(j.opts.PollEvery)
@@ -336,12 +340,23 @@ func (j *Journal) Follow(ctx context.Context, fn func(Origin, pool.Event)) error
 	}
 }
 
+// linePrefix is how every line the writer of origin o appends starts.
+func linePrefix(o Origin) []byte {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return nil
+	}
+	return append(append([]byte(`{"origin":`), b...), ',')
+}
+
 // tail reads the lines appended to a file, across renames.
 type tail struct {
 	path    string
 	f       *os.File
 	off     int64
 	partial []byte
+	skip    []byte        // lines with this prefix are not decoded
+	r       *bufio.Reader // kept across polls: its 64 KiB buffer is not made anew each time
 }
 
 // start opens the file at its end: only what is appended from now on counts.
@@ -397,7 +412,12 @@ func (t *tail) read(out []record) []record {
 	if _, err := t.f.Seek(t.off, io.SeekStart); err != nil {
 		return out
 	}
-	r := bufio.NewReaderSize(t.f, 64<<10)
+	if t.r == nil {
+		t.r = bufio.NewReaderSize(t.f, 64<<10)
+	} else {
+		t.r.Reset(t.f)
+	}
+	r := t.r
 	for {
 		line, err := r.ReadSlice('\n')
 		t.off += int64(len(line))
@@ -413,7 +433,7 @@ func (t *tail) read(out []record) []record {
 			line = append(t.partial, line...)
 			t.partial = nil
 		}
-		if len(line) > maxLine {
+		if len(line) > maxLine || len(t.skip) > 0 && bytes.HasPrefix(line, t.skip) {
 			continue
 		}
 		var rec record

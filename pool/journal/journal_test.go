@@ -1,6 +1,7 @@
 package journal
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"sync"
@@ -111,6 +112,26 @@ func TestFollowSeesOthersNotItself(t *testing.T) {
 	}
 	if err := ctl.Close(); err != nil {
 		t.Fatal(err)
+	}
+	if err := viewer.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Follow skips its own lines by their prefix, undecoded: each line
+	// starts with its writer's.
+	data, err := os.ReadFile(Path(dir, "p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := map[string]int{}
+	for _, line := range bytes.Split(bytes.TrimSpace(data), []byte("\n")) {
+		for _, j := range []*Journal{viewer, ctl} {
+			if bytes.HasPrefix(line, linePrefix(j.Origin())) {
+				own[j.Origin().ID]++
+			}
+		}
+	}
+	if own[viewer.Origin().ID] != 1 || own[ctl.Origin().ID] != 2 {
+		t.Fatalf("lines by their writer's prefix: %v, want viewer 1 and ctl 2:\n%s", own, data)
 	}
 	fi, err := os.Stat(Path(dir, "p"))
 	if err != nil {
