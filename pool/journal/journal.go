@@ -78,6 +78,7 @@ type Journal struct {
 	origin Origin
 
 	ch      chan pool.Event
+	wfi     os.FileInfo // the writer's open file, as opened (writer goroutine only)
 	done    chan struct{}
 	stop    chan struct{}
 	once    sync.Once
@@ -261,13 +262,20 @@ func (j *Journal) writer() {
 // process rotated it, and rotating it past MaxBytes. O_APPEND keeps the
 // lines of concurrent writers whole.
 func (j *Journal) write(f *os.File, b []byte) (*os.File, error) {
-	if f != nil && !samePath(f, j.path) {
-		_ = f.Close()
-		f = nil
+	if f != nil {
+		// f's own identity never changes: only the path is looked at again.
+		if cur, err := os.Stat(j.path); err != nil || !os.SameFile(j.wfi, cur) {
+			_ = f.Close()
+			f = nil
+		}
 	}
 	if f == nil {
 		var err error
 		if f, err = os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); err != nil {
+			return nil, err
+		}
+		if j.wfi, err = f.Stat(); err != nil {
+			_ = f.Close()
 			return nil, err
 		}
 	}
