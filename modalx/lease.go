@@ -132,16 +132,27 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 		}
 	}
 	epoch := cur.Epoch + 1
-	mine := electRec{Holder: holder, Nonce: nonce()}
-	if err := s.put(ctx, electPart(epoch), encode(mine)); err != nil {
-		return nil, storeErr("taking the controller lease", err)
-	}
-	v, ok, err := s.head(ctx, electPart(epoch))
-	if err != nil {
-		return nil, storeErr("taking the controller lease", err)
-	}
-	var first electRec
-	if !ok || !decode(v, &first) || first.Nonce != mine.Nonce {
+	for try := 0; ; try++ {
+		mine := electRec{Holder: holder, Nonce: nonce()}
+		if err := s.put(ctx, electPart(epoch), encode(mine)); err != nil {
+			return nil, storeErr("taking the controller lease", err)
+		}
+		v, ok, err := s.head(ctx, electPart(epoch))
+		if err != nil {
+			return nil, storeErr("taking the controller lease", err)
+		}
+		var first electRec
+		if ok && decode(v, &first) && first.Nonce == mine.Nonce {
+			break
+		}
+		// A winner that never wrote its lease record within the stale
+		// limit died in between (a claim killed mid-acquire): its epoch
+		// is skipped, or it would hold the pool for ever. One that wakes
+		// up later finds a higher epoch current and loses.
+		if try < 3 && !first.Holder.Since.IsZero() && s.now().Sub(first.Holder.Since) > s.staleAfter() {
+			epoch++
+			continue
+		}
 		return nil, &pool.LeaseHeldError{Holder: first.Holder}
 	}
 	if err := s.put(ctx, partLease, encode(leaseRec{Holder: holder, Epoch: epoch, At: s.now().UTC()})); err != nil {

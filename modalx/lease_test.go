@@ -244,3 +244,34 @@ func waitLost(t *testing.T, l *Lease) {
 		t.Fatal("lease not lost")
 	}
 }
+
+// A process that won the election for an epoch and died before writing its
+// lease record (a claim killed mid-acquire) does not hold the pool for ever:
+// past the stale limit its epoch is skipped (TestChaosModal: run waited 2
+// minutes for "a claim's backfill" that was gone, then exited).
+func TestLeaseElectionWinnerThatDiedIsSkipped(t *testing.T) {
+	testkit.UseFakeModal(t, fakemodal.Options{})
+	ctx := ctxT(t)
+	const hb = time.Hour
+	clk := &leaseClock{t: time.Now()}
+	_, s := open(t, Options{Pool: "elect", LeaseHeartbeat: hb})
+	s.c.leaseNow = clk.Now
+	dead := pool.LeaseRecord{Host: "vm", Pid: 9, Role: pool.RoleBackfill, Since: clk.Now()}
+	if err := s.put(ctx, electPart(1), encode(electRec{Holder: dead, Nonce: "dead"})); err != nil {
+		t.Fatal(err)
+	}
+	ctl := pool.LeaseRecord{Host: "vm", Pid: 1, Role: pool.RoleController}
+	var held *pool.LeaseHeldError
+	if _, err := s.AcquireLease(ctx, ctl); !errors.As(err, &held) || held.Holder.Pid != 9 {
+		t.Fatalf("acquire while the winner may still write its record: %v", err)
+	}
+	clk.Add(3*hb + time.Second)
+	l, err := s.AcquireLease(ctx, ctl)
+	if err != nil {
+		t.Fatalf("acquire after the winner died: %v", err)
+	}
+	defer l.Release()
+	if h, _ := s.LeaseHolder(ctx); h.Pid != 1 {
+		t.Fatalf("holder %+v", h)
+	}
+}
