@@ -182,6 +182,9 @@ func untilNextSecond() time.Duration {
 func subscribeCmd(l *lifecycle, eng Engine) tea.Cmd {
 	return l.call(func(context.Context) tea.Msg {
 		ch, cancel := eng.Subscribe(eventBuffer)
+		// Registered here, not when the message is handled: a dashboard
+		// that quits first never sees it, and the subscription would stay.
+		l.setUnsub(cancel)
 		return subscribedMsg{events: ch, cancel: cancel}
 	})
 }
