@@ -12,6 +12,9 @@
 # Needs curl; the default workload needs python3 (set WORKLOAD to replace it:
 # any command serving HTTP on {port}, with exec so it is one process).
 set -euo pipefail
+# All in one { ...; exit; }: bash reads the whole of it before running, so
+# editing this file during a run does not derail the run.
+{
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-3600}
 KILL_EVERY=${KILL_EVERY:-20}
@@ -142,3 +145,5 @@ fi
 echo "claims: $ok ok, $fail failed over ${DURATION}s; kills: $kills workload processes, $akills agents"
 echo "controller log: $(grep -c . "$tmp/run.log" || true) lines, $(grep -cE 'WARN|ERROR|level=(warn|error)' "$tmp/run.log" || true) warn/error"
 if [ -n "${LOG_COPY:-}" ]; then cp "$tmp/run.log" "$LOG_COPY"; cp "$stdir/$POOL.agent.log" "$LOG_COPY.agent" 2>/dev/null || true; fi
+exit
+}
