@@ -741,7 +741,8 @@ func (a *agent) workloadExited(sb *sandbox, pgid, code int) {
 
 func describeCode(code int) string {
 	if code < 0 {
-		return "killed by " + syscall.Signal(-code).String()
+		// Go names SIGKILL "killed": say "signal 9 (killed)", not "killed by killed".
+		return fmt.Sprintf("signal %d (%s)", -code, syscall.Signal(-code))
 	}
 	return "exit code " + strconv.Itoa(code)
 }
