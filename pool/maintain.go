@@ -66,10 +66,11 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		return err
 	}
 	c.mu.Lock()
+	// A store without a target (new, or lost and replaced) keeps the target
+	// this process last knew: c.target starts at the configured size and
+	// follows every stored target seen since, so a lost store never resizes
+	// the pool back to a flag's default.
 	target := c.target
-	if !stored.HasTarget {
-		target = c.cfg.Size
-	}
 	c.mu.Unlock()
 	now := c.clk.Now()
 	target = c.autosizeTarget(ctx, target, now)

@@ -75,3 +75,28 @@ func TestOneTerminateCallPerSandbox(t *testing.T) {
 		t.Fatalf("%d terminated events for one sandbox, want 1", n)
 	}
 }
+
+// A store that loses its target (moved away, a Modal queue cleared) keeps
+// the pool at the target last known, not the configured size (chaos seed
+// 208 on Modal: back to the default 3 from 2).
+func TestLostStoreKeepsTheTarget(t *testing.T) {
+	h := newHarness(t, nil) // configured size 3
+	h.pass()
+	testkit.Eventually(t, waitLong, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	if err := h.st.SetTarget(context.Background(), 2); err != nil { // another process
+		t.Fatal(err)
+	}
+	h.pass()
+	if got := h.c.Target(); got != 2 {
+		t.Fatalf("target %d after another process set 2", got)
+	}
+	h.st.Lose()
+	before := h.be.CreateCalls()
+	h.pass()
+	if got := h.c.Target(); got != 2 {
+		t.Fatalf("target %d after the store was lost, want 2 as last known", got)
+	}
+	if n := h.be.CreateCalls() - before; n != 2 {
+		t.Fatalf("%d creations to refill a lost store, want 2 (the target), not the configured 3", n)
+	}
+}

@@ -324,14 +324,16 @@ func (b *Backend) call(ctx context.Context, req request, start bool) (response, 
 		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
 			return response{}, err
 		}
+		// No agent is an answer, on any attempt (after broken kept
+		// connections too): only the retry count bounds the rest.
+		if !start && isNoAgent(err) {
+			b.sweep()
+			return response{}, errNoAgent
+		}
 		if attempt >= 2 || !(isNoAgent(err) || isBroken(err)) {
 			return response{}, err
 		}
 		if !start {
-			if isNoAgent(err) {
-				b.sweep()
-				return response{}, errNoAgent
-			}
 			continue
 		}
 		if err := b.ensureAgent(ctx); err != nil {

@@ -247,6 +247,10 @@ func (s *Store) fail() error {
 	return nil
 }
 
+// Lose empties the store, target included, as a store file moved away or a
+// Modal queue cleared would.
+func (s *Store) Lose() { s.mu.Lock(); s.s = pool.Stored{}; s.mu.Unlock() }
+
 // SetErr makes every call fail with err (nil to heal).
 func (s *Store) SetErr(err error) { s.mu.Lock(); s.Err = err; s.mu.Unlock() }
 
