@@ -65,24 +65,18 @@ func workloadCmd(t *testing.T, before string) string {
 // pidsWithArgv returns the live processes whose argv is exactly argv.
 func pidsWithArgv(argv ...string) []int {
 	want := []byte(strings.Join(argv, "\x00") + "\x00")
-	entries, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && bytes.Equal(b, want) && alive(pid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return pidsWhere(func(cmdline []byte) bool { return bytes.Equal(cmdline, want) })
 }
 
 // agentPids returns the live local agents of pool p: detached processes
 // with "sandboxpool-local-agent <pool>" at the end of their argv.
 func agentPids(p string) []int {
 	suffix := []byte("\x00sandboxpool-local-agent\x00" + p + "\x00")
+	return pidsWhere(func(cmdline []byte) bool { return bytes.HasSuffix(cmdline, suffix) })
+}
+
+// pidsWhere returns the live processes whose raw /proc cmdline matches.
+func pidsWhere(match func(cmdline []byte) bool) []int {
 	entries, _ := os.ReadDir("/proc")
 	var pids []int
 	for _, e := range entries {
@@ -90,7 +84,7 @@ func agentPids(p string) []int {
 		if err != nil {
 			continue
 		}
-		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && bytes.HasSuffix(b, suffix) && alive(pid) {
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && match(b) && alive(pid) {
 			pids = append(pids, pid)
 		}
 	}
