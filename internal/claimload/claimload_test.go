@@ -3,6 +3,7 @@ package claimload
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
 
 // fakeAPI answers claims and counts them as warm in /metrics, like a controller.
@@ -110,5 +113,42 @@ func TestPoolCPUFindsAProcessByStateDir(t *testing.T) {
 	_, pids, err = PoolCPU(dir, os.Getppid())
 	if err != nil || len(pids) == 0 {
 		t.Fatalf("the parent's tree: pids %v, err %v", pids, err)
+	}
+}
+
+// floorHelperEnv makes the test binary StartFloorServer's child.
+const floorHelperEnv = "CLAIMLOAD_TEST_FLOOR_SERVER"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(floorHelperEnv) != "" {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			os.Exit(1)
+		}
+		fmt.Println(ln.Addr())
+		_ = ServeFloor(ln)
+		os.Exit(1)
+	}
+	testkit.Main(m)
+}
+
+func TestFloorInAChildProcessBackToBackAndPaced(t *testing.T) {
+	t.Setenv(floorHelperEnv, "1")
+	base, stop, err := StartFloorServer(context.Background(), os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	b2b, err := Floor(context.Background(), base, 20, 0)
+	if err != nil || len(b2b.Latency) != 20 || b2b.Errors != 0 {
+		t.Fatalf("back to back: %+v %v", b2b, err)
+	}
+	const gap = 20 * time.Millisecond
+	paced, err := Floor(context.Background(), base, 4, gap)
+	if err != nil || len(paced.Latency) != 4 || paced.Errors != 0 {
+		t.Fatalf("paced: %+v %v", paced, err)
+	}
+	if paced.Elapsed < 3*gap {
+		t.Errorf("4 round trips %s apart took %s", gap, paced.Elapsed)
 	}
 }

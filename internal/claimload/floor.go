@@ -1,29 +1,31 @@
 package claimload
 
 import (
+	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"strings"
 	"time"
 )
 
 // Floor measures the physical floor under a claim: n keep-alive HTTP GET
-// round trips on loopback to an empty handler in this process.
-func Floor(ctx context.Context, n int) (Result, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return Result{}, err
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.WriteHeader(http.StatusOK)
-	})}
-	go func() { _ = srv.Serve(ln) }()
-	defer srv.Close()
-	c := NewClient("http://"+ln.Addr().String(), 1)
+// round trips on loopback to an empty handler at base, gap apart from one
+// start to the next (0: back to back). Paced round trips cost far more than
+// back-to-back ones: both sides' threads sleep between them, and each round
+// trip pays their wake-ups; a paced claim is read against the paced floor.
+func Floor(ctx context.Context, base string, n int, gap time.Duration) (Result, error) {
+	c := NewClient(base, 1)
 	var res Result
 	start := time.Now()
+	next := start
 	for i := 0; i < n && ctx.Err() == nil; i++ {
+		sleepUntil(ctx, next)
+		next = next.Add(gap)
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/", nil)
 		if err != nil {
 			return res, err
@@ -33,6 +35,9 @@ func Floor(ctx context.Context, n int) (Result, error) {
 		res.Claims++
 		if err != nil {
 			res.Errors++
+			if res.FirstErr == "" {
+				res.FirstErr = err.Error()
+			}
 			continue
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
@@ -40,5 +45,42 @@ func Floor(ctx context.Context, n int) (Result, error) {
 		res.Latency = append(res.Latency, time.Since(t))
 	}
 	res.Elapsed = time.Since(start)
-	return res, nil
+	return res, ctx.Err()
+}
+
+// ServeFloor serves the empty handler that Floor measures on ln, until it fails.
+func ServeFloor(ln net.Listener) error {
+	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusOK)
+	}))
+}
+
+// FloorServerMode is the argument that makes StartFloorServer's child serve.
+const FloorServerMode = "floor-serve"
+
+// StartFloorServer runs the empty handler in a child process (exe
+// FloorServerMode, which must call ServeFloor and print its address on a
+// line): a claim crosses processes, and so does its floor (in one process,
+// a paced round trip skips a wake-up and reads ~0.3 ms lower). stop kills it.
+func StartFloorServer(ctx context.Context, exe string) (base string, stop func(), err error) {
+	cmd := exec.CommandContext(ctx, exe, FloorServerMode)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	stop = func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addr := strings.TrimSpace(line)
+	if err != nil || addr == "" {
+		stop()
+		return "", nil, fmt.Errorf("floor server: no address (%v)", err)
+	}
+	return "http://" + addr, stop, nil
 }

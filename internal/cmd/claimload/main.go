@@ -6,7 +6,8 @@
 //
 // Modes:
 //
-//	floor       keep-alive HTTP round trips to an empty handler in this process
+//	floor       -n keep-alive HTTP round trips to an empty handler in a child
+//	            process, back to back, or -gap apart when -gap is given
 //	wait-ready  poll /metrics until -want sandboxes are ready (fill time from -since)
 //	paced       one client, -n claims -gap apart
 //	b2b         one client, -n claims back to back
@@ -21,6 +22,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -36,6 +38,14 @@ func main() {
 		os.Exit(2)
 	}
 	mode := os.Args[1]
+	if mode == claimload.FloorServerMode {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			fail(err)
+		}
+		fmt.Println(ln.Addr())
+		fail(claimload.ServeFloor(ln))
+	}
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
 	var (
 		base     = fs.String("url", "http://127.0.0.1:7780", "the API")
@@ -43,7 +53,7 @@ func main() {
 		noCheck  = fs.Bool("no-health-check", false, "claim with check_health=false")
 		timeout  = fs.Duration("timeout", 10*time.Second, "each claim's server-side wait")
 		n        = fs.Int("n", 100, "claims (paced, b2b, burst) or round trips (floor)")
-		gap      = fs.Duration("gap", 300*time.Millisecond, "paced: time between claim starts")
+		gap      = fs.Duration("gap", 300*time.Millisecond, "paced (and floor, when given): time between starts")
 		clients  = fs.Int("clients", 20, "burst: concurrent clients")
 		repeat   = fs.Int("repeat", 1, "burst: how many bursts")
 		refill   = fs.Int("refill", 0, "burst: before each burst, wait until this many are ready")
@@ -71,7 +81,22 @@ func main() {
 	)
 	switch mode {
 	case "floor":
-		res, err = claimload.Floor(ctx, *n)
+		exe, xerr := os.Executable()
+		if xerr != nil {
+			fail(xerr)
+		}
+		base, stopServer, serr := claimload.StartFloorServer(ctx, exe)
+		if serr != nil {
+			fail(serr)
+		}
+		floorGap := time.Duration(0) // back to back unless -gap is given
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "gap" {
+				floorGap = *gap
+			}
+		})
+		res, err = claimload.Floor(ctx, base, *n, floorGap)
+		stopServer()
 	case "wait-ready":
 		wctx, cancel := context.WithTimeout(ctx, *maxWait)
 		defer cancel()
