@@ -282,8 +282,29 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolV
 	view := httpapi.NewPoolView(snap)
 	if holder, err := p.ctrl.LeaseHolder(ctx); err == nil && !holder.IsZero() {
 		view.MaintainedBy = &holder
+		controllerCounters(ctx, o, holder, &view)
 	}
 	return view, nil
+}
+
+// controllerCounters takes the warm-hit ratio and waste from the running
+// controller's API: it has seen every claimer of the pool since it started,
+// while this process, just opened, has seen none (it would say 0%). A
+// controller without an API, on another host, or not answering within a
+// second leaves this process's own figures.
+func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord, view *httpapi.PoolView) {
+	if host, _ := os.Hostname(); holder.API == "" || (holder.Host != "" && holder.Host != host) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c := apiClient(o)
+	c.BaseURL = "http://" + holder.API
+	live, err := c.Pool(ctx)
+	if err != nil || live.Pool != view.Pool {
+		return
+	}
+	view.WarmHitRatio, view.WasteSeconds = live.WarmHitRatio, live.WasteSeconds
 }
 
 // mustExist makes a read-only command on a pool that was never made (a typo

@@ -264,6 +264,30 @@ func TestReplayBadInputFailsAtOnce(t *testing.T) {
 	}
 }
 
+// Case 7, counters: claims by other processes count in the controller's
+// warm-hit ratio, and `check` (another process, which saw none of them)
+// shows the pool's ratio, not its own 0%.
+func TestReplayCLIClaimsCountEverywhere(t *testing.T) {
+	env, c, a := startPool(t, 2)
+	for range 2 {
+		if _, r := claimCLI(t, env, "--timeout", "10s"); r.code != 0 {
+			t.Fatalf("claim: exit %d: %s\ncontroller:\n%s", r.code, r.stderr, c.logs.String())
+		}
+	}
+	testkit.Eventually(t, 10*time.Second, "the controller to count both claims as warm", func() bool {
+		v, ok := a.pool()
+		return ok && v.WarmHitRatio == 1
+	})
+	if r := cli(t, env, "check"); r.code != 0 || !strings.Contains(r.stdout, "warm-hit ratio 100%") {
+		t.Errorf("check: exit %d, want the pool's warm-hit ratio 100%%:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r := cli(t, env, "check", "--json")
+	var v httpapi.PoolView
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.WarmHitRatio != 1 {
+		t.Errorf("check --json: warm_hit_ratio %v (%v), want 1:\n%s", v.WarmHitRatio, err, r.stdout)
+	}
+}
+
 // TestClaimersWithMixedTimingProperty: claimers in other processes, each
 // with its own --ttl/--use-duration (or none), claim from one pool at once.
 // Whatever the mix, no sandbox is handed out twice, and creations stay
