@@ -143,7 +143,8 @@ func TestCorruptLog(t *testing.T) {
 }
 
 // A claim that returned is never handed out again, even when its process is
-// killed right after: the claim was on disk before Take returned.
+// killed right after: the claim was written to the file (the kernel's page
+// cache, which outlives the process) before Take returned.
 func TestClaimSurvivesKill9(t *testing.T) {
 	dir := t.TempDir()
 	s := open(t, dir)
@@ -503,5 +504,29 @@ func TestVersion1Upgraded(t *testing.T) {
 	}
 	if st := load(t, open(t, filepath.Dir(s.Path()))); desc(st.Entries) != "a* b*" || st.UseDuration != 30*time.Second {
 		t.Fatalf("after the upgrade: %+v", st)
+	}
+}
+
+// Puts and takes are appended without a flush of their own (change.lazy);
+// the changes that are not (a removal, the target) flush what is queued.
+func TestTakeAndPutAppendWithoutFlush(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	seed(t, s, pool.Stored{Target: 2, HasTarget: true, Entries: []pool.Entry{{Ref: ref("a", 100)}}})
+	appends, flushes := s.appends, s.flushes
+	if err := s.Put(ctx, ref("b", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if e, ok := take(t, s, "me"); !ok || e.ID != "a" {
+		t.Fatalf("took %v %v", e.ID, ok)
+	}
+	if s.appends != appends+2 || s.flushes != flushes {
+		t.Fatalf("put + take: %d appends, %d flushes; want 2, 0", s.appends-appends, s.flushes-flushes)
+	}
+	if _, err := s.Remove(ctx, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if s.flushes != flushes+1 {
+		t.Fatalf("remove: %d flushes, want 1", s.flushes-flushes)
 	}
 }
