@@ -84,12 +84,12 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
 	waited := c.clk.Now().Sub(start)
 	c.mu.Lock()
-	if c.countClaimOnceLocked(got.ID) {
-		if warm {
-			c.stats.ClaimsWarm++
-		} else {
-			c.stats.ClaimsWaited++
-		}
+	// Counted as seen when the take returned (tryTake): this is its one
+	// count and its one event.
+	if warm {
+		c.stats.ClaimsWarm++
+	} else {
+		c.stats.ClaimsWaited++
 	}
 	c.budget.claimed(c.clk.Now())
 	c.wroteLocked(got, false)
@@ -129,7 +129,24 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		}
 		now := c.clk.Now()
 		tr := TakeRequest{MinExpiresAt: now.Add(c.useDur()), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()}
+		key := claimKey{by: tr.ClaimedBy, at: now.UnixNano()}
+		c.mu.Lock()
+		if c.claiming == nil {
+			c.claiming = map[claimKey]int{}
+		}
+		c.claiming[key]++
+		c.mu.Unlock()
 		got, dropped, ok, err := c.st.Take(ctx, tr)
+		c.mu.Lock()
+		if c.claiming[key]--; c.claiming[key] <= 0 {
+			delete(c.claiming, key)
+		}
+		if ok && err == nil {
+			// Ours from now on: a load that sees it claimed skips it, and
+			// claimed() gives it its one event.
+			c.countClaimOnceLocked(got.ID)
+		}
+		c.mu.Unlock()
 		if err != nil {
 			err = fmt.Errorf("claim from the store: %w", err)
 			if ctx.Err() == nil {
@@ -150,8 +167,12 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			h := c.probe(ctx, got.URL)
 			if err := ctx.Err(); err != nil {
 				// The claimer left during the check: the sandbox is not to
-				// blame. It goes back to the pool (at its end) untouched.
+				// blame. It goes back to the pool (at its end) untouched,
+				// and a later claim of it is news again.
 				c.giveBack(got, o.By)
+				c.mu.Lock()
+				delete(c.counted, got.ID)
+				c.mu.Unlock()
 				return Entry{}, false, err
 			}
 			c.mu.Lock()
@@ -328,9 +349,24 @@ func (q *waitQueue) turn(t *ticket) <-chan struct{} {
 	return t.head
 }
 
+// claimKey names a claim as a store records it (ClaimedBy, ClaimedAt), so
+// that a load can tell this process's claims still taking from the store
+// from other processes' claims before the id is known here.
+type claimKey struct {
+	by string
+	at int64 // ClaimedAt in Unix ns
+}
+
+// ownClaimLocked says that e, seen claimed in the store, is this process's
+// claim on its way out: claimed() counts and says it, not the load.
+func (c *Controller) ownClaimLocked(e Entry) bool {
+	return c.claiming[claimKey{by: e.ClaimedBy, at: e.ClaimedAt.UnixNano()}] > 0
+}
+
 // countClaimOnceLocked reports whether the claim of id is news here. A claim
 // by another process reaches a controller twice, through the store (a pooled
-// entry turned claimed) and through the pool's journal: it counts once.
+// entry turned claimed) and through the pool's journal; this process's own
+// claims are marked when their take returns: each counts and is said once.
 func (c *Controller) countClaimOnceLocked(id string) bool {
 	now := c.clk.Now()
 	if c.counted == nil {

@@ -106,8 +106,12 @@ type Controller struct {
 	createKickAt time.Time // a creation done before it kicks no pass unless it is the last
 
 	// Counters (guarded by mu).
-	stats        Stats
-	counted      map[string]time.Time // claims counted in stats, by sandbox: each once, however it is seen
+	stats   Stats
+	counted map[string]time.Time // claims counted in stats, by sandbox: each once, however it is seen
+	// claiming holds this process's claims whose store take is under way:
+	// a load that sees one of them claimed must not take it for another
+	// process's claim (its id is not known here yet).
+	claiming     map[claimKey]int
 	terminations map[string]int64
 	healthCounts map[bool]int64
 	creates      map[bool]int64

@@ -461,8 +461,8 @@ func (c *Controller) claimsSeenLocked(s Stored) []Event {
 		if known && prev.Claimed() {
 			continue
 		}
-		if !c.countClaimOnceLocked(e.ID) {
-			continue // already seen through the journal
+		if c.ownClaimLocked(e) || !c.countClaimOnceLocked(e.ID) {
+			continue // this process's own, or already seen through the journal
 		}
 		warm := known
 		if warm {
