@@ -162,6 +162,12 @@ func TestReplayStoreLossNeverRepoolsAClaimedSandbox(t *testing.T) {
 	a.passes(3)
 	testkit.Eventually(t, 20*time.Second, "the pool refilled after the store loss", func() bool { return a.ready() == 3 })
 	a.passes(2)
+	// The pooled ones still ran: adopted again, not replaced (and the
+	// replacements terminated as surplus a pass later). 3 for the fill and
+	// 1 for the claim's backfill, whenever it ran.
+	if n := countEvents(c.logs.String(), "created"); n > 4 {
+		t.Errorf("%d sandboxes created for a target of 3 and one claim, want 4: the store's live ones are adopted again after its loss\n%s", n, c.logs.String())
+	}
 	v, _ := a.pool()
 	for _, s := range v.Sandboxes {
 		if s.ID == got.ID && s.State != "claimed" {

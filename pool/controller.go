@@ -89,6 +89,10 @@ type Controller struct {
 	killing  map[string]bool      // a Terminate call in flight: a second one waits for nothing
 	suspects map[string]bool      // orphans seen by the last pass
 	adopted  map[string]time.Time // when this controller last adopted a live sandbox
+	// relost: pooled sandboxes this process knew when the store was lost
+	// (Stored.Epoch changed); the next pass lists the backend and adopts
+	// the live ones at once, before it sizes the pool.
+	relost   map[string]bool
 	recent   map[string]Sandbox
 	failedAt map[string]time.Time
 

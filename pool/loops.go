@@ -410,6 +410,9 @@ func (c *Controller) loadStore(ctx context.Context) (s Stored, changed, lost boo
 	c.appliedSeq = seq
 	// Compared under the lock: s is c.stored from here on.
 	changed, lost = diffStored(c.stored, s)
+	if c.loaded && s.Epoch != c.stored.Epoch {
+		c.storeLostLocked()
+	}
 	seen := c.claimsSeenLocked(s)
 	c.setStoredLocked(s)
 	say := c.adoptTimingLocked(s)
@@ -524,6 +527,19 @@ func diffStored(a, b Stored) (changed, lost bool) {
 		}
 	}
 	return changed, lost
+}
+
+// storeLostLocked remembers the pooled sandboxes of the store as it was
+// before it was lost, for the next pass to adopt again.
+func (c *Controller) storeLostLocked() {
+	if c.relost == nil {
+		c.relost = map[string]bool{}
+	}
+	for _, e := range c.stored.Entries {
+		if !e.Claimed() {
+			c.relost[e.ID] = true
+		}
+	}
 }
 
 func (c *Controller) setStoredLocked(s Stored) {

@@ -66,6 +66,15 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		return err
 	}
 	c.mu.Lock()
+	relist := !reconcile && len(c.relost) > 0
+	c.mu.Unlock()
+	if relist {
+		// The store was lost: what it held still runs. Listed now, it is
+		// adopted before this pass would create replacements for it.
+		reconcile = true
+		live, listErr = c.be.List(ctx)
+	}
+	c.mu.Lock()
 	// A store without a target (new, or lost and replaced) keeps the target
 	// this process last knew: c.target starts at the configured size and
 	// follows every stored target seen since, so a lost store never resizes
@@ -184,6 +193,8 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 
 func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 	c.mu.Lock()
+	relost := c.relost
+	c.relost = nil
 	known := make(map[string]bool, len(c.stored.Entries)+len(c.inflight))
 	for _, e := range c.stored.Entries {
 		known[e.ID] = true
@@ -201,7 +212,9 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 			unknown = append(unknown, r) // terminated by us, still listed: finish it
 			continue
 		}
-		if !r.CreatedAt.IsZero() && now.Sub(r.CreatedAt) < c.adoptGrace() {
+		// A young one may be another process's creation still warming up,
+		// unless this process knew it pooled before the store was lost.
+		if !relost[r.ID] && !r.CreatedAt.IsZero() && now.Sub(r.CreatedAt) < c.adoptGrace() {
 			continue
 		}
 		unknown = append(unknown, r)
@@ -243,8 +256,8 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 		// a claimer that died before its record). Adopting it again would
 		// loop, "adopted" every pass, never pooled: it is a suspect now,
 		// an orphan if the next pass still finds it unknown. (A store lost
-		// again much later re-adopts it.)
-		if (was && now.Sub(at) < c.adoptGrace()) || !HasTimeLeft(r.ExpiresAt, now, c.useDur()) {
+		// again re-adopts it: it was pooled there.)
+		if (was && now.Sub(at) < c.adoptGrace() && !relost[r.ID]) || !HasTimeLeft(r.ExpiresAt, now, c.useDur()) {
 			continue
 		}
 		if h := c.probe(ctx, r.URL); h.OK {

@@ -96,7 +96,17 @@ func TestLostStoreKeepsTheTarget(t *testing.T) {
 	if got := h.c.Target(); got != 2 {
 		t.Fatalf("target %d after the store was lost, want 2 as last known", got)
 	}
-	if n := h.be.CreateCalls() - before; n != 2 {
-		t.Fatalf("%d creations to refill a lost store, want 2 (the target), not the configured 3", n)
+	// The 2 it held still run: adopted again, nothing created (a fallback
+	// to the configured 3 would create one).
+	if n := h.be.CreateCalls() - before; n != 0 {
+		t.Fatalf("%d creations after the store was lost, want 0: its 2 live sandboxes are adopted again", n)
+	}
+	if got := len(h.pooledIDs()); got != 2 {
+		t.Fatalf("%d pooled after the store was lost, want its 2 adopted again", got)
+	}
+	h.st.Lose() // again, at once: what was just adopted was pooled there too
+	h.pass()
+	if n := h.be.CreateCalls() - before; n != 0 || len(h.pooledIDs()) != 2 {
+		t.Fatalf("after a second loss: %d created, %d pooled; want 0 and 2", n, len(h.pooledIDs()))
 	}
 }

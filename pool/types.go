@@ -62,6 +62,11 @@ type Stored struct {
 	UseDuration time.Duration
 	// Entries in pool order (oldest first), claimed ones included.
 	Entries []Entry
+	// Epoch changes when the store was lost (moved away, deleted, a queue
+	// cleared) since this process opened it. Its entries then went missing
+	// without anyone removing them: the live sandboxes the process knew as
+	// pooled are adopted again before anything is created to replace them.
+	Epoch uint64
 }
 
 // Pooled returns the unclaimed entries in pool order.

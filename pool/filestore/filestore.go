@@ -92,6 +92,7 @@ type Store struct {
 
 	compactAfter time.Time // no compaction before, after one failed
 	gen          uint64    // counts the changes this Store has seen (Generation)
+	epoch        uint64    // counts the times the file was found gone (pool.Stored.Epoch)
 	fullReads    int       // for tests: how often the whole file was read
 	appends      int       // for tests: how many appends
 	flushes      int       // for tests: how many fdatasyncs of appends
@@ -298,6 +299,7 @@ func (s *Store) lost() {
 	s.closeFile()
 	s.st = newState(s.carry)
 	s.gen++
+	s.epoch++
 	s.lay = layout{}
 	s.tail = nil
 }
@@ -675,7 +677,9 @@ func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
 	if err := s.refresh(); err != nil {
 		return pool.Stored{}, err
 	}
-	return s.st.stored(), nil
+	out := s.st.stored()
+	out.Epoch = s.epoch
+	return out, nil
 }
 
 // Generation returns a number that changes whenever the pool does, by any

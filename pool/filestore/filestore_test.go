@@ -663,3 +663,52 @@ func TestTimingRoundTrip(t *testing.T) {
 		t.Fatal("a file with use_duration >= ttl decoded")
 	}
 }
+
+// TestEpochCountsLosses: a file moved away is a loss (its entries went
+// missing without anyone removing them), and so is a corrupt one moved away
+// as its error advises; a compaction or another process's append is not.
+func TestEpochCountsLosses(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	epoch := func() uint64 {
+		t.Helper()
+		st, err := s.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Epoch
+	}
+	if err := s.Put(ctx, ref("a", 60)); err != nil {
+		t.Fatal(err)
+	}
+	first := epoch()
+	other := open(t, filepath.Dir(s.Path()))
+	if err := other.Put(ctx, ref("b", 70)); err != nil {
+		t.Fatal(err)
+	}
+	compactNow(t, other)
+	if got := epoch(); got != first {
+		t.Fatalf("epoch %d after another process's put and a compaction, want %d", got, first)
+	}
+	if err := os.Rename(s.Path(), s.Path()+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if got := epoch(); got != first+1 {
+		t.Fatalf("epoch %d after the file was moved away, want %d", got, first+1)
+	}
+	if err := s.Put(ctx, ref("c", 80)); err != nil { // a new file
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(s.Path(), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(ctx); err == nil {
+		t.Fatal("a corrupt file loaded")
+	}
+	if err := os.Rename(s.Path(), s.Path()+".bad"); err != nil {
+		t.Fatal(err)
+	}
+	if got := epoch(); got != first+2 {
+		t.Fatalf("epoch %d after the corrupt file was moved away, want %d", got, first+2)
+	}
+}

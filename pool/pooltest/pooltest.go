@@ -249,7 +249,7 @@ func (s *Store) fail() error {
 
 // Lose empties the store, target included, as a store file moved away or a
 // Modal queue cleared would.
-func (s *Store) Lose() { s.mu.Lock(); s.s = pool.Stored{}; s.mu.Unlock() }
+func (s *Store) Lose() { s.mu.Lock(); s.s = pool.Stored{Epoch: s.s.Epoch + 1}; s.mu.Unlock() }
 
 // SetErr makes every call fail with err (nil to heal).
 func (s *Store) SetErr(err error) { s.mu.Lock(); s.Err = err; s.mu.Unlock() }
