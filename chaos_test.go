@@ -422,7 +422,7 @@ func parseEvents(logs string) []logEvent {
 		if e.kind == "terminated" {
 			if rm := logReasonRE.FindStringSubmatch(e.message); rm != nil {
 				e.reason = rm[1]
-			} else if strings.HasSuffix(e.message, " died") {
+			} else if strings.Contains(e.message, " died: ") {
 				e.reason = "died"
 			}
 		}

@@ -158,7 +158,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		for _, d := range dropped {
 			c.forget(d.ID)
 			c.emit(Event{Kind: EventExpired, SandboxID: d.ID})
-			c.terminateAsync(d, ReasonExpired, o.By)
+			c.terminateAsync(d, ReasonExpired, ClaimBy(o.By))
 		}
 		if !ok {
 			return Entry{}, false, nil
@@ -186,7 +186,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 				c.forget(got.ID)
 				unpooled := got
 				unpooled.ClaimedBy = "" // it was never really handed out: count it as waste
-				c.terminateAsync(unpooled, ReasonUnhealthy, o.By)
+				c.terminateAsync(unpooled, ReasonUnhealthy, ClaimBy(o.By))
 				continue
 			}
 		}
@@ -265,7 +265,7 @@ func (c *Controller) giveBack(e Entry, by string) {
 		c.forget(e.ID)
 		unpooled := e
 		unpooled.ClaimedBy = "" // never really handed out
-		c.terminateAsync(unpooled, ReasonUser, by)
+		c.terminateAsync(unpooled, ReasonUser, ClaimBy(by))
 		c.Kick()
 	case err != nil:
 		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))

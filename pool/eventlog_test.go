@@ -4,8 +4,10 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jonboulle/clockwork"
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
@@ -105,5 +107,80 @@ func TestOwnClaimSeenInTheStoreIsSaidOnce(t *testing.T) {
 				t.Fatalf("stats %+v, want one warm claim", s)
 			}
 		})
+	}
+}
+
+// A claimed sandbox that ends is said once, with how it ended, when a pass
+// notices it: an operator otherwise never learns that a claimer lost it.
+func TestClaimedSandboxEndIsSaid(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.pass()
+	h.c.WaitIdle(ctx)
+	var log eventLog
+	h.c.Observe(log.add)
+	claim := func() string {
+		t.Helper()
+		got, err := h.c.Claim(ctx, pool.ClaimOptions{By: "cli"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.ID
+	}
+	killed, crashed, vanished := claim(), claim(), claim()
+	h.be.Exit(killed, pool.ExitInfo{Code: -9})
+	h.be.Exit(crashed, pool.ExitInfo{Code: 3, Tail: "serving\nFATAL: out of disk\n"})
+	h.be.Kill(vanished)        // no exit known
+	h.clk.Advance(time.Second) // the pass lists after they were created
+	h.pass()
+	h.pass() // said once
+	want := map[string]string{
+		killed:   killed + ", claimed by cli, ended: signal 9 (killed)",
+		crashed:  crashed + ", claimed by cli, ended: exit code 3: FATAL: out of disk",
+		vanished: vanished + ", claimed by cli, ended: how is unknown",
+	}
+	for id, msg := range want {
+		ended := log.of(pool.EventEnded, id)
+		if len(ended) != 1 || ended[0].Message != msg {
+			t.Errorf("ended events of %s: %+v, want one saying %q", id, ended, msg)
+		}
+	}
+	// One that lives out its ttl ends at its expiry.
+	last := claim()
+	h.clk.Advance(h.cfg.TTL)
+	h.pass()
+	if ended := log.of(pool.EventEnded, last); len(ended) != 1 || ended[0].Reason != "expired" {
+		t.Errorf("ended events of %s past its ttl: %+v, want one, expired", last, ended)
+	}
+}
+
+// A termination says who asked: the controller (its health checks, expiry,
+// surplus) or a claim that met the sandbox, for its claimer; never the
+// claimer as if it had asked for this sandbox's end.
+func TestTerminationSaysWhoAsked(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.pass()
+	h.c.WaitIdle(ctx)
+	var log eventLog
+	h.c.Observe(log.add)
+	ids := h.pooledIDs()
+	h.be.SetUnhealthy(ids[0], true)
+	h.clk.Advance(h.cfg.HealthFresh) // the claim probes again
+	if _, err := h.c.Claim(ctx, pool.ClaimOptions{CheckHealth: true, By: "api 127.0.0.1:5555"}); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, waitLong, "the claim's termination", func() bool { return len(log.of(pool.EventTerminated, ids[0])) == 1 })
+	e := log.of(pool.EventTerminated, ids[0])[0]
+	if want := ids[0] + " terminated (unhealthy) by a claim for api 127.0.0.1:5555"; e.Message != want || e.By != pool.ClaimBy("api 127.0.0.1:5555") {
+		t.Errorf("claim's termination: by %q %q, want %q", e.By, e.Message, want)
+	}
+	h.be.SetUnhealthy(ids[2], true)
+	h.c.ProbeAll(ctx)
+	h.pass()
+	testkit.Eventually(t, waitLong, "the controller's termination", func() bool { return len(log.of(pool.EventTerminated, ids[2])) == 1 })
+	e = log.of(pool.EventTerminated, ids[2])[0]
+	if want := ids[2] + " terminated (unhealthy) by the controller"; e.Message != want || e.By != pool.ByController {
+		t.Errorf("controller's termination: by %q %q, want %q", e.By, e.Message, want)
 	}
 }

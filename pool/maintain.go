@@ -152,7 +152,9 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			c.forget(d.e.ID)
 			switch {
 			case d.reason == "":
-				// A claimed sandbox that ended: nothing to terminate.
+				// A claimed sandbox that ended: nothing to terminate, but
+				// its claimer's operator wants to know it and how.
+				c.emit(Event{Kind: EventEnded, SandboxID: d.e.ID, By: d.e.ClaimedBy, Reason: c.howEnded(ctx, d.e, listedAt)})
 			case d.reason == reasonClaimedElsewhere:
 				c.emit(Event{Kind: EventStoreChanged, SandboxID: d.e.ID,
 					Message: d.e.ID + " is claimed (the backend says so): left out of the pool"})
@@ -166,7 +168,8 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 					c.terminations[d.reason]++
 					c.budget.lose(now)
 					c.mu.Unlock()
-					c.emit(Event{Kind: EventTerminated, SandboxID: d.e.ID, Reason: d.reason, Message: d.e.ID + " died"})
+					c.emit(Event{Kind: EventTerminated, SandboxID: d.e.ID, Reason: d.reason,
+						Message: d.e.ID + " died: " + c.howEnded(ctx, d.e, listedAt)})
 					continue
 				}
 				c.terminateAsync(d.e, d.reason, ByController)
@@ -189,6 +192,31 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		c.resolve(ProblemBackend, opList)
 	}
 	return nil
+}
+
+// howEnded says how a sandbox that the backend no longer lists ended: at
+// its expiry, or as the backend saw its workload end (exit code, signal).
+func (c *Controller) howEnded(ctx context.Context, e Entry, listedAt time.Time) string {
+	if !e.ExpiresAt.After(listedAt) {
+		return "expired"
+	}
+	const unknown = "how is unknown"
+	w, ok := c.be.(ExitWatcher)
+	if !ok {
+		return unknown
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	exited, info, err := w.Exited(ctx, e.ID)
+	switch {
+	case err != nil || !exited:
+		return unknown
+	case info.Unknown:
+		return unknown + " (the backend no longer knows it)"
+	case info.Code > 0 && info.Tail != "":
+		return ExitText(info.Code) + ": " + lastLine(info.Tail)
+	}
+	return ExitText(info.Code)
 }
 
 func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {

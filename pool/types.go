@@ -7,8 +7,10 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -337,6 +339,7 @@ const (
 	EventLeaseWait      EventKind = "lease_wait"      // a controller waits for a claim's backfill to hand the pool over
 	EventHealthRecovery EventKind = "health_recovery" // an unhealthy sandbox answered again
 	EventTiming         EventKind = "timing"          // this process judges by the pool's stored timing
+	EventEnded          EventKind = "ended"           // a claimed sandbox's end, once noticed; Reason says how
 )
 
 // Termination reasons, as counted by metrics.
@@ -357,7 +360,26 @@ const (
 const (
 	ByController = "controller" // the pool's own rules: expiry, health, surplus, orphans
 	ByUser       = "user"       // a person or client, through Terminate or TerminateAll
+	byClaim      = "claim for " // + the claimer: a claim met it (too short, failed the claim's probe)
 )
+
+// ClaimBy is who asked for a termination that a claim for claimer caused:
+// the claim, not the claimer ("api 127.0.0.1:5555" asked for a sandbox, not
+// for this one's end).
+func ClaimBy(claimer string) string { return byClaim + claimer }
+
+// byText is who asked for a termination, as a log line says it.
+func byText(by string) string {
+	switch {
+	case by == ByController:
+		return "the controller"
+	case by == ByUser:
+		return "a user"
+	case strings.HasPrefix(by, byClaim):
+		return "a " + by
+	}
+	return by
+}
 
 // Event is one thing that happened to the pool, for observers.
 type Event struct {
@@ -365,7 +387,8 @@ type Event struct {
 	Kind      EventKind
 	SandboxID string
 	// By is who claimed (dashboard, cli, api 127.0.0.1:5555), or who asked
-	// for a termination (ByController, ByUser, or a claimer).
+	// for a termination (ByController, ByUser, ClaimBy(claimer) for one a
+	// claim met, or the name given to TerminateAs).
 	By string
 	// Reason is why a sandbox was terminated.
 	Reason string
@@ -424,6 +447,18 @@ type ExitWatcher interface {
 type ExitInfo struct {
 	Code int    // exit code, or -signal
 	Tail string // its last lines of output
+	// Unknown: the backend no longer knows the sandbox (it died with its
+	// local agent), so Code says nothing.
+	Unknown bool
+}
+
+// ExitText says how a workload ended: "exit code 3", "signal 9 (killed)".
+func ExitText(code int) string {
+	if code < 0 {
+		// Go names SIGKILL "killed": say "signal 9 (killed)", not "killed by killed".
+		return fmt.Sprintf("signal %d (%s)", -code, syscall.Signal(-code))
+	}
+	return "exit code " + strconv.Itoa(code)
 }
 
 // Problem is something wrong with the pool now: shown by /healthz (503),

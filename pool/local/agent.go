@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/pool"
 	"golang.org/x/sys/unix"
 )
 
@@ -129,6 +130,7 @@ type response struct {
 	Ref      wireRef   `json:"ref,omitzero"`
 	Refs     []wireRef `json:"refs,omitempty"`
 	Exited   bool      `json:"exited,omitempty"`
+	Unknown  bool      `json:"unknown,omitempty"` // exited: the agent does not know the sandbox, nor how it ended
 	Code     int       `json:"code,omitempty"`
 	Tail     string    `json:"tail,omitempty"`
 	Data     []byte    `json:"data,omitempty"`
@@ -355,7 +357,7 @@ func (a *agent) handle(r request) response {
 		sb := a.boxes[r.ID]
 		a.mu.Unlock()
 		if sb == nil {
-			return response{Exited: true, Code: -1, Tail: "(the local agent does not know this sandbox: it is gone)"}
+			return response{Exited: true, Unknown: true, Code: -1, Tail: "(the local agent does not know this sandbox: it is gone)"}
 		}
 		a.mu.Lock()
 		exited, code := sb.exited, sb.code
@@ -734,17 +736,9 @@ func (a *agent) workloadExited(sb *sandbox, pgid, code int) {
 	}
 	a.mu.Unlock()
 	if !ending {
-		fmt.Fprintf(sb.log, "sandboxpool: the workload exited (%s)\n", describeCode(code))
-		log.Printf("sandbox %s: the workload exited (%s)", sb.id, describeCode(code))
+		fmt.Fprintf(sb.log, "sandboxpool: the workload exited (%s)\n", pool.ExitText(code))
+		log.Printf("sandbox %s: the workload exited (%s)", sb.id, pool.ExitText(code))
 	}
-}
-
-func describeCode(code int) string {
-	if code < 0 {
-		// Go names SIGKILL "killed": say "signal 9 (killed)", not "killed by killed".
-		return fmt.Sprintf("signal %d (%s)", -code, syscall.Signal(-code))
-	}
-	return "exit code " + strconv.Itoa(code)
 }
 
 // kill makes a sandbox die abruptly, as a crash would: for tests and chaos.

@@ -265,12 +265,12 @@ func (b *Backend) ReadLog(ctx context.Context, id string, offset int64, max int)
 func (b *Backend) Exited(ctx context.Context, id string) (bool, pool.ExitInfo, error) {
 	resp, err := b.call(ctx, request{Op: "exited", ID: id}, false)
 	if errors.Is(err, errNoAgent) {
-		return true, pool.ExitInfo{Code: -1, Tail: "(no local agent runs: the sandbox is gone)"}, nil
+		return true, pool.ExitInfo{Code: -1, Unknown: true, Tail: "(no local agent runs: the sandbox is gone)"}, nil
 	}
 	if err != nil {
 		return false, pool.ExitInfo{}, fmt.Errorf("local backend: %w", err)
 	}
-	return resp.Exited, pool.ExitInfo{Code: resp.Code, Tail: resp.Tail}, nil
+	return resp.Exited, pool.ExitInfo{Code: resp.Code, Tail: resp.Tail, Unknown: resp.Unknown}, nil
 }
 
 // Shutdown terminates every sandbox of the pool and stops its agent.

@@ -183,6 +183,14 @@ func (b *Backend) Settled(creating int) bool {
 // Kill makes a sandbox vanish as if its process died.
 func (b *Backend) Kill(id string) { b.mu.Lock(); delete(b.live, id); b.mu.Unlock() }
 
+// Exit makes a sandbox's workload end as info says (ExitWatcher sees it).
+func (b *Backend) Exit(id string, info pool.ExitInfo) {
+	b.mu.Lock()
+	delete(b.live, id)
+	b.exited[id] = info
+	b.mu.Unlock()
+}
+
 // SetUnhealthy makes a sandbox fail (or pass again) its health checks.
 func (b *Backend) SetUnhealthy(id string, bad bool) {
 	b.mu.Lock()
