@@ -44,6 +44,7 @@ type Controller struct {
 	st      Store
 	clk     clockwork.Clock // every time read and wait of the package goes through it
 	check   Checker
+	loop    *loopProber // the default Checker's kept connections, closed by Close
 	rnd     func() float64
 	poll    time.Duration
 	leaseAs LeaseRecord // what this process writes in the lease (Since set when taken)
@@ -157,15 +158,17 @@ func New(o Options) (*Controller, error) {
 	if o.Clock == nil {
 		o.Clock = clockwork.NewRealClock()
 	}
+	var loop *loopProber
 	if o.Checker == nil {
-		o.Checker = newHTTPChecker(nil, o.Clock)
+		loop = newLoopProber(o.Clock)
+		o.Checker = newHTTPCheckerWith(nil, o.Clock, loop)
 	}
 	if o.StorePollEvery <= 0 {
 		o.StorePollEvery = time.Second
 	}
 	life, stop := context.WithCancel(context.Background())
 	c := &Controller{
-		cfg: o.Config, be: o.Backend, st: o.Store, clk: o.Clock, check: o.Checker, rnd: o.Rand,
+		cfg: o.Config, be: o.Backend, st: o.Store, clk: o.Clock, check: o.Checker, loop: loop, rnd: o.Rand,
 		poll: o.StorePollEvery, life: life, stop: stop,
 		leaseAs:      LeaseRecord{Host: hostname(), Pid: osGetpid(), Role: cmp.Or(o.Role, RoleController), Command: o.Command, API: o.API},
 		kickCh:       make(chan struct{}, 1),
@@ -216,6 +219,9 @@ func (c *Controller) Close() {
 	c.mu.Unlock()
 	if lease != nil {
 		_ = lease.Release()
+	}
+	if c.loop != nil {
+		c.loop.closeIdle()
 	}
 	c.events.closeAll()
 }

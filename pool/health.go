@@ -26,12 +26,31 @@ func NewHTTPChecker(client *http.Client) Checker {
 }
 
 func newHTTPChecker(client *http.Client, clk clockwork.Clock) Checker {
+	return newHTTPCheckerWith(client, clk, nil)
+}
+
+// newHTTPCheckerWith also takes the sandboxes on this machine's loopback
+// to loop, when set.
+func newHTTPCheckerWith(client *http.Client, clk clockwork.Clock, loop *loopProber) Checker {
 	if client == nil {
 		client = NewHealthClient(nil)
 	}
 	return func(ctx context.Context, url string) Health {
 		start := clk.Now()
 		h := Health{CheckedAt: start}
+		if host, uri, ok := loop.target(url); ok {
+			err := loop.check(ctx, host, uri, &h)
+			h.Latency = clk.Since(start)
+			if err != nil {
+				h.Error = describeHealthError(ctx, err)
+				return h
+			}
+			h.OK = h.Status >= 200 && h.Status < 400
+			if !h.OK {
+				h.Error = fmt.Sprintf("%d", h.Status)
+			}
+			return h
+		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			h.Error = err.Error()
