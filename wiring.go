@@ -131,7 +131,7 @@ func (p *opened) openJournal(dir, poolName string) {
 		case pool.EventHealthFailed, pool.EventHealthRecovery, pool.EventError:
 			// Viewers probe and read the store too: only the controller's
 			// view of health and errors is the pool's.
-			return ctrl.Snapshot().Role == "controller"
+			return ctrl.Role() == pool.RoleController
 		}
 		return true
 	}})

@@ -349,8 +349,9 @@ func (c *Controller) autosizeTarget(ctx context.Context, target int, now time.Ti
 // autosizeSawStored counts claims made by other processes (entries that
 // were pooled and are claimed now) and turns autosize off when the store
 // shows a target this process did not write lately: another process
-// resized the pool by hand. Called with c.mu held, before c.stored is s.
-func (c *Controller) autosizeSawStoredLocked(s Stored) {
+// resized the pool by hand. Called with c.mu held, before c.stored is s;
+// fromPool are the entries claimed since the last load that it held pooled.
+func (c *Controller) autosizeSawStoredLocked(s Stored, fromPool []Entry) {
 	a := &c.auto
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -359,16 +360,8 @@ func (c *Controller) autosizeSawStoredLocked(s Stored) {
 	if !a.on || !c.loaded || c.role == RoleViewer {
 		return
 	}
-	pooled := make(map[string]bool, len(c.stored.Entries))
-	for _, e := range c.stored.Entries {
-		if !e.Claimed() {
-			pooled[e.ID] = true
-		}
-	}
-	for _, e := range s.Entries {
-		if e.Claimed() && pooled[e.ID] {
-			a.sizer.ClaimedID(e.ID, e.ClaimedAt)
-		}
+	for _, e := range fromPool {
+		a.sizer.ClaimedID(e.ID, e.ClaimedAt)
 	}
 	if !s.HasTarget || s.Target == c.target {
 		return

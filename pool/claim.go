@@ -206,7 +206,7 @@ func (c *Controller) sizedToZero(ctx context.Context) error {
 	loaded := c.loaded
 	c.mu.Unlock()
 	if !loaded {
-		_, _, _, _ = c.loadStore(ctx)
+		_, _, _ = c.loadStore(ctx)
 	}
 	c.mu.Lock()
 	zero := c.stored.HasTarget && c.stored.Target == 0 && len(c.inflight) == 0

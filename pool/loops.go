@@ -353,7 +353,7 @@ func (c *Controller) storeLoop(ctx context.Context) {
 // the pool lost entries (claimed or removed elsewhere) or its target
 // changed (another process resized it).
 func (c *Controller) refreshStore(ctx context.Context) bool {
-	_, changed, lost, err := c.loadStore(ctx)
+	changed, lost, err := c.loadStore(ctx)
 	if err != nil {
 		return false
 	}
@@ -375,22 +375,28 @@ type localWrite struct {
 // loadStore reads the store and makes it this controller's view, without a
 // lock held across the read: writes this process finished meanwhile are
 // laid over what the load saw, and a load that ends after a newer one is
-// not applied. It returns the view and how it differs from the last one.
-func (c *Controller) loadStore(ctx context.Context) (s Stored, changed, lost bool, err error) {
+// not applied. It reports how the view changed: changed at all, and lost
+// (a pooled entry left, or the target changed), which asks for a pass.
+//
+// The view keeps pooled entries (c.stored) apart from claimed ones
+// (c.claimed). A load walks every entry once, with a map lookup for each
+// claimed one; everything else it does is O(pooled). Loads come from the
+// store poll and full passes, not from each claim.
+func (c *Controller) loadStore(ctx context.Context) (changed, lost bool, err error) {
 	c.mu.Lock()
 	c.loadSeq++
 	seq := c.loadSeq
 	c.mu.Unlock()
-	s, err = c.st.Load(ctx)
+	s, err := c.st.Load(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
 			c.report(ProblemStore, opRead, "", err)
 		}
-		return s, false, false, err
+		return false, false, err
 	}
 	c.resolve(ProblemStore, opRead)
 	c.mu.Lock()
-	s.Entries = slices.Clone(s.Entries)
+	var newer map[string]localWrite // finished after the load started: laid over it
 	for id, w := range c.writes {
 		if w.seq < seq {
 			if seq >= c.appliedSeq {
@@ -398,22 +404,72 @@ func (c *Controller) loadStore(ctx context.Context) (s Stored, changed, lost boo
 			}
 			continue
 		}
-		s.Entries = applyWrite(s.Entries, w)
+		if newer == nil {
+			newer = map[string]localWrite{}
+		}
+		newer[id] = w
 	}
 	if c.targetSeq >= seq {
 		s.Target, s.HasTarget = c.stored.Target, c.stored.HasTarget
 	}
 	if seq < c.appliedSeq {
 		c.mu.Unlock()
-		return s, false, false, nil // a newer load is already applied
+		return false, false, nil // a newer load is already applied
 	}
 	c.appliedSeq = seq
-	// Compared under the lock: s is c.stored from here on.
-	changed, lost = diffStored(c.stored, s)
+
+	// Split the load, the newer writes laid over it. fresh: claimed
+	// entries this view did not hold as claimed.
+	all := s.Entries
+	pooled := make([]Entry, 0, len(c.stored.Entries)+len(newer))
+	claimedN := 0
+	var fresh []Entry
+	splitLoad(all, newer, func(e Entry, written bool) {
+		if written {
+			pooled = insertByExpiry(pooled, e)
+		} else {
+			pooled = append(pooled, e) // the store's pool order
+		}
+	}, func(e Entry) {
+		claimedN++
+		if !c.claimedView.has(e.ID) {
+			fresh = append(fresh, e)
+		}
+	})
+	s.Entries = pooled
+
+	changed, lost = diffPooled(c.stored, s)
 	if c.loaded && s.Epoch != c.stored.Epoch {
 		c.storeLostLocked()
 	}
-	seen := c.claimsSeenLocked(s)
+	var fromPool []Entry // claimed since the last load, pooled in it
+	if c.loaded && len(fresh) > 0 {
+		was := make(map[string]bool, len(c.stored.Entries))
+		for _, e := range c.stored.Entries {
+			was[e.ID] = true
+		}
+		for _, e := range fresh {
+			if was[e.ID] {
+				fromPool = append(fromPool, e)
+			}
+		}
+	}
+	var seen []Event
+	if c.loaded {
+		seen = c.claimsSeenLocked(fresh, fromPool)
+	}
+	if c.claimedView.len()+len(fresh) != claimedN {
+		// Claimed entries left the store (removed by another process): rare,
+		// so the set is rebuilt from the load rather than diffed on each.
+		c.rebuildClaimedLocked(all, newer)
+		changed = true
+	} else {
+		for _, e := range fresh {
+			c.claimLocked(e)
+		}
+		changed = changed || len(fresh) > 0
+	}
+	c.autosizeSawStoredLocked(s, fromPool)
 	c.setStoredLocked(s)
 	say := c.adoptTimingLocked(s)
 	c.mu.Unlock()
@@ -423,7 +479,55 @@ func (c *Controller) loadStore(ctx context.Context) (s Stored, changed, lost boo
 	if say != "" {
 		c.emit(Event{Kind: EventTiming, Message: say})
 	}
-	return s, changed, lost, nil
+	return changed, lost, nil
+}
+
+// rebuildClaimedLocked makes c.claimed hold the claimed entries of the
+// load all with the newer writes laid over it, keeping their health.
+func (c *Controller) rebuildClaimedLocked(all []Entry, newer map[string]localWrite) {
+	old := c.claimedView
+	c.claimedView = claimedSet{}
+	splitLoad(all, newer, func(Entry, bool) {}, func(e Entry) {
+		if ce, ok := old.get(e.ID); ok {
+			c.claimedView.put(e, ce.health)
+			return
+		}
+		c.claimLocked(e)
+	})
+}
+
+// splitLoad walks a load's entries with the newer writes of this process
+// laid over them (a put never replaces what the load holds: it may be
+// claimed since), giving each entry to pooled or claimed.
+func splitLoad(all []Entry, newer map[string]localWrite, pooled func(e Entry, written bool), claimed func(Entry)) {
+	var matched map[string]bool
+	give := func(e Entry, written bool) {
+		if e.Claimed() {
+			claimed(e)
+		} else {
+			pooled(e, written)
+		}
+	}
+	for _, e := range all {
+		if w, ok := newer[e.ID]; ok {
+			if matched == nil {
+				matched = map[string]bool{}
+			}
+			matched[e.ID] = true
+			switch {
+			case w.removed:
+				continue
+			case w.entry.Claimed():
+				e = w.entry
+			}
+		}
+		give(e, false)
+	}
+	for id, w := range newer {
+		if !matched[id] && !w.removed {
+			give(w.entry, true)
+		}
+	}
 }
 
 // adoptTimingLocked judges by the pool's stored timing (one pool, one
@@ -443,71 +547,76 @@ func (c *Controller) adoptTimingLocked(s Stored) string {
 		s.TTL, s.UseDuration, c.cfg.TTL, c.cfg.UseDuration)
 }
 
-// claimsSeenLocked turns claims made by other processes, seen as entries
-// that turned claimed since the last load, into claim events, so that every
+// claimsSeenLocked turns claims made by other processes, seen as claimed
+// entries new to this view (fresh), into claim events, so that every
 // process counts every claim once (its own as it makes them). A claim of a
-// sandbox this process saw pooled was served warm.
-func (c *Controller) claimsSeenLocked(s Stored) []Event {
-	if !c.loaded {
-		return nil // the first load: those claims are history
-	}
-	before := make(map[string]Entry, len(c.stored.Entries))
-	for _, e := range c.stored.Entries {
-		before[e.ID] = e
+// sandbox this process saw pooled (fromPool) was served warm.
+func (c *Controller) claimsSeenLocked(fresh, fromPool []Entry) []Event {
+	warm := make(map[string]bool, len(fromPool))
+	for _, e := range fromPool {
+		warm[e.ID] = true
 	}
 	var out []Event
-	for _, e := range s.Entries {
-		if !e.Claimed() {
-			continue
-		}
-		prev, known := before[e.ID]
-		if known && prev.Claimed() {
-			continue
-		}
+	for _, e := range fresh {
 		if c.ownClaimLocked(e) || !c.countClaimOnceLocked(e.ID) {
 			continue // this process's own, or already seen through the journal
 		}
-		warm := known
-		if warm {
+		if warm[e.ID] {
 			c.stats.ClaimsWarm++
 		} else {
 			c.stats.ClaimsWaited++
 		}
 		c.budget.claimed(c.clk.Now())
-		out = append(out, Event{Kind: EventClaimed, SandboxID: e.ID, By: e.ClaimedBy, Warm: warm, Remote: true, Time: e.ClaimedAt})
+		out = append(out, Event{Kind: EventClaimed, SandboxID: e.ID, By: e.ClaimedBy, Warm: warm[e.ID], Remote: true, Time: e.ClaimedAt})
 	}
 	return out
+}
+
+// claimLocked moves e (claimed) out of the pool into c.claimed, with the
+// health its sandbox last had.
+func (c *Controller) claimLocked(e Entry) {
+	h := c.health[e.ID]
+	if ce, ok := c.claimedView.get(e.ID); ok && !h.Checked() {
+		h = ce.health
+	}
+	c.claimedView.put(e, h)
+	c.dropHealthLocked(e.ID)
 }
 
 // wroteLocked records a store write of this process and applies it to the view.
 func (c *Controller) wroteLocked(e Entry, removed bool) {
 	w := localWrite{seq: c.loadSeq, entry: e, removed: removed}
 	c.writes[e.ID] = w
-	c.stored.Entries = applyWrite(c.stored.Entries, w)
-}
-
-func applyWrite(entries []Entry, w localWrite) []Entry {
-	i := slices.IndexFunc(entries, func(e Entry) bool { return e.ID == w.entry.ID })
+	i := slices.IndexFunc(c.stored.Entries, func(p Entry) bool { return p.ID == e.ID })
 	switch {
-	case w.removed:
+	case removed:
 		if i >= 0 {
-			entries = slices.Delete(entries, i, i+1)
+			c.stored.Entries = slices.Delete(c.stored.Entries, i, i+1)
 		}
-	case i >= 0:
-		if w.entry.Claimed() {
-			entries[i] = w.entry
+		c.claimedView.remove(e.ID)
+	case e.Claimed():
+		if i >= 0 {
+			c.stored.Entries = slices.Delete(c.stored.Entries, i, i+1)
 		}
-	default:
-		at := len(entries) // pool order: by expiry, as the stores keep it
-		for at > 0 && w.entry.ExpiresAt.Before(entries[at-1].ExpiresAt) {
-			at--
-		}
-		entries = slices.Insert(entries, at, w.entry)
+		c.claimLocked(e)
+	case i < 0 && !c.claimedView.has(e.ID): // a put never replaces what is recorded
+		c.stored.Entries = insertByExpiry(c.stored.Entries, e)
 	}
-	return entries
 }
 
-func diffStored(a, b Stored) (changed, lost bool) {
+// insertByExpiry inserts a pooled entry in pool order: by expiry, as the
+// stores keep it.
+func insertByExpiry(entries []Entry, e Entry) []Entry {
+	at := len(entries)
+	for at > 0 && e.ExpiresAt.Before(entries[at-1].ExpiresAt) {
+		at--
+	}
+	return slices.Insert(entries, at, e)
+}
+
+// diffPooled compares two views' targets and pooled entries: changed at
+// all, and lost (the target changed, or a pooled entry left).
+func diffPooled(a, b Stored) (changed, lost bool) {
 	if a.Target != b.Target || a.HasTarget != b.HasTarget {
 		changed, lost = true, true // a resize elsewhere: act on it within a poll
 	}
@@ -516,14 +625,11 @@ func diffStored(a, b Stored) (changed, lost bool) {
 	}
 	inB := make(map[string]bool, len(b.Entries))
 	for _, e := range b.Entries {
-		inB[e.ID+"/"+e.ClaimedBy] = true
+		inB[e.ID] = true
 	}
 	for _, e := range a.Entries {
-		if !inB[e.ID+"/"+e.ClaimedBy] {
-			changed = true
-			if !e.Claimed() {
-				lost = true
-			}
+		if !inB[e.ID] {
+			changed, lost = true, true
 		}
 	}
 	return changed, lost
@@ -536,21 +642,20 @@ func (c *Controller) storeLostLocked() {
 		c.relost = map[string]bool{}
 	}
 	for _, e := range c.stored.Entries {
-		if !e.Claimed() {
-			c.relost[e.ID] = true
-		}
+		c.relost[e.ID] = true
 	}
 }
 
+// setStoredLocked makes s (pooled entries only) the view's pool.
 func (c *Controller) setStoredLocked(s Stored) {
-	c.autosizeSawStoredLocked(s)
 	c.stored = s
 	c.loaded = true
 	if s.HasTarget {
 		c.target = s.Target
 	}
-	// Forget health of sandboxes that left the pool.
-	known := make(map[string]bool, len(s.Entries))
+	// Forget health of sandboxes that left the pool (a claimed one's went
+	// with it into c.claimed).
+	known := make(map[string]bool, len(s.Entries)+len(c.inflight))
 	for _, e := range s.Entries {
 		known[e.ID] = true
 	}

@@ -28,8 +28,9 @@ func (c *Controller) Maintain(ctx context.Context) error {
 var errNotListed = errors.New("not listed in a quick pass")
 
 // pass is a maintenance pass; a quick one (the backfill after a claim, a
-// terminate or a resize) skips listing the backend, the costly part that
-// reconciling needs, and leaves that to the regular passes. Passes run one
+// terminate or a resize) skips listing the backend and reading the store,
+// the costly parts that reconciling needs, and leaves them to the regular
+// passes and the store poll. Passes run one
 // at a time (c.passes), but no lock is held across one: claims and
 // creations never wait for a pass's I/O.
 func (c *Controller) pass(ctx context.Context, reconcile bool) error {
@@ -48,23 +49,28 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	// Listing before loading means an entry missing from the list was
 	// already stored when the list was taken, unless it was created after it.
 	listedAt := c.clk.Now()
-	// Only entries known before the list can be judged dead by it: one
-	// pooled meanwhile (no lock is held across the pass) may have been
-	// created after the list was taken.
-	c.mu.Lock()
-	knownBefore := make(map[string]bool, len(c.stored.Entries))
-	for _, e := range c.stored.Entries {
-		knownBefore[e.ID] = true
-	}
-	c.mu.Unlock()
 	live, listErr := []Ref(nil), errNotListed
+	var knownBefore map[string]bool
 	if reconcile {
+		// Only entries known before the list can be judged dead by it: one
+		// pooled meanwhile (no lock is held across the pass) may have been
+		// created after the list was taken.
+		c.mu.Lock()
+		knownBefore = make(map[string]bool, len(c.stored.Entries)+c.claimedView.len())
+		for _, e := range c.stored.Entries {
+			knownBefore[e.ID] = true
+		}
+		c.claimedView.each(func(ce claimedEntry) { knownBefore[ce.ID] = true })
+		c.mu.Unlock()
 		live, listErr = c.be.List(ctx)
+		if _, _, err := c.loadStore(ctx); err != nil {
+			return err
+		}
 	}
-	stored, _, _, err := c.loadStore(ctx)
-	if err != nil {
-		return err
-	}
+	// A quick pass reads neither the backend nor the store: it judges by
+	// this process's view, which its own writes keep current, while the
+	// store poll brings other processes' changes (and kicks a pass).
+	// Reading the store after each claim would walk every claimed entry.
 	c.mu.Lock()
 	relist := !reconcile && len(c.relost) > 0
 	c.mu.Unlock()
@@ -96,22 +102,28 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	}
 	var drops []drop
 	c.mu.Lock()
-	for _, e := range stored.Entries {
+	dead := func(e Entry) bool {
+		_, alive := liveSet[e.ID]
+		return listErr == nil && !alive && knownBefore[e.ID] && e.CreatedAt.Before(listedAt)
+	}
+	if listErr == nil {
+		c.claimedView.each(func(ce claimedEntry) {
+			if dead(ce.Entry) {
+				drops = append(drops, drop{ce.Entry, ""})
+			}
+		})
+	}
+	for _, e := range c.stored.Entries {
 		r, alive := liveSet[e.ID]
-		dead := listErr == nil && !alive && knownBefore[e.ID] && e.CreatedAt.Before(listedAt)
 		h := c.health[e.ID]
 		switch {
-		case e.Claimed():
-			if dead {
-				drops = append(drops, drop{e, ""})
-			}
 		case alive && r.Claimed:
 			// The backend's own record says it was handed out (a store
 			// lost or replaced): it leaves the pool and keeps running.
 			drops = append(drops, drop{e, reasonClaimedElsewhere})
-		case dead && !e.ExpiresAt.After(listedAt):
+		case dead(e) && !e.ExpiresAt.After(listedAt):
 			drops = append(drops, drop{e, ReasonExpired}) // the backend ended it on time
-		case dead:
+		case dead(e):
 			drops = append(drops, drop{e, ReasonUnhealthy})
 		case !HasTimeLeft(e.ExpiresAt, now, c.useDur()):
 			drops = append(drops, drop{e, ReasonExpired})
@@ -232,7 +244,7 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 	}
 	var unknown []Ref
 	for _, r := range live {
-		if known[r.ID] || r.Claimed {
+		if known[r.ID] || r.Claimed || c.claimedView.has(r.ID) {
 			// A claimed sandbox is its claimer's: never adopted, never reaped.
 			continue
 		}

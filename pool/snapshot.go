@@ -26,10 +26,9 @@ func (c *Controller) Snapshot() Snapshot {
 	if open := c.problems.list(); len(open) > 0 {
 		s.LastError = open[len(open)-1].Message
 	}
-	s.Sandboxes = make([]Sandbox, 0, len(c.stored.Entries)+len(c.inflight)+len(c.recent))
-	seen := make(map[string]bool, len(c.stored.Entries))
-	for _, e := range c.stored.Entries {
-		h := c.health[e.ID]
+	s.Sandboxes = make([]Sandbox, 0, c.claimedView.len()+len(c.stored.Entries)+len(c.inflight)+len(c.recent))
+	seen := make(map[string]bool, len(c.stored.Entries)+len(c.inflight))
+	row := func(e Entry, h Health) {
 		sb := Sandbox{ID: e.ID, URL: e.URL, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt, Health: h,
 			ClaimedBy: e.ClaimedBy, ClaimedAt: e.ClaimedAt, State: StateOf(e, h, now, c.useDur())}
 		if r, ok := c.recent[e.ID]; ok && r.State == StateTerminating {
@@ -38,11 +37,18 @@ func (c *Controller) Snapshot() Snapshot {
 		if sb.State == StateUnhealthy {
 			sb.Err = h.Error
 		}
-		seen[e.ID] = true
 		s.Sandboxes = append(s.Sandboxes, sb)
 	}
+	// Claimed ones first, as the store holds them. They are not put in
+	// seen (10,000 of them would be a big map per snapshot): the few
+	// other rows ask c.claimedView instead.
+	c.claimedView.each(func(ce claimedEntry) { row(ce.Entry, ce.health) })
+	for _, e := range c.stored.Entries {
+		row(e, c.health[e.ID])
+		seen[e.ID] = true
+	}
 	for _, cr := range sortedCreations(c.inflight) {
-		if cr.ref.ID != "" && seen[cr.ref.ID] {
+		if cr.ref.ID != "" && (seen[cr.ref.ID] || c.claimedView.has(cr.ref.ID)) {
 			continue
 		}
 		id := cr.ref.ID
@@ -60,7 +66,7 @@ func (c *Controller) Snapshot() Snapshot {
 			delete(c.failedAt, id) // a failed row shows for a while, then goes
 			continue
 		}
-		if !seen[id] {
+		if !seen[id] && !c.claimedView.has(id) {
 			s.Sandboxes = append(s.Sandboxes, r)
 		}
 	}
@@ -95,11 +101,19 @@ func (c *Controller) Counters() (terminations map[string]int64, healthOK, health
 // Refresh reads the store (and, with probe, checks every pooled sandbox once)
 // and returns the snapshot: what a one-shot `check` shows.
 func (c *Controller) Refresh(ctx context.Context, probe bool) (Snapshot, error) {
-	if _, _, _, err := c.loadStore(ctx); err != nil {
+	if _, _, err := c.loadStore(ctx); err != nil {
 		return Snapshot{}, err
 	}
 	if probe {
 		c.ProbeAll(ctx)
 	}
 	return c.Snapshot(), nil
+}
+
+// Role says what this process is to the pool now, without building a
+// snapshot (one holds a row per claimed sandbox).
+func (c *Controller) Role() Role {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.role
 }
