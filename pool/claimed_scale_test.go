@@ -28,6 +28,8 @@ type splitStore struct {
 	claimed map[string]pool.Entry
 	order   []string // claimed ids in claim order
 	loads   int
+	gen     uint64 // counts writes
+	gens    int    // Generation calls
 }
 
 func newSplitStore() *splitStore { return &splitStore{claimed: map[string]pool.Entry{}} }
@@ -49,6 +51,7 @@ func (s *splitStore) Load(context.Context) (pool.Stored, error) {
 func (s *splitStore) Put(_ context.Context, r pool.Ref) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	r.Claimed = false
 	if _, ok := s.claimed[r.ID]; ok || slices.ContainsFunc(s.pooled, func(e pool.Entry) bool { return e.ID == r.ID }) {
 		return nil
@@ -64,6 +67,7 @@ func (s *splitStore) Put(_ context.Context, r pool.Ref) error {
 func (s *splitStore) Take(_ context.Context, r pool.TakeRequest) (pool.Entry, []pool.Entry, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	for i, e := range s.pooled {
 		if e.ExpiresAt.Before(r.MinExpiresAt) {
 			continue
@@ -80,6 +84,7 @@ func (s *splitStore) Take(_ context.Context, r pool.TakeRequest) (pool.Entry, []
 func (s *splitStore) remove(pooledOnly bool, ids []string) ([]pool.Entry, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.gen++
 	var out []pool.Entry
 	for _, id := range ids {
 		if i := slices.IndexFunc(s.pooled, func(e pool.Entry) bool { return e.ID == id }); i >= 0 {
@@ -103,9 +108,20 @@ func (s *splitStore) Evict(_ context.Context, ids ...string) ([]pool.Entry, erro
 
 func (s *splitStore) SetTarget(_ context.Context, n int) error {
 	s.mu.Lock()
+	s.gen++
 	s.target, s.has = n, true
 	s.mu.Unlock()
 	return nil
+}
+
+// genStore is a splitStore that tells its generation, as the file store does.
+type genStore struct{ *splitStore }
+
+func (s genStore) Generation(context.Context) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gens++
+	return s.gen, nil
 }
 
 func (s *splitStore) SetTiming(context.Context, time.Duration, time.Duration) error { return nil }
@@ -239,4 +255,50 @@ func TestClaimedViewFollowsTheStore(t *testing.T) {
 	if got := claimedIDs(refresh()); !slices.Equal(got, []string{mine.ID}) {
 		t.Fatalf("claimed %v after %s left the store, want [%s]", got, theirs.ID, mine.ID)
 	}
+}
+
+// TestIdlePollReadsNoEntry: the store poll of a pool nobody touches asks the
+// store's generation and reads none of its entries; a change made by
+// another process is still seen at the next poll.
+func TestIdlePollReadsNoEntry(t *testing.T) {
+	clk := clockwork.NewRealClock()
+	be := pooltest.NewBackend(clk)
+	st := genStore{newSplitStore()}
+	cfg := pool.DefaultConfig()
+	cfg.Size, cfg.MaintainEvery, cfg.HealthEvery = 2, time.Hour, time.Hour
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, StorePollEvery: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- c.Serve(ctx, false) }()
+	defer func() { cancel(); <-served }()
+	counts := func() (loads, gens int) {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.loads, st.gens
+	}
+	testkit.Eventually(t, 10*time.Second, "the pool filled and polled", func() bool {
+		_, g := counts()
+		return c.Snapshot().Counts[pool.StateReady] == 2 && c.Creating() == 0 && g > 0
+	})
+	// Settled: polls that find the generation unchanged read nothing.
+	var loads, gens int
+	testkit.Eventually(t, 10*time.Second, "20 polls in a row without a load", func() bool {
+		l, g := counts()
+		if l != loads {
+			loads, gens = l, g
+			return false
+		}
+		return g-gens >= 20
+	})
+	// Another process claims: the next polls see it.
+	if _, _, ok, err := st.Take(ctx, pool.TakeRequest{MinExpiresAt: clk.Now(), ClaimedBy: "elsewhere", Now: clk.Now()}); err != nil || !ok {
+		t.Fatalf("take elsewhere: %v %v", ok, err)
+	}
+	testkit.Eventually(t, 10*time.Second, "the claim elsewhere seen", func() bool {
+		return c.Snapshot().Counts[pool.StateClaimed] == 1
+	})
 }

@@ -77,12 +77,16 @@ type Controller struct {
 	stored      Stored     // pooled entries only, in pool order
 	claimedView claimedSet // the claimed entries, apart: the hot paths never walk them
 	loaded      bool
-	loadSeq     uint64                // store loads started
-	appliedSeq  uint64                // the newest load applied to stored
-	targetSeq   uint64                // loadSeq when this process last set the target
-	writes      map[string]localWrite // this process's store writes a load in flight may miss
-	target      int
-	timingSaid  bool // the pool's timing differs from this process's and that was said
+	// storeGen is the store's generation read before the load applied to
+	// the view (generationStore), when storeGenKnown.
+	storeGen      uint64
+	storeGenKnown bool
+	loadSeq       uint64                // store loads started
+	appliedSeq    uint64                // the newest load applied to stored
+	targetSeq     uint64                // loadSeq when this process last set the target
+	writes        map[string]localWrite // this process's store writes a load in flight may miss
+	target        int
+	timingSaid    bool // the pool's timing differs from this process's and that was said
 
 	// Sandboxes (guarded by mu).
 	health   map[string]Health

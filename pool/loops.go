@@ -353,6 +353,14 @@ func (c *Controller) storeLoop(ctx context.Context) {
 // the pool lost entries (claimed or removed elsewhere) or its target
 // changed (another process resized it).
 func (c *Controller) refreshStore(ctx context.Context) bool {
+	if g, ok := c.st.(generationStore); ok {
+		c.mu.Lock()
+		last, known := c.storeGen, c.storeGenKnown
+		c.mu.Unlock()
+		if gen, err := g.Generation(ctx); known && err == nil && gen == last {
+			return false // nothing changed: a poll of an idle pool reads no entry
+		}
+	}
 	changed, lost, err := c.loadStore(ctx)
 	if err != nil {
 		return false
@@ -363,6 +371,16 @@ func (c *Controller) refreshStore(ctx context.Context) bool {
 	}
 	return lost
 }
+
+// generationStore is a Store that tells cheaply whether the pool changed
+// since a load (the file store: a lock and a stat), so that the poll of a
+// pool nobody touches reads none of its entries.
+type generationStore interface {
+	// Generation changes whenever the pool does, by any process's doing.
+	Generation(ctx context.Context) (uint64, error)
+}
+
+var errNoGeneration = errors.New("the store has no generation")
 
 // localWrite is a store write of this process (a put, a claim, a removal)
 // that a load started before the write finished may not show.
@@ -387,6 +405,12 @@ func (c *Controller) loadStore(ctx context.Context) (changed, lost bool, err err
 	c.loadSeq++
 	seq := c.loadSeq
 	c.mu.Unlock()
+	// The generation is read before the load: the load shows at least it.
+	var gen uint64
+	genErr := errNoGeneration
+	if g, ok := c.st.(generationStore); ok {
+		gen, genErr = g.Generation(ctx)
+	}
 	s, err := c.st.Load(ctx)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -417,6 +441,7 @@ func (c *Controller) loadStore(ctx context.Context) (changed, lost bool, err err
 		return false, false, nil // a newer load is already applied
 	}
 	c.appliedSeq = seq
+	c.storeGen, c.storeGenKnown = gen, genErr == nil
 
 	// Split the load, the newer writes laid over it. fresh: claimed
 	// entries this view did not hold as claimed.
