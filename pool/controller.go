@@ -88,6 +88,11 @@ type Controller struct {
 	target        int
 	timingSaid    bool // the pool's timing differs from this process's and that was said
 
+	// Listing a ChangeLister backend (guarded by mu): where the last list
+	// of changes ended, and when a pass lists in full next.
+	listCursor ListCursor
+	sweepDue   time.Time
+
 	// Sandboxes (guarded by mu).
 	health   map[string]Health
 	rotated  map[string]bool      // pooled sandboxes whose replacement started (rotation)

@@ -9,6 +9,13 @@ import (
 	"time"
 )
 
+// sweepEvery is how often a pass lists a ChangeLister backend in full, so
+// that a claimed sandbox whose end the lists of changes missed (an agent
+// that forgot it) still leaves the store in bounded time.
+func (c *Controller) sweepEvery() time.Duration {
+	return 10 * c.cfg.MaintainEvery
+}
+
 // adoptGrace: a running sandbox unknown to the store is left alone while it
 // is this young, because another process (a `claim` doing its own backfill)
 // may still be warming it up.
@@ -50,19 +57,41 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	// already stored when the list was taken, unless it was created after it.
 	listedAt := c.clk.Now()
 	live, listErr := []Ref(nil), errNotListed
-	var knownBefore map[string]bool
+	var (
+		knownBefore map[string]bool
+		listing     = Listing{Full: true}
+		// The backend listed in full when a list of changes was asked:
+		// claimed entries were left out of knownBefore and cannot be
+		// judged by it (the next pass sweeps them).
+		unjudged bool
+	)
 	if reconcile {
+		lister, changes := c.be.(ChangeLister)
 		// Only entries known before the list can be judged dead by it: one
 		// pooled meanwhile (no lock is held across the pass) may have been
-		// created after the list was taken.
+		// created after the list was taken. Claimed ones are judged by a
+		// full list only, now and then (sweep); in between, the backend
+		// says which ended.
 		c.mu.Lock()
-		knownBefore = make(map[string]bool, len(c.stored.Entries)+c.claimedView.len())
+		cursor := c.listCursor
+		sweep := !changes || cursor == (ListCursor{}) || !listedAt.Before(c.sweepDue)
+		if sweep {
+			cursor = ListCursor{}
+		}
+		knownBefore = make(map[string]bool, len(c.stored.Entries))
 		for _, e := range c.stored.Entries {
 			knownBefore[e.ID] = true
 		}
-		c.claimedView.each(func(ce claimedEntry) { knownBefore[ce.ID] = true })
+		if sweep {
+			c.claimedView.each(func(ce claimedEntry) { knownBefore[ce.ID] = true })
+		}
 		c.mu.Unlock()
-		live, listErr = c.be.List(ctx)
+		if changes {
+			listing, listErr = lister.ListChanges(ctx, cursor)
+			live, unjudged = listing.Refs, listing.Full && !sweep
+		} else {
+			live, listErr = c.be.List(ctx)
+		}
 		if _, _, err := c.loadStore(ctx); err != nil {
 			return err
 		}
@@ -106,12 +135,20 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		_, alive := liveSet[e.ID]
 		return listErr == nil && !alive && knownBefore[e.ID] && e.CreatedAt.Before(listedAt)
 	}
-	if listErr == nil {
+	switch {
+	case listErr != nil || unjudged:
+	case listing.Full:
 		c.claimedView.each(func(ce claimedEntry) {
 			if dead(ce.Entry) {
 				drops = append(drops, drop{ce.Entry, ""})
 			}
 		})
+	default:
+		for _, id := range listing.Ended {
+			if ce, ok := c.claimedView.get(id); ok {
+				drops = append(drops, drop{ce.Entry, ""})
+			}
+		}
 	}
 	for _, e := range c.stored.Entries {
 		r, alive := liveSet[e.ID]
@@ -187,6 +224,19 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 				c.terminateAsync(d.e, d.reason, ByController)
 			}
 		}
+	}
+
+	if listErr == nil {
+		// What this listing said is applied: the next lists changes since
+		// (a zero cursor, after one that could not be judged: a sweep).
+		c.mu.Lock()
+		c.listCursor = listing.Next
+		if unjudged {
+			c.listCursor = ListCursor{}
+		} else if listing.Full {
+			c.sweepDue = listedAt.Add(c.sweepEvery())
+		}
+		c.mu.Unlock()
 	}
 
 	// 2. Reconcile: live sandboxes of this pool that nobody knows.

@@ -428,6 +428,33 @@ type ClaimRecorder interface {
 	MarkClaimed(ctx context.Context, id, by string) error
 }
 
+// ChangeLister is a backend that can list, instead of every sandbox, the
+// unclaimed ones and what changed among the claimed ones since a cursor
+// (the local agent): a pass then costs the same with 10 or 10,000 claimed
+// sandboxes running. The engine still lists in full now and then.
+type ChangeLister interface {
+	ListChanges(ctx context.Context, since ListCursor) (Listing, error)
+}
+
+// ListCursor is where a ChangeLister's last listing ended; the zero cursor
+// asks for the full list.
+type ListCursor struct {
+	Epoch int64  // which incarnation of the backend answered (the agent's start)
+	Seq   uint64 // its count of claimed sandboxes' changes
+}
+
+// Listing is a ChangeLister's answer.
+type Listing struct {
+	// Full says Refs is every live sandbox, as List returns them (the
+	// cursor could not be answered). Otherwise Refs are the unclaimed
+	// live sandboxes and those claimed since the cursor (Ref.Claimed set),
+	// and Ended the claimed ones that ended since it.
+	Full  bool
+	Refs  []Ref
+	Ended []string
+	Next  ListCursor
+}
+
 // LogReader reads a sandbox's workload output (the dashboard's log view).
 type LogReader interface {
 	// ReadLog returns up to max bytes of the log from offset and the offset

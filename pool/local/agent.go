@@ -70,6 +70,47 @@ type agent struct {
 	// request is still on its way): never created after.
 	tombs   map[string]time.Time
 	closing bool
+	changes claimChanges
+}
+
+// claimChanges lets a caller list only the unclaimed sandboxes and what
+// changed among the claimed ones since its last list (list with Since):
+// a maintenance pass then costs the same with 10 or 10,000 claimed
+// sandboxes running (issue 9). Guarded by agent.mu.
+type claimChanges struct {
+	epoch int64  // this agent's start: a cursor of another agent means nothing here
+	seq   uint64 // counts claims and ends of claimed sandboxes
+	// ended lists claimed sandboxes that stopped being listed, in seq
+	// order, the oldest dropped past maxEnded; floor is the newest seq
+	// dropped: a cursor older than it gets the full list.
+	ended []endNote
+	floor uint64
+}
+
+type endNote struct {
+	seq uint64
+	id  string
+}
+
+// maxEnded bounds what the agent remembers of ended claimed sandboxes for
+// callers that list changes: one that falls further behind lists in full.
+const maxEnded = 1 << 16
+
+// endedLocked notes that sb stopped being listed; only a claimed
+// sandbox's end is news to a caller listing changes.
+func (a *agent) endedLocked(sb *sandbox) {
+	if sb.claimedBy == "" || sb.endNoted {
+		return
+	}
+	sb.endNoted = true
+	ch := &a.changes
+	ch.seq++
+	ch.ended = append(ch.ended, endNote{ch.seq, sb.id})
+	if len(ch.ended) > maxEnded {
+		drop := len(ch.ended) - maxEnded/2
+		ch.floor = ch.ended[drop-1].seq
+		ch.ended = slices.Delete(ch.ended, 0, drop)
+	}
 }
 
 // sandbox is one sandbox as the agent runs it.
@@ -95,6 +136,8 @@ type sandbox struct {
 
 	// Guarded by agent.mu.
 	claimedBy string
+	claimSeq  uint64        // claimChanges.seq when it was claimed
+	endNoted  bool          // its end is in claimChanges.ended
 	ending    bool          // terminate or expiry under way: no longer listed
 	exited    bool          // the workload ended (then code says how)
 	code      int           // exit code, or -signal
@@ -122,6 +165,12 @@ type request struct {
 	By     string        `json:"by,omitempty"`
 	Offset int64         `json:"offset,omitempty"`
 	Max    int           `json:"max,omitempty"`
+	// List only unclaimed sandboxes and the changes among claimed ones
+	// since this cursor (Epoch, Since); a cursor this agent cannot answer
+	// (another agent's, or too old) gets the full list.
+	Changes bool   `json:"changes,omitempty"`
+	Epoch   int64  `json:"epoch,omitempty"`
+	Since   uint64 `json:"since,omitempty"`
 }
 
 type response struct {
@@ -136,6 +185,14 @@ type response struct {
 	Tail     string    `json:"tail,omitempty"`
 	Data     []byte    `json:"data,omitempty"`
 	Next     int64     `json:"next,omitempty"`
+	// A list of changes: Full says Refs is every live sandbox; otherwise
+	// Refs are the unclaimed ones and those claimed since the cursor, and
+	// Ended the claimed ones that ended since it. Epoch and Seq are the
+	// cursor for the next list.
+	Full  bool     `json:"full,omitempty"`
+	Ended []string `json:"ended,omitempty"`
+	Epoch int64    `json:"epoch,omitempty"`
+	Seq   uint64   `json:"seq,omitempty"`
 }
 
 type wireRef struct {
@@ -163,6 +220,7 @@ func runAgent(spec agentSpec, ready *os.File) error {
 		spec: spec, paths: p, mark: envAgentMark + "=" + p.sock, uid: uint32(os.Getuid()),
 		logFds: newFDCache(fdCacheSize()),
 		spawnc: make(chan spawnReq), boxes: map[string]*sandbox{}, byPid: map[int]*sandbox{}, lastCall: time.Now(), tombs: map[string]time.Time{},
+		changes: claimChanges{epoch: time.Now().UnixNano()},
 	}
 	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
 		return err
@@ -338,7 +396,10 @@ func (a *agent) handle(r request) response {
 		}
 		return response{Ref: ref}
 	case "list":
-		return response{Refs: a.list()}
+		if r.Changes {
+			return a.listChanges(r.Epoch, r.Since)
+		}
+		return response{Refs: a.list(nil)}
 	case "terminate":
 		a.terminate(r.ID, r.Grace)
 		return response{}
@@ -351,6 +412,8 @@ func (a *agent) handle(r request) response {
 		}
 		if sb.claimedBy == "" {
 			sb.claimedBy = orDefault(r.By, "someone")
+			a.changes.seq++
+			sb.claimSeq = a.changes.seq
 		}
 		return response{}
 	case "exited":
@@ -396,11 +459,13 @@ func orDefault(s, def string) string {
 	return s
 }
 
-func (a *agent) list() []wireRef {
+// list returns the live sandboxes that keep says to (all when nil), oldest
+// first.
+func (a *agent) list(keep func(*sandbox) bool) []wireRef {
 	a.mu.Lock()
 	refs := make([]wireRef, 0, len(a.boxes))
 	for _, sb := range a.boxes {
-		if !sb.ending && !sb.exited {
+		if !sb.ending && !sb.exited && (keep == nil || keep(sb)) {
 			refs = append(refs, sb.wire())
 		}
 	}
@@ -412,6 +477,41 @@ func (a *agent) list() []wireRef {
 		return strings.Compare(x.ID, y.ID)
 	})
 	return refs
+}
+
+// listChanges answers a list of changes since the cursor (epoch, since):
+// the unclaimed sandboxes, those claimed since, and the claimed ones that
+// ended since; the full list for a cursor it cannot answer.
+func (a *agent) listChanges(epoch int64, since uint64) response {
+	a.mu.Lock()
+	ch := &a.changes
+	resp := response{Epoch: ch.epoch, Seq: ch.seq}
+	full := epoch != ch.epoch || since < ch.floor || since > ch.seq
+	if !full {
+		at, _ := slices.BinarySearchFunc(ch.ended, since+1, func(n endNote, seq uint64) int { return cmpUint(n.seq, seq) })
+		for _, n := range ch.ended[at:] {
+			resp.Ended = append(resp.Ended, n.id)
+		}
+	}
+	a.mu.Unlock()
+	if full {
+		resp.Full, resp.Refs = true, a.list(nil)
+		return resp
+	}
+	// Read under a.mu again by list: a claim in between has a seq past
+	// resp.Seq and shows again in the next list, which is harmless.
+	resp.Refs = a.list(func(sb *sandbox) bool { return sb.claimedBy == "" || sb.claimSeq > since })
+	return resp
+}
+
+func cmpUint(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 func (a *agent) create(r request) (wireRef, error) {
@@ -746,6 +846,7 @@ func (a *agent) workloadExited(sb *sandbox, pgid, code int) {
 		sb.exited, sb.code = true, code
 		close(sb.exitedCh)
 	}
+	a.endedLocked(sb)
 	a.mu.Unlock()
 	if !ending {
 		fmt.Fprintf(sb.log, "sandboxpool: the workload exited (%s)\n", pool.ExitText(code))
@@ -772,6 +873,7 @@ func (a *agent) kill(id string) {
 	sb.stopBuiltin()
 	sb.exited, sb.code = true, -int(syscall.SIGKILL)
 	close(sb.exitedCh)
+	a.endedLocked(sb)
 	a.mu.Unlock()
 }
 
@@ -798,6 +900,7 @@ func (a *agent) terminate(id string, grace time.Duration) {
 		return
 	}
 	sb.ending = true
+	a.endedLocked(sb)
 	if grace <= 0 {
 		grace = sb.grace
 	}

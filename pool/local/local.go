@@ -232,6 +232,30 @@ func (b *Backend) List(ctx context.Context) ([]pool.Ref, error) {
 	return refs, nil
 }
 
+// ListChanges lists the pool's unclaimed running sandboxes and what
+// changed among the claimed ones since the cursor (pool.ChangeLister); the
+// full list, with Full set, for a cursor the agent cannot answer (the zero
+// one, another agent's, one too old) or from an agent that does not know
+// the question. With no agent running, nothing runs.
+func (b *Backend) ListChanges(ctx context.Context, since pool.ListCursor) (pool.Listing, error) {
+	resp, err := b.call(ctx, request{Op: "list", Changes: true, Epoch: since.Epoch, Since: since.Seq}, false)
+	if errors.Is(err, errNoAgent) {
+		return pool.Listing{Full: true}, nil
+	}
+	if err != nil {
+		return pool.Listing{}, fmt.Errorf("local backend: %w", err)
+	}
+	l := pool.Listing{Full: resp.Full || resp.Epoch == 0, Ended: resp.Ended, Next: pool.ListCursor{Epoch: resp.Epoch, Seq: resp.Seq}}
+	l.Refs = make([]pool.Ref, len(resp.Refs))
+	for i, w := range resp.Refs {
+		l.Refs[i] = w.ref()
+	}
+	if l.Full {
+		l.Ended = nil
+	}
+	return l, nil
+}
+
 // MarkClaimed records in the agent that the sandbox was handed out: List
 // reports it claimed from then on, whatever happens to the store.
 func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
