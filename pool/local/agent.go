@@ -2,7 +2,6 @@ package local
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -607,7 +606,7 @@ func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration, readme string) e
 	if warmup <= 0 {
 		// No TCP keep-alive on loopback (no peer can vanish unseen): four
 		// setsockopt calls fewer per connection accepted.
-		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp4", "127.0.0.1:0")
+		ln, err := listenLoopback(&net.ListenConfig{KeepAlive: -1})
 		if err != nil {
 			return err
 		}

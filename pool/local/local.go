@@ -621,22 +621,3 @@ func newID() (string, error) {
 	}
 	return "sb-" + hex.EncodeToString(b[:]), nil
 }
-
-// bindLoopback returns a TCP socket bound to a free port on 127.0.0.1 but not
-// listening, and the port.
-func bindLoopback() (*os.File, int, error) {
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, 0, err
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		syscall.Close(fd)
-		return nil, 0, err
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		syscall.Close(fd)
-		return nil, 0, err
-	}
-	return os.NewFile(uintptr(fd), "listener"), sa.(*syscall.SockaddrInet4).Port, nil
-}
