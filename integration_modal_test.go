@@ -191,7 +191,7 @@ func TestModalEndToEnd(t *testing.T) {
 	}
 	v := view()
 	if after := slices.Sorted(slices.Values(readyIDs(v))); !slices.Equal(after, before) {
-		t.Fatalf("ready after restart %v, want the same %v", after, before)
+		t.Fatalf("ready after restart %v, want the same %v\nkilled controller:\n%s\nrestarted:\n%s", after, before, ctl.logs.String(), ctl2.logs.String())
 	}
 	if want := slices.Sorted(slices.Values(append(slices.Clone(before), claim.ID))); !slices.Equal(runningOf(f, "e2e"), want) {
 		t.Fatalf("the fake runs %v, want the 2 pooled and the claimed %v", runningOf(f, "e2e"), want)
