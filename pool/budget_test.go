@@ -104,7 +104,11 @@ func TestCreationBudgetHoldsUnderRandomLoad(t *testing.T) {
 		for range 150 {
 			switch rng.IntN(6) {
 			case 0:
-				_, _ = h.c.Claim(ctx, pool.ClaimOptions{By: "cli", Timeout: time.Millisecond})
+				// The claim's timeout is on the fake clock: a claim that finds
+				// only dead sandboxes (skipped) would wait for ever.
+				cctx, ccancel := context.WithTimeout(ctx, 100*time.Millisecond)
+				_, _ = h.c.Claim(cctx, pool.ClaimOptions{By: "cli", Timeout: time.Millisecond})
+				ccancel()
 			case 1:
 				if live := h.be.Live(); len(live) > 0 {
 					h.be.Kill(live[rng.IntN(len(live))])

@@ -180,17 +180,17 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			c.mu.Unlock()
 			if !h.OK {
 				c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Health: h, Err: h.Error})
-				if _, err := c.st.Remove(ctx, got.ID); err != nil {
-					c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("remove %s from the store: %w", got.ID, err))
-				}
-				c.forget(got.ID)
-				unpooled := got
-				unpooled.ClaimedBy = "" // it was never really handed out: count it as waste
-				c.terminateAsync(unpooled, ReasonUnhealthy, ClaimBy(o.By))
+				c.dropTaken(ctx, got, o.By)
 				continue
 			}
 		}
-		c.recordClaim(got)
+		if gone := c.recordClaim(got); gone {
+			// Its workload ended since its last probe (a fresh probe was
+			// trusted): never hand out a dead sandbox.
+			c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Err: "gone (the backend says it is not running)"})
+			c.dropTaken(ctx, got, o.By)
+			continue
+		}
 		return got, true, nil
 	}
 }
@@ -229,22 +229,40 @@ func (c *Controller) freshlyHealthy(id string, now time.Time) bool {
 	return h.OK && now.Sub(h.CheckedAt) < c.cfg.HealthFresh
 }
 
+// dropTaken removes a taken sandbox that turned out bad from the store and
+// terminates it for the claim (it was never really handed out).
+func (c *Controller) dropTaken(ctx context.Context, got Entry, by string) {
+	if _, err := c.st.Remove(ctx, got.ID); err != nil {
+		c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("remove %s from the store: %w", got.ID, err))
+	}
+	c.forget(got.ID)
+	unpooled := got
+	unpooled.ClaimedBy = "" // count it as waste
+	c.terminateAsync(unpooled, ReasonUnhealthy, ClaimBy(by))
+}
+
 // recordClaim tells a backend that keeps its own record of claims (the
 // local agent, Modal tags) that e was handed out, so that losing or
 // replacing the store never puts it back in the pool. The store's record
-// is the one that counts: a failure here is reported, not fatal.
-func (c *Controller) recordClaim(e Entry) {
+// is the one that counts: a failure here is reported, not fatal, unless
+// the backend says the sandbox is not running (gone).
+func (c *Controller) recordClaim(e Entry) (gone bool) {
 	rec, ok := c.be.(ClaimRecorder)
 	if !ok {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(c.life, 5*time.Second)
 	defer cancel()
-	if err := rec.MarkClaimed(ctx, e.ID, e.ClaimedBy); err != nil && ctx.Err() == nil {
-		c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
-	} else if err == nil {
+	err := rec.MarkClaimed(ctx, e.ID, e.ClaimedBy)
+	switch {
+	case err == nil:
 		c.resolve(ProblemBackend, opRecord)
+	case errors.Is(err, ErrNotFound):
+		return true
+	case ctx.Err() == nil:
+		c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
 	}
+	return false
 }
 
 // giveBack returns a taken sandbox to the pool. A store that cannot take an

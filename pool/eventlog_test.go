@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,5 +183,59 @@ func TestTerminationSaysWhoAsked(t *testing.T) {
 	e = log.of(pool.EventTerminated, ids[2])[0]
 	if want := ids[2] + " terminated (unhealthy) by the controller"; e.Message != want || e.By != pool.ByController {
 		t.Errorf("controller's termination: by %q %q, want %q", e.By, e.Message, want)
+	}
+}
+
+// A claim that trusts a fresh probe never hands out a sandbox whose
+// workload died since: the backend's claim record says it is gone, and the
+// claim takes the next one (soak: "record the claim in the backend: ... is
+// not running" was logged and the dead sandbox handed out).
+func TestClaimSkipsASandboxGoneSinceItsProbe(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	h.pass()
+	h.c.WaitIdle(ctx)
+	var log eventLog
+	h.c.Observe(log.add)
+	ids := h.pooledIDs()
+	h.be.Kill(ids[0]) // its first-start probe is still fresh: the claim does not probe
+	got, err := h.c.Claim(ctx, pool.ClaimOptions{CheckHealth: true, By: "cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.ID != ids[1] {
+		t.Fatalf("claimed %s, want %s (the first one alive)", got.ID, ids[1])
+	}
+	testkit.Eventually(t, waitLong, "the gone one terminated", func() bool { return len(log.of(pool.EventTerminated, ids[0])) == 1 })
+	if errs := log.of(pool.EventError, ""); len(errs) != 0 {
+		t.Fatalf("errors %+v: a gone sandbox is not a backend error", errs)
+	}
+	if p := h.c.Problems(); len(p) != 0 {
+		t.Fatalf("problems %+v", p)
+	}
+}
+
+// A creation whose workload was killed, or vanished with its local agent,
+// says so in words, not as "exit code -1" followed by the agent's own note.
+func TestCreationEndedEarlySaysHow(t *testing.T) {
+	for _, tc := range []struct {
+		info pool.ExitInfo
+		want string
+	}{
+		{pool.ExitInfo{Code: -9, Tail: "sandboxpool: the workload exited (signal 9 (killed))\n"}, "was killed by signal 9 (killed) before it got healthy"},
+		{pool.ExitInfo{Code: -1, Unknown: true, Tail: "(no local agent runs: the sandbox is gone)"}, "went away before it got healthy: how is unknown (the backend no longer knows it)"},
+	} {
+		h := newHarness(t, func(c *pool.Config) { c.Size = 1; c.CreateTries = 1 })
+		h.be.ExitOnCreate = &tc.info
+		var log eventLog
+		h.c.Observe(log.add)
+		if err := h.c.Maintain(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		h.c.WaitIdle(context.Background())
+		failed := log.of(pool.EventCreateFailed, "")
+		if len(failed) != 1 || !strings.HasSuffix(failed[0].Message, tc.want) {
+			t.Errorf("creation failures %+v, want one ending %q", failed, tc.want)
+		}
 	}
 }

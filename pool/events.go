@@ -227,9 +227,9 @@ func describe(e Event) string {
 	return string(e.Kind)
 }
 
-// lastLine is the last non-empty line of s.
-// lastLine is the workload's last line of output: the local agent's own
-// notes ("sandboxpool: the workload exited ...") are not the workload's.
+// lastLine is the workload's last line of output, "" when it wrote none:
+// the local agent's own notes ("sandboxpool: the workload exited ...") are
+// not the workload's.
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimRight(s, "\n "), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
@@ -237,7 +237,7 @@ func lastLine(s string) string {
 			return l
 		}
 	}
-	return strings.TrimSpace(lines[len(lines)-1])
+	return ""
 }
 
 // ShortID is the id as the dashboard shows it.

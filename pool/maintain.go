@@ -275,7 +275,7 @@ func (c *Controller) howEnded(ctx context.Context, e Entry, listedAt time.Time) 
 		return unknown
 	case info.Unknown:
 		return unknown + " (the backend no longer knows it)"
-	case info.Code > 0 && info.Tail != "":
+	case info.Code > 0 && lastLine(info.Tail) != "":
 		return ExitText(info.Code) + ": " + lastLine(info.Tail)
 	}
 	return ExitText(info.Code)
@@ -640,8 +640,8 @@ func (c *Controller) create(ctx context.Context, cr *creation) {
 			Message: fmt.Sprintf("creation failed (try %d of %d): %v", try, c.cfg.CreateTries, err)}
 		if ee, ok := err.(*exitError); ok {
 			ev.Tail = ee.info.Tail
-			if ee.info.Tail != "" {
-				ev.Message += ": " + lastLine(ee.info.Tail)
+			if l := lastLine(ee.info.Tail); l != "" && !ee.info.Unknown {
+				ev.Message += ": " + l
 			}
 		}
 		c.emit(ev)
@@ -772,6 +772,12 @@ type exitError struct {
 }
 
 func (e *exitError) Error() string {
+	switch {
+	case e.info.Unknown:
+		return fmt.Sprintf("sandbox %s went away before it got healthy: how is unknown (the backend no longer knows it)", e.id)
+	case e.info.Code < 0:
+		return fmt.Sprintf("sandbox %s was killed by %s before it got healthy", e.id, ExitText(e.info.Code))
+	}
 	return fmt.Sprintf("sandbox %s exited with code %d before it got healthy", e.id, e.info.Code)
 }
 

@@ -104,12 +104,14 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 func (b *Backend) CreateCalls() int { b.mu.Lock(); defer b.mu.Unlock(); return b.Creates }
 
 // MarkClaimed implements pool.ClaimRecorder: List then reports it claimed.
+// One that no longer runs is pool.ErrNotFound, as the local agent says.
 func (b *Backend) MarkClaimed(_ context.Context, id, by string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if _, ok := b.live[id]; ok {
-		b.claimed[id] = by
+	if _, ok := b.live[id]; !ok {
+		return fmt.Errorf("%w: %s is not running", pool.ErrNotFound, id)
 	}
+	b.claimed[id] = by
 	return nil
 }
 
