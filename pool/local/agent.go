@@ -170,7 +170,13 @@ type request struct {
 	Changes bool   `json:"changes,omitempty"`
 	Epoch   int64  `json:"epoch,omitempty"`
 	Since   uint64 `json:"since,omitempty"`
+	// opCreateBatch: the creations.
+	Batch []request `json:"batch,omitempty"`
 }
+
+// opCreateBatch creates the sandboxes of request.Batch (each a "create"),
+// answering each in response.Batch, in order.
+const opCreateBatch = "create_batch"
 
 type response struct {
 	Error    string    `json:"error,omitempty"`
@@ -192,6 +198,8 @@ type response struct {
 	Ended []string `json:"ended,omitempty"`
 	Epoch int64    `json:"epoch,omitempty"`
 	Seq   uint64   `json:"seq,omitempty"`
+	// opCreateBatch: an answer per creation, in order.
+	Batch []response `json:"batch,omitempty"`
 }
 
 type wireRef struct {
@@ -394,6 +402,16 @@ func (a *agent) handle(r request) response {
 			return response{Error: err.Error()}
 		}
 		return response{Ref: ref}
+	case opCreateBatch:
+		out := make([]response, len(r.Batch))
+		for i, c := range r.Batch {
+			if c.Op != "create" {
+				out[i] = response{Error: fmt.Sprintf("op %q in a batch of creations", c.Op)}
+				continue
+			}
+			out[i] = a.handle(c)
+		}
+		return response{Batch: out}
 	case "list":
 		if r.Changes {
 			return a.listChanges(r.Epoch, r.Since)

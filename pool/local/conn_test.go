@@ -4,12 +4,15 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
+	"github.com/sandboxpool/sandboxpool/pool"
 )
 
 // A Backend keeps its connection to the agent between calls, closes it once
@@ -72,5 +75,67 @@ func TestKeptConnection(t *testing.T) {
 		if err != nil || resp.Error != "" || resp.Pid == 0 {
 			t.Fatalf("request %d: %v %+v", i, err, resp)
 		}
+	}
+}
+
+// Creations asked for together go to the agent in one request, each with
+// its own answer; an item that fails fails alone.
+func TestCreateBatch(t *testing.T) {
+	t.Parallel()
+	b, err := New(Options{StateDir: t.TempDir(), Pool: "batch", IdleExit: 2 * time.Second, TermGrace: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := b.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		b.dropIdle()
+	})
+	ctx := context.Background()
+	const n = 12
+	var wg sync.WaitGroup
+	refs := make([]pool.Ref, n)
+	errs := make([]error, n)
+	for i := range n {
+		wg.Go(func() { refs[i], errs[i] = b.Create(ctx, time.Minute) })
+	}
+	wg.Wait()
+	ids, urls := map[string]bool{}, map[string]bool{}
+	for i, r := range refs {
+		if errs[i] != nil {
+			t.Fatalf("create %d: %v", i, errs[i])
+		}
+		ids[r.ID], urls[r.URL] = true, true
+	}
+	if len(ids) != n || len(urls) != n {
+		t.Fatalf("%d ids and %d urls for %d creations", len(ids), len(urls), n)
+	}
+	listed, err := b.List(ctx)
+	if err != nil || len(listed) != n {
+		t.Fatalf("List: %d sandboxes, %v; want %d", len(listed), err, n)
+	}
+
+	good := request{Op: "create", ID: "sb-0123456789ab", TTL: time.Minute}
+	resp, err := b.call(ctx, request{Op: opCreateBatch, Batch: []request{
+		good, {Op: "create", ID: "nope", TTL: time.Minute}, {Op: "list"}, good,
+	}}, false)
+	if err != nil || len(resp.Batch) != 4 {
+		t.Fatalf("batch: %v, %d answers", err, len(resp.Batch))
+	}
+	if r := resp.Batch[0]; r.Error != "" || r.Ref.ID != good.ID || r.Ref.URL == "" {
+		t.Errorf("good item: %+v", r)
+	}
+	for i, want := range []string{"bad sandbox id", `op "list"`, "exists"} {
+		if r := resp.Batch[i+1]; !strings.Contains(r.Error, want) {
+			t.Errorf("item %d: %+v, want an error saying %q", i+1, r, want)
+		}
+	}
+	// An older agent answers a batch as any op it does not know.
+	old := (&agent{}).handle(request{Op: "no-such-op"}).Error
+	if want := strings.ReplaceAll(old, "no-such-op", opCreateBatch); !isUnknownOp(fmt.Errorf("%s", want)) {
+		t.Errorf("an older agent's answer %q is not recognised", want)
 	}
 }

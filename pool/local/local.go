@@ -84,6 +84,8 @@ type Backend struct {
 	idle     []*agentConn // most recently used last
 	reaping  bool         // a reapIdle is scheduled
 	keepIdle time.Duration
+
+	creates createBatcher
 }
 
 // agentConn is one connection to the agent, one request at a time.
@@ -183,7 +185,7 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	if b.opts.Cmd != "" {
 		req.Env = cleanEnv() // the workload runs in the caller's environment, not the agent's
 	}
-	resp, err := b.call(ctx, req, true)
+	resp, err := b.creates.do(ctx, b, req)
 	if err != nil {
 		// The agent may have made it before we gave up; a terminate that
 		// comes first keeps the id from ever being created.
