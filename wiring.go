@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -390,7 +391,7 @@ func (s *serving) serveError(poolName string) error {
 	err := s.served
 	var held *pool.LeaseHeldError
 	if errors.As(err, &held) {
-		return fmt.Errorf("pool %q is already maintained by %s; stop it first, or use the dashboard to watch it", poolName, held.Holder)
+		return fmt.Errorf("pool %q is already maintained by %s; stop it first, or use the dashboard to watch it", poolName, cmp.Or(held.Holder.String(), "another process (its lease record is not written yet)"))
 	}
 	if err == nil {
 		err = errors.New("controller stopped")

@@ -145,6 +145,9 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 		if ok && decode(v, &first) && first.Nonce == mine.Nonce {
 			break
 		}
+		if !ok && try < 3 {
+			continue // the bid vanished with the queue (cleared): bid again
+		}
 		// A winner that never wrote its lease record within the stale
 		// limit died in between (a claim killed mid-acquire): its epoch
 		// is skipped, or it would hold the pool for ever. One that wakes
@@ -338,8 +341,17 @@ func (l *Lease) beat(ctx context.Context) error {
 	}
 	epoch := l.epoch.Load()
 	holder := l.Holder()
-	if cur.Epoch > epoch || (cur.Epoch == epoch && !sameHolder(cur.Holder, holder)) {
+	if cur.Epoch > epoch {
 		return errLeaseLost
+	}
+	if n == 0 || !sameHolder(cur.Holder, holder) {
+		// No record of this holder's epoch or higher: only a takeover
+		// writes a higher epoch, so its records vanished (Modal cleared the
+		// queue), and whoever wrote one of a lower or equal epoch since
+		// found the lease empty. The pool stays this holder's: its epoch
+		// jumps ahead of theirs, and the store is rebuilt.
+		l.s.recordsLost()
+		epoch = l.epoch.Add(1 << 20)
 	}
 	if isBackfill(holder) {
 		if _, ok, err := l.s.wanted(ctx, l.s.now()); err == nil && ok {

@@ -275,3 +275,43 @@ func TestLeaseElectionWinnerThatDiedIsSkipped(t *testing.T) {
 		t.Fatalf("holder %+v", h)
 	}
 }
+
+// Modal clears the queue under a live holder and a newcomer (a dashboard
+// starting then) takes the empty lease before the holder's next beat: the
+// holder keeps the pool (its records vanished, nobody superseded it) and
+// the newcomer learns at its next beat that it lost (TestChaosModal seed
+// 202: the run exited "already maintained by ;").
+func TestLeaseKeptThroughQueueLoss(t *testing.T) {
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
+	ctx := ctxT(t)
+	hb := 100 * time.Millisecond
+	_, a := open(t, Options{Pool: "qloss", LeaseHeartbeat: hb})
+	_, b := open(t, Options{Pool: "qloss", LeaseHeartbeat: hb})
+	holder := pool.LeaseRecord{Host: "vm", Pid: 1, Role: pool.RoleController, Command: "run"}
+	la, err := a.AcquireLease(ctx, holder)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer la.Release()
+	testkit.Eventually(t, 10*time.Second, "2 heartbeats", func() bool { return la.(*Lease).beats.Load() >= 2 })
+
+	f.ClearQueue(QueueName("qloss"))
+	newcomer := pool.LeaseRecord{Host: "vm", Pid: 2, Role: pool.RoleController, Command: "dashboard"}
+	lb, err := b.AcquireLease(ctx, newcomer)
+	if err == nil {
+		defer lb.Release()
+		waitLost(t, lb.(*Lease))
+	} else if held := (*pool.LeaseHeldError)(nil); !errors.As(err, &held) || !held.Holder.Same(holder) {
+		t.Fatalf("newcomer during the loss: %v, want the lease or a refusal naming the holder", err)
+	}
+	beats := la.(*Lease).beats.Load()
+	testkit.Eventually(t, 10*time.Second, "3 more heartbeats", func() bool { return la.(*Lease).beats.Load() >= beats+3 })
+	select {
+	case <-la.(*Lease).Lost():
+		t.Fatal("the live holder lost its lease to a newcomer that found the lease partition empty")
+	default:
+	}
+	if h, err := b.LeaseHolder(ctx); err != nil || !h.Same(holder) {
+		t.Fatalf("holder after the loss %v (%v), want %v", h, err, holder)
+	}
+}

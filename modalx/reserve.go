@@ -299,16 +299,28 @@ func (s *Store) takeReserved(ctx context.Context, minExpiresAt time.Time, claime
 // (a rebuild pools them again from their tags) and waits before inheriting
 // any: another process may hold the empty lease for a moment.
 func (s *Store) queueLost() {
+	if h := s.forgetReservations(); h != nil {
+		h.lease.queueLost()
+	}
+}
+
+// recordsLost is queueLost for a queue cleared in place, found by the
+// holder's heartbeat (which moves its epoch itself): the next Load rebuilds.
+func (s *Store) recordsLost() {
+	s.lost.Store(true)
+	s.forgetReservations()
+	s.c.opts.Logger.Warn("the controller lease's records vanished (Modal cleared the queue): the pool is rebuilt from the sandboxes' tags", "queue", QueueName(s.c.opts.Pool))
+}
+
+func (s *Store) forgetReservations() *holding {
 	s.rmu.Lock()
+	defer s.rmu.Unlock()
 	h := s.hold
 	if h != nil {
 		h.reserved, h.doubt = nil, map[string]pool.Entry{}
 		h.inheritAt = time.Now().Add(s.staleAfter())
 	}
-	s.rmu.Unlock()
-	if h != nil {
-		h.lease.queueLost()
-	}
+	return h
 }
 
 // unreserve takes a reservation out of the holder's memory for its removal;

@@ -35,13 +35,17 @@ import (
 //	              old days need no compaction: they are never read again.
 //	"meta"        target records; the last with has=true wins. Refreshed hourly by
 //	              any Load so Modal's 24 h TTL does not drop it while the pool is used.
+//	              Each carries the store's generation, set by the rebuild that set
+//	              the queue up: records without one were written into a queue lost
+//	              since (a resize right after Modal cleared it).
 //	"lease", "elect-<n>"  the controller lease (lease.go).
 //
 // Modal may clear a Queue (24 h after its last put; it is in-memory, "not
 // guaranteed"), so every sandbox also carries its pool, URL, expiry and claim
-// in tags. A Load that finds "meta" empty rebuilds the pool from
-// Sandboxes.List and those tags: unclaimed ones are pooled again, claimed ones
-// recorded as claimed.
+// in tags. A Load that finds no generation in "meta" (or after the lease
+// holder found its records gone) rebuilds the pool from Sandboxes.List and
+// those tags: unclaimed ones are pooled again, claimed ones recorded as
+// claimed.
 type Store struct {
 	c *core
 
@@ -62,6 +66,10 @@ type Store struct {
 	pcMu   sync.Mutex
 	pcs    map[string]*partCache // what was last read of each partition (incremental.go)
 	opaque atomic.Bool           // entry ids that cannot be ordered: read partitions whole
+
+	// lost is set when the lease holder found its records gone (the queue
+	// was cleared): the next Load rebuilds whatever "meta" says.
+	lost atomic.Bool
 }
 
 var (
@@ -105,6 +113,7 @@ type metaRec struct {
 	Has    bool          `json:"has"`
 	TTL    time.Duration `json:"ttl,omitempty"`
 	Use    time.Duration `json:"use,omitempty"`
+	Gen    string        `json:"gen,omitempty"`
 	At     time.Time     `json:"at"`
 }
 
@@ -289,10 +298,12 @@ func (s *Store) loadView(ctx context.Context) (view, error) {
 }
 
 func (s *Store) load(ctx context.Context) (view, error) {
-	v, empty, err := s.loadOnce(ctx)
-	if err == nil && empty {
+	v, lost, err := s.loadOnce(ctx)
+	if err == nil && (lost || s.lost.Load()) {
 		// New pool, or Modal dropped the queue: rebuild it from the tags.
+		s.lost.Store(false)
 		if err := s.rebuild(ctx); err != nil {
+			s.lost.Store(true)
 			return v, err
 		}
 		v, _, err = s.loadOnce(ctx)
@@ -300,8 +311,9 @@ func (s *Store) load(ctx context.Context) (view, error) {
 	return v, err
 }
 
-// loadOnce reads the store; empty says that it holds no settings record
-// (a new pool, or a queue the control plane lost).
+// loadOnce reads the store; lost says that its settings carry no generation
+// (a new pool, or a queue the control plane lost, whatever was written
+// since).
 func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 	now := time.Now()
 	var v view
@@ -320,10 +332,18 @@ func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 		return v, false, storeErr("reading the pool's queue", err)
 	}
 	metas, raw := got[0], got[1]
-	if len(metas) == 0 {
-		return v, true, nil
+	if len(raw) == 0 && len(got[2]) == 0 && len(got[3]) == 0 && len(metas) > 0 {
+		// Nothing but settings: a queue cleared between the reads, its
+		// settings read first, looks so too. One more read of them says.
+		var err error
+		if metas, err = s.items(ctx, partMeta); err != nil {
+			return v, false, storeErr("reading the pool's queue", err)
+		}
 	}
 	cur, latestAt := foldMeta(metas)
+	if cur.Gen == "" {
+		return v, true, nil
+	}
 	v.Target, v.HasTarget, v.TTL, v.UseDuration = cur.Target, cur.Has, cur.TTL, cur.Use
 	v.metaLen = len(metas)
 
@@ -382,7 +402,7 @@ func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 	s.rmu.Unlock()
 	if now.Sub(latestAt) > metaRefresh {
 		// Keep "meta" younger than Modal's 24 h partition TTL.
-		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, At: now.UTC()}, v.metaLen)
+		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, Gen: cur.Gen, At: now.UTC()}, v.metaLen)
 	}
 	return v, false, nil
 }
@@ -732,6 +752,9 @@ func foldMeta(metas []any) (cur metaRec, latestAt time.Time) {
 		if r.TTL > 0 {
 			cur.TTL, cur.Use = r.TTL, r.Use
 		}
+		if r.Gen != "" {
+			cur.Gen = r.Gen
+		}
 		if r.At.After(latestAt) {
 			latestAt = r.At
 		}
@@ -848,8 +871,9 @@ func (s *Store) rebuild(ctx context.Context) error {
 	if err := errors.Join(errs...); err != nil {
 		return storeErr("rebuilding the pool's queue", err)
 	}
-	// A marker without a target: the target is not in the tags.
-	if err := s.put(ctx, partMeta, encode(metaRec{At: time.Now().UTC()})); err != nil {
+	// A new generation, without a target (the target is not in the tags;
+	// one set since the loss stays): the queue is set up again.
+	if err := s.put(ctx, partMeta, encode(metaRec{Gen: nonce(), At: time.Now().UTC()})); err != nil {
 		return storeErr("rebuilding the pool's queue", err)
 	}
 	return nil

@@ -590,3 +590,37 @@ func TestStorePutOfADecidedSandbox(t *testing.T) {
 		t.Fatalf("pooled %v, want only %s", entryIDs(st.Pooled()), refs[3].ID)
 	}
 }
+
+// A resize right after Modal cleared the queue writes a settings record
+// before anyone loaded: the next Load must still see the store as lost and
+// rebuild it from the tags, or the controller refills and then terminates
+// the live sandboxes as surplus (TestChaosModal seed 203).
+func TestStoreRebuildAfterClearThenSetTarget(t *testing.T) {
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "rbset"})
+	fill(t, b, s, 4, 5*time.Minute)
+	load(t, s) // set up: a settings record exists
+	taken, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: "cli", Now: time.Now()})
+	if err != nil || !ok {
+		t.Fatal(ok, err)
+	}
+	waitClaimTags(t, f, taken, "rbset", "cli")
+	before := load(t, s)
+
+	f.ClearQueue(QueueName("rbset"))
+	_, s2 := open(t, Options{Pool: "rbset"}) // another process resizes at once
+	if err := s2.SetTarget(ctx, 5); err != nil {
+		t.Fatal(err)
+	}
+	after := load(t, s)
+	if got, want := entryIDs(after.Pooled()), entryIDs(before.Pooled()); !slices.Equal(got, want) {
+		t.Fatalf("pooled after a clear and a resize %v, want %v (rebuilt from tags)", got, want)
+	}
+	if c := claimedOf(after); len(c) != 1 || c[0].ID != taken.ID {
+		t.Fatalf("claimed after a clear and a resize %v, want [%s]", entryIDs(c), taken.ID)
+	}
+	if after.Target != 5 || !after.HasTarget {
+		t.Fatalf("target %d (has %v), want the resize's 5", after.Target, after.HasTarget)
+	}
+}
