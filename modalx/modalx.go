@@ -41,6 +41,9 @@ const (
 	TagExpiresAt = "sandboxpool-expires-at"
 	TagClaimedBy = "sandboxpool-claimed-by"
 	TagClaimedAt = "sandboxpool-claimed-at"
+	// TagReserved marks a sandbox the lease holder reserved (reserve.go):
+	// a queue rebuilt from tags keeps it out of the claimers' reach.
+	TagReserved = "sandboxpool-reserved"
 )
 
 // Options configure the Modal backend and store of one pool.
@@ -111,6 +114,7 @@ type tagged struct {
 	ref       pool.Ref
 	claimedBy string
 	claimedAt time.Time
+	reserved  bool // by a lease holder, not claimed yet
 }
 
 // New connects to Modal (credentials exactly as the SDK reads them:
@@ -460,5 +464,5 @@ func tagsFor(pool string, ref pool.Ref, claimedBy string, claimedAt time.Time) m
 func fromTags(id string, m map[string]string) tagged {
 	parse := func(k string) time.Time { t, _ := time.Parse(time.RFC3339Nano, m[k]); return t }
 	return tagged{ref: pool.Ref{ID: id, URL: m[TagURL], CreatedAt: parse(TagCreatedAt), ExpiresAt: parse(TagExpiresAt)},
-		claimedBy: m[TagClaimedBy], claimedAt: parse(TagClaimedAt)}
+		claimedBy: m[TagClaimedBy], claimedAt: parse(TagClaimedAt), reserved: m[TagReserved] != "" && m[TagClaimedBy] == ""}
 }

@@ -188,6 +188,7 @@ func (s *Store) reserveOne(ctx context.Context, h *holding) bool {
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		_ = s.put(wctx, logPart(e.ExpiresAt), encode(logRec{Op: "reserve", Entry: e}))
 		cancel()
+		s.c.markReserved(e.Ref)
 	}
 	s.rmu.Lock()
 	delete(h.pending, e.ID)
@@ -443,6 +444,23 @@ func (c *core) markClaimed(ref pool.Ref, by string, at time.Time) {
 	}
 }
 
+// markReserved queues a reserved sandbox's tags: a queue cleared while this
+// holder may still hand it out from memory is rebuilt with it reserved, out
+// of the reach of the pool's other claimers.
+func (c *core) markReserved(ref pool.Ref) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tagDone[ref.ID] || ref.URL == "" {
+		return // claimed already: its claim tags say more
+	}
+	c.tagQueue = append(c.tagQueue, tagged{ref: ref, reserved: true})
+	if !c.tagRunning {
+		c.tagRunning = true
+		c.tagWG.Add(1)
+		go c.tagWorker()
+	}
+}
+
 func (c *core) tagWorker() {
 	defer c.tagWG.Done()
 	backoff := 100 * time.Millisecond
@@ -479,7 +497,10 @@ func (c *core) writeClaimTags(ctx context.Context, t tagged) error {
 		return err
 	}
 	var tags map[string]string
-	if t.ref.URL != "" {
+	if t.reserved {
+		tags = tagsFor(c.opts.Pool, t.ref, "", time.Time{})
+		tags[TagReserved] = time.Now().UTC().Format(time.RFC3339Nano)
+	} else if t.ref.URL != "" {
 		tags = tagsFor(c.opts.Pool, t.ref, t.claimedBy, t.claimedAt)
 	} else {
 		if tags, err = sb.GetTags(ctx); err != nil {

@@ -168,3 +168,62 @@ func TestReservationsSurviveKill(t *testing.T) {
 }
 
 var _ = context.Background
+
+// Modal clears the queue while the holder has sandboxes reserved, before
+// its heartbeat notices: another process rebuilds the queue from the tags
+// at once. The reserved ones stay reserved (their tags say so), so the
+// holder's claims from memory and the other's claims from the rebuilt pool
+// never get the same sandbox.
+func TestQueueClearedKeepsReservationsReserved(t *testing.T) {
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
+	ctx := ctxT(t)
+	// No heartbeat within the test: the holder does not notice the loss.
+	b, s := open(t, Options{Pool: "clres", LeaseHeartbeat: time.Hour})
+	_, other := open(t, Options{Pool: "clres", LeaseHeartbeat: time.Hour})
+	fill(t, b, s, 8, 5*time.Minute)
+	l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release()
+	waitReserved(t, s, maxReserved)
+	s.rmu.Lock()
+	reserved := entryIDs(s.hold.reserved)
+	s.rmu.Unlock()
+	testkit.Eventually(t, 5*time.Second, "reservation tags", func() bool {
+		n := 0
+		for _, sb := range f.Sandboxes() {
+			if sb.Tags[TagReserved] != "" {
+				n++
+			}
+		}
+		return n == len(reserved)
+	})
+
+	f.ClearQueue(QueueName("clres"))
+	st := load(t, other) // rebuilt from the tags
+	if len(st.Entries) != 8 {
+		t.Fatalf("rebuilt with %d entries, want 8", len(st.Entries))
+	}
+	seen := map[string]string{}
+	got, err := takeAll(ctx, other, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range got {
+		seen[id] = "other"
+	}
+	for range reserved {
+		e, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now().Add(time.Minute), ClaimedBy: "holder", Now: time.Now()})
+		if err != nil || !ok {
+			break
+		}
+		if prev, dup := seen[e.ID]; dup {
+			t.Errorf("%s claimed twice: by %s and the holder (from its reservations)", e.ID, prev)
+		}
+		seen[e.ID] = "holder"
+	}
+	if len(got) != 8-len(reserved) {
+		t.Errorf("the other process claimed %d from the rebuilt pool, want the %d not reserved", len(got), 8-len(reserved))
+	}
+}

@@ -301,7 +301,10 @@ func (s *Store) load(ctx context.Context) (view, error) {
 	v, lost, err := s.loadOnce(ctx)
 	if err == nil && (lost || s.lost.Load()) {
 		// New pool, or Modal dropped the queue: rebuild it from the tags.
+		// This holder's reservations went with the queue: none is handed
+		// out from memory again until inherited back from the rebuild.
 		s.lost.Store(false)
+		s.forgetReservations()
 		if err := s.rebuild(ctx); err != nil {
 			s.lost.Store(true)
 			return v, err
@@ -824,6 +827,13 @@ func (s *Store) rebuild(ctx context.Context) error {
 					mu.Lock()
 					logs[logPart(e.ExpiresAt)] = append(logs[logPart(e.ExpiresAt)], encode(logRec{Op: "claim", Entry: e}))
 					mu.Unlock()
+				}
+			} else if t.reserved {
+				// A holder may still hand it out from its memory: reserved
+				// again (first bid), never pooled for others to claim.
+				var first bidRec
+				if _, first, err = s.bid(ctx, t.ref.ID, "reserve", ""); err == nil {
+					err = s.putDecided(ctx, t.ref, encode(first))
 				}
 			} else {
 				var first any

@@ -62,3 +62,55 @@ func TestAdoptionThatDoesNotStickIsNotLooped(t *testing.T) {
 	}
 	testkit.Eventually(t, waitLong, "the orphan terminated", func() bool { return slices.Contains(be.Terminated(), lost.ID) })
 }
+
+// A claimer killed between its claim and the backend's record of it (on
+// Modal, the claim's tags written in the background) leaves the claim in
+// the store alone: a pass writes the backend's record, so that a store lost
+// later never pools the sandbox again (TestChaosModal seed 203: an API
+// claim, its controller killed -9 at once, the queue cleared 12 s later, the
+// sandbox handed to a second claimer).
+func TestPassRecordsAClaimTheBackendMissed(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(t0)
+	cfg := pool.DefaultConfig()
+	cfg.Size = 0
+	be := pooltest.NewBackend(clk)
+	ctx := context.Background()
+	ref, err := be.Create(ctx, cfg.TTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := pooltest.NewStore()
+	if err := st.Put(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	// Claimed straight on the store, as a claimer that died before telling
+	// the backend.
+	if e, _, ok, err := st.Take(ctx, pool.TakeRequest{MinExpiresAt: clk.Now(), ClaimedBy: "cli", Now: clk.Now()}); err != nil || !ok || e.ID != ref.ID {
+		t.Fatalf("take: %v %v %v", e.ID, ok, err)
+	}
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if by := be.ClaimedBy(ref.ID); by != "cli" {
+		t.Fatalf("the backend's record after a pass: claimed by %q, want cli", by)
+	}
+	st.Lose()
+	clk.Advance(time.Minute) // past the adoption grace
+	for range 2 {
+		if err := c.Maintain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.WaitIdle(ctx)
+	}
+	if s, _ := st.Load(ctx); slices.ContainsFunc(s.Pooled(), func(e pool.Entry) bool { return e.ID == ref.ID }) {
+		t.Fatalf("%s claimed, then pooled again after the store was lost", ref.ID)
+	}
+	if slices.Contains(be.Terminated(), ref.ID) {
+		t.Fatalf("%s claimed, then terminated", ref.ID)
+	}
+}

@@ -130,6 +130,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		reason string
 	}
 	var drops []drop
+	var unmarked []Entry // claimed in the store, not in the backend's record
 	c.mu.Lock()
 	dead := func(e Entry) bool {
 		_, alive := liveSet[e.ID]
@@ -147,6 +148,13 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		for _, id := range listing.Ended {
 			if ce, ok := c.claimedView.get(id); ok {
 				drops = append(drops, drop{ce.Entry, ""})
+			}
+		}
+	}
+	if listErr == nil {
+		for _, r := range live {
+			if ce, ok := c.claimedView.get(r.ID); ok && !r.Claimed {
+				unmarked = append(unmarked, ce.Entry)
 			}
 		}
 	}
@@ -169,6 +177,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		}
 	}
 	c.mu.Unlock()
+	c.markUnmarked(unmarked)
 	if len(drops) > 0 {
 		var pooledIDs, claimedIDs []string
 		for _, d := range drops {
@@ -279,6 +288,16 @@ func (c *Controller) howEnded(ctx context.Context, e Entry, listedAt time.Time) 
 		return ExitText(info.Code) + ": " + lastLine(info.Tail)
 	}
 	return ExitText(info.Code)
+}
+
+// markUnmarked writes the backend's record of claims it lacks: a claimer
+// killed between its claim and that record leaves the claim in the store
+// alone, and a store lost then would pool the sandbox again (on Modal the
+// tags are what a lost queue is rebuilt from).
+func (c *Controller) markUnmarked(es []Entry) {
+	for _, e := range es {
+		c.recordClaim(e)
+	}
 }
 
 func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
