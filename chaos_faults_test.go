@@ -642,15 +642,10 @@ func (r *chaosRun) modalFaults(t *testing.T, f *fakemodal.Server, poolName strin
 // the last put): pool, bids, claim, target and lease records go at once,
 // and the pool is rebuilt from the sandboxes' tags. Unlike the local file,
 // no old copy comes back: Modal never brings back items, and a claimer of
-// the README's protocol trusts the bids alone, which the loss took.
-//
-// Only with SANDBOXPOOL_CHAOS_QUEUE_LOSS set, until these hold (seeds of
-// TestChaosModal): the live controller loses its lease to a dashboard that
-// found the lease partition empty and exits "already maintained by ;"
-// (202); the target reverts to the default, more in creation than the
-// target (208); a resize right after the loss writes "meta", so no rebuild
-// from tags: the pool refills, then adopts the old ones as surplus (203);
-// claims take over 3s to reach the controller's view (103, 208).
+// the README's protocol trusts the bids alone, which the loss took. The
+// live controller keeps its lease, claimed sandboxes stay claimed, reserved
+// ones reserved, and no live sandbox is terminated as surplus (seeds 202,
+// 203 of TestChaosModal broke these).
 func (m *modalStoreFaults) lose() {
 	m.f.ClearQueue(modalx.QueueName(m.poolName))
 }

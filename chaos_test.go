@@ -1279,9 +1279,9 @@ func TestChaosModal(t *testing.T) {
 		{"store: garbage in the queue", mq.corrupt},
 		chaosFault{"state dir read-only", func() { r.readOnlyDir(stateDir, false, dirFiles(stateDir)...) }},
 		{"viewer takes over from a controller killed -9", func() { r.viewerTakeover() }}}
-	// Modal dropping the queue (pool, bids, claim, target and lease records
-	// at once) still breaks promises (see modalStoreFaults.lose): opt in.
-	if os.Getenv("SANDBOXPOOL_CHAOS_QUEUE_LOSS") != "" {
+	// Modal dropping the queue: pool, bids, claim, target and lease records
+	// at once. SANDBOXPOOL_CHAOS_QUEUE_LOSS=0 leaves it out.
+	if os.Getenv("SANDBOXPOOL_CHAOS_QUEUE_LOSS") != "0" {
 		modalFaults = append(modalFaults, chaosFault{"store: the queue cleared", mq.lose})
 	}
 	faults := r.planFaults(start, storm, modalFaults...)

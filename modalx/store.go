@@ -70,6 +70,10 @@ type Store struct {
 	// lost is set when the lease holder found its records gone (the queue
 	// was cleared): the next Load rebuilds whatever "meta" says.
 	lost atomic.Bool
+	// known says a Load found the queue set up; losses counts the losses
+	// found since (pool.Stored.Epoch).
+	known  atomic.Bool
+	losses atomic.Uint64
 }
 
 var (
@@ -303,7 +307,9 @@ func (s *Store) load(ctx context.Context) (view, error) {
 		// New pool, or Modal dropped the queue: rebuild it from the tags.
 		// This holder's reservations went with the queue: none is handed
 		// out from memory again until inherited back from the rebuild.
-		s.lost.Store(false)
+		if s.lost.Swap(false) || s.known.Load() {
+			s.losses.Add(1)
+		}
 		s.forgetReservations()
 		if err := s.rebuild(ctx); err != nil {
 			s.lost.Store(true)
@@ -347,6 +353,8 @@ func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 	if cur.Gen == "" {
 		return v, true, nil
 	}
+	s.known.Store(true)
+	v.Epoch = s.losses.Load()
 	v.Target, v.HasTarget, v.TTL, v.UseDuration = cur.Target, cur.Has, cur.TTL, cur.Use
 	v.metaLen = len(metas)
 

@@ -620,6 +620,9 @@ func TestStoreRebuildAfterClearThenSetTarget(t *testing.T) {
 	if c := claimedOf(after); len(c) != 1 || c[0].ID != taken.ID {
 		t.Fatalf("claimed after a clear and a resize %v, want [%s]", entryIDs(c), taken.ID)
 	}
+	if after.Epoch == before.Epoch {
+		t.Errorf("epoch %d before and after the loss: the engine is not told", after.Epoch)
+	}
 	if after.Target != 5 || !after.HasTarget {
 		t.Fatalf("target %d (has %v), want the resize's 5", after.Target, after.HasTarget)
 	}

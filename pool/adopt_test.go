@@ -93,6 +93,7 @@ func TestPassRecordsAClaimTheBackendMissed(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	clk.Advance(5 * time.Second) // its claimer had time to write it
 	if err := c.Maintain(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -153,7 +153,9 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	}
 	if listErr == nil {
 		for _, r := range live {
-			if ce, ok := c.claimedView.get(r.ID); ok && !r.Claimed {
+			// A claim younger than claimRecordGrace may be its claimer's,
+			// writing that record now.
+			if ce, ok := c.claimedView.get(r.ID); ok && !r.Claimed && now.Sub(ce.ClaimedAt) > claimRecordGrace {
 				unmarked = append(unmarked, ce.Entry)
 			}
 		}
@@ -289,6 +291,10 @@ func (c *Controller) howEnded(ctx context.Context, e Entry, listedAt time.Time) 
 	}
 	return ExitText(info.Code)
 }
+
+// claimRecordGrace is how long a claimer has to write the backend's record
+// of its claim before a pass writes it in its stead.
+const claimRecordGrace = 3 * time.Second
 
 // markUnmarked writes the backend's record of claims it lacks: a claimer
 // killed between its claim and that record leaves the claim in the store
