@@ -3,6 +3,7 @@ package pool_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -129,8 +130,9 @@ func (s *splitStore) Close() error                                              
 
 // bytesPerClaim runs a controller (its loops on) over a pool of 5 whose
 // store also holds claimed entries, and returns the bytes allocated per
-// claim, the claim's backfill (its passes and creation) included.
-func bytesPerClaim(t *testing.T, claimed, claims int) float64 {
+// claim, the claim's backfill (its passes and creation) included, and per
+// Summary (what a /metrics scrape reads).
+func bytesPerClaim(t *testing.T, claimed, claims int) (perClaim, perSummary float64) {
 	t.Helper()
 	clk := clockwork.NewRealClock()
 	be := pooltest.NewBackend(clk)
@@ -177,16 +179,23 @@ func bytesPerClaim(t *testing.T, claimed, claims int) float64 {
 		claimOnce()
 	}
 	runtime.ReadMemStats(&after)
-	if got := c.Snapshot().Counts[pool.StateClaimed]; got != claimed+claims+1 {
-		t.Fatalf("%d claimed in the snapshot, want %d", got, claimed+claims+1)
+	perClaim = float64(after.TotalAlloc-before.TotalAlloc) / float64(claims)
+	runtime.ReadMemStats(&before)
+	for range claims {
+		if got := c.Summary().Counts[pool.StateClaimed]; got != claimed+claims+1 {
+			t.Fatalf("%d claimed in the summary, want %d", got, claimed+claims+1)
+		}
 	}
-	return float64(after.TotalAlloc-before.TotalAlloc) / float64(claims)
+	runtime.ReadMemStats(&after)
+	perSummary = float64(after.TotalAlloc-before.TotalAlloc) / float64(claims)
+	return perClaim, perSummary
 }
 
 // TestClaimCostFlatInClaimedEntries: a claim and its backfill do the same
 // work with 10 or 10,000 claimed entries in the store (issue 9): the
 // controller keeps claimed entries apart, and the passes a claim kicks
-// judge by its view instead of reading every entry of the store. Measured in
+// judge by its view instead of reading every entry of the store; /metrics
+// reads a summary without a row per sandbox. Measured in
 // bytes allocated (deterministic, unlike time on a shared machine): reading
 // 10,000 entries once allocates over a megabyte.
 func TestClaimCostFlatInClaimedEntries(t *testing.T) {
@@ -194,11 +203,14 @@ func TestClaimCostFlatInClaimedEntries(t *testing.T) {
 		t.Skip("fills a store with 10,000 claimed entries")
 	}
 	const claims = 20
-	few := bytesPerClaim(t, 10, claims)
-	many := bytesPerClaim(t, 10000, claims)
-	t.Logf("bytes allocated per claim: %.0f with 10 claimed entries, %.0f with 10,000", few, many)
+	few, fewSum := bytesPerClaim(t, 10, claims)
+	many, manySum := bytesPerClaim(t, 10000, claims)
+	t.Logf("bytes allocated per claim: %.0f with 10 claimed entries, %.0f with 10,000; per summary: %.0f, %.0f", few, many, fewSum, manySum)
 	if many > 1.5*few+32<<10 {
 		t.Fatalf("a claim allocates %.0f bytes with 10,000 claimed entries, %.0f with 10: it walks them", many, few)
+	}
+	if manySum > 1.5*fewSum+4<<10 {
+		t.Fatalf("a summary allocates %.0f bytes with 10,000 claimed entries, %.0f with 10: a row each", manySum, fewSum)
 	}
 }
 
@@ -242,6 +254,10 @@ func TestClaimedViewFollowsTheStore(t *testing.T) {
 	slices.Sort(want)
 	if got := claimedIDs(snap); !slices.Equal(got, want) || snap.Counts[pool.StateReady] != 1 {
 		t.Fatalf("claimed %v, counts %v; want claimed %v and 1 ready", got, snap.Counts, want)
+	}
+	// What /metrics reads counts the same, without a row per sandbox.
+	if sum := h.c.Summary(); !maps.Equal(sum.Counts, snap.Counts) || sum.Sandboxes != nil {
+		t.Fatalf("summary counts %v (%d rows), snapshot's %v", sum.Counts, len(sum.Sandboxes), snap.Counts)
 	}
 	if snap.Stats.ClaimsWarm != 2 {
 		t.Fatalf("%d warm claims counted, want 2 (one here, one seen in the store)", snap.Stats.ClaimsWarm)

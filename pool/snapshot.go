@@ -8,7 +8,14 @@ import (
 )
 
 // Snapshot returns the pool as this controller knows it now (no I/O).
-func (c *Controller) Snapshot() Snapshot {
+func (c *Controller) Snapshot() Snapshot { return c.snapshot(true) }
+
+// Summary is Snapshot without its rows (Sandboxes is nil), Counts
+// included: what /metrics needs, at a cost that does not grow with the
+// claimed sandboxes (a row each in Snapshot, 10,000 of them on each scrape).
+func (c *Controller) Summary() Snapshot { return c.snapshot(false) }
+
+func (c *Controller) snapshot(rows bool) Snapshot {
 	now := c.clk.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -26,8 +33,13 @@ func (c *Controller) Snapshot() Snapshot {
 	if open := c.problems.list(); len(open) > 0 {
 		s.LastError = open[len(open)-1].Message
 	}
-	s.Sandboxes = make([]Sandbox, 0, c.claimedView.len()+len(c.stored.Entries)+len(c.inflight)+len(c.recent))
+	n := len(c.stored.Entries) + len(c.inflight) + len(c.recent)
+	if rows {
+		n += c.claimedView.len()
+	}
+	s.Sandboxes = make([]Sandbox, 0, n)
 	seen := make(map[string]bool, len(c.stored.Entries)+len(c.inflight))
+	claimedTerminating := 0 // claimed ones shown terminating (counted, not listed, without rows)
 	row := func(e Entry, h Health) {
 		sb := Sandbox{ID: e.ID, URL: e.URL, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt, Health: h,
 			ClaimedBy: e.ClaimedBy, ClaimedAt: e.ClaimedAt, State: StateOf(e, h, now, c.useDur())}
@@ -42,7 +54,15 @@ func (c *Controller) Snapshot() Snapshot {
 	// Claimed ones first, as the store holds them. They are not put in
 	// seen (10,000 of them would be a big map per snapshot): the few
 	// other rows ask c.claimedView instead.
-	c.claimedView.each(func(ce claimedEntry) { row(ce.Entry, ce.health) })
+	if rows {
+		c.claimedView.each(func(ce claimedEntry) { row(ce.Entry, ce.health) })
+	} else {
+		for id, r := range c.recent {
+			if r.State == StateTerminating && c.claimedView.has(id) {
+				claimedTerminating++
+			}
+		}
+	}
 	for _, e := range c.stored.Entries {
 		row(e, c.health[e.ID])
 		seen[e.ID] = true
@@ -72,6 +92,15 @@ func (c *Controller) Snapshot() Snapshot {
 	}
 	for _, sb := range s.Sandboxes {
 		s.Counts[sb.State]++
+	}
+	if !rows {
+		if n := c.claimedView.len() - claimedTerminating; n > 0 {
+			s.Counts[StateClaimed] += n
+		}
+		if claimedTerminating > 0 {
+			s.Counts[StateTerminating] += claimedTerminating
+		}
+		s.Sandboxes = nil
 	}
 	s.Stats.WasteSeconds = c.stats.WasteSeconds
 	s.Autosize, s.Cost = c.Autosize(), c.costLocked(now, s.Counts)

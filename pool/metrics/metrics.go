@@ -204,7 +204,7 @@ func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
-	snap := c.ctrl.Snapshot()
+	snap := c.ctrl.Summary() // counts only: a scrape costs the same with 10,000 claimed
 	problems := map[string]int{}
 	for _, k := range ErrorKinds {
 		problems[k] = 0
