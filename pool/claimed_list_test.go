@@ -9,6 +9,7 @@ import (
 
 	"github.com/jonboulle/clockwork"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/local"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
@@ -48,10 +49,16 @@ func TestClaimedSweptByChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	agent, err := lb.AgentPid(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
 		_ = lb.Shutdown(sctx)
+		// Gone before the state dir is removed: it writes there as it exits.
+		testkit.Eventually(t, 20*time.Second, "the agent gone", func() bool { return !testkit.Alive(agent) })
 	})
 	be := &listCounter{Backend: lb}
 	st := pooltest.NewStore()
