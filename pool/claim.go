@@ -393,13 +393,23 @@ func (c *Controller) countClaimOnceLocked(id string) bool {
 	if _, seen := c.counted[id]; seen {
 		return false
 	}
-	if len(c.counted) >= 4096 {
-		for k, at := range c.counted {
-			if now.Sub(at) > 10*time.Minute {
-				delete(c.counted, k)
-			}
+	// Claims counted over 10 minutes ago are forgotten oldest first, each
+	// looked at once: a scan of the whole map on each claim once it held
+	// 4,096 cost O(claims in 10 minutes) under c.mu, on every claim.
+	for len(c.counted) >= 4096 && len(c.countedOrder) > 0 && now.Sub(c.countedOrder[0].at) > 10*time.Minute {
+		old := c.countedOrder[0]
+		c.countedOrder = c.countedOrder[1:]
+		if at, ok := c.counted[old.id]; ok && at.Equal(old.at) {
+			delete(c.counted, old.id)
 		}
 	}
 	c.counted[id] = now
+	c.countedOrder = append(c.countedOrder, countedClaim{id, now})
 	return true
+}
+
+// countedClaim is one claim counted, in Controller.countedOrder.
+type countedClaim struct {
+	id string
+	at time.Time
 }

@@ -121,8 +121,9 @@ type Controller struct {
 	createKickAt time.Time // a creation done before it kicks no pass unless it is the last
 
 	// Counters (guarded by mu).
-	stats   Stats
-	counted map[string]time.Time // claims counted in stats, by sandbox: each once, however it is seen
+	stats        Stats
+	counted      map[string]time.Time // claims counted in stats, by sandbox: each once, however it is seen
+	countedOrder []countedClaim       // counted's claims, oldest first (a removed one may linger)
 	// claiming holds this process's claims whose store take is under way:
 	// a load that sees one of them claimed must not take it for another
 	// process's claim (its id is not known here yet).
