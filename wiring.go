@@ -422,21 +422,25 @@ func (s *serving) stop(cleanup bool, logger *slog.Logger) {
 
 // logEvents writes the controller's events to logger, as `run` shows them.
 func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
-	ctrl.ObserveAsync(func(e pool.Event) { // a slow log never slows a claim
-		if e.Kind == pool.EventMaintained || e.Kind == pool.EventStoreChanged {
-			return
+	level := func(e pool.Event) slog.Level {
+		switch e.Kind {
+		case pool.EventError, pool.EventCreateFailed, pool.EventBackoff:
+			return slog.LevelWarn
+		case pool.EventCreating, pool.EventHealthRecovery:
+			return slog.LevelDebug
 		}
+		return slog.LevelInfo
+	}
+	// What the logger would drop is turned down before it is queued.
+	keep := func(e pool.Event) bool {
+		return e.Kind != pool.EventMaintained && e.Kind != pool.EventStoreChanged &&
+			logger.Enabled(context.Background(), level(e))
+	}
+	ctrl.ObserveAsyncIf(keep, func(e pool.Event) { // a slow log never slows a claim
 		attrs := []any{"event", string(e.Kind)}
 		if e.SandboxID != "" {
 			attrs = append(attrs, "sandbox", e.SandboxID)
 		}
-		level := slog.LevelInfo
-		switch e.Kind {
-		case pool.EventError, pool.EventCreateFailed, pool.EventBackoff:
-			level = slog.LevelWarn
-		case pool.EventCreating, pool.EventHealthRecovery:
-			level = slog.LevelDebug
-		}
-		logger.Log(context.Background(), level, e.Message, attrs...)
+		logger.Log(context.Background(), level(e), e.Message, attrs...)
 	})
 }

@@ -251,7 +251,16 @@ func (c *Controller) Observe(fn func(Event)) { c.events.observe(fn) }
 // ObserveAsync registers fn to be called for every event in order on a
 // goroutine of its own (log writers): a slow fn delays nothing else. Close
 // waits until fn has seen every event published before it.
-func (c *Controller) ObserveAsync(fn func(Event)) { c.events.observeAsync(fn) }
+func (c *Controller) ObserveAsync(fn func(Event)) { c.events.observeAsync(nil, fn) }
+
+// ObserveAsyncIf is ObserveAsync for the events keep wants. keep runs
+// synchronously, by the goroutine that caused the event, and must be quick:
+// an event it turns down costs the async goroutine nothing (a log that
+// drops debug events is not woken for each creation's start and each
+// pass's end).
+func (c *Controller) ObserveAsyncIf(keep func(Event) bool, fn func(Event)) {
+	c.events.observeAsync(keep, fn)
+}
 
 func (c *Controller) emit(e Event) {
 	if e.Time.IsZero() {

@@ -26,8 +26,10 @@ func (h *eventHub) observe(fn func(Event)) {
 }
 
 // observeAsync registers fn to run on the hub's own goroutine, in order:
-// for slow observers such as log writers.
-func (h *eventHub) observeAsync(fn func(Event)) {
+// for slow observers such as log writers. keep, when set, runs on the
+// publisher's goroutine and says which events fn wants: an event no async
+// observer wants never wakes that goroutine.
+func (h *eventHub) observeAsync(keep func(Event) bool, fn func(Event)) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -36,7 +38,7 @@ func (h *eventHub) observeAsync(fn func(Event)) {
 	if h.async == nil {
 		h.async = newAsyncObservers()
 	}
-	h.async.add(fn)
+	h.async.add(keep, fn)
 }
 
 func (h *eventHub) subscribe(buffer int) (<-chan Event, func()) {
@@ -109,7 +111,7 @@ const asyncMax = 1 << 14
 // asyncObservers runs slow observers on one goroutine, in publish order.
 type asyncObservers struct {
 	mu      sync.Mutex // guards the fields below; never held while fns run
-	fns     []func(Event)
+	fns     []asyncObserver
 	queue   []Event
 	dropped int
 	closed  bool
@@ -123,14 +125,31 @@ func newAsyncObservers() *asyncObservers {
 	return a
 }
 
-func (a *asyncObservers) add(fn func(Event)) {
+type asyncObserver struct {
+	keep func(Event) bool // nil: every event
+	fn   func(Event)
+}
+
+func (o asyncObserver) wants(e Event) bool { return o.keep == nil || o.keep(e) }
+
+func (a *asyncObservers) add(keep func(Event) bool, fn func(Event)) {
 	a.mu.Lock()
-	a.fns = append(a.fns, fn)
+	a.fns = append(a.fns, asyncObserver{keep, fn})
 	a.mu.Unlock()
 }
 
 func (a *asyncObservers) push(e Event) {
 	a.mu.Lock()
+	wanted := false
+	for _, o := range a.fns {
+		if wanted = o.wants(e); wanted {
+			break
+		}
+	}
+	if !wanted {
+		a.mu.Unlock()
+		return
+	}
 	if len(a.queue) >= asyncMax {
 		a.queue = a.queue[1:]
 		a.dropped++
@@ -166,8 +185,10 @@ func (a *asyncObservers) run() {
 				Message: fmt.Sprintf("%d events dropped: observers too slow", dropped)}}, batch...)
 		}
 		for _, e := range batch {
-			for _, fn := range fns {
-				fn(e)
+			for _, o := range fns {
+				if o.wants(e) {
+					o.fn(e)
+				}
 			}
 		}
 		if closed && len(batch) == 0 {
