@@ -11,6 +11,8 @@ package metrics
 import (
 	"net/http"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -100,7 +102,7 @@ func New(ctrl *pool.Controller) *Metrics {
 	m.claimLatency.WithLabelValues("false")
 
 	m.reg.MustRegister(m.claims, m.claimLatency, m.readyLatency, m.errors, &snapshotCollector{ctrl: ctrl},
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		collectors.NewGoCollector(), &heldCollector{c: collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), hold: processHold})
 	ctrl.Observe(m.observe)
 	return m
 }
@@ -253,4 +255,45 @@ func (c *snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descAutosize, prometheus.GaugeValue, on)
 	ch <- prometheus.MustNewConstMetric(descClaimRate, prometheus.GaugeValue, snap.Autosize.Rate)
+}
+
+// processHold is how long the process metrics of one scrape serve the next
+// ones: reading them (/proc/self stat, limits, netstat and every open fd)
+// was most of a scrape's cost, and a client that polls /metrics every
+// 50 ms (a tool waiting for the pool to fill) paid it each time. A
+// Prometheus server scraping every few seconds sees no difference.
+const processHold = time.Second
+
+// heldCollector collects c at most once per hold and replays what it
+// collected meanwhile (its metrics are immutable values).
+type heldCollector struct {
+	c    prometheus.Collector
+	hold time.Duration
+
+	mu   sync.Mutex
+	at   time.Time
+	last []prometheus.Metric
+}
+
+func (h *heldCollector) Describe(ch chan<- *prometheus.Desc) { h.c.Describe(ch) }
+
+func (h *heldCollector) Collect(ch chan<- prometheus.Metric) {
+	h.mu.Lock()
+	if h.last == nil || time.Since(h.at) >= h.hold {
+		fresh := make(chan prometheus.Metric, 16)
+		go func() {
+			h.c.Collect(fresh)
+			close(fresh)
+		}()
+		next := make([]prometheus.Metric, 0, len(h.last)) // the last one may still be replayed
+		for m := range fresh {
+			next = append(next, m)
+		}
+		h.last, h.at = next, time.Now()
+	}
+	last := h.last
+	h.mu.Unlock()
+	for _, m := range last {
+		ch <- m
+	}
 }
