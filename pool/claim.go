@@ -136,7 +136,13 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		}
 		c.claiming[key]++
 		c.mu.Unlock()
+		// Opened before the take: a pass that lists the backend after it
+		// waits until the backend's record of this claim is made.
+		rec := c.records.open()
 		got, dropped, ok, err := c.st.Take(ctx, tr)
+		if err != nil || !ok {
+			c.records.close(rec)
+		}
 		c.mu.Lock()
 		if c.claiming[key]--; c.claiming[key] <= 0 {
 			delete(c.claiming, key)
@@ -163,7 +169,8 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 		if !ok {
 			return Entry{}, false, nil
 		}
-		if o.CheckHealth && !c.freshlyHealthy(got.ID, now) {
+		fresh := o.CheckHealth && c.freshlyHealthy(got.ID, now)
+		if o.CheckHealth && !fresh {
 			h := c.probe(ctx, got.URL)
 			if err := ctx.Err(); err != nil {
 				// The claimer left during the check: the sandbox is not to
@@ -173,6 +180,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 				c.mu.Lock()
 				delete(c.counted, got.ID)
 				c.mu.Unlock()
+				c.records.close(rec)
 				return Entry{}, false, err
 			}
 			c.mu.Lock()
@@ -181,10 +189,17 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			if !h.OK {
 				c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Health: h, Err: h.Error})
 				c.dropTaken(ctx, got, o.By)
+				c.records.close(rec)
 				continue
 			}
 		}
-		if gone := c.recordClaim(got); gone {
+		if c.recordLater(fresh) {
+			c.recordClaimAsync(got, rec)
+			return got, true, nil
+		}
+		gone := c.recordClaim(got)
+		c.records.close(rec)
+		if gone {
 			// Its workload ended since its last probe (a fresh probe was
 			// trusted): never hand out a dead sandbox.
 			c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Err: "gone (the backend says it is not running)"})
@@ -264,6 +279,53 @@ func (c *Controller) recordClaim(e Entry) (gone bool) {
 	}
 	return false
 }
+
+// recordLater says whether a claim's backend record may be made beside its
+// answer rather than before it: unless the claim trusted a fresh probe
+// (trustedFresh) on a backend whose sandboxes may end on their own between
+// probes, where the record's "not running" is what keeps a dead sandbox
+// from being handed out.
+func (c *Controller) recordLater(trustedFresh bool) bool {
+	if !trustedFresh {
+		return true
+	}
+	s, ok := c.be.(SelfContained)
+	return ok && s.SandboxesEndOnlyWithBackend()
+}
+
+// recordClaimAsync tells a backend that keeps its own record of claims (the
+// local agent, Modal tags) that e was handed out, so that losing or
+// replacing the store never puts it back in the pool. The store's record
+// is the one that counts: a failure here is reported, not fatal. It runs
+// beside the answer, not before it (the agent's round trip is a
+// cross-process wake-up, ~0.3-0.5 ms): what reads the backend's record to
+// adopt or tear down waits for the pending ones (c.records), and so does
+// Close. rec is closed when it is done.
+func (c *Controller) recordClaimAsync(e Entry, rec *claimRecord) {
+	r, ok := c.be.(ClaimRecorder)
+	if !ok {
+		c.records.close(rec)
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer c.records.close(rec)
+		// Not cut short by Close: it waits for the record (a `claim`
+		// process must not exit before it is made).
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.life), recordTimeout)
+		defer cancel()
+		if err := r.MarkClaimed(ctx, e.ID, e.ClaimedBy); err != nil {
+			c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
+		} else {
+			c.resolve(ProblemBackend, opRecord)
+		}
+	}()
+}
+
+// recordTimeout bounds one claim record, and so how long a pass or Close
+// may wait for it.
+const recordTimeout = 5 * time.Second
 
 // giveBack returns a taken sandbox to the pool. A store that cannot take an
 // id back (Modal records every claim, and its tags say claimed, so reconcile

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
 
 // A workload that exits fails its try at once, with its last lines in the
@@ -49,6 +50,7 @@ func TestClaimedStaysClaimedWhenTheStoreIsLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.c.WaitIdle(ctx) // the backend's record is made beside the answer
 	if by := h.be.ClaimedBy(got.ID); by != "cli" {
 		t.Fatalf("backend record of %s: %q, want cli", got.ID, by)
 	}
@@ -78,6 +80,87 @@ func TestClaimedStaysClaimedWhenTheStoreIsLost(t *testing.T) {
 	}
 	if n := len(h.pooledIDs()); n != 3 {
 		t.Fatalf("pooled %d, want 3", n)
+	}
+}
+
+// slowRecorder holds every claim record until release is closed, saying
+// each one it holds on in.
+type slowRecorder struct {
+	*pooltest.Backend
+	in      chan string
+	release chan struct{}
+}
+
+func (b *slowRecorder) MarkClaimed(ctx context.Context, id, by string) error {
+	b.in <- id
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return b.Backend.MarkClaimed(ctx, id, by)
+}
+
+// The backend's record of a claim is made beside its answer, not before it;
+// a pass that would adopt live sandboxes unknown to a lost store waits for
+// the records pending, so the claimed one is never re-pooled.
+func TestAdoptionWaitsForPendingClaimRecords(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	be := &slowRecorder{Backend: h.be, in: make(chan string, 1), release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(be.release) }) }
+	c, err := pool.New(pool.Options{Config: h.cfg, Backend: be, Store: h.st, Clock: h.clk, Checker: h.be.Checker, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	t.Cleanup(release) // runs first: Close waits for the record
+	h.c = c
+	h.pass()
+	h.c.WaitIdle(ctx)
+
+	claimed := make(chan pool.Claimed, 1)
+	go func() {
+		got, err := c.Claim(ctx, pool.ClaimOptions{By: "cli"})
+		if err != nil {
+			t.Error(err)
+		}
+		claimed <- got
+	}()
+	var got pool.Claimed
+	select {
+	case got = <-claimed:
+	case <-time.After(waitLong):
+		t.Fatal("the claim waited for its backend record")
+	}
+	if id := <-be.in; id != got.ID {
+		t.Fatalf("record of %s, claimed %s", id, got.ID)
+	}
+	// The store is lost while the record is pending.
+	if _, err := h.st.Remove(ctx, h.pooledIDs()...); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.st.Remove(ctx, got.ID); err != nil {
+		t.Fatal(err)
+	}
+	h.clk.Advance(time.Minute) // past the adoption grace
+	passed := make(chan error, 1)
+	go func() { passed <- c.Maintain(ctx) }()
+	if testkit.Until(300*time.Millisecond, func() bool { return len(passed) > 0 }) {
+		t.Fatalf("a pass listed the backend before the pending claim record (pooled now: %v)", h.pooledIDs())
+	}
+	release()
+	if err := <-passed; err != nil {
+		t.Fatal(err)
+	}
+	h.settle()
+	h.pass()
+	if slices.Contains(h.pooledIDs(), got.ID) || slices.Contains(h.be.Terminated(), got.ID) {
+		t.Fatalf("claimed %s re-pooled %v or terminated %v", got.ID, h.pooledIDs(), h.be.Terminated())
+	}
+	if by := h.be.ClaimedBy(got.ID); by != "cli" {
+		t.Fatalf("backend record of %s: %q, want cli", got.ID, by)
 	}
 }
 
@@ -225,6 +308,7 @@ func TestProbeAheadKeepsTheHeadFresh(t *testing.T) {
 	if err != nil || got.ID != pooled[1].ID || p.count(next) != 2 {
 		t.Fatalf("claimed %s (%v) with %d probes, want %s with its probe ahead only", got.ID, err, p.count(next), pooled[1].ID)
 	}
+	c.WaitIdle(context.Background()) // the backend's record is made beside the answer
 	if by := h.be.ClaimedBy(got.ID); by != "cli" {
 		t.Fatalf("backend record of %s: %q, want cli", got.ID, by)
 	}

@@ -127,6 +127,10 @@ func (c *Controller) terminateEverything(ctx context.Context, reason, by string)
 	if _, err := c.st.Remove(ctx, ids...); err != nil {
 		return 0, err
 	}
+	// A claim record still on its way would find its sandbox gone (and say so).
+	if err := c.records.wait(ctx); err != nil {
+		return 0, err
+	}
 	live, err := c.be.List(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("list sandboxes: %w", err)
@@ -180,8 +184,12 @@ func (c *Controller) waitCreations(ctx context.Context) {
 	}
 }
 
-// WaitIdle waits until no creation is in flight (for one-shot commands).
-func (c *Controller) WaitIdle(ctx context.Context) { c.waitCreations(ctx) }
+// WaitIdle waits until no creation is in flight and the backend's records
+// of the claims made so far are made (for one-shot commands).
+func (c *Controller) WaitIdle(ctx context.Context) {
+	c.waitCreations(ctx)
+	_ = c.records.wait(ctx)
+}
 
 // forget drops what memory holds of a sandbox that left the pool.
 func (c *Controller) forget(id string) {

@@ -56,7 +56,8 @@ type Controller struct {
 
 	// Coordination without a lock held across I/O, each with its own guard.
 	passes   passRunner    // one maintenance pass at a time (its own mutex, never held across a pass)
-	takes    takeGate      // claims on their way out now: take, probe, claim record (its own mutex)
+	takes    takeGate      // claims on their way out now: take, probe (its own mutex)
+	records  claimRecords  // claims whose backend record is not made yet (its own mutex)
 	ahead    atomic.Bool   // a probe ahead of claims runs (probeAhead)
 	waitq    waitQueue     // waiting claims in arrival order (its own mutex)
 	kickCh   chan struct{} // asks the maintenance loop for a pass; kicks coalesce
@@ -218,10 +219,12 @@ func (c *Controller) Config() Config { return c.cfg }
 // BackendName is the backend's name.
 func (c *Controller) BackendName() string { return c.be.Name() }
 
-// Close cancels creations in flight (each terminates its sandbox, so none
-// leaks), stops the loops and waits for every goroutine, then releases the
-// lease. It does not terminate pooled sandboxes: they keep running.
+// Close waits for the backend's records of the claims made here, cancels
+// creations in flight (each terminates its sandbox, so none leaks), stops
+// the loops and waits for every goroutine, then releases the lease. It does
+// not terminate pooled sandboxes: they keep running.
 func (c *Controller) Close() {
+	_ = c.records.wait(context.Background()) // each bounded by recordTimeout
 	c.stop()
 	c.wg.Wait()
 	c.mu.Lock()

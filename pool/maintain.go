@@ -53,6 +53,14 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 		// The backfill after a claim: claims on their way out go first.
 		c.yieldToClaims(ctx, backfillYield)
 	}
+	if reconcile {
+		// A list taken before this process's pending claim records are made
+		// would show their sandboxes as nobody's: with the store lost, they
+		// would be adopted and handed out again.
+		if err := c.records.wait(ctx); err != nil {
+			return err
+		}
+	}
 	// Listing before loading means an entry missing from the list was
 	// already stored when the list was taken, unless it was created after it.
 	listedAt := c.clk.Now()

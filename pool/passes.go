@@ -120,6 +120,57 @@ func (g *takeGate) waitIdle(ctx context.Context, clk clockwork.Clock, d time.Dur
 	}
 }
 
+// claimRecords are this process's claims between the store's take and the
+// end of the backend's record of them (ClaimRecorder), which is made beside
+// the claim's answer rather than before it. A reader of the backend's list
+// that would adopt a live sandbox unknown to the store (a store lost or
+// replaced) waits for the records pending when it starts, so a claimed
+// sandbox is never listed as nobody's and re-pooled.
+type claimRecords struct {
+	mu      sync.Mutex // guards pending
+	pending map[*claimRecord]struct{}
+}
+
+type claimRecord struct{ done chan struct{} }
+
+func (r *claimRecords) open() *claimRecord {
+	x := &claimRecord{done: make(chan struct{})}
+	r.mu.Lock()
+	if r.pending == nil {
+		r.pending = map[*claimRecord]struct{}{}
+	}
+	r.pending[x] = struct{}{}
+	r.mu.Unlock()
+	return x
+}
+
+func (r *claimRecords) close(x *claimRecord) {
+	r.mu.Lock()
+	delete(r.pending, x)
+	r.mu.Unlock()
+	close(x.done)
+}
+
+// wait returns once every record pending now is done (those opened later
+// are not waited for: a steady stream of claims cannot starve the caller),
+// or at ctx's end.
+func (r *claimRecords) wait(ctx context.Context) error {
+	r.mu.Lock()
+	var now []*claimRecord
+	for x := range r.pending {
+		now = append(now, x)
+	}
+	r.mu.Unlock()
+	for _, x := range now {
+		select {
+		case <-x.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // creationLimit paces creations to what the backend and the machine can
 // do (a concurrency limit in the style of TCP slow start): it starts small,
 // grows by one per creation that stays quick, and is cut when one is slow

@@ -455,6 +455,15 @@ type Listing struct {
 	Next  ListCursor
 }
 
+// SelfContained is a backend whose sandboxes do not end on their own
+// between probes: they are served by the backend's own process (the local
+// agent's built-in workload) and end only with it, or when terminated. A
+// claim that trusts a fresh probe then does not wait for the claim record's
+// "not running" answer: the record is made beside the claim's answer.
+type SelfContained interface {
+	SandboxesEndOnlyWithBackend() bool
+}
+
 // LogReader reads a sandbox's workload output (the dashboard's log view).
 type LogReader interface {
 	// ReadLog returns up to max bytes of the log from offset and the offset

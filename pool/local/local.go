@@ -258,6 +258,11 @@ func (b *Backend) ListChanges(ctx context.Context, since pool.ListCursor) (pool.
 	return l, nil
 }
 
+// SandboxesEndOnlyWithBackend implements pool.SelfContained: a built-in
+// sandbox is a socket and a goroutine of the agent, which ends only when
+// terminated or with the agent; a --cmd workload may exit at any time.
+func (b *Backend) SandboxesEndOnlyWithBackend() bool { return b.opts.Cmd == "" }
+
 // MarkClaimed records in the agent that the sandbox was handed out: List
 // reports it claimed from then on, whatever happens to the store.
 func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
