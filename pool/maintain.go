@@ -52,8 +52,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	if !reconcile {
 		// The backfill after a claim: claims on their way out go first.
 		c.yieldToClaims(ctx, backfillYield)
-	}
-	if reconcile {
+	} else {
 		// A list taken before this process's pending claim records are made
 		// would show their sandboxes as nobody's: with the store lost, they
 		// would be adopted and handed out again.
