@@ -208,6 +208,9 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			c.report(ProblemStore, opWrite, "", fmt.Errorf("drop sandboxes from the store: %w", err))
 			return err
 		}
+		// The store takes writes again: a write error said before (by a
+		// pass, when no claim of this process wrote since) is over.
+		c.resolve(ProblemStore, opWrite)
 		gone := make(map[string]bool, len(removed))
 		for _, e := range removed {
 			gone[e.ID] = true
