@@ -164,6 +164,64 @@ func TestAdoptionWaitsForPendingClaimRecords(t *testing.T) {
 	}
 }
 
+// selfContained is a slowRecorder whose sandboxes end only with it.
+type selfContained struct{ *slowRecorder }
+
+func (selfContained) SandboxesEndOnlyWithBackend() bool { return true }
+
+// A claim that trusts a fresh probe waits for the claim record (its "not
+// running" keeps a dead sandbox from being handed out) unless the backend's
+// sandboxes end only with it; a claim that probed does not wait.
+func TestClaimWaitsForItsRecordOnlyWhenItMustTellDead(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		selfContained bool
+		stale         bool // the first-start probe is stale: the claim probes
+		waits         bool
+	}{
+		{"fresh probe trusted", false, false, true},
+		{"fresh probe trusted, self-contained backend", true, false, false},
+		{"probed by the claim", false, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			ctx := context.Background()
+			slow := &slowRecorder{Backend: h.be, in: make(chan string, 1), release: make(chan struct{})}
+			var be pool.Backend = slow
+			if tc.selfContained {
+				be = selfContained{slow}
+			}
+			c, err := pool.New(pool.Options{Config: h.cfg, Backend: be, Store: h.st, Clock: h.clk, Checker: h.be.Checker, Rand: func() float64 { return 0.5 }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var releaseOnce sync.Once
+			t.Cleanup(c.Close)
+			t.Cleanup(func() { releaseOnce.Do(func() { close(slow.release) }) })
+			h.c = c
+			h.pass()
+			h.c.WaitIdle(ctx)
+			if tc.stale {
+				h.clk.Advance(h.cfg.HealthFresh)
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Claim(ctx, pool.ClaimOptions{CheckHealth: true, By: "cli"})
+				done <- err
+			}()
+			<-slow.in // the record is asked for
+			returned := testkit.Until(300*time.Millisecond, func() bool { return len(done) > 0 })
+			if returned == tc.waits {
+				t.Fatalf("claim returned before its record: %v, want %v", returned, !tc.waits)
+			}
+			releaseOnce.Do(func() { close(slow.release) })
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
 // A slow log never slows a claim: async observers run on their own
 // goroutine, and Close waits until they saw every event.
 func TestSlowObserverDoesNotSlowClaims(t *testing.T) {
