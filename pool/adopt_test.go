@@ -115,3 +115,59 @@ func TestPassRecordsAClaimTheBackendMissed(t *testing.T) {
 		t.Fatalf("%s claimed, then terminated", ref.ID)
 	}
 }
+
+// landedPutStore's Put lands and then fails, as a Modal put whose answer a
+// cancellation cut off; claimNext makes a claimer take the sandbox between.
+type landedPutStore struct {
+	*pooltest.Store
+	claimNext atomic.Bool
+}
+
+func (s *landedPutStore) Put(ctx context.Context, r pool.Ref) error {
+	if err := s.Store.Put(ctx, r); err != nil {
+		return err
+	}
+	if s.claimNext.Swap(false) {
+		_, _, _, _ = s.Store.Take(ctx, pool.TakeRequest{ClaimedBy: "cli"})
+	}
+	return context.Canceled
+}
+
+// A creation whose Put landed but failed (its creation cancelled as surplus
+// while the put was on its way) never leaves a terminated sandbox pooled,
+// and never terminates one a claimer took meanwhile (TestChaosModal seed
+// 203: a sandbox terminated as failed was claimed half a second later).
+func TestFailedPutThatLandedIsNotLeftPooled(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(t0)
+	cfg := pool.DefaultConfig()
+	cfg.Size = 1
+	cfg.CreateTries = 2
+	be := pooltest.NewBackend(clk)
+	st := &landedPutStore{Store: pooltest.NewStore()}
+	st.claimNext.Store(true)
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx := context.Background()
+	if err := c.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The first try's sandbox is claimed; the retry's lands pooled.
+	testkit.Eventually(t, 10*time.Second, "two tries", func() bool {
+		clk.Advance(time.Second)
+		return be.CreateCalls() >= 2 && len(be.Terminated()) >= 1
+	})
+	c.WaitIdle(ctx)
+	s, _ := st.Load(ctx)
+	for _, e := range s.Entries {
+		dead := slices.Contains(be.Terminated(), e.ID)
+		switch {
+		case e.Claimed() && dead:
+			t.Errorf("%s claimed by %s, then terminated", e.ID, e.ClaimedBy)
+		case !e.Claimed() && dead:
+			t.Errorf("%s terminated, still pooled", e.ID)
+		}
+	}
+}

@@ -748,6 +748,9 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	// queue its writes ahead of them.
 	c.yieldToClaims(ctx, putYield)
 	if err := c.st.Put(ctx, ref); err != nil {
+		if c.putLanded(ctx, ref) {
+			return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
+		}
 		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed, ByController)
 		return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
 	}
@@ -764,6 +767,24 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventCreated, SandboxID: ref.ID, Duration: took, Health: h})
 	return ref, nil
+}
+
+// putLanded says, after a failed Put, whether the sandbox is a claimer's
+// now: a Put cut short (its creation cancelled as surplus, a timeout) may
+// have landed all the same (on Modal, its answer lost), and a claimer may
+// have taken the sandbox at once. One still pooled is taken back out, to be
+// terminated with one that never went in.
+func (c *Controller) putLanded(ctx context.Context, ref Ref) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if removed, err := c.st.Evict(ctx, ref.ID); err != nil || len(removed) > 0 {
+		return false
+	}
+	s, err := c.st.Load(ctx)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(s.Entries, func(e Entry) bool { return e.ID == ref.ID && e.Claimed() })
 }
 
 // yieldToClaims lets the claims on their way out (c.takes) go first, for at
