@@ -140,12 +140,13 @@ func (w *windowMax) nextFall() (time.Time, bool) {
 // Autosizer turns claims into a target with the rule above. Not safe for
 // concurrent use: the controller guards it.
 type Autosizer struct {
-	Min, Max int
-	Window   time.Duration
-	meter    rateMeter
-	held     windowMax
-	rec      int
-	seen     map[string]time.Time // claims counted lately, by sandbox id
+	Min, Max  int
+	Window    time.Duration
+	meter     rateMeter
+	held      windowMax
+	rec       int
+	seen      map[string]time.Time // claims counted lately, by sandbox id
+	seenSwept time.Time            // when seen last lost its old ids
 }
 
 // NewAutosizer sizes between min and max, falling no faster than window.
@@ -167,7 +168,12 @@ func (a *Autosizer) ClaimedID(id string, t time.Time) {
 	}
 	a.seen[id] = t
 	a.meter.add(t)
-	if len(a.seen) > 2*len(a.meter.at)+64 {
+	// Pruned here too, not only when the rate is asked (autosize off, no
+	// snapshot taken: they grew by a claim each), the seen ids once per
+	// window (a sweep per claim would cost O(claims in the window)).
+	a.meter.prune(t)
+	if t.Sub(a.seenSwept) >= rateLong {
+		a.seenSwept = t
 		for k, at := range a.seen {
 			if t.Sub(at) >= 2*rateLong {
 				delete(a.seen, k)

@@ -204,7 +204,7 @@ func (c *Controller) forget(id string) {
 func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) error {
 	now := c.clk.Now()
 	c.mu.Lock()
-	c.doomed[e.ID] = true
+	c.doomed[e.ID] = now
 	if c.killing[e.ID] {
 		// Already on its way out (a pass met it still listed): one call,
 		// one count, one event.

@@ -97,7 +97,7 @@ type Controller struct {
 	// Sandboxes (guarded by mu).
 	health   map[string]Health
 	rotated  map[string]bool      // pooled sandboxes whose replacement started (rotation)
-	doomed   map[string]bool      // terminated by us: never adopt again
+	doomed   map[string]time.Time // terminated by us (when): never adopt again
 	killing  map[string]bool      // a Terminate call in flight: a second one waits for nothing
 	suspects map[string]bool      // orphans seen by the last pass
 	adopted  map[string]time.Time // when this controller last adopted a live sandbox
@@ -190,7 +190,7 @@ func New(o Options) (*Controller, error) {
 		writes:       map[string]localWrite{},
 		rotated:      map[string]bool{},
 		limit:        newCreationLimit(o.Config.MaxCreating),
-		doomed:       map[string]bool{},
+		doomed:       map[string]time.Time{},
 		killing:      map[string]bool{},
 		recent:       map[string]Sandbox{},
 		failedAt:     map[string]time.Time{},

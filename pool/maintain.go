@@ -333,7 +333,7 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 			// A claimed sandbox is its claimer's: never adopted, never reaped.
 			continue
 		}
-		if c.doomed[r.ID] {
+		if _, doomed := c.doomed[r.ID]; doomed {
 			unknown = append(unknown, r) // terminated by us, still listed: finish it
 			continue
 		}
@@ -357,11 +357,16 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 			delete(c.adopted, id)
 		}
 	}
+	for id, at := range c.doomed { // ended for good, not listed again
+		if !liveIDs[id] && now.Sub(at) > c.adoptGrace() {
+			delete(c.doomed, id)
+		}
+	}
 	c.mu.Unlock()
 	next := map[string]bool{}
 	for _, r := range unknown {
 		c.mu.Lock()
-		doomed := c.doomed[r.ID]
+		_, doomed := c.doomed[r.ID]
 		c.mu.Unlock()
 		// An orphan is terminated only when a second pass still finds it
 		// unknown: a claim in another process may be between taking it and
