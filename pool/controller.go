@@ -120,6 +120,9 @@ type Controller struct {
 	lastCreate   string    // last creation error, for maintain's failure line
 	failingSince time.Time // first of the creation failures in a row
 	createKickAt time.Time // a creation done before it kicks no pass unless it is the last
+	// Scratch buffers of creationTTLLocked and resize, kept between calls.
+	spreadEnds, spreadFlying []time.Time
+	countedIdx               []int
 
 	// Counters (guarded by mu).
 	stats        Stats

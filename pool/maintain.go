@@ -416,33 +416,39 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 // longer than a replacement takes, plus creations in flight) equal target.
 func (c *Controller) resize(target int, now time.Time) {
 	c.mu.Lock()
+	// Counted by index: the entries themselves (big structs) are copied only
+	// to pick the surplus, not on every pass.
 	leads := c.leadsLocked()
-	var counted []Entry
+	counted := c.countedIdx[:0]
 	for i, e := range c.stored.Entries {
-		if e.Claimed() {
-			continue
-		}
-		if c.countsLocked(e, now, leads[i]) {
-			counted = append(counted, e)
+		if !e.Claimed() && c.countsLocked(e, now, leads[i]) {
+			counted = append(counted, i)
 		}
 	}
-	var active []*creation
+	c.countedIdx = counted[:0]
+	active := 0
 	for _, cr := range c.inflight {
 		if !cr.cancelled {
-			active = append(active, cr)
+			active++
 		}
 	}
-	have := len(counted) + len(active)
+	have := len(counted) + active
 	switch {
 	case have < target:
-		paused := c.growLocked(target, target-have, len(active), now)
+		paused := c.growLocked(target, target-have, active, now)
 		c.mu.Unlock()
 		c.announcePause(paused)
 	case have > target:
 		surplus := have - target
+		var flying []*creation
+		for _, cr := range c.inflight {
+			if !cr.cancelled {
+				flying = append(flying, cr)
+			}
+		}
 		// Creations in flight are worth least: cancel the newest first.
-		slices.SortFunc(active, func(a, b *creation) int { return b.started.Compare(a.started) })
-		for _, cr := range active {
+		slices.SortFunc(flying, func(a, b *creation) int { return b.started.Compare(a.started) })
+		for _, cr := range flying {
 			if surplus == 0 {
 				break
 			}
@@ -452,7 +458,11 @@ func (c *Controller) resize(target int, now time.Time) {
 		}
 		var victims []Entry
 		if surplus > 0 {
-			victims = SurplusOrder(counted)[:surplus]
+			entries := make([]Entry, len(counted))
+			for k, i := range counted {
+				entries[k] = c.stored.Entries[i]
+			}
+			victims = SurplusOrder(entries)[:surplus]
 		}
 		c.mu.Unlock()
 		c.shrink(victims, target)
@@ -607,17 +617,30 @@ func (c *Controller) creationTTLLocked(cr *creation, now time.Time) time.Duratio
 	if c.cfg.TTLJitter <= 0 {
 		return ttl
 	}
-	ends := make([]time.Time, 0, len(c.stored.Entries)+len(c.inflight))
-	for _, e := range c.stored.Entries {
-		if !e.Claimed() {
-			ends = append(ends, e.ExpiresAt)
-		}
-	}
+	// The pooled ones come in expiry order (the stores keep them so); the
+	// few in flight are merged in, so that SpreadExpiry finds them in order
+	// and neither copies nor sorts them. The buffers are kept: this runs
+	// for every creation.
+	buf := c.spreadFlying[:0]
 	for _, o := range c.inflight {
 		if o != cr && !o.cancelled && o.tries > 0 {
-			ends = append(ends, o.expires)
+			buf = append(buf, o.expires)
 		}
 	}
+	slices.SortFunc(buf, func(a, b time.Time) int { return a.Compare(b) })
+	flying := buf
+	ends := c.spreadEnds[:0]
+	for _, e := range c.stored.Entries {
+		if e.Claimed() {
+			continue
+		}
+		for len(flying) > 0 && flying[0].Before(e.ExpiresAt) {
+			ends, flying = append(ends, flying[0]), flying[1:]
+		}
+		ends = append(ends, e.ExpiresAt)
+	}
+	ends = append(ends, flying...)
+	c.spreadEnds, c.spreadFlying = ends, buf[:0]
 	window := time.Duration(c.cfg.TTLJitter * float64(ttl))
 	spacing := (ttl - c.useDur()) / time.Duration(max(c.target, 1))
 	cr.expires = SpreadExpiry(latest, window, spacing, ends)

@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -46,9 +47,18 @@ func TestSpreadExpiry(t *testing.T) {
 		{"small pool, two made: between", 2 * time.Second, 5 * time.Second, []time.Time{latest, at(-2 * time.Second)}, at(-time.Second)},
 		{"later than latest: the far edge", 2 * time.Second, 10 * time.Second, []time.Time{at(time.Second)}, at(-2 * time.Second)},
 		{"equals: the latest", 2 * time.Second, 10 * time.Second, []time.Time{at(-time.Second)}, latest},
+		// The edges of the reach (here window+window: 2s either side) count.
+		{"at the reach's edges", time.Second, 4 * time.Second, []time.Time{at(-3 * time.Second), at(-3 * time.Second), at(time.Second), at(time.Second), at(-5 * time.Second)}, at(-time.Second)},
 	} {
-		if got := pool.SpreadExpiry(latest, tc.window, tc.spacing, tc.ends); !got.Equal(tc.want) {
-			t.Errorf("%s: SpreadExpiry = latest%+v, want latest%+v", tc.name, got.Sub(latest), tc.want.Sub(latest))
+		// In order (the controller's case: a run found by binary search)
+		// or not (copied and sorted), the same answer.
+		sorted := slices.SortedFunc(slices.Values(tc.ends), func(a, b time.Time) int { return a.Compare(b) })
+		reversed := slices.Clone(sorted)
+		slices.Reverse(reversed)
+		for _, ends := range [][]time.Time{tc.ends, sorted, reversed} {
+			if got := pool.SpreadExpiry(latest, tc.window, tc.spacing, ends); !got.Equal(tc.want) {
+				t.Errorf("%s: SpreadExpiry(%v) = latest%+v, want latest%+v", tc.name, ends, got.Sub(latest), tc.want.Sub(latest))
+			}
 		}
 	}
 }

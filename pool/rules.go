@@ -204,16 +204,28 @@ func SpreadExpiry(latest time.Time, window, spacing time.Duration, ends []time.T
 	}
 	lo, half := latest.Add(-window), spacing/2
 	reach := max(half, window) // farther ends are never the nearest to a point of the window
+	from, to := lo.Add(-reach), latest.Add(reach)
 	var near []time.Time
-	for _, e := range ends {
-		if !e.Before(lo.Add(-reach)) && !e.After(latest.Add(reach)) {
-			near = append(near, e)
+	if byTime := func(a, b time.Time) int { return a.Compare(b) }; slices.IsSortedFunc(ends, byTime) {
+		// In order already (the controller keeps them so): the near ones
+		// are a run of them, found without a copy or a sort.
+		i, _ := slices.BinarySearchFunc(ends, from, byTime)
+		j, found := slices.BinarySearchFunc(ends, to, byTime)
+		for found && j < len(ends) && ends[j].Equal(to) {
+			j++
 		}
+		near = ends[i:j]
+	} else {
+		for _, e := range ends {
+			if !e.Before(from) && !e.After(to) {
+				near = append(near, e)
+			}
+		}
+		slices.SortFunc(near, byTime)
 	}
 	if len(near) == 0 {
 		return latest
 	}
-	slices.SortFunc(near, func(a, b time.Time) int { return a.Compare(b) })
 	dist := func(p time.Time) time.Duration {
 		i, _ := slices.BinarySearchFunc(near, p, func(e, p time.Time) int { return e.Compare(p) })
 		d := time.Duration(1<<63 - 1)
