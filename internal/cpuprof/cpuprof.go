@@ -64,7 +64,12 @@ func FromEnv() {
 	}()
 }
 
-func writeAllocs(path string) { writeProfile("allocs", path) }
+// writeAllocs runs a GC first: the profile holds what was allocated up to
+// the last GC, and a quiet process (the agent) may have had none since.
+func writeAllocs(path string) {
+	runtime.GC()
+	writeProfile("allocs", path)
+}
 
 func writeProfile(name, path string) {
 	f, err := os.Create(path)
