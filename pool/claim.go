@@ -16,6 +16,11 @@ type ClaimOptions struct {
 	Timeout time.Duration
 	// By says who claims: "dashboard", "cli", "api 127.0.0.1:5555".
 	By string
+	// AnnounceLater leaves the claim's event and backfill to the caller's
+	// Claimed.Announce, once its answer is on its way (the HTTP API): the
+	// claimer waits for neither. The claim is counted and stored before
+	// Claim returns either way.
+	AnnounceLater bool
 }
 
 // Claimed is a sandbox handed out by a claim.
@@ -25,6 +30,18 @@ type Claimed struct {
 	Warm bool
 	// Waited is how long the claim took.
 	Waited time.Duration
+
+	announce *sync.Once // set for a claim made with AnnounceLater
+	c        *Controller
+}
+
+// Announce emits the event of a claim made with ClaimOptions.AnnounceLater
+// and starts its backfill; once, however often it is called. It does
+// nothing for other claims (Claim announced them).
+func (cl Claimed) Announce() {
+	if cl.announce != nil {
+		cl.announce.Do(func() { cl.c.announce(cl) })
+	}
 }
 
 // Claim takes the first good sandbox in pool order (SPEC Behaviour 3):
@@ -47,7 +64,7 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 			return Claimed{}, c.takeFailed(ctx, o, err)
 		}
 		if ok {
-			return c.claimed(got, start, true), nil
+			return c.claimed(got, start, true, o), nil
 		}
 	}
 	if err := c.sizedToZero(ctx); err != nil {
@@ -66,7 +83,7 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 				return Claimed{}, c.takeFailed(ctx, o, err)
 			}
 			if ok {
-				return c.claimed(got, start, false), nil
+				return c.claimed(got, start, false, o), nil
 			}
 		}
 		select {
@@ -81,7 +98,7 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 	}
 }
 
-func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
+func (c *Controller) claimed(got Entry, start time.Time, warm bool, o ClaimOptions) Claimed {
 	waited := c.clk.Now().Sub(start)
 	c.mu.Lock()
 	// Counted as seen when the take returned (tryTake): this is its one
@@ -94,10 +111,21 @@ func (c *Controller) claimed(got Entry, start time.Time, warm bool) Claimed {
 	c.budget.claimed(c.clk.Now())
 	c.wroteLocked(got, false)
 	c.mu.Unlock()
-	c.emit(Event{Kind: EventClaimed, SandboxID: got.ID, By: got.ClaimedBy, Duration: waited, Warm: warm})
+	cl := Claimed{Entry: got, Warm: warm, Waited: waited}
+	if o.AnnounceLater {
+		cl.announce, cl.c = new(sync.Once), c
+		return cl
+	}
+	c.announce(cl)
+	return cl
+}
+
+// announce says a claim (its event: the log, the journal, observers) and
+// starts its backfill and the probes ahead of the next claims.
+func (c *Controller) announce(cl Claimed) {
+	c.emit(Event{Kind: EventClaimed, SandboxID: cl.ID, By: cl.ClaimedBy, Duration: cl.Waited, Warm: cl.Warm})
 	c.Kick() // backfill at once
 	c.probeAhead()
-	return Claimed{Entry: got, Warm: warm, Waited: waited}
 }
 
 // takeFailed accounts a claim whose claimer left like one that timed out;

@@ -238,6 +238,7 @@ func (a *API) seedClaim(w http.ResponseWriter, r *http.Request) {
 	c, ok := a.doClaim(w, r)
 	if ok {
 		writeJSON(w, http.StatusOK, c.URL)
+		c.Announce()
 	}
 }
 
@@ -245,6 +246,7 @@ func (a *API) claim(w http.ResponseWriter, r *http.Request) {
 	c, ok := a.doClaim(w, r)
 	if ok {
 		writeJSON(w, http.StatusOK, NewClaimView(c, time.Now()))
+		c.Announce()
 	}
 }
 
@@ -262,12 +264,16 @@ func (a *API) doClaim(w http.ResponseWriter, r *http.Request) (pool.Claimed, boo
 		writeError(w, http.StatusBadRequest, err.Error())
 		return pool.Claimed{}, false
 	}
-	// The request's context: a client that goes away stops waiting.
+	// The request's context: a client that goes away stops waiting. The
+	// claim's event and backfill come after its answer (the handlers call
+	// Announce once it is written and flushed).
+	opts.AnnounceLater = true
 	c, err := a.ctrl.Claim(r.Context(), opts)
 	switch {
 	case err == nil && r.Context().Err() != nil:
 		// Claimed just as the client went away: nobody will get the URL, so
 		// the sandbox must not stay claimed by nobody.
+		c.Announce()
 		a.giveUp(c)
 		writeError(w, statusClientClosed, "claim cancelled: the client went away")
 		return pool.Claimed{}, false
@@ -457,11 +463,17 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"encode the answer"}`)
 	}
+	b = append(b, '\n')
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
-	_, _ = w.Write(append(b, '\n'))
+	_, _ = w.Write(b)
+	// Sent now, whole (its length is known): not after the request's log
+	// line and what else runs before the handler returns (a claim's event
+	// and backfill).
+	_ = http.NewResponseController(w).Flush()
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"slices"
 	"strings"
@@ -381,4 +383,59 @@ func counter(mf map[string]*dto.MetricFamily, name string, labels ...string) flo
 
 func gauge(mf map[string]*dto.MetricFamily, name string, labels ...string) float64 {
 	return find(mf, name, labels...).GetGauge().GetValue()
+}
+
+// gate blocks every write until it is opened (a log that hangs).
+type gate struct{ open chan struct{} }
+
+func (g gate) Write(p []byte) (int, error) { <-g.open; return len(p), nil }
+
+// A claim's answer leaves, whole (Content-Length), before the request's log
+// line and the claim's event (log, journal, observers) are written.
+func TestClaimAnsweredBeforeItsLogAndEvent(t *testing.T) {
+	g := gate{open: make(chan struct{})}
+	var once sync.Once
+	opened := func() { once.Do(func() { close(g.open) }) }
+	e := newEnv(t, envOpts{size: 2, fill: true, api: httpapi.Options{Logger: slog.New(slog.NewTextHandler(g, nil))}})
+	t.Cleanup(opened) // first: the server's end waits for the request's log line
+	e.ctrl.Observe(func(ev pool.Event) {
+		if ev.Kind == pool.EventClaimed {
+			<-g.open
+		}
+	})
+	answered := make(chan response, 2)
+	for _, path := range []string{"/v1/claims", "/claim"} {
+		method := http.MethodPost
+		if path == "/claim" {
+			method = http.MethodGet
+		}
+		req, err := http.NewRequest(method, e.base+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			// A connection of its own: the blocked handler holds its connection.
+			resp, err := (&http.Client{Transport: &http.Transport{}}).Do(req)
+			if err != nil {
+				t.Error(err)
+				answered <- response{}
+				return
+			}
+			defer resp.Body.Close()
+			body, _ := io.ReadAll(resp.Body)
+			if resp.ContentLength != int64(len(body)) {
+				t.Errorf("%s: Content-Length %d, body %d bytes", path, resp.ContentLength, len(body))
+			}
+			answered <- response{status: resp.StatusCode, body: body}
+		}()
+		select {
+		case r := <-answered:
+			if r.status != http.StatusOK {
+				t.Fatalf("%s: %d %s", path, r.status, r.body)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: no answer while its log line and event wait", path)
+		}
+	}
+	opened()
 }
