@@ -120,8 +120,11 @@ func TestViewerSeesThePoolsEvents(t *testing.T) {
 	if _, err := first.ctrl.Claim(wctx, pool.ClaimOptions{By: "api test"}); err != nil {
 		t.Fatal(err)
 	}
+	// Through the journal ("· pid N") or, when the viewer's store poll
+	// comes first, through the store: either is shown once (it flaked
+	// under load waiting for the journal's copy).
 	waitEvent(t, seen, func(e pool.Event) bool {
-		return e.Kind == pool.EventClaimed && e.By == "api test" && strings.Contains(e.Message, "pid ")
+		return e.Kind == pool.EventClaimed && e.By == "api test"
 	})
 	if s := second.ctrl.Snapshot().Stats; s.ClaimsWarm+s.ClaimsWaited != 1 {
 		t.Fatalf("the viewer counts %+v, want the controller's claim", s)

@@ -128,6 +128,7 @@ type Controller struct {
 	stats        Stats
 	counted      map[string]time.Time // claims counted in stats, by sandbox: each once, however it is seen
 	countedOrder []countedClaim       // counted's claims, oldest first (a removed one may linger)
+	guessed      map[string]bool      // claims counted from the store, warm or not by a guess (guessWarmLocked)
 	// claiming holds this process's claims whose store take is under way:
 	// a load that sees one of them claimed must not take it for another
 	// process's claim (its id is not known here yet).

@@ -248,3 +248,37 @@ func TestCreationEndedEarlySaysHow(t *testing.T) {
 		}
 	}
 }
+
+// A claim seen in the store before its claimer's journal line is counted
+// by a guess (waited, when this process never saw the sandbox pooled); the
+// claimer's own word, replayed from the journal, corrects the count
+// (TestDashboardTmuxViewer: a warm CLI claim counted as waited under load).
+func TestReplayCorrectsAGuessedClaim(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 0 })
+	ctx := context.Background()
+	h.pass() // loaded: an empty pool
+	ref, err := h.be.Create(ctx, h.cfg.TTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.st.Put(ctx, ref); err != nil { // pooled by another process
+		t.Fatal(err)
+	}
+	other, err := pool.New(pool.Options{Config: h.cfg, Backend: h.be, Store: h.st, Clock: h.clk, Checker: h.be.Checker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	got, err := other.Claim(ctx, pool.ClaimOptions{By: "cli"})
+	if err != nil || got.ID != ref.ID || !got.Warm {
+		t.Fatalf("the other process's claim: %+v %v, want %s warm", got, err, ref.ID)
+	}
+	h.pass() // sees it claimed, never saw it pooled: guesses waited
+	if s := h.c.Snapshot().Stats; s.ClaimsWarm+s.ClaimsWaited != 1 {
+		t.Fatalf("stats %+v, want the claim counted once", s)
+	}
+	h.c.Replay(pool.Event{Kind: pool.EventClaimed, SandboxID: ref.ID, By: "cli", Warm: true, Time: h.clk.Now()})
+	if s := h.c.Snapshot().Stats; s.ClaimsWarm != 1 || s.ClaimsWaited != 0 {
+		t.Fatalf("stats %+v after the claimer's word: want 1 warm, 0 waited", s)
+	}
+}

@@ -9,7 +9,7 @@ func (c *Controller) MemoryCounts() map[string]int {
 		"health": len(c.health), "rotated": len(c.rotated), "doomed": len(c.doomed),
 		"killing": len(c.killing), "adopted": len(c.adopted), "recent": len(c.recent),
 		"failedAt": len(c.failedAt), "writes": len(c.writes), "counted": len(c.counted),
-		"claiming": len(c.claiming), "inflight": len(c.inflight), "entries": len(c.stored.Entries),
+		"claiming": len(c.claiming), "guessed": len(c.guessed), "inflight": len(c.inflight), "entries": len(c.stored.Entries),
 		"budget": len(c.budget.created) + len(c.budget.claims) + len(c.budget.lost) + len(c.budget.failed) + len(c.budget.targets),
 	}
 	c.auto.mu.Lock()

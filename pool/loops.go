@@ -591,6 +591,7 @@ func (c *Controller) claimsSeenLocked(fresh, fromPool []Entry) []Event {
 		} else {
 			c.stats.ClaimsWaited++
 		}
+		c.guessWarmLocked(e.ID, warm[e.ID])
 		c.budget.claimed(c.clk.Now())
 		out = append(out, Event{Kind: EventClaimed, SandboxID: e.ID, By: e.ClaimedBy, Warm: warm[e.ID], Remote: true, Time: e.ClaimedAt})
 	}

@@ -17,6 +17,7 @@ func (c *Controller) Replay(e Event) {
 	switch e.Kind {
 	case EventClaimed:
 		if e.SandboxID != "" && !c.countClaimOnceLocked(e.SandboxID) {
+			c.correctGuessLocked(e.SandboxID, e.Warm)
 			c.mu.Unlock()
 			return // already seen in the store, and shown then
 		}
@@ -44,5 +45,37 @@ func (c *Controller) Replay(e Event) {
 		case ch <- e:
 		default:
 		}
+	}
+}
+
+// guessWarmLocked notes that a claim seen in the store was counted warm or
+// waited by a guess (whether this process had seen the sandbox pooled): a
+// claimer that waited for a sandbox pooled a moment before, or one this
+// process had not loaded yet, is guessed wrong. The claimer's own event,
+// replayed from the journal a moment later, corrects it.
+func (c *Controller) guessWarmLocked(id string, warm bool) {
+	if c.guessed == nil || len(c.guessed) >= 1024 {
+		// A journal line comes within a second or not at all (another
+		// machine): old guesses are never corrected, and dropped.
+		c.guessed = map[string]bool{}
+	}
+	c.guessed[id] = warm
+}
+
+// correctGuessLocked counts a claim as its claimer says (warm or waited)
+// when the store's sighting guessed otherwise.
+func (c *Controller) correctGuessLocked(id string, warm bool) {
+	guess, ok := c.guessed[id]
+	if !ok {
+		return
+	}
+	delete(c.guessed, id)
+	switch {
+	case guess && !warm:
+		c.stats.ClaimsWarm--
+		c.stats.ClaimsWaited++
+	case !guess && warm:
+		c.stats.ClaimsWaited--
+		c.stats.ClaimsWarm++
 	}
 }
