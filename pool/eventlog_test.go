@@ -42,6 +42,18 @@ func (b *hookBackend) MarkClaimed(ctx context.Context, id, by string) error {
 	return b.Backend.MarkClaimed(ctx, id, by)
 }
 
+// filledWithLog is a harness at its target, with every event emitted from
+// then on in log.
+func filledWithLog(t *testing.T) (*harness, *eventLog) {
+	t.Helper()
+	h := newHarness(t, nil)
+	h.pass()
+	h.c.WaitIdle(context.Background())
+	log := &eventLog{}
+	h.c.Observe(log.add)
+	return h, log
+}
+
 // eventLog records every event a controller emits (what its log says).
 type eventLog struct {
 	mu  sync.Mutex
@@ -123,12 +135,8 @@ func TestOwnClaimSeenInTheStoreIsSaidOnce(t *testing.T) {
 // A claimed sandbox that ends is said once, with how it ended, when a pass
 // notices it: an operator otherwise never learns that a claimer lost it.
 func TestClaimedSandboxEndIsSaid(t *testing.T) {
-	h := newHarness(t, nil)
+	h, log := filledWithLog(t)
 	ctx := context.Background()
-	h.pass()
-	h.c.WaitIdle(ctx)
-	var log eventLog
-	h.c.Observe(log.add)
 	claim := func() string {
 		t.Helper()
 		got, err := h.c.Claim(ctx, pool.ClaimOptions{By: "cli"})
@@ -168,12 +176,8 @@ func TestClaimedSandboxEndIsSaid(t *testing.T) {
 // surplus) or a claim that met the sandbox, for its claimer; never the
 // claimer as if it had asked for this sandbox's end.
 func TestTerminationSaysWhoAsked(t *testing.T) {
-	h := newHarness(t, nil)
+	h, log := filledWithLog(t)
 	ctx := context.Background()
-	h.pass()
-	h.c.WaitIdle(ctx)
-	var log eventLog
-	h.c.Observe(log.add)
 	ids := h.pooledIDs()
 	h.be.SetUnhealthy(ids[0], true)
 	h.clk.Advance(h.cfg.HealthFresh) // the claim probes again
@@ -200,12 +204,8 @@ func TestTerminationSaysWhoAsked(t *testing.T) {
 // claim takes the next one (soak: "record the claim in the backend: ... is
 // not running" was logged and the dead sandbox handed out).
 func TestClaimSkipsASandboxGoneSinceItsProbe(t *testing.T) {
-	h := newHarness(t, nil)
+	h, log := filledWithLog(t)
 	ctx := context.Background()
-	h.pass()
-	h.c.WaitIdle(ctx)
-	var log eventLog
-	h.c.Observe(log.add)
 	ids := h.pooledIDs()
 	h.be.Kill(ids[0]) // its first-start probe is still fresh: the claim does not probe
 	got, err := h.c.Claim(ctx, pool.ClaimOptions{CheckHealth: true, By: "cli"})
