@@ -812,57 +812,45 @@ func (s *Store) rebuild(ctx context.Context) error {
 	// pool stale meanwhile): claims' bids and each unclaimed one's bid
 	// check at once, then the records in one put per partition.
 	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		errs []error
+		mu   sync.Mutex // guards logs
 		logs = map[string][]any{}
 		recs = make([]any, len(ts))
-		sem  = make(chan struct{}, 16)
 	)
-	for i, t := range ts {
+	err = inParallel(len(ts), func(i int) error {
+		t := ts[i]
 		if pooled[t.ref.ID] {
-			continue
+			return nil
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			var err error
-			if t.claimedBy != "" {
-				e := pool.Entry{Ref: t.ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}
-				if err = s.put(ctx, bidPart(e.ID), encode(bidRec{Op: "claim", By: e.ClaimedBy, Nonce: nonce(), At: e.ClaimedAt})); err == nil {
-					mu.Lock()
-					logs[logPart(e.ExpiresAt)] = append(logs[logPart(e.ExpiresAt)], encode(logRec{Op: "claim", Entry: e}))
-					mu.Unlock()
-				}
-			} else if t.reserved {
-				// A holder may still hand it out from its memory: reserved
-				// again (first bid), never pooled for others to claim.
-				var first bidRec
-				if _, first, err = s.bid(ctx, t.ref.ID, "reserve", ""); err == nil {
-					err = s.putDecided(ctx, t.ref, encode(first))
-				}
-			} else {
-				var first any
-				var bid bool
-				if first, bid, err = s.head(ctx, bidPart(t.ref.ID)); err == nil && bid {
-					err = s.putDecided(ctx, t.ref, first)
-				} else if err == nil {
-					mu.Lock()
-					recs[i] = encode(poolRec{ID: t.ref.ID, URL: t.ref.URL, CreatedAt: t.ref.CreatedAt.UTC(), ExpiresAt: t.ref.ExpiresAt.UTC()})
-					mu.Unlock()
-				}
-			}
-			if err != nil && !errors.Is(err, pool.ErrNotPooled) {
+		var err error
+		if t.claimedBy != "" {
+			e := pool.Entry{Ref: t.ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}
+			if err = s.put(ctx, bidPart(e.ID), encode(bidRec{Op: "claim", By: e.ClaimedBy, Nonce: nonce(), At: e.ClaimedAt})); err == nil {
 				mu.Lock()
-				errs = append(errs, err)
+				logs[logPart(e.ExpiresAt)] = append(logs[logPart(e.ExpiresAt)], encode(logRec{Op: "claim", Entry: e}))
 				mu.Unlock()
 			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+		} else if t.reserved {
+			// A holder may still hand it out from its memory: reserved
+			// again (first bid), never pooled for others to claim.
+			var first bidRec
+			if _, first, err = s.bid(ctx, t.ref.ID, "reserve", ""); err == nil {
+				err = s.putDecided(ctx, t.ref, encode(first))
+			}
+		} else {
+			var first any
+			var bid bool
+			if first, bid, err = s.head(ctx, bidPart(t.ref.ID)); err == nil && bid {
+				err = s.putDecided(ctx, t.ref, first)
+			} else if err == nil {
+				recs[i] = encode(poolRec{ID: t.ref.ID, URL: t.ref.URL, CreatedAt: t.ref.CreatedAt.UTC(), ExpiresAt: t.ref.ExpiresAt.UTC()})
+			}
+		}
+		if errors.Is(err, pool.ErrNotPooled) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
 		return storeErr("rebuilding the pool's queue", err)
 	}
 	var put []any // oldest first, as ts is sorted
@@ -874,19 +862,11 @@ func (s *Store) rebuild(ctx context.Context) error {
 	if len(put) > 0 {
 		logs[partPool] = put
 	}
-	for part, vals := range logs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.put(ctx, part, vals...); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
+	parts := make([]string, 0, len(logs))
+	for part := range logs {
+		parts = append(parts, part)
 	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := inParallel(len(parts), func(i int) error { return s.put(ctx, parts[i], logs[parts[i]]...) }); err != nil {
 		return storeErr("rebuilding the pool's queue", err)
 	}
 	// A new generation, without a target (the target is not in the tags;
@@ -895,6 +875,24 @@ func (s *Store) rebuild(ctx context.Context) error {
 		return storeErr("rebuilding the pool's queue", err)
 	}
 	return nil
+}
+
+// inParallel runs f(0), ..., f(n-1), 16 at a time, and joins their errors.
+func inParallel(n int, f func(i int) error) error {
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	sem := make(chan struct{}, 16)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			errs[i] = f(i)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // Close releases the Store's share of the Modal client.

@@ -65,6 +65,7 @@ type agent struct {
 	byPid    map[int]*sandbox // --cmd workloads not reaped yet
 	conns    int
 	lastCall time.Time
+	keptFor  time.Time // the lastCall of the quiet spell said kept alive by sandboxes
 	// Ids terminated before they were created (a Create given up on, whose
 	// request is still on its way): never created after.
 	tombs   map[string]time.Time
@@ -1013,11 +1014,19 @@ func (a *agent) idle() {
 	every := min(max(a.spec.Idle/4, 20*time.Millisecond), 5*time.Second)
 	for range time.Tick(every) {
 		a.mu.Lock()
-		quiet := len(a.boxes) == 0 && a.conns == 0 && time.Since(a.lastCall) >= a.spec.Idle && !a.closing
+		noCaller := a.conns == 0 && time.Since(a.lastCall) >= a.spec.Idle && !a.closing
+		quiet := noCaller && len(a.boxes) == 0
 		if quiet {
 			a.closing = true
 		}
+		kept := 0
+		if noCaller && !quiet && !a.keptFor.Equal(a.lastCall) {
+			a.keptFor, kept = a.lastCall, len(a.boxes) // said once a quiet spell
+		}
 		a.mu.Unlock()
+		if kept > 0 {
+			log.Printf("no caller for %s: kept running for its %d sandboxes", a.spec.Idle, kept)
+		}
 		if quiet {
 			log.Printf("no sandbox and no caller for %s", a.spec.Idle)
 			a.exit()

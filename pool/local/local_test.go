@@ -592,7 +592,14 @@ func TestIdleExit(t *testing.T) {
 	b := newBackend(t, local.Options{IdleExit: 300 * time.Millisecond})
 	ref := mustCreate(t, b, time.Minute)
 	agent := agentPid(t, b)
-	time.Sleep(600 * time.Millisecond) // a sandbox keeps it alive, however quiet
+	// A sandbox keeps it alive, however quiet: its idle check says so once
+	// the idle time passed with no caller (the log is read, not the agent:
+	// a call would end the quiet).
+	agentLog := filepath.Join(filepath.Dir(b.Dir()), "test.agent.log")
+	testkit.Eventually(t, 10*time.Second, "the idle check to find the agent quiet", func() bool {
+		l, _ := os.ReadFile(agentLog)
+		return strings.Contains(string(l), "kept running for its 1 sandboxes")
+	})
 	if !testkit.Alive(agent) {
 		t.Fatal("the agent exited with a sandbox running")
 	}
