@@ -1141,6 +1141,7 @@ func TestChaosLocal(t *testing.T) {
 		}
 		time.Sleep(300*time.Millisecond + time.Duration(rng.Int64N(int64(1200*time.Millisecond))))
 	}
+	r.finishFaults(faults)
 	r.calmAndCheck(func() { setMode("calm") })
 	if data, err := os.ReadFile(filepath.Join(ctlDir, "decisions")); err == nil {
 		counts := map[string]int{}
@@ -1348,6 +1349,7 @@ func TestChaosModal(t *testing.T) {
 		}
 		time.Sleep(300*time.Millisecond + time.Duration(rng.Int64N(int64(900*time.Millisecond))))
 	}
+	r.finishFaults(faults)
 	r.calmAndCheck(func() {
 		f.FailCreates(0, "")
 		f.SetLatency(20 * time.Millisecond)
