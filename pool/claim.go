@@ -33,6 +33,7 @@ type Claimed struct {
 
 	announce *sync.Once // set for a claim made with AnnounceLater
 	c        *Controller
+	rest     func()
 }
 
 // Announce emits the event of a claim made with ClaimOptions.AnnounceLater
@@ -40,7 +41,10 @@ type Claimed struct {
 // nothing for other claims (Claim announced them).
 func (cl Claimed) Announce() {
 	if cl.announce != nil {
-		cl.announce.Do(func() { cl.c.announce(cl) })
+		cl.announce.Do(func() {
+			cl.rest()
+			cl.c.announce(cl)
+		})
 	}
 }
 
@@ -59,12 +63,12 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 	// Fast path: with nobody waiting, claims take concurrently (the store's
 	// Take is atomic); waiting claims queue up so they are served in order.
 	if c.waitq.empty() {
-		got, ok, err := c.tryTake(ctx, o)
+		got, rest, ok, err := c.tryTake(ctx, o)
 		if err != nil {
 			return Claimed{}, c.takeFailed(ctx, o, err)
 		}
 		if ok {
-			return c.claimed(got, start, true, o), nil
+			return c.claimed(got, start, true, o, rest), nil
 		}
 	}
 	if err := c.sizedToZero(ctx); err != nil {
@@ -78,12 +82,12 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 		// Taken before trying, so a sandbox that gets ready meanwhile wakes us.
 		changed := c.changeSignal()
 		if c.waitq.isHead(ticket) {
-			got, ok, err := c.tryTake(ctx, o)
+			got, rest, ok, err := c.tryTake(ctx, o)
 			if err != nil {
 				return Claimed{}, c.takeFailed(ctx, o, err)
 			}
 			if ok {
-				return c.claimed(got, start, false, o), nil
+				return c.claimed(got, start, false, o, rest), nil
 			}
 		}
 		select {
@@ -98,7 +102,9 @@ func (c *Controller) Claim(ctx context.Context, o ClaimOptions) (Claimed, error)
 	}
 }
 
-func (c *Controller) claimed(got Entry, start time.Time, warm bool, o ClaimOptions) Claimed {
+// rest is what is left of the claim's way out (its record, the end of its
+// turn ahead of the backfill): run first by its announcement.
+func (c *Controller) claimed(got Entry, start time.Time, warm bool, o ClaimOptions, rest func()) Claimed {
 	waited := c.clk.Now().Sub(start)
 	c.mu.Lock()
 	// Counted as seen when the take returned (tryTake): this is its one
@@ -113,9 +119,10 @@ func (c *Controller) claimed(got Entry, start time.Time, warm bool, o ClaimOptio
 	c.mu.Unlock()
 	cl := Claimed{Entry: got, Warm: warm, Waited: waited}
 	if o.AnnounceLater {
-		cl.announce, cl.c = new(sync.Once), c
+		cl.announce, cl.c, cl.rest = new(sync.Once), c, rest
 		return cl
 	}
+	rest()
 	c.announce(cl)
 	return cl
 }
@@ -147,13 +154,21 @@ func (c *Controller) claimFailed(o ClaimOptions, err error) error {
 
 // tryTake takes entries until one is good, terminating bad ones met on the way.
 // While it runs, the backfill's passes, creations and store writes hold back
-// (c.takes): a burst of claims is served ahead of the work it causes.
-func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, error) {
+// (c.takes): a burst of claims is served ahead of the work it causes. A
+// claim taken comes with rest, to be run once its answer is on its way: it
+// ends the claim's turn ahead of the backfill and starts its backend record
+// when that is made beside the answer (neither is the claimer's wait).
+func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest func(), _ bool, _ error) {
 	c.takes.enter()
-	defer c.takes.leave()
+	taken := false
+	defer func() {
+		if !taken {
+			c.takes.leave()
+		}
+	}()
 	for {
 		if err := ctx.Err(); err != nil {
-			return Entry{}, false, err
+			return Entry{}, nil, false, err
 		}
 		now := c.clk.Now()
 		tr := TakeRequest{MinExpiresAt: now.Add(c.useDur()), ClaimedBy: o.By, Now: now, KeepShort: !c.looping.Load()}
@@ -186,7 +201,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			if ctx.Err() == nil {
 				c.report(ProblemStore, opWrite, "", err)
 			}
-			return Entry{}, false, err
+			return Entry{}, nil, false, err
 		}
 		c.resolve(ProblemStore, opWrite)
 		for _, d := range dropped {
@@ -195,7 +210,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			c.terminateAsync(d, ReasonExpired, ClaimBy(o.By))
 		}
 		if !ok {
-			return Entry{}, false, nil
+			return Entry{}, nil, false, nil
 		}
 		fresh := o.CheckHealth && c.freshlyHealthy(got.ID, now)
 		if o.CheckHealth && !fresh {
@@ -209,7 +224,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 				delete(c.counted, got.ID)
 				c.mu.Unlock()
 				c.records.close(rec)
-				return Entry{}, false, err
+				return Entry{}, nil, false, err
 			}
 			c.mu.Lock()
 			c.setHealthLocked(got.ID, h)
@@ -221,9 +236,9 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 				continue
 			}
 		}
+		taken = true
 		if c.recordLater(fresh) {
-			c.recordClaimAsync(got, rec)
-			return got, true, nil
+			return got, func() { c.takes.leave(); c.recordClaimAsync(got, rec) }, true, nil
 		}
 		gone := c.recordClaim(got)
 		c.records.close(rec)
@@ -231,10 +246,11 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (Entry, bool, 
 			// Its workload ended since its last probe (a fresh probe was
 			// trusted): never hand out a dead sandbox.
 			c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Err: "gone (the backend says it is not running)"})
+			taken = false
 			c.dropTaken(ctx, got, o.By)
 			continue
 		}
-		return got, true, nil
+		return got, c.takes.leave, true, nil
 	}
 }
 
