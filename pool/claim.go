@@ -359,10 +359,15 @@ func (c *Controller) recordClaimAsync(e Entry, rec *claimRecord) {
 		// process must not exit before it is made).
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.life), recordTimeout)
 		defer cancel()
-		if err := r.MarkClaimed(ctx, e.ID, e.ClaimedBy); err != nil {
-			c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
-		} else {
+		switch err := r.MarkClaimed(ctx, e.ID, e.ClaimedBy); {
+		case err == nil:
 			c.resolve(ProblemBackend, opRecord)
+		case errors.Is(err, ErrNotFound):
+			// It died right after its probe, in its claimer's hands: no
+			// backend fault (soak: a WARN error and a 503 /healthz); the
+			// next pass says it ended.
+		default:
+			c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
 		}
 	}()
 }

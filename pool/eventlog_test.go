@@ -32,12 +32,12 @@ func (s *hookStore) Take(ctx context.Context, r pool.TakeRequest) (pool.Entry, [
 // before the claim's event.
 type hookBackend struct {
 	*pooltest.Backend
-	onMark func()
+	onMark func(id string)
 }
 
 func (b *hookBackend) MarkClaimed(ctx context.Context, id, by string) error {
 	if b.onMark != nil {
-		b.onMark()
+		b.onMark(id)
 	}
 	return b.Backend.MarkClaimed(ctx, id, by)
 }
@@ -112,7 +112,7 @@ func TestOwnClaimSeenInTheStoreIsSaidOnce(t *testing.T) {
 			if when == "during the take" {
 				st.afterTake = racingLoad
 			} else {
-				be.onMark = racingLoad
+				be.onMark = func(string) { racingLoad() }
 			}
 			got, err := c.Claim(ctx, pool.ClaimOptions{By: "api 127.0.0.1:5555"})
 			if err != nil {
@@ -280,5 +280,37 @@ func TestReplayCorrectsAGuessedClaim(t *testing.T) {
 	h.c.Replay(pool.Event{Kind: pool.EventClaimed, SandboxID: ref.ID, By: "cli", Warm: true, Time: h.clk.Now()})
 	if s := h.c.Snapshot().Stats; s.ClaimsWarm != 1 || s.ClaimsWaited != 0 {
 		t.Fatalf("stats %+v after the claimer's word: want 1 warm, 0 waited", s)
+	}
+}
+
+// A sandbox that dies between a claim's probe and its claim record is its
+// claimer's loss, not a backend fault: no error event, no problem (the
+// soak logged a WARN error for it, which /healthz would show as a 503).
+func TestClaimRecordOfADeadSandboxIsNoBackendError(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(t0)
+	be := &hookBackend{Backend: pooltest.NewBackend(clk)}
+	cfg := pool.DefaultConfig()
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: pooltest.NewStore(), Clock: clk, Checker: be.Checker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := c.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.WaitIdle(ctx)
+	log := &eventLog{}
+	c.Observe(log.add)
+	clk.Advance(cfg.HealthFresh) // the claim probes: its record may go beside the answer
+	be.onMark = be.Kill
+	if _, err := c.Claim(ctx, pool.ClaimOptions{CheckHealth: true, By: "cli"}); err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // waits for the claim's record
+	if errs := log.of(pool.EventError, ""); len(errs) != 0 {
+		t.Fatalf("error events %+v", errs)
+	}
+	if p := c.Problems(); len(p) != 0 {
+		t.Fatalf("problems %+v", p)
 	}
 }
