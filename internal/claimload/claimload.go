@@ -299,25 +299,28 @@ func (c *Client) BackToBack(ctx context.Context, n int) (Result, error) {
 
 // Burst is clients concurrent clients sharing n claims, started together.
 func (c *Client) Burst(ctx context.Context, clients, n int) (Result, error) {
-	return c.run(ctx, func(rec *recorder) {
-		work := make(chan struct{}, n)
-		for range n {
-			work <- struct{}{}
-		}
-		close(work)
-		var wg sync.WaitGroup
-		for range clients {
-			wg.Go(func() {
-				for range work {
-					if ctx.Err() != nil {
-						return
-					}
-					rec.add(c.Claim(ctx))
+	return c.run(ctx, func(rec *recorder) { c.burst(ctx, rec, clients, n, c.Claim) })
+}
+
+// burst runs n calls of one over clients concurrent goroutines.
+func (c *Client) burst(ctx context.Context, rec *recorder, clients, n int, one func(context.Context) (time.Duration, error)) {
+	work := make(chan struct{}, n)
+	for range n {
+		work <- struct{}{}
+	}
+	close(work)
+	var wg sync.WaitGroup
+	for range clients {
+		wg.Go(func() {
+			for range work {
+				if ctx.Err() != nil {
+					return
 				}
-			})
-		}
-		wg.Wait()
-	})
+				rec.add(one(ctx))
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // Rate makes claims at rate per second for d, open loop: each claim starts

@@ -151,4 +151,8 @@ func TestFloorInAChildProcessBackToBackAndPaced(t *testing.T) {
 	if paced.Elapsed < 3*gap {
 		t.Errorf("4 round trips %s apart took %s", gap, paced.Elapsed)
 	}
+	burst, err := FloorBurst(context.Background(), base, 5, 12, 3)
+	if err != nil || len(burst.Latency) != 36 || burst.Errors != 0 {
+		t.Fatalf("bursts: %d round trips, %d errors (%s), %v; want 3 bursts of 12", len(burst.Latency), burst.Errors, burst.FirstErr, err)
+	}
 }

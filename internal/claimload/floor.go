@@ -48,6 +48,34 @@ func Floor(ctx context.Context, base string, n int, gap time.Duration) (Result, 
 	return res, ctx.Err()
 }
 
+// FloorBurst is Floor for bursts: clients concurrent clients share n round
+// trips to the empty handler at base, started together, repeat times. On a
+// machine with few cores, concurrent round trips queue for them even when
+// the server does nothing: a burst of claims is read against this.
+func FloorBurst(ctx context.Context, base string, clients, n, repeat int) (Result, error) {
+	c := NewClient(base, clients)
+	rec := &recorder{}
+	start := time.Now()
+	for range repeat {
+		c.burst(ctx, rec, clients, n, func(ctx context.Context) (time.Duration, error) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/", nil)
+			if err != nil {
+				return 0, err
+			}
+			t := time.Now()
+			resp, err := c.HTTP.Do(req)
+			if err != nil {
+				return time.Since(t), err
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return time.Since(t), nil
+		})
+	}
+	rec.res.Elapsed = time.Since(start)
+	return rec.res, ctx.Err()
+}
+
 // ServeFloor serves the empty handler that Floor measures on ln, until it fails.
 func ServeFloor(ln net.Listener) error {
 	return http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {

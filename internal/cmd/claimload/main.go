@@ -7,7 +7,8 @@
 // Modes:
 //
 //	floor       -n keep-alive HTTP round trips to an empty handler in a child
-//	            process, back to back, or -gap apart when -gap is given
+//	            process, back to back, or -gap apart when -gap is given, or
+//	            shared by -clients concurrent clients -repeat times (a burst)
 //	wait-ready  poll /metrics until -want sandboxes are ready (fill time from -since)
 //	paced       one client, -n claims -gap apart
 //	b2b         one client, -n claims back to back
@@ -95,7 +96,13 @@ func main() {
 				floorGap = *gap
 			}
 		})
-		res, err = claimload.Floor(ctx, base, *n, floorGap)
+		burst := false
+		fs.Visit(func(f *flag.Flag) { burst = burst || f.Name == "clients" })
+		if burst {
+			res, err = claimload.FloorBurst(ctx, base, *clients, *n, *repeat)
+		} else {
+			res, err = claimload.Floor(ctx, base, *n, floorGap)
+		}
 		stopServer()
 	case "wait-ready":
 		wctx, cancel := context.WithTimeout(ctx, *maxWait)
