@@ -6,8 +6,8 @@
 # own state dir in a temp dir, its own port), and drives POST /v1/claims over
 # keep-alive HTTP. In the same run it prints the loopback floors (back to
 # back, paced like the paced claims, and in bursts like the bursts: read
-# those rows against them), the load average, and a markdown table ready for README (on stdout; progress goes to
-# stderr). Warm share comes from the controller's own counters (/metrics).
+# those rows against them), the load average, and a markdown table ready
+# for README (on stdout; progress goes to stderr). Warm share comes from the controller's own counters (/metrics).
 # CPU is the sum of utime+stime of every process of the pool: the controller,
 # its process tree, and any process naming the state dir (the detached local
 # agent, whatever it is called), reaped children included.
