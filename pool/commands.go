@@ -222,7 +222,7 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	c.mu.Unlock()
 	// A terminate must finish even when the caller's ctx is gone (shutdown),
 	// or the sandbox would be out of the store but alive.
-	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminateTimeout)
 	defer cancel()
 	err := c.be.Terminate(tctx, e.ID)
 	c.mu.Lock()
@@ -241,6 +241,9 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	c.emit(Event{Kind: EventTerminated, SandboxID: e.ID, Reason: reason, By: by})
 	return nil
 }
+
+// terminateTimeout bounds one Terminate call.
+const terminateTimeout = 30 * time.Second
 
 // terminateAsync terminates in the background, owned by the controller.
 func (c *Controller) terminateAsync(e Entry, reason, by string) {

@@ -333,8 +333,13 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 			// A claimed sandbox is its claimer's: never adopted, never reaped.
 			continue
 		}
-		if _, doomed := c.doomed[r.ID]; doomed {
-			unknown = append(unknown, r) // terminated by us, still listed: finish it
+		if at, doomed := c.doomed[r.ID]; doomed {
+			// Terminated by us and still listed well after: finish it. A
+			// list taken while its termination ran is no news (terminating
+			// it again said "terminated" twice, the second time as orphan).
+			if now.Sub(at) > terminateTimeout {
+				unknown = append(unknown, r)
+			}
 			continue
 		}
 		// A young one may be another process's creation still warming up,
