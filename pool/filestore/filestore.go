@@ -6,8 +6,8 @@
 // A change appends its records and flushes them with one fdatasync, shared
 // by every change this process queued meanwhile (group commit): no new file,
 // no rename, no directory sync. A put (a new sandbox) and a take (a claim)
-// are appended unflushed (see change.lazy): the next flushing change or
-// compaction carries them to the disk. When the log outgrows the snapshot, a
+// are flushed just after their caller has its answer (see change.lazy): one
+// fdatasync in the background for every such change appended meanwhile. When the log outgrows the snapshot, a
 // compaction in the background rewrites the file (temp file, fsync, rename,
 // fsync directory), dropping claimed entries whose sandbox has expired.
 // Claimed entries are kept apart from the pool in memory and a Store reads
@@ -106,7 +106,13 @@ type Store struct {
 	leading bool
 
 	compacting atomic.Bool
-	bg         sync.WaitGroup // the background compaction
+	bg         sync.WaitGroup // the background compaction and flusher
+
+	// The background flusher of lazy changes (flushSoon).
+	dirty     atomic.Pointer[os.File] // appended to since its last flush
+	flushing  atomic.Bool
+	closing   chan struct{} // closed by Close
+	bgFlushes atomic.Int64  // for tests
 }
 
 var (
@@ -137,6 +143,7 @@ func Open(dir, poolName string) (*Store, error) {
 		lockPath: base + ".lock",
 		sem:      make(chan struct{}, 1),
 		now:      time.Now,
+		closing:  make(chan struct{}),
 	}
 	s.logw = newLogWriter(&s.wbuf)
 	return s, nil
@@ -151,6 +158,7 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	close(s.closing)    // the flusher flushes now, not after its delay
 	s.sem <- struct{}{} // a running transaction may start a compaction: let it
 	<-s.sem
 	s.bg.Wait()
@@ -429,9 +437,13 @@ func (s *Store) appendLocked(recs []byte, flush bool) error {
 		s.lay.size = s.lay.end
 	}
 	_, err := s.f.WriteAt(recs, s.lay.end)
-	if err == nil && flush && !s.noSync {
+	switch {
+	case err != nil || s.noSync:
+	case flush:
 		err = datasync(s.f)
 		s.flushes++
+	default:
+		s.flushSoon(s.f)
 	}
 	var fi os.FileInfo
 	if err == nil {
@@ -449,6 +461,47 @@ func (s *Store) appendLocked(recs []byte, flush bool) error {
 	s.lay.size = s.lay.end
 	s.fi = fi
 	return nil
+}
+
+// flushDelay: lazy changes wait this long for their flush, so that one
+// fdatasync serves every change of that spell. Run at once, a flush slowed
+// the next claim's append (it waits for the file's journal commit): back
+// to back claims took 1.1-1.6 ms instead of 0.65-0.95.
+const flushDelay = 100 * time.Millisecond
+
+// flushSoon has f flushed in the background within flushDelay: one
+// fdatasync for every lazy change appended meanwhile (group commit), after
+// their callers' answers. It runs while the caller holds sem, so that Close
+// cannot miss it (Close cuts the delay short). A failed flush leaves the
+// data in the page cache (kill -9 loses nothing); a disk that fails it
+// fails the next write too, which is reported.
+func (s *Store) flushSoon(f *os.File) {
+	s.dirty.Store(f)
+	if !s.flushing.CompareAndSwap(false, true) {
+		return
+	}
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		t := time.NewTimer(flushDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.closing:
+		}
+		for {
+			for f := s.dirty.Swap(nil); f != nil; f = s.dirty.Swap(nil) {
+				_ = datasync(f)
+				s.bgFlushes.Add(1)
+			}
+			s.flushing.Store(false)
+			// A change may have handed a file over after the Swap and seen
+			// flushing still true: take it unless another flusher did.
+			if s.dirty.Load() == nil || !s.flushing.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
 }
 
 // compactDue reports whether the log has grown enough to be folded into the snapshot.
@@ -539,8 +592,8 @@ func (s *Store) compactSoon() {
 // change is one queued write: apply edits the state and logs what it did.
 type change struct {
 	apply func(st *state, w *logWriter)
-	// lazy: the change needs no flush of its own (it is flushed with the
-	// next change that does, or compaction). Puts and takes: this store
+	// lazy: the change is flushed after its caller has its answer, by the
+	// background flusher (flushSoon), not before. Puts and takes: this store
 	// serves only the local backend, whose sandboxes are processes of this
 	// machine, so what a machine crash can lose from the page cache (a new
 	// sandbox, a claim) names a sandbox that crash killed anyway; and kill -9

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -507,8 +508,9 @@ func TestVersion1Upgraded(t *testing.T) {
 	}
 }
 
-// Puts and takes are appended without a flush of their own (change.lazy);
-// the changes that are not (a removal, the target) flush what is queued.
+// Puts and takes are appended without a flush before their answer
+// (change.lazy): the background flusher takes them to the disk after it;
+// the changes that are not lazy (a removal, the target) flush before.
 func TestTakeAndPutAppendWithoutFlush(t *testing.T) {
 	ctx := context.Background()
 	s := open(t, t.TempDir())
@@ -523,6 +525,9 @@ func TestTakeAndPutAppendWithoutFlush(t *testing.T) {
 	if s.appends != appends+2 || s.flushes != flushes {
 		t.Fatalf("put + take: %d appends, %d flushes; want 2, 0", s.appends-appends, s.flushes-flushes)
 	}
+	testkit.Eventually(t, 10*time.Second, "the background flush of the put and the take", func() bool {
+		return s.bgFlushes.Load() >= 1
+	})
 	if _, err := s.Remove(ctx, "b"); err != nil {
 		t.Fatal(err)
 	}
