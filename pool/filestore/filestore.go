@@ -6,7 +6,7 @@
 // A change appends its records and flushes them with one fdatasync, shared
 // by every change this process queued meanwhile (group commit): no new file,
 // no rename, no directory sync. A put (a new sandbox) and a take (a claim)
-// are flushed just after their caller has its answer (see change.lazy): one
+// are flushed after their caller has its answer, within flushDelay (see
 // fdatasync in the background for every such change appended meanwhile. When the log outgrows the snapshot, a
 // compaction in the background rewrites the file (temp file, fsync, rename,
 // fsync directory), dropping claimed entries whose sandbox has expired.
