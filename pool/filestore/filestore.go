@@ -7,8 +7,8 @@
 // by every change this process queued meanwhile (group commit): no new file,
 // no rename, no directory sync. A put (a new sandbox) and a take (a claim)
 // are flushed after their caller has its answer, within flushDelay (see
-// fdatasync in the background for every such change appended meanwhile. When the log outgrows the snapshot, a
-// compaction in the background rewrites the file (temp file, fsync, rename,
+// change.lazy): one fdatasync in the background for all of that spell.
+// When the log outgrows the snapshot, a compaction in the background rewrites the file (temp file, fsync, rename,
 // fsync directory), dropping claimed entries whose sandbox has expired.
 // Claimed entries are kept apart from the pool in memory and a Store reads
 // only what other processes appended since it last looked, so a claim costs
