@@ -8,8 +8,9 @@
 // no rename, no directory sync. A put (a new sandbox) and a take (a claim)
 // are flushed after their caller has its answer, within flushDelay (see
 // change.lazy): one fdatasync in the background for all of that spell.
-// When the log outgrows the snapshot, a compaction in the background rewrites the file (temp file, fsync, rename,
-// fsync directory), dropping claimed entries whose sandbox has expired.
+// When the log outgrows the snapshot, a compaction in the background
+// rewrites the file (temp file, fsync, rename, fsync directory), dropping
+// claimed entries whose sandbox has expired.
 // Claimed entries are kept apart from the pool in memory and a Store reads
 // only what other processes appended since it last looked, so a claim costs
 // the same however many claimed entries the pool holds.
