@@ -367,3 +367,44 @@ func TestClaimersWithMixedTimingProperty(t *testing.T) {
 	}
 	t.Logf("seed %d: %d claims, %d created, %d died", seed, len(claimed), created, died)
 }
+
+// An old copy of the store put back (after a loss, or by hand) still lists
+// as pooled a sandbox claimed since: the local agent's record of the claim
+// refuses it, so no claim hands it out a second time, and it keeps running.
+func TestOldStorePutBackNeverHandsOutAClaimedSandbox(t *testing.T) {
+	env, c, a := startPool(t, 3, "--maintain-every", "1h")
+	state := strings.TrimPrefix(env[len(env)-1], "SANDBOXPOOL_STATE_DIR=")
+	store := filepath.Join(state, "default.json")
+	old, err := os.ReadFile(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := a.do("POST", "/v1/claims", "")
+	var first httpapi.ClaimView
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &first) != nil {
+		t.Fatalf("claim: %d %s", code, body)
+	}
+	tmp := store + ".old"
+	if err := os.WriteFile(tmp, old, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, store); err != nil { // the old copy, put back
+		t.Fatal(err)
+	}
+	for range 3 {
+		_, r := claimCLI(t, env, "--timeout", "10s")
+		var v httpapi.ClaimView
+		code, body := a.do("POST", "/v1/claims", "")
+		if code == http.StatusOK {
+			_ = json.Unmarshal([]byte(body), &v)
+		}
+		for _, got := range []string{v.ID, strings.TrimSpace(r.stdout)} {
+			if got != "" && strings.Contains(got, first.ID) {
+				t.Fatalf("%s handed out again after an old store was put back\n%s", first.ID, c.logs.String())
+			}
+		}
+	}
+	if code, _ := testkit.Get(t, nil, first.URL); code != http.StatusOK {
+		t.Fatalf("claimed sandbox %s answers %d: it was terminated\n%s", first.ID, code, c.logs.String())
+	}
+}

@@ -240,8 +240,20 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 		if c.recordLater(fresh) {
 			return got, func() { c.takes.leave(); c.recordClaimAsync(got, rec) }, true, nil
 		}
-		gone := c.recordClaim(got)
+		gone, elsewhere := c.recordClaim(got)
 		c.records.close(rec)
+		if elsewhere {
+			// The store handed out a sandbox another claim holds (it lost
+			// that claim): it is not ours to hand out, nor to terminate.
+			taken = false
+			if _, err := c.st.Remove(ctx, got.ID); err != nil {
+				c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("remove %s from the store: %w", got.ID, err))
+			}
+			c.forget(got.ID)
+			c.emit(Event{Kind: EventStoreChanged, SandboxID: got.ID,
+				Message: got.ID + " is claimed elsewhere (the backend says so): not handed out again"})
+			continue
+		}
 		if gone {
 			// Its workload ended since its last probe (a fresh probe was
 			// trusted): never hand out a dead sandbox.
@@ -305,23 +317,28 @@ func (c *Controller) dropTaken(ctx context.Context, got Entry, by string) {
 // replacing the store never puts it back in the pool. The store's record
 // is the one that counts: a failure here is reported, not fatal, unless
 // the backend says the sandbox is not running (gone).
-func (c *Controller) recordClaim(e Entry) (gone bool) {
-	rec, ok := c.be.(ClaimRecorder)
-	if !ok {
-		return false
-	}
+func (c *Controller) recordClaim(e Entry) (gone, elsewhere bool) {
 	ctx, cancel := context.WithTimeout(c.life, 5*time.Second)
 	defer cancel()
-	err := rec.MarkClaimed(ctx, e.ID, e.ClaimedBy)
+	var err error
+	if g, ok := c.be.(ClaimGate); ok {
+		err = g.MarkClaimedOnce(ctx, e)
+	} else if rec, ok := c.be.(ClaimRecorder); ok {
+		err = rec.MarkClaimed(ctx, e.ID, e.ClaimedBy)
+	} else {
+		return false, false
+	}
 	switch {
 	case err == nil:
 		c.resolve(ProblemBackend, opRecord)
 	case errors.Is(err, ErrNotFound):
-		return true
+		return true, false
+	case errors.Is(err, ErrAlreadyClaimed):
+		return false, true
 	case ctx.Err() == nil:
 		c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
 	}
-	return false
+	return false, false
 }
 
 // recordLater says whether a claim's backend record may be made beside its
@@ -330,6 +347,9 @@ func (c *Controller) recordClaim(e Entry) (gone bool) {
 // probes, where the record's "not running" is what keeps a dead sandbox
 // from being handed out.
 func (c *Controller) recordLater(trustedFresh bool) bool {
+	if _, gate := c.be.(ClaimGate); gate {
+		return false // its record may refuse the claim: the answer waits for it
+	}
 	if !trustedFresh {
 		return true
 	}

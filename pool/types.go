@@ -420,6 +420,20 @@ type Event struct {
 // Optional backend capabilities, found by type assertion. The engine uses
 // them when a backend has them and works without them.
 
+// ErrAlreadyClaimed is a ClaimGate's answer for a sandbox another claim holds.
+var ErrAlreadyClaimed = errors.New("already claimed")
+
+// ClaimGate is a ClaimRecorder whose record can refuse a claim: a store
+// that lost a claim (moved away, an old copy put back) may hand its sandbox
+// out again, and the backend's record is what says no. A claim on such a
+// backend waits for its record before its answer.
+type ClaimGate interface {
+	// MarkClaimedOnce records e's claim (its ClaimedBy and ClaimedAt), or
+	// returns ErrAlreadyClaimed when another claim holds the sandbox;
+	// recording the same claim again is fine.
+	MarkClaimedOnce(ctx context.Context, e Entry) error
+}
+
 // ClaimRecorder is a backend that keeps its own record of which sandboxes are
 // claimed (the local agent's state, Modal tags), so losing or replacing the
 // store never puts a claimed sandbox back in the pool. List then reports

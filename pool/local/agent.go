@@ -136,6 +136,7 @@ type sandbox struct {
 
 	// Guarded by agent.mu.
 	claimedBy string
+	claimedAt time.Time     // the claim's instant, as its claimer recorded it
 	claimSeq  uint64        // claimChanges.seq when it was claimed
 	endNoted  bool          // its end is in claimChanges.ended
 	ending    bool          // terminate or expiry under way: no longer listed
@@ -163,8 +164,12 @@ type request struct {
 	Grace  time.Duration `json:"grace,omitempty"`
 	LogMax int64         `json:"log_max,omitempty"`
 	By     string        `json:"by,omitempty"`
-	Offset int64         `json:"offset,omitempty"`
-	Max    int           `json:"max,omitempty"`
+	// claimed: At is the claim's instant; with Once, a sandbox claimed by
+	// another claim (another By or At) is refused (AlreadyClaimed).
+	At     time.Time `json:"at,omitzero"`
+	Once   bool      `json:"once,omitempty"`
+	Offset int64     `json:"offset,omitempty"`
+	Max    int       `json:"max,omitempty"`
 	// List only unclaimed sandboxes and the changes among claimed ones
 	// since this cursor (Epoch, Since); a cursor this agent cannot answer
 	// (another agent's, or too old) gets the full list.
@@ -180,17 +185,19 @@ type request struct {
 const opCreateBatch = "create_batch"
 
 type response struct {
-	Error    string    `json:"error,omitempty"`
-	NotFound bool      `json:"not_found,omitempty"` // the error is: no such sandbox
-	Pid      int       `json:"pid,omitempty"`
-	Ref      wireRef   `json:"ref,omitzero"`
-	Refs     []wireRef `json:"refs,omitempty"`
-	Exited   bool      `json:"exited,omitempty"`
-	Unknown  bool      `json:"unknown,omitempty"` // exited: the agent does not know the sandbox, nor how it ended
-	Code     int       `json:"code,omitempty"`
-	Tail     string    `json:"tail,omitempty"`
-	Data     []byte    `json:"data,omitempty"`
-	Next     int64     `json:"next,omitempty"`
+	Error    string `json:"error,omitempty"`
+	NotFound bool   `json:"not_found,omitempty"` // the error is: no such sandbox
+	// AlreadyClaimed: the error is that another claim holds the sandbox.
+	AlreadyClaimed bool      `json:"already_claimed,omitempty"`
+	Pid            int       `json:"pid,omitempty"`
+	Ref            wireRef   `json:"ref,omitzero"`
+	Refs           []wireRef `json:"refs,omitempty"`
+	Exited         bool      `json:"exited,omitempty"`
+	Unknown        bool      `json:"unknown,omitempty"` // exited: the agent does not know the sandbox, nor how it ended
+	Code           int       `json:"code,omitempty"`
+	Tail           string    `json:"tail,omitempty"`
+	Data           []byte    `json:"data,omitempty"`
+	Next           int64     `json:"next,omitempty"`
 	// A list of changes: Full says Refs is every live sandbox; otherwise
 	// Refs are the unclaimed ones and those claimed since the cursor, and
 	// Ended the claimed ones that ended since it. Epoch and Seq are the
@@ -430,8 +437,15 @@ func (a *agent) handle(r request) response {
 		}
 		if sb.claimedBy == "" {
 			sb.claimedBy = orDefault(r.By, "someone")
+			sb.claimedAt = r.At
 			a.changes.seq++
 			sb.claimSeq = a.changes.seq
+			return response{}
+		}
+		if r.Once && (sb.claimedBy != orDefault(r.By, "someone") || !sb.claimedAt.Equal(r.At)) {
+			// A store that lost this claim (moved away, an old copy put
+			// back) handed the sandbox out again: this record says no.
+			return response{Error: fmt.Sprintf("sandbox %s is already claimed by %s", r.ID, sb.claimedBy), AlreadyClaimed: true}
 		}
 		return response{}
 	case "exited":

@@ -102,6 +102,7 @@ const maxIdleConns = 32
 var (
 	_ pool.Backend       = (*Backend)(nil)
 	_ pool.ClaimRecorder = (*Backend)(nil)
+	_ pool.ClaimGate     = (*Backend)(nil)
 	_ pool.LogReader     = (*Backend)(nil)
 	_ pool.ExitWatcher   = (*Backend)(nil)
 )
@@ -276,6 +277,19 @@ func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
 	return nil
 }
 
+// MarkClaimedOnce implements pool.ClaimGate: the agent records the claim
+// unless another claim holds the sandbox (pool.ErrAlreadyClaimed).
+func (b *Backend) MarkClaimedOnce(ctx context.Context, e pool.Entry) error {
+	_, err := b.call(ctx, request{Op: "claimed", ID: e.ID, By: e.ClaimedBy, At: e.ClaimedAt, Once: true}, false)
+	if errors.Is(err, errNoAgent) {
+		err = fmt.Errorf("%w: %s (no local agent runs)", pool.ErrNotFound, e.ID)
+	}
+	if err != nil {
+		return fmt.Errorf("local backend: %w", err)
+	}
+	return nil
+}
+
 // ReadLog reads the sandbox's output: up to max bytes from offset (offset
 // < 0: the last max bytes), and the offset just after them. Offsets count
 // what was kept, across rotations.
@@ -347,6 +361,8 @@ func (b *Backend) call(ctx context.Context, req request, start bool) (response, 
 			switch {
 			case resp.NotFound:
 				return resp, fmt.Errorf("%w: %s", pool.ErrNotFound, resp.Error)
+			case resp.AlreadyClaimed:
+				return resp, fmt.Errorf("%w: %s", pool.ErrAlreadyClaimed, resp.Error)
 			case resp.Error != "":
 				return resp, errors.New(resp.Error)
 			}
