@@ -224,10 +224,21 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	// or the sandbox would be out of the store but alive.
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminateTimeout)
 	defer cancel()
-	err := c.be.Terminate(tctx, e.ID)
+	var err error
+	if pt, ok := c.be.(PooledTerminator); ok && !e.Claimed() && reason != ReasonUser && reason != ReasonCleanup {
+		err = pt.TerminatePooled(tctx, e.ID)
+	} else {
+		err = c.be.Terminate(tctx, e.ID)
+	}
 	c.mu.Lock()
 	delete(c.killing, e.ID)
 	delete(c.recent, e.ID)
+	if errors.Is(err, ErrAlreadyClaimed) {
+		c.mu.Unlock()
+		c.emit(Event{Kind: EventStoreChanged, SandboxID: e.ID,
+			Message: e.ID + " is claimed (the backend says so): left running, out of the pool"})
+		return nil
+	}
 	if err == nil {
 		c.terminations[reason]++
 	}

@@ -434,6 +434,15 @@ type ClaimGate interface {
 	MarkClaimedOnce(ctx context.Context, e Entry) error
 }
 
+// PooledTerminator is a backend that can terminate a sandbox only if no
+// claim holds it (by its own record of claims): what the pool terminates
+// for its own reasons (surplus, expiring, unhealthy) a stale store may have
+// listed as pooled after it was claimed.
+type PooledTerminator interface {
+	// TerminatePooled is Terminate, or ErrAlreadyClaimed, leaving it running.
+	TerminatePooled(ctx context.Context, id string) error
+}
+
 // ClaimRecorder is a backend that keeps its own record of which sandboxes are
 // claimed (the local agent's state, Modal tags), so losing or replacing the
 // store never puts a claimed sandbox back in the pool. List then reports

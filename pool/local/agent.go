@@ -426,6 +426,20 @@ func (a *agent) handle(r request) response {
 		}
 		return response{Refs: a.list(nil)}
 	case "terminate":
+		if r.Once {
+			// A pool's reason (surplus, expiring, unhealthy...): never a
+			// sandbox a claim holds, whatever a stale store said.
+			a.mu.Lock()
+			sb := a.boxes[r.ID]
+			claimedBy := ""
+			if sb != nil {
+				claimedBy = sb.claimedBy
+			}
+			a.mu.Unlock()
+			if claimedBy != "" {
+				return response{Error: fmt.Sprintf("sandbox %s is claimed by %s: left running", r.ID, claimedBy), AlreadyClaimed: true}
+			}
+		}
 		a.terminate(r.ID, r.Grace)
 		return response{}
 	case "claimed":

@@ -100,11 +100,12 @@ type agentConn struct {
 const maxIdleConns = 32
 
 var (
-	_ pool.Backend       = (*Backend)(nil)
-	_ pool.ClaimRecorder = (*Backend)(nil)
-	_ pool.ClaimGate     = (*Backend)(nil)
-	_ pool.LogReader     = (*Backend)(nil)
-	_ pool.ExitWatcher   = (*Backend)(nil)
+	_ pool.Backend          = (*Backend)(nil)
+	_ pool.ClaimRecorder    = (*Backend)(nil)
+	_ pool.ClaimGate        = (*Backend)(nil)
+	_ pool.PooledTerminator = (*Backend)(nil)
+	_ pool.LogReader        = (*Backend)(nil)
+	_ pool.ExitWatcher      = (*Backend)(nil)
 )
 
 // New checks the options and makes the state dir (private to the user).
@@ -216,6 +217,24 @@ func (b *Backend) Terminate(ctx context.Context, id string) error {
 		return nil
 	}
 	return err
+}
+
+// TerminatePooled implements pool.PooledTerminator: Terminate, unless the
+// agent's record says a claim holds the sandbox (pool.ErrAlreadyClaimed).
+func (b *Backend) TerminatePooled(ctx context.Context, id string) error {
+	if !validID(id) {
+		return nil
+	}
+	_, err := b.call(ctx, request{Op: "terminate", ID: id, Grace: b.opts.TermGrace, Once: true}, false)
+	switch {
+	case errors.Is(err, errNoAgent):
+		return nil
+	case errors.Is(err, pool.ErrAlreadyClaimed):
+		return err
+	case err != nil:
+		return fmt.Errorf("local backend: %w", err)
+	}
+	return nil
 }
 
 // List returns the pool's running sandboxes, oldest first; claimed ones

@@ -865,3 +865,44 @@ func TestFDLimit(t *testing.T) {
 		t.Fatalf("agent log:\n%s", agentLog)
 	}
 }
+
+// The agent's record of a claim is the last word when a store goes stale
+// (an old copy put back): a second claim of the sandbox is refused, the
+// same claim recorded again is fine, and the pool's own reasons never
+// terminate it (a user's terminate still does).
+func TestClaimRecordRefusesASecondClaimAndPoolTermination(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := newBackend(t, local.Options{})
+	r := mustCreate(t, b, time.Minute)
+	claim := pool.Entry{Ref: r, ClaimedBy: "api 127.0.0.1:1", ClaimedAt: time.Now()}
+	if err := b.MarkClaimedOnce(ctx, claim); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.MarkClaimedOnce(ctx, claim); err != nil {
+		t.Fatalf("the same claim recorded again: %v", err)
+	}
+	again := claim
+	again.ClaimedAt = claim.ClaimedAt.Add(time.Millisecond) // same client, another claim
+	if err := b.MarkClaimedOnce(ctx, again); !errors.Is(err, pool.ErrAlreadyClaimed) {
+		t.Fatalf("a second claim: %v, want ErrAlreadyClaimed", err)
+	}
+	if err := b.TerminatePooled(ctx, r.ID); !errors.Is(err, pool.ErrAlreadyClaimed) {
+		t.Fatalf("a pool's termination of a claimed sandbox: %v, want ErrAlreadyClaimed", err)
+	}
+	if body := get(t, r.URL); !strings.Contains(body, "README.txt") {
+		t.Fatalf("the claimed sandbox stopped answering:\n%s", body)
+	}
+	if err := b.Terminate(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	listed, err := b.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range listed {
+		if l.ID == r.ID {
+			t.Fatalf("%s still listed after a user's terminate", r.ID)
+		}
+	}
+}
