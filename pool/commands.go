@@ -233,10 +233,17 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	c.mu.Lock()
 	delete(c.killing, e.ID)
 	delete(c.recent, e.ID)
-	if errors.Is(err, ErrAlreadyClaimed) {
+	switch {
+	case errors.Is(err, ErrAlreadyClaimed):
 		c.mu.Unlock()
 		c.emit(Event{Kind: EventStoreChanged, SandboxID: e.ID,
 			Message: e.ID + " is claimed (the backend says so): left running, out of the pool"})
+		return nil
+	case errors.Is(err, ErrNotFound):
+		// A stale store's entry (an old copy put back) of a sandbox that
+		// had ended: the pool terminated nothing.
+		c.mu.Unlock()
+		c.emit(Event{Kind: EventStoreChanged, SandboxID: e.ID, Message: e.ID + " had ended already: out of the pool"})
 		return nil
 	}
 	if err == nil {

@@ -439,7 +439,8 @@ type ClaimGate interface {
 // for its own reasons (surplus, expiring, unhealthy) a stale store may have
 // listed as pooled after it was claimed.
 type PooledTerminator interface {
-	// TerminatePooled is Terminate, or ErrAlreadyClaimed, leaving it running.
+	// TerminatePooled is Terminate, or ErrAlreadyClaimed, leaving it
+	// running, or ErrNotFound when it had ended already.
 	TerminatePooled(ctx context.Context, id string) error
 }
 

@@ -431,13 +431,19 @@ func (a *agent) handle(r request) response {
 			// sandbox a claim holds, whatever a stale store said.
 			a.mu.Lock()
 			sb := a.boxes[r.ID]
-			claimedBy := ""
+			claimedBy, gone := "", sb == nil || sb.exited
 			if sb != nil {
 				claimedBy = sb.claimedBy
 			}
 			a.mu.Unlock()
 			if claimedBy != "" {
 				return response{Error: fmt.Sprintf("sandbox %s is claimed by %s: left running", r.ID, claimedBy), AlreadyClaimed: true}
+			}
+			if gone {
+				// Ended already (its claimer's terminate, its workload's
+				// exit): nothing for the pool to terminate, and it says so.
+				a.terminate(r.ID, r.Grace)
+				return response{Error: fmt.Sprintf("sandbox %s is not running", r.ID), NotFound: true}
 			}
 		}
 		a.terminate(r.ID, r.Grace)

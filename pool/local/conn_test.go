@@ -24,14 +24,7 @@ func TestKeptConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := b.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		b.dropIdle()
-	})
+	t.Cleanup(func() { shutdownAndWait(t, b) })
 	ctx := context.Background()
 	if _, err := b.AgentPid(ctx); err != nil {
 		t.Fatal(err)
@@ -86,14 +79,7 @@ func TestCreateBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := b.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		b.dropIdle()
-	})
+	t.Cleanup(func() { shutdownAndWait(t, b) })
 	ctx := context.Background()
 	const n = 12
 	var wg sync.WaitGroup
@@ -137,5 +123,20 @@ func TestCreateBatch(t *testing.T) {
 	old := (&agent{}).handle(request{Op: "no-such-op"}).Error
 	if want := strings.ReplaceAll(old, "no-such-op", opCreateBatch); !isUnknownOp(fmt.Errorf("%s", want)) {
 		t.Errorf("an older agent's answer %q is not recognised", want)
+	}
+}
+
+// shutdownAndWait stops b's agent and waits until it is gone: it writes to
+// the state dir as it exits, which the test's TempDir cleanup removes.
+func shutdownAndWait(t *testing.T, b *Backend) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	agent, _ := b.call(ctx, request{Op: "ping"}, false) // no agent: nothing to wait for
+	if err := b.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+	b.dropIdle()
+	if agent.Pid > 0 {
+		testkit.Eventually(t, 20*time.Second, "the agent gone", func() bool { return !testkit.Alive(agent.Pid) })
 	}
 }

@@ -220,7 +220,8 @@ func (b *Backend) Terminate(ctx context.Context, id string) error {
 }
 
 // TerminatePooled implements pool.PooledTerminator: Terminate, unless the
-// agent's record says a claim holds the sandbox (pool.ErrAlreadyClaimed).
+// agent's record says a claim holds the sandbox (pool.ErrAlreadyClaimed) or
+// it had ended already (pool.ErrNotFound).
 func (b *Backend) TerminatePooled(ctx context.Context, id string) error {
 	if !validID(id) {
 		return nil
@@ -229,7 +230,7 @@ func (b *Backend) TerminatePooled(ctx context.Context, id string) error {
 	switch {
 	case errors.Is(err, errNoAgent):
 		return nil
-	case errors.Is(err, pool.ErrAlreadyClaimed):
+	case errors.Is(err, pool.ErrAlreadyClaimed), errors.Is(err, pool.ErrNotFound):
 		return err
 	case err != nil:
 		return fmt.Errorf("local backend: %w", err)

@@ -905,4 +905,8 @@ func TestClaimRecordRefusesASecondClaimAndPoolTermination(t *testing.T) {
 			t.Fatalf("%s still listed after a user's terminate", r.ID)
 		}
 	}
+	// A stale store's entry of it: the pool's termination says it had ended.
+	if err := b.TerminatePooled(ctx, r.ID); !errors.Is(err, pool.ErrNotFound) {
+		t.Fatalf("a pool's termination of a sandbox that ended: %v, want ErrNotFound", err)
+	}
 }
