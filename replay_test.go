@@ -391,6 +391,14 @@ func TestOldStorePutBackNeverHandsOutAClaimedSandbox(t *testing.T) {
 	if err := os.Rename(tmp, store); err != nil { // the old copy, put back
 		t.Fatal(err)
 	}
+	a.passes(2)
+	if v, ok := a.pool(); ok {
+		for _, s := range v.Sandboxes {
+			if s.ID == first.ID && s.State != "claimed" {
+				t.Errorf("claimed %s is %s in the pool after an old store was put back", first.ID, s.State)
+			}
+		}
+	}
 	for range 3 {
 		_, r := claimCLI(t, env, "--timeout", "10s")
 		var v httpapi.ClaimView

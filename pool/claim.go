@@ -408,6 +408,10 @@ func (c *Controller) giveBack(e Entry, by string) {
 		c.report(ProblemStore, opWrite, e.ID, fmt.Errorf("give %s back: %w", e.ID, err))
 		return
 	}
+	// Not claimed any more: pooled again, it is no stale store's entry.
+	c.mu.Lock()
+	c.claimedView.remove(e.ID)
+	c.mu.Unlock()
 	err := c.st.Put(ctx, e.Ref)
 	switch {
 	case errors.Is(err, ErrNotPooled):

@@ -93,6 +93,7 @@ type Controller struct {
 	// of changes ended, and when a pass lists in full next.
 	listCursor ListCursor
 	sweepDue   time.Time
+	reverted   map[string]bool // pooled in the store, claimed as this process saw it (loadStore)
 
 	// Sandboxes (guarded by mu).
 	health   map[string]Health

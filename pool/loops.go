@@ -461,6 +461,32 @@ func (c *Controller) loadStore(ctx context.Context) (changed, lost bool, err err
 			fresh = append(fresh, e)
 		}
 	})
+	// A store gone back in time (an old copy put back) lists as pooled
+	// sandboxes this process saw claimed: they stay out of the pool here,
+	// and the next pass lists the backend in full, whose record of the
+	// claims takes them out of the store.
+	kept := pooled[:0]
+	reverted := false
+	for _, e := range pooled {
+		if c.claimedView.has(e.ID) || c.reverted[e.ID] {
+			if c.reverted == nil {
+				c.reverted = map[string]bool{}
+			}
+			reverted = reverted || !c.reverted[e.ID]
+			c.reverted[e.ID] = true
+			continue
+		}
+		kept = append(kept, e)
+	}
+	pooled = kept
+	if reverted {
+		c.sweepDue = time.Time{}
+	}
+	for id := range c.reverted {
+		if !slices.ContainsFunc(all, func(e Entry) bool { return e.ID == id && !e.Claimed() }) {
+			delete(c.reverted, id) // out of the store's pool now
+		}
+	}
 	s.Entries = pooled
 
 	changed, lost = diffPooled(c.stored, s)
@@ -498,6 +524,9 @@ func (c *Controller) loadStore(ctx context.Context) (changed, lost bool, err err
 	c.setStoredLocked(s)
 	say := c.adoptTimingLocked(s)
 	c.mu.Unlock()
+	if reverted {
+		c.Kick()
+	}
 	for _, e := range seen {
 		c.emit(e)
 	}
