@@ -14,12 +14,14 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,6 +41,8 @@ type Client struct {
 	// that costs the controller CPU, so a phase whose CPU is measured polls
 	// less often.
 	Every time.Duration
+
+	dials *atomic.Int64 // connections opened (NewClient's transport counts them)
 }
 
 // MaxConns caps the connections the tool opens: the API lets one client
@@ -58,7 +62,16 @@ func NewClient(base string, conns int) *Client {
 	// No gzip: compressing a /metrics scrape costs the controller more CPU
 	// than serving it, and the CPU phases count the controller's CPU.
 	tr.DisableCompression = true
-	return &Client{Base: strings.TrimRight(base, "/"), HTTP: &http.Client{Transport: tr}}
+	dials := new(atomic.Int64)
+	d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, network, addr)
+		if err == nil {
+			dials.Add(1)
+		}
+		return conn, err
+	}
+	return &Client{Base: strings.TrimRight(base, "/"), HTTP: &http.Client{Transport: tr}, dials: dials}
 }
 
 func (c *Client) claimURL() string {
@@ -295,6 +308,55 @@ func (c *Client) Paced(ctx context.Context, n int, gap time.Duration) (Result, e
 // BackToBack is one client making n claims, each as soon as the last returned.
 func (c *Client) BackToBack(ctx context.Context, n int) (Result, error) {
 	return c.Paced(ctx, n, 0)
+}
+
+// Connect opens conns keep-alive connections to the API before a measured
+// burst, as long-lived clients hold theirs: concurrent GETs of path (one that
+// costs the server nothing, /healthz) until conns new connections were made.
+// Without it, a first burst pays a TCP handshake and the server's
+// per-connection setup on every client, which neither a claim nor its
+// floor is about (run both with and without it to see that cost).
+func (c *Client) Connect(ctx context.Context, conns int, path string) error {
+	conns = min(conns, MaxConns)
+	if c.dials == nil {
+		return errors.New("connect: a client made by NewClient counts its connections")
+	}
+	// Rounds of concurrent GETs: a request that finds no idle connection
+	// dials one, and a dial that loses the race to a freed connection still
+	// lands in the idle set, so each round adds connections.
+	start := c.dials.Load()
+	for round := 0; c.dials.Load()-start < int64(conns); round++ {
+		if round == 50 {
+			return fmt.Errorf("connect: %d of %d connections opened in %d rounds", c.dials.Load()-start, conns, round)
+		}
+		var wg sync.WaitGroup
+		errs := make([]error, conns)
+		for i := range conns {
+			wg.Go(func() { errs[i] = c.get(ctx, path) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("connect: %w", err)
+		}
+	}
+	return nil
+}
+
+// get is one GET of path, its body read to the end (the connection is kept).
+func (c *Client) get(ctx context.Context, path string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+path, nil)
+	if err != nil {
+		return err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.Body.Close()
 }
 
 // Burst is clients concurrent clients sharing n claims, started together.

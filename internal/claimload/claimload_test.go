@@ -3,6 +3,7 @@ package claimload
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -151,8 +152,44 @@ func TestFloorInAChildProcessBackToBackAndPaced(t *testing.T) {
 	if paced.Elapsed < 3*gap {
 		t.Errorf("4 round trips %s apart took %s", gap, paced.Elapsed)
 	}
-	burst, err := FloorBurst(context.Background(), base, 5, 12, 3)
+	burst, err := FloorBurst(context.Background(), base, 5, 12, 3, true)
 	if err != nil || len(burst.Latency) != 36 || burst.Errors != 0 {
 		t.Fatalf("bursts: %d round trips, %d errors (%s), %v; want 3 bursts of 12", len(burst.Latency), burst.Errors, burst.FirstErr, err)
+	}
+}
+
+// Connect opens one connection per client before a burst, and the burst
+// then opens almost none: its latencies hold no handshakes (Go's transport
+// hands a connection back to its idle set a moment after the body's end, so
+// a client quick to claim again may still dial one).
+func TestConnectOpensTheClientsConnectionsBeforeABurst(t *testing.T) {
+	var opened atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/claims" {
+			_, _ = io.WriteString(w, `{"id":"sb-1"}`)
+		}
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	c := NewClient(srv.URL, 8)
+	if err := c.Connect(context.Background(), 8, "/healthz"); err != nil {
+		t.Fatal(err)
+	}
+	if got := opened.Load(); got < 8 {
+		t.Fatalf("Connect(8) opened %d connections", got)
+	}
+	before := opened.Load()
+	rec := &recorder{}
+	c.burst(context.Background(), rec, 8, 40, c.Claim)
+	if rec.res.Errors != 0 || len(rec.res.Latency) != 40 {
+		t.Fatalf("burst: %+v", rec.res)
+	}
+	if extra := opened.Load() - before; extra >= 4 {
+		t.Errorf("the burst opened %d new connections after Connect", extra)
 	}
 }

@@ -52,11 +52,21 @@ func Floor(ctx context.Context, base string, n int, gap time.Duration) (Result, 
 // trips to the empty handler at base, started together, repeat times. On a
 // machine with few cores, concurrent round trips queue for them even when
 // the server does nothing: a burst of claims is read against this.
-func FloorBurst(ctx context.Context, base string, clients, n, repeat int) (Result, error) {
+// With connect, the clients' connections are opened first (Client.Connect)
+// and kept; without, every burst is on new connections.
+func FloorBurst(ctx context.Context, base string, clients, n, repeat int, connect bool) (Result, error) {
 	c := NewClient(base, clients)
+	if connect {
+		if err := c.Connect(ctx, clients, "/"); err != nil {
+			return Result{}, err
+		}
+	}
 	rec := &recorder{}
 	start := time.Now()
 	for range repeat {
+		if !connect {
+			c = NewClient(base, clients)
+		}
 		c.burst(ctx, rec, clients, n, func(ctx context.Context) (time.Duration, error) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/", nil)
 			if err != nil {

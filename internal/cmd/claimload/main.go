@@ -58,6 +58,7 @@ func main() {
 		clients  = fs.Int("clients", 20, "burst: concurrent clients")
 		repeat   = fs.Int("repeat", 1, "burst: how many bursts")
 		refill   = fs.Int("refill", 0, "burst: before each burst, wait until this many are ready")
+		cold     = fs.Bool("cold", false, "burst (and floor bursts): every burst on new connections (by default the clients open theirs before the first burst and keep them)")
 		rate     = fs.Float64("rate", 200, "rate: claims per second")
 		dur      = fs.Duration("for", 10*time.Second, "rate: how long")
 		profile  = fs.String("profile", "0x5s,8x30s,0x30s", "steps: RATExDURATION,...")
@@ -99,7 +100,7 @@ func main() {
 		burst := false
 		fs.Visit(func(f *flag.Flag) { burst = burst || f.Name == "clients" })
 		if burst {
-			res, err = claimload.FloorBurst(ctx, base, *clients, *n, *repeat)
+			res, err = claimload.FloorBurst(ctx, base, *clients, *n, *repeat, !*cold)
 		} else {
 			res, err = claimload.Floor(ctx, base, *n, floorGap)
 		}
@@ -122,6 +123,12 @@ func main() {
 	case "b2b":
 		res, err = c.BackToBack(ctx, *n)
 	case "burst":
+		if !*cold {
+			if cerr := c.Connect(ctx, *clients, "/healthz"); cerr != nil {
+				fail(cerr)
+			}
+		}
+		bc := c
 		for i := range *repeat {
 			if *refill > 0 {
 				wctx, cancel := context.WithTimeout(ctx, *maxWait)
@@ -131,7 +138,11 @@ func main() {
 					fail(fmt.Errorf("burst %d: waiting for %d ready: %w", i+1, *refill, werr))
 				}
 			}
-			r, berr := c.Burst(ctx, *clients, *n)
+			if *cold {
+				bc = claimload.NewClient(*base, claimload.MaxConns)
+				bc.Token, bc.NoHealthCheck, bc.Timeout = c.Token, c.NoHealthCheck, c.Timeout
+			}
+			r, berr := bc.Burst(ctx, *clients, *n)
 			res = merge(res, r)
 			if berr != nil {
 				err = berr
