@@ -240,7 +240,10 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 		if c.recordLater(fresh) {
 			return got, func() { c.takes.leave(); c.recordClaimAsync(got, rec) }, true, nil
 		}
-		gone, elsewhere := c.recordClaim(got)
+		gone, elsewhere, later := c.recordClaim(got)
+		if later {
+			return got, func() { c.takes.leave(); c.recordClaimAsync(got, rec) }, true, nil
+		}
 		c.records.close(rec)
 		if elsewhere {
 			// The store handed out a sandbox another claim holds (it lost
@@ -316,29 +319,36 @@ func (c *Controller) dropTaken(ctx context.Context, got Entry, by string) {
 // local agent, Modal tags) that e was handed out, so that losing or
 // replacing the store never puts it back in the pool. The store's record
 // is the one that counts: a failure here is reported, not fatal, unless
-// the backend says the sandbox is not running (gone).
-func (c *Controller) recordClaim(e Entry) (gone, elsewhere bool) {
+// the backend says the sandbox is not running (gone). A QuickClaimGate that
+// decided at once leaves the record to be made beside the answer (later).
+func (c *Controller) recordClaim(e Entry) (gone, elsewhere, later bool) {
+	var err error
+	if q, ok := c.be.(QuickClaimGate); ok {
+		var decided bool
+		if decided, err = q.TryClaimOnce(e); decided {
+			return errors.Is(err, ErrNotFound), errors.Is(err, ErrAlreadyClaimed), err == nil
+		}
+	}
 	ctx, cancel := context.WithTimeout(c.life, 5*time.Second)
 	defer cancel()
-	var err error
 	if g, ok := c.be.(ClaimGate); ok {
 		err = g.MarkClaimedOnce(ctx, e)
 	} else if rec, ok := c.be.(ClaimRecorder); ok {
 		err = rec.MarkClaimed(ctx, e.ID, e.ClaimedBy)
 	} else {
-		return false, false
+		return false, false, false
 	}
 	switch {
 	case err == nil:
 		c.resolve(ProblemBackend, opRecord)
 	case errors.Is(err, ErrNotFound):
-		return true, false
+		return true, false, false
 	case errors.Is(err, ErrAlreadyClaimed):
-		return false, true
+		return false, true, false
 	case ctx.Err() == nil:
 		c.report(ProblemBackend, opRecord, e.ID, fmt.Errorf("record the claim in the backend: %w", err))
 	}
-	return false, false
+	return false, false, false
 }
 
 // recordLater says whether a claim's backend record may be made beside its
@@ -348,7 +358,7 @@ func (c *Controller) recordClaim(e Entry) (gone, elsewhere bool) {
 // from being handed out.
 func (c *Controller) recordLater(trustedFresh bool) bool {
 	if _, gate := c.be.(ClaimGate); gate {
-		return false // its record may refuse the claim: the answer waits for it
+		return false // it may refuse the claim: recordClaim decides before the answer
 	}
 	if !trustedFresh {
 		return true
@@ -379,7 +389,13 @@ func (c *Controller) recordClaimAsync(e Entry, rec *claimRecord) {
 		// process must not exit before it is made).
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.life), recordTimeout)
 		defer cancel()
-		switch err := r.MarkClaimed(ctx, e.ID, e.ClaimedBy); {
+		var err error
+		if g, ok := c.be.(ClaimGate); ok {
+			err = g.MarkClaimedOnce(ctx, e) // its record names the claim's instant too
+		} else {
+			err = r.MarkClaimed(ctx, e.ID, e.ClaimedBy)
+		}
+		switch {
 		case err == nil:
 			c.resolve(ProblemBackend, opRecord)
 		case errors.Is(err, ErrNotFound):

@@ -402,3 +402,145 @@ func TestClaimsGoAheadOfBackfill(t *testing.T) {
 	}
 	testkit.Eventually(t, waitLong, "the backfill after the claim", func() bool { return h.be.CreateCalls() == creates+1 })
 }
+
+// quickGate is a pool.QuickClaimGate in memory: TryClaimOnce decides at
+// once from its table (unless undecided), the record (MarkClaimedOnce) waits
+// for release, like slowRecorder's.
+type quickGate struct {
+	*slowRecorder
+	mu        sync.Mutex
+	table     map[string]pool.Entry // the claim holding each id
+	undecided bool                  // the table cannot answer: MarkClaimedOnce decides
+}
+
+func (q *quickGate) TryClaimOnce(e pool.Entry) (bool, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.undecided {
+		return false, nil
+	}
+	if held, ok := q.table[e.ID]; ok && (held.ClaimedBy != e.ClaimedBy || !held.ClaimedAt.Equal(e.ClaimedAt)) {
+		return true, pool.ErrAlreadyClaimed
+	}
+	if !slices.Contains(q.Live(), e.ID) {
+		return true, pool.ErrNotFound
+	}
+	q.table[e.ID] = e
+	return true, nil
+}
+
+func (q *quickGate) MarkClaimedOnce(ctx context.Context, e pool.Entry) error {
+	q.mu.Lock()
+	held, ok := q.table[e.ID]
+	if !ok {
+		q.table[e.ID] = e
+	}
+	q.mu.Unlock()
+	if ok && (held.ClaimedBy != e.ClaimedBy || !held.ClaimedAt.Equal(e.ClaimedAt)) {
+		return pool.ErrAlreadyClaimed
+	}
+	return q.MarkClaimed(ctx, e.ID, e.ClaimedBy)
+}
+
+// A claim on a QuickClaimGate that decides at once is answered before its
+// record, which is made beside the answer; one it refuses (a stale store's
+// entry of a claimed sandbox) is dropped from the store and the next taken;
+// one it cannot decide waits for the record, which decides (released
+// after 300 ms).
+func TestQuickClaimGate(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx := context.Background()
+	slow := &slowRecorder{Backend: h.be, in: make(chan string, 4), release: make(chan struct{})}
+	q := &quickGate{slowRecorder: slow, table: map[string]pool.Entry{}}
+	c, err := pool.New(pool.Options{Config: h.cfg, Backend: q, Store: h.st, Clock: h.clk, Checker: h.be.Checker, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(slow.release) }) }
+	t.Cleanup(c.Close)
+	t.Cleanup(release) // runs first: Close waits for the records
+	h.c = c
+	h.pass()
+	h.c.WaitIdle(ctx)
+
+	claim := func() (pool.Claimed, bool) {
+		t.Helper()
+		type result struct {
+			cl  pool.Claimed
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			cl, err := c.Claim(ctx, pool.ClaimOptions{CheckHealth: true, By: "cli"})
+			done <- result{cl, err}
+		}()
+		var r result
+		answered := testkit.Until(300*time.Millisecond, func() bool {
+			select {
+			case r = <-done:
+				return true
+			default:
+				return false
+			}
+		})
+		if !answered {
+			release()
+			r = <-done
+		}
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		return r.cl, answered
+	}
+	first, answered := claim()
+	if !answered {
+		t.Fatal("a claim the gate decided at once waited for its record")
+	}
+	if id := <-slow.in; id != first.ID {
+		t.Fatalf("record of %s, claimed %s", id, first.ID)
+	}
+	// An old copy of the store puts it back, pooled, at the head.
+	pooled, err := h.st.Remove(ctx, append(h.pooledIDs(), first.ID)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.st.Put(ctx, first.Ref); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range pooled {
+		if e.ID != first.ID {
+			if err := h.st.Put(ctx, e.Ref); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	h.clk.Advance(time.Millisecond) // another claim: another instant
+	second, answered := claim()
+	if !answered || second.ID == first.ID {
+		t.Fatalf("claim after the stale store: %s (answered at once: %v), want another than %s", second.ID, answered, first.ID)
+	}
+	if slices.Contains(h.pooledIDs(), first.ID) || slices.Contains(h.be.Terminated(), first.ID) {
+		t.Fatalf("the claimed %s: pooled %v, terminated %v", first.ID, h.pooledIDs(), h.be.Terminated())
+	}
+	// Undecided: the record decides, before the answer.
+	q.mu.Lock()
+	q.undecided = true
+	q.mu.Unlock()
+	third, answered := claim()
+	if answered {
+		t.Fatalf("claim of %s answered before the record that decides it", third.ID)
+	}
+	c.Close()
+	for _, cl := range []pool.Claimed{first, second, third} {
+		if by := h.be.ClaimedBy(cl.ID); by != "cli" {
+			t.Fatalf("backend record of %s: %q, want cli", cl.ID, by)
+		}
+		q.mu.Lock()
+		held := q.table[cl.ID]
+		q.mu.Unlock()
+		if !held.ClaimedAt.Equal(cl.ClaimedAt) {
+			t.Fatalf("the gate holds %s for the claim at %s, want %s", cl.ID, held.ClaimedAt, cl.ClaimedAt)
+		}
+	}
+}

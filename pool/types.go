@@ -434,6 +434,19 @@ type ClaimGate interface {
 	MarkClaimedOnce(ctx context.Context, e Entry) error
 }
 
+// QuickClaimGate is a ClaimGate that can most often decide a claim without
+// waiting on another process (the local agent's claim table in shared
+// memory: one compare-and-swap instead of a round trip). A claim it lets
+// through is answered at once, and its record (MarkClaimedOnce) is made
+// beside the answer, as a ClaimRecorder's.
+type QuickClaimGate interface {
+	ClaimGate
+	// TryClaimOnce decides e's claim as MarkClaimedOnce would (nil,
+	// ErrAlreadyClaimed, ErrNotFound) when it can at once; decided is false
+	// when it cannot, and then MarkClaimedOnce decides.
+	TryClaimOnce(e Entry) (decided bool, err error)
+}
+
 // PooledTerminator is a backend that can terminate a sandbox only if no
 // claim holds it (by its own record of claims): what the pool terminates
 // for its own reasons (surplus, expiring, unhealthy) a stale store may have
