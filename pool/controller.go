@@ -93,7 +93,9 @@ type Controller struct {
 	// of changes ended, and when a pass lists in full next.
 	listCursor ListCursor
 	sweepDue   time.Time
-	reverted   map[string]bool // pooled in the store, claimed as this process saw it (loadStore)
+	// Pooled in the store, claimed as this process saw it (loadStore):
+	// the claimed entry, kept out of the view until a pass judges it.
+	reverted map[string]Entry
 
 	// Sandboxes (guarded by mu).
 	health   map[string]Health

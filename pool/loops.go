@@ -464,16 +464,19 @@ func (c *Controller) loadStore(ctx context.Context) (changed, lost bool, err err
 	// A store gone back in time (an old copy put back) lists as pooled
 	// sandboxes this process saw claimed: they stay out of the pool here,
 	// and the next pass lists the backend in full, whose record of the
-	// claims takes them out of the store.
+	// claims takes them out of the store (passOnce).
 	kept := pooled[:0]
 	reverted := false
 	for _, e := range pooled {
-		if c.claimedView.has(e.ID) || c.reverted[e.ID] {
+		if _, was := c.reverted[e.ID]; was {
+			continue
+		}
+		if ce, ok := c.claimedView.get(e.ID); ok {
 			if c.reverted == nil {
-				c.reverted = map[string]bool{}
+				c.reverted = map[string]Entry{}
 			}
-			reverted = reverted || !c.reverted[e.ID]
-			c.reverted[e.ID] = true
+			c.reverted[e.ID] = ce.Entry
+			reverted = true
 			continue
 		}
 		kept = append(kept, e)

@@ -185,6 +185,24 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			drops = append(drops, drop{e, ReasonUnhealthy})
 		}
 	}
+	if listErr == nil {
+		// Pooled in a store gone back in time, claimed as this process saw
+		// them (loadStore keeps them out of the view): the backend's record
+		// of the claim, or their end, takes them out of the store. One the
+		// backend lists unclaimed past the claim record's grace was given
+		// back (or never recorded): the next load pools it again.
+		for id, ce := range c.reverted {
+			r, alive := liveSet[id]
+			e := ce
+			e.ClaimedBy, e.ClaimedAt = "", time.Time{} // pooled in the store: evicted, not removed
+			switch {
+			case alive && r.Claimed, !alive && listing.Full && e.CreatedAt.Before(listedAt):
+				drops = append(drops, drop{e, reasonStaleStore})
+			case alive && now.Sub(ce.ClaimedAt) > claimRecordGrace:
+				delete(c.reverted, id)
+			}
+		}
+	}
 	c.mu.Unlock()
 	c.markUnmarked(unmarked)
 	if len(drops) > 0 {
@@ -228,6 +246,15 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			case d.reason == reasonClaimedElsewhere:
 				c.emit(Event{Kind: EventStoreChanged, SandboxID: d.e.ID,
 					Message: d.e.ID + " is claimed (the backend says so): left out of the pool"})
+			case d.reason == reasonStaleStore:
+				msg := d.e.ID + " is claimed (the backend says so): left out of the pool"
+				if _, alive := liveSet[d.e.ID]; !alive {
+					msg = d.e.ID + " had ended already: out of the pool"
+				}
+				c.mu.Lock()
+				delete(c.reverted, d.e.ID)
+				c.mu.Unlock()
+				c.emit(Event{Kind: EventStoreChanged, SandboxID: d.e.ID, Message: msg})
 			case d.reason == ReasonExpired:
 				c.emit(Event{Kind: EventExpired, SandboxID: d.e.ID})
 				c.terminateAsync(d.e, d.reason, ByController)

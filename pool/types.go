@@ -354,6 +354,9 @@ const (
 	// reasonClaimedElsewhere: pooled in the store, claimed in the backend's
 	// record; it leaves the pool and is not terminated.
 	reasonClaimedElsewhere = "claimed"
+	// reasonStaleStore: pooled in a store gone back in time, claimed as
+	// this process saw it; it leaves the pool and is not terminated.
+	reasonStaleStore = "stale"
 )
 
 // Who asked for a termination (Event.By), besides a claimer's own name.

@@ -34,7 +34,11 @@ type Backend struct {
 	failAll   error
 	exited    map[string]pool.ExitInfo
 	claimed   map[string]string // the backend's own record of claims (ClaimRecorder)
-	terms     []string          // Terminate calls, in order
+	// Changes among claimed sandboxes, for Changes: a count, and when each
+	// was claimed and ended by it.
+	changeSeq        uint64
+	claimSeq, endSeq map[string]uint64
+	terms            []string // Terminate calls, in order
 	// ExitOnCreate, when set, makes every new sandbox's workload exit at
 	// once with it (ExitWatcher).
 	ExitOnCreate *pool.ExitInfo
@@ -45,7 +49,8 @@ type Backend struct {
 // NewBackend returns an empty backend on clk.
 func NewBackend(clk clockwork.Clock) *Backend {
 	return &Backend{Clock: clk, live: map[string]pool.Ref{}, unhealthy: map[string]bool{}, slow: map[string]bool{},
-		pending: map[string]time.Time{}, exited: map[string]pool.ExitInfo{}, claimed: map[string]string{}}
+		pending: map[string]time.Time{}, exited: map[string]pool.ExitInfo{}, claimed: map[string]string{},
+		claimSeq: map[string]uint64{}, endSeq: map[string]uint64{}}
 }
 
 func (b *Backend) Name() string { return "fake" }
@@ -112,7 +117,18 @@ func (b *Backend) MarkClaimed(_ context.Context, id, by string) error {
 		return fmt.Errorf("%w: %s is not running", pool.ErrNotFound, id)
 	}
 	b.claimed[id] = by
+	b.changeSeq++
+	b.claimSeq[id] = b.changeSeq
 	return nil
+}
+
+// endLocked makes id no longer run; a claimed one's end is a change.
+func (b *Backend) endLocked(id string) {
+	if _, ok := b.live[id]; ok && b.claimed[id] != "" {
+		b.changeSeq++
+		b.endSeq[id] = b.changeSeq
+	}
+	delete(b.live, id)
 }
 
 // ClaimedBy says who the backend's record says claimed id ("" when nobody).
@@ -140,7 +156,7 @@ func (b *Backend) Terminated() []string {
 func (b *Backend) Terminate(_ context.Context, id string) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	delete(b.live, id)
+	b.endLocked(id)
 	b.terms = append(b.terms, id)
 	return nil
 }
@@ -157,7 +173,7 @@ func (b *Backend) List(context.Context) ([]pool.Ref, error) {
 			continue
 		}
 		if !r.ExpiresAt.After(now) { // the backend kills at expiry
-			delete(b.live, id)
+			b.endLocked(id)
 			continue
 		}
 		kept = append(kept, id)
@@ -166,6 +182,39 @@ func (b *Backend) List(context.Context) ([]pool.Ref, error) {
 	}
 	b.order = kept
 	return out, nil
+}
+
+// Changes is b as a pool.ChangeLister, as the local agent is: a listing
+// since a cursor carries the unclaimed sandboxes and those claimed since
+// it, and names the claimed ones that ended since; the zero cursor (or one
+// it cannot answer) gets the full list.
+type Changes struct{ *Backend }
+
+func (c Changes) ListChanges(ctx context.Context, since pool.ListCursor) (pool.Listing, error) {
+	refs, err := c.List(ctx)
+	if err != nil {
+		return pool.Listing{}, err
+	}
+	b := c.Backend
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	next := pool.ListCursor{Epoch: 1, Seq: b.changeSeq}
+	if since.Epoch != 1 || since.Seq > b.changeSeq {
+		return pool.Listing{Full: true, Refs: refs, Next: next}, nil
+	}
+	l := pool.Listing{Next: next}
+	for _, r := range refs {
+		if !r.Claimed || b.claimSeq[r.ID] > since.Seq {
+			l.Refs = append(l.Refs, r)
+		}
+	}
+	for id, seq := range b.endSeq {
+		if seq > since.Seq {
+			l.Ended = append(l.Ended, id)
+		}
+	}
+	slices.Sort(l.Ended)
+	return l, nil
 }
 
 // Settled reports that all of `creating` creations in flight are waiting
@@ -183,12 +232,12 @@ func (b *Backend) Settled(creating int) bool {
 }
 
 // Kill makes a sandbox vanish as if its process died.
-func (b *Backend) Kill(id string) { b.mu.Lock(); delete(b.live, id); b.mu.Unlock() }
+func (b *Backend) Kill(id string) { b.mu.Lock(); b.endLocked(id); b.mu.Unlock() }
 
 // Exit makes a sandbox's workload end as info says (ExitWatcher sees it).
 func (b *Backend) Exit(id string, info pool.ExitInfo) {
 	b.mu.Lock()
-	delete(b.live, id)
+	b.endLocked(id)
 	b.exited[id] = info
 	b.mu.Unlock()
 }
@@ -260,6 +309,16 @@ func (s *Store) fail() error {
 // Lose empties the store, target included, as a store file moved away or a
 // Modal queue cleared would.
 func (s *Store) Lose() { s.mu.Lock(); s.s = pool.Stored{Epoch: s.s.Epoch + 1}; s.mu.Unlock() }
+
+// PutBack makes old the store's content, as an old copy of a store file
+// put back (restored from a backup, or by hand) would: it may list as
+// pooled sandboxes claimed since. old is a Load's answer.
+func (s *Store) PutBack(old pool.Stored) {
+	s.mu.Lock()
+	s.s = old
+	s.s.Entries = slices.Clone(old.Entries)
+	s.mu.Unlock()
+}
 
 // SetErr makes every call fail with err (nil to heal).
 func (s *Store) SetErr(err error) { s.mu.Lock(); s.Err = err; s.mu.Unlock() }

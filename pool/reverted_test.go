@@ -1,0 +1,147 @@
+package pool_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jonboulle/clockwork"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/pooltest"
+)
+
+// revertHarness is a pool of 2 on the fake backend, listed in full at each
+// pass or (changes) as the local agent is, by changes since the last list.
+func revertHarness(t *testing.T, changes bool) (*pool.Controller, *pooltest.Backend, *pooltest.Store, *clockwork.FakeClock, func()) {
+	t.Helper()
+	clk := clockwork.NewFakeClockAt(t0)
+	cfg := pool.DefaultConfig()
+	cfg.Size = 2
+	be := pooltest.NewBackend(clk)
+	var backend pool.Backend = be
+	if changes {
+		backend = pooltest.Changes{Backend: be}
+	}
+	st := pooltest.NewStore()
+	c, err := pool.New(pool.Options{Config: cfg, Backend: backend, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	pass := func() {
+		t.Helper()
+		if err := c.Maintain(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, waitLong, "creations to settle", func() bool { return be.Settled(c.Creating()) })
+		c.WaitIdle(context.Background())
+	}
+	pass()
+	testkit.Eventually(t, waitLong, "2 pooled", func() bool {
+		s, _ := st.Load(context.Background())
+		return len(s.Pooled()) == 2
+	})
+	return c, be, st, clk, pass
+}
+
+// stateIn is id's state in the controller's view ("" when it has no row).
+func stateIn(c *pool.Controller, id string) pool.State {
+	for _, s := range c.Snapshot().Sandboxes {
+		if s.ID == id {
+			return s.State
+		}
+	}
+	return ""
+}
+
+// An old copy of the store put back lists as pooled a sandbox this process
+// claimed since: the pool view never shows it pooled, the next pass takes
+// it out of the store by the backend's record of the claim, and no claim
+// hands it out again (chaos seed 311: 'claimed, then back in the pool').
+func TestOldStorePutBackKeepsAClaimedSandboxOutOfThePool(t *testing.T) {
+	for _, changes := range []bool{false, true} {
+		name := "full lists"
+		if changes {
+			name = "lists of changes"
+		}
+		t.Run(name, func(t *testing.T) {
+			c, be, st, clk, pass := revertHarness(t, changes)
+			ctx := context.Background()
+			old, err := st.Load(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cl, err := c.Claim(ctx, pool.ClaimOptions{By: "cli"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.WaitIdle(ctx)
+			clk.Advance(time.Second)
+			pass() // a list of changes now starts after the claim
+			st.PutBack(old)
+			if _, err := c.Refresh(ctx, false); err != nil { // the store poll's load
+				t.Fatal(err)
+			}
+			if s := stateIn(c, cl.ID); s != "" && s != pool.StateClaimed {
+				t.Fatalf("claimed %s is %s in the pool view after an old store was put back", cl.ID, s)
+			}
+			pass()
+			s, _ := st.Load(ctx)
+			if slices.ContainsFunc(s.Pooled(), func(e pool.Entry) bool { return e.ID == cl.ID }) {
+				t.Fatalf("claimed %s still pooled in the store after a pass", cl.ID)
+			}
+			if s := stateIn(c, cl.ID); s != "" && s != pool.StateClaimed {
+				t.Fatalf("claimed %s is %s in the pool view after a pass", cl.ID, s)
+			}
+			for range len(s.Pooled()) {
+				got, err := c.Claim(ctx, pool.ClaimOptions{By: "cli"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.ID == cl.ID {
+					t.Fatalf("%s handed out twice", cl.ID)
+				}
+			}
+			if slices.Contains(be.Terminated(), cl.ID) || be.ClaimedBy(cl.ID) != "cli" {
+				t.Fatalf("claimed %s: terminated %v, the backend's record says claimed by %q", cl.ID, be.Terminated(), be.ClaimedBy(cl.ID))
+			}
+		})
+	}
+}
+
+// A sandbox another process claimed and gave back (its claimer left during
+// the health check, before the backend's record) is pooled again: the pass
+// finds the backend's record unclaimed and the view takes it back.
+func TestGivenBackElsewhereIsPooledAgain(t *testing.T) {
+	c, _, st, clk, pass := revertHarness(t, true)
+	ctx := context.Background()
+	e, _, ok, err := st.Take(ctx, pool.TakeRequest{MinExpiresAt: clk.Now(), ClaimedBy: "cli", Now: clk.Now()})
+	if err != nil || !ok {
+		t.Fatalf("take: %v %v", ok, err)
+	}
+	if _, err := c.Refresh(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if s := stateIn(c, e.ID); s != pool.StateClaimed {
+		t.Fatalf("%s taken by another process is %q in the view", e.ID, s)
+	}
+	if _, err := st.Remove(ctx, e.ID); err != nil { // given back
+		t.Fatal(err)
+	}
+	if err := st.Put(ctx, e.Ref); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(5 * time.Second) // past the claim record's grace
+	for range 2 {
+		pass()
+	}
+	if _, err := c.Refresh(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if s := stateIn(c, e.ID); s != pool.StateReady {
+		t.Fatalf("%s given back is %q in the view, want ready", e.ID, s)
+	}
+}
