@@ -55,12 +55,8 @@ func (b shortBackend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, 
 // A pool that would create forever (every sandbox judged expiring at once)
 // is stopped by the creation budget, and says why.
 func TestCreationBudgetStopsARunaway(t *testing.T) {
-	h := newHarness(t, nil)
-	c, err := pool.New(pool.Options{Config: h.cfg, Backend: shortBackend{h.be}, Store: h.st, Clock: h.clk, Checker: h.be.Checker})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	h := newHarnessOn(t, nil, func(be *pooltest.Backend) pool.Backend { return shortBackend{be} })
+	c := h.c
 	ctx := context.Background()
 	for range 60 {
 		if err := c.Maintain(ctx); err != nil {

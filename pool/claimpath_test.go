@@ -105,18 +105,16 @@ func (b *slowRecorder) MarkClaimed(ctx context.Context, id, by string) error {
 // a pass that would adopt live sandboxes unknown to a lost store waits for
 // the records pending, so the claimed one is never re-pooled.
 func TestAdoptionWaitsForPendingClaimRecords(t *testing.T) {
-	h := newHarness(t, nil)
+	var be *slowRecorder
+	h := newHarnessOn(t, nil, func(fake *pooltest.Backend) pool.Backend {
+		be = &slowRecorder{Backend: fake, in: make(chan string, 1), release: make(chan struct{})}
+		return be
+	})
 	ctx := context.Background()
-	be := &slowRecorder{Backend: h.be, in: make(chan string, 1), release: make(chan struct{})}
 	var releaseOnce sync.Once
 	release := func() { releaseOnce.Do(func() { close(be.release) }) }
-	c, err := pool.New(pool.Options{Config: h.cfg, Backend: be, Store: h.st, Clock: h.clk, Checker: h.be.Checker, Rand: func() float64 { return 0.5 }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
 	t.Cleanup(release) // runs first: Close waits for the record
-	h.c = c
+	c := h.c
 	h.pass()
 	h.c.WaitIdle(ctx)
 
@@ -184,21 +182,18 @@ func TestClaimWaitsForItsRecordOnlyWhenItMustTellDead(t *testing.T) {
 		{"probed by the claim", false, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newHarness(t, nil)
+			var slow *slowRecorder
+			h := newHarnessOn(t, nil, func(fake *pooltest.Backend) pool.Backend {
+				slow = &slowRecorder{Backend: fake, in: make(chan string, 1), release: make(chan struct{})}
+				if tc.selfContained {
+					return selfContained{slow}
+				}
+				return slow
+			})
 			ctx := context.Background()
-			slow := &slowRecorder{Backend: h.be, in: make(chan string, 1), release: make(chan struct{})}
-			var be pool.Backend = slow
-			if tc.selfContained {
-				be = selfContained{slow}
-			}
-			c, err := pool.New(pool.Options{Config: h.cfg, Backend: be, Store: h.st, Clock: h.clk, Checker: h.be.Checker, Rand: func() float64 { return 0.5 }})
-			if err != nil {
-				t.Fatal(err)
-			}
 			var releaseOnce sync.Once
-			t.Cleanup(c.Close)
 			t.Cleanup(func() { releaseOnce.Do(func() { close(slow.release) }) })
-			h.c = c
+			c := h.c
 			h.pass()
 			h.c.WaitIdle(ctx)
 			if tc.stale {

@@ -35,14 +35,25 @@ type harness struct {
 
 func newHarness(t *testing.T, mod func(*pool.Config)) *harness {
 	t.Helper()
+	return newHarnessOn(t, mod, nil)
+}
+
+// newHarnessOn is newHarness with the controller's backend made by wrap
+// from the fake one (nil: the fake itself).
+func newHarnessOn(t *testing.T, mod func(*pool.Config), wrap func(*pooltest.Backend) pool.Backend) *harness {
+	t.Helper()
 	clk := clockwork.NewFakeClockAt(t0)
 	cfg := pool.DefaultConfig()
 	if mod != nil {
 		mod(&cfg)
 	}
 	be := pooltest.NewBackend(clk)
+	var backend pool.Backend = be
+	if wrap != nil {
+		backend = wrap(be)
+	}
 	st := pooltest.NewStore()
-	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	c, err := pool.New(pool.Options{Config: cfg, Backend: backend, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
 	if err != nil {
 		t.Fatal(err)
 	}

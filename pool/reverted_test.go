@@ -6,45 +6,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jonboulle/clockwork"
-
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
 
-// revertHarness is a pool of 2 on the fake backend, listed in full at each
-// pass or (changes) as the local agent is, by changes since the last list.
-func revertHarness(t *testing.T, changes bool) (*pool.Controller, *pooltest.Backend, *pooltest.Store, *clockwork.FakeClock, func()) {
+// revertHarness is a pool of 2 at its target on the fake backend, listed
+// in full at each pass or (changes) as the local agent is, by changes since
+// the last list.
+func revertHarness(t *testing.T, changes bool) *harness {
 	t.Helper()
-	clk := clockwork.NewFakeClockAt(t0)
-	cfg := pool.DefaultConfig()
-	cfg.Size = 2
-	be := pooltest.NewBackend(clk)
-	var backend pool.Backend = be
+	var wrap func(*pooltest.Backend) pool.Backend
 	if changes {
-		backend = pooltest.Changes{Backend: be}
+		wrap = func(be *pooltest.Backend) pool.Backend { return pooltest.Changes{Backend: be} }
 	}
-	st := pooltest.NewStore()
-	c, err := pool.New(pool.Options{Config: cfg, Backend: backend, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	pass := func() {
-		t.Helper()
-		if err := c.Maintain(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		testkit.Eventually(t, waitLong, "creations to settle", func() bool { return be.Settled(c.Creating()) })
-		c.WaitIdle(context.Background())
-	}
-	pass()
-	testkit.Eventually(t, waitLong, "2 pooled", func() bool {
-		s, _ := st.Load(context.Background())
-		return len(s.Pooled()) == 2
-	})
-	return c, be, st, clk, pass
+	h := newHarnessOn(t, func(c *pool.Config) { c.Size = 2 }, wrap)
+	h.pass()
+	testkit.Eventually(t, waitLong, "2 pooled", func() bool { return len(h.pooledIDs()) == 2 })
+	return h
 }
 
 // stateIn is id's state in the controller's view ("" when it has no row).
@@ -68,19 +47,17 @@ func TestOldStorePutBackKeepsAClaimedSandboxOutOfThePool(t *testing.T) {
 			name = "lists of changes"
 		}
 		t.Run(name, func(t *testing.T) {
-			c, be, st, clk, pass := revertHarness(t, changes)
+			h := revertHarness(t, changes)
+			c, be, st := h.c, h.be, h.st
 			ctx := context.Background()
-			old, err := st.Load(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
+			old := h.stored()
 			cl, err := c.Claim(ctx, pool.ClaimOptions{By: "cli"})
 			if err != nil {
 				t.Fatal(err)
 			}
 			c.WaitIdle(ctx)
-			clk.Advance(time.Second)
-			pass() // a list of changes now starts after the claim
+			h.clk.Advance(time.Second)
+			h.pass() // a list of changes now starts after the claim
 			st.PutBack(old)
 			if _, err := c.Refresh(ctx, false); err != nil { // the store poll's load
 				t.Fatal(err)
@@ -88,8 +65,8 @@ func TestOldStorePutBackKeepsAClaimedSandboxOutOfThePool(t *testing.T) {
 			if s := stateIn(c, cl.ID); s != "" && s != pool.StateClaimed {
 				t.Fatalf("claimed %s is %s in the pool view after an old store was put back", cl.ID, s)
 			}
-			pass()
-			s, _ := st.Load(ctx)
+			h.pass()
+			s := h.stored()
 			if slices.ContainsFunc(s.Pooled(), func(e pool.Entry) bool { return e.ID == cl.ID }) {
 				t.Fatalf("claimed %s still pooled in the store after a pass", cl.ID)
 			}
@@ -116,7 +93,8 @@ func TestOldStorePutBackKeepsAClaimedSandboxOutOfThePool(t *testing.T) {
 // the health check, before the backend's record) is pooled again: the pass
 // finds the backend's record unclaimed and the view takes it back.
 func TestGivenBackElsewhereIsPooledAgain(t *testing.T) {
-	c, _, st, clk, pass := revertHarness(t, true)
+	h := revertHarness(t, true)
+	c, st, clk := h.c, h.st, h.clk
 	ctx := context.Background()
 	e, _, ok, err := st.Take(ctx, pool.TakeRequest{MinExpiresAt: clk.Now(), ClaimedBy: "cli", Now: clk.Now()})
 	if err != nil || !ok {
@@ -136,7 +114,7 @@ func TestGivenBackElsewhereIsPooledAgain(t *testing.T) {
 	}
 	clk.Advance(5 * time.Second) // past the claim record's grace
 	for range 2 {
-		pass()
+		h.pass()
 	}
 	if _, err := c.Refresh(ctx, false); err != nil {
 		t.Fatal(err)
