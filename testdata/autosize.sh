@@ -21,32 +21,10 @@ load=$work/claimload
 pid=
 state=
 say() { echo "autosize: $*" >&2; }
+. testdata/lib.sh
 
-stop_pool() {
-	set +e
-	if [ -n "$pid" ]; then
-		kill -INT "$pid" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-		pid=
-	fi
-	if [ -n "$state" ] && [ -x "$bin" ]; then
-		"$bin" terminate --all --state-dir "$state" >/dev/null 2>&1
-		for _ in $(seq 50); do
-			left=$("$load" cpu -state-dir "$state" | sed -n 's/.* pids=\(.*\)/\1/p')
-			[ -z "$left" ] && break
-			sleep 0.2
-		done
-		for p in ${left//,/ }; do kill -KILL "$p" 2>/dev/null; done
-	fi
-	state=
-	set -e
-}
 trap 'stop_pool; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
-
-kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n1; }
 
 # run NAME FLOOR FLAGS...: one pool under the profile; rows go to $work/NAME.rows.
 run() {
@@ -56,13 +34,8 @@ run() {
 	say "$name: sandboxpool run $*"
 	"$bin" run --state-dir "$state" --warmup 1s --listen 127.0.0.1:0 "$@" 2>"$work/$name.log" &
 	pid=$!
-	local api=
-	for _ in $(seq 200); do
-		api=$(grep -o 'api=http://[0-9.:]*' "$work/$name.log" | head -n1 | sed 's/^api=//') || true
-		[ -n "$api" ] && break
-		sleep 0.05
-	done
-	[ -n "$api" ] || { cat "$work/$name.log" >&2; exit 1; }
+	local api
+	api=$(wait_api "$work/$name.log") || exit 1
 	"$load" wait-ready -url "$api" -want "$floor" >/dev/null
 	"$load" steps -url "$api" -profile "$PROFILE" -floor "$floor" >"$work/$name.rows"
 	tail -n1 "$work/$name.rows" >&2

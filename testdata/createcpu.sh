@@ -40,36 +40,18 @@ pid=
 state=
 straces=()
 say() { echo "createcpu: $*" >&2; }
+. testdata/lib.sh
 
+# stop_run: the run's tracers, then its pool.
 stop_run() {
-	set +e
-	for s in "${straces[@]}"; do kill -INT "$s" 2>/dev/null; wait "$s" 2>/dev/null; done
+	for s in "${straces[@]}"; do kill -INT "$s" 2>/dev/null || true; wait "$s" 2>/dev/null || true; done
 	straces=()
-	if [ -n "$pid" ]; then
-		kill -INT "$pid" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-		pid=
-	fi
-	if [ -n "$state" ] && [ -d "$state" ]; then
-		"$bin" terminate --all --state-dir "$state" >/dev/null 2>&1
-		for _ in $(seq 50); do
-			left=$("$load" cpu -state-dir "$state" | sed -n 's/.* pids=\(.*\)/\1/p')
-			[ -z "$left" ] && break
-			sleep 0.2
-		done
-		for p in ${left//,/ }; do kill -KILL "$p" 2>/dev/null; done
-	fi
-	set -e
+	stop_pool
 }
 cleanup() { stop_run; rm -rf "$work"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n1; }
-metric() { curl -sf "$api/metrics" | awk -v m="$1" '$1==m {print $2}'; }
-cpu() { kv "$("$load" cpu -state-dir "$state" -pid "$pid")" cpu_ms; }
 created() { metric 'sandboxpool_creations_total{result="ok"}'; }
 agentpid() { "$load" cpu -state-dir "$state" -pid "$pid" | sed -n 's/.* pids=\(.*\)/\1/p' | tr , '\n' | grep -vx "$pid" | head -n1; }
 # ticks PID: utime+stime (+ reaped children) of one process, in ms.
@@ -100,14 +82,7 @@ for run in $(seq "$RUNS"); do
 	env "${env[@]}" "$bin" run --state-dir "$state" --size "$POOL" --max-size "$MAX" --ttl 10m \
 		--listen 127.0.0.1:0 2>"$work/run$run.log" &
 	pid=$!
-	api=
-	for _ in $(seq 200); do
-		api=$(grep -so 'api=http://[0-9.:]*' "$work/run$run.log" | head -n1 | sed 's/^api=//') || true
-		[ -n "$api" ] && break
-		kill -0 "$pid" 2>/dev/null || { cat "$work/run$run.log" >&2; exit 1; }
-		sleep 0.05
-	done
-	[ -n "$api" ] || { say "the API never came up"; exit 1; }
+	api=$(wait_api "$work/run$run.log") || exit 1
 	"$load" wait-ready -url "$api" -want "$POOL" >/dev/null
 	apid=$(agentpid)
 	for grow in $(seq "$GROWS"); do
@@ -159,6 +134,5 @@ for run in $(seq "$RUNS"); do
 		[ "$grow" -eq 1 ] && firsts+=("$per") && finefirsts+=("$fine")
 	done
 	stop_run
-	state=
 done
 echo "median_first_grow_ms_per_creation=$(printf '%s\n' "${firsts[@]}" | median) sched=$(printf '%s\n' "${finefirsts[@]}" | median) runs=$RUNS"

@@ -43,40 +43,16 @@ bin=$work/sandboxpool
 load=$work/claimload
 pid=
 say() { echo "perf: $*" >&2; }
+. testdata/lib.sh
 
 cleanup() {
-	set +e
-	if [ -n "$pid" ]; then
-		kill -INT "$pid" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-	fi
-	if [ -x "$bin" ] && [ -d "$state" ]; then
-		"$bin" terminate --all --state-dir "$state" >/dev/null 2>&1
-	fi
-	# Anything of the pool still alive after a grace period is killed.
-	if [ -x "$load" ]; then
-		for _ in $(seq 50); do
-			left=$("$load" cpu -state-dir "$state" | sed -n 's/.* pids=\(.*\)/\1/p')
-			[ -z "$left" ] && break
-			sleep 0.2
-		done
-		if [ -n "$left" ]; then
-			say "killing what the pool left running: $left"
-			for p in ${left//,/ }; do kill -KILL "$p" 2>/dev/null; done
-		fi
-	fi
-	if [ -n "${KEEP_LOG:-}" ] && [ -f "$work/run.log" ]; then cp "$work/run.log" "$KEEP_LOG"; fi
+	stop_pool
+	if [ -n "${KEEP_LOG:-}" ] && [ -f "$work/run.log" ]; then cp "$work/run.log" "$KEEP_LOG" || true; fi
 	rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# kv LINE KEY: the value of KEY in a key=value line.
-kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n1; }
-metric() { curl -sf "$api/metrics" | awk -v m="$1" '$1==m {print $2}'; }
-cpu() { kv "$("$load" cpu -state-dir "$state" -pid "$pid")" cpu_ms; }
 ms() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%.1f", a / b }'; }
 
 say "building"
@@ -99,14 +75,7 @@ start_ns=$(date +%s%N)
 "$bin" run --state-dir "$state" --size "$POOL" --max-size "$MAX" --ttl 10m \
 	--listen 127.0.0.1:0 2>"$work/run.log" &
 pid=$!
-api=
-for _ in $(seq 200); do
-	api=$(grep -o 'api=http://[0-9.:]*' "$work/run.log" | head -n1 | sed 's/^api=//') || true
-	[ -n "$api" ] && break
-	kill -0 "$pid" 2>/dev/null || { cat "$work/run.log" >&2; exit 1; }
-	sleep 0.05
-done
-[ -n "$api" ] || { say "the API never came up"; cat "$work/run.log" >&2; exit 1; }
+api=$(wait_api "$work/run.log") || exit 1
 fill=$("$load" wait-ready -url "$api" -want "$POOL" -since "$start_ns")
 cpu_fill=$(cpu)
 created_fill=$(metric 'sandboxpool_creations_total{result="ok"}')
