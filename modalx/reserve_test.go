@@ -31,21 +31,30 @@ func waitReserved(t *testing.T, s *Store, n int) {
 	}
 }
 
+// reserving opens a pool of n sandboxes (5 minutes each) twice: s, whose
+// lease l (released at the test's end, if not before) has it reserve
+// sandboxes until it holds want, and other, another process's view of it.
+func reserving(t *testing.T, o Options, n, want int) (s, other *Store, l pool.Lease) {
+	t.Helper()
+	b, s := open(t, o)
+	_, other = open(t, o)
+	fill(t, b, s, n, 5*time.Minute)
+	l, err := s.AcquireLease(ctxT(t), pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Release() })
+	waitReserved(t, s, want)
+	return s, other, l
+}
+
 // TestReservedClaimOneRoundTrip: the lease holder serves a warm claim from
 // its reservations with one RPC (the claim record) on the critical path;
 // other processes see reserved sandboxes as pooled and never get them.
 func TestReservedClaimOneRoundTrip(t *testing.T) {
 	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
-	b, s := open(t, Options{Pool: "fast", LeaseHeartbeat: time.Second})
-	_, other := open(t, Options{Pool: "fast", LeaseHeartbeat: time.Second})
-	fill(t, b, s, 8, 5*time.Minute)
-	l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release()
-	waitReserved(t, s, maxReserved)
+	s, other, l := reserving(t, Options{Pool: "fast", LeaseHeartbeat: time.Second}, 8, maxReserved)
 	if st := load(t, other); len(st.Pooled()) != 8 {
 		t.Fatalf("another process sees %d pooled, want all 8 (reserved ones included)", len(st.Pooled()))
 	}
@@ -178,15 +187,7 @@ func TestQueueClearedKeepsReservationsReserved(t *testing.T) {
 	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	// No heartbeat within the test: the holder does not notice the loss.
-	b, s := open(t, Options{Pool: "clres", LeaseHeartbeat: time.Hour})
-	_, other := open(t, Options{Pool: "clres", LeaseHeartbeat: time.Hour})
-	fill(t, b, s, 8, 5*time.Minute)
-	l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Release()
-	waitReserved(t, s, maxReserved)
+	s, other, _ := reserving(t, Options{Pool: "clres", LeaseHeartbeat: time.Hour}, 8, maxReserved)
 	s.rmu.Lock()
 	reserved := entryIDs(s.hold.reserved)
 	s.rmu.Unlock()
