@@ -87,7 +87,7 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 	if !controller {
 		role = pool.RoleBackfill // only `claim` serves without being a controller command
 	}
-	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Role: role, Command: commandLine(os.Args)})
+	ctrl, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Role: role, Command: commandLine(os.Args), Logger: logger})
 	if err != nil {
 		closeAll()
 		return nil, err

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,9 @@ type Options struct {
 	// maintains the pool and where its API is.
 	Command string
 	API     string
+	// Logger takes what is worth a log line but is no event of the pool
+	// (SPEC's kinds): a claimed sandbox's end. Nil discards it.
+	Logger *slog.Logger
 }
 
 // Controller keeps one pool at its target. All methods are safe for
@@ -47,6 +51,7 @@ type Controller struct {
 	loop    *loopProber // the default Checker's kept connections, closed by Close
 	rnd     func() float64
 	poll    time.Duration
+	log     *slog.Logger
 	leaseAs LeaseRecord // what this process writes in the lease (Since set when taken)
 
 	// Lifetime: life bounds every goroutine the controller starts; Close cancels it.
@@ -188,7 +193,7 @@ func New(o Options) (*Controller, error) {
 	life, stop := context.WithCancel(context.Background())
 	c := &Controller{
 		cfg: o.Config, be: o.Backend, st: o.Store, clk: o.Clock, check: o.Checker, loop: loop, rnd: o.Rand,
-		poll: o.StorePollEvery, life: life, stop: stop,
+		poll: o.StorePollEvery, life: life, stop: stop, log: cmp.Or(o.Logger, slog.New(slog.DiscardHandler)),
 		leaseAs:      LeaseRecord{Host: hostname(), Pid: osGetpid(), Role: cmp.Or(o.Role, RoleController), Command: o.Command, API: o.API},
 		kickCh:       make(chan struct{}, 1),
 		target:       o.Config.Size,

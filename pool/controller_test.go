@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -31,6 +32,7 @@ type harness struct {
 	st  *pooltest.Store
 	c   *pool.Controller
 	cfg pool.Config
+	log *logLines // what the controller logs besides its events
 }
 
 func newHarness(t *testing.T, mod func(*pool.Config)) *harness {
@@ -53,12 +55,14 @@ func newHarnessOn(t *testing.T, mod func(*pool.Config), wrap func(*pooltest.Back
 		backend = wrap(be)
 	}
 	st := pooltest.NewStore()
-	c, err := pool.New(pool.Options{Config: cfg, Backend: backend, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	log := &logLines{}
+	c, err := pool.New(pool.Options{Config: cfg, Backend: backend, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 },
+		Logger: slog.New(log)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	return &harness{t: t, clk: clk, be: be, st: st, c: c, cfg: cfg}
+	return &harness{t: t, clk: clk, be: be, st: st, c: c, cfg: cfg, log: log}
 }
 
 // waitLong bounds every wait on the controller's goroutines (in real time:

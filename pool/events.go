@@ -227,11 +227,6 @@ func describe(e Event) string {
 			return fmt.Sprintf("%s terminated (%s) by %s", id, e.Reason, byText(e.By))
 		}
 		return fmt.Sprintf("%s terminated (%s)", id, e.Reason)
-	case EventEnded:
-		if e.By != "" {
-			return fmt.Sprintf("%s, claimed by %s, ended: %s", id, e.By, e.Reason)
-		}
-		return fmt.Sprintf("claimed sandbox %s ended: %s", id, e.Reason)
 	case EventAdopted:
 		return id + " adopted"
 	case EventBackoff:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"time"
@@ -240,9 +241,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			c.forget(d.e.ID)
 			switch {
 			case d.reason == "":
-				// A claimed sandbox that ended: nothing to terminate, but
-				// its claimer's operator wants to know it and how.
-				c.emit(Event{Kind: EventEnded, SandboxID: d.e.ID, By: d.e.ClaimedBy, Reason: c.howEnded(ctx, d.e, listedAt)})
+				c.saySandboxEnded(ctx, d.e, listedAt)
 			case d.reason == reasonClaimedElsewhere:
 				c.emit(Event{Kind: EventStoreChanged, SandboxID: d.e.ID,
 					Message: d.e.ID + " is claimed (the backend says so): left out of the pool"})
@@ -327,6 +326,27 @@ func (c *Controller) howEnded(ctx context.Context, e Entry, listedAt time.Time) 
 		return ExitText(info.Code) + ": " + lastLine(info.Tail)
 	}
 	return ExitText(info.Code)
+}
+
+// saySandboxEnded logs the end of a claimed sandbox, which left the pool
+// when it was claimed: no event of the pool (SPEC has no kind for it). Its
+// expiry is routine (debug: one a claim, every few seconds under load); an
+// early end (its workload exited, something killed it) is news to its
+// claimer's operator, with how.
+func (c *Controller) saySandboxEnded(ctx context.Context, e Entry, listedAt time.Time) {
+	how := c.howEnded(ctx, e, listedAt)
+	level := slog.LevelInfo
+	if how == ReasonExpired {
+		level = slog.LevelDebug
+	}
+	if !c.log.Enabled(ctx, level) {
+		return
+	}
+	msg := fmt.Sprintf("claimed sandbox %s ended: %s", e.ID, how)
+	if e.ClaimedBy != "" {
+		msg = fmt.Sprintf("%s, claimed by %s, ended: %s", e.ID, e.ClaimedBy, how)
+	}
+	c.log.Log(ctx, level, msg, "sandbox", e.ID)
 }
 
 // claimRecordGrace is how long a claimer has to write the backend's record

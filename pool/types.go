@@ -339,7 +339,6 @@ const (
 	EventLeaseWait      EventKind = "lease_wait"      // a controller waits for a claim's backfill to hand the pool over
 	EventHealthRecovery EventKind = "health_recovery" // an unhealthy sandbox answered again
 	EventTiming         EventKind = "timing"          // this process judges by the pool's stored timing
-	EventEnded          EventKind = "ended"           // a claimed sandbox's end, once noticed; Reason says how
 )
 
 // Termination reasons, as counted by metrics.

@@ -801,8 +801,6 @@ func (m *Model) onEvents(evs []pool.Event) {
 				delete(m.mine, e.SandboxID)
 			}
 			m.flash.sandboxEnded(e.SandboxID, "terminated ("+e.Reason+")")
-		case pool.EventEnded:
-			m.flash.sandboxEnded(e.SandboxID, "ended ("+e.Reason+")")
 		case pool.EventClaimed:
 			m.spark.claim(e.Time, e.Duration)
 		}

@@ -132,8 +132,6 @@ func (h *history) event(e pool.Event, by string) {
 		h.add(e.SandboxID, mark{at: at, what: "claimed by " + orDash(e.By) + " (" + how + ")", from: from})
 	case pool.EventTerminated:
 		h.add(e.SandboxID, mark{at: at, what: "terminated (" + orDash(e.Reason) + ")", bad: e.Reason != pool.ReasonUser, from: from})
-	case pool.EventEnded:
-		h.add(e.SandboxID, mark{at: at, what: "ended: " + orDash(e.Reason), bad: e.Reason != "expired", from: from})
 	case pool.EventExpired:
 		h.add(e.SandboxID, mark{at: at, what: "expired: too little time left", from: from})
 	case pool.EventAdopted:
