@@ -6,7 +6,7 @@
 // A change appends its records and flushes them with one fdatasync, shared
 // by every change this process queued meanwhile (group commit): no new file,
 // no rename, no directory sync. A put (a new sandbox) and a take (a claim)
-// are flushed after their caller has its answer, within flushDelay (see
+// are flushed after their caller has its answer, within flushDelay (1 s, see
 // change.lazy): one fdatasync in the background for all of that spell.
 // When the log outgrows the snapshot, a compaction in the background
 // rewrites the file (temp file, fsync, rename, fsync directory), dropping
@@ -467,8 +467,13 @@ func (s *Store) appendLocked(recs []byte, flush bool) error {
 // flushDelay: lazy changes wait this long for their flush, so that one
 // fdatasync serves every change of that spell. Run at once, a flush slowed
 // the next claim's append (it waits for the file's journal commit): back
-// to back claims took 1.1-1.6 ms instead of 0.65-0.95.
-const flushDelay = 100 * time.Millisecond
+// to back claims took 1.1-1.6 ms instead of 0.65-0.95. Each flush is a
+// wake-up of its own (~14 context switches of the controller on the 2-core
+// VM, half of them the Go runtime's sysmon polling while the fdatasync
+// holds a P): at 100 ms, claims 300 ms apart each paid a flush of theirs,
+// a quarter of their switches. What waits is only a machine crash's loss,
+// which names sandboxes that crash killed (see change.lazy).
+const flushDelay = time.Second
 
 // flushSoon has f flushed in the background within flushDelay: one
 // fdatasync for every lazy change appended meanwhile (group commit), after
