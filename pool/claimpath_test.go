@@ -367,6 +367,56 @@ func TestProbeAheadKeepsTheHeadFresh(t *testing.T) {
 	}
 }
 
+// Claims at least half of HealthFresh apart have only the head probed
+// ahead (its probe is long done when the next claim comes; two ahead had
+// every sandbox probed twice with claims 300 ms apart); claims closer
+// together have two probed ahead.
+func TestProbeAheadDepthFollowsClaimSpacing(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 5 })
+	p := newProbeCounter(h)
+	c := h.serving(p)
+	pooled := h.stored().Pooled()
+	counts := func() []int {
+		var n []int
+		for _, e := range pooled {
+			n = append(n, p.count(e.URL))
+		}
+		return n
+	}
+	claim := func(want pool.Entry, probedAhead ...int) {
+		t.Helper()
+		before := counts()
+		got, err := c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
+		if err != nil || got.ID != want.ID {
+			t.Fatalf("claimed %s (%v), want %s", got.ID, err, want.ID)
+		}
+		testkit.Eventually(t, waitLong, "the probes ahead", func() bool { return !c.ProbingAhead() })
+		after := counts()
+		for i := range pooled {
+			want := before[i]
+			if slices.Contains(probedAhead, i) {
+				want++
+			}
+			if pooled[i].ID == got.ID || after[i] == want {
+				continue
+			}
+			t.Fatalf("after the claim of %s: sandbox %d probed %d times more, want %d (probed ahead: %v)",
+				got.ID, i, after[i]-before[i], want-before[i], probedAhead)
+		}
+	}
+	h.clk.Advance(h.cfg.HealthFresh) // every probe so far is stale
+	claim(pooled[0], 1)
+	h.clk.Advance(h.cfg.HealthFresh / 2) // spaced out: the head's probe is still fresh
+	if n := p.count(pooled[1].URL); n != 2 {
+		t.Fatalf("%s probed %d times before its claim, want 2", pooled[1].ID, n)
+	}
+	claim(pooled[1], 2)
+	if n := p.count(pooled[1].URL); n != 2 {
+		t.Fatalf("%s probed %d times, want 2 (the claim trusted its probe ahead)", pooled[1].ID, n)
+	}
+	claim(pooled[2], 3, 4) // right after the last one
+}
+
 // A claim on its way out goes ahead of the backfill it causes: the pass
 // that follows a claim starts no creation while a claim is still probing.
 func TestClaimsGoAheadOfBackfill(t *testing.T) {

@@ -60,15 +60,16 @@ type Controller struct {
 	wg   sync.WaitGroup
 
 	// Coordination without a lock held across I/O, each with its own guard.
-	passes   passRunner    // one maintenance pass at a time (its own mutex, never held across a pass)
-	takes    takeGate      // claims on their way out now: take, probe (its own mutex)
-	records  claimRecords  // claims whose backend record is not made yet (its own mutex)
-	ahead    atomic.Bool   // a probe ahead of claims runs (probeAhead)
-	waitq    waitQueue     // waiting claims in arrival order (its own mutex)
-	kickCh   chan struct{} // asks the maintenance loop for a pass; kicks coalesce
-	looping  atomic.Bool   // a maintenance loop runs in this process
-	creating atomic.Int64  // creations in flight, read without mu
-	rounds   atomic.Int64  // passes and viewer watch rounds finished (Rounds)
+	passes    passRunner    // one maintenance pass at a time (its own mutex, never held across a pass)
+	takes     takeGate      // claims on their way out now: take, probe (its own mutex)
+	records   claimRecords  // claims whose backend record is not made yet (its own mutex)
+	ahead     atomic.Bool   // a probe ahead of claims runs (probeAhead)
+	lastAhead atomic.Int64  // when the last claim asked for probes ahead (Unix ns)
+	waitq     waitQueue     // waiting claims in arrival order (its own mutex)
+	kickCh    chan struct{} // asks the maintenance loop for a pass; kicks coalesce
+	looping   atomic.Bool   // a maintenance loop runs in this process
+	creating  atomic.Int64  // creations in flight, read without mu
+	rounds    atomic.Int64  // passes and viewer watch rounds finished (Rounds)
 	// The pool's timing, as stored (one pool, one timing): what "good"
 	// means here even when this process was given other flags.
 	ttlNs, useNs atomic.Int64

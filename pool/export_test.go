@@ -21,3 +21,6 @@ func (c *Controller) MemoryCounts() map[string]int {
 	c.cost.mu.Unlock()
 	return out
 }
+
+// ProbingAhead says a probe ahead of claims runs (probeAhead).
+func (c *Controller) ProbingAhead() bool { return c.ahead.Load() }

@@ -184,8 +184,13 @@ func (c *Controller) probeEach(ctx context.Context, entries []Entry, parallel in
 	return int(bad.Load())
 }
 
-// probeAheadN is how many of the pool's next sandboxes a claim keeps fresh,
-// plus one per claim on its way out (a burst), up to probeAheadMax.
+// probeAheadN is how many of the pool's next sandboxes a claim keeps fresh
+// when claims come closer together than half of HealthFresh (the next
+// claim may come while the probe of its sandbox runs, and only one probe
+// ahead runs at a time), one when they come further apart; plus one per
+// claim on its way out (a burst), up to probeAheadMax. Two for claims
+// 300 ms apart probed every sandbox twice: at second place, then again at
+// the head, its first probe being older than HealthFresh/2 by then.
 const (
 	probeAheadN   = 2
 	probeAheadMax = 16
@@ -197,11 +202,19 @@ const (
 // HealthFresh then skips its own probe. One runs at a time; only a
 // controller (its loops on) does it.
 func (c *Controller) probeAhead() {
-	if !c.looping.Load() || c.cfg.HealthFresh <= 0 || !c.ahead.CompareAndSwap(false, true) {
+	if !c.looping.Load() || c.cfg.HealthFresh <= 0 {
 		return
 	}
 	now := c.clk.Now()
-	n := min(probeAheadN+c.takes.inFlight(), probeAheadMax)
+	spaced := now.Sub(time.Unix(0, c.lastAhead.Swap(now.UnixNano()))) >= c.cfg.HealthFresh/2
+	if !c.ahead.CompareAndSwap(false, true) {
+		return
+	}
+	n := probeAheadN
+	if spaced {
+		n-- // the head's probe is done long before the next claim
+	}
+	n = min(n+c.takes.inFlight(), probeAheadMax)
 	var next []Entry
 	c.mu.Lock()
 	for _, e := range c.stored.Entries {
