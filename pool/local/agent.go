@@ -745,11 +745,10 @@ func (sb *sandbox) stopBuiltin() {
 // startCmd starts a --cmd workload: /bin/sh -c, a direct child of the agent
 // in its own process group, its output piped into the capped log.
 func (a *agent) startCmd(sb *sandbox, r request) error {
-	f, port, err := bindLoopback()
+	port, err := cmdPort(cmdPorts) // the command binds it itself
 	if err != nil {
 		return err
 	}
-	f.Close() // the command binds the port itself
 	sb.cmd = true
 	sb.url = "http://127.0.0.1:" + strconv.Itoa(port)
 	ps := strconv.Itoa(port)

@@ -26,10 +26,20 @@ type portCursor struct {
 	lo, hi, next int
 }
 
-var loopbackPorts = newPortCursor("/proc/sys/net/ipv4/ip_local_port_range")
+// portRangeFile is the kernel's ephemeral port range: the ports it picks
+// for a connect() or a bind to port 0.
+const portRangeFile = "/proc/sys/net/ipv4/ip_local_port_range"
+
+var loopbackPorts = newPortCursor(portRangeFile)
 
 func newPortCursor(rangeFile string) *portCursor {
-	lo, hi := 32768, 60999 // Linux's default
+	lo, hi := ephemeralRange(rangeFile)
+	return cursorOver(lo, hi)
+}
+
+// ephemeralRange reads the kernel's ephemeral range from rangeFile.
+func ephemeralRange(rangeFile string) (lo, hi int) {
+	lo, hi = 32768, 60999 // Linux's default
 	if b, err := os.ReadFile(rangeFile); err == nil {
 		f := strings.Fields(string(b))
 		if len(f) == 2 {
@@ -40,9 +50,87 @@ func newPortCursor(rangeFile string) *portCursor {
 			}
 		}
 	}
-	// A random start: an agent that follows a dead one does not walk
-	// through the ports its sandboxes' connections may still hold.
+	return lo, hi
+}
+
+// cursorOver is a cursor over the ports lo..hi. A random start: an agent
+// that follows a dead one does not walk through the ports its sandboxes'
+// connections may still hold, nor in step with another pool's agent.
+func cursorOver(lo, hi int) *portCursor {
 	return &portCursor{lo: lo, hi: hi, next: lo + rand.IntN(hi-lo+1)}
+}
+
+// cmdPorts picks the ports of --cmd workloads. Such a port is free when
+// the agent hands it out, but the workload binds it only once started
+// (python's http.server: 0.1-4 s later); a port of the ephemeral range may
+// be taken meanwhile by any connect() on the machine (a health check's, a
+// client's) or any bind to port 0 (every test server), and the workload
+// then fails, "Address already in use". Outside that range, only a bind
+// to that very port can take it. The range above the ephemeral one is
+// preferred (services listen below it); with no room on either side, the
+// ephemeral range as before.
+var cmdPorts = newCmdPortCursor(portRangeFile)
+
+const (
+	cmdPortsMin  = 1024  // the fewest ports a range outside the ephemeral one must have
+	cmdPortFloor = 10000 // below the ephemeral range, not under this (services' ports)
+)
+
+func newCmdPortCursor(rangeFile string) *portCursor {
+	lo, hi := ephemeralRange(rangeFile)
+	switch {
+	case 65535-hi >= cmdPortsMin:
+		return cursorOver(hi+1, 65535)
+	case lo-cmdPortFloor >= cmdPortsMin:
+		return cursorOver(cmdPortFloor, lo-1)
+	}
+	return cursorOver(lo, hi)
+}
+
+// cmdPort returns a port for a --cmd workload to bind: free on every
+// address, so that the workload's bind (127.0.0.1, 0.0.0.0 or, as
+// python's http.server does, :: for both stacks) finds it free.
+func cmdPort(c *portCursor) (int, error) {
+	port := 0
+	err := c.pick(func(p int) error {
+		if p == 0 { // the range is full: the kernel's choice, as before
+			f, q, err := bindLoopback()
+			if err != nil {
+				return err
+			}
+			f.Close()
+			port = q
+			return nil
+		}
+		if err := freeEverywhere(p); err != nil {
+			return err
+		}
+		port = p
+		return nil
+	})
+	return port, err
+}
+
+// freeEverywhere binds port on every address, IPv6 and IPv4 in one socket
+// (IPv4 alone where there is no IPv6), and lets it go: nil when the port
+// is free on all of them.
+func freeEverywhere(port int) error {
+	if fd, err := syscall.Socket(syscall.AF_INET6, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0); err == nil {
+		err = syscall.SetsockoptInt(fd, syscall.IPPROTO_IPV6, syscall.IPV6_V6ONLY, 0)
+		if err == nil {
+			err = syscall.Bind(fd, &syscall.SockaddrInet6{Port: port})
+		}
+		syscall.Close(fd)
+		if err == nil || errors.Is(err, syscall.EADDRINUSE) || errors.Is(err, syscall.EACCES) {
+			return err
+		}
+	}
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	return syscall.Bind(fd, &syscall.SockaddrInet4{Port: port})
 }
 
 // take hands out the next port of the range, wrapping around.
