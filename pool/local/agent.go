@@ -8,7 +8,6 @@ import (
 	"io"
 	"log"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -125,7 +124,7 @@ type sandbox struct {
 	expiry    *time.Timer
 
 	// Built-in workload.
-	srv  *http.Server
+	srv  *builtinServer
 	raw  *os.File    // during warmup: the port's socket, bound, not listening
 	warm *time.Timer // ends the warmup
 
@@ -647,15 +646,7 @@ func cmpInt(v, def int64) int64 {
 // startBuiltin serves the sandbox's listing from inside the agent: a
 // sandbox costs a socket and a goroutine, not a process.
 func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration, readme string) error {
-	sb.srv = &http.Server{
-		Handler:           builtinHandler{readme: readme, at: sb.createdAt},
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          log.New(sb.log, "", log.LstdFlags),
-		// Plain HTTP/1.1, as http.server serves: no HTTP/2 server set up
-		// per sandbox at its first Serve.
-		Protocols: builtinProtocols,
-	}
+	sb.srv = &builtinServer{h: builtinHandler{readme: readme, at: sb.createdAt}, log: sb.log}
 	if warmup <= 0 {
 		// No TCP keep-alive on loopback (no peer can vanish unseen): four
 		// setsockopt calls fewer per connection accepted.
@@ -664,7 +655,7 @@ func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration, readme string) e
 			return err
 		}
 		sb.url = "http://" + ln.Addr().String()
-		go func() { _ = sb.srv.Serve(ln) }()
+		go sb.srv.serve(ln)
 		fmt.Fprintf(sb.log, "sandboxpool: serving the built-in listing on %s\n", sb.url)
 		return nil
 	}
@@ -694,40 +685,10 @@ func (a *agent) startBuiltin(sb *sandbox, warmup time.Duration, readme string) e
 			fmt.Fprintf(sb.log, "sandboxpool: listen: %v\n", err)
 			return
 		}
-		go func() { _ = sb.srv.Serve(ln) }()
+		go sb.srv.serve(ln)
 		fmt.Fprintf(sb.log, "sandboxpool: serving the built-in listing on %s after a %s warmup\n", sb.url, warmup)
 	})
 	return nil
-}
-
-var builtinProtocols = func() *http.Protocols {
-	var p http.Protocols
-	p.SetHTTP1(true)
-	return &p
-}()
-
-// builtinHandler is the built-in workload: a directory listing holding one
-// README.txt, as http.FileServer would serve it from disk.
-type builtinHandler struct {
-	readme string
-	at     time.Time
-}
-
-var builtinListing = []byte("<!doctype html>\n<meta name=\"viewport\" content=\"width=device-width\">\n<pre>\n<a href=\"README.txt\">README.txt</a>\n</pre>\n")
-
-func (h builtinHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	switch r.URL.Path {
-	case "/":
-		w.Header()["Content-Type"] = []string{"text/html; charset=utf-8"}
-		w.Header()["Content-Length"] = []string{strconv.Itoa(len(builtinListing))}
-		if r.Method != http.MethodHead {
-			_, _ = w.Write(builtinListing)
-		}
-	case "/README.txt":
-		http.ServeContent(w, r, "README.txt", h.at, strings.NewReader(h.readme))
-	default:
-		http.NotFound(w, r)
-	}
 }
 
 // stopBuiltin closes the server and its connections at once.
@@ -739,7 +700,7 @@ func (sb *sandbox) stopBuiltin() {
 		sb.raw.Close()
 		sb.raw = nil
 	}
-	_ = sb.srv.Close()
+	sb.srv.close()
 }
 
 // startCmd starts a --cmd workload: /bin/sh -c, a direct child of the agent
