@@ -37,9 +37,15 @@ type loopProber struct {
 type probeConn struct {
 	host string
 	c    net.Conn
-	r    *bufio.Reader
 	used time.Time
 }
+
+// probeBufs lends a probe its read buffer for the time of one exchange: a
+// kept connection holds none while it idles (one per pooled sandbox), and
+// an answer is read whole within the exchange (keep requires nothing left
+// buffered). 1 KiB holds a small answer in one read; a longer header line
+// or body is read in pieces.
+var probeBufs = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 1024) }}
 
 // As net/http's Transport in NewHealthClient: two idle connections per
 // sandbox, a bounded total, closed after probeIdleFor unused.
@@ -86,7 +92,7 @@ func (p *loopProber) check(ctx context.Context, host, uri string, h *Health) err
 			if err != nil {
 				return err
 			}
-			pc, reused = &probeConn{host: host, c: c, r: bufio.NewReaderSize(c, 4096)}, false
+			pc, reused = &probeConn{host: host, c: c}, false
 		}
 		status, keep, started, err := p.exchange(ctx, pc, req)
 		if err == nil {
@@ -116,17 +122,23 @@ func (p *loopProber) exchange(ctx context.Context, pc *probeConn, req []byte) (s
 	if _, err := pc.c.Write(req); err != nil {
 		return 0, false, false, p.ctxErr(ctx, err)
 	}
-	if _, err := pc.r.Peek(1); err != nil {
+	r := probeBufs.Get().(*bufio.Reader)
+	r.Reset(pc.c)
+	defer func() {
+		r.Reset(nil)
+		probeBufs.Put(r)
+	}()
+	if _, err := r.Peek(1); err != nil {
 		return 0, false, false, p.ctxErr(ctx, err)
 	}
-	resp, err := http.ReadResponse(pc.r, probeGet)
+	resp, err := http.ReadResponse(r, probeGet)
 	if err != nil {
 		return 0, false, true, p.ctxErr(ctx, err)
 	}
 	// Drained so the connection can serve again, but never a big body.
 	n, err := io.Copy(io.Discard, io.LimitReader(resp.Body, probeBodyMax+1))
 	resp.Body.Close()
-	keep = err == nil && n <= probeBodyMax && !resp.Close && pc.r.Buffered() == 0
+	keep = err == nil && n <= probeBodyMax && !resp.Close && r.Buffered() == 0
 	return resp.StatusCode, keep, true, nil
 }
 

@@ -58,6 +58,10 @@ func TestLoopProberAnswersAsTheHTTPClient(t *testing.T) {
 			http.Redirect(w, r, "/", http.StatusFound)
 		case "/big":
 			_, _ = w.Write([]byte(strings.Repeat("x", probeBodyMax+10)))
+		case "/long":
+			// Past the probe's read buffer: read in pieces, and kept.
+			w.Header().Set("X-Long", strings.Repeat("h", 3000))
+			_, _ = w.Write([]byte(strings.Repeat("x", 5000)))
 		case "/close":
 			w.Header().Set("Connection", "close")
 		default:
@@ -81,6 +85,7 @@ func TestLoopProberAnswersAsTheHTTPClient(t *testing.T) {
 		{"/", true, 200, "", 0, 1}, // the kept connection
 		{"/moved", true, 302, "", 0, 1},
 		{"/bad", false, 500, "500", 0, 1},
+		{"/long", true, 200, "", 0, 1},
 		{"/big", true, 200, "", 0, 0}, // not drained: not kept
 		{"/close", true, 200, "", 1, 0},
 		{"/", true, 200, "", 1, 1},

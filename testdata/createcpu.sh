@@ -114,10 +114,12 @@ for run in $(seq "$RUNS"); do
 			done
 			sleep 0.5 # attached
 		fi
+		# Counted before the window opens: a /metrics scrape costs the
+		# controller ~1-3 ms, which is this script's, not the creations'.
+		n0=$(created)
 		c0=$(cpu)
 		t0=$(ticks "$pid") a0=$(ticks "$apid") u0=$(runus "$pid") v0=$(runus "$apid")
 		w0=$(($(wakes "$pid") + $(wakes "$apid"))) f0=$(($(faults "$pid") + $(faults "$apid")))
-		n0=$(created)
 		curl -sf -X PUT -d "{\"size\":$MAX}" "$api/v1/pool/size" >/dev/null
 		"$load" wait-ready -every 50ms -url "$api" -want "$MAX" >/dev/null
 		c1=$(cpu)
