@@ -67,8 +67,6 @@ cleanup() { stop_run; rm -rf "$work"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-created() { metric 'sandboxpool_creations_total{result="ok"}'; }
-agentpid() { "$load" cpu -state-dir "$state" -pid "$pid" | sed -n 's/.* pids=\(.*\)/\1/p' | tr , '\n' | grep -vx "$pid" | head -n1; }
 # snap PID: "cpu_us vol nonvol" of its live threads.
 snap() {
 	local us sw
@@ -115,7 +113,6 @@ prof() { # prof PHASE SIGNAL: start or stop the profiles of PROFILE_PHASE
 	fi
 	return 0
 }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 bin=${BIN:-}
 if [ -z "$bin" ]; then
@@ -198,5 +195,5 @@ for run in $(seq "$RUNS"); do
 	fi
 	stop_run
 done
-m() { tr ' ' '\n' <<<"${col[$1]:-}" | grep . | median; }
+m() { tr ' ' '\n' <<<"${col[$1]:-}" | grep . | median 3; }
 echo "median runs=$RUNS b2b: ctl_ms=$(m ctl) agent_ms=$(m agent) ctl_net_ms=$(m ctlnet) agent_net_ms=$(m agentnet) ctl_switches=$(m ctlvol)+$(m ctlnon) agent_switches=$(m agvol)+$(m agnon)${PACED:+ paced: ctl_ms=$(m pctl) agent_ms=$(m pagent) ctl_switches=$(m pctlsw) agent_switches=$(m pagsw)}"

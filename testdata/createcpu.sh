@@ -52,8 +52,6 @@ cleanup() { stop_run; rm -rf "$work"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-created() { metric 'sandboxpool_creations_total{result="ok"}'; }
-agentpid() { "$load" cpu -state-dir "$state" -pid "$pid" | sed -n 's/.* pids=\(.*\)/\1/p' | tr , '\n' | grep -vx "$pid" | head -n1; }
 # ticks PID: utime+stime (+ reaped children) of one process, in ms.
 ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print ($12+$13+$14+$15)*10}'; }
 # runns PID: CPU time of the live threads of one process, in µs (finer
@@ -63,7 +61,6 @@ runus() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s+=$1} END {printf
 # its minor page faults: counts that load on the machine hardly blurs.
 wakes() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s+=$2} END {printf "%d", s}'; }
 faults() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $8}'; }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.2f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 bin=${BIN:-}
 if [ -z "$bin" ]; then

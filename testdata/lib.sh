@@ -1,4 +1,4 @@
-# lib.sh: what perf.sh, createcpu.sh and autosize.sh share, sourced by each
+# lib.sh: what perf.sh, createcpu.sh, claimcpu.sh and autosize.sh share, sourced by each
 # (from the repository's root): reading the tools' key=value lines, waiting
 # for a pool's API, and stopping a pool with everything it started. The
 # caller defines say and sets bin (the sandboxpool binary), load
@@ -13,6 +13,16 @@ metric() { curl -sf "$api/metrics" | awk -v m="$1" '$1==m {print $2}'; }
 
 # cpu: CPU ms (utime+stime) of every process of the pool, $pid's included.
 cpu() { kv "$("$load" cpu -state-dir "$state" -pid "$pid")" cpu_ms; }
+
+# created: the pool's successful creations so far.
+created() { metric 'sandboxpool_creations_total{result="ok"}'; }
+
+# agentpid: the pid of the pool's local agent.
+agentpid() { "$load" cpu -state-dir "$state" -pid "$pid" | sed -n 's/.* pids=\(.*\)/\1/p' | tr , '\n' | grep -vx "$pid" | head -n1; }
+
+# median [DIGITS]: the median of the numbers on stdin, one a line, with
+# DIGITS (2) decimals when it falls between two; "-" for none.
+median() { sort -g | awk -v d="${1:-2}" '{a[NR]=$1} END {if (NR == 0) print "-"; else if (NR % 2) print a[(NR+1)/2]; else printf "%.*f\n", d, (a[NR/2]+a[NR/2+1])/2}'; }
 
 # wait_api LOG: prints the API address that $pid writes to LOG, waiting up
 # to 10 s; fails, showing LOG, if it never comes or $pid exits first.
