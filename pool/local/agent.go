@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/local/claimtable"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,6 +71,13 @@ type agent struct {
 	tombs   map[string]time.Time
 	closing bool
 	changes claimChanges
+
+	// The claim table (nil if it could not be made: every claim is then a
+	// request) and what a caller gets to map it: its file, and a pidfd of
+	// this agent, which tells a caller that the table died with it.
+	table     *claimtable.Table
+	tableFile *os.File
+	pidfd     *os.File
 }
 
 // claimChanges lets a caller list only the unclaimed sandboxes and what
@@ -95,10 +103,16 @@ type endNote struct {
 // callers that list changes: one that falls further behind lists in full.
 const maxEnded = 1 << 16
 
-// endedLocked notes that sb stopped being listed; only a claimed
-// sandbox's end is news to a caller listing changes.
+// endedLocked notes that sb stopped being listed: its slot says ended (no
+// claim of it after), and a claimed sandbox's end is news to a caller
+// listing changes.
 func (a *agent) endedLocked(sb *sandbox) {
-	if sb.claimedBy == "" || sb.endNoted {
+	if sb.slot.Valid() {
+		if was, tag := a.table.End(sb.slot); was == claimtable.Claimed {
+			a.claimedLocked(sb, tag)
+		}
+	}
+	if sb.claimTag == 0 || sb.endNoted {
 		return
 	}
 	sb.endNoted = true
@@ -133,7 +147,16 @@ type sandbox struct {
 	pid    int           // leads the sandbox's process group; 0 once reaped
 	copied chan struct{} // closed when its output is drained into the log
 
+	// Its slot in the claim table (none: a full bucket, or no table; its
+	// claims are then requests only). Set at creation, under agent.mu.
+	slot claimtable.Slot
+
 	// Guarded by agent.mu.
+	// claimTag is the claim holding it (claimtable.Tag of its by and at),
+	// 0 for none. A claim made in the table is the agent's once it reads
+	// the slot (observeLocked): claimedBy and claimedAt come with the
+	// claimer's record, made beside its answer, and may be missing.
+	claimTag  uint64
 	claimedBy string
 	claimedAt time.Time     // the claim's instant, as its claimer recorded it
 	claimSeq  uint64        // claimChanges.seq when it was claimed
@@ -146,7 +169,32 @@ type sandbox struct {
 }
 
 func (sb *sandbox) wire() wireRef {
-	return wireRef{ID: sb.id, URL: sb.url, CreatedAt: sb.createdAt, ExpiresAt: sb.expiresAt, Claimed: sb.claimedBy != ""}
+	return wireRef{ID: sb.id, URL: sb.url, CreatedAt: sb.createdAt, ExpiresAt: sb.expiresAt, Claimed: sb.claimTag != 0}
+}
+
+// claimedLocked records that the claim of tag holds sb.
+func (a *agent) claimedLocked(sb *sandbox, tag uint64) {
+	if sb.claimTag != 0 {
+		return
+	}
+	sb.claimTag = tag
+	a.changes.seq++
+	sb.claimSeq = a.changes.seq
+}
+
+// observeLocked takes a claim made in sb's slot into the agent's record:
+// every decision that reads sb's claim reads the slot first.
+func (a *agent) observeLocked(sb *sandbox) {
+	if sb.claimTag == 0 && sb.slot.Valid() {
+		if st, tag := a.table.Load(sb.slot); st == claimtable.Claimed {
+			a.claimedLocked(sb, tag)
+		}
+	}
+}
+
+// claimer names the claim holding sb in a message.
+func (sb *sandbox) claimer() string {
+	return orDefault(sb.claimedBy, "another claim")
 }
 
 // maxRequest bounds one request line.
@@ -182,6 +230,11 @@ type request struct {
 // opCreateBatch creates the sandboxes of request.Batch (each a "create"),
 // answering each in response.Batch, in order.
 const opCreateBatch = "create_batch"
+
+// opClaimTable asks for the claim table: its memory file and a pidfd of
+// the agent come with the answer (SCM_RIGHTS), which says the agent's Pid.
+// An agent without a table (or older) answers an error and no files.
+const opClaimTable = "claim_table"
 
 type response struct {
 	Error    string `json:"error,omitempty"`
@@ -293,11 +346,43 @@ func runAgent(spec agentSpec, ready *os.File) error {
 		log.Printf("got %s: stopping every sandbox", s)
 		a.shutdown(time.Second)
 	}()
+	a.makeClaimTable()
 	log.Printf("local agent of pool %q ready on %s", spec.Pool, p.sock)
 	fmt.Fprintf(ready, "ok %d\n", os.Getpid())
 	ready.Close()
 	a.accept()
 	return nil
+}
+
+// makeClaimTable makes the claim table; without one, every claim is a
+// request, as with an older agent.
+func (a *agent) makeClaimTable() {
+	t, f, err := claimtable.Create(claimtable.DefaultSlots)
+	if err != nil {
+		log.Printf("no claim table (claims are requests): %v", err)
+		return
+	}
+	fd, err := unix.PidfdOpen(os.Getpid(), 0) // close-on-exec
+	if err != nil {
+		t.Close()
+		f.Close()
+		log.Printf("no claim table (claims are requests): pidfd_open: %v", err)
+		return
+	}
+	a.table, a.tableFile, a.pidfd = t, f, os.NewFile(uintptr(fd), "agent pidfd")
+}
+
+// sendClaimTable answers opClaimTable.
+func (a *agent) sendClaimTable(c *net.UnixConn) error {
+	if a.table == nil {
+		return json.NewEncoder(c).Encode(response{Error: "this local agent has no claim table"})
+	}
+	data, err := json.Marshal(response{Pid: os.Getpid()})
+	if err != nil {
+		return err
+	}
+	_, _, err = c.WriteMsgUnix(append(data, '\n'), unix.UnixRights(int(a.tableFile.Fd()), int(a.pidfd.Fd())), nil)
+	return err
 }
 
 // flockWait takes a flock, waiting until deadline.
@@ -387,6 +472,11 @@ func (a *agent) serve(c *net.UnixConn) {
 		var resp response
 		if err := json.Unmarshal(line, &req); err != nil {
 			resp.Error = "bad request: " + err.Error()
+		} else if req.Op == opClaimTable {
+			if err := a.sendClaimTable(c); err != nil {
+				return
+			}
+			continue
 		} else {
 			resp = a.handle(req)
 		}
@@ -428,22 +518,16 @@ func (a *agent) handle(r request) response {
 		if r.Once {
 			// A pool's reason (surplus, expiring, unhealthy...): never a
 			// sandbox a claim holds, whatever a stale store said.
-			a.mu.Lock()
-			sb := a.boxes[r.ID]
-			claimedBy, gone := "", sb == nil || sb.exited
-			if sb != nil {
-				claimedBy = sb.claimedBy
-			}
-			a.mu.Unlock()
-			if claimedBy != "" {
-				return response{Error: fmt.Sprintf("sandbox %s is claimed by %s: left running", r.ID, claimedBy), AlreadyClaimed: true}
-			}
-			if gone {
+			claimer, gone := a.terminatePooled(r.ID, r.Grace)
+			switch {
+			case claimer != "":
+				return response{Error: fmt.Sprintf("sandbox %s is claimed by %s: left running", r.ID, claimer), AlreadyClaimed: true}
+			case gone:
 				// Ended already (its claimer's terminate, its workload's
 				// exit): nothing for the pool to terminate, and it says so.
-				a.terminate(r.ID, r.Grace)
 				return response{Error: fmt.Sprintf("sandbox %s is not running", r.ID), NotFound: true}
 			}
+			return response{}
 		}
 		a.terminate(r.ID, r.Grace)
 		return response{}
@@ -454,17 +538,28 @@ func (a *agent) handle(r request) response {
 		if sb == nil || sb.ending || sb.exited {
 			return response{Error: fmt.Sprintf("sandbox %s is not running", r.ID), NotFound: true}
 		}
-		if sb.claimedBy == "" {
-			sb.claimedBy = orDefault(r.By, "someone")
-			sb.claimedAt = r.At
-			a.changes.seq++
-			sb.claimSeq = a.changes.seq
+		by := orDefault(r.By, "someone")
+		tag := claimtable.Tag(by, r.At)
+		if sb.slot.Valid() {
+			// The slot decides, as for a claim made in the table.
+			res, held := a.table.ClaimSlot(sb.slot, tag)
+			if res == claimtable.Gone {
+				return response{Error: fmt.Sprintf("sandbox %s is not running", r.ID), NotFound: true}
+			}
+			a.claimedLocked(sb, held)
+		} else {
+			a.claimedLocked(sb, tag)
+		}
+		if sb.claimTag == tag {
+			if sb.claimedBy == "" { // this claim's record, maybe after its gate in the table
+				sb.claimedBy, sb.claimedAt = by, r.At
+			}
 			return response{}
 		}
-		if r.Once && (sb.claimedBy != orDefault(r.By, "someone") || !sb.claimedAt.Equal(r.At)) {
+		if r.Once {
 			// A store that lost this claim (moved away, an old copy put
 			// back) handed the sandbox out again: this record says no.
-			return response{Error: fmt.Sprintf("sandbox %s is already claimed by %s", r.ID, sb.claimedBy), AlreadyClaimed: true}
+			return response{Error: fmt.Sprintf("sandbox %s is already claimed by %s", r.ID, sb.claimer()), AlreadyClaimed: true}
 		}
 		return response{}
 	case "exited":
@@ -516,7 +611,11 @@ func (a *agent) list(keep func(*sandbox) bool) []wireRef {
 	a.mu.Lock()
 	refs := make([]wireRef, 0, len(a.boxes))
 	for _, sb := range a.boxes {
-		if !sb.ending && !sb.exited && (keep == nil || keep(sb)) {
+		if sb.ending || sb.exited {
+			continue
+		}
+		a.observeLocked(sb)
+		if keep == nil || keep(sb) {
 			refs = append(refs, sb.wire())
 		}
 	}
@@ -551,7 +650,7 @@ func (a *agent) listChanges(epoch int64, since uint64) response {
 	}
 	// Read under a.mu again by list: a claim in between has a seq past
 	// resp.Seq and shows again in the next list, which is harmless.
-	resp.Refs = a.list(func(sb *sandbox) bool { return sb.claimedBy == "" || sb.claimSeq > since })
+	resp.Refs = a.list(func(sb *sandbox) bool { return sb.claimTag == 0 || sb.claimSeq > since })
 	return resp
 }
 
@@ -621,6 +720,9 @@ func (a *agent) create(r request) (wireRef, error) {
 		return wireRef{}, err
 	}
 	a.boxes[sb.id] = sb
+	if key, ok := idKey(sb.id); ok && a.table != nil {
+		sb.slot = a.table.Place(key) // before the answer: its claims may come next
+	}
 	if sb.pid > 0 {
 		a.byPid[sb.pid] = sb
 	}
@@ -894,6 +996,37 @@ func (a *agent) kill(id string) {
 // call waits for the first.
 func (a *agent) terminate(id string, grace time.Duration) {
 	a.mu.Lock()
+	a.terminateLocked(id, grace)
+}
+
+// terminatePooled is a pool's termination: it leaves a sandbox a claim
+// holds running (claimer names the claim), and says whether it had ended
+// (gone). Deciding is one CAS pooled -> ended in its slot, so a claim in
+// the table and this termination never both win.
+func (a *agent) terminatePooled(id string, grace time.Duration) (claimer string, gone bool) {
+	a.mu.Lock()
+	sb := a.boxes[id]
+	if sb != nil {
+		if sb.slot.Valid() && !sb.ending && !sb.exited {
+			if was, tag := a.table.EndPooled(sb.slot); was == claimtable.Claimed {
+				a.claimedLocked(sb, tag)
+			}
+		} else {
+			a.observeLocked(sb)
+		}
+		if sb.claimTag != 0 {
+			claimer = sb.claimer()
+			a.mu.Unlock()
+			return claimer, false
+		}
+	}
+	gone = sb == nil || sb.exited
+	a.terminateLocked(id, grace)
+	return "", gone
+}
+
+// terminateLocked is terminate, called with a.mu held; it unlocks it.
+func (a *agent) terminateLocked(id string, grace time.Duration) {
 	sb := a.boxes[id]
 	if sb == nil {
 		now := time.Now()
@@ -933,6 +1066,9 @@ func (a *agent) terminate(id string, grace time.Duration) {
 	sb.removeWork()
 	a.mu.Lock()
 	delete(a.boxes, id)
+	if sb.slot.Valid() {
+		a.table.Free(sb.slot)
+	}
 	a.lastCall = time.Now()
 	a.mu.Unlock()
 	close(sb.gone)

@@ -9,6 +9,11 @@
 // what a workload left behind (it is a child subreaper), and when it dies
 // its --cmd children die with it (Pdeathsig). It answers only its own user.
 //
+// Which sandboxes are claimed the agent keeps in a claim table in shared
+// memory (package claimtable), which it hands to every Backend that lists:
+// a claim is a compare-and-swap there, with no round trip, and the agent
+// reads the table in every decision about a claim.
+//
 // Layout under <StateDir>:
 //
 //	<pool>.agent.sock   the agent's socket
@@ -35,6 +40,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -86,6 +92,12 @@ type Backend struct {
 	keepIdle time.Duration
 
 	creates createBatcher
+
+	// The agent's claim table, mapped by a list (off the claim path): a
+	// claim is then a CAS in shared memory (TryClaimOnce).
+	table     atomic.Pointer[agentTable]
+	tableMu   sync.Mutex // held by the one mapping it
+	tableNext time.Time  // no table from this agent (an older one): asked again after
 }
 
 // agentConn is one connection to the agent, one request at a time.
@@ -103,6 +115,7 @@ var (
 	_ pool.Backend          = (*Backend)(nil)
 	_ pool.ClaimRecorder    = (*Backend)(nil)
 	_ pool.ClaimGate        = (*Backend)(nil)
+	_ pool.QuickClaimGate   = (*Backend)(nil)
 	_ pool.PooledTerminator = (*Backend)(nil)
 	_ pool.LogReader        = (*Backend)(nil)
 	_ pool.ExitWatcher      = (*Backend)(nil)
@@ -248,6 +261,7 @@ func (b *Backend) List(ctx context.Context) ([]pool.Ref, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
+	b.mapTable(ctx)
 	refs := make([]pool.Ref, len(resp.Refs))
 	for i, w := range resp.Refs {
 		refs[i] = w.ref()
@@ -268,6 +282,7 @@ func (b *Backend) ListChanges(ctx context.Context, since pool.ListCursor) (pool.
 	if err != nil {
 		return pool.Listing{}, fmt.Errorf("local backend: %w", err)
 	}
+	b.mapTable(ctx)
 	l := pool.Listing{Full: resp.Full || resp.Epoch == 0, Ended: resp.Ended, Next: pool.ListCursor{Epoch: resp.Epoch, Seq: resp.Seq}}
 	l.Refs = make([]pool.Ref, len(resp.Refs))
 	for i, w := range resp.Refs {
@@ -656,6 +671,25 @@ var idRE = regexp.MustCompile(`^sb-[0-9a-f]{12}$`)
 
 // validID also keeps ids from the outside (API, CLI) from naming other paths.
 func validID(id string) bool { return idRE.MatchString(id) }
+
+// idKey is an id's 48 bits, its key in the claim table; ok is validID(id),
+// without a regexp on the claim path.
+func idKey(id string) (key uint64, ok bool) {
+	if len(id) != 15 || id[:3] != "sb-" {
+		return 0, false
+	}
+	for i := 3; i < len(id); i++ {
+		switch c := id[i]; {
+		case '0' <= c && c <= '9':
+			key = key<<4 | uint64(c-'0')
+		case 'a' <= c && c <= 'f':
+			key = key<<4 | uint64(c-'a'+10)
+		default:
+			return 0, false
+		}
+	}
+	return key, true
+}
 
 func newID() (string, error) {
 	var b [6]byte

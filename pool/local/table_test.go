@@ -1,0 +1,264 @@
+package local
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
+	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/pooltest"
+)
+
+// stopped runs fn while the agent is stopped (SIGSTOP): whatever fn does
+// with the agent waits, so fn must not ask it anything. fn must return
+// within 10 s.
+func stopped(t *testing.T, pid int, fn func()) {
+	t.Helper()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(pid, syscall.SIGCONT)
+		<-done
+		t.Fatal("a claim waited for the stopped agent")
+	}
+}
+
+func tableBackend(t *testing.T, dir string) *Backend {
+	t.Helper()
+	b, err := New(Options{StateDir: dir, Pool: "table", IdleExit: 5 * time.Second, TermGrace: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func listed(t *testing.T, b *Backend, id string) (pool.Ref, bool) {
+	t.Helper()
+	refs, err := b.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(refs, func(r pool.Ref) bool { return r.ID == id })
+	if i < 0 {
+		return pool.Ref{}, false
+	}
+	return refs[i], true
+}
+
+// Two Backends (two claimers of one pool) and the real agent: a claim is
+// decided in the claim table while the agent is stopped (no request), a
+// second claim of the sandbox is refused, the agent honors the table's
+// claim in its lists, its change lists, its record and a pool's
+// termination; a pool's termination wins over a later claim; after the
+// agent is killed the table is not trusted, and the next agent's is mapped.
+func TestClaimTableAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	b1, b2 := tableBackend(t, dir), tableBackend(t, dir)
+	t.Cleanup(func() { shutdownAndWait(t, b1) })
+	r, err := b1.Create(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pooled, err := b1.Create(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := b1.ListChanges(ctx, pool.ListCursor{}) // maps b1's table
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed(t, b2, r.ID) // maps b2's
+	if b1.table.Load() == nil || b2.table.Load() == nil {
+		t.Fatal("no claim table mapped after a list")
+	}
+	pid := b1.table.Load().pid
+	if pid != b2.table.Load().pid || pid <= 0 {
+		t.Fatalf("tables of agents %d and %d", pid, b2.table.Load().pid)
+	}
+	now := time.Now()
+	mine := pool.Entry{Ref: r, ClaimedBy: "api 127.0.0.1:1", ClaimedAt: now}
+	theirs := pool.Entry{Ref: r, ClaimedBy: "api 127.0.0.1:1", ClaimedAt: now.Add(time.Millisecond)}
+	type outcome struct {
+		decided bool
+		err     error
+	}
+	var won, again, refused outcome
+	stopped(t, pid, func() {
+		won.decided, won.err = b1.TryClaimOnce(mine)
+		again.decided, again.err = b2.TryClaimOnce(mine)
+		refused.decided, refused.err = b2.TryClaimOnce(theirs)
+	})
+	if !won.decided || won.err != nil {
+		t.Fatalf("the claim in the table: %+v, want decided, nil", won)
+	}
+	if !again.decided || again.err != nil {
+		t.Fatalf("the same claim from the other process: %+v, want decided, nil", again)
+	}
+	if !refused.decided || !errors.Is(refused.err, pool.ErrAlreadyClaimed) {
+		t.Fatalf("a second claim: %+v, want decided, ErrAlreadyClaimed", refused)
+	}
+	// The agent has had no request about the claim: it reads the slot.
+	if ref, ok := listed(t, b2, r.ID); !ok || !ref.Claimed {
+		t.Fatalf("the agent lists %s as %+v (listed %v), want claimed", r.ID, ref, ok)
+	}
+	l, err := b2.ListChanges(ctx, before.Next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(l.Refs, func(x pool.Ref) bool { return x.ID == r.ID }); l.Full || i < 0 || !l.Refs[i].Claimed {
+		t.Fatalf("changes since before the claim: %+v, want %s claimed", l, r.ID)
+	}
+	if err := b2.TerminatePooled(ctx, r.ID); !errors.Is(err, pool.ErrAlreadyClaimed) {
+		t.Fatalf("a pool's termination of the claimed sandbox: %v, want ErrAlreadyClaimed", err)
+	}
+	// The claim's record, made beside its answer; another claim's record
+	// (an agent's request: a Backend without the table) is refused.
+	if err := b1.MarkClaimedOnce(ctx, mine); err != nil {
+		t.Fatalf("the claim's record: %v", err)
+	}
+	if err := b2.MarkClaimedOnce(ctx, theirs); !errors.Is(err, pool.ErrAlreadyClaimed) {
+		t.Fatalf("another claim's request: %v, want ErrAlreadyClaimed", err)
+	}
+	// A pool's termination, then a claim of that sandbox: gone.
+	if err := b2.TerminatePooled(ctx, pooled.ID); err != nil {
+		t.Fatal(err)
+	}
+	// (Its slot is free once it is forgotten: the agent says so then.)
+	gone := func(b *Backend, e pool.Entry) error {
+		decided, err := b.TryClaimOnce(e)
+		if !decided {
+			err = b.MarkClaimedOnce(ctx, e)
+		}
+		return err
+	}
+	if err := gone(b1, pool.Entry{Ref: pooled, ClaimedBy: "cli", ClaimedAt: now}); !errors.Is(err, pool.ErrNotFound) {
+		t.Fatalf("a claim after the pool's termination: %v, want ErrNotFound", err)
+	}
+	// Its claimer's terminate ends it; the same claim again is refused.
+	if err := b1.Terminate(ctx, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := gone(b2, mine); !errors.Is(err, pool.ErrNotFound) {
+		t.Fatalf("a claim after its claimer's terminate: %v, want ErrNotFound", err)
+	}
+
+	// kill -9: the old table is not trusted; the next agent's is mapped.
+	fresh, err := b1.Create(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "the agent gone", func() bool { return !b1.table.Load().alive() })
+	if decided, err := b1.TryClaimOnce(pool.Entry{Ref: fresh, ClaimedBy: "cli", ClaimedAt: now}); decided {
+		t.Fatalf("a claim decided by a dead agent's table: %v", err)
+	}
+	if err := b1.MarkClaimedOnce(ctx, pool.Entry{Ref: fresh, ClaimedBy: "cli", ClaimedAt: now}); !errors.Is(err, pool.ErrNotFound) {
+		t.Fatalf("the claim's request with no agent: %v, want ErrNotFound", err)
+	}
+	next, err := b1.Create(ctx, time.Minute) // starts the next agent
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed(t, b1, next.ID)
+	if tab := b1.table.Load(); tab == nil || tab.pid == pid || !tab.alive() {
+		t.Fatalf("after the next agent's list: table %+v, want the next agent's (not %d)", tab, pid)
+	}
+	if decided, err := b1.TryClaimOnce(pool.Entry{Ref: next, ClaimedBy: "cli", ClaimedAt: now}); !decided || err != nil {
+		t.Fatalf("a claim in the next agent's table: %v %v", decided, err)
+	}
+}
+
+// countingBackend counts the claim requests (MarkClaimedOnce) to the agent.
+type countingBackend struct {
+	*Backend
+	requests atomic.Int32
+}
+
+func (b *countingBackend) MarkClaimedOnce(ctx context.Context, e pool.Entry) error {
+	b.requests.Add(1)
+	return b.Backend.MarkClaimedOnce(ctx, e)
+}
+
+// A controller's claim on the local backend does not ask the agent: it is
+// answered while the agent is stopped, and its record is made after.
+func TestClaimAnsweredWhileTheAgentIsStopped(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := &countingBackend{Backend: tableBackend(t, t.TempDir())}
+	t.Cleanup(func() { shutdownAndWait(t, b.Backend) })
+	cfg := pool.DefaultConfig()
+	cfg.Size = 2
+	cfg.Pool = "table"
+	c, err := pool.New(pool.Options{Config: cfg, Backend: b, Store: pooltest.NewStore()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	testkit.Eventually(t, 20*time.Second, "2 ready and the table mapped", func() bool {
+		if err := c.Maintain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return c.Snapshot().Counts[pool.StateReady] == 2 && b.table.Load() != nil
+	})
+	pid, err := b.AgentPid(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got pool.Claimed
+	var asked int32
+	stopped(t, pid, func() {
+		// AnnounceLater: its record starts at Announce, after the answer.
+		got, err = c.Claim(ctx, pool.ClaimOptions{By: "cli", AnnounceLater: true})
+		asked = b.requests.Load()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if asked != 0 {
+		t.Fatalf("the claim asked the agent %d times before its answer", asked)
+	}
+	got.Announce()
+	c.WaitIdle(ctx) // its record
+	if n := b.requests.Load(); n != 1 {
+		t.Fatalf("%d claim requests after the answer, want its record", n)
+	}
+	if ref, ok := listed(t, b.Backend, got.ID); !ok || !ref.Claimed {
+		t.Fatalf("the agent lists the claimed %s as %+v", got.ID, ref)
+	}
+	err = b.Backend.MarkClaimedOnce(ctx, pool.Entry{Ref: got.Ref, ClaimedBy: "other", ClaimedAt: time.Now()})
+	if !errors.Is(err, pool.ErrAlreadyClaimed) || !strings.Contains(err.Error(), "claimed by cli") {
+		t.Fatalf("another claim of %s: %v, want refused, held by cli (its record)", got.ID, err)
+	}
+}
+
+func TestIDKey(t *testing.T) {
+	for _, id := range []string{"sb-0123456789ab", "sb-ffffffffffff", "sb-000000000000", "sb-0123456789AB", "sb-0123456789a", "sb-0123456789abc", "xb-0123456789ab", "sb-0123456789ag", ""} {
+		key, ok := idKey(id)
+		if ok != validID(id) {
+			t.Fatalf("idKey(%q) ok %v, validID %v", id, ok, validID(id))
+		}
+		if ok && fmt.Sprintf("sb-%012x", key) != id {
+			t.Fatalf("idKey(%q) = %x", id, key)
+		}
+	}
+}
