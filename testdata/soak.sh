@@ -84,7 +84,10 @@ curl -sf "127.0.0.1:$PORT/healthz" >/dev/null || { echo "controller not up:"; ca
 echo "soak: commit $(git log -1 --format='%h %cs' 2>/dev/null || echo "?") built $(date -u +%F), pid $ctl on 127.0.0.1:$PORT, ${DURATION}s, workload: $WORKLOAD"
 
 metric() { curl -sf -m 5 "127.0.0.1:$PORT/metrics" | awk -v m="$1" '$1==m {print $2}' || true; }
-rss() { awk '/^VmRSS/ {printf "%.1f", $2/1024}' "/proc/$1/status" 2>/dev/null || echo -; }
+# RSS, and its anonymous part (heap, stacks): the rest is the binary's pages,
+# clean and shared by the controller and the agent, which grows as more of
+# its code runs for the first time.
+rss() { awk '/^VmRSS/ {r=$2} /^RssAnon/ {a=$2} END {if (r) printf "%.1f (anon %.1f)", r/1024, a/1024; else print "-"}' "/proc/$1/status" 2>/dev/null || echo -; }
 fds() { ls "/proc/$1/fd" 2>/dev/null | wc -l || true; }
 size() { stat -c %s "$1" 2>/dev/null || echo 0; }
 sample() {
