@@ -159,8 +159,9 @@ func BenchmarkTakeConcurrent(b *testing.B) {
 }
 
 // BenchmarkLoad: the engine's store poll. generation is the cheap check
-// (a lock and a stat), unchanged a Load of an unchanged file (a stat, then
-// a copy of every entry), cold reads and decodes the whole file (a new
+// (a lock and a stat), since the engine's load of an unchanged file (a
+// stat, then a copy of the pooled entries), unchanged a Load of it (a
+// copy of every entry), cold reads and decodes the whole file (a new
 // process, or another process compacted it).
 //
 //	go test -run '^$' -bench 'BenchmarkLoad' -benchtime 50x ./pool/filestore/
@@ -172,6 +173,20 @@ func BenchmarkLoad(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := s.Generation(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("since/claimed=%d", claimedN), func(b *testing.B) {
+			// The poll of a controller while claims go on: the claimed
+			// entries an earlier load returned are left out.
+			b.ReportAllocs()
+			_, _, mark, err := s.LoadSince(ctx, 0)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if st, older, _, err := s.LoadSince(ctx, mark); err != nil || len(st.Entries) != 50 || older != claimedN {
 					b.Fatal(err)
 				}
 			}

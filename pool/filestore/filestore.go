@@ -741,6 +741,25 @@ func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
 	return out, nil
 }
 
+// LoadSince is Load that leaves out the claimed entries an earlier
+// LoadSince of this Store returned (mark is what that call returned; 0
+// leaves out none): a poll while claims go on copies the pool and the
+// claims recorded since, not every claimed entry the file holds. older
+// counts the claimed entries left out; when the file was rewritten
+// (compacted, replaced) or its claimed entries reindexed, none are.
+func (s *Store) LoadSince(ctx context.Context, mark uint64) (_ pool.Stored, older int, next uint64, _ error) {
+	if err := s.begin(ctx, true); err != nil {
+		return pool.Stored{}, 0, 0, err
+	}
+	defer s.end()
+	if err := s.refresh(); err != nil {
+		return pool.Stored{}, 0, 0, err
+	}
+	out, older, next := s.st.storedSince(mark)
+	out.Epoch = s.epoch
+	return out, older, next, nil
+}
+
 // Generation returns a number that changes whenever the pool does, by any
 // process's doing: a poller that sees the same number again may skip its
 // Load. It costs a lock and a stat when nothing changed, however many

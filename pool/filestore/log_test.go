@@ -535,3 +535,92 @@ func TestTakeAndPutAppendWithoutFlush(t *testing.T) {
 		t.Fatalf("remove: %d flushes, want 1", s.flushes-flushes)
 	}
 }
+
+// LoadSince leaves out the claimed entries an earlier LoadSince returned,
+// whoever claimed since (this Store or another process's); a claimed entry
+// removed elsewhere shows in the count left out; a torn last line is not
+// read as a claim; and once the claimed entries are indexed anew (the file
+// compacted, another file put in place, holes squeezed out) all of them
+// are returned again.
+func TestLoadSinceReadsOnlyNewClaims(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := open(t, dir), open(t, dir)
+	claimN := func(s *Store, prefix string, n int) []string {
+		t.Helper()
+		var ids []string
+		for i := range n {
+			id := fmt.Sprintf("%s%02d", prefix, i)
+			if err := s.Put(ctx, ref(id, 100)); err != nil {
+				t.Fatal(err)
+			}
+			if e, ok := take(t, s, "x"); !ok || e.ID != id {
+				t.Fatalf("took %q %v, want %s", e.ID, ok, id)
+			}
+			ids = append(ids, id+"*")
+		}
+		return ids
+	}
+	for i, id := range []string{"p", "q", "r", "s", "u"} {
+		if err := a.Put(ctx, ref(id, 10+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mark uint64
+	since := func(want string, wantOlder int) {
+		t.Helper()
+		st, older, next, err := a.LoadSince(ctx, mark)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := desc(st.Entries); got != want || older != wantOlder {
+			t.Fatalf("LoadSince: %q, %d left out; want %q, %d", got, older, want, wantOlder)
+		}
+		mark = next
+	}
+	since("p q r s u", 0)
+	take(t, a, "a")
+	take(t, b, "b") // another process
+	since("p* q* r s u", 0)
+	since("r s u", 2)
+	take(t, b, "b")
+	since("r* s u", 2)
+	since("s u", 3)
+	if _, err := b.Remove(ctx, "p"); err != nil { // a claimed one, elsewhere
+		t.Fatal(err)
+	}
+	since("s u", 2)
+	appendFile(t, a.Path(), `{"op":"claim","id":"s","by":"dead","at":"2030-01-`) // torn
+	since("s u", 2)
+	take(t, a, "a")
+	since("s* u", 2)
+
+	// Compacted elsewhere, one more claim: as many claimed entries as the
+	// mark counted, indexed anew.
+	compactNow(t, b)
+	take(t, b, "b")
+	since("q* r* s* u*", 0)
+	since("", 4)
+
+	// Another file put in place, with more claimed entries than that.
+	other := open(t, t.TempDir())
+	vs := claimN(other, "v", 5)
+	if err := os.Rename(other.Path(), a.Path()); err != nil {
+		t.Fatal(err)
+	}
+	since(strings.Join(vs, " "), 0)
+	since("", 5)
+
+	// Most claimed entries removed: their holes are squeezed out, and once
+	// new claims make the list as long as the mark says, all are returned.
+	hs := claimN(b, "h", 40)
+	since(strings.Join(hs, " "), 5)
+	for i := range 34 {
+		if _, err := b.Remove(ctx, fmt.Sprintf("h%02d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gs := claimN(b, "g", 40)
+	since(strings.Join(append(append(vs, hs[34:]...), gs...), " "), 0)
+	since("", 51)
+}

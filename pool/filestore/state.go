@@ -2,6 +2,7 @@ package filestore
 
 import (
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
@@ -26,10 +27,25 @@ type state struct {
 	claimed   []pool.Entry
 	claimedAt map[string]int // id -> index in claimed
 	holes     int
+	// epoch names this state's indexing of claimed: a new one for each
+	// state and each squeeze, so that a claim mark (storedSince) of
+	// another never passes for one of this.
+	epoch uint32
+}
+
+// epochs hands out state epochs, never 0.
+var epochs atomic.Uint32
+
+func nextEpoch() uint32 {
+	for {
+		if e := epochs.Add(1); e != 0 {
+			return e
+		}
+	}
 }
 
 func newState(set settings) *state {
-	return &state{settings: set, claimedAt: map[string]int{}}
+	return &state{settings: set, claimedAt: map[string]int{}, epoch: nextEpoch()}
 }
 
 // stored is a copy of the state as the engine sees it: claimed entries
@@ -44,6 +60,27 @@ func (st *state) stored() pool.Stored {
 	}
 	out.Entries = append(out.Entries, st.pooled...)
 	return out
+}
+
+// storedSince is stored with, of the claimed entries, only those recorded
+// after mark (from an earlier storedSince of this state; any other mark,
+// 0 included, gives them all), and the number of claimed entries left
+// out. next is the mark for the next call.
+func (st *state) storedSince(mark uint64) (out pool.Stored, older int, next uint64) {
+	from := 0
+	if n := int(uint32(mark)); uint32(mark>>32) == st.epoch && n <= len(st.claimed) {
+		from = n
+	}
+	out = pool.Stored{Target: st.target, HasTarget: st.hasTarget, TTL: st.ttl, UseDuration: st.use,
+		Entries: make([]pool.Entry, 0, len(st.claimed)-from+len(st.pooled))}
+	for _, e := range st.claimed[from:] {
+		if e.ID != "" {
+			out.Entries = append(out.Entries, e)
+		}
+	}
+	older = len(st.claimedAt) - len(out.Entries)
+	out.Entries = append(out.Entries, st.pooled...)
+	return out, older, uint64(st.epoch)<<32 | uint64(len(st.claimed))
 }
 
 func (st *state) has(id string) bool {
@@ -124,6 +161,7 @@ func (st *state) squeeze(keep func(pool.Entry) bool) {
 	}
 	clear(st.claimed[len(kept):])
 	st.claimed, st.holes = kept, 0
+	st.epoch = nextEpoch() // indexes changed
 }
 
 // take serves one claim: pooled entries met before the first one that
