@@ -14,6 +14,7 @@ import (
 
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/filestore"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
 
@@ -317,4 +318,105 @@ func TestIdlePollReadsNoEntry(t *testing.T) {
 	testkit.Eventually(t, 10*time.Second, "the claim elsewhere seen", func() bool {
 		return c.Snapshot().Counts[pool.StateClaimed] == 1
 	})
+}
+
+// sinceStore records how many claimed entries each load of a file store
+// left out (0: a full load).
+type sinceStore struct {
+	*filestore.Store
+	mu     sync.Mutex
+	olders []int
+}
+
+func (s *sinceStore) LoadSince(ctx context.Context, mark uint64) (pool.Stored, int, uint64, error) {
+	st, older, next, err := s.Store.LoadSince(ctx, mark)
+	s.mu.Lock()
+	s.olders = append(s.olders, older)
+	s.mu.Unlock()
+	return st, older, next, err
+}
+
+// last returns the older counts of the loads since the last call.
+func (s *sinceStore) last() []int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.olders
+	s.olders = nil
+	return out
+}
+
+// TestClaimedViewFollowsTheFileStoreReadingNewClaimsOnly: over the file
+// store, a load after the first copies only the claims made since (the
+// view holds the others), and the view still follows the store: claims
+// made elsewhere are counted once, and a claimed entry removed elsewhere
+// (which only its count shows) has the store loaded in full to tell which.
+func TestClaimedViewFollowsTheFileStoreReadingNewClaimsOnly(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fs, err := filestore.Open(dir, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	elsewhere, err := filestore.Open(dir, "default") // another process's
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer elsewhere.Close()
+	st := &sinceStore{Store: fs}
+	clk := clockwork.NewFakeClockAt(t0)
+	be := pooltest.NewBackend(clk)
+	cfg := pool.DefaultConfig()
+	cfg.Size = 5
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, waitLong, "5 ready", func() bool { return c.Summary().Counts[pool.StateReady] == 5 })
+	claimElsewhere := func() string {
+		t.Helper()
+		e, _, ok, err := elsewhere.Take(ctx, pool.TakeRequest{MinExpiresAt: t0, ClaimedBy: "elsewhere", Now: clk.Now()})
+		if err != nil || !ok {
+			t.Fatalf("take elsewhere: %v %v", ok, err)
+		}
+		return e.ID
+	}
+	refresh := func(wantClaimed []string, wantWarm int64, wantOlders ...int) {
+		t.Helper()
+		st.last()
+		snap, err := c.Refresh(ctx, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, sb := range snap.Sandboxes {
+			if sb.State == pool.StateClaimed {
+				ids = append(ids, sb.ID)
+			}
+		}
+		slices.Sort(ids)
+		want := slices.Sorted(slices.Values(wantClaimed))
+		if olders := st.last(); !slices.Equal(ids, want) || snap.Stats.ClaimsWarm != wantWarm || !slices.Equal(olders, wantOlders) {
+			t.Fatalf("claimed %v, %d warm claims, loads leaving out %v; want %v, %d, %v",
+				ids, snap.Stats.ClaimsWarm, olders, want, wantWarm, wantOlders)
+		}
+	}
+	mine, err := c.Claim(ctx, pool.ClaimOptions{By: "here"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := claimElsewhere()
+	refresh([]string{mine.ID, theirs}, 2, 0) // the first claims since the last load: nothing to leave out
+	refresh([]string{mine.ID, theirs}, 2, 2) // both left out, counted once
+	theirs2 := claimElsewhere()
+	refresh([]string{mine.ID, theirs, theirs2}, 3, 2)
+	if _, err := elsewhere.Remove(ctx, theirs); err != nil { // its claimer gave it up
+		t.Fatal(err)
+	}
+	refresh([]string{mine.ID, theirs2}, 3, 2, 0) // the count is off by one: a full load says which
+	refresh([]string{mine.ID, theirs2}, 3, 2)
 }

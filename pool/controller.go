@@ -88,12 +88,16 @@ type Controller struct {
 	// the view (generationStore), when storeGenKnown.
 	storeGen      uint64
 	storeGenKnown bool
-	loadSeq       uint64                // store loads started
-	appliedSeq    uint64                // the newest load applied to stored
-	targetSeq     uint64                // loadSeq when this process last set the target
-	writes        map[string]localWrite // this process's store writes a load in flight may miss
-	target        int
-	timingSaid    bool // the pool's timing differs from this process's and that was said
+	// claimedMark is where the load applied to the view left off in the
+	// store's claimed entries (claimedSinceStore): the next load leaves
+	// out those before it, which the view holds.
+	claimedMark uint64
+	loadSeq     uint64                // store loads started
+	appliedSeq  uint64                // the newest load applied to stored
+	targetSeq   uint64                // loadSeq when this process last set the target
+	writes      map[string]localWrite // this process's store writes a load in flight may miss
+	target      int
+	timingSaid  bool // the pool's timing differs from this process's and that was said
 
 	// Listing a ChangeLister backend (guarded by mu): where the last list
 	// of changes ended, and when a pass lists in full next.
