@@ -32,6 +32,9 @@ type agentSpec struct {
 	Pool     string        `json:"pool"`
 	Idle     time.Duration `json:"idle"`
 	LogTotal int64         `json:"log_total"`
+	// Slack is the timer slack of the process that started the agent, in
+	// ns: its --cmd workloads get it (the agent runs with agentTimerSlack).
+	Slack int64 `json:"slack,omitempty"`
 }
 
 // paths are a pool's files in the state dir.
@@ -899,6 +902,11 @@ type spawnResult struct {
 // fire only when the agent does.
 func (a *agent) spawner() {
 	runtime.LockOSThread()
+	// A workload gets the timer slack of the user's processes, not the
+	// agent's own coarser one (agentTimerSlack).
+	if a.spec.Slack > 0 {
+		_ = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(a.spec.Slack), 0, 0, 0)
+	}
 	for r := range a.spawnc {
 		fds := make([]uintptr, len(r.files))
 		for i, f := range r.files {

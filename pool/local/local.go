@@ -38,6 +38,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,7 @@ import (
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultLogMax caps each sandbox's log (both parts together).
@@ -615,8 +617,9 @@ func (b *Backend) ensureAgent(ctx context.Context) error {
 
 // startAgent starts the agent detached and waits for it to say it is ready.
 func (b *Backend) startAgent(ctx context.Context) error {
+	slack, _ := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0) // every thread has the process's
 	spec, err := json.Marshal(agentSpec{Exe: b.opts.Exe, StateDir: b.opts.StateDir, Pool: b.opts.Pool,
-		Idle: b.opts.IdleExit, LogTotal: 64 * b.opts.LogMax})
+		Idle: b.opts.IdleExit, LogTotal: 64 * b.opts.LogMax, Slack: int64(slack)})
 	if err != nil {
 		return err
 	}
@@ -640,7 +643,10 @@ func (b *Backend) startAgent(ctx context.Context) error {
 	launcher.Stdout, launcher.Stderr = logf, logf
 	launcher.Dir = b.opts.StateDir // not the caller's directory, which may go away
 	launcher.ExtraFiles = []*os.File{w}
-	err = launcher.Run()
+	err = startWithSlack(launcher, agentTimerSlack)
+	if err == nil {
+		err = launcher.Wait()
+	}
 	w.Close()
 	logf.Close()
 	if err != nil {
@@ -665,6 +671,31 @@ func (b *Backend) startAgent(ctx context.Context) error {
 	default:
 		return fmt.Errorf("local backend: the agent exited before it was ready (%v; does the binary call local.MaybeRunChild first thing?); see %s", err, b.paths.log)
 	}
+}
+
+// agentTimerSlack is the agent's timer slack (PR_SET_TIMERSLACK; Linux's
+// default is 50 µs). The agent's timers (expiry, idle, warmup) need no
+// precision finer than a millisecond, and its work comes from sockets,
+// whose wake-ups slack does not delay; what slack lets the kernel
+// coalesce are the Go runtime's short sleeps while the agent is busy
+// (sysmon's 20 µs polls, a thief's 3 µs nap before stealing a goroutine):
+// each one a pair of context switches, a share of the agent's CPU per
+// created sandbox (issue 9).
+const agentTimerSlack = time.Millisecond
+
+// startWithSlack starts cmd with the given timer slack, which a process
+// inherits from the thread that forks it and passes on to every thread
+// (and process) it starts: the agent's own runtime threads, sysmon
+// included, exist before its main could set it.
+func startWithSlack(cmd *exec.Cmd, slack time.Duration) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	old, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+	if err != nil || unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(slack.Nanoseconds()), 0, 0, 0) != nil {
+		return cmd.Start() // not Linux-like: started as it is
+	}
+	defer unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(old), 0, 0, 0)
+	return cmd.Start()
 }
 
 var idRE = regexp.MustCompile(`^sb-[0-9a-f]{12}$`)

@@ -910,3 +910,31 @@ func TestClaimRecordRefusesASecondClaimAndPoolTermination(t *testing.T) {
 		t.Fatalf("a pool's termination of a sandbox that ended: %v, want ErrNotFound", err)
 	}
 }
+
+// TestTimerSlack: the agent runs with a coarse timer slack (1 ms: its
+// runtime's short sleeps while busy coalesce), inherited from its start,
+// and a --cmd workload with the slack of the user's processes, not the
+// agent's.
+func TestTimerSlack(t *testing.T) {
+	t.Parallel()
+	slack := func(pid int) string {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", pid))
+		if err != nil {
+			t.Skip("no timer slack here:", err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	own := slack(os.Getpid())
+	b := newBackend(t, local.Options{Cmd: "exec sleep 300"})
+	ref := mustCreate(t, b, time.Minute)
+	if got := slack(agentPid(t, b)); got != "1000000" {
+		t.Errorf("agent: timer slack %s ns, want 1000000", got)
+	}
+	pids := b.Pids(ref.ID)
+	if len(pids) != 1 {
+		t.Fatalf("Pids = %v, want the workload", pids)
+	}
+	if got := slack(pids[0]); got != own {
+		t.Errorf("workload: timer slack %s ns, want the user's %s", got, own)
+	}
+}
