@@ -214,6 +214,11 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 		}
 		return pool.Ref{}, fmt.Errorf("local backend: %w", err)
 	}
+	// The claim table of the agent that made it: a pool's first claims come
+	// right after its first creations, before any pass lists (a pass's list
+	// before the agent started maps nothing, and the next is a maintenance
+	// interval away). Once per agent; a no-op after.
+	b.mapTable(ctx)
 	return resp.Ref.ref(), nil
 }
 

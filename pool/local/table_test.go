@@ -262,3 +262,19 @@ func TestIDKey(t *testing.T) {
 		}
 	}
 }
+
+// A Backend that has only created (its pool's passes have not listed since
+// the agent started) decides claims in the table, with no request.
+func TestClaimTableMappedByACreation(t *testing.T) {
+	t.Parallel()
+	b := tableBackend(t, t.TempDir())
+	t.Cleanup(func() { shutdownAndWait(t, b) })
+	ref, err := b.Create(context.Background(), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decided, err := b.TryClaimOnce(pool.Entry{Ref: ref, ClaimedBy: "test", ClaimedAt: time.Now()})
+	if !decided || err != nil {
+		t.Fatalf("TryClaimOnce after a creation: decided %v, err %v; want decided by the table", decided, err)
+	}
+}
