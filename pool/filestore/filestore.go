@@ -110,10 +110,10 @@ type Store struct {
 	bg         sync.WaitGroup // the background compaction and flusher
 
 	// The background flusher of lazy changes (flushSoon).
-	dirty     atomic.Pointer[os.File] // appended to since its last flush
-	flushing  atomic.Bool
-	closing   chan struct{} // closed by Close
-	bgFlushes atomic.Int64  // for tests
+	dirty      atomic.Pointer[os.File] // appended to since its last flush
+	flushing   atomic.Bool
+	flushTimer *time.Timer  // the last one flushSoon set (owned by the holder of sem)
+	bgFlushes  atomic.Int64 // for tests
 }
 
 var (
@@ -144,7 +144,6 @@ func Open(dir, poolName string) (*Store, error) {
 		lockPath: base + ".lock",
 		sem:      make(chan struct{}, 1),
 		now:      time.Now,
-		closing:  make(chan struct{}),
 	}
 	s.logw = newLogWriter(&s.wbuf)
 	return s, nil
@@ -159,9 +158,12 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
-	close(s.closing)    // the flusher flushes now, not after its delay
-	s.sem <- struct{}{} // a running transaction may start a compaction: let it
+	s.sem <- struct{}{} // a running transaction may start a compaction or a flush: let it
+	t := s.flushTimer
 	<-s.sem
+	if t != nil && t.Stop() {
+		s.flushDirty() // now, not after its delay
+	}
 	s.bg.Wait()
 	s.sem <- struct{}{}
 	defer func() { <-s.sem }()
@@ -472,42 +474,41 @@ func (s *Store) appendLocked(recs []byte, flush bool) error {
 // VM, half of them the Go runtime's sysmon polling while the fdatasync
 // holds a P): at 100 ms, claims 300 ms apart each paid a flush of theirs,
 // a quarter of their switches. What waits is only a machine crash's loss,
-// which names sandboxes that crash killed (see change.lazy).
-const flushDelay = time.Second
+// which names sandboxes that crash killed (see change.lazy). Tests lengthen it.
+var flushDelay = time.Second
 
 // flushSoon has f flushed in the background within flushDelay: one
 // fdatasync for every lazy change appended meanwhile (group commit), after
 // their callers' answers. It runs while the caller holds sem, so that Close
-// cannot miss it (Close cuts the delay short). A failed flush leaves the
-// data in the page cache (kill -9 loses nothing); a disk that fails it
-// fails the next write too, which is reported.
+// cannot miss it (Close cuts the delay short). A timer, not a goroutine
+// waiting on one: starting a goroutine wakes another thread, on a claim's
+// way to its answer. A failed flush leaves the data in the page cache
+// (kill -9 loses nothing); a disk that fails it fails the next write too,
+// which is reported.
 func (s *Store) flushSoon(f *os.File) {
 	s.dirty.Store(f)
 	if !s.flushing.CompareAndSwap(false, true) {
 		return
 	}
 	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		t := time.NewTimer(flushDelay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-s.closing:
+	s.flushTimer = time.AfterFunc(flushDelay, s.flushDirty)
+}
+
+// flushDirty is the flush flushSoon set up.
+func (s *Store) flushDirty() {
+	defer s.bg.Done()
+	for {
+		for f := s.dirty.Swap(nil); f != nil; f = s.dirty.Swap(nil) {
+			_ = datasync(f)
+			s.bgFlushes.Add(1)
 		}
-		for {
-			for f := s.dirty.Swap(nil); f != nil; f = s.dirty.Swap(nil) {
-				_ = datasync(f)
-				s.bgFlushes.Add(1)
-			}
-			s.flushing.Store(false)
-			// A change may have handed a file over after the Swap and seen
-			// flushing still true: take it unless another flusher did.
-			if s.dirty.Load() == nil || !s.flushing.CompareAndSwap(false, true) {
-				return
-			}
+		s.flushing.Store(false)
+		// A change may have handed a file over after the Swap and seen
+		// flushing still true: take it unless another flusher did.
+		if s.dirty.Load() == nil || !s.flushing.CompareAndSwap(false, true) {
+			return
 		}
-	}()
+	}
 }
 
 // compactDue reports whether the log has grown enough to be folded into the snapshot.

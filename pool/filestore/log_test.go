@@ -624,3 +624,35 @@ func TestLoadSinceReadsOnlyNewClaims(t *testing.T) {
 	since(strings.Join(append(append(vs, hs[34:]...), gs...), " "), 0)
 	since("", 51)
 }
+
+// The background flush of lazy changes waits out its delay, unless the
+// store is closed first: Close flushes them at once (a `claim` process
+// exits right after its claim).
+func TestCloseFlushesLazyChangesAtOnce(t *testing.T) {
+	old := flushDelay
+	flushDelay = time.Hour
+	t.Cleanup(func() { flushDelay = old })
+	s, err := Open(t.TempDir(), "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed(t, s, pool.Stored{Target: 2, HasTarget: true, Entries: []pool.Entry{{Ref: ref("a", 100)}, {Ref: ref("b", 100)}}})
+	take(t, s, "me")
+	take(t, s, "me")
+	if n := s.bgFlushes.Load(); n != 0 {
+		t.Fatalf("%d background flushes before the delay", n)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close waited for the flush's delay")
+	}
+	if n := s.bgFlushes.Load(); n != 1 {
+		t.Fatalf("%d background flushes at Close, want 1 for both takes", n)
+	}
+}
