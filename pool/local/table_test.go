@@ -39,6 +39,13 @@ func stopped(t *testing.T, pid int, fn func()) {
 	}
 }
 
+// requestClaim asks the agent to record e's claim, as a Backend without
+// the claim table does.
+func requestClaim(ctx context.Context, b *Backend, e pool.Entry) error {
+	_, err := b.call(ctx, request{Op: "claimed", ID: e.ID, By: e.ClaimedBy, At: e.ClaimedAt, Once: true}, false)
+	return err
+}
+
 func tableBackend(t *testing.T, dir string) *Backend {
 	t.Helper()
 	b, err := New(Options{StateDir: dir, Pool: "table", IdleExit: 5 * time.Second, TermGrace: 200 * time.Millisecond})
@@ -129,12 +136,16 @@ func TestClaimTableAcrossProcesses(t *testing.T) {
 	if err := b2.TerminatePooled(ctx, r.ID); !errors.Is(err, pool.ErrAlreadyClaimed) {
 		t.Fatalf("a pool's termination of the claimed sandbox: %v, want ErrAlreadyClaimed", err)
 	}
-	// The claim's record, made beside its answer; another claim's record
-	// (an agent's request: a Backend without the table) is refused.
+	// The claim's record, made beside its answer; the agent's requests
+	// (a Backend without the table: an older binary) honor the slot: the
+	// same claim is fine, another one refused.
 	if err := b1.MarkClaimedOnce(ctx, mine); err != nil {
 		t.Fatalf("the claim's record: %v", err)
 	}
-	if err := b2.MarkClaimedOnce(ctx, theirs); !errors.Is(err, pool.ErrAlreadyClaimed) {
+	if err := requestClaim(ctx, b2, mine); err != nil {
+		t.Fatalf("the same claim's request: %v", err)
+	}
+	if err := requestClaim(ctx, b2, theirs); !errors.Is(err, pool.ErrAlreadyClaimed) {
 		t.Fatalf("another claim's request: %v, want ErrAlreadyClaimed", err)
 	}
 	// A pool's termination, then a claim of that sandbox: gone.
@@ -245,9 +256,9 @@ func TestClaimAnsweredWhileTheAgentIsStopped(t *testing.T) {
 	if ref, ok := listed(t, b.Backend, got.ID); !ok || !ref.Claimed {
 		t.Fatalf("the agent lists the claimed %s as %+v", got.ID, ref)
 	}
-	err = b.Backend.MarkClaimedOnce(ctx, pool.Entry{Ref: got.Ref, ClaimedBy: "other", ClaimedAt: time.Now()})
+	err = requestClaim(ctx, b.Backend, pool.Entry{Ref: got.Ref, ClaimedBy: "other", ClaimedAt: time.Now()})
 	if !errors.Is(err, pool.ErrAlreadyClaimed) || !strings.Contains(err.Error(), "claimed by cli") {
-		t.Fatalf("another claim of %s: %v, want refused, held by cli (its record)", got.ID, err)
+		t.Fatalf("another claim's request of %s: %v, want refused, held by cli (its record)", got.ID, err)
 	}
 }
 
