@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -306,4 +307,27 @@ func TestRunWaitsForAClaimsBackfill(t *testing.T) {
 		return strings.Contains(ctl.logs.String(), "controller started")
 	})
 	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })
+}
+
+// TestRunHasTimerSlack: `run` runs with a 1 ms timer slack (the Go
+// runtime's short sleeps while it is busy coalesce): it runs itself again
+// in place at start, keeping its pid, and then maintains the pool as ever.
+func TestRunHasTimerSlack(t *testing.T) {
+	if _, err := os.Stat("/proc/self/timerslack_ns"); err != nil {
+		t.Skip("no timer slack here:", err)
+	}
+	state := t.TempDir()
+	env := cliEnv(state)
+	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	ctl := startRun(t, env, append([]string{"--size", "1"}, fastRun...)...)
+	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })
+	pid := ctl.cmd.Process.Pid
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/timerslack_ns", pid))
+	if err != nil || strings.TrimSpace(string(b)) != "1000000" {
+		t.Fatalf("run's timer slack: %q (%v), want 1000000 ns", b, err)
+	}
+	want := fmt.Sprintf("maintained by pid %d", pid)
+	if r := cli(t, env, append([]string{"run"}, fastRun...)...); r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Fatalf("second run: exit %d, %q; want %q", r.code, r.stderr, want)
+	}
 }

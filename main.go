@@ -34,6 +34,9 @@ func main() {
 	// command line (nor cobra).
 	cpuprof.FromEnv()
 	local.MaybeRunChild()
+	if len(os.Args) > 1 && os.Args[1] == "run" {
+		withTimerSlack(controllerTimerSlack) // the controller, long-lived: see slack_linux.go
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
