@@ -903,19 +903,25 @@ type spawnResult struct {
 func (a *agent) spawner() {
 	runtime.LockOSThread()
 	// A workload gets the timer slack of the user's processes, not the
-	// agent's own coarser one (agentTimerSlack).
-	if a.spec.Slack > 0 {
-		_ = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(a.spec.Slack), 0, 0, 0)
-	}
+	// agent's own coarser one (agentTimerSlack): set for the fork only,
+	// as this thread may be the agent's main one.
+	own, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+	setSlack := a.spec.Slack > 0 && err == nil && int64(own) != a.spec.Slack
 	for r := range a.spawnc {
 		fds := make([]uintptr, len(r.files))
 		for i, f := range r.files {
 			fds[i] = f.Fd()
 		}
+		if setSlack {
+			_ = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(a.spec.Slack), 0, 0, 0)
+		}
 		pid, err := syscall.ForkExec(r.argv[0], r.argv, &syscall.ProcAttr{
 			Dir: r.dir, Env: r.env, Files: fds,
 			Sys: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 		})
+		if setSlack {
+			_ = unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(own), 0, 0, 0)
+		}
 		runtime.KeepAlive(r.files)
 		r.reply <- spawnResult{pid, err}
 	}
