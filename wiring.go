@@ -48,6 +48,14 @@ func (p *opened) Close() {
 // A controller (run, dashboard, maintain) stores its timing for the pool;
 // every other process takes the stored timing unless given its own.
 func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger, controller bool) (*opened, error) {
+	return openPoolAs(ctx, o, cfg, logger, controller, false)
+}
+
+// openPoolAs is openPool; an exclusive controller (run, demo: they refuse a
+// pool maintained elsewhere) first makes sure no other controller holds the
+// pool, and refuses before it stores its --size and timing: stored, they
+// would retarget the running controller (it judges by the pool's timing).
+func openPoolAs(ctx context.Context, o *options, cfg pool.Config, logger *slog.Logger, controller, exclusive bool) (*opened, error) {
 	var (
 		be      pool.Backend
 		st      pool.Store
@@ -76,6 +84,13 @@ func openPool(ctx context.Context, o *options, cfg pool.Config, logger *slog.Log
 	closeAll := func() {
 		for _, c := range closers {
 			c()
+		}
+	}
+	if leaser, ok := st.(pool.Leaser); ok && controller && exclusive {
+		// A claim's backfill hands the pool over: Serve waits for it.
+		if h, err := leaser.LeaseHolder(ctx); err == nil && !h.IsZero() && h.Role != pool.RoleBackfill {
+			closeAll()
+			return nil, heldError(cfg.Pool, h)
 		}
 	}
 	cfg, err := agreeOnTiming(ctx, o, cfg, st, controller)
@@ -268,7 +283,7 @@ func startControllerWith(ctx context.Context, o *options, cfg pool.Config, logge
 	if o.readonly { // read-only changes nothing: --size is not the pool's target
 		cfg.Size, cfg.SizeSet = min(pool.DefaultConfig().Size, cfg.MaxSize), false
 	}
-	p, err := openPool(ctx, o, cfg, logger, !o.readonly) // read-only stores nothing
+	p, err := openPoolAs(ctx, o, cfg, logger, !o.readonly, !allowViewer) // read-only stores nothing
 	if err != nil {
 		return nil, err
 	}
@@ -391,12 +406,17 @@ func (s *serving) serveError(poolName string) error {
 	err := s.served
 	var held *pool.LeaseHeldError
 	if errors.As(err, &held) {
-		return fmt.Errorf("pool %q is already maintained by %s; stop it first, or use the dashboard to watch it", poolName, cmp.Or(held.Holder.String(), "another process (its lease record is not written yet)"))
+		return heldError(poolName, held.Holder)
 	}
 	if err == nil {
 		err = errors.New("controller stopped")
 	}
 	return err
+}
+
+// heldError is a controller's refusal of a pool that holder maintains.
+func heldError(poolName string, holder pool.LeaseRecord) error {
+	return fmt.Errorf("pool %q is already maintained by %s; stop it first, or use the dashboard to watch it", poolName, cmp.Or(holder.String(), "another process (its lease record is not written yet)"))
 }
 
 // stop ends the loops and the API and closes the pool within about 2 s,
