@@ -440,6 +440,13 @@ func (s *serving) stop(cleanup bool, logger *slog.Logger) {
 	s.Close()
 }
 
+// runLogs says whether run's log has a line for e (at its level): every
+// event but a pass's end and a store poll's change; a creation's start is
+// debug.
+func runLogs(e pool.Event) bool {
+	return e.Kind == pool.EventCreating || !e.Routine()
+}
+
 // logEvents writes the controller's events to logger, as `run` shows them.
 func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
 	level := func(e pool.Event) slog.Level {
@@ -453,8 +460,7 @@ func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
 	}
 	// What the logger would drop is turned down before it is queued.
 	keep := func(e pool.Event) bool {
-		return e.Kind != pool.EventMaintained && e.Kind != pool.EventStoreChanged &&
-			logger.Enabled(context.Background(), level(e))
+		return runLogs(e) && logger.Enabled(context.Background(), level(e))
 	}
 	ctrl.ObserveAsyncIf(keep, func(e pool.Event) { // a slow log never slows a claim
 		attrs := []any{"event", string(e.Kind)}

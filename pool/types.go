@@ -419,6 +419,21 @@ type Event struct {
 	Message string
 }
 
+// Routine says an event is too frequent to be worth a line of a log (a
+// pass's end, a store poll that saw a change): what a table or a counter
+// shows. A store change that names a sandbox is a decision (claimed
+// elsewhere: not handed out again; ended already: out of the pool) and
+// worth its line, or a sandbox leaves the pool without a word.
+func (e Event) Routine() bool {
+	switch e.Kind {
+	case EventMaintained, EventCreating:
+		return true
+	case EventStoreChanged:
+		return e.SandboxID == ""
+	}
+	return false
+}
+
 // Optional backend capabilities, found by type assertion. The engine uses
 // them when a backend has them and works without them.
 

@@ -782,11 +782,6 @@ func (m *Model) noteHealth(id string, h pool.Health) {
 	m.health[id] = hs
 }
 
-// hiddenEvents are too frequent to be worth a line: the table shows them.
-var hiddenEvents = map[pool.EventKind]bool{
-	pool.EventStoreChanged: true, pool.EventMaintained: true, pool.EventCreating: true,
-}
-
 func (m *Model) onEvents(evs []pool.Event) {
 	for _, e := range evs {
 		if e.Time.IsZero() {
@@ -805,7 +800,7 @@ func (m *Model) onEvents(evs []pool.Event) {
 			m.spark.claim(e.Time, e.Duration)
 		}
 		m.hist.event(e, by)
-		if hiddenEvents[e.Kind] {
+		if e.Routine() {
 			continue
 		}
 		m.addLog(logLine{at: e.Time, id: e.SandboxID, text: eventText(e), err: e.Err})

@@ -553,3 +553,20 @@ func TestHeaderFollowsTheAPIStatus(t *testing.T) {
 	d.wantScreen("api 127.0.0.1:7780")
 	d.wantNotScreen("in use")
 }
+
+// TestSandboxLeavingThePoolIsShown: a store change that takes a sandbox out
+// of the pool (it had ended; another claim holds it) gets its line in the
+// event log; a store poll's bare "changed" does not.
+func TestSandboxLeavingThePoolIsShown(t *testing.T) {
+	d := newDriver(t, Options{})
+	d.m.onEvents([]pool.Event{
+		{Kind: pool.EventStoreChanged},
+		{Kind: pool.EventStoreChanged, SandboxID: "sb-0002", Message: "sb-0002 had ended already: out of the pool"},
+	})
+	d.wantScreen("sb-0002 had ended already: out of the pool")
+	for _, l := range d.m.log {
+		if l.id == "" && strings.Contains(l.text, "store") {
+			t.Errorf("a bare store change has a line: %q", l.text)
+		}
+	}
+}

@@ -80,7 +80,7 @@ func runPlain(ctx context.Context, eng Engine, opts Options, out io.Writer) erro
 			if !ok {
 				return nil
 			}
-			if hiddenEvents[e.Kind] {
+			if e.Routine() {
 				continue
 			}
 			if e.Time.IsZero() {
