@@ -378,3 +378,49 @@ func TestClaimRecordOfADeadSandboxIsNoBackendError(t *testing.T) {
 		t.Fatalf("problems %+v", p)
 	}
 }
+
+// A claim by another process reaches this process's observers once (run's
+// log, autosize's demand, the cost), whether its journal line or the store
+// shows it first. Before, a claim replayed from the journal first reached
+// the dashboard only: the store's sighting then counted nothing new, and
+// run's log and autosize never heard of it (2 of 3 CLI claims in a trial).
+func TestAClaimElsewhereReachesObserversOnce(t *testing.T) {
+	for _, journalFirst := range []bool{true, false} {
+		h := newHarness(t, func(c *pool.Config) { c.Size = 0 })
+		ctx := context.Background()
+		h.pass()
+		ref, err := h.be.Create(ctx, h.cfg.TTL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.st.Put(ctx, ref); err != nil { // pooled by another process
+			t.Fatal(err)
+		}
+		var log eventLog
+		h.c.Observe(log.add)
+		other, err := pool.New(pool.Options{Config: h.cfg, Backend: h.be, Store: h.st, Clock: h.clk, Checker: h.be.Checker})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := other.Claim(ctx, pool.ClaimOptions{By: "cli"})
+		other.Close()
+		if err != nil || got.ID != ref.ID {
+			t.Fatalf("the other process's claim: %+v %v", got, err)
+		}
+		word := pool.Event{Kind: pool.EventClaimed, SandboxID: ref.ID, By: "cli", Warm: true, Duration: time.Millisecond, Time: h.clk.Now()}
+		if journalFirst {
+			h.c.Replay(word)
+			h.pass()
+		} else {
+			h.pass()
+			h.c.Replay(word)
+		}
+		claims := log.of(pool.EventClaimed, ref.ID)
+		if len(claims) != 1 || !claims[0].Remote {
+			t.Errorf("journal first %v: observers saw %+v, want the claim once, as another process's", journalFirst, claims)
+		}
+		if s := h.c.Snapshot().Stats; s.ClaimsWarm != 1 || s.ClaimsWaited != 0 {
+			t.Errorf("journal first %v: stats %+v, want 1 warm", journalFirst, s)
+		}
+	}
+}

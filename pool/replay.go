@@ -3,9 +3,11 @@ package pool
 // Replay shows an event that another process of the pool caused (read from
 // the pool's journal) as if it happened here: subscribers (the dashboard)
 // receive it, and its claims count in Stats, so that a viewer's counters and
-// warm-hit ratio are the pool's. Observers (metrics) do not see it: each
-// process's metrics count what it did itself, or a scrape of two processes
-// would count a claim twice.
+// warm-hit ratio are the pool's. Observers see only a claim that this
+// process hears of here first, marked Remote, as they would have from the
+// store's sighting of it (claimsSeenLocked), which then counts nothing new:
+// each claim of another process reaches run's log, autosize's demand and
+// the cost once, whichever comes first.
 func (c *Controller) Replay(e Event) {
 	if e.Time.IsZero() {
 		e.Time = c.clk.Now()
@@ -28,6 +30,12 @@ func (c *Controller) Replay(e Event) {
 			c.stats.ClaimsWarm++
 		} else {
 			c.stats.ClaimsWaited++
+		}
+		if e.SandboxID != "" {
+			c.mu.Unlock()
+			e.Remote = true // the journal keeps it out: its claimer wrote it there
+			c.events.publish(e)
+			return
 		}
 	case EventClaimTimeout:
 		c.stats.ClaimsFailed++

@@ -409,8 +409,8 @@ type Event struct {
 	// Count is how many identical errors this one stands for: identical
 	// errors are folded, one event at the 1st, 10th, 100th... occurrence.
 	Count int
-	// Remote is set for a claim made by another process, seen in the store:
-	// Duration is then unknown (0).
+	// Remote is set for a claim made by another process, seen in the store
+	// (Duration is then unknown: 0) or heard of first through the journal.
 	Remote bool
 	// Tail is the workload's last lines of output, for a create_failed
 	// whose workload exited (ExitWatcher backends).
