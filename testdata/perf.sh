@@ -82,8 +82,10 @@ created_fill=$(metric 'sandboxpool_creations_total{result="ok"}')
 say "$fill, cpu ${cpu_fill} ms for $created_fill creations (process start included)"
 
 say "CPU per created sandbox: grow $POOL -> $MAX"
-c0=$(cpu)
+# Counted before the window opens: a /metrics scrape costs the controller
+# ~1-3 ms, which is this script's, not the creations'.
 n0=$(metric 'sandboxpool_creations_total{result="ok"}')
+c0=$(cpu)
 curl -sf -X PUT -d "{\"size\":$MAX}" "$api/v1/pool/size" >/dev/null
 # Polled every 50 ms, not 5: each poll is a /metrics scrape (~1.3 ms of the
 # controller's CPU), which is the load tool's cost, not the creations'.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -191,5 +192,23 @@ func TestConnectOpensTheClientsConnectionsBeforeABurst(t *testing.T) {
 	}
 	if extra := opened.Load() - before; extra >= 4 {
 		t.Errorf("the burst opened %d new connections after Connect", extra)
+	}
+}
+
+// PoolCPU counts a live process finer than /proc/<pid>/stat's 10 ms ticks.
+func TestPoolCPUCountsFinerThanTicks(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; exec sleep 30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	var ms float64
+	testkit.Eventually(t, 20*time.Second, "the child's busy loop counted", func() bool {
+		var err error
+		ms, _, err = PoolCPU(t.TempDir(), cmd.Process.Pid)
+		return err == nil && ms >= 20
+	})
+	if ns := int64(ms * 1e6); ns%10_000_000 == 0 {
+		t.Errorf("PoolCPU = %v ms: whole ticks, not the threads' run time", ms)
 	}
 }
