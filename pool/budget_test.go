@@ -129,7 +129,7 @@ func TestCreationBudgetHoldsUnderRandomLoad(t *testing.T) {
 			switch {
 			case e.Kind == pool.EventClaimed:
 				marks = append(marks, mark{e.Time, "claim"})
-			case e.Kind == pool.EventTerminated && e.Reason != pool.ReasonExpired && e.Reason != pool.ReasonFailed && e.Reason != pool.ReasonOrphan:
+			case e.Kind == pool.EventTerminated && e.Reason != pool.ReasonExpired && e.Reason != pool.ReasonFailed && e.Reason != pool.ReasonCancelled && e.Reason != pool.ReasonOrphan:
 				marks = append(marks, mark{e.Time, "lost"})
 			case e.Kind == pool.EventCreateFailed:
 				marks = append(marks, mark{e.Time, "failed"})

@@ -213,10 +213,13 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	}
 	c.killing[e.ID] = true
 	c.recent[e.ID] = Sandbox{ID: e.ID, URL: e.URL, State: StateTerminating, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt}
-	if !e.Claimed() && !e.CreatedAt.IsZero() && reason != ReasonFailed {
+	// A sandbox that never got ready (failed, cancelled) was no waste of
+	// the pool's, nor a loss that explains a replacement.
+	unready := reason == ReasonFailed || reason == ReasonCancelled
+	if !e.Claimed() && !e.CreatedAt.IsZero() && !unready {
 		c.stats.WasteSeconds += now.Sub(e.CreatedAt).Seconds()
 	}
-	if !e.Claimed() && reason != ReasonExpired && reason != ReasonFailed && reason != ReasonOrphan {
+	if !e.Claimed() && reason != ReasonExpired && !unready && reason != ReasonOrphan {
 		c.budget.lose(now) // a pooled sandbox gone early explains its replacement
 	}
 	c.mu.Unlock()

@@ -815,10 +815,11 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	c.healthCounts[h.OK]++
 	c.mu.Unlock()
 	if !h.OK || ctx.Err() != nil {
-		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed, ByController)
 		if ctx.Err() != nil {
+			_ = c.terminate(ctx, Entry{Ref: ref}, ReasonCancelled, ByController)
 			return Ref{}, ctx.Err()
 		}
+		_ = c.terminate(ctx, Entry{Ref: ref}, ReasonFailed, ByController)
 		if exit != nil {
 			return Ref{}, &exitError{id: ref.ID, info: *exit}
 		}

@@ -348,6 +348,7 @@ const (
 	ReasonShrink    = "shrink"    // surplus over the target
 	ReasonUser      = "user"      // asked for by a person or a client
 	ReasonFailed    = "failed"    // never got healthy after creation
+	ReasonCancelled = "cancelled" // its creation was cut short (the controller stopping, surplus)
 	ReasonOrphan    = "orphan"    // running for this pool but unknown to the store
 	ReasonCleanup   = "cleanup"   // --cleanup on quit
 	// reasonClaimedElsewhere: pooled in the store, claimed in the backend's

@@ -195,7 +195,7 @@ var (
 
 // reasons are always exported, at zero when nothing was terminated for them yet.
 var reasons = []string{pool.ReasonExpired, pool.ReasonUnhealthy, pool.ReasonShrink, pool.ReasonUser,
-	pool.ReasonFailed, pool.ReasonOrphan, pool.ReasonCleanup}
+	pool.ReasonFailed, pool.ReasonCancelled, pool.ReasonOrphan, pool.ReasonCleanup}
 
 func (c *snapshotCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descSandboxes, descTarget, descCreations, descHealth,
