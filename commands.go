@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -243,11 +244,14 @@ func checkCommand(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var view httpapi.PoolView
+			var (
+				view     httpapi.PoolView
+				counters string
+			)
 			if o.api != "" {
 				view, err = apiClient(o).Pool(cmd.Context())
 			} else {
-				view, err = checkStore(cmd.Context(), o, cfg)
+				view, counters, err = checkStore(cmd.Context(), o, cfg)
 			}
 			if err != nil {
 				return err
@@ -255,7 +259,7 @@ func checkCommand(o *options) *cobra.Command {
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), view)
 			}
-			printPool(cmd.OutOrStdout(), view)
+			printPool(cmd.OutOrStdout(), view, counters)
 			return nil
 		},
 	}
@@ -264,47 +268,59 @@ func checkCommand(o *options) *cobra.Command {
 	return cmd
 }
 
-func checkStore(ctx context.Context, o *options, cfg pool.Config) (httpapi.PoolView, error) {
+// checkStore reads the pool from its store; counters says why the warm-hit
+// ratio and waste are not the running controller's ("" when they are, or
+// when there is none to ask).
+func checkStore(ctx context.Context, o *options, cfg pool.Config) (view httpapi.PoolView, counters string, _ error) {
 	if err := mustExist(o, cfg.Pool); err != nil {
-		return httpapi.PoolView{}, err
+		return httpapi.PoolView{}, "", err
 	}
 	ro := *o
 	ro.mustExist = true // Modal: looked up, never created
 	p, err := openPool(ctx, &ro, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
-		return httpapi.PoolView{}, err
+		return httpapi.PoolView{}, "", err
 	}
 	defer p.Close()
 	snap, err := p.ctrl.Refresh(ctx, true)
 	if err != nil {
-		return httpapi.PoolView{}, err
+		return httpapi.PoolView{}, "", err
 	}
-	view := httpapi.NewPoolView(snap)
+	view = httpapi.NewPoolView(snap)
 	if holder, err := p.ctrl.LeaseHolder(ctx); err == nil && !holder.IsZero() {
 		view.MaintainedBy = &holder
-		controllerCounters(ctx, o, holder, &view)
+		counters = controllerCounters(ctx, o, holder, &view)
 	}
-	return view, nil
+	return view, counters, nil
 }
 
 // controllerCounters takes the warm-hit ratio and waste from the running
 // controller's API: it has seen every claimer of the pool since it started,
 // while this process, just opened, has seen none (it would say 0%). A
 // controller without an API, on another host, or not answering within a
-// second leaves this process's own figures.
-func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord, view *httpapi.PoolView) {
+// second leaves this process's own figures; one that answers with an error
+// (a token it was not given: 401) is said, or its 0% would read as the
+// pool's.
+func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord, view *httpapi.PoolView) string {
 	if host, _ := os.Hostname(); holder.API == "" || (holder.Host != "" && holder.Host != host) {
-		return
+		return ""
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	c := apiClient(o)
 	c.BaseURL = "http://" + holder.API
 	live, err := c.Pool(ctx)
-	if err != nil || live.Pool != view.Pool {
-		return
+	var ae *httpapi.APIError
+	switch {
+	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
+		return fmt.Sprintf("the controller's API at %s wants its token (--token-file or SANDBOXPOOL_TOKEN)", holder.API)
+	case errors.As(err, &ae):
+		return fmt.Sprintf("the controller's API at %s answered %d %s", holder.API, ae.Status, ae.Message)
+	case err != nil || live.Pool != view.Pool:
+		return ""
 	}
 	view.WarmHitRatio, view.WasteSeconds = live.WarmHitRatio, live.WasteSeconds
+	return ""
 }
 
 // mustExist makes a read-only command on a pool that was never made (a typo
@@ -346,11 +362,17 @@ func writeJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func printPool(w io.Writer, v httpapi.PoolView) {
+// printPool prints the pool as check does; counters, when set, says why
+// the warm-hit ratio and waste are unknown.
+func printPool(w io.Writer, v httpapi.PoolView, counters string) {
 	c := v.Counts
 	fmt.Fprintf(w, "pool %s (%s): target %d, ready %d, creating %d, warming %d, unhealthy %d, expiring %d, claimed %d\n",
 		v.Pool, v.Backend, v.Target, c.Ready, c.Creating, c.Warming, c.Unhealthy, c.Expiring, c.Claimed)
-	fmt.Fprintf(w, "warm-hit ratio %.0f%%, waste %.0f sandbox-seconds ready and never claimed\n", v.WarmHitRatio*100, v.WasteSeconds)
+	if counters != "" {
+		fmt.Fprintf(w, "warm-hit ratio and waste unknown: %s\n", counters)
+	} else {
+		fmt.Fprintf(w, "warm-hit ratio %.0f%%, waste %.0f sandbox-seconds ready and never claimed\n", v.WarmHitRatio*100, v.WasteSeconds)
+	}
 	if m := v.MaintainedBy; m != nil {
 		fmt.Fprintf(w, "maintained by %s\n", m)
 	} else {

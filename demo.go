@@ -77,7 +77,7 @@ func demo(ctx context.Context, out io.Writer, o *options, cfg pool.Config) error
 			return err
 		}
 		fmt.Fprintln(out)
-		printPool(out, view)
+		printPool(out, view, "")
 		return nil
 	}
 	if err := check(); err != nil {
