@@ -66,12 +66,21 @@ func (p *passRunner) run(ctx, life context.Context, full bool, fn func(context.C
 func (c *Controller) Rounds() int64 { return c.rounds.Load() }
 
 // takeGate counts claims taking from the store, so that creations' store
-// writes can let them go first.
+// writes can let them go first. A burst of claims has gaps between them
+// (each client's next claim is a round trip away): the gate counts as busy
+// until takeQuiet after the last claim left, so a burst's backfill waits
+// for its end instead of taking the CPU between its claims.
 type takeGate struct {
-	mu   sync.Mutex    // guards n and idle
+	clk  clockwork.Clock
+	mu   sync.Mutex    // guards n, idle and last
 	n    int           // takes in flight
 	idle chan struct{} // closed while n == 0
+	last time.Time     // when the last take left
 }
+
+// takeQuiet is how long after a claim a burst counts as over. Claims
+// further apart than this (200/s is 5 ms) see no change.
+const takeQuiet = 2 * time.Millisecond
 
 func (g *takeGate) enter() {
 	g.mu.Lock()
@@ -83,16 +92,22 @@ func (g *takeGate) enter() {
 }
 
 func (g *takeGate) leave() {
+	now := g.clk.Now()
 	g.mu.Lock()
 	g.n--
+	g.last = now
 	if g.n == 0 {
 		close(g.idle)
 	}
 	g.mu.Unlock()
 }
 
-// busy reports whether a take is in flight.
-func (g *takeGate) busy() bool { return g.inFlight() > 0 }
+// busy reports whether a take is in flight or one left within takeQuiet.
+func (g *takeGate) busy() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.n > 0 || g.clk.Since(g.last) < takeQuiet
+}
 
 // inFlight is the number of takes in flight.
 func (g *takeGate) inFlight() int {
@@ -101,22 +116,33 @@ func (g *takeGate) inFlight() int {
 	return g.n
 }
 
-// waitIdle returns once no take is in flight, or after at most d, or at
-// ctx's end. The timer is made only when there is something to wait for.
+// waitIdle returns once no take is in flight and none left within
+// takeQuiet, or after at most d, or at ctx's end. A timer is made only when
+// there is something to wait for.
 func (g *takeGate) waitIdle(ctx context.Context, clk clockwork.Clock, d time.Duration) {
-	g.mu.Lock()
-	if g.n == 0 {
+	deadline := clk.Now().Add(d)
+	for {
+		g.mu.Lock()
+		n, idle, last := g.n, g.idle, g.last
 		g.mu.Unlock()
-		return
-	}
-	idle := g.idle
-	g.mu.Unlock()
-	t := clk.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-idle:
-	case <-t.Chan():
-	case <-ctx.Done():
+		now := clk.Now()
+		wait := deadline.Sub(now)
+		if n == 0 {
+			idle = nil // a take that enters meanwhile is seen when the quiet ends
+			wait = min(wait, last.Add(takeQuiet).Sub(now))
+		}
+		if wait <= 0 {
+			return
+		}
+		t := clk.NewTimer(wait)
+		select {
+		case <-idle:
+		case <-t.Chan():
+		case <-ctx.Done():
+			t.Stop()
+			return
+		}
+		t.Stop()
 	}
 }
 
