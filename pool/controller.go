@@ -201,7 +201,6 @@ func New(o Options) (*Controller, error) {
 		poll: o.StorePollEvery, life: life, stop: stop, log: cmp.Or(o.Logger, slog.New(slog.DiscardHandler)),
 		leaseAs:      LeaseRecord{Host: hostname(), Pid: osGetpid(), Role: cmp.Or(o.Role, RoleController), Command: o.Command, API: o.API},
 		kickCh:       make(chan struct{}, 1),
-		takes:        takeGate{clk: o.Clock},
 		target:       o.Config.Size,
 		health:       map[string]Health{},
 		inflight:     map[string]*creation{},

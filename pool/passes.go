@@ -69,13 +69,14 @@ func (c *Controller) Rounds() int64 { return c.rounds.Load() }
 // writes can let them go first. A burst of claims has gaps between them
 // (each client's next claim is a round trip away): the gate counts as busy
 // until takeQuiet after the last claim left, so a burst's backfill waits
-// for its end instead of taking the CPU between its claims.
+// for its end instead of taking the CPU between its claims. That quiet is
+// about the machine's CPU, not the pool's time: it is read on the real
+// clock (an injected fake one would hold a backfill until a test moves it).
 type takeGate struct {
-	clk  clockwork.Clock
 	mu   sync.Mutex    // guards n, idle and last
 	n    int           // takes in flight
 	idle chan struct{} // closed while n == 0
-	last time.Time     // when the last take left
+	last time.Time     // when the last take left (real clock)
 }
 
 // takeQuiet is how long after a claim a burst counts as over. Claims
@@ -92,7 +93,7 @@ func (g *takeGate) enter() {
 }
 
 func (g *takeGate) leave() {
-	now := g.clk.Now()
+	now := time.Now()
 	g.mu.Lock()
 	g.n--
 	g.last = now
@@ -106,7 +107,7 @@ func (g *takeGate) leave() {
 func (g *takeGate) busy() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.n > 0 || g.clk.Since(g.last) < takeQuiet
+	return g.n > 0 || time.Since(g.last) < takeQuiet
 }
 
 // inFlight is the number of takes in flight.
@@ -117,32 +118,43 @@ func (g *takeGate) inFlight() int {
 }
 
 // waitIdle returns once no take is in flight and none left within
-// takeQuiet, or after at most d, or at ctx's end. A timer is made only when
-// there is something to wait for.
+// takeQuiet, or after at most d (on clk while takes are in flight, and on
+// the real clock for the quiet), or at ctx's end.
 func (g *takeGate) waitIdle(ctx context.Context, clk clockwork.Clock, d time.Duration) {
-	deadline := clk.Now().Add(d)
+	var bound clockwork.Timer // made only when there is something to wait for
+	defer func() {
+		if bound != nil {
+			bound.Stop()
+		}
+	}()
+	realBound := time.Now().Add(d)
 	for {
 		g.mu.Lock()
 		n, idle, last := g.n, g.idle, g.last
 		g.mu.Unlock()
-		now := clk.Now()
-		wait := deadline.Sub(now)
-		if n == 0 {
-			idle = nil // a take that enters meanwhile is seen when the quiet ends
-			wait = min(wait, last.Add(takeQuiet).Sub(now))
-		}
-		if wait <= 0 {
+		if n > 0 {
+			if bound == nil {
+				bound = clk.NewTimer(d)
+			}
+			select {
+			case <-idle:
+				continue
+			case <-bound.Chan():
+			case <-ctx.Done():
+			}
 			return
 		}
-		t := clk.NewTimer(wait)
+		rest := min(takeQuiet-time.Since(last), time.Until(realBound))
+		if rest <= 0 {
+			return
+		}
+		t := time.NewTimer(rest)
 		select {
-		case <-idle:
-		case <-t.Chan():
+		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
 			return
 		}
-		t.Stop()
 	}
 }
 
