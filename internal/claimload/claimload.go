@@ -305,6 +305,28 @@ func (c *Client) Paced(ctx context.Context, n int, gap time.Duration) (Result, e
 	})
 }
 
+// Alternate is one client making n claims from each of two APIs in turn
+// (a, b, a, b...), gap apart from one start to the next: two pools compared
+// in the same minutes, so that what the machine does meanwhile weighs on
+// both alike (measured one after the other, minutes apart, the same pool's
+// p50 moved by 20%).
+func Alternate(ctx context.Context, a, b *Client, n int, gap time.Duration) (ra, rb Result, err error) {
+	recA, recB := &recorder{}, &recorder{}
+	start := time.Now()
+	next := start
+	for i := 0; i < 2*n && ctx.Err() == nil; i++ {
+		sleepUntil(ctx, next)
+		next = next.Add(gap)
+		if i%2 == 0 {
+			recA.add(a.Claim(ctx))
+		} else {
+			recB.add(b.Claim(ctx))
+		}
+	}
+	recA.res.Elapsed, recB.res.Elapsed = time.Since(start), time.Since(start)
+	return recA.res, recB.res, ctx.Err()
+}
+
 // BackToBack is one client making n claims, each as soon as the last returned.
 func (c *Client) BackToBack(ctx context.Context, n int) (Result, error) {
 	return c.Paced(ctx, n, 0)

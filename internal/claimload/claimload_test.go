@@ -212,3 +212,16 @@ func TestPoolCPUCountsFinerThanTicks(t *testing.T) {
 		t.Errorf("PoolCPU = %v ms: whole ticks, not the threads' run time", ms)
 	}
 }
+
+// Alternate claims from two APIs in turn, n from each.
+func TestAlternateClaimsFromTwoAPIsInTurn(t *testing.T) {
+	a, warmA := fakeAPI(t)
+	b, warmB := fakeAPI(t)
+	ra, rb, err := Alternate(context.Background(), NewClient(a.URL, 1), NewClient(b.URL, 1), 4, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ra.Latency) != 4 || len(rb.Latency) != 4 || warmA.Load() != 4 || warmB.Load() != 4 {
+		t.Fatalf("a: %d claims (%d served), b: %d (%d served); want 4 each", len(ra.Latency), warmA.Load(), len(rb.Latency), warmB.Load())
+	}
+}

@@ -15,6 +15,7 @@
 //	burst       -clients clients share -n claims; -repeat times, refilling to -refill between
 //	rate        -rate claims/s for -for, open loop
 //	steps       a profile such as 0x5s,8x30s,0x30s, one row per second, then a summary
+//	alternate   one client, -n claims from each of -url and -url2 in turn, -gap apart (two pools compared in the same minutes)
 //	claimed     claim at -rate until the pool shows -want claimed entries or -max-wait passes
 //	cpu         CPU ms of every process of the pool under -state-dir (and -pid's tree)
 package main
@@ -50,6 +51,7 @@ func main() {
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
 	var (
 		base     = fs.String("url", "http://127.0.0.1:7780", "the API")
+		base2    = fs.String("url2", "", "alternate: the second API (claims go to -url and -url2 in turn)")
 		token    = fs.String("token", os.Getenv("SANDBOXPOOL_TOKEN"), "bearer token")
 		noCheck  = fs.Bool("no-health-check", false, "claim with check_health=false")
 		timeout  = fs.Duration("timeout", 10*time.Second, "each claim's server-side wait")
@@ -161,6 +163,16 @@ func main() {
 		if serr != nil {
 			fail(serr)
 		}
+		return
+	case "alternate":
+		c2 := claimload.NewClient(*base2, claimload.MaxConns)
+		c2.Token, c2.NoHealthCheck, c2.Timeout = c.Token, c.NoHealthCheck, c.Timeout
+		ra, rb, aerr := claimload.Alternate(ctx, c, c2, *n, *gap)
+		if aerr != nil {
+			fail(aerr)
+		}
+		fmt.Println(ra.Line("alternate-a"))
+		fmt.Println(rb.Line("alternate-b"))
 		return
 	case "claimed":
 		deadline := time.Now().Add(*maxWait)
