@@ -46,9 +46,20 @@ pid2= state2=$work/state2 # the second pool of the last row
 say() { echo "perf: $*" >&2; }
 . testdata/lib.sh
 
+# stop_second stops the second pool. Not `pid=$pid2 state=$state2
+# stop_pool`: before a function, those would be in the environment of the
+# processes it runs, and stop_pool would find its own shells naming the
+# state dir as what the pool left running.
+stop_second() {
+	local p=$pid s=$state
+	pid=$pid2 state=$state2
+	stop_pool
+	pid=$p state=$s pid2=
+}
+
 cleanup() {
 	stop_pool
-	pid=$pid2 state=$state2 stop_pool
+	stop_second
 	if [ -n "${KEEP_LOG:-}" ] && [ -f "$work/run.log" ]; then cp "$work/run.log" "$KEEP_LOG" || true; fi
 	rm -rf "$work"
 }
@@ -152,8 +163,7 @@ big=$(grep alternate-a <<<"$alt") || true
 small=$(grep alternate-b <<<"$alt") || true
 small_claimed=$(api=$api2 metric 'sandboxpool_sandboxes{state="claimed"}') || true
 say "$small (claimed entries: $small_claimed)"
-pid=$pid2 state=$state2 stop_pool
-pid2=
+stop_second
 big_claimed=$(metric 'sandboxpool_sandboxes{state="claimed"}') || true
 say "$big (claimed entries after: $big_claimed)"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
