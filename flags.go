@@ -63,7 +63,7 @@ func (o *options) register(fs *pflag.FlagSet) {
 	fs.StringVar(&o.pool, "pool", d.Pool, "pool name: store file, queue name, tag")
 	fs.IntVar(&o.size, "size", d.Size, "target number of ready sandboxes, 0..--max-size (sets the stored target for run, dashboard, maintain)")
 	fs.IntVar(&o.maxSize, "max-size", d.MaxSize, "cap on the target")
-	fs.DurationVar(&o.ttl, "ttl", d.TTL, "sandbox lifetime")
+	fs.DurationVar(&o.ttl, "ttl", d.TTL, "sandbox lifetime (each new sandbox's is up to 10% shorter, so that a pool's sandboxes do not all expire at once)")
 	fs.DurationVar(&o.useDuration, "use-duration", d.UseDuration, "time a claimer needs; must be < --ttl")
 	fs.DurationVar(&o.healthTimeout, "health-timeout", d.HealthTimeout, "one health check, and the first-start wait")
 	fs.DurationVar(&o.healthEvery, "health-every", d.HealthEvery, "background health probe interval")
