@@ -54,10 +54,6 @@ straces=()
 say() { echo "claimcpu: $*" >&2; }
 . testdata/lib.sh
 
-stop_traces() {
-	for s in "${straces[@]}"; do kill -INT "$s" 2>/dev/null || true; wait "$s" 2>/dev/null || true; done
-	straces=()
-}
 # stop_run: the run's tracers, then its pool.
 stop_run() {
 	stop_traces

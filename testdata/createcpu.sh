@@ -44,8 +44,7 @@ say() { echo "createcpu: $*" >&2; }
 
 # stop_run: the run's tracers, then its pool.
 stop_run() {
-	for s in "${straces[@]}"; do kill -INT "$s" 2>/dev/null || true; wait "$s" 2>/dev/null || true; done
-	straces=()
+	stop_traces
 	stop_pool
 }
 cleanup() { stop_run; rm -rf "$work"; }
@@ -124,8 +123,7 @@ for run in $(seq "$RUNS"); do
 		w1=$(($(wakes "$pid") + $(wakes "$apid"))) f1=$(($(faults "$pid") + $(faults "$apid")))
 		n1=$(created)
 		if [ -n "${PROFILE:-}" ]; then kill -USR2 "$pid" "$apid"; fi
-		for s in "${straces[@]}"; do kill -INT "$s" 2>/dev/null; wait "$s" 2>/dev/null || true; done
-		straces=()
+		stop_traces
 		n=$(awk -v a="$n1" -v b="$n0" 'BEGIN{print a-b}')
 		fine=$(awk -v c=$((u1 - u0 + v1 - v0)) -v n="$n" 'BEGIN{printf "%.3f", n ? c/n/1000 : 0}')
 		per=$(awk -v c=$((c1 - c0)) -v n="$n" 'BEGIN{printf "%.2f", n ? c/n : 0}')

@@ -69,3 +69,10 @@ stop_pool() {
 	state=
 	set -e
 }
+
+# stop_traces: stops the tracers (strace, perf) whose pids are in the
+# straces array, and waits for them to write what they saw.
+stop_traces() {
+	for s in "${straces[@]}"; do kill -INT "$s" 2>/dev/null || true; wait "$s" 2>/dev/null || true; done
+	straces=()
+}
