@@ -30,6 +30,11 @@ const (
 	DefaultLeaseHeartbeat = 5 * time.Second
 	// LeaseHeartbeatEnv overrides DefaultLeaseHeartbeat (a Go duration).
 	LeaseHeartbeatEnv = "SANDBOXPOOL_MODAL_LEASE_HEARTBEAT"
+	// DefaultLossSettle: a claim whose bid won just before Modal cleared the
+	// queue writes its tags a few round trips later (bid, claim record, tags);
+	// a rebuild in between would read the sandbox as nobody's and pool it
+	// again. Three seconds outlast those round trips at 250 ms each.
+	DefaultLossSettle = 3 * time.Second
 )
 
 // Tags set on every sandbox: the pool (what List filters by) and enough to
@@ -59,6 +64,9 @@ type Options struct {
 	Environment string
 	// LeaseHeartbeat is the controller lease renewal interval (DefaultLeaseHeartbeat).
 	LeaseHeartbeat time.Duration
+	// LossSettle is how long a rebuild of a lost queue waits before it pools
+	// the sandboxes whose tags say nobody's (DefaultLossSettle).
+	LossSettle time.Duration
 	// TunnelTimeout bounds the wait for a new sandbox's tunnel (default 60s).
 	TunnelTimeout time.Duration
 	// Logger receives the SDK's logs; nil discards them (they would garble a TUI).
@@ -151,6 +159,9 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 	}
 	if opts.TunnelTimeout <= 0 {
 		opts.TunnelTimeout = 60 * time.Second
+	}
+	if opts.LossSettle <= 0 {
+		opts.LossSettle = DefaultLossSettle
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)

@@ -794,19 +794,28 @@ func (s *Store) rebuild(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sort.SliceStable(ts, func(i, j int) bool { return ts[i].ref.ExpiresAt.Before(ts[j].ref.ExpiresAt) })
 	// What survived in the pool partition is not put again.
-	raw, err := s.items(ctx, partPool)
+	pooled, err := s.pooledIDs(ctx)
 	if err != nil {
-		return storeErr("rebuilding the pool's queue", err)
+		return err
 	}
-	pooled := map[string]bool{}
-	for _, it := range raw {
-		var r poolRec
-		if decode(it, &r) {
-			pooled[r.ID] = true
+	if slices.ContainsFunc(ts, func(t tagged) bool { return t.claimedBy == "" && !t.reserved && !pooled[t.ref.ID] }) {
+		// Some would be pooled again: one may be a claimer's whose bid the
+		// loss took and whose tags are still on their way. Listed again once
+		// they had time to land, it is recorded claimed instead.
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(s.c.opts.LossSettle):
+		}
+		if ts, err = s.c.listTagged(ctx); err != nil {
+			return err
+		}
+		if pooled, err = s.pooledIDs(ctx); err != nil { // another rebuild's, meanwhile
+			return err
 		}
 	}
+	sort.SliceStable(ts, func(i, j int) bool { return ts[i].ref.ExpiresAt.Before(ts[j].ref.ExpiresAt) })
 	// In parallel (a rebuild of a few dozen sandboxes one RPC at a time
 	// took seconds on a slow control plane, every process's view of the
 	// pool stale meanwhile): claims' bids and each unclaimed one's bid
@@ -875,6 +884,22 @@ func (s *Store) rebuild(ctx context.Context) error {
 		return storeErr("rebuilding the pool's queue", err)
 	}
 	return nil
+}
+
+// pooledIDs says which sandboxes the pool partition holds a record of.
+func (s *Store) pooledIDs(ctx context.Context) (map[string]bool, error) {
+	raw, err := s.items(ctx, partPool)
+	if err != nil {
+		return nil, storeErr("rebuilding the pool's queue", err)
+	}
+	pooled := map[string]bool{}
+	for _, it := range raw {
+		var r poolRec
+		if decode(it, &r) {
+			pooled[r.ID] = true
+		}
+	}
+	return pooled, nil
 }
 
 // inParallel runs f(0), ..., f(n-1), 16 at a time, and joins their errors.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	modal "github.com/modal-labs/libmodal/modal-go"
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 	"github.com/sandboxpool/sandboxpool/pool"
@@ -625,5 +626,69 @@ func TestStoreRebuildAfterClearThenSetTarget(t *testing.T) {
 	}
 	if after.Target != 5 || !after.HasTarget {
 		t.Fatalf("target %d (has %v), want the resize's 5", after.Target, after.HasTarget)
+	}
+}
+
+// TestStoreRebuildWaitsForAClaimsTags: a claimer of README's protocol won
+// its bid and wrote its claim record just before Modal cleared the queue;
+// its tags land only after a rebuild's first list. The rebuild lists again
+// before pooling anything, so the claimed sandbox is recorded claimed, not
+// pooled for the next claimer (TestChaosModal: "claimed, then back in the
+// pool" with the queue cleared in the same millisecond as a claim).
+func TestStoreRebuildWaitsForAClaimsTags(t *testing.T) {
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
+	ctx := ctxT(t)
+	b, s := open(t, Options{Pool: "rbtags"})
+	refs := fill(t, b, s, 3, 5*time.Minute)
+	load(t, s)
+
+	client, err := modal.NewClientWithOptions(&modal.ClientParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	q, err := client.Queues.FromName(ctx, QueueName("rbtags"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The claimer: pops the head, wins its bid, records the claim.
+	if _, err := q.Get(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	mine := refs[0]
+	now := time.Now().UTC()
+	if err := q.Put(ctx, encode(bidRec{Op: "claim", By: "python", Nonce: nonce(), At: now}), &modal.QueuePutParams{Partition: bidPart(mine.ID)}); err != nil {
+		t.Fatal(err)
+	}
+	e := pool.Entry{Ref: mine, ClaimedBy: "python", ClaimedAt: now}
+	if err := q.Put(ctx, encode(logRec{Op: "claim", Entry: e}), &modal.QueuePutParams{Partition: logPart(mine.ExpiresAt)}); err != nil {
+		t.Fatal(err)
+	}
+
+	f.ClearQueue(QueueName("rbtags"))
+	lists := f.Counts()["SandboxList"]
+	_, s2 := open(t, Options{Pool: "rbtags"}) // another process finds the queue lost
+	loaded := make(chan pool.Stored, 1)
+	go func() { st, _ := s2.Load(ctx); loaded <- st }()
+	if !testkit.Until(10*time.Second, func() bool { return f.Counts()["SandboxList"] > lists }) {
+		t.Fatal("the rebuild never listed the sandboxes")
+	}
+	// The claimer's tags, after the rebuild's first list.
+	sb, err := client.Sandboxes.FromID(ctx, mine.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.SetTags(ctx, tagsFor("rbtags", mine, "python", now)); err != nil {
+		t.Fatal(err)
+	}
+	after := <-loaded
+	if slices.Contains(entryIDs(after.Pooled()), mine.ID) {
+		t.Fatalf("the claimed %s is pooled again after the rebuild: %v", mine.ID, entryIDs(after.Pooled()))
+	}
+	if c := claimedOf(after); len(c) != 1 || c[0].ID != mine.ID {
+		t.Fatalf("claimed after the rebuild %v, want [%s]", entryIDs(c), mine.ID)
+	}
+	if got := len(after.Pooled()); got != 2 {
+		t.Fatalf("%d pooled after the rebuild, want the 2 nobody claimed", got)
 	}
 }
