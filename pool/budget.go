@@ -63,10 +63,22 @@ func (b *creationBudget) allowance(now time.Time, target, missing int, goodLife 
 	if b.paused != "" {
 		return 0, ""
 	}
-	b.paused = fmt.Sprintf("creations paused by the creation budget: %d created in the last %s, which a target of %d, %d claims, %d lost and %d failed tries explain only %d of; resumes at %s",
-		len(b.created), window, highest, in.Claims, in.Lost, in.Failed, CreationBudget(in), b.resumeAt(window).Format(time.TimeOnly))
+	b.paused = pauseText(len(b.created), in, b.resumeAt(window))
 	b.pausedSince = now
 	return 0, b.paused
+}
+
+// pauseText says why creations paused: what was created in the window
+// against what the window explains, every term of the budget named, so
+// that the numbers add up ("explain only 13 of 13" read as a contradiction).
+func pauseText(created int, in BudgetInput, resume time.Time) string {
+	budget := CreationBudget(in)
+	how := fmt.Sprintf("all %d that the window explains", budget)
+	if created > budget {
+		how = fmt.Sprintf("more than the %d that the window explains", budget)
+	}
+	return fmt.Sprintf("creations paused by the creation budget: %d created in the last %s, %s (a fill to the target of %d, %d claims, %d lost, %d failed tries, %d rotations, slack %d); resumes at %s",
+		created, in.Window, how, in.Target, in.Claims, in.Lost, in.Failed, budgetRotations(in), BudgetSlack(in.Target), resume.Format(time.TimeOnly))
 }
 
 // resumeAt is when the oldest creation leaves the window.

@@ -136,11 +136,15 @@ type BudgetInput struct {
 // the target needs in the window (target x window / good life, rounded
 // up), and BudgetSlack. Past it, creations pause (SPEC Behaviour 4).
 func CreationBudget(in BudgetInput) int {
-	rotations := 0
-	if in.GoodLife > 0 && in.Target > 0 {
-		rotations = int((int64(in.Target)*int64(in.Window) + int64(in.GoodLife) - 1) / int64(in.GoodLife))
+	return in.Target + in.Claims + in.Lost + in.Failed + budgetRotations(in) + BudgetSlack(in.Target)
+}
+
+// budgetRotations is how many rotations of the target a window explains.
+func budgetRotations(in BudgetInput) int {
+	if in.GoodLife <= 0 || in.Target <= 0 {
+		return 0
 	}
-	return in.Target + in.Claims + in.Lost + in.Failed + rotations + BudgetSlack(in.Target)
+	return int((int64(in.Target)*int64(in.Window) + int64(in.GoodLife) - 1) / int64(in.GoodLife))
 }
 
 // BudgetSlack is the creation budget's margin: 2, and a tenth of the target.
