@@ -269,8 +269,9 @@ func checkCommand(o *options) *cobra.Command {
 }
 
 // checkStore reads the pool from its store; counters says why the warm-hit
-// ratio and waste are not the running controller's ("" when they are, or
-// when there is none to ask).
+// ratio and waste are unknown ("" when they are the running controller's).
+// This process, just opened, has seen no claim: its own figures (0%) are
+// never the pool's, so without a controller to ask they are unknown.
 func checkStore(ctx context.Context, o *options, cfg pool.Config) (view httpapi.PoolView, counters string, _ error) {
 	if err := mustExist(o, cfg.Pool); err != nil {
 		return httpapi.PoolView{}, "", err
@@ -287,6 +288,7 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (view httpapi.
 		return httpapi.PoolView{}, "", err
 	}
 	view = httpapi.NewPoolView(snap)
+	counters = "no controller runs to count claims"
 	if holder, err := p.ctrl.LeaseHolder(ctx); err == nil && !holder.IsZero() {
 		view.MaintainedBy = &holder
 		counters = controllerCounters(ctx, o, holder, &view)
@@ -296,14 +298,20 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (view httpapi.
 
 // controllerCounters takes the warm-hit ratio and waste from the running
 // controller's API: it has seen every claimer of the pool since it started,
-// while this process, just opened, has seen none (it would say 0%). A
-// controller without an API, on another host, or not answering within a
-// second leaves this process's own figures; one that answers with an error
-// (a token it was not given: 401) is said, or its 0% would read as the
-// pool's.
+// while this process, just opened, has seen none (it would say 0%). It
+// returns why they are unknown when the controller cannot be asked (no
+// API, another host, a claim's backfill, no answer within a second) or
+// answers with an error (a token it was not given: 401), "" once they are
+// the controller's.
 func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord, view *httpapi.PoolView) string {
-	if host, _ := os.Hostname(); holder.API == "" || (holder.Host != "" && holder.Host != host) {
-		return ""
+	host, _ := os.Hostname()
+	switch {
+	case holder.Role == pool.RoleBackfill:
+		return "no controller runs to count claims (a claim's backfill holds the pool for a moment)"
+	case holder.Host != "" && holder.Host != host:
+		return fmt.Sprintf("the controller runs on %s (ask its API with --api)", holder.Host)
+	case holder.API == "":
+		return "the controller serves no API to ask (it runs with --listen '')"
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
@@ -316,8 +324,10 @@ func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord
 		return fmt.Sprintf("the controller's API at %s wants its token (--token-file or SANDBOXPOOL_TOKEN)", holder.API)
 	case errors.As(err, &ae):
 		return fmt.Sprintf("the controller's API at %s answered %d %s", holder.API, ae.Status, ae.Message)
-	case err != nil || live.Pool != view.Pool:
-		return ""
+	case err != nil:
+		return fmt.Sprintf("the controller's API at %s did not answer (%s)", holder.API, oneLine(err.Error()))
+	case live.Pool != view.Pool:
+		return fmt.Sprintf("the API at %s serves pool %q, not this one", holder.API, live.Pool)
 	}
 	view.WarmHitRatio, view.WasteSeconds = live.WarmHitRatio, live.WasteSeconds
 	return ""
