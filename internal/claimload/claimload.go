@@ -41,6 +41,14 @@ type Client struct {
 	// that costs the controller CPU, so a phase whose CPU is measured polls
 	// less often.
 	Every time.Duration
+	// CPUPid, when set, is a process (the controller) whose CPU time a run
+	// reads right before and right after its claims (its live threads'
+	// schedstat): Result.CPU, without the /metrics scrapes around them.
+	CPUPid int
+	// Spans, when set, gets one line per run, "START END", the instants
+	// (CLOCK_MONOTONIC, seconds) its claims began and ended: `perf record
+	// -k CLOCK_MONOTONIC` samples of those spans alone are the claims'.
+	Spans io.Writer
 
 	dials *atomic.Int64 // connections opened (NewClient's transport counts them)
 }
@@ -208,6 +216,8 @@ type Result struct {
 	Elapsed  time.Duration
 	// Warm and Waited are the controller's own counts over the run.
 	Warm, Waited float64
+	// CPU is Client.CPUPid's CPU time over the claims (0 without it).
+	CPU time.Duration
 }
 
 // P returns the q-quantile (0..1) of the successful claims' latency (nearest rank).
@@ -241,6 +251,9 @@ func (r Result) Line(mode string) string {
 	}
 	s := fmt.Sprintf("mode=%s claims=%d ok=%d errors=%d p50_ms=%s p99_ms=%s max_ms=%s warm=%.0f waited=%.0f warm_pct=%.1f secs=%.2f",
 		mode, r.Claims, len(r.Latency), r.Errors, ms(r.P(.5)), ms(r.P(.99)), ms(max), r.Warm, r.Waited, 100*r.WarmShare(), r.Elapsed.Seconds())
+	if r.CPU > 0 && r.Claims > 0 {
+		s += fmt.Sprintf(" cpu_ms=%.1f cpu_ms_per_claim=%.3f", float64(r.CPU)/1e6, float64(r.CPU)/1e6/float64(r.Claims))
+	}
 	if r.FirstErr != "" {
 		s += " first_error=" + strconv.Quote(r.FirstErr)
 	}
@@ -281,9 +294,18 @@ func (c *Client) run(ctx context.Context, load func(rec *recorder)) (Result, err
 		return Result{}, fmt.Errorf("read counters before: %w", err)
 	}
 	rec := &recorder{}
+	cpu0 := c.cpu()
+	mono0 := monotonic()
 	start := time.Now()
 	load(rec)
 	rec.res.Elapsed = time.Since(start)
+	mono1 := monotonic()
+	if cpu1 := c.cpu(); cpu0 > 0 && cpu1 > cpu0 {
+		rec.res.CPU = cpu1 - cpu0
+	}
+	if c.Spans != nil {
+		fmt.Fprintf(c.Spans, "%.6f %.6f\n", mono0, mono1)
+	}
 	after, err := c.Metrics(ctx)
 	if err != nil {
 		return rec.res, fmt.Errorf("read counters after: %w", err)
@@ -291,6 +313,15 @@ func (c *Client) run(ctx context.Context, load func(rec *recorder)) (Result, err
 	rec.res.Warm = after[SeriesWarm] - before[SeriesWarm]
 	rec.res.Waited = after[SeriesWaited] - before[SeriesWaited]
 	return rec.res, nil
+}
+
+// cpu is CPUPid's CPU time so far, 0 without one (or when unreadable).
+func (c *Client) cpu() time.Duration {
+	if c.CPUPid <= 0 {
+		return 0
+	}
+	ns, _ := threadsRunNS(c.CPUPid)
+	return time.Duration(ns)
 }
 
 // Paced is one client making n claims, gap apart (from one start to the next).

@@ -225,3 +225,23 @@ func TestAlternateClaimsFromTwoAPIsInTurn(t *testing.T) {
 		t.Fatalf("a: %d claims (%d served), b: %d (%d served); want 4 each", len(ra.Latency), warmA.Load(), len(rb.Latency), warmB.Load())
 	}
 }
+
+// With CPUPid, a run reads that process's CPU around its claims alone, and
+// with Spans it writes their span on CLOCK_MONOTONIC.
+func TestBurstReadsAProcesssCPUAndSpan(t *testing.T) {
+	srv, _ := fakeAPI(t)
+	c := NewClient(srv.URL, 4)
+	var spans strings.Builder
+	c.CPUPid, c.Spans = os.Getpid(), &spans // the fake API runs in this process
+	r, err := c.Burst(context.Background(), 4, 200)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.CPU <= 0 || !strings.Contains(r.Line("burst"), " cpu_ms_per_claim=") {
+		t.Errorf("CPU %v, line %q", r.CPU, r.Line("burst"))
+	}
+	var a, b float64
+	if n, err := fmt.Sscanf(spans.String(), "%f %f\n", &a, &b); n != 2 || err != nil || a <= 0 || b < a || b-a > r.Elapsed.Seconds()+1 {
+		t.Errorf("span %q (%v), elapsed %v", spans.String(), err, r.Elapsed)
+	}
+}

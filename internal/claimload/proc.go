@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // clockTick is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every Linux ABI Go runs on.
@@ -173,4 +175,14 @@ func namesDir(pid int, dir string, socks map[string]bool) bool {
 
 func under(path, dir string) bool {
 	return path == dir || strings.HasPrefix(path, dir+"/")
+}
+
+// monotonic is CLOCK_MONOTONIC in seconds, the clock of `perf record -k
+// CLOCK_MONOTONIC` (0 where it cannot be read).
+func monotonic() float64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return float64(ts.Sec) + float64(ts.Nsec)/1e9
 }

@@ -12,7 +12,7 @@
 //	wait-ready  poll /metrics until -want sandboxes are ready (fill time from -since)
 //	paced       one client, -n claims -gap apart
 //	b2b         one client, -n claims back to back
-//	burst       -clients clients share -n claims; -repeat times, refilling to -refill between
+//	burst       -clients clients share -n claims; -repeat times, refilling to -refill (and resting -settle) between; -cpu-pid reports a process's CPU over the claims alone; with -url2, bursts to two pools in turn
 //	rate        -rate claims/s for -for, open loop
 //	steps       a profile such as 0x5s,8x30s,0x30s, one row per second, then a summary
 //	alternate   one client, -n claims from each of -url and -url2 in turn, -gap apart (two pools compared in the same minutes)
@@ -51,7 +51,7 @@ func main() {
 	fs := flag.NewFlagSet(mode, flag.ExitOnError)
 	var (
 		base     = fs.String("url", "http://127.0.0.1:7780", "the API")
-		base2    = fs.String("url2", "", "alternate: the second API (claims go to -url and -url2 in turn)")
+		base2    = fs.String("url2", "", "alternate: the second API (claims go to -url and -url2 in turn); burst: bursts go to -url and -url2 in turn")
 		token    = fs.String("token", os.Getenv("SANDBOXPOOL_TOKEN"), "bearer token")
 		noCheck  = fs.Bool("no-health-check", false, "claim with check_health=false")
 		timeout  = fs.Duration("timeout", 10*time.Second, "each claim's server-side wait")
@@ -72,12 +72,24 @@ func main() {
 		maxWait  = fs.Duration("max-wait", 2*time.Minute, "wait-ready and burst refills: give up after this")
 		stateDir = fs.String("state-dir", "", "cpu: the pool's --state-dir")
 		pid      = fs.Int("pid", 0, "cpu: the controller's pid (its process tree counts too)")
+		cpuPid   = fs.Int("cpu-pid", 0, "paced, b2b, burst: report this process's CPU time over the claims alone (cpu_ms, cpu_ms_per_claim)")
+		cpuPid2  = fs.Int("cpu-pid2", 0, "burst with -url2: -cpu-pid of the second pool")
+		spans    = fs.String("spans", "", "paced, b2b, burst: append each run's span (CLOCK_MONOTONIC seconds, START END) to this file, to keep `perf record -k CLOCK_MONOTONIC` samples of the claims alone")
+		settle   = fs.Duration("settle", 0, "burst: after each refill, wait this long (the backfill's last creations and store writes end) before the burst")
 	)
 	_ = fs.Parse(os.Args[2:])
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	c := claimload.NewClient(*base, claimload.MaxConns)
-	c.Token, c.NoHealthCheck, c.Timeout, c.Every = *token, *noCheck, *timeout, *every
+	c.Token, c.NoHealthCheck, c.Timeout, c.Every, c.CPUPid = *token, *noCheck, *timeout, *every, *cpuPid
+	if *spans != "" {
+		f, ferr := os.OpenFile(*spans, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if ferr != nil {
+			fail(ferr)
+		}
+		defer f.Close()
+		c.Spans = f
+	}
 
 	var (
 		res claimload.Result
@@ -125,32 +137,61 @@ func main() {
 	case "b2b":
 		res, err = c.BackToBack(ctx, *n)
 	case "burst":
-		if !*cold {
-			if cerr := c.Connect(ctx, *clients, "/healthz"); cerr != nil {
-				fail(cerr)
-			}
+		// With -url2, two pools in turn, burst by burst, each refilled
+		// before every burst of either: both are measured in the same
+		// minutes (an A/B whose load comes and goes alike for both).
+		targets := []*claimload.Client{c}
+		if *base2 != "" {
+			c2 := claimload.NewClient(*base2, claimload.MaxConns)
+			c2.Token, c2.NoHealthCheck, c2.Timeout, c2.Every, c2.CPUPid = c.Token, c.NoHealthCheck, c.Timeout, c.Every, *cpuPid2
+			targets = append(targets, c2)
 		}
-		bc := c
-		for i := range *repeat {
-			if *refill > 0 {
-				wctx, cancel := context.WithTimeout(ctx, *maxWait)
-				_, werr := c.WaitReady(wctx, *refill)
-				cancel()
-				if werr != nil {
-					fail(fmt.Errorf("burst %d: waiting for %d ready: %w", i+1, *refill, werr))
+		if !*cold {
+			for _, t := range targets {
+				if cerr := t.Connect(ctx, *clients, "/healthz"); cerr != nil {
+					fail(cerr)
 				}
 			}
-			if *cold {
-				bc = claimload.NewClient(*base, claimload.MaxConns)
-				bc.Token, bc.NoHealthCheck, bc.Timeout = c.Token, c.NoHealthCheck, c.Timeout
-			}
-			r, berr := bc.Burst(ctx, *clients, *n)
-			res = merge(res, r)
-			if berr != nil {
-				err = berr
-				break
+		}
+		results := make([]claimload.Result, len(targets))
+	bursts:
+		for i := range *repeat {
+			for j, t := range targets {
+				if *refill > 0 {
+					for _, u := range targets {
+						wctx, cancel := context.WithTimeout(ctx, *maxWait)
+						_, werr := u.WaitReady(wctx, *refill)
+						cancel()
+						if werr != nil {
+							fail(fmt.Errorf("burst %d: waiting for %d ready at %s: %w", i+1, *refill, u.Base, werr))
+						}
+					}
+				}
+				if *settle > 0 {
+					time.Sleep(*settle)
+				}
+				bc := t
+				if *cold {
+					bc = claimload.NewClient(t.Base, claimload.MaxConns)
+					bc.Token, bc.NoHealthCheck, bc.Timeout, bc.CPUPid, bc.Spans = t.Token, t.NoHealthCheck, t.Timeout, t.CPUPid, t.Spans
+				}
+				r, berr := bc.Burst(ctx, *clients, *n)
+				results[j] = merge(results[j], r)
+				if berr != nil {
+					err = berr
+					break bursts
+				}
 			}
 		}
+		if len(targets) == 2 {
+			fmt.Println(results[0].Line("burst-a"))
+			fmt.Println(results[1].Line("burst-b"))
+			if err != nil {
+				fail(err)
+			}
+			return
+		}
+		res = results[0]
 	case "rate":
 		res, err = c.Rate(ctx, *rate, *dur)
 	case "steps":
@@ -228,6 +269,7 @@ func merge(a, b claimload.Result) claimload.Result {
 	a.Elapsed += b.Elapsed
 	a.Warm += b.Warm
 	a.Waited += b.Waited
+	a.CPU += b.CPU
 	return a
 }
 
