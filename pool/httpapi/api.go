@@ -117,14 +117,20 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/healthz" || r.URL.Path == "/metrics" {
 		level = slog.LevelDebug
 	}
+	ctx := r.Context()
+	if !a.log.Enabled(ctx, level) {
+		return
+	}
 	status := rec.status
 	if status == 0 {
 		status = http.StatusOK
 	}
 	// Never the headers: the Authorization header carries the token.
-	a.log.Log(r.Context(), level, "http request", "method", r.Method, "path", r.URL.Path,
-		"status", status, "duration", time.Since(start).Round(time.Microsecond), "remote", r.RemoteAddr,
-		"bytes", rec.bytes)
+	// LogAttrs: the same line as Log's key-value pairs, without boxing
+	// each value (one line per request).
+	a.log.LogAttrs(ctx, level, "http request", slog.String("method", r.Method), slog.String("path", r.URL.Path),
+		slog.Int("status", status), slog.Duration("duration", time.Since(start).Round(time.Microsecond)),
+		slog.String("remote", r.RemoteAddr), slog.Int("bytes", rec.bytes))
 }
 
 func (a *API) serve(w http.ResponseWriter, r *http.Request) {
@@ -166,7 +172,9 @@ func (a *API) serve(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(cw.body)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	if r.Body != http.NoBody { // none to bound (and decodeOptional knows NoBody)
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	}
 	if !takesBody(r) {
 		if err := decodeOptional(r.Body, &struct{}{}); err != nil {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("%s %s takes no body: %v", r.Method, r.URL.Path, err))
@@ -458,16 +466,25 @@ type ErrorView struct {
 	Error string `json:"error"`
 }
 
+// Header values every JSON answer carries, shared: net/http only reads
+// them, and a handler that changes one replaces the slice (Header.Set).
+var (
+	headerJSON    = []string{"application/json"}
+	headerNosniff = []string{"nosniff"}
+)
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"encode the answer"}`)
 	}
 	b = append(b, '\n')
+	// The canonical keys set directly: Header.Set canonicalises each key and
+	// allocates each value's slice, on every answer.
 	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Length", strconv.Itoa(len(b)))
+	h["Content-Type"] = headerJSON
+	h["X-Content-Type-Options"] = headerNosniff
+	h["Content-Length"] = []string{strconv.Itoa(len(b))}
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
 	// Sent now, whole (its length is known): not after the request's log
@@ -482,6 +499,9 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 
 // decodeOptional is decodeStrict for a body that may also be absent or blank.
 func decodeOptional(body io.Reader, v any) error {
+	if body == http.NoBody {
+		return nil // what net/http gives a request without one (io.ReadAll would allocate 512 bytes to learn it)
+	}
 	b, err := io.ReadAll(body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
