@@ -108,11 +108,16 @@ func (h *eventHub) closeAll() {
 // oldest are dropped (and counted) rather than memory growing.
 const asyncMax = 1 << 14
 
+// asyncKeep bounds the queue's array kept for the next events: a rare flood
+// does not keep its memory.
+const asyncKeep = 256
+
 // asyncObservers runs slow observers on one goroutine, in publish order.
 type asyncObservers struct {
 	mu      sync.Mutex // guards the fields below; never held while fns run
 	fns     []asyncObserver
 	queue   []Event
+	spare   []Event // the array of the batch being run, for the next queue
 	dropped int
 	closed  bool
 	wake    chan struct{} // 1-buffered
@@ -178,7 +183,9 @@ func (a *asyncObservers) run() {
 	for {
 		a.mu.Lock()
 		batch, fns, closed, dropped := a.queue, a.fns, a.closed, a.dropped
-		a.queue, a.dropped = nil, 0
+		// The last batch's array takes the next events: a burst's events
+		// do not grow a new queue each round.
+		a.queue, a.spare, a.dropped = a.spare[:0], nil, 0
 		a.mu.Unlock()
 		if dropped > 0 {
 			batch = append([]Event{{Kind: EventError, Time: batch[0].Time,
@@ -193,6 +200,12 @@ func (a *asyncObservers) run() {
 		}
 		if closed && len(batch) == 0 {
 			return
+		}
+		if cap(batch) <= asyncKeep {
+			clear(batch) // its events' strings are not kept alive
+			a.mu.Lock()
+			a.spare = batch[:0]
+			a.mu.Unlock()
 		}
 		if len(batch) == 0 {
 			<-a.wake
@@ -221,7 +234,7 @@ func describe(e Event) string {
 		if !e.Warm {
 			how = "after " + roundDuration(e.Duration)
 		}
-		return fmt.Sprintf("%s claimed by %s (%s)", id, e.By, how)
+		return id + " claimed by " + e.By + " (" + how + ")" // not Sprintf: one a claim
 	case EventTerminated:
 		if e.By != "" {
 			return fmt.Sprintf("%s terminated (%s) by %s", id, e.Reason, byText(e.By))

@@ -53,6 +53,11 @@ type Metrics struct {
 	claimLatency *prometheus.HistogramVec
 	readyLatency prometheus.Histogram
 	errors       *prometheus.CounterVec
+
+	// The series a claim adds to, looked up once (WithLabelValues hashes
+	// its labels on each call): ok claims by known source, latency by warm.
+	claimsOK  map[string]prometheus.Counter
+	latencyBy [2]prometheus.Observer // [0] waited, [1] warm
 }
 
 // ErrorKinds are the kinds of sandboxpool_errors_total always exported (at
@@ -98,8 +103,12 @@ func New(ctrl *pool.Controller) *Metrics {
 			m.claims.WithLabelValues(src, res)
 		}
 	}
-	m.claimLatency.WithLabelValues("true")
-	m.claimLatency.WithLabelValues("false")
+	m.claimsOK = map[string]prometheus.Counter{} // not "other": its series appears with its first claim
+	for src := range sources {
+		m.claimsOK[src] = m.claims.WithLabelValues(src, ResultOK)
+	}
+	m.latencyBy[0] = m.claimLatency.WithLabelValues("false")
+	m.latencyBy[1] = m.claimLatency.WithLabelValues("true")
 
 	m.reg.MustRegister(m.claims, m.claimLatency, m.readyLatency, m.errors, &snapshotCollector{ctrl: ctrl},
 		collectors.NewGoCollector(), &heldCollector{c: collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), hold: processHold})
@@ -125,12 +134,16 @@ func (m *Metrics) Handler() http.Handler {
 func (m *Metrics) observe(e pool.Event) {
 	switch e.Kind {
 	case pool.EventClaimed:
-		m.claims.WithLabelValues(Source(e.By), ResultOK).Inc()
-		warm := "false"
-		if e.Warm {
-			warm = "true"
+		if c, ok := m.claimsOK[Source(e.By)]; ok {
+			c.Inc()
+		} else {
+			m.claims.WithLabelValues(Source(e.By), ResultOK).Inc()
 		}
-		m.claimLatency.WithLabelValues(warm).Observe(e.Duration.Seconds())
+		warm := 0
+		if e.Warm {
+			warm = 1
+		}
+		m.latencyBy[warm].Observe(e.Duration.Seconds())
 	case pool.EventClaimTimeout:
 		m.claims.WithLabelValues(Source(e.By), claimFailure(e.Err)).Inc()
 	case pool.EventCreated:
