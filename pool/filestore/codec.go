@@ -311,9 +311,72 @@ func newLogWriter(buf *bytes.Buffer) *logWriter {
 // add encodes r; callers validate what they log (see encodable), so it
 // cannot fail.
 func (w *logWriter) add(r record) {
+	if b, ok := appendRecord(w.buf.AvailableBuffer(), &r); ok {
+		w.buf.Write(b)
+		return
+	}
 	if err := w.enc.Encode(&r); err != nil {
 		panic("filestore: unencodable record: " + err.Error())
 	}
+}
+
+// appendRecord appends r's line as the encoder writes it, without
+// reflection (a claim's record is written inside the store's lock), when
+// every string in it is plain printable ASCII that JSON writes as it is;
+// ok is false otherwise, and the encoder writes it.
+func appendRecord(b []byte, r *record) (_ []byte, ok bool) {
+	for _, s := range [...]string{r.Op, r.ID, r.URL, r.By, r.TTL, r.Use} {
+		if !plainJSON(s) {
+			return b, false
+		}
+	}
+	str := func(b []byte, key, v string) []byte {
+		if v == "" {
+			return b
+		}
+		b = append(b, `,"`...)
+		b = append(b, key...)
+		b = append(b, `":"`...)
+		b = append(b, v...)
+		return append(b, '"')
+	}
+	tm := func(b []byte, key string, t time.Time) []byte {
+		if t.IsZero() {
+			return b
+		}
+		b = append(b, `,"`...)
+		b = append(b, key...)
+		b = append(b, `":"`...)
+		b = t.AppendFormat(b, time.RFC3339Nano) // as time.Time's MarshalJSON, for an encodable time
+		return append(b, '"')
+	}
+	b = append(b, `{"op":"`...)
+	b = append(b, r.Op...)
+	b = append(b, '"')
+	b = str(b, "id", r.ID)
+	b = str(b, "url", r.URL)
+	b = tm(b, "created_at", r.CreatedAt)
+	b = tm(b, "expires_at", r.ExpiresAt)
+	b = str(b, "by", r.By)
+	b = tm(b, "at", r.At)
+	if r.N != nil {
+		b = append(b, `,"n":`...)
+		b = strconv.AppendInt(b, int64(*r.N), 10)
+	}
+	b = str(b, "ttl", r.TTL)
+	b = str(b, "use_duration", r.Use)
+	return append(b, "}\n"...), true
+}
+
+// plainJSON: s is printable ASCII with no quote or backslash, which JSON
+// (HTML escaping off) writes unchanged.
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // encodable reports whether every t fits a JSON timestamp: years 0 to 9999,

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -654,5 +655,41 @@ func TestCloseFlushesLazyChangesAtOnce(t *testing.T) {
 	}
 	if n := s.bgFlushes.Load(); n != 1 {
 		t.Fatalf("%d background flushes at Close, want 1 for both takes", n)
+	}
+}
+
+// The log's records are the bytes the JSON encoder writes, whether they
+// take appendRecord's way (plain strings) or the encoder's.
+func TestRecordsAreWhatTheEncoderWrites(t *testing.T) {
+	n := 3
+	zone := time.FixedZone("x", 5*3600+30*60)
+	at := time.Date(2026, 12, 2, 12, 0, 0, 123456789, time.UTC)
+	recs := []record{
+		{Op: "claim", ID: "sb-1", By: "api 127.0.0.1:5555", At: at},
+		{Op: "claim", ID: "sb-1", By: "api 127.0.0.1:5555", At: at.In(zone).Truncate(time.Second)},
+		{Op: "put", ID: "sb-2", URL: "http://127.0.0.1:4000/?a=<b>&c", CreatedAt: at.Add(-time.Hour), ExpiresAt: at.Add(time.Hour).Round(time.Millisecond)},
+		{Op: "del", ID: "sb-3"},
+		{Op: "target", N: &n},
+		{Op: "timing", TTL: "2m0s", Use: "30s"},
+		{Op: "claim", ID: `q"uote\back`, By: "dashboard", At: time.Now()}, // the encoder's way
+		{Op: "claim", ID: "naïve\u2028", By: "cli\x7f\x01", At: time.Now()},
+		{Op: "put", ID: "sb-4", CreatedAt: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)},
+		{Op: "put", ID: "sb-5", CreatedAt: time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC)},
+	}
+	for _, r := range recs {
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(&r); err != nil {
+			t.Fatal(err)
+		}
+		var got bytes.Buffer
+		newLogWriter(&got).add(r)
+		if got.String() != want.String() {
+			t.Errorf("record %+v:\n got %s\nwant %s", r, got.String(), want.String())
+		}
+	}
+	if _, ok := appendRecord(nil, &recs[0]); !ok {
+		t.Error("a claim's record does not take appendRecord's way")
 	}
 }
