@@ -20,6 +20,7 @@ import (
 	"github.com/mattn/go-isatty"
 	"github.com/spf13/cobra"
 
+	"github.com/sandboxpool/sandboxpool/internal/gcfloor"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 	"github.com/sandboxpool/sandboxpool/ui"
@@ -152,6 +153,9 @@ func runCommand(o *options) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		// Bursts of claims allocate a few MiB over a live heap of a few:
+		// GC cycles at least runGCFloor apart, not every ~4 MiB.
+		defer gcfloor.Start(runGCFloor)()
 		s, err := startControllerWith(cmd.Context(), o, cfg, logger, false, func(c *pool.Controller) { logEvents(c, logger) })
 		if err != nil {
 			return err
@@ -170,6 +174,10 @@ func runCommand(o *options) *cobra.Command {
 	}
 	return cmd
 }
+
+// runGCFloor is the heap `run` may grow to before a GC cycle while its live
+// heap is small (internal/gcfloor).
+const runGCFloor = 16 << 20
 
 func apiURL(addr string) string {
 	if addr == "" {
