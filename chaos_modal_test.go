@@ -196,10 +196,18 @@ func pyClaim(ctx context.Context, client *modal.Client, q *modal.Queue, poolName
 		if err := q.Put(ctx, string(rec), &modal.QueuePutParams{Partition: "log-" + ref.ExpiresAt.UTC().Format("20060102")}); err != nil {
 			return ref.ID, ref.ExpiresAt, err
 		}
-		if sb, err := client.Sandboxes.FromID(ctx, ref.ID); err == nil {
-			_ = sb.SetTags(ctx, map[string]string{modalx.TagPool: poolName, modalx.TagURL: ref.URL,
-				modalx.TagCreatedAt: ref.CreatedAt.Format(time.RFC3339Nano), modalx.TagExpiresAt: ref.ExpiresAt.Format(time.RFC3339Nano),
-				modalx.TagClaimedBy: by, modalx.TagClaimedAt: now.Format(time.RFC3339Nano)})
+		// README's claim() raises when the tags cannot be set: no URL, no
+		// claim for its caller (ignoring the error here counted a claim cut
+		// short at the storm's end, untagged, whose bid a cleared queue then
+		// lost: "claimed, then back in the pool").
+		sb, err := client.Sandboxes.FromID(ctx, ref.ID)
+		if err != nil {
+			return "", time.Time{}, err
+		}
+		if err := sb.SetTags(ctx, map[string]string{modalx.TagPool: poolName, modalx.TagURL: ref.URL,
+			modalx.TagCreatedAt: ref.CreatedAt.Format(time.RFC3339Nano), modalx.TagExpiresAt: ref.ExpiresAt.Format(time.RFC3339Nano),
+			modalx.TagClaimedBy: by, modalx.TagClaimedAt: now.Format(time.RFC3339Nano)}); err != nil {
+			return "", time.Time{}, err
 		}
 		return ref.ID, ref.ExpiresAt, nil
 	}

@@ -352,7 +352,7 @@ func TestModalOutage(t *testing.T) {
 		t.Fatalf("claim after the outage: %v", err)
 	}
 	if !slices.Contains(before, claim.ID) {
-		t.Errorf("claimed %s, not one of the sandboxes from before the outage %v", claim.ID, before)
+		t.Errorf("claimed %s, not one of the sandboxes from before the outage %v\n%s", claim.ID, before, ctl.logs.String())
 	}
 	testkit.Eventually(t, 30*time.Second, "the backfill", func() bool {
 		v, err := pool3()

@@ -32,8 +32,8 @@ const (
 	LeaseHeartbeatEnv = "SANDBOXPOOL_MODAL_LEASE_HEARTBEAT"
 	// DefaultLossSettle: a claim whose bid won just before Modal cleared the
 	// queue writes its tags a few round trips later (bid, claim record, tags);
-	// a rebuild in between would read the sandbox as nobody's and pool it
-	// again. Three seconds outlast those round trips at 250 ms each.
+	// a rebuild in between reads the sandbox as nobody's. Three seconds
+	// outlast those round trips at 250 ms each.
 	DefaultLossSettle = 3 * time.Second
 )
 
@@ -64,8 +64,8 @@ type Options struct {
 	Environment string
 	// LeaseHeartbeat is the controller lease renewal interval (DefaultLeaseHeartbeat).
 	LeaseHeartbeat time.Duration
-	// LossSettle is how long a rebuild of a lost queue waits before it pools
-	// the sandboxes whose tags say nobody's (DefaultLossSettle).
+	// LossSettle is how long after a rebuild of a lost queue the sandboxes
+	// whose tags said nobody's are pooled (DefaultLossSettle).
 	LossSettle time.Duration
 	// TunnelTimeout bounds the wait for a new sandbox's tunnel (default 60s).
 	TunnelTimeout time.Duration

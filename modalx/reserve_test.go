@@ -187,7 +187,7 @@ func TestQueueClearedKeepsReservationsReserved(t *testing.T) {
 	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
 	// No heartbeat within the test: the holder does not notice the loss.
-	s, other, _ := reserving(t, Options{Pool: "clres", LeaseHeartbeat: time.Hour}, 8, maxReserved)
+	s, other, _ := reserving(t, Options{Pool: "clres", LeaseHeartbeat: time.Hour, LossSettle: 50 * time.Millisecond}, 8, maxReserved)
 	s.rmu.Lock()
 	reserved := entryIDs(s.hold.reserved)
 	s.rmu.Unlock()
@@ -202,7 +202,7 @@ func TestQueueClearedKeepsReservationsReserved(t *testing.T) {
 	})
 
 	f.ClearQueue(QueueName("clres"))
-	st := load(t, other) // rebuilt from the tags
+	st := loadSettled(t, other) // rebuilt from the tags
 	if len(st.Entries) != 8 {
 		t.Fatalf("rebuilt with %d entries, want 8", len(st.Entries))
 	}

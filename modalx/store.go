@@ -74,6 +74,11 @@ type Store struct {
 	// found since (pool.Stored.Epoch).
 	known  atomic.Bool
 	losses atomic.Uint64
+
+	// settleUntil (unix ns): the latest settle after a rebuild (rebuild);
+	// settleWG waits for this process's.
+	settleUntil atomic.Int64
+	settleWG    sync.WaitGroup
 }
 
 var (
@@ -119,6 +124,11 @@ type metaRec struct {
 	Use    time.Duration `json:"use,omitempty"`
 	Gen    string        `json:"gen,omitempty"`
 	At     time.Time     `json:"at"`
+	// Settle: until then, the sandboxes a rebuild found nobody's (Held) are
+	// not in the pool partition, out of claimers' reach, but every Load
+	// counts them pooled (rebuild).
+	Settle time.Time `json:"settle,omitzero"`
+	Held   []poolRec `json:"held,omitempty"`
 }
 
 func bidPart(id string) string   { return "c-" + id }
@@ -353,6 +363,9 @@ func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 	if cur.Gen == "" {
 		return v, true, nil
 	}
+	if !cur.Settle.IsZero() {
+		s.noteSettle(cur.Settle)
+	}
 	s.known.Store(true)
 	v.Epoch = s.losses.Load()
 	v.Target, v.HasTarget, v.TTL, v.UseDuration = cur.Target, cur.Has, cur.TTL, cur.Use
@@ -394,6 +407,17 @@ func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 		}
 		v.pooled[r.ID] = true
 		v.Entries = append(v.Entries, pool.Entry{Ref: r.ref()})
+	}
+	if now.Before(cur.Settle) {
+		// Held back by a rebuild's settle: pooled, for every process's
+		// count (a controller that saw them missing created replacements,
+		// then shrank the pool by good sandboxes), yet nobody can take them.
+		for _, r := range cur.Held {
+			if _, claimed := claims[r.ID]; !claimed && !v.pooled[r.ID] && !removed[r.ID] && !v.reserved[r.ID] {
+				v.pooled[r.ID] = true
+				v.Entries = append(v.Entries, pool.Entry{Ref: r.ref()})
+			}
+		}
 	}
 	var claimed []pool.Entry
 	for id, e := range claims {
@@ -462,19 +486,17 @@ func (s *Store) readLogs(ctx context.Context, days map[string][]any) (claims map
 // shows each id once, and a duplicate item cannot be claimed twice).
 func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 	if t, ok := s.c.lookup(ref.ID); ok && t.claimedBy != "" {
-		// Its tags say it is claimed (the queue lost the claim): record the
-		// claim again rather than hand it out a second time; unless it was
-		// removed since (given back by a claimer that left).
-		if removed, err := s.removedRecord(ctx, ref); err != nil {
-			return storeErr("adding sandbox "+ref.ID+" to the pool", err)
-		} else if removed {
-			return pool.ErrNotPooled
-		}
-		return s.restoreClaim(ctx, pool.Entry{Ref: ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt})
+		return s.putClaimed(ctx, ref, t)
 	}
 	// A sandbox this process just created was never bid for: no need to look.
 	first, ok, err := any(nil), false, error(nil)
 	if !s.c.takeFresh(ref.ID) {
+		// An adoption: after a lost queue, its tags may yet say claimed.
+		if t, claimed, err := s.waitSettle(ctx, ref.ID); err != nil {
+			return storeErr("adding sandbox "+ref.ID+" to the pool", err)
+		} else if claimed {
+			return s.putClaimed(ctx, ref, t)
+		}
 		first, ok, err = s.head(ctx, bidPart(ref.ID))
 	}
 	if err != nil {
@@ -490,6 +512,22 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 	return nil
 }
 
+// putClaimed is Put of a sandbox whose tags say it is claimed (the queue
+// lost the claim): the claim is recorded again rather than the sandbox handed
+// out a second time; unless it was removed since (given back by a claimer
+// that left).
+func (s *Store) putClaimed(ctx context.Context, ref pool.Ref, t tagged) error {
+	if removed, err := s.removedRecord(ctx, ref); err != nil {
+		return storeErr("adding sandbox "+ref.ID+" to the pool", err)
+	} else if removed {
+		return pool.ErrNotPooled
+	}
+	if err := s.restoreClaim(ctx, pool.Entry{Ref: ref, ClaimedBy: t.claimedBy, ClaimedAt: t.claimedAt}); err != nil {
+		return err
+	}
+	return fmt.Errorf("sandbox %s: %w by %s (its tags say so)", ref.ID, pool.ErrAlreadyClaimed, t.claimedBy)
+}
+
 // putDecided is Put of a sandbox that was bid for already: its first bid
 // decided whose it is, and the record that bid should have led to is written
 // now if it is missing (its writer died or gave up between the bid and the
@@ -499,7 +537,7 @@ func (s *Store) Put(ctx context.Context, ref pool.Ref) error {
 //     not the pool's (ErrNotPooled), reconcile terminates it as an orphan;
 //   - "reserve": a reservation again, which the lease holder inherits;
 //   - "claim": claimed, by the bid's claimer (it may be using it): it lives
-//     out its ttl and is never pooled again.
+//     out its ttl and is never pooled again (pool.ErrAlreadyClaimed).
 func (s *Store) putDecided(ctx context.Context, ref pool.Ref, first any) error {
 	doing := "adding sandbox " + ref.ID + " to the pool"
 	var b bidRec
@@ -528,7 +566,7 @@ func (s *Store) putDecided(ctx context.Context, ref pool.Ref, first any) error {
 		return storeErr("recording the claim of "+ref.ID, err)
 	}
 	s.c.markClaimed(e.Ref, e.ClaimedBy, e.ClaimedAt)
-	return nil
+	return fmt.Errorf("sandbox %s: %w by %s (its bid says so)", ref.ID, pool.ErrAlreadyClaimed, e.ClaimedBy)
 }
 
 // removedRecord reports whether the log holds a removal of ref.
@@ -766,6 +804,9 @@ func foldMeta(metas []any) (cur metaRec, latestAt time.Time) {
 		if r.Gen != "" {
 			cur.Gen = r.Gen
 		}
+		if r.Settle.After(cur.Settle) {
+			cur.Settle, cur.Held = r.Settle, r.Held
+		}
 		if r.At.After(latestAt) {
 			latestAt = r.At
 		}
@@ -787,41 +828,117 @@ func (s *Store) putMeta(ctx context.Context, m metaRec, had int) error {
 }
 
 // rebuild restores a lost queue from Sandboxes.List and the sandboxes' tags:
-// unclaimed ones are pooled again (oldest first), claimed ones recorded as
-// claimed. Bids that survived keep it from re-pooling what was taken.
+// claimed ones are recorded as claimed, reserved ones reserved again, and
+// those with a bid that survived go as it decided. Those whose tags say
+// nobody's are pooled only after LossSettle (settle): one may be a claimer's
+// whose bid went with the queue and whose tags are still on their way (bid,
+// claim record, tags); pooled now, it would be handed out twice. The wait is
+// not the caller's: the settle, written in "meta" with them, keeps them out
+// of the pool partition but in every Load's pool, and holds back every
+// process's Put of them.
 func (s *Store) rebuild(ctx context.Context) error {
 	ts, err := s.c.listTagged(ctx)
 	if err != nil {
 		return err
 	}
-	// What survived in the pool partition is not put again.
-	pooled, err := s.pooledIDs(ctx)
+	nobodys, err := s.restore(ctx, ts, false)
 	if err != nil {
 		return err
 	}
-	if slices.ContainsFunc(ts, func(t tagged) bool { return t.claimedBy == "" && !t.reserved && !pooled[t.ref.ID] }) {
-		// Some would be pooled again: one may be a claimer's whose bid the
-		// loss took and whose tags are still on their way. Listed again once
-		// they had time to land, it is recorded claimed instead.
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(s.c.opts.LossSettle):
-		}
-		if ts, err = s.c.listTagged(ctx); err != nil {
-			return err
-		}
-		if pooled, err = s.pooledIDs(ctx); err != nil { // another rebuild's, meanwhile
-			return err
+	// A new generation, without a target (the target is not in the tags;
+	// one set since the loss stays): the queue is set up again.
+	m := metaRec{Gen: nonce(), At: time.Now().UTC()}
+	if len(nobodys) > 0 {
+		m.Settle = m.At.Add(s.c.opts.LossSettle)
+		for _, t := range nobodys {
+			m.Held = append(m.Held, poolRec{ID: t.ref.ID, URL: t.ref.URL, CreatedAt: t.ref.CreatedAt.UTC(), ExpiresAt: t.ref.ExpiresAt.UTC()})
 		}
 	}
+	if err := s.put(ctx, partMeta, encode(m)); err != nil {
+		return storeErr("rebuilding the pool's queue", err)
+	}
+	if len(nobodys) > 0 {
+		s.noteSettle(m.Settle)
+		s.settleWG.Add(1)
+		go s.settle(m.Settle)
+	}
+	return nil
+}
+
+// settle pools, once the settle is over, the sandboxes a rebuild found
+// nobody's, read again: those a late claimer's tags now say claimed are
+// recorded claimed instead. A process gone before (its Close waits) leaves
+// them to the controller's adoption, which waits out the settle too (Put).
+func (s *Store) settle(until time.Time) {
+	defer s.settleWG.Done()
+	select {
+	case <-s.c.life.Done():
+		return
+	case <-time.After(time.Until(until)):
+	}
+	ctx, cancel := context.WithTimeout(s.c.life, 30*time.Second)
+	defer cancel()
+	ts, err := s.c.listTagged(ctx)
+	if err == nil {
+		_, err = s.restore(ctx, ts, true)
+	}
+	if err != nil {
+		s.c.opts.Logger.Warn("pooling the sandboxes again after a lost queue", "err", err)
+	}
+}
+
+// noteSettle keeps the latest settle read or written.
+func (s *Store) noteSettle(until time.Time) {
+	for {
+		old := s.settleUntil.Load()
+		if until.UnixNano() <= old || s.settleUntil.CompareAndSwap(old, until.UnixNano()) {
+			return
+		}
+	}
+}
+
+// waitSettle: a Put of a sandbox the store does not know, during a settle
+// or shortly after, waits for its end and reads the sandbox's tags then (a
+// late claimer's tags say claimed). It says whether the tags say claimed,
+// and by whom.
+func (s *Store) waitSettle(ctx context.Context, id string) (claimed tagged, ok bool, err error) {
+	until := time.Unix(0, s.settleUntil.Load())
+	if s.settleUntil.Load() == 0 || time.Since(until) > time.Minute {
+		return tagged{}, false, nil
+	}
+	select {
+	case <-ctx.Done():
+		return tagged{}, false, ctx.Err()
+	case <-time.After(time.Until(until)):
+	}
+	sb, err := s.c.handle(ctx, id)
+	if err != nil {
+		return tagged{}, false, err
+	}
+	tags, err := sb.GetTags(ctx)
+	if err != nil {
+		return tagged{}, false, err
+	}
+	t := fromTags(id, tags)
+	return t, t.claimedBy != "", nil
+}
+
+// restore writes what the tags of ts say that the queue lacks, in parallel
+// (a rebuild of a few dozen sandboxes one RPC at a time took seconds on a
+// slow control plane, every process's view of the pool stale meanwhile):
+// claims' bids and each unclaimed one's bid check at once, then the
+// records in one put per partition. Sandboxes nobody claimed or reserved,
+// not pooled and without a bid, are returned, pooled only with poolNobodys.
+func (s *Store) restore(ctx context.Context, ts []tagged, poolNobodys bool) (nobodys []tagged, err error) {
+	// What survived in the pool partition (or another rebuild put) is not
+	// put again.
+	pooled, err := s.pooledIDs(ctx)
+	if err != nil {
+		return nil, err
+	}
 	sort.SliceStable(ts, func(i, j int) bool { return ts[i].ref.ExpiresAt.Before(ts[j].ref.ExpiresAt) })
-	// In parallel (a rebuild of a few dozen sandboxes one RPC at a time
-	// took seconds on a slow control plane, every process's view of the
-	// pool stale meanwhile): claims' bids and each unclaimed one's bid
-	// check at once, then the records in one put per partition.
 	var (
-		mu   sync.Mutex // guards logs
+		mu   sync.Mutex // guards logs and nobodys
 		logs = map[string][]any{}
 		recs = make([]any, len(ts))
 	)
@@ -850,17 +967,21 @@ func (s *Store) rebuild(ctx context.Context) error {
 			var bid bool
 			if first, bid, err = s.head(ctx, bidPart(t.ref.ID)); err == nil && bid {
 				err = s.putDecided(ctx, t.ref, first)
-			} else if err == nil {
+			} else if err == nil && poolNobodys {
 				recs[i] = encode(poolRec{ID: t.ref.ID, URL: t.ref.URL, CreatedAt: t.ref.CreatedAt.UTC(), ExpiresAt: t.ref.ExpiresAt.UTC()})
+			} else if err == nil {
+				mu.Lock()
+				nobodys = append(nobodys, t)
+				mu.Unlock()
 			}
 		}
-		if errors.Is(err, pool.ErrNotPooled) {
+		if errors.Is(err, pool.ErrNotPooled) || errors.Is(err, pool.ErrAlreadyClaimed) {
 			return nil
 		}
 		return err
 	})
 	if err != nil {
-		return storeErr("rebuilding the pool's queue", err)
+		return nil, storeErr("rebuilding the pool's queue", err)
 	}
 	var put []any // oldest first, as ts is sorted
 	for _, r := range recs {
@@ -876,14 +997,9 @@ func (s *Store) rebuild(ctx context.Context) error {
 		parts = append(parts, part)
 	}
 	if err := inParallel(len(parts), func(i int) error { return s.put(ctx, parts[i], logs[parts[i]]...) }); err != nil {
-		return storeErr("rebuilding the pool's queue", err)
+		return nil, storeErr("rebuilding the pool's queue", err)
 	}
-	// A new generation, without a target (the target is not in the tags;
-	// one set since the loss stays): the queue is set up again.
-	if err := s.put(ctx, partMeta, encode(metaRec{Gen: nonce(), At: time.Now().UTC()})); err != nil {
-		return storeErr("rebuilding the pool's queue", err)
-	}
-	return nil
+	return nobodys, nil
 }
 
 // pooledIDs says which sandboxes the pool partition holds a record of.
@@ -921,4 +1037,8 @@ func inParallel(n int, f func(i int) error) error {
 }
 
 // Close releases the Store's share of the Modal client.
-func (s *Store) Close() error { s.c.release(); return nil }
+func (s *Store) Close() error {
+	s.settleWG.Wait() // a settle under way pools what it held back
+	s.c.release()
+	return nil
+}

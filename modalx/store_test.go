@@ -64,6 +64,15 @@ func load(t *testing.T, s *Store) pool.Stored {
 	return st
 }
 
+// loadSettled loads, and once the settle of a rebuild that Load made is
+// over (the sandboxes nobody claimed pooled again), loads again.
+func loadSettled(t *testing.T, s *Store) pool.Stored {
+	t.Helper()
+	load(t, s)
+	s.settleWG.Wait()
+	return load(t, s)
+}
+
 func claimedOf(st pool.Stored) []pool.Entry {
 	var out []pool.Entry
 	for _, e := range st.Entries {
@@ -127,8 +136,8 @@ func TestStoreSemantics(t *testing.T) {
 	if c := claimedOf(st); len(c) != 1 || c[0].ClaimedBy != "cli" {
 		t.Fatalf("claimed %+v", c)
 	}
-	if err := s.Put(ctx, taken.Ref); err != nil { // a claimed id is not pooled again
-		t.Fatal(err)
+	if err := s.Put(ctx, taken.Ref); !errors.Is(err, pool.ErrAlreadyClaimed) { // a claimed id is not pooled again
+		t.Fatalf("put of a claimed sandbox: %v, want %v", err, pool.ErrAlreadyClaimed)
 	}
 	if got := entryIDs(load(t, s).Pooled()); !slices.Equal(got, []string{long[1].ID}) {
 		t.Fatalf("claimed id re-pooled: %v", got)
@@ -360,8 +369,8 @@ func TestStoreRebuildAfterQueueCleared(t *testing.T) {
 
 	f.ClearQueue(QueueName("rb")) // Modal dropped the queue
 
-	_, s2 := open(t, Options{Pool: "rb"}) // a fresh process
-	after := load(t, s2)
+	_, s2 := open(t, Options{Pool: "rb", LossSettle: 50 * time.Millisecond}) // a fresh process
+	after := loadSettled(t, s2)
 	if got, want := entryIDs(after.Pooled()), entryIDs(before.Pooled()); !slices.Equal(got, want) {
 		t.Fatalf("pooled after rebuild %v, want %v", got, want)
 	}
@@ -494,7 +503,7 @@ func TestStoreAdoptAfterPoolPartitionLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range live {
-		if err := s2.Put(ctx, r); err != nil {
+		if err := s2.Put(ctx, r); err != nil && !errors.Is(err, pool.ErrAlreadyClaimed) {
 			t.Fatal(err)
 		}
 	}
@@ -555,8 +564,8 @@ func TestStorePutOfADecidedSandbox(t *testing.T) {
 	}
 
 	claimed := popBid("claim", "python")
-	if err := other.Put(ctx, claimed); err != nil {
-		t.Fatalf("put of a claimed sandbox: %v", err)
+	if err := other.Put(ctx, claimed); !errors.Is(err, pool.ErrAlreadyClaimed) {
+		t.Fatalf("put of a claimed sandbox: %v, want %v", err, pool.ErrAlreadyClaimed)
 	}
 	if e, ok := inStore(claimed.ID); !ok || e.ClaimedBy != "python" {
 		t.Fatalf("a sandbox whose claim bid won is %+v (known %v), want claimed by python", e, ok)
@@ -599,7 +608,7 @@ func TestStorePutOfADecidedSandbox(t *testing.T) {
 func TestStoreRebuildAfterClearThenSetTarget(t *testing.T) {
 	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
-	b, s := open(t, Options{Pool: "rbset"})
+	b, s := open(t, Options{Pool: "rbset", LossSettle: 50 * time.Millisecond})
 	fill(t, b, s, 4, 5*time.Minute)
 	load(t, s) // set up: a settings record exists
 	taken, _, ok, err := s.Take(ctx, pool.TakeRequest{MinExpiresAt: time.Now(), ClaimedBy: "cli", Now: time.Now()})
@@ -614,7 +623,7 @@ func TestStoreRebuildAfterClearThenSetTarget(t *testing.T) {
 	if err := s2.SetTarget(ctx, 5); err != nil {
 		t.Fatal(err)
 	}
-	after := load(t, s)
+	after := loadSettled(t, s)
 	if got, want := entryIDs(after.Pooled()), entryIDs(before.Pooled()); !slices.Equal(got, want) {
 		t.Fatalf("pooled after a clear and a resize %v, want %v (rebuilt from tags)", got, want)
 	}
@@ -631,10 +640,12 @@ func TestStoreRebuildAfterClearThenSetTarget(t *testing.T) {
 
 // TestStoreRebuildWaitsForAClaimsTags: a claimer of README's protocol won
 // its bid and wrote its claim record just before Modal cleared the queue;
-// its tags land only after a rebuild's first list. The rebuild lists again
-// before pooling anything, so the claimed sandbox is recorded claimed, not
-// pooled for the next claimer (TestChaosModal: "claimed, then back in the
-// pool" with the queue cleared in the same millisecond as a claim).
+// its tags land only after a rebuild's list. The rebuild pools the
+// sandboxes it found nobody's only after the settle, read again then, so
+// the claimed one is recorded claimed, not pooled for the next claimer
+// (TestChaosModal: "claimed, then back in the pool" with the queue cleared
+// in the same millisecond as a claim); and an adoption by another process
+// meanwhile (Put) waits for the settle too.
 func TestStoreRebuildWaitsForAClaimsTags(t *testing.T) {
 	f := testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
@@ -666,14 +677,31 @@ func TestStoreRebuildWaitsForAClaimsTags(t *testing.T) {
 	}
 
 	f.ClearQueue(QueueName("rbtags"))
-	lists := f.Counts()["SandboxList"]
 	_, s2 := open(t, Options{Pool: "rbtags"}) // another process finds the queue lost
-	loaded := make(chan pool.Stored, 1)
-	go func() { st, _ := s2.Load(ctx); loaded <- st }()
-	if !testkit.Until(10*time.Second, func() bool { return f.Counts()["SandboxList"] > lists }) {
-		t.Fatal("the rebuild never listed the sandboxes")
+	st := load(t, s2)
+	if n := len(st.Pooled()); n != 3 {
+		t.Fatalf("%d pooled right after the rebuild, want 3: held back, still counted", n)
 	}
-	// The claimer's tags, after the rebuild's first list.
+	if got, err := takeAll(ctx, s2, "during the settle"); err != nil || len(got) != 0 {
+		t.Fatalf("took %v (%v) during the settle, want nothing", got, err)
+	}
+	// Another process adopts the claimed one meanwhile (a controller's
+	// reconcile): its Put waits for the settle.
+	_, s3 := open(t, Options{Pool: "rbtags"})
+	load(t, s3) // reads the settle
+	until := time.Unix(0, s3.settleUntil.Load())
+	if s3.settleUntil.Load() == 0 {
+		t.Fatal("another process's Load did not read the settle")
+	}
+	adopted := make(chan error, 1)
+	go func() {
+		err := s3.Put(ctx, mine)
+		if time.Now().Before(until) {
+			err = fmt.Errorf("the adoption returned (%v) before the settle's end %s", err, until.Format("15:04:05.000"))
+		}
+		adopted <- err
+	}()
+	// The claimer's tags, after the rebuild's list.
 	sb, err := client.Sandboxes.FromID(ctx, mine.ID)
 	if err != nil {
 		t.Fatal(err)
@@ -681,14 +709,17 @@ func TestStoreRebuildWaitsForAClaimsTags(t *testing.T) {
 	if err := sb.SetTags(ctx, tagsFor("rbtags", mine, "python", now)); err != nil {
 		t.Fatal(err)
 	}
-	after := <-loaded
+	if err := <-adopted; !errors.Is(err, pool.ErrAlreadyClaimed) {
+		t.Fatalf("the adoption of the claimed one: %v, want %v", err, pool.ErrAlreadyClaimed)
+	}
+	var after pool.Stored
+	if !testkit.Until(15*time.Second, func() bool { after = load(t, s2); return len(after.Pooled()) == 2 }) {
+		t.Fatalf("pooled after the settle %v, want the 2 nobody claimed", entryIDs(after.Pooled()))
+	}
 	if slices.Contains(entryIDs(after.Pooled()), mine.ID) {
 		t.Fatalf("the claimed %s is pooled again after the rebuild: %v", mine.ID, entryIDs(after.Pooled()))
 	}
 	if c := claimedOf(after); len(c) != 1 || c[0].ID != mine.ID {
 		t.Fatalf("claimed after the rebuild %v, want [%s]", entryIDs(c), mine.ID)
-	}
-	if got := len(after.Pooled()); got != 2 {
-		t.Fatalf("%d pooled after the rebuild, want the 2 nobody claimed", got)
 	}
 }

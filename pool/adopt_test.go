@@ -171,3 +171,62 @@ func TestFailedPutThatLandedIsNotLeftPooled(t *testing.T) {
 		}
 	}
 }
+
+// claimFindingStore records one sandbox claimed when it is Put, as Modal's
+// store does for a sandbox whose claim bid (or tags) outlived its lost
+// claim record, and says so.
+type claimFindingStore struct {
+	*pooltest.Store
+	claimed string
+}
+
+func (s *claimFindingStore) Put(ctx context.Context, r pool.Ref) error {
+	if r.ID == s.claimed {
+		return pool.ErrAlreadyClaimed
+	}
+	return s.Store.Put(ctx, r)
+}
+
+// A live sandbox unknown to the store whose Put finds it claimed is its
+// claimer's: not adopted (the view showed it ready, then unhealthy, in the
+// pool: TestChaosModal seed 406), never an orphan terminated.
+func TestAdoptionThatFindsAClaimLeavesItAlone(t *testing.T) {
+	clk := clockwork.NewFakeClockAt(t0)
+	cfg := pool.DefaultConfig()
+	cfg.Size = 0
+	be := pooltest.NewBackend(clk)
+	ctx := context.Background()
+	taken, err := be.Create(ctx, cfg.TTL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &claimFindingStore{Store: pooltest.NewStore(), claimed: taken.ID}
+	var adopted atomic.Int32
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	c.Observe(func(e pool.Event) {
+		if e.Kind == pool.EventAdopted {
+			adopted.Add(1)
+		}
+	})
+	clk.Advance(time.Minute) // past the adoption grace
+	for range 4 {
+		if err := c.Maintain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.WaitIdle(ctx)
+	}
+	if n := adopted.Load(); n != 0 {
+		t.Errorf("adopted %d times, want never", n)
+	}
+	if s := stateIn(c, taken.ID); s == pool.StateReady || s == pool.StateUnhealthy {
+		t.Errorf("the claimed %s shows %s in the pool", taken.ID, s)
+	}
+	c.Close() // waits for the terminations it started
+	if slices.Contains(be.Terminated(), taken.ID) {
+		t.Errorf("the claimed %s was terminated", taken.ID)
+	}
+}

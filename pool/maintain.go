@@ -443,7 +443,17 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 			continue
 		}
 		if h := c.probe(ctx, r.URL); h.OK {
-			if err := c.st.Put(ctx, r); err == nil {
+			err := c.st.Put(ctx, r)
+			if errors.Is(err, ErrAlreadyClaimed) {
+				// A claim whose record was lost (Modal: its bid or tags
+				// outlived it): recorded claimed again, its claimer's. Not
+				// adopted, and no suspect: the next load shows it claimed.
+				delete(next, r.ID)
+				c.emit(Event{Kind: EventStoreChanged, SandboxID: r.ID,
+					Message: r.ID + " is claimed (its claim's record was lost, and found again): not pooled"})
+				continue
+			}
+			if err == nil {
 				c.mu.Lock()
 				c.setHealthLocked(r.ID, h)
 				c.adopted[r.ID] = now

@@ -104,7 +104,9 @@ type Store interface {
 	// Put appends a ready sandbox to the pool. Putting an id that is already
 	// recorded changes nothing. A store that remembers ids it decided (Modal's
 	// bids) returns ErrNotPooled for one removed or dropped before: it is not
-	// the pool's, and reconcile terminates it.
+	// the pool's, and reconcile terminates it; and ErrAlreadyClaimed for one
+	// it finds a claim of (a bid, or Modal tags, that outlived a lost claim
+	// record), which it records claimed again: its claimer's, never pooled.
 	Put(ctx context.Context, ref Ref) error
 	// Take atomically claims the first pooled entry whose ExpiresAt is at or
 	// after r.MinExpiresAt for r.ClaimedBy. Pooled entries before it that
