@@ -776,6 +776,30 @@ func TestLeaseLostToABackfillIsTakenBack(t *testing.T) {
 	}
 }
 
+// A controller started without a size that waits for a claim's backfill to
+// hand the pool over learns the stored target while it waits: a store lost
+// right after it takes the lease (a Modal queue cleared) kept the flag's
+// default instead (TestChaosModal seed 404: target 4 held at 3).
+func TestControllerWaitingForABackfillLearnsTheTarget(t *testing.T) {
+	h := newHarness(t, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := h.st.SetTarget(ctx, h.cfg.Size+1); err != nil {
+		t.Fatal(err)
+	}
+	h.st.HoldLease(pool.LeaseRecord{Host: "elsewhere", Pid: 2, Role: pool.RoleBackfill})
+	done := make(chan error, 1)
+	go func() { done <- h.c.Serve(ctx, false) }()
+	testkit.Eventually(t, waitLong, "the stored target learnt while waiting", func() bool { return h.c.Target() == h.cfg.Size+1 })
+	if role := h.c.Snapshot().Role; role == "controller" {
+		t.Fatalf("role %q while a backfill holds the lease", role)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Rounds counts each finished pass: tests wait for N of them to show that
 // nothing happened.
 func TestRoundsCountPasses(t *testing.T) {

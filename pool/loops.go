@@ -51,6 +51,11 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 			if !waiting {
 				waiting = true
 				c.emit(Event{Kind: EventLeaseWait, Message: "waiting for a claim's backfill to hand the pool over: " + held.Holder.String()})
+				// Learn the pool's stored target now: a store lost before
+				// this controller's first load once it holds the lease (a
+				// Modal queue cleared) would leave it the flag's default
+				// (chaos seed 404: target 4 kept at 3).
+				_, _, _ = c.loadStore(ctx)
 			}
 			select {
 			case <-ctx.Done():
