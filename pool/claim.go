@@ -161,6 +161,7 @@ func (c *Controller) claimFailed(o ClaimOptions, err error) error {
 func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest func(), _ bool, _ error) {
 	c.takes.enter()
 	taken := false
+	fromFile := false // no take from memory (QuickTaker) this time
 	defer func() {
 		if !taken {
 			c.takes.leave()
@@ -182,7 +183,19 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 		// Opened before the take: a pass that lists the backend after it
 		// waits until the backend's record of this claim is made.
 		rec := c.records.open()
-		got, dropped, ok, err := c.st.Take(ctx, tr)
+		var (
+			got     Entry
+			pend    PendingTake
+			ok      bool
+			dropped []Entry
+			err     error
+		)
+		if !fromFile {
+			got, pend, ok = c.takeQuick(tr)
+		}
+		if !ok {
+			got, dropped, ok, err = c.st.Take(ctx, tr)
+		}
 		if err != nil || !ok {
 			c.records.close(rec)
 		}
@@ -203,7 +216,9 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 			}
 			return Entry{}, nil, false, err
 		}
-		c.resolve(ProblemStore, opWrite)
+		if pend == nil { // a take from memory wrote nothing yet
+			c.resolve(ProblemStore, opWrite)
+		}
 		for _, d := range dropped {
 			c.forget(d.ID)
 			c.emit(Event{Kind: EventExpired, SandboxID: d.ID})
@@ -213,6 +228,39 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 			return Entry{}, nil, false, nil
 		}
 		fresh := o.CheckHealth && c.freshlyHealthy(got.ID, now)
+		if pend != nil {
+			if fresh || !o.CheckHealth {
+				done, gone, elsewhere := c.gateQuick(ctx, got, pend)
+				switch {
+				case done:
+					taken = true
+					return got, func() {
+						c.recordTake(got, pend)
+						c.takes.leave()
+						c.recordClaimAsync(got, rec)
+					}, true, nil
+				case elsewhere:
+					c.records.close(rec)
+					continue
+				case gone:
+					c.emit(Event{Kind: EventHealthFailed, SandboxID: got.ID, Err: "gone (the backend says it is not running)"})
+					c.dropTaken(ctx, got, o.By)
+					c.records.close(rec)
+					continue
+				}
+			}
+			// The gate could not decide at once, or a probe comes first:
+			// the file's take, as ever (it claims only what the file
+			// holds pooled), unless a compaction wrote this one already.
+			if !pend.Cancel() {
+				c.records.close(rec)
+				c.mu.Lock()
+				delete(c.counted, got.ID)
+				c.mu.Unlock()
+				fromFile = true
+				continue
+			}
+		}
 		if o.CheckHealth && !fresh {
 			h := c.probe(ctx, got.URL)
 			if err := ctx.Err(); err != nil {
@@ -249,9 +297,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 			// The store handed out a sandbox another claim holds (it lost
 			// that claim): it is not ours to hand out, nor to terminate.
 			taken = false
-			if _, err := c.st.Remove(ctx, got.ID); err != nil {
-				c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("remove %s from the store: %w", got.ID, err))
-			}
+			c.withdraw(ctx, got, true)
 			c.forget(got.ID)
 			c.emit(Event{Kind: EventStoreChanged, SandboxID: got.ID,
 				Message: got.ID + " is claimed elsewhere (the backend says so): not handed out again"})
@@ -267,6 +313,85 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 		}
 		return got, c.takes.leave, true, nil
 	}
+}
+
+// takeQuick serves a take from the store's memory (QuickTaker) when the
+// backend's gate can decide the claim before its answer (QuickClaimGate),
+// in the controller that holds the pool's lease: no lock and no write of
+// the store before the answer, the gate keeps claimers apart, and the
+// store's record follows the answer (recordTake).
+func (c *Controller) takeQuick(tr TakeRequest) (Entry, PendingTake, bool) {
+	q, ok := c.st.(QuickTaker)
+	if !ok || !c.looping.Load() {
+		return Entry{}, nil, false
+	}
+	if _, ok := c.be.(QuickClaimGate); !ok {
+		return Entry{}, nil, false
+	}
+	return q.TakeQuick(tr)
+}
+
+// gateQuick asks the gate about a take served from memory: done, the claim
+// is ours (the gate says so, whoever reads it after a kill -9 of this
+// process); gone or elsewhere, the take is withdrawn and its entry dealt
+// with as a Take's would be (the caller drops a gone one); none of the
+// three, the gate could not decide and the take is still pending.
+func (c *Controller) gateQuick(ctx context.Context, got Entry, pend PendingTake) (done, gone, elsewhere bool) {
+	decided, err := c.be.(QuickClaimGate).TryClaimOnce(got)
+	switch {
+	case !decided:
+		return false, false, false
+	case err == nil:
+		return true, false, false
+	case errors.Is(err, ErrNotFound):
+		pend.Cancel()
+		return false, true, false
+	case errors.Is(err, ErrAlreadyClaimed):
+		// Another claim holds it. The store may be about to say so (that
+		// claim's record on its way), or be an old copy put back: it
+		// leaves the pool, and a claim's record in the store stays.
+		c.withdraw(ctx, got, pend.Cancel())
+		c.mu.Lock()
+		delete(c.counted, got.ID)
+		c.mu.Unlock()
+		c.forget(got.ID)
+		c.emit(Event{Kind: EventStoreChanged, SandboxID: got.ID,
+			Message: got.ID + " is claimed elsewhere (the backend says so): not handed out again"})
+		return false, false, true
+	}
+	// Another answer of the gate: as undecided, the record decides.
+	return false, false, false
+}
+
+// withdraw takes a claim the gate refused out of the store: the entry
+// leaves it unless another claim's record holds it by now (a take from
+// memory that won the gate, its record written since). recorded says the
+// store holds this claim's take; if not, only a pooled entry goes.
+func (c *Controller) withdraw(ctx context.Context, got Entry, recorded bool) {
+	var err error
+	if w, ok := c.st.(Withdrawer); ok {
+		err = w.Withdraw(ctx, got)
+	} else if recorded {
+		_, err = c.st.Remove(ctx, got.ID)
+	} else {
+		_, err = c.st.Evict(ctx, got.ID)
+	}
+	if err != nil {
+		c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("remove %s from the store: %w", got.ID, err))
+	}
+}
+
+// recordTake writes the store's record of a take served from memory, once
+// its answer is on its way; a failure is reported (the gate holds the
+// claim, and the next change of the store writes it).
+func (c *Controller) recordTake(got Entry, pend PendingTake) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.life), recordTimeout)
+	defer cancel()
+	if err := pend.Record(ctx); err != nil {
+		c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("record the claim of %s in the store: %w", got.ID, err))
+		return
+	}
+	c.resolve(ProblemStore, opWrite)
 }
 
 // ErrTargetZero is returned at once by a claim on a pool whose stored

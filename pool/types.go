@@ -128,6 +128,36 @@ type Store interface {
 	Close() error
 }
 
+// QuickTaker is a Store that can serve a take from what it last read, with
+// no lock and nothing written, for a claim that a QuickClaimGate decides
+// before its answer: the gate keeps two claimers apart then, and is the
+// record a kill -9 of the claimer leaves; the store's record follows the
+// answer (PendingTake.Record).
+type QuickTaker interface {
+	// TakeQuick is Take served from memory. ok is false when it cannot be
+	// (nothing read yet, another transaction of this process running,
+	// expiring entries to drop at the head): the caller takes as usual.
+	TakeQuick(r TakeRequest) (taken Entry, p PendingTake, ok bool)
+}
+
+// Withdrawer is a Store that can take back one claim's own take: the entry
+// leaves the store if it is pooled or claimed by that claim (ClaimedBy and
+// ClaimedAt), and stays if another claim's record holds it meanwhile.
+type Withdrawer interface {
+	Withdraw(ctx context.Context, e Entry) error
+}
+
+// PendingTake is a take served from memory whose record is not written yet.
+type PendingTake interface {
+	// Record writes it, with every other take pending; once written, a
+	// Record does nothing.
+	Record(ctx context.Context) error
+	// Cancel withdraws it, the gate having refused the claim: nothing of it
+	// is written from now on, and its entry is as the store last read it.
+	// recorded says a transaction of this process wrote it meanwhile.
+	Cancel() (recorded bool)
+}
+
 // TakeRequest is one claim asked of a Store.
 type TakeRequest struct {
 	// MinExpiresAt: an entry expiring before it is too short to hand out.

@@ -13,7 +13,9 @@
 // claimed entries whose sandbox has expired.
 // Claimed entries are kept apart from the pool in memory and a Store reads
 // only what other processes appended since it last looked, so a claim costs
-// the same however many claimed entries the pool holds.
+// the same however many claimed entries the pool holds. A take may also be
+// served from memory, its record written after the claimer's gate decided
+// and answered (TakeQuick, quick.go).
 //
 // Files under the directory, for pool P: P.json (the store), P.json.tmp (a
 // compaction's next file, left only by a crash), P.lock (taken by every
@@ -100,6 +102,10 @@ type Store struct {
 
 	noSync bool             // benchmarks only: measure everything but the disk flush
 	now    func() time.Time // for expiry at compaction
+
+	// Takes served from memory whose record is not written yet (quick.go);
+	// owned by the holder of sem.
+	pending []*quickTake
 
 	// Changes queued for the next group commit (see commit).
 	qmu     sync.Mutex
@@ -275,10 +281,18 @@ func waitLock(ctx context.Context, path string, shared bool) (*flock.Flock, erro
 	}
 }
 
-// refresh brings s.st up to date with the file; it must run inside a
-// transaction. An unchanged file costs one stat; a file others appended to
-// costs reading what they appended.
+// refresh brings s.st up to date with the file, with the takes pending
+// laid over it; it must run inside a transaction. An unchanged file costs
+// one stat; a file others appended to costs reading what they appended.
 func (s *Store) refresh() error {
+	err := s.refreshFile()
+	if err == nil && len(s.pending) > 0 {
+		s.reapplyLocked()
+	}
+	return err
+}
+
+func (s *Store) refreshFile() error {
 	fi, err := os.Stat(s.path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -562,6 +576,14 @@ func (s *Store) compactLocked() error {
 	s.closeFile()
 	s.st.squeeze(func(e pool.Entry) bool { return !expired(e) })
 	s.gen++
+	// The takes pending that s.st held claimed are in the file now.
+	var in []*quickTake
+	for _, q := range s.pending {
+		if q.applied {
+			in = append(in, q)
+		}
+	}
+	s.recordedLocked(in)
 	s.f, s.fi = f, fi
 	n := int64(len(data))
 	s.lay = layout{version: fileVersion, snapEnd: n, end: n, size: n, appendable: true}
@@ -702,12 +724,18 @@ func (s *Store) runBatch(ctx context.Context, me *change) {
 	if err == nil {
 		s.wbuf.Reset()
 		flush := false
+		// Takes served from memory first: they were answered before any
+		// change queued now.
+		pending := s.writePendingLocked(s.logw)
 		for _, c := range batch {
 			c.apply(s.st, s.logw)
 			flush = flush || !c.lazy
 		}
 		if s.wbuf.Len() > 0 {
 			err = s.appendLocked(s.wbuf.Bytes(), flush)
+		}
+		if err == nil {
+			s.recordedLocked(pending)
 		}
 	}
 	if err == nil && s.wbuf.Len() > 0 {

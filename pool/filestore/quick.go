@@ -1,0 +1,173 @@
+package filestore
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"unicode/utf8"
+
+	"github.com/sandboxpool/sandboxpool/pool"
+)
+
+// quickTake is a take served from memory (TakeQuick) whose record is not
+// written yet. Until it is, s.st holds the entry claimed over what the file
+// says (applied), so that no take, load or write of this Store sees it
+// pooled; every refresh lays it over the file again (reapplyLocked), and
+// the next batch of any change writes it (writePendingLocked).
+type quickTake struct {
+	s     *Store
+	e     pool.Entry // as claimed
+	index int        // its place in the pool when taken, for Cancel
+	// applied: s.st holds e claimed while the file holds it pooled. Owned
+	// by the holder of sem.
+	applied bool
+	// won: its claimer's gate let it through (Record): only then may a
+	// batch write it, since a record that finds the entry claimed by
+	// another claim puts it back as this one's.
+	won atomic.Bool
+	// done: written, or cancelled; never written after.
+	done      atomic.Bool
+	cancelled bool // owned by the holder of sem
+}
+
+// TakeQuick implements pool.QuickTaker: the first pooled entry of what this
+// Store last read, claimed in memory, with no lock, no stat and no write.
+// The claimer's gate (the local agent's claim table) must decide the claim
+// before its answer: two processes may take the same entry this way, or
+// one this way and another from the file, and the gate lets one through.
+// The record follows (Record), or the next change of this Store writes it.
+func (s *Store) TakeQuick(tr pool.TakeRequest) (pool.Entry, pool.PendingTake, bool) {
+	if tr.ClaimedBy == "" || !encodable(tr.Now) || !utf8.ValidString(tr.ClaimedBy) {
+		return pool.Entry{}, nil, false // Take says why
+	}
+	select {
+	case s.sem <- struct{}{}:
+	default:
+		return pool.Entry{}, nil, false // a transaction runs: no waiting here (Take queues)
+	}
+	defer func() { <-s.sem }()
+	if s.closed.Load() || s.st == nil || s.roErr != nil {
+		return pool.Entry{}, nil, false
+	}
+	i := slices.IndexFunc(s.st.pooled, func(e pool.Entry) bool { return !e.ExpiresAt.Before(tr.MinExpiresAt) })
+	if i < 0 || (i > 0 && !tr.KeepShort) {
+		return pool.Entry{}, nil, false // none, or short ones to drop first: a transaction's work
+	}
+	e := s.st.claim(i, tr.ClaimedBy, tr.Now)
+	q := &quickTake{s: s, e: e, index: i, applied: true}
+	s.pending = append(s.pending, q)
+	return e, q, true
+}
+
+// Record implements pool.PendingTake.
+func (q *quickTake) Record(ctx context.Context) error {
+	if q.done.Load() {
+		return nil
+	}
+	q.won.Store(true)
+	err := q.s.commit(ctx, true, func(*state, *logWriter) {})
+	if err == nil && !q.done.Load() {
+		err = errors.New("filestore: the take was not recorded") // never: every batch writes what is pending
+	}
+	return err
+}
+
+// Cancel implements pool.PendingTake.
+func (q *quickTake) Cancel() (recorded bool) {
+	s := q.s
+	s.sem <- struct{}{}
+	defer func() { <-s.sem }()
+	if q.done.Load() {
+		return !q.cancelled
+	}
+	q.done.Store(true)
+	q.cancelled = true
+	s.pending = slices.DeleteFunc(s.pending, func(p *quickTake) bool { return p == q })
+	if q.applied && s.st != nil && s.ownsLocked(q) {
+		s.st.remove(q.e.ID, false)
+		e := pool.Entry{Ref: q.e.Ref} // pooled again, where it was
+		s.st.pooled = slices.Insert(s.st.pooled, min(q.index, len(s.st.pooled)), e)
+	}
+	q.applied = false
+	return false
+}
+
+// ownsLocked says s.st holds q's entry claimed by q's claim.
+func (s *Store) ownsLocked(q *quickTake) bool {
+	i, ok := s.st.claimedAt[q.e.ID]
+	if !ok {
+		return false
+	}
+	e := s.st.claimed[i]
+	return e.ClaimedBy == q.e.ClaimedBy && e.ClaimedAt.Equal(q.e.ClaimedAt)
+}
+
+// reapplyLocked lays the pending takes over s.st, just read from the file:
+// an entry the file holds pooled is claimed in memory (applied); one the
+// file no longer holds, or holds claimed by another claim, is not.
+func (s *Store) reapplyLocked() {
+	for _, q := range s.pending {
+		if q.applied && s.ownsLocked(q) {
+			continue // read on top of it (others' appends)
+		}
+		q.applied = false
+		if i := s.st.pooledIndex(q.e.ID); i >= 0 {
+			s.st.claim(i, q.e.ClaimedBy, q.e.ClaimedAt)
+			q.index, q.applied = i, true
+		}
+	}
+}
+
+// writePendingLocked logs the pending takes their gate let through into w, on s.st as just
+// refreshed: a claim of an entry the file holds pooled; for one it no
+// longer holds, or holds claimed by another claim (whose gate refused it:
+// the claim table is what decided), the entry put back claimed. It
+// returns them, to be marked done once the batch is written.
+func (s *Store) writePendingLocked(w *logWriter) []*quickTake {
+	var out []*quickTake
+	for _, q := range s.pending {
+		if !q.won.Load() {
+			continue // its gate has not decided: it may yet be withdrawn
+		}
+		out = append(out, q)
+		e := q.e
+		if !q.applied {
+			if s.st.has(e.ID) {
+				s.st.remove(e.ID, false)
+				w.add(record{Op: "del", ID: e.ID})
+			}
+			s.st.add(e)
+			w.add(record{Op: "put", ID: e.ID, URL: e.URL, CreatedAt: e.CreatedAt, ExpiresAt: e.ExpiresAt})
+			q.applied = true
+		}
+		w.add(record{Op: "claim", ID: e.ID, By: e.ClaimedBy, At: e.ClaimedAt})
+	}
+	return out
+}
+
+// recordedLocked marks takes written (by a batch, or a compaction of s.st
+// that held them applied).
+func (s *Store) recordedLocked(qs []*quickTake) {
+	for _, q := range qs {
+		q.done.Store(true)
+	}
+	s.pending = slices.DeleteFunc(s.pending, func(q *quickTake) bool { return q.done.Load() })
+}
+
+// Withdraw implements pool.Withdrawer: a claim its gate refused leaves the
+// store, unless another claim's record holds the entry by now (a take from
+// memory that won the gate and wrote its record meanwhile).
+func (s *Store) Withdraw(ctx context.Context, e pool.Entry) error {
+	return s.commit(ctx, false, func(st *state, w *logWriter) {
+		if i, ok := st.claimedAt[e.ID]; ok {
+			if c := st.claimed[i]; c.ClaimedBy != e.ClaimedBy || !c.ClaimedAt.Equal(e.ClaimedAt) {
+				return // another claim's
+			}
+		} else if st.pooledIndex(e.ID) < 0 {
+			return
+		}
+		st.remove(e.ID, false)
+		w.add(record{Op: "del", ID: e.ID})
+	})
+}
