@@ -474,7 +474,16 @@ var (
 )
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	var b []byte
+	var err error
+	if cv, ok := v.(ClaimView); ok {
+		b, ok = cv.appendJSON(make([]byte, 0, 256))
+		if !ok {
+			b, err = json.Marshal(v)
+		}
+	} else {
+		b, err = json.Marshal(v)
+	}
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"error":"encode the answer"}`)
 	}
