@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/plainjson"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -322,11 +323,16 @@ func (w *logWriter) add(r record) {
 
 // appendRecord appends r's line as the encoder writes it, without
 // reflection (a claim's record is written inside the store's lock), when
-// every string in it is plain printable ASCII that JSON writes as it is;
-// ok is false otherwise, and the encoder writes it.
+// every string in it is one JSON writes unchanged (plainjson); ok is false
+// otherwise, and the encoder writes it.
 func appendRecord(b []byte, r *record) (_ []byte, ok bool) {
 	for _, s := range [...]string{r.Op, r.ID, r.URL, r.By, r.TTL, r.Use} {
-		if !plainJSON(s) {
+		if !plainjson.Plain(s, false) {
+			return b, false
+		}
+	}
+	for _, t := range [...]time.Time{r.CreatedAt, r.ExpiresAt, r.At} {
+		if !plainjson.Time(t) {
 			return b, false
 		}
 	}
@@ -336,9 +342,8 @@ func appendRecord(b []byte, r *record) (_ []byte, ok bool) {
 		}
 		b = append(b, `,"`...)
 		b = append(b, key...)
-		b = append(b, `":"`...)
-		b = append(b, v...)
-		return append(b, '"')
+		b = append(b, `":`...)
+		return plainjson.AppendString(b, v)
 	}
 	tm := func(b []byte, key string, t time.Time) []byte {
 		if t.IsZero() {
@@ -346,13 +351,11 @@ func appendRecord(b []byte, r *record) (_ []byte, ok bool) {
 		}
 		b = append(b, `,"`...)
 		b = append(b, key...)
-		b = append(b, `":"`...)
-		b = t.AppendFormat(b, time.RFC3339Nano) // as time.Time's MarshalJSON, for an encodable time
-		return append(b, '"')
+		b = append(b, `":`...)
+		return plainjson.AppendTime(b, t)
 	}
-	b = append(b, `{"op":"`...)
-	b = append(b, r.Op...)
-	b = append(b, '"')
+	b = append(b, `{"op":`...)
+	b = plainjson.AppendString(b, r.Op)
 	b = str(b, "id", r.ID)
 	b = str(b, "url", r.URL)
 	b = tm(b, "created_at", r.CreatedAt)
@@ -366,17 +369,6 @@ func appendRecord(b []byte, r *record) (_ []byte, ok bool) {
 	b = str(b, "ttl", r.TTL)
 	b = str(b, "use_duration", r.Use)
 	return append(b, "}\n"...), true
-}
-
-// plainJSON: s is printable ASCII with no quote or backslash, which JSON
-// (HTML escaping off) writes unchanged.
-func plainJSON(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
-			return false
-		}
-	}
-	return true
 }
 
 // encodable reports whether every t fits a JSON timestamp: years 0 to 9999,

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/plainjson"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -134,39 +135,21 @@ type ClaimView struct {
 }
 
 // appendJSON appends what json.Marshal writes for v, without reflection
-// (one a claim), when its strings are printable ASCII that JSON writes as
-// they are (no quote, backslash or HTML character, which json.Marshal
-// escapes) and its expiry is within years 0-9999; ok is false otherwise.
+// (one a claim), when its strings and expiry are ones JSON writes as they
+// are (plainjson); ok is false otherwise.
 func (v ClaimView) appendJSON(b []byte) (_ []byte, ok bool) {
-	if !plainJSON(v.ID) || !plainJSON(v.URL) {
+	if !plainjson.Plain(v.ID, true) || !plainjson.Plain(v.URL, true) || !plainjson.Time(v.ExpiresAt) {
 		return b, false
 	}
-	if y := v.ExpiresAt.Year(); y < 0 || y > 9999 {
-		return b, false
-	}
-	if _, off := v.ExpiresAt.Zone(); off%60 != 0 || off <= -24*3600 || off >= 24*3600 {
-		return b, false
-	}
-	b = append(b, `{"id":"`...)
-	b = append(b, v.ID...)
-	b = append(b, `","url":"`...)
-	b = append(b, v.URL...)
-	b = append(b, `","expires_at":"`...)
-	b = v.ExpiresAt.AppendFormat(b, time.RFC3339Nano) // as time.Time's MarshalJSON
-	b = append(b, `","seconds_left":`...)
+	b = append(b, `{"id":`...)
+	b = plainjson.AppendString(b, v.ID)
+	b = append(b, `,"url":`...)
+	b = plainjson.AppendString(b, v.URL)
+	b = append(b, `,"expires_at":`...)
+	b = plainjson.AppendTime(b, v.ExpiresAt)
+	b = append(b, `,"seconds_left":`...)
 	b = strconv.AppendInt(b, v.SecondsLeft, 10)
 	return append(b, '}'), true
-}
-
-// plainJSON: s is printable ASCII that json.Marshal writes unchanged.
-func plainJSON(s string) bool {
-	for i := 0; i < len(s); i++ {
-		switch c := s[i]; {
-		case c < 0x20 || c > 0x7e, c == '"', c == '\\', c == '<', c == '>', c == '&':
-			return false
-		}
-	}
-	return true
 }
 
 // NewPoolView builds the pool JSON from a snapshot; seconds_left is counted

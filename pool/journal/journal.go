@@ -28,6 +28,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/plainjson"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -190,6 +191,78 @@ type wireEvent struct {
 	Message    string      `json:"message,omitempty"`
 }
 
+// appendJSON appends r's line as the journal's encoder writes it, without
+// reflection (an event a claim, a creation...), when its strings and times
+// are ones JSON writes as they are (plainjson); ok is false otherwise.
+func (r *record) appendJSON(b []byte) (_ []byte, ok bool) {
+	e, o := &r.Event, &r.Origin
+	for _, s := range [...]string{o.Host, o.ID, e.Kind, e.SandboxID, e.By, e.Reason, e.Err, e.Message} {
+		if !plainjson.Plain(s, true) {
+			return b, false
+		}
+	}
+	if !plainjson.Time(e.Time) || !plainjson.Time(e.Until) {
+		return b, false
+	}
+	if h := e.Health; h != nil && (!plainjson.Plain(h.Error, true) || !plainjson.Time(h.CheckedAt)) {
+		return b, false
+	}
+	str := func(b []byte, key, v string) []byte {
+		if v == "" {
+			return b
+		}
+		b = append(b, `,"`...)
+		b = append(b, key...)
+		b = append(b, `":`...)
+		return plainjson.AppendString(b, v)
+	}
+	num := func(b []byte, key string, v int64) []byte {
+		if v == 0 {
+			return b
+		}
+		b = append(b, `,"`...)
+		b = append(b, key...)
+		b = append(b, `":`...)
+		return strconv.AppendInt(b, v, 10)
+	}
+	b = append(b, `{"origin":{"host":`...)
+	b = plainjson.AppendString(b, o.Host)
+	b = append(b, `,"pid":`...)
+	b = strconv.AppendInt(b, int64(o.Pid), 10)
+	b = append(b, `,"id":`...)
+	b = plainjson.AppendString(b, o.ID)
+	b = append(b, `},"event":{"time":`...)
+	b = plainjson.AppendTime(b, e.Time)
+	b = append(b, `,"kind":`...)
+	b = plainjson.AppendString(b, e.Kind)
+	b = str(b, "sandbox", e.SandboxID)
+	b = str(b, "by", e.By)
+	b = str(b, "reason", e.Reason)
+	b = num(b, "duration_ns", e.DurationNS)
+	if e.Warm {
+		b = append(b, `,"warm":true`...)
+	}
+	if h := e.Health; h != nil {
+		b = append(b, `,"health":{"ok":`...)
+		b = strconv.AppendBool(b, h.OK)
+		b = num(b, "status", int64(h.Status))
+		b = num(b, "latency_ns", h.LatencyNS)
+		if !h.CheckedAt.IsZero() {
+			b = append(b, `,"checked_at":`...)
+			b = plainjson.AppendTime(b, h.CheckedAt)
+		}
+		b = str(b, "error", h.Error)
+		b = append(b, '}')
+	}
+	if !e.Until.IsZero() {
+		b = append(b, `,"until":`...)
+		b = plainjson.AppendTime(b, e.Until)
+	}
+	b = str(b, "err", e.Err)
+	b = str(b, "message", e.Message)
+	return append(b, "}}\n"...), true
+}
+
 func toWire(e pool.Event) wireEvent {
 	w := wireEvent{Time: e.Time, Kind: string(e.Kind), SandboxID: e.SandboxID, By: e.By, Reason: e.Reason,
 		DurationNS: int64(e.Duration), Warm: e.Warm, Until: e.Until, Err: e.Err, Message: e.Message}
@@ -235,7 +308,12 @@ func (j *Journal) writer() {
 		if j.opts.Keep != nil && !j.opts.Keep(e) {
 			return
 		}
-		_ = enc.Encode(record{Origin: j.origin, Event: toWire(e)})
+		r := record{Origin: j.origin, Event: toWire(e)}
+		if b, ok := r.appendJSON(buf.AvailableBuffer()); ok {
+			buf.Write(b)
+			return
+		}
+		_ = enc.Encode(r)
 	}
 	// A batch stays small next to the cap, so that a rotated file is not
 	// much over it.
