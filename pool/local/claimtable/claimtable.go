@@ -23,7 +23,8 @@
 //
 // Only the agent places and frees sandboxes (Place, Free: one caller at a
 // time); everyone may Claim. Whatever the table cannot answer (no slot: a
-// full bucket) the agent answers over its socket.
+// full bucket) the agent answers over its socket. Who made a claim, and
+// when, its claimer notes beside the table (Notes).
 package claimtable
 
 import (
@@ -103,19 +104,10 @@ func Create(slots int) (*Table, *os.File, error) {
 	if slots <= 0 || slots%Bucket != 0 || slots > 1<<30 {
 		return nil, nil, fmt.Errorf("claim table: %d slots: want a positive multiple of %d", slots, Bucket)
 	}
-	fd, err := unix.MemfdCreate("sandboxpool-claims", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
-	if err != nil {
-		return nil, nil, fmt.Errorf("claim table: memfd_create: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "sandboxpool-claims")
 	size := int64(headerWords+2*slots) * 8
-	if err := f.Truncate(size); err != nil {
-		f.Close()
+	f, err := sealedFile("sandboxpool-claims", size)
+	if err != nil {
 		return nil, nil, fmt.Errorf("claim table: %w", err)
-	}
-	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("claim table: seal: %w", err)
 	}
 	t, err := mapFile(f, int(size))
 	if err != nil {
@@ -129,28 +121,56 @@ func Create(slots int) (*Table, *os.File, error) {
 	return t, f, nil
 }
 
+// sealedFile makes a memory file of size bytes, sealed at that size (no
+// process can shrink it under another's mapping).
+func sealedFile(name string, size int64) (*os.File, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	return f, nil
+}
+
+// sealedSize is the size of f, a file sealed against shrinking: unsealed,
+// it could shrink under a mapping (SIGBUS).
+func sealedSize(f *os.File) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
+	if err != nil || seals&unix.F_SEAL_SHRINK == 0 {
+		return 0, errors.New("the file is not sealed against shrinking")
+	}
+	return st.Size, nil
+}
+
 // Open maps the table in f (from Create, in this process or another). f
 // may be closed after: the mapping stays.
 func Open(f *os.File) (*Table, error) {
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+	size, err := sealedSize(f)
+	if err != nil {
 		return nil, fmt.Errorf("claim table: %w", err)
 	}
-	// Unsealed, the file could shrink under the mapping (SIGBUS).
-	seals, err := unix.FcntlInt(f.Fd(), unix.F_GET_SEALS, 0)
-	if err != nil || seals&unix.F_SEAL_SHRINK == 0 {
-		return nil, errors.New("claim table: the file is not sealed against shrinking")
+	if size < headerWords*8 || size > (headerWords+2<<30)*8 || size%8 != 0 {
+		return nil, fmt.Errorf("claim table: a file of %d bytes", size)
 	}
-	if st.Size < headerWords*8 || st.Size > (headerWords+2<<30)*8 || st.Size%8 != 0 {
-		return nil, fmt.Errorf("claim table: a file of %d bytes", st.Size)
-	}
-	t, err := mapFile(f, int(st.Size))
+	t, err := mapFile(f, int(size))
 	if err != nil {
 		return nil, err
 	}
 	slots := atomic.LoadUint64(&t.words[2])
 	if atomic.LoadUint64(&t.words[0]) != magic || atomic.LoadUint64(&t.words[1]) != version ||
-		slots == 0 || slots%Bucket != 0 || int64(headerWords+2*slots)*8 != st.Size {
+		slots == 0 || slots%Bucket != 0 || int64(headerWords+2*slots)*8 != size {
 		t.Close()
 		return nil, errors.New("claim table: not a table of this version")
 	}
@@ -159,12 +179,21 @@ func Open(f *os.File) (*Table, error) {
 }
 
 func mapFile(f *os.File, size int) (*Table, error) {
+	mem, words, err := mapWords(f, size)
+	if err != nil {
+		return nil, err
+	}
+	return &Table{mem: mem, words: words}, nil
+}
+
+// mapWords maps size bytes of f, shared, and the same memory as words.
+func mapWords(f *os.File, size int) ([]byte, []uint64, error) {
 	mem, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("claim table: mmap: %w", err)
+		return nil, nil, fmt.Errorf("claim table: mmap: %w", err)
 	}
 	// Page-aligned, so every word is aligned for the atomics.
-	return &Table{mem: mem, words: unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), size/8)}, nil
+	return mem, unsafe.Slice((*uint64)(unsafe.Pointer(&mem[0])), size/8), nil
 }
 
 // Close unmaps the table; it must not be used after.
@@ -202,10 +231,7 @@ func Tag(by string, at time.Time) uint64 {
 	for i := 0; i < len(by); i++ {
 		h = (h ^ uint64(by[i])) * prime
 	}
-	var ns uint64
-	if !at.IsZero() {
-		ns = uint64(at.UnixNano())
-	}
+	ns := unixNano(at)
 	h = (h ^ 0xff) * prime // ends by: "ab"+at and "a"+... differ
 	for i := 0; i < 8; i++ {
 		h = (h ^ ns>>(8*i)&0xff) * prime
