@@ -14,6 +14,9 @@
 #           replaced them (POOL ready, none creating): CPU and switches per
 #           claim with its backfill; "net" takes the creations out at the
 #           grow's cost per creation
+#   burst:  perf.sh's bursts (BURST_CLIENTS clients share BURST_N claims,
+#           BURSTS times, refilled to POOL before each), then waits until
+#           the backfill is done: CPU and switches per claim, "net" as b2b's
 #   paced:  PACED claims PACED_GAP apart (wake-ups per claim on an idle pool;
 #           the same spell idle is measured first and taken out)
 # CPU is the sum over the live threads' schedstat (ns, finer than /proc
@@ -23,8 +26,8 @@
 #   bash testdata/claimcpu.sh
 #   RUNS=5 BIN=/tmp/old-sandboxpool bash testdata/claimcpu.sh   # A/B
 #
-# Knobs (env): RUNS (3), POOL (50), MAX (100), N (100), GROW (50), PACED
-# (20; 0 skips), PACED_GAP (300ms), BIN (built from this tree when unset),
+# Knobs (env): RUNS (3), POOL (50), MAX (100), N (100), GROW (50), BURSTS
+# (5; 0 skips), BURST_CLIENTS (20), BURST_N (POOL*9/10), PACED (20; 0 skips), PACED_GAP (300ms), BIN (built from this tree when unset),
 # PROFILE (a path prefix: CPU profiles of controller and agent over the b2b
 # phase, or the paced one with PROFILE_PHASE=paced, via
 # SANDBOXPOOL_DEBUG_CPUPROFILE: PROFILE.<pid>), PERF (a path prefix: `perf
@@ -40,6 +43,9 @@ MAX=${MAX:-100}
 N=${N:-100}
 GROW=${GROW:-50}
 PACED=${PACED:-20}
+BURSTS=${BURSTS:-5}
+BURST_CLIENTS=${BURST_CLIENTS:-20}
+BURST_N=${BURST_N:-$((POOL * 9 / 10))}
 PACED_GAP=${PACED_GAP:-300ms}
 STRACE=${STRACE:-}
 STRACE_OUT=${STRACE_OUT:-$PWD/claimcpu.strace}
@@ -164,6 +170,23 @@ for run in $(seq "$RUNS"); do
 	add ctl "$bc"; add agent "$ba"; add ctlnet "$netc"; add agentnet "$neta"
 	add ctlvol "$bcv"; add ctlnon "$bcn"; add agvol "$bav"; add agnon "$ban"
 
+	if [ "$BURSTS" -gt 0 ]; then
+		sleep 1
+		sc0=$(snap "$pid") sa0=$(snap "$apid") n0=$(created)
+		burst=$("$load" burst -url "$api" -clients "$BURST_CLIENTS" -n "$BURST_N" -repeat "$BURSTS" -refill "$POOL")
+		settled "$POOL"
+		sc1=$(snap "$pid") sa1=$(snap "$apid") n1=$(created)
+		nu=$((BURST_N * BURSTS))
+		nb=$(awk -v a="$n1" -v b="$n0" 'BEGIN{print a-b}')
+		read -r uc ucv ucn <<<"$(per "$sc0" "$sc1" "$nu")"
+		read -r ua uav uan <<<"$(per "$sa0" "$sa1" "$nu")"
+		netc=$(awk -v t="$uc" -v g="$gc" -v c="$nb" -v n="$nu" 'BEGIN{printf "%.3f", t - g*c/n}')
+		neta=$(awk -v t="$ua" -v g="$ga" -v c="$nb" -v n="$nu" 'BEGIN{printf "%.3f", t - g*c/n}')
+		echo "run=$run burst claims=$nu created=$nb ctl_ms=$uc agent_ms=$ua ctl_net_ms=$netc agent_net_ms=$neta ctl_vol=$ucv ctl_nonvol=$ucn agent_vol=$uav agent_nonvol=$uan p50_ms=$(kv "$burst" p50_ms) p99_ms=$(kv "$burst" p99_ms) load=$(cut -d' ' -f1 /proc/loadavg)"
+		add uctl "$uc"; add uagent "$ua"; add uctlnet "$netc"; add uagentnet "$neta"
+		add uctlvol "$ucv"; add uctlnon "$ucn"; add uagvol "$uav"; add uagnon "$uan"
+	fi
+
 	if [ "$PACED" -gt 0 ]; then
 		sleep 1
 		# the same spell idle, then paced
@@ -192,4 +215,4 @@ for run in $(seq "$RUNS"); do
 	stop_run
 done
 m() { tr ' ' '\n' <<<"${col[$1]:-}" | grep . | median 3; }
-echo "median runs=$RUNS b2b: ctl_ms=$(m ctl) agent_ms=$(m agent) ctl_net_ms=$(m ctlnet) agent_net_ms=$(m agentnet) ctl_switches=$(m ctlvol)+$(m ctlnon) agent_switches=$(m agvol)+$(m agnon)${PACED:+ paced: ctl_ms=$(m pctl) agent_ms=$(m pagent) ctl_switches=$(m pctlsw) agent_switches=$(m pagsw)}"
+echo "median runs=$RUNS b2b: ctl_ms=$(m ctl) agent_ms=$(m agent) ctl_net_ms=$(m ctlnet) agent_net_ms=$(m agentnet) ctl_switches=$(m ctlvol)+$(m ctlnon) agent_switches=$(m agvol)+$(m agnon)${col[uctl]:+ burst: ctl_ms=$(m uctl) agent_ms=$(m uagent) ctl_net_ms=$(m uctlnet) agent_net_ms=$(m uagentnet) ctl_switches=$(m uctlvol)+$(m uctlnon) agent_switches=$(m uagvol)+$(m uagnon)}${PACED:+ paced: ctl_ms=$(m pctl) agent_ms=$(m pagent) ctl_switches=$(m pctlsw) agent_switches=$(m pagsw)}"
