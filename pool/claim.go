@@ -230,8 +230,15 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 		fresh := o.CheckHealth && c.freshlyHealthy(got.ID, now)
 		if pend != nil {
 			if fresh || !o.CheckHealth {
-				done, gone, elsewhere := c.gateQuick(ctx, got, pend)
+				done, recorded, gone, elsewhere := c.gateQuick(ctx, got, pend)
 				switch {
+				case done && recorded:
+					taken = true
+					c.records.close(rec)
+					return got, func() {
+						c.recordTake(got, pend)
+						c.takes.leave()
+					}, true, nil
 				case done:
 					taken = true
 					return got, func() {
@@ -333,19 +340,23 @@ func (c *Controller) takeQuick(tr TakeRequest) (Entry, PendingTake, bool) {
 
 // gateQuick asks the gate about a take served from memory: done, the claim
 // is ours (the gate says so, whoever reads it after a kill -9 of this
-// process); gone or elsewhere, the take is withdrawn and its entry dealt
-// with as a Take's would be (the caller drops a gone one); none of the
-// three, the gate could not decide and the take is still pending.
-func (c *Controller) gateQuick(ctx context.Context, got Entry, pend PendingTake) (done, gone, elsewhere bool) {
-	decided, err := c.be.(QuickClaimGate).TryClaimOnce(got)
+// process), and recorded, its backend record made with it; gone or
+// elsewhere, the take is withdrawn and its entry dealt with as a Take's
+// would be (the caller drops a gone one); none of them, the gate could not
+// decide and the take is still pending.
+func (c *Controller) gateQuick(ctx context.Context, got Entry, pend PendingTake) (done, recorded, gone, elsewhere bool) {
+	decided, recorded, err := c.be.(QuickClaimGate).TryClaimOnce(got)
 	switch {
 	case !decided:
-		return false, false, false
+		return false, false, false, false
 	case err == nil:
-		return true, false, false
+		if recorded {
+			c.resolve(ProblemBackend, opRecord)
+		}
+		return true, recorded, false, false
 	case errors.Is(err, ErrNotFound):
 		pend.Cancel()
-		return false, true, false
+		return false, false, true, false
 	case errors.Is(err, ErrAlreadyClaimed):
 		// Another claim holds it. The store may be about to say so (that
 		// claim's record on its way), or be an old copy put back: it
@@ -357,10 +368,10 @@ func (c *Controller) gateQuick(ctx context.Context, got Entry, pend PendingTake)
 		c.forget(got.ID)
 		c.emit(Event{Kind: EventStoreChanged, SandboxID: got.ID,
 			Message: got.ID + " is claimed elsewhere (the backend says so): not handed out again"})
-		return false, false, true
+		return false, false, false, true
 	}
 	// Another answer of the gate: as undecided, the record decides.
-	return false, false, false
+	return false, false, false, false
 }
 
 // withdraw takes a claim the gate refused out of the store: the entry
@@ -445,13 +456,17 @@ func (c *Controller) dropTaken(ctx context.Context, got Entry, by string) {
 // replacing the store never puts it back in the pool. The store's record
 // is the one that counts: a failure here is reported, not fatal, unless
 // the backend says the sandbox is not running (gone). A QuickClaimGate that
-// decided at once leaves the record to be made beside the answer (later).
+// decided at once made the record with its decision, or leaves it to be
+// made beside the answer (later).
 func (c *Controller) recordClaim(e Entry) (gone, elsewhere, later bool) {
 	var err error
 	if q, ok := c.be.(QuickClaimGate); ok {
-		var decided bool
-		if decided, err = q.TryClaimOnce(e); decided {
-			return errors.Is(err, ErrNotFound), errors.Is(err, ErrAlreadyClaimed), err == nil
+		var decided, recorded bool
+		if decided, recorded, err = q.TryClaimOnce(e); decided {
+			if recorded {
+				c.resolve(ProblemBackend, opRecord)
+			}
+			return errors.Is(err, ErrNotFound), errors.Is(err, ErrAlreadyClaimed), err == nil && !recorded
 		}
 	}
 	ctx, cancel := context.WithTimeout(c.life, 5*time.Second)

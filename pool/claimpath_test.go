@@ -450,28 +450,42 @@ func TestClaimsGoAheadOfBackfill(t *testing.T) {
 
 // quickGate is a pool.QuickClaimGate in memory: TryClaimOnce decides at
 // once from its table (unless undecided), the record (MarkClaimedOnce) waits
-// for release, like slowRecorder's.
+// for release, like slowRecorder's, unless the gate records with its
+// decision (records).
 type quickGate struct {
 	*slowRecorder
 	mu        sync.Mutex
 	table     map[string]pool.Entry // the claim holding each id
 	undecided bool                  // the table cannot answer: MarkClaimedOnce decides
+	records   bool                  // a claim let through is recorded at once
+	noted     map[string]bool       // recorded at once
+	again     []string              // recorded at once, then asked to record
 }
 
-func (q *quickGate) TryClaimOnce(e pool.Entry) (bool, error) {
+var _ pool.QuickClaimGate = (*quickGate)(nil)
+
+func (q *quickGate) TryClaimOnce(e pool.Entry) (decided, recorded bool, err error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.undecided {
-		return false, nil
+		return false, false, nil
 	}
 	if held, ok := q.table[e.ID]; ok && (held.ClaimedBy != e.ClaimedBy || !held.ClaimedAt.Equal(e.ClaimedAt)) {
-		return true, pool.ErrAlreadyClaimed
+		return true, false, pool.ErrAlreadyClaimed
 	}
 	if !slices.Contains(q.Live(), e.ID) {
-		return true, pool.ErrNotFound
+		return true, false, pool.ErrNotFound
 	}
 	q.table[e.ID] = e
-	return true, nil
+	if q.records {
+		if q.noted == nil {
+			q.noted = map[string]bool{}
+		}
+		q.noted[e.ID] = true
+		// The fake's own record, not slowRecorder's, which waits.
+		return true, true, q.Backend.MarkClaimed(context.Background(), e.ID, e.ClaimedBy)
+	}
+	return true, false, nil
 }
 
 func (q *quickGate) MarkClaimedOnce(ctx context.Context, e pool.Entry) error {
@@ -479,6 +493,9 @@ func (q *quickGate) MarkClaimedOnce(ctx context.Context, e pool.Entry) error {
 	held, ok := q.table[e.ID]
 	if !ok {
 		q.table[e.ID] = e
+	}
+	if q.noted[e.ID] {
+		q.again = append(q.again, e.ID)
 	}
 	q.mu.Unlock()
 	if ok && (held.ClaimedBy != e.ClaimedBy || !held.ClaimedAt.Equal(e.ClaimedAt)) {
@@ -488,12 +505,12 @@ func (q *quickGate) MarkClaimedOnce(ctx context.Context, e pool.Entry) error {
 }
 
 // A claim on a QuickClaimGate that decides at once is answered before its
-// record, which is made beside the answer; one it refuses (a stale store's
-// entry of a claimed sandbox) is dropped from the store and the next taken;
-// one it cannot decide waits for the record, which decides (released
-// after 300 ms).
+// record, which is made beside the answer, or with the decision when the
+// gate records it; one it refuses (a stale store's entry of a claimed
+// sandbox) is dropped from the store and the next taken; one it cannot
+// decide waits for the record, which decides (released after 300 ms).
 func TestQuickClaimGate(t *testing.T) {
-	h := newHarness(t, nil)
+	h := newHarness(t, func(cfg *pool.Config) { cfg.Size = 4 }) // a sandbox a claim
 	ctx := context.Background()
 	slow := &slowRecorder{Backend: h.be, in: make(chan string, 4), release: make(chan struct{})}
 	q := &quickGate{slowRecorder: slow, table: map[string]pool.Entry{}}
@@ -568,16 +585,32 @@ func TestQuickClaimGate(t *testing.T) {
 	if slices.Contains(h.pooledIDs(), first.ID) || slices.Contains(h.be.Terminated(), first.ID) {
 		t.Fatalf("the claimed %s: pooled %v, terminated %v", first.ID, h.pooledIDs(), h.be.Terminated())
 	}
-	// Undecided: the record decides, before the answer.
+	// Recorded with its decision: no record after (it would wait for release).
 	q.mu.Lock()
+	q.records = true
+	q.mu.Unlock()
+	h.clk.Advance(time.Millisecond)
+	recorded, answered := claim()
+	if !answered {
+		t.Fatalf("claim of %s recorded by the gate: not answered at once", recorded.ID)
+	}
+	if by := h.be.ClaimedBy(recorded.ID); by != "cli" {
+		t.Fatalf("claim of %s recorded by the gate: the backend's record says %q, want cli at its answer", recorded.ID, by)
+	}
+	q.mu.Lock()
+	q.records = false
+	// Undecided: the record decides, before the answer.
 	q.undecided = true
 	q.mu.Unlock()
 	third, answered := claim()
 	if answered {
 		t.Fatalf("claim of %s answered before the record that decides it", third.ID)
 	}
-	c.Close()
-	for _, cl := range []pool.Claimed{first, second, third} {
+	c.Close() // waits for the records
+	if len(q.again) > 0 {
+		t.Fatalf("claims the gate recorded were recorded again: %v", q.again)
+	}
+	for _, cl := range []pool.Claimed{first, second, recorded, third} {
 		if by := h.be.ClaimedBy(cl.ID); by != "cli" {
 			t.Fatalf("backend record of %s: %q, want cli", cl.ID, by)
 		}

@@ -487,14 +487,17 @@ type ClaimGate interface {
 // QuickClaimGate is a ClaimGate that can most often decide a claim without
 // waiting on another process (the local agent's claim table in shared
 // memory: one compare-and-swap instead of a round trip). A claim it lets
-// through is answered at once, and its record (MarkClaimedOnce) is made
-// beside the answer, as a ClaimRecorder's.
+// through is answered at once; its record is made with the decision
+// (recorded), or else by MarkClaimedOnce beside the answer, as a
+// ClaimRecorder's.
 type QuickClaimGate interface {
 	ClaimGate
 	// TryClaimOnce decides e's claim as MarkClaimedOnce would (nil,
 	// ErrAlreadyClaimed, ErrNotFound) when it can at once; decided is false
-	// when it cannot, and then MarkClaimedOnce decides.
-	TryClaimOnce(e Entry) (decided bool, err error)
+	// when it cannot, and then MarkClaimedOnce decides. recorded says a
+	// claim let through has its whole record (ClaimedBy, ClaimedAt)
+	// already: no MarkClaimedOnce follows.
+	TryClaimOnce(e Entry) (decided, recorded bool, err error)
 }
 
 // PooledTerminator is a backend that can terminate a sandbox only if no

@@ -81,7 +81,19 @@ type agent struct {
 	table     *claimtable.Table
 	tableFile *os.File
 	pidfd     *os.File
+	// Who made each claim in the table and when, noted by its claimer
+	// (nil if they could not be made: claimers then send the record).
+	notes     *claimtable.Notes
+	notesFile *os.File
+
+	// served counts the requests answered, by op (the known ones): a ping
+	// with Served says them, so that a test or a tool can tell how often a
+	// pool's processes ask the agent. Read-only map.
+	served map[string]*atomic.Uint64
 }
+
+// agentOps are the ops served counts.
+var agentOps = []string{"ping", "create", opCreateBatch, "list", "terminate", "claimed", "exited", "log", "kill", "shutdown", opClaimTable}
 
 // claimChanges lets a caller list only the unclaimed sandboxes and what
 // changed among the claimed ones since its last list (list with Since):
@@ -157,8 +169,9 @@ type sandbox struct {
 	// Guarded by agent.mu.
 	// claimTag is the claim holding it (claimtable.Tag of its by and at),
 	// 0 for none. A claim made in the table is the agent's once it reads
-	// the slot (observeLocked): claimedBy and claimedAt come with the
-	// claimer's record, made beside its answer, and may be missing.
+	// the slot (observeLocked): claimedBy and claimedAt come from its
+	// claimer's note (claimerLocked) or its record's request, and may be
+	// missing.
 	claimTag  uint64
 	claimedBy string
 	claimedAt time.Time     // the claim's instant, as its claimer recorded it
@@ -195,8 +208,14 @@ func (a *agent) observeLocked(sb *sandbox) {
 	}
 }
 
-// claimer names the claim holding sb in a message.
-func (sb *sandbox) claimer() string {
+// claimerLocked names the claim holding sb in a message, from its
+// claimer's note when no request said it.
+func (a *agent) claimerLocked(sb *sandbox) string {
+	if sb.claimedBy == "" && sb.claimTag != 0 && a.notes != nil {
+		if by, at, ok := a.notes.Read(sb.slot, sb.claimTag); ok {
+			sb.claimedBy, sb.claimedAt = by, at
+		}
+	}
 	return orDefault(sb.claimedBy, "another claim")
 }
 
@@ -228,6 +247,9 @@ type request struct {
 	Since   uint64 `json:"since,omitempty"`
 	// opCreateBatch: the creations.
 	Batch []request `json:"batch,omitempty"`
+	// opClaimTable: the notes too. ping: Served too.
+	Notes  bool `json:"notes,omitempty"`
+	Served bool `json:"served,omitempty"`
 }
 
 // opCreateBatch creates the sandboxes of request.Batch (each a "create"),
@@ -235,8 +257,10 @@ type request struct {
 const opCreateBatch = "create_batch"
 
 // opClaimTable asks for the claim table: its memory file and a pidfd of
-// the agent come with the answer (SCM_RIGHTS), which says the agent's Pid.
-// An agent without a table (or older) answers an error and no files.
+// the agent come with the answer (SCM_RIGHTS), which says the agent's Pid;
+// with request.Notes, the file of the claims' notes third (none from an
+// agent without notes, or older). An agent without a table (or older)
+// answers an error and no files.
 const opClaimTable = "claim_table"
 
 type response struct {
@@ -263,6 +287,8 @@ type response struct {
 	Seq   uint64   `json:"seq,omitempty"`
 	// opCreateBatch: an answer per creation, in order.
 	Batch []response `json:"batch,omitempty"`
+	// ping with Served: the requests answered so far, by op.
+	Served map[string]uint64 `json:"served,omitempty"`
 }
 
 type wireRef struct {
@@ -291,6 +317,10 @@ func runAgent(spec agentSpec, ready *os.File) error {
 		logFds: newFDCache(fdCacheSize()),
 		spawnc: make(chan spawnReq), boxes: map[string]*sandbox{}, byPid: map[int]*sandbox{}, lastCall: time.Now(), tombs: map[string]time.Time{},
 		changes: claimChanges{epoch: time.Now().UnixNano()},
+		served:  map[string]*atomic.Uint64{},
+	}
+	for _, op := range agentOps {
+		a.served[op] = new(atomic.Uint64)
 	}
 	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
 		return err
@@ -373,10 +403,16 @@ func (a *agent) makeClaimTable() {
 		return
 	}
 	a.table, a.tableFile, a.pidfd = t, f, os.NewFile(uintptr(fd), "agent pidfd")
+	n, nf, err := claimtable.CreateNotes(t.Slots())
+	if err != nil {
+		log.Printf("no claim notes (claimers send their records): %v", err)
+		return
+	}
+	a.notes, a.notesFile = n, nf
 }
 
 // sendClaimTable answers opClaimTable.
-func (a *agent) sendClaimTable(c *net.UnixConn) error {
+func (a *agent) sendClaimTable(c *net.UnixConn, notes bool) error {
 	if a.table == nil {
 		return json.NewEncoder(c).Encode(response{Error: "this local agent has no claim table"})
 	}
@@ -384,7 +420,11 @@ func (a *agent) sendClaimTable(c *net.UnixConn) error {
 	if err != nil {
 		return err
 	}
-	_, _, err = c.WriteMsgUnix(append(data, '\n'), unix.UnixRights(int(a.tableFile.Fd()), int(a.pidfd.Fd())), nil)
+	fds := []int{int(a.tableFile.Fd()), int(a.pidfd.Fd())}
+	if notes && a.notesFile != nil {
+		fds = append(fds, int(a.notesFile.Fd()))
+	}
+	_, _, err = c.WriteMsgUnix(append(data, '\n'), unix.UnixRights(fds...), nil)
 	return err
 }
 
@@ -476,11 +516,13 @@ func (a *agent) serve(c *net.UnixConn) {
 		if err := json.Unmarshal(line, &req); err != nil {
 			resp.Error = "bad request: " + err.Error()
 		} else if req.Op == opClaimTable {
-			if err := a.sendClaimTable(c); err != nil {
+			a.count(req.Op)
+			if err := a.sendClaimTable(c, req.Notes); err != nil {
 				return
 			}
 			continue
 		} else {
+			a.count(req.Op)
 			resp = a.handle(req)
 		}
 		if err := enc.Encode(resp); err != nil {
@@ -492,10 +534,24 @@ func (a *agent) serve(c *net.UnixConn) {
 	}
 }
 
+// count counts a request of op in served.
+func (a *agent) count(op string) {
+	if n := a.served[op]; n != nil {
+		n.Add(1)
+	}
+}
+
 func (a *agent) handle(r request) response {
 	switch r.Op {
 	case "ping":
-		return response{Pid: os.Getpid()}
+		resp := response{Pid: os.Getpid()}
+		if r.Served {
+			resp.Served = map[string]uint64{}
+			for op, n := range a.served {
+				resp.Served[op] = n.Load()
+			}
+		}
+		return resp
 	case "create":
 		ref, err := a.create(r)
 		if err != nil {
@@ -562,7 +618,7 @@ func (a *agent) handle(r request) response {
 		if r.Once {
 			// A store that lost this claim (moved away, an old copy put
 			// back) handed the sandbox out again: this record says no.
-			return response{Error: fmt.Sprintf("sandbox %s is already claimed by %s", r.ID, sb.claimer()), AlreadyClaimed: true}
+			return response{Error: fmt.Sprintf("sandbox %s is already claimed by %s", r.ID, a.claimerLocked(sb)), AlreadyClaimed: true}
 		}
 		return response{}
 	case "exited":
@@ -1029,7 +1085,7 @@ func (a *agent) terminatePooled(id string, grace time.Duration) (claimer string,
 			a.observeLocked(sb)
 		}
 		if sb.claimTag != 0 {
-			claimer = sb.claimer()
+			claimer = a.claimerLocked(sb)
 			a.mu.Unlock()
 			return claimer, false
 		}

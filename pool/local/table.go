@@ -20,7 +20,8 @@ import (
 // unmapped once unreachable: whoever uses it keeps it reachable meanwhile.
 type agentTable struct {
 	t     *claimtable.Table
-	pidfd int // the agent's
+	notes *claimtable.Notes // nil: the agent has none (an older one)
+	pidfd int               // the agent's
 	pid   int
 }
 
@@ -38,25 +39,33 @@ func (t *agentTable) alive() bool {
 const tableRetry = 10 * time.Second
 
 // TryClaimOnce implements pool.QuickClaimGate: the claim is one CAS in the
-// agent's claim table, with no request. It is undecided (the agent decides,
-// MarkClaimedOnce) while no table is mapped, when its agent died, or when
-// the table has no slot for the sandbox.
-func (b *Backend) TryClaimOnce(e pool.Entry) (bool, error) {
+// agent's claim table, and its record (who, when) a note beside it, with
+// no request. It is undecided (the agent decides, MarkClaimedOnce) while
+// no table is mapped, when its agent died, or when the table has no slot
+// for the sandbox; its record is left to a request (recorded false) when
+// the agent has no notes or the claimer's name does not fit in one.
+func (b *Backend) TryClaimOnce(e pool.Entry) (decided, recorded bool, err error) {
 	t := b.table.Load()
 	key, ok := idKey(e.ID)
 	if t == nil || !ok || !t.alive() {
-		return false, nil
+		return false, false, nil
 	}
 	defer runtime.KeepAlive(t) // mapped until t is unreachable
-	switch t.t.Claim(key, claimtable.Tag(orDefault(e.ClaimedBy, "someone"), e.ClaimedAt)) {
-	case claimtable.Won, claimtable.Held:
-		return true, nil
-	case claimtable.Taken:
-		return true, fmt.Errorf("local backend: %w: sandbox %s is held by another claim", pool.ErrAlreadyClaimed, e.ID)
-	case claimtable.Gone:
-		return true, fmt.Errorf("local backend: %w: sandbox %s is not running", pool.ErrNotFound, e.ID)
+	s := t.t.Find(key)
+	if !s.Valid() {
+		return false, false, nil
 	}
-	return false, nil
+	by := orDefault(e.ClaimedBy, "someone")
+	switch r, _ := t.t.ClaimSlot(s, claimtable.Tag(by, e.ClaimedAt)); r {
+	case claimtable.Won, claimtable.Held:
+		// Held: this claim's own note may be missing (its first writer
+		// died before it): the same note again.
+		return true, t.notes != nil && t.notes.Write(s, by, e.ClaimedAt), nil
+	case claimtable.Taken:
+		return true, false, fmt.Errorf("local backend: %w: sandbox %s is held by another claim", pool.ErrAlreadyClaimed, e.ID)
+	default: // Gone
+		return true, false, fmt.Errorf("local backend: %w: sandbox %s is not running", pool.ErrNotFound, e.ID)
+	}
 }
 
 // mapTable maps the agent's claim table, unless the one mapped is its
@@ -83,6 +92,7 @@ func (b *Backend) mapTable(ctx context.Context) {
 // tableMapping is what unmapping an agentTable takes.
 type tableMapping struct {
 	t     *claimtable.Table
+	notes *claimtable.Notes
 	pidfd int
 }
 
@@ -101,10 +111,10 @@ func (b *Backend) openTable(ctx context.Context) (*agentTable, error) {
 		dl = time.Now().Add(5 * time.Second)
 	}
 	_ = uc.SetDeadline(dl)
-	if _, err := uc.Write([]byte(`{"op":"` + opClaimTable + `"}` + "\n")); err != nil {
+	if _, err := uc.Write([]byte(`{"op":"` + opClaimTable + `","notes":true}` + "\n")); err != nil {
 		return nil, err
 	}
-	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(2*4))
+	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(3*4))
 	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return nil, err
@@ -132,7 +142,7 @@ func (b *Backend) openTable(ctx context.Context) (*agentTable, error) {
 		closeAll()
 		return nil, fmt.Errorf("claim table: bad answer from the local agent: %w", err)
 	}
-	if resp.Error != "" || len(fds) != 2 {
+	if resp.Error != "" || len(fds) != 2 && len(fds) != 3 {
 		closeAll()
 		return nil, fmt.Errorf("claim table: the local agent gave %d files (%s)", len(fds), resp.Error)
 	}
@@ -141,13 +151,25 @@ func (b *Backend) openTable(ctx context.Context) (*agentTable, error) {
 	f.Close() // the mapping stays
 	if err != nil {
 		unix.Close(fds[1])
+		if len(fds) == 3 {
+			unix.Close(fds[2])
+		}
 		return nil, err
 	}
-	t := &agentTable{t: tab, pidfd: fds[1], pid: resp.Pid}
+	var notes *claimtable.Notes
+	if len(fds) == 3 {
+		nf := os.NewFile(uintptr(fds[2]), "claim notes")
+		notes, _ = claimtable.OpenNotes(nf, tab.Slots()) // none: records are requests
+		nf.Close()
+	}
+	t := &agentTable{t: tab, notes: notes, pidfd: fds[1], pid: resp.Pid}
 	runtime.AddCleanup(t, func(m tableMapping) {
 		m.t.Close()
+		if m.notes != nil {
+			m.notes.Close()
+		}
 		unix.Close(m.pidfd)
-	}, tableMapping{tab, fds[1]})
+	}, tableMapping{tab, notes, fds[1]})
 	if !t.alive() {
 		return nil, errors.New("claim table: its agent exited")
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/filestore"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
 )
 
@@ -104,20 +106,20 @@ func TestClaimTableAcrossProcesses(t *testing.T) {
 	mine := pool.Entry{Ref: r, ClaimedBy: "api 127.0.0.1:1", ClaimedAt: now}
 	theirs := pool.Entry{Ref: r, ClaimedBy: "api 127.0.0.1:1", ClaimedAt: now.Add(time.Millisecond)}
 	type outcome struct {
-		decided bool
-		err     error
+		decided, recorded bool
+		err               error
 	}
 	var won, again, refused outcome
 	stopped(t, pid, func() {
-		won.decided, won.err = b1.TryClaimOnce(mine)
-		again.decided, again.err = b2.TryClaimOnce(mine)
-		refused.decided, refused.err = b2.TryClaimOnce(theirs)
+		won.decided, won.recorded, won.err = b1.TryClaimOnce(mine)
+		again.decided, again.recorded, again.err = b2.TryClaimOnce(mine)
+		refused.decided, refused.recorded, refused.err = b2.TryClaimOnce(theirs)
 	})
-	if !won.decided || won.err != nil {
-		t.Fatalf("the claim in the table: %+v, want decided, nil", won)
+	if !won.decided || !won.recorded || won.err != nil {
+		t.Fatalf("the claim in the table: %+v, want decided, recorded, nil", won)
 	}
-	if !again.decided || again.err != nil {
-		t.Fatalf("the same claim from the other process: %+v, want decided, nil", again)
+	if !again.decided || !again.recorded || again.err != nil {
+		t.Fatalf("the same claim from the other process: %+v, want decided, recorded, nil", again)
 	}
 	if !refused.decided || !errors.Is(refused.err, pool.ErrAlreadyClaimed) {
 		t.Fatalf("a second claim: %+v, want decided, ErrAlreadyClaimed", refused)
@@ -133,12 +135,12 @@ func TestClaimTableAcrossProcesses(t *testing.T) {
 	if i := slices.IndexFunc(l.Refs, func(x pool.Ref) bool { return x.ID == r.ID }); l.Full || i < 0 || !l.Refs[i].Claimed {
 		t.Fatalf("changes since before the claim: %+v, want %s claimed", l, r.ID)
 	}
-	if err := b2.TerminatePooled(ctx, r.ID); !errors.Is(err, pool.ErrAlreadyClaimed) {
-		t.Fatalf("a pool's termination of the claimed sandbox: %v, want ErrAlreadyClaimed", err)
+	// Who holds it the agent reads in its claimer's note.
+	if err := b2.TerminatePooled(ctx, r.ID); !errors.Is(err, pool.ErrAlreadyClaimed) || !strings.Contains(err.Error(), "claimed by api 127.0.0.1:1:") {
+		t.Fatalf("a pool's termination of the claimed sandbox: %v, want ErrAlreadyClaimed, claimed by api 127.0.0.1:1", err)
 	}
-	// The claim's record, made beside its answer; the agent's requests
-	// (a Backend without the table: an older binary) honor the slot: the
-	// same claim is fine, another one refused.
+	// The agent's requests (a Backend without the table: an older binary)
+	// honor the slot: the same claim is fine, another one refused.
 	if err := b1.MarkClaimedOnce(ctx, mine); err != nil {
 		t.Fatalf("the claim's record: %v", err)
 	}
@@ -154,7 +156,7 @@ func TestClaimTableAcrossProcesses(t *testing.T) {
 	}
 	// (Its slot is free once it is forgotten: the agent says so then.)
 	gone := func(b *Backend, e pool.Entry) error {
-		decided, err := b.TryClaimOnce(e)
+		decided, _, err := b.TryClaimOnce(e)
 		if !decided {
 			err = b.MarkClaimedOnce(ctx, e)
 		}
@@ -180,7 +182,7 @@ func TestClaimTableAcrossProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	testkit.Eventually(t, 10*time.Second, "the agent gone", func() bool { return !b1.table.Load().alive() })
-	if decided, err := b1.TryClaimOnce(pool.Entry{Ref: fresh, ClaimedBy: "cli", ClaimedAt: now}); decided {
+	if decided, _, err := b1.TryClaimOnce(pool.Entry{Ref: fresh, ClaimedBy: "cli", ClaimedAt: now}); decided {
 		t.Fatalf("a claim decided by a dead agent's table: %v", err)
 	}
 	if err := b1.MarkClaimedOnce(ctx, pool.Entry{Ref: fresh, ClaimedBy: "cli", ClaimedAt: now}); !errors.Is(err, pool.ErrNotFound) {
@@ -194,7 +196,7 @@ func TestClaimTableAcrossProcesses(t *testing.T) {
 	if tab := b1.table.Load(); tab == nil || tab.pid == pid || !tab.alive() {
 		t.Fatalf("after the next agent's list: table %+v, want the next agent's (not %d)", tab, pid)
 	}
-	if decided, err := b1.TryClaimOnce(pool.Entry{Ref: next, ClaimedBy: "cli", ClaimedAt: now}); !decided || err != nil {
+	if decided, _, err := b1.TryClaimOnce(pool.Entry{Ref: next, ClaimedBy: "cli", ClaimedAt: now}); !decided || err != nil {
 		t.Fatalf("a claim in the next agent's table: %v %v", decided, err)
 	}
 }
@@ -210,8 +212,19 @@ func (b *countingBackend) MarkClaimedOnce(ctx context.Context, e pool.Entry) err
 	return b.Backend.MarkClaimedOnce(ctx, e)
 }
 
+// served is how many requests of op the agent answered so far.
+func served(t *testing.T, b *Backend, op string) uint64 {
+	t.Helper()
+	resp, err := b.call(context.Background(), request{Op: "ping", Served: true}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Served[op]
+}
+
 // A controller's claim on the local backend does not ask the agent: it is
-// answered while the agent is stopped, and its record is made after.
+// answered while the agent is stopped, and its whole record is in shared
+// memory (the table and the claimer's note): no request after either.
 func TestClaimAnsweredWhileTheAgentIsStopped(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -249,16 +262,116 @@ func TestClaimAnsweredWhileTheAgentIsStopped(t *testing.T) {
 		t.Fatalf("the claim asked the agent %d times before its answer", asked)
 	}
 	got.Announce()
-	c.WaitIdle(ctx) // its record
-	if n := b.requests.Load(); n != 1 {
-		t.Fatalf("%d claim requests after the answer, want its record", n)
+	c.WaitIdle(ctx)
+	if n := b.requests.Load(); n != 0 {
+		t.Fatalf("%d claim requests after the answer, want none (its note is its record)", n)
+	}
+	if n := served(t, b.Backend, "claimed"); n != 0 {
+		t.Fatalf("the agent answered %d claim requests, want none", n)
 	}
 	if ref, ok := listed(t, b.Backend, got.ID); !ok || !ref.Claimed {
 		t.Fatalf("the agent lists the claimed %s as %+v", got.ID, ref)
 	}
 	err = requestClaim(ctx, b.Backend, pool.Entry{Ref: got.Ref, ClaimedBy: "other", ClaimedAt: time.Now()})
 	if !errors.Is(err, pool.ErrAlreadyClaimed) || !strings.Contains(err.Error(), "claimed by cli") {
-		t.Fatalf("another claim's request of %s: %v, want refused, held by cli (its record)", got.ID, err)
+		t.Fatalf("another claim's request of %s: %v, want refused, held by cli (its note)", got.ID, err)
+	}
+}
+
+// A burst of concurrent claims on the local backend asks the agent nothing
+// (counted at the agent), whether the store takes each in a transaction
+// (pooltest's store, passes run by hand) or the controller that serves the
+// pool takes them from the file store's memory; a claimer's name too long
+// for a note is the one claim whose record is a request. The agent names
+// each claimer.
+func TestClaimBurstAsksTheAgentNothing(t *testing.T) {
+	t.Parallel()
+	for _, serve := range []bool{false, true} {
+		name := map[bool]string{false: "store transaction", true: "take from memory"}[serve]
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			claimBurst(t, serve)
+		})
+	}
+}
+
+func claimBurst(t *testing.T, serve bool) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := tableBackend(t, dir)
+	t.Cleanup(func() { shutdownAndWait(t, b) })
+	const n = 12
+	cfg := pool.DefaultConfig()
+	cfg.Size = n + 1
+	cfg.Pool = "table"
+	var st pool.Store = pooltest.NewStore()
+	if serve {
+		fs, err := filestore.Open(dir, cfg.Pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fs.Close() })
+		st = fs
+	}
+	c, err := pool.New(pool.Options{Config: cfg, Backend: b, Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	if serve {
+		sctx, cancel := context.WithCancel(ctx)
+		served := make(chan error, 1)
+		go func() { served <- c.Serve(sctx, false) }()
+		t.Cleanup(func() {
+			cancel()
+			<-served
+		})
+	}
+	testkit.Eventually(t, 20*time.Second, "the pool ready and the table mapped", func() bool {
+		if !serve {
+			if err := c.Maintain(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return c.Snapshot().Counts[pool.StateReady] == n+1 && c.Creating() == 0 && b.table.Load() != nil
+	})
+	before := served(t, b, "claimed")
+	got := make([]pool.Claimed, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			got[i], errs[i] = c.Claim(ctx, pool.ClaimOptions{By: fmt.Sprintf("api 127.0.0.1:%d", 40000+i)})
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.WaitIdle(ctx)
+	if k := served(t, b, "claimed") - before; k != 0 {
+		t.Fatalf("%d concurrent claims: %d claim requests at the agent, want none", n, k)
+	}
+	long := strings.Repeat("y", 80)
+	last, err := c.Claim(ctx, pool.ClaimOptions{By: long})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitIdle(ctx) // its record
+	if k := served(t, b, "claimed") - before; k != 1 {
+		t.Fatalf("a claimer's name of %d bytes: %d claim requests at the agent, want its record", len(long), k)
+	}
+	for i, cl := range append(got, last) {
+		want := long
+		if i < n {
+			want = fmt.Sprintf("api 127.0.0.1:%d", 40000+i)
+		}
+		err := b.TerminatePooled(ctx, cl.ID)
+		if !errors.Is(err, pool.ErrAlreadyClaimed) || !strings.Contains(err.Error(), "claimed by "+want+":") {
+			t.Fatalf("a pool's termination of %s: %v, want left running, claimed by %s", cl.ID, err, want)
+		}
 	}
 }
 
@@ -284,7 +397,7 @@ func TestClaimTableMappedByACreation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	decided, err := b.TryClaimOnce(pool.Entry{Ref: ref, ClaimedBy: "test", ClaimedAt: time.Now()})
+	decided, _, err := b.TryClaimOnce(pool.Entry{Ref: ref, ClaimedBy: "test", ClaimedAt: time.Now()})
 	if !decided || err != nil {
 		t.Fatalf("TryClaimOnce after a creation: decided %v, err %v; want decided by the table", decided, err)
 	}
