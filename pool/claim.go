@@ -159,9 +159,15 @@ func (c *Controller) claimFailed(o ClaimOptions, err error) error {
 // ends the claim's turn ahead of the backfill and starts its backend record
 // when that is made beside the answer (neither is the claimer's wait).
 func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest func(), _ bool, _ error) {
+	// A claim after a quiet spell may take from memory (takeQuick) and
+	// write the store's record after its answer. Claims back to back or in
+	// a burst take from the file before it, as ever: the next request on a
+	// connection waits for the handler's return, record included, and a
+	// burst's records are one group commit either way (back to back from
+	// memory read p50 0.55-0.71 ms against 0.47-0.53 from the file).
+	fromFile := c.takes.busy()
 	c.takes.enter()
 	taken := false
-	fromFile := false // no take from memory (QuickTaker) this time
 	defer func() {
 		if !taken {
 			c.takes.leave()

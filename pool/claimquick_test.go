@@ -34,16 +34,17 @@ func storedClaimer(t *testing.T, dir, id string) string {
 	return "-"
 }
 
-// The controller that maintains the pool takes a claim from the file
-// store's memory when the backend's gate decides it at once (the local
-// agent's claim table): the store is written after the answer, not before.
+// The controller that maintains the pool takes a claim after a quiet spell
+// from the file store's memory when the backend's gate decides it at once
+// (the local agent's claim table): the store is written after the answer,
+// not before.
 // Until then the gate alone holds the claim, as after a kill -9 of the
 // controller, and a claimer in another process that takes the same
 // sandbox from the file is refused; the record then puts it back claimed.
 func TestQuickTakeRecordsTheStoreAfterTheAnswer(t *testing.T) {
 	clk := clockwork.NewFakeClockAt(t0)
 	cfg := pool.DefaultConfig()
-	cfg.Size = 2
+	cfg.Size = 3
 	be := pooltest.NewBackend(clk)
 	released := make(chan struct{})
 	close(released)
@@ -104,6 +105,18 @@ func TestQuickTakeRecordsTheStoreAfterTheAnswer(t *testing.T) {
 	}
 	if cl2.ID == cl.ID {
 		t.Fatalf("%s handed out twice", cl.ID)
+	}
+
+	// A claim while another is on its way out (back to back, a burst)
+	// takes from the file, before its answer, as ever.
+	clk.Advance(time.Millisecond)
+	cl3, err := c.Claim(ctx, pool.ClaimOptions{By: "api2", AnnounceLater: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl3.Announce)
+	if by := storedClaimer(t, dir, cl3.ID); by != "api2" {
+		t.Fatalf("a claim beside another's: the file says %s is claimed by %q before its announcement, want api2", cl3.ID, by)
 	}
 
 	cl.Announce()
