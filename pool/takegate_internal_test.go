@@ -68,3 +68,56 @@ func TestTakeGateWaitIsBounded(t *testing.T) {
 		t.Fatal("the backfill waited past its bound")
 	}
 }
+
+// fakePending counts what a take's record was asked.
+type fakePending struct{ ready, records int }
+
+func (p *fakePending) Record(context.Context) error { p.records++; return nil }
+func (p *fakePending) Ready()                       { p.ready++ }
+func (p *fakePending) Cancel() bool                 { return false }
+
+// A take that leaves while others are in flight holds its store record
+// back (Ready: any write records it); the last take to leave writes every
+// one held, and so does one that finds heldMax held.
+func TestTakeGateHoldsRecordsUntilTheLastTakeLeaves(t *testing.T) {
+	var g takeGate
+	var flushed [][]heldRecord
+	g.flush = func(h []heldRecord) { flushed = append(flushed, h) }
+	g.enter()
+	g.enter()
+	g.enter()
+	a, b := &fakePending{}, &fakePending{}
+	g.leaveRecording(Entry{Ref: Ref{ID: "a"}}, a)
+	if len(flushed) != 0 || a.ready != 1 {
+		t.Fatalf("a left with two takes in flight: flushed %v, ready %d", flushed, a.ready)
+	}
+	g.leaveRecording(Entry{Ref: Ref{ID: "b"}}, b)
+	if len(flushed) != 0 || b.ready != 1 {
+		t.Fatalf("b left with one take in flight: flushed %v", flushed)
+	}
+	g.leave() // the last, with no record of its own
+	if len(flushed) != 1 || len(flushed[0]) != 2 || flushed[0][0].got.ID != "a" || flushed[0][1].got.ID != "b" {
+		t.Fatalf("the last take left: flushed %v, want a and b once", flushed)
+	}
+
+	// Alone, a take writes its own at once.
+	flushed = nil
+	g.enter()
+	c := &fakePending{}
+	g.leaveRecording(Entry{Ref: Ref{ID: "c"}}, c)
+	if len(flushed) != 1 || len(flushed[0]) != 1 {
+		t.Fatalf("a take alone: flushed %v", flushed)
+	}
+
+	// A stream that never drains still writes every heldMax.
+	flushed = nil
+	g.enter()
+	for i := range heldMax + 1 {
+		g.enter()
+		g.leaveRecording(Entry{Ref: Ref{ID: string(rune('a' + i))}}, &fakePending{})
+	}
+	if len(flushed) != 1 || len(flushed[0]) != heldMax+1 {
+		t.Fatalf("%d takes left with one in flight: flushed %d times (%v)", heldMax+1, len(flushed), flushed)
+	}
+	g.leave()
+}
