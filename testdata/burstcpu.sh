@@ -65,7 +65,9 @@ start() {
 	pid=$!
 	printf -v "pid_$1" %s "$pid"
 	printf -v "state_$1" %s "$st"
-	printf -v "api_$1" %s "$(wait_api "$work/run.$1.$run.log")"
+	local a
+	a=$(wait_api "$work/run.$1.$run.log") || exit 1
+	printf -v "api_$1" %s "$a"
 }
 # stop_all: both controllers of the run and their pools.
 stop_all() {
