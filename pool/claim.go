@@ -241,11 +241,15 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 				case done && recorded:
 					taken = true
 					c.records.close(rec)
-					return got, func() { c.takes.leaveRecording(got, pend) }, true, nil
+					return got, func() {
+						c.recordTake(got, pend)
+						c.takes.leave()
+					}, true, nil
 				case done:
 					taken = true
 					return got, func() {
-						c.takes.leaveRecording(got, pend)
+						c.recordTake(got, pend)
+						c.takes.leave()
 						c.recordClaimAsync(got, rec)
 					}, true, nil
 				case elsewhere:
@@ -328,7 +332,7 @@ func (c *Controller) tryTake(ctx context.Context, o ClaimOptions) (_ Entry, rest
 // backend's gate can decide the claim before its answer (QuickClaimGate),
 // in the controller that holds the pool's lease: no lock and no write of
 // the store before the answer, the gate keeps claimers apart, and the
-// store's record follows the answer (recordTakes).
+// store's record follows the answer (recordTake).
 func (c *Controller) takeQuick(tr TakeRequest) (Entry, PendingTake, bool) {
 	q, ok := c.st.(QuickTaker)
 	if !ok || !c.looping.Load() {
@@ -394,26 +398,17 @@ func (c *Controller) withdraw(ctx context.Context, got Entry, recorded bool) {
 	}
 }
 
-// recordTakes writes the store's records of takes served from memory, once
-// their answers are on their way (the take gate holds a burst's back for
-// one write: the first Record writes them all); a failure is reported (the
-// gate holds the claim, and the next change of the store writes it).
-func (c *Controller) recordTakes(held []heldRecord) {
+// recordTake writes the store's record of a take served from memory, once
+// its answer is on its way; a failure is reported (the gate holds the
+// claim, and the next change of the store writes it).
+func (c *Controller) recordTake(got Entry, pend PendingTake) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.life), recordTimeout)
 	defer cancel()
-	for _, h := range held {
-		h.pend.Ready() // the first Record's write is theirs too
+	if err := pend.Record(ctx); err != nil {
+		c.report(ProblemStore, opWrite, got.ID, fmt.Errorf("record the claim of %s in the store: %w", got.ID, err))
+		return
 	}
-	ok := true
-	for _, h := range held {
-		if err := h.pend.Record(ctx); err != nil {
-			ok = false
-			c.report(ProblemStore, opWrite, h.got.ID, fmt.Errorf("record the claim of %s in the store: %w", h.got.ID, err))
-		}
-	}
-	if ok {
-		c.resolve(ProblemStore, opWrite)
-	}
+	c.resolve(ProblemStore, opWrite)
 }
 
 // ErrTargetZero is returned at once by a claim on a pool whose stored

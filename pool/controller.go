@@ -216,7 +216,6 @@ func New(o Options) (*Controller, error) {
 		creates:      map[bool]int64{},
 		changed:      make(chan struct{}),
 	}
-	c.takes.flush = c.recordTakes
 	c.ttlNs.Store(int64(o.Config.TTL))
 	c.useNs.Store(int64(o.Config.UseDuration))
 	c.initAutosize()

@@ -73,33 +73,11 @@ func (c *Controller) Rounds() int64 { return c.rounds.Load() }
 // about the machine's CPU, not the pool's time: it is read on the real
 // clock (an injected fake one would hold a backfill until a test moves it).
 type takeGate struct {
-	mu   sync.Mutex    // guards the fields below
+	mu   sync.Mutex    // guards n, idle and last
 	n    int           // takes in flight
 	idle chan struct{} // closed while n == 0
 	last time.Time     // when the last take left (real clock)
-
-	// Store records of takes that left while others were in flight, held
-	// back so that one write records a burst's claims: the take that
-	// leaves last writes them (flush), or the one that finds them many or
-	// old. Each claim left an flock, stat, append, fstat and unlock of its
-	// own, ~11% of the controller's CPU in a burst of 45.
-	held      []heldRecord
-	heldSince time.Time
-	flush     func([]heldRecord) // writes held records; set once, before any take
 }
-
-// heldRecord is a take's store record held back by the take gate.
-type heldRecord struct {
-	got  Entry
-	pend PendingTake
-}
-
-// Bounds of the records held back: a stream of claims that never lets the
-// gate drain still writes every heldMax claims or heldFor.
-const (
-	heldMax = 16
-	heldFor = 20 * time.Millisecond
-)
 
 // takeQuiet is how long after a claim a burst counts as over. Claims
 // further apart than this (200/s is 5 ms) see no change.
@@ -115,15 +93,6 @@ func (g *takeGate) enter() {
 }
 
 func (g *takeGate) leave() {
-	g.leaveRecording(Entry{}, nil)
-}
-
-// leaveRecording ends a take whose store record, pend (nil: none), is still
-// to write: with other takes in flight, and fewer than heldMax held for
-// less than heldFor, it is held back (Ready: any write of the store records
-// it meanwhile); otherwise it is written now with every one held. The last
-// take to leave writes what is held.
-func (g *takeGate) leaveRecording(got Entry, pend PendingTake) {
 	now := time.Now()
 	g.mu.Lock()
 	g.n--
@@ -131,26 +100,7 @@ func (g *takeGate) leaveRecording(got Entry, pend PendingTake) {
 	if g.n == 0 {
 		close(g.idle)
 	}
-	if pend != nil && g.n > 0 && len(g.held) < heldMax && (len(g.held) == 0 || now.Sub(g.heldSince) < heldFor) {
-		if len(g.held) == 0 {
-			g.heldSince = now
-		}
-		g.held = append(g.held, heldRecord{got, pend})
-		pend.Ready()
-		g.mu.Unlock()
-		return
-	}
-	var write []heldRecord
-	if g.n == 0 || pend != nil {
-		write, g.held = g.held, nil
-	}
-	if pend != nil {
-		write = append(write, heldRecord{got, pend})
-	}
 	g.mu.Unlock()
-	if len(write) > 0 {
-		g.flush(write)
-	}
 }
 
 // busy reports whether a take is in flight or one left within takeQuiet.

@@ -152,9 +152,6 @@ type PendingTake interface {
 	// Record writes it, with every other take pending; once written, a
 	// Record does nothing.
 	Record(ctx context.Context) error
-	// Ready lets the store's next write record it, whoever makes it,
-	// without writing now (Record still writes it, or sees it written).
-	Ready()
 	// Cancel withdraws it, the gate having refused the claim: nothing of it
 	// is written from now on, and its entry is as the store last read it.
 	// recorded says a transaction of this process wrote it meanwhile.

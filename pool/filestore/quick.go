@@ -22,7 +22,7 @@ type quickTake struct {
 	// applied: s.st holds e claimed while the file holds it pooled. Owned
 	// by the holder of sem.
 	applied bool
-	// won: its claimer's gate let it through (Record, Ready): only then may a
+	// won: its claimer's gate let it through (Record): only then may a
 	// batch write it, since a record that finds the entry claimed by
 	// another claim puts it back as this one's.
 	won atomic.Bool
@@ -72,9 +72,6 @@ func (q *quickTake) Record(ctx context.Context) error {
 	}
 	return err
 }
-
-// Ready implements pool.PendingTake.
-func (q *quickTake) Ready() { q.won.Store(true) }
 
 // Cancel implements pool.PendingTake.
 func (q *quickTake) Cancel() (recorded bool) {

@@ -281,33 +281,3 @@ func TestTakeQuickRacesTakesFromTheFile(t *testing.T) {
 	}
 	t.Logf("%d claims won from memory, %d from the file", quickWins, len(winner)-quickWins)
 }
-
-// Takes made Ready are written by the store's next write, whoever makes
-// it: one append for a burst's records; their own Records then write nothing.
-func TestReadyTakesGoInOneWrite(t *testing.T) {
-	dir := t.TempDir()
-	s, other := open(t, dir), open(t, dir)
-	seed(t, s, pool.Stored{Entries: []pool.Entry{{Ref: ref("a", 100)}, {Ref: ref("b", 100)}, {Ref: ref("c", 100)}}})
-	load(t, s)
-	_, pa := takeQuick(t, s, "me", 1)
-	_, pb := takeQuick(t, s, "me", 2)
-	_, pc := takeQuick(t, s, "me", 3)
-	pa.Ready()
-	pb.Ready()
-	appends := s.appends
-	recordTake(t, pc)
-	if s.appends != appends+1 {
-		t.Fatalf("%d appends for c's record, want 1", s.appends-appends)
-	}
-	for _, id := range []string{"a", "b", "c"} {
-		if by := claimedBy(t, other, id); by != "me" {
-			t.Errorf("another Store reads %s claimed by %q after c's record, want me", id, by)
-		}
-	}
-	appends = s.appends
-	recordTake(t, pa)
-	recordTake(t, pb)
-	if s.appends != appends {
-		t.Errorf("%d more appends for records written already", s.appends-appends)
-	}
-}
