@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -465,12 +466,15 @@ type liveSandbox struct{ createdAt, expiresAt time.Time }
 // chaosRun is the machinery both storms share: the controller, the
 // claimers, the observers, the record, and the checks at the end.
 type chaosRun struct {
-	t      *testing.T
-	seed   uint64
-	rng    *rand.Rand // the storm's schedule
-	timing chaosTiming
-	env    []string
-	ctl    *chaosController
+	// slowest is the longest latency per RPC the storm gave the fake
+	// control plane (ns; Modal only): a load of the queue takes several.
+	slowest atomic.Int64
+	t       *testing.T
+	seed    uint64
+	rng     *rand.Rand // the storm's schedule
+	timing  chaosTiming
+	env     []string
+	ctl     *chaosController
 	// live lists what really runs (processes, or the fake's sandboxes).
 	live func() map[string]liveSandbox
 	// stored, when set, reads the store directly (the file store).
@@ -1337,7 +1341,11 @@ func TestChaosModal(t *testing.T) {
 			}
 		case p < 0.60:
 			r.count("slow control plane")
-			f.SetLatency(20*time.Millisecond + time.Duration(rng.Int64N(int64(230*time.Millisecond))))
+			lat := 20*time.Millisecond + time.Duration(rng.Int64N(int64(230*time.Millisecond)))
+			f.SetLatency(lat)
+			if int64(lat) > r.slowest.Load() {
+				r.slowest.Store(int64(lat))
+			}
 		case p < 0.67:
 			r.count("slow starts")
 			f.SetWarmup(time.Duration(rng.Int64N(int64(2 * time.Second))))
