@@ -463,10 +463,11 @@ func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
 		return runLogs(e) && logger.Enabled(context.Background(), level(e))
 	}
 	ctrl.ObserveAsyncIf(keep, func(e pool.Event) { // a slow log never slows a claim
-		attrs := []any{"event", string(e.Kind)}
-		if e.SandboxID != "" {
-			attrs = append(attrs, "sandbox", e.SandboxID)
+		// LogAttrs: the line Log's key-value pairs wrote, without boxing them.
+		if e.SandboxID == "" {
+			logger.LogAttrs(context.Background(), level(e), e.Message, slog.String("event", string(e.Kind)))
+			return
 		}
-		logger.Log(context.Background(), level(e), e.Message, attrs...)
+		logger.LogAttrs(context.Background(), level(e), e.Message, slog.String("event", string(e.Kind)), slog.String("sandbox", e.SandboxID))
 	})
 }
