@@ -48,6 +48,7 @@ func newRootCommand() *cobra.Command {
 		}
 		// applyEnv marks what the env set as changed too.
 		o.ttlSet, o.useSet = cmd.Flags().Changed("ttl"), cmd.Flags().Changed("use-duration")
+		o.noteWorkloadFlags(cmd.Flags())
 		if err := o.resolveToken(); err != nil {
 			return err
 		}
@@ -286,6 +287,7 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (view httpapi.
 	}
 	ro := *o
 	ro.mustExist = true // Modal: looked up, never created
+	ro.noCreate = true
 	p, err := openPool(ctx, &ro, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
 		return httpapi.PoolView{}, "", err
@@ -512,6 +514,7 @@ func terminateCommand(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			o.noCreate = true
 			p, err := openPool(cmd.Context(), o, cfg, slog.New(slog.DiscardHandler), false)
 			if err != nil {
 				return err

@@ -52,9 +52,30 @@ type options struct {
 	logLevel       string
 	// ttlSet and useSet say --ttl and --use-duration were given (flag or env).
 	ttlSet, useSet bool
+	// workloadFlags are the flags given (flag or env) that say what a
+	// sandbox runs: --cmd, --warmup; on Modal --image, --cmd, --port.
+	workloadFlags []string
+	// noCreate: the command never creates sandboxes (check, terminate), so
+	// its workload flags do not matter.
+	noCreate bool
 	// mustExist: a read-only command (check) creates nothing of a pool never
 	// made (on Modal: no app, no queue).
 	mustExist bool
+}
+
+// noteWorkloadFlags records which flags that say what a sandbox runs were
+// given, on the command line or in the env (fs after applyEnv).
+func (o *options) noteWorkloadFlags(fs *pflag.FlagSet) {
+	names := []string{"cmd", "warmup"}
+	if o.backend == "modal" {
+		names = []string{"image", "cmd", "port"}
+	}
+	o.workloadFlags = nil
+	for _, n := range names {
+		if fs.Changed(n) {
+			o.workloadFlags = append(o.workloadFlags, "--"+n)
+		}
+	}
 }
 
 func (o *options) register(fs *pflag.FlagSet) {

@@ -86,14 +86,25 @@ func openPoolAs(ctx context.Context, o *options, cfg pool.Config, logger *slog.L
 			c()
 		}
 	}
-	if leaser, ok := st.(pool.Leaser); ok && controller && exclusive {
-		// A claim's backfill hands the pool over: Serve waits for it.
-		if h, err := leaser.LeaseHolder(ctx); err == nil && !h.IsZero() && h.Role != pool.RoleBackfill {
-			closeAll()
-			return nil, heldError(cfg.Pool, h)
+	var holder pool.LeaseRecord // who maintains the pool, when this process would
+	if leaser, ok := st.(pool.Leaser); ok && controller {
+		if h, err := leaser.LeaseHolder(ctx); err == nil && h.Role != pool.RoleBackfill {
+			holder = h // a claim's backfill hands the pool over: Serve waits for it
 		}
 	}
-	cfg, err := agreeOnTiming(ctx, o, cfg, st, controller)
+	if exclusive && !holder.IsZero() {
+		closeAll()
+		return nil, heldError(cfg.Pool, holder)
+	}
+	stored, err := st.Load(ctx)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	cfg, err = agreeOnTiming(ctx, o, cfg, st, stored, controller)
+	if err == nil {
+		err = agreeOnWorkload(ctx, o, cfg.Pool, be, st, stored, controller, holder, logger)
+	}
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -142,7 +153,7 @@ func (p *opened) openJournal(dir, poolName string) {
 			return false // seen in the store, caused elsewhere: its own process says it
 		}
 		switch e.Kind {
-		case pool.EventStoreChanged, pool.EventMaintained:
+		case pool.EventStoreChanged, pool.EventMaintained, pool.EventWorkload:
 			return false // every process sees these itself
 		case pool.EventHealthFailed, pool.EventHealthRecovery, pool.EventError:
 			// Viewers probe and read the store too: only the controller's
@@ -211,11 +222,7 @@ func isAddrInUse(err error) bool { return errors.Is(err, syscall.EADDRINUSE) }
 
 // agreeOnTiming makes every process of a pool judge "good" alike: what
 // --ttl and --use-duration say when given, else what the pool stored.
-func agreeOnTiming(ctx context.Context, o *options, cfg pool.Config, st pool.Store, controller bool) (pool.Config, error) {
-	stored, err := st.Load(ctx)
-	if err != nil {
-		return cfg, err
-	}
+func agreeOnTiming(ctx context.Context, o *options, cfg pool.Config, st pool.Store, stored pool.Stored, controller bool) (pool.Config, error) {
 	if stored.TTL > 0 {
 		if !o.ttlSet {
 			cfg.TTL = stored.TTL
@@ -233,6 +240,52 @@ func agreeOnTiming(ctx context.Context, o *options, cfg pool.Config, st pool.Sto
 		}
 	}
 	return cfg, nil
+}
+
+// agreeOnWorkload makes every process that creates sandboxes for a pool
+// create the same ones (SPEC: one pool, one --cmd): the pool's stored
+// workload, whatever this process's flags. A controller command (run,
+// dashboard, maintain) that nobody else maintains the pool for stores its
+// own when it was given one (--cmd, --warmup; on Modal --image, --cmd,
+// --port), or when the pool has none stored yet. Given one that differs
+// while another controller maintains the pool, or to a claim (which may
+// backfill), the process is refused: it would not get what it asked for.
+// holder is the controller that maintains the pool (zero: none, or this
+// process is no controller command).
+func agreeOnWorkload(ctx context.Context, o *options, poolName string, be pool.Backend, st pool.Store, stored pool.Stored, controller bool, holder pool.LeaseRecord, logger *slog.Logger) error {
+	wb, ok := be.(pool.WorkloadBackend)
+	if !ok {
+		return nil
+	}
+	own, given := wb.Workload(), len(o.workloadFlags) > 0
+	switch {
+	case stored.Workload == own:
+		return nil
+	case controller && holder.IsZero() && (given || stored.Workload == ""):
+		if err := st.SetWorkload(ctx, own); err != nil {
+			return err
+		}
+		if stored.Workload != "" {
+			logger.Warn("the pool's workload changes: new sandboxes run "+wb.DescribeWorkload(own)+
+				"; those made before run "+wb.DescribeWorkload(stored.Workload)+" until they are claimed or expire",
+				"was", wb.DescribeWorkload(stored.Workload))
+		}
+		return nil
+	case stored.Workload == "":
+		return nil // none stored (a pool of an earlier build): this process's own
+	case given && !o.noCreate && !o.readonly:
+		flags := strings.Join(o.workloadFlags, ", ")
+		by, change := "as stored by its controller", "give "+flags+" to run or the dashboard"
+		if !holder.IsZero() {
+			by, change = "maintained by "+holder.String(), "stop that controller first"
+		}
+		return usagef("%s given: pool %q runs %s (%s), not %s; leave %s out to use the pool's, or %s to change it",
+			flags, poolName, wb.DescribeWorkload(stored.Workload), by, wb.DescribeWorkload(own), flags, change)
+	}
+	if err := wb.UseWorkload(stored.Workload); err != nil {
+		return fmt.Errorf("pool %q: %w", poolName, err)
+	}
+	return nil
 }
 
 // serving is a controller with its loops and API running.

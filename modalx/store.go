@@ -122,8 +122,10 @@ type metaRec struct {
 	Has    bool          `json:"has"`
 	TTL    time.Duration `json:"ttl,omitempty"`
 	Use    time.Duration `json:"use,omitempty"`
-	Gen    string        `json:"gen,omitempty"`
-	At     time.Time     `json:"at"`
+	// Workload is pool.Stored.Workload: what the pool's sandboxes run.
+	Workload string    `json:"workload,omitempty"`
+	Gen      string    `json:"gen,omitempty"`
+	At       time.Time `json:"at"`
 	// Settle: until then, the sandboxes a rebuild found nobody's (Held) are
 	// not in the pool partition, out of claimers' reach, but every Load
 	// counts them pooled (rebuild).
@@ -368,7 +370,7 @@ func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 	}
 	s.known.Store(true)
 	v.Epoch = s.losses.Load()
-	v.Target, v.HasTarget, v.TTL, v.UseDuration = cur.Target, cur.Has, cur.TTL, cur.Use
+	v.Target, v.HasTarget, v.TTL, v.UseDuration, v.Workload = cur.Target, cur.Has, cur.TTL, cur.Use, cur.Workload
 	v.metaLen = len(metas)
 
 	var recs []poolRec
@@ -437,7 +439,7 @@ func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
 	s.rmu.Unlock()
 	if now.Sub(latestAt) > metaRefresh {
 		// Keep "meta" younger than Modal's 24 h partition TTL.
-		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, Gen: cur.Gen, At: now.UTC()}, v.metaLen)
+		_ = s.putMeta(ctx, metaRec{Target: v.Target, Has: v.HasTarget, TTL: v.TTL, Use: v.UseDuration, Workload: v.Workload, Gen: cur.Gen, At: now.UTC()}, v.metaLen)
 	}
 	return v, false, nil
 }
@@ -775,6 +777,11 @@ func (s *Store) SetTiming(ctx context.Context, ttl, use time.Duration) error {
 	return s.setMeta(ctx, "setting the pool's timing", func(m *metaRec) { m.TTL, m.Use = ttl, use })
 }
 
+// SetWorkload stores what the pool's sandboxes run (pool.Stored.Workload).
+func (s *Store) SetWorkload(ctx context.Context, w string) error {
+	return s.setMeta(ctx, "setting the pool's workload", func(m *metaRec) { m.Workload = w })
+}
+
 // setMeta writes a new settings record: the current ones with change applied.
 func (s *Store) setMeta(ctx context.Context, doing string, change func(*metaRec)) error {
 	metas, err := s.items(ctx, partMeta)
@@ -787,8 +794,8 @@ func (s *Store) setMeta(ctx context.Context, doing string, change func(*metaRec)
 	return s.putMeta(ctx, cur, len(metas))
 }
 
-// foldMeta reads the settings records in order: the last target and the
-// last timing set win. latestAt is when the newest record was written.
+// foldMeta reads the settings records in order: the last target, the last
+// timing and the last workload set win. latestAt is when the newest record was written.
 func foldMeta(metas []any) (cur metaRec, latestAt time.Time) {
 	for _, m := range metas {
 		var r metaRec
@@ -800,6 +807,9 @@ func foldMeta(metas []any) (cur metaRec, latestAt time.Time) {
 		}
 		if r.TTL > 0 {
 			cur.TTL, cur.Use = r.TTL, r.Use
+		}
+		if r.Workload != "" {
+			cur.Workload = r.Workload
 		}
 		if r.Gen != "" {
 			cur.Gen = r.Gen

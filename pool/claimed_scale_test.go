@@ -127,6 +127,7 @@ func (s genStore) Generation(context.Context) (uint64, error) {
 }
 
 func (s *splitStore) SetTiming(context.Context, time.Duration, time.Duration) error { return nil }
+func (s *splitStore) SetWorkload(context.Context, string) error                     { return nil }
 func (s *splitStore) Close() error                                                  { return nil }
 
 // bytesPerClaim runs a controller (its loops on) over a pool of 5 whose

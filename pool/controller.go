@@ -158,8 +158,9 @@ type Controller struct {
 	role     Role
 	holder   LeaseRecord
 
-	auto autosizeState // its own lock; taken after mu, never before
-	cost costMeter
+	workload workloadFollow // its own lock; never taken with mu held
+	auto     autosizeState  // its own lock; taken after mu, never before
+	cost     costMeter
 
 	problems problemLog // its own mutex; taken after mu, never before
 	events   eventHub   // its own mutex; never held while observers run

@@ -568,6 +568,7 @@ func (c *Controller) loadStoreSince(ctx context.Context, since bool) (changed, l
 	c.setStoredLocked(s)
 	say := c.adoptTimingLocked(s)
 	c.mu.Unlock()
+	c.followWorkload(seq, s.Workload)
 	if reverted {
 		c.Kick()
 	}

@@ -62,6 +62,10 @@ type Stored struct {
 	// "good" means, or a claim would drop sandboxes the controller keeps.
 	TTL         time.Duration
 	UseDuration time.Duration
+	// Workload is what the pool's sandboxes run, as its backend describes
+	// it (WorkloadBackend; "" when never stored): every process that
+	// creates sandboxes for the pool creates these, whatever its own flags.
+	Workload string
 	// Entries in pool order (oldest first), claimed ones included.
 	Entries []Entry
 	// Epoch changes when the store was lost (moved away, deleted, a queue
@@ -124,6 +128,8 @@ type Store interface {
 	SetTarget(ctx context.Context, n int) error
 	// SetTiming stores the pool's ttl and use-duration.
 	SetTiming(ctx context.Context, ttl, use time.Duration) error
+	// SetWorkload stores what the pool's sandboxes run (Stored.Workload).
+	SetWorkload(ctx context.Context, w string) error
 	// Close releases what the store holds.
 	Close() error
 }
@@ -371,6 +377,7 @@ const (
 	EventLeaseWait      EventKind = "lease_wait"      // a controller waits for a claim's backfill to hand the pool over
 	EventHealthRecovery EventKind = "health_recovery" // an unhealthy sandbox answered again
 	EventTiming         EventKind = "timing"          // this process judges by the pool's stored timing
+	EventWorkload       EventKind = "workload"        // the pool's sandboxes run another workload from now on
 )
 
 // Termination reasons, as counted by metrics.
@@ -498,6 +505,23 @@ type QuickClaimGate interface {
 	// claim let through has its whole record (ClaimedBy, ClaimedAt)
 	// already: no MarkClaimedOnce follows.
 	TryClaimOnce(e Entry) (decided, recorded bool, err error)
+}
+
+// WorkloadBackend is a backend whose sandboxes run a workload chosen by
+// flags (a command, an image, a port). The pool stores it with its
+// settings (Store.SetWorkload), so that a process that takes the pool over
+// or backfills it creates the sandboxes its controller was asked for, not
+// those of its own flags.
+type WorkloadBackend interface {
+	// Workload says what Create starts now, as a store keeps it: a string
+	// only this backend reads, equal for equal workloads.
+	Workload() string
+	// UseWorkload makes Create start w from now on; an error says w cannot
+	// be read (written by a newer build), and nothing changed.
+	UseWorkload(w string) error
+	// DescribeWorkload says w in a few words for people, as the flags
+	// that ask for it: --cmd "python3 -m http.server {port}".
+	DescribeWorkload(w string) string
 }
 
 // PooledTerminator is a backend that can terminate a sandbox only if no

@@ -90,6 +90,7 @@ var rules = []struct {
 	{"ReconcileAdoptsLostAndReapsOrphans", testReconcile},
 	{"TerminateAllLeavesNothing", testTerminateAll},
 	{"ClaimWithNoneGoodTimesOut", testClaimTimeout},
+	{"SettingsAreThePools", testSettings},
 }
 
 // rig is one test's pool with helpers.
@@ -792,5 +793,35 @@ func testClaimTimeout(t *testing.T, p *rig) {
 	}
 	if n := c.Snapshot().Stats.ClaimsFailed; n != 1 {
 		t.Fatalf("%d failed claims counted, want 1", n)
+	}
+}
+
+// testSettings: what one process stores of the pool's settings (target,
+// timing, what its sandboxes run) every other process reads, so that one
+// that takes the pool over or backfills it creates what its controller was
+// asked for.
+func testSettings(t *testing.T, p *rig) {
+	const w = `{"cmd":"exec python3 -m http.server {port}"}`
+	st := p.env.Store
+	if err := st.SetTarget(p.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetTiming(p.ctx, 3*time.Minute, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SetWorkload(p.ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	other := st
+	if p.env.Reopen != nil {
+		_, other = p.env.Reopen(t)
+	}
+	got, err := other.Load(p.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Target != 2 || !got.HasTarget || got.TTL != 3*time.Minute || got.UseDuration != 20*time.Second || got.Workload != w {
+		t.Errorf("another process reads target %d (%v), timing %s %s, workload %q; want 2, 3m0s 20s, %q",
+			got.Target, got.HasTarget, got.TTL, got.UseDuration, got.Workload, w)
 	}
 }

@@ -17,7 +17,7 @@ import (
 // The store file is a snapshot, one JSON object written whole by a rename,
 // followed by a log: one JSON record per line, appended by each change.
 //
-//	{"version":2,"target":3,"ttl":"2m0s","use_duration":"30s","entries":[
+//	{"version":2,"target":3,"ttl":"2m0s","use_duration":"30s","workload":"{\"cmd\":\"...\"}","entries":[
 //	{"id":"a",...,"claimed_by":"cli","claimed_at":"..."},
 //	{"id":"b",...}
 //	]}
@@ -39,16 +39,17 @@ var ErrCorrupt = errors.New("corrupt store file")
 
 // fileData is the snapshot's layout.
 type fileData struct {
-	Version *int         `json:"version"`
-	Target  *int         `json:"target"`
-	TTL     string       `json:"ttl"`
-	Use     string       `json:"use_duration"`
-	Entries []pool.Entry `json:"entries"`
+	Version  *int         `json:"version"`
+	Target   *int         `json:"target"`
+	TTL      string       `json:"ttl"`
+	Use      string       `json:"use_duration"`
+	Workload string       `json:"workload"`
+	Entries  []pool.Entry `json:"entries"`
 }
 
 // record is one log line. Op says which fields count:
 // put (id, url, created_at, expires_at), claim (id, by, at), del (id),
-// target (n), timing (ttl, use_duration).
+// target (n), timing (ttl, use_duration), workload (workload).
 type record struct {
 	Op        string    `json:"op"`
 	ID        string    `json:"id,omitempty"`
@@ -60,6 +61,7 @@ type record struct {
 	N         *int      `json:"n,omitempty"`
 	TTL       string    `json:"ttl,omitempty"`
 	Use       string    `json:"use_duration,omitempty"`
+	Workload  string    `json:"workload,omitempty"`
 }
 
 // layout says where things are in a decoded file.
@@ -130,6 +132,7 @@ func decodeSnapshot(data []byte) (*state, layout, error) {
 		}
 		st.ttl, st.use = ttl, use
 	}
+	st.workload = fd.Workload
 	for i, e := range fd.Entries {
 		// A repeated id could be claimed twice, so it counts as corruption too.
 		if e.ID == "" {
@@ -221,6 +224,11 @@ func (st *state) apply(r *record) error {
 			return err
 		}
 		st.ttl, st.use = ttl, use
+	case "workload":
+		if r.Workload == "" {
+			return errors.New("workload without one")
+		}
+		st.workload = r.Workload
 	default:
 		return fmt.Errorf("unknown op %q", r.Op)
 	}
@@ -262,9 +270,16 @@ func encodeSnapshot(buf *bytes.Buffer, st *state, drop func(pool.Entry) bool) er
 	if st.ttl > 0 {
 		buf.WriteString(`,"ttl":"` + st.ttl.String() + `","use_duration":"` + st.use.String() + `"`)
 	}
-	buf.WriteString(`,"entries":[`)
 	enc := json.NewEncoder(buf)
 	enc.SetEscapeHTML(false) // URLs keep their '&'
+	if st.workload != "" {
+		buf.WriteString(`,"workload":`)
+		if err := enc.Encode(st.workload); err != nil {
+			return err
+		}
+		buf.Truncate(buf.Len() - 1) // Encode's newline
+	}
+	buf.WriteString(`,"entries":[`)
 	first := true
 	put := func(e *pool.Entry) error {
 		if !first {
@@ -326,6 +341,9 @@ func (w *logWriter) add(r record) {
 // every string in it is one JSON writes unchanged (plainjson); ok is false
 // otherwise, and the encoder writes it.
 func appendRecord(b []byte, r *record) (_ []byte, ok bool) {
+	if r.Workload != "" {
+		return b, false // rare, and JSON in JSON: the encoder's
+	}
 	for _, s := range [...]string{r.Op, r.ID, r.URL, r.By, r.TTL, r.Use} {
 		if !plainjson.Plain(s, false) {
 			return b, false

@@ -911,6 +911,20 @@ func (s *Store) SetTiming(ctx context.Context, ttl, use time.Duration) error {
 	})
 }
 
+// SetWorkload stores what the pool's sandboxes run (pool.Stored.Workload).
+func (s *Store) SetWorkload(ctx context.Context, w string) error {
+	if w == "" || !utf8.ValidString(w) {
+		return fmt.Errorf("filestore: workload %q: want a non-empty UTF-8 string", w)
+	}
+	return s.commit(ctx, false, func(st *state, w2 *logWriter) {
+		if st.workload == w {
+			return
+		}
+		st.workload = w
+		w2.add(record{Op: "workload", Workload: w})
+	})
+}
+
 // SetTarget stores the target n (0 or more).
 func (s *Store) SetTarget(ctx context.Context, n int) error {
 	if n < 0 {

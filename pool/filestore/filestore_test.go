@@ -712,3 +712,43 @@ func TestEpochCountsLosses(t *testing.T) {
 		t.Fatalf("epoch %d after the corrupt file was moved away, want %d", got, first+2)
 	}
 }
+
+// TestWorkloadRoundTrip: the pool's workload is kept as given, by another
+// Store of the file (its log record), through a compaction (the snapshot),
+// and into the new file that a lost one is replaced by, as the target is.
+func TestWorkloadRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	a, b := open(t, dir), open(t, dir)
+	const w = `{"cmd":"exec python3 -m http.server {port} & echo \"<ok>\""}`
+	if err := a.SetWorkload(ctx, w); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetWorkload(ctx, ""); err == nil {
+		t.Fatal("an empty workload was stored")
+	}
+	workload := func(s *Store) string {
+		t.Helper()
+		st, err := s.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Workload
+	}
+	if got := workload(b); got != w {
+		t.Fatalf("another Store reads workload %q, want %q", got, w)
+	}
+	compactNow(t, a)
+	if got := workload(open(t, dir)); got != w {
+		t.Fatalf("after a compaction: workload %q, want %q", got, w)
+	}
+	if err := os.Rename(a.Path(), a.Path()+".moved"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(ctx, pool.Ref{ID: "sb-1", URL: "http://127.0.0.1:1", CreatedAt: time.Now(), ExpiresAt: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := workload(open(t, dir)); got != w {
+		t.Fatalf("in the file that replaced a lost one: workload %q, want %q", got, w)
+	}
+}

@@ -671,6 +671,8 @@ func TestRecordsAreWhatTheEncoderWrites(t *testing.T) {
 		{Op: "del", ID: "sb-3"},
 		{Op: "target", N: &n},
 		{Op: "timing", TTL: "2m0s", Use: "30s"},
+		{Op: "workload", Workload: "plain"},
+		{Op: "workload", Workload: `{"cmd":"exec python3 -m http.server {port}"}`},
 		{Op: "claim", ID: `q"uote\back`, By: "dashboard", At: time.Now()}, // the encoder's way
 		{Op: "claim", ID: "naïve\u2028", By: "cli\x7f\x01", At: time.Now()},
 		{Op: "put", ID: "sb-4", CreatedAt: time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC)},

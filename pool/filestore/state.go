@@ -14,6 +14,7 @@ type settings struct {
 	target    int
 	hasTarget bool
 	ttl, use  time.Duration
+	workload  string // pool.Stored.Workload
 }
 
 // state is the pool as decoded. Pooled entries are in pool order; claimed
@@ -51,7 +52,7 @@ func newState(set settings) *state {
 // stored is a copy of the state as the engine sees it: claimed entries
 // (the oldest, as claims take from the head), then the pool.
 func (st *state) stored() pool.Stored {
-	out := pool.Stored{Target: st.target, HasTarget: st.hasTarget, TTL: st.ttl, UseDuration: st.use,
+	out := pool.Stored{Target: st.target, HasTarget: st.hasTarget, TTL: st.ttl, UseDuration: st.use, Workload: st.workload,
 		Entries: make([]pool.Entry, 0, len(st.claimedAt)+len(st.pooled))}
 	for _, e := range st.claimed {
 		if e.ID != "" {
@@ -71,7 +72,7 @@ func (st *state) storedSince(mark uint64) (out pool.Stored, older int, next uint
 	if n := int(uint32(mark)); uint32(mark>>32) == st.epoch && n <= len(st.claimed) {
 		from = n
 	}
-	out = pool.Stored{Target: st.target, HasTarget: st.hasTarget, TTL: st.ttl, UseDuration: st.use,
+	out = pool.Stored{Target: st.target, HasTarget: st.hasTarget, TTL: st.ttl, UseDuration: st.use, Workload: st.workload,
 		Entries: make([]pool.Entry, 0, len(st.claimed)-from+len(st.pooled))}
 	for _, e := range st.claimed[from:] {
 		if e.ID != "" {

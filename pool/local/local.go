@@ -95,6 +95,12 @@ type Backend struct {
 
 	creates createBatcher
 
+	// What Create starts now: the options' until the pool's stored one
+	// is used (UseWorkload). hadCmd: some sandbox of this Backend may run
+	// a command, which can exit on its own.
+	work   atomic.Pointer[workload]
+	hadCmd atomic.Bool
+
 	// The agent's claim table, mapped by a list (off the claim path): a
 	// claim is then a CAS in shared memory (TryClaimOnce).
 	table     atomic.Pointer[agentTable]
@@ -167,6 +173,7 @@ func New(opts Options) (*Backend, error) {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
 	b := &Backend{opts: opts, paths: p, keepIdle: min(time.Second, opts.IdleExit/4)}
+	b.setWorkload(newWorkload(opts.Cmd, opts.Warmup))
 	if opts.Prestart {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -198,8 +205,9 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	if err != nil {
 		return pool.Ref{}, err
 	}
-	req := request{Op: "create", ID: id, TTL: ttl, Cmd: b.opts.Cmd, Warmup: b.opts.Warmup, Grace: b.opts.TermGrace, LogMax: b.opts.LogMax}
-	if b.opts.Cmd != "" {
+	w := b.work.Load()
+	req := request{Op: "create", ID: id, TTL: ttl, Cmd: w.Cmd, Warmup: w.warmup(), Grace: b.opts.TermGrace, LogMax: b.opts.LogMax}
+	if w.Cmd != "" {
 		req.Env = cleanEnv() // the workload runs in the caller's environment, not the agent's
 	}
 	resp, err := b.creates.do(ctx, b, req)
@@ -303,8 +311,9 @@ func (b *Backend) ListChanges(ctx context.Context, since pool.ListCursor) (pool.
 
 // SandboxesEndOnlyWithBackend implements pool.SelfContained: a built-in
 // sandbox is a socket and a goroutine of the agent, which ends only when
-// terminated or with the agent; a --cmd workload may exit at any time.
-func (b *Backend) SandboxesEndOnlyWithBackend() bool { return b.opts.Cmd == "" }
+// terminated or with the agent; a --cmd workload may exit at any time (and
+// one this Backend started before its workload changed may still run).
+func (b *Backend) SandboxesEndOnlyWithBackend() bool { return !b.hadCmd.Load() }
 
 // MarkClaimed records in the agent that the sandbox was handed out: List
 // reports it claimed from then on, whatever happens to the store.

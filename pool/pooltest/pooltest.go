@@ -427,6 +427,16 @@ func (s *Store) SetTiming(_ context.Context, ttl, use time.Duration) error {
 	return nil
 }
 
+func (s *Store) SetWorkload(_ context.Context, w string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.fail(); err != nil {
+		return err
+	}
+	s.s.Workload = w
+	return nil
+}
+
 func (s *Store) Close() error { s.mu.Lock(); s.closed = true; s.mu.Unlock(); return nil }
 
 // AcquireLease implements pool.Leaser in memory.
