@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
+	"github.com/sandboxpool/sandboxpool/modalx"
+	"github.com/sandboxpool/sandboxpool/modalx/fakemodal"
 )
 
 // TestWorkloadIsThePools: a pool's --cmd is stored with it, so a process
@@ -70,4 +72,47 @@ func getBody(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestModalWorkloadIsThePools is TestWorkloadIsThePools on Modal: after
+// `run --cmd W --port P` is killed, the process that refills the pool
+// creates W on P (the queue's settings hold it), not python -m http.server
+// 8080.
+func TestModalWorkloadIsThePools(t *testing.T) {
+	f := testkit.FakeModal(t, fakemodal.Options{})
+	state := t.TempDir()
+	env := modalEnv(t, state, append(f.Env(), modalx.LeaseHeartbeatEnv+"=200ms")...)
+	flags := []string{"--backend", "modal", "--pool", "wl"}
+	const w = "python3 -m http.server {port} --bind 0.0.0.0"
+	ctl := startRun(t, env, append(flags, "--size", "1", "--cmd", w, "--port", "9000", "--listen", "", "--maintain-every", "1s")...)
+	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env, flags...))) == 1 })
+	ctl.kill()
+	testkit.Eventually(t, 30*time.Second, "the killed controller's lease gone stale", func() bool {
+		return check(t, env, flags...).MaintainedBy == nil
+	})
+	if r := cli(t, env, append([]string{"claim"}, flags...)...); r.code != 0 {
+		t.Fatalf("claim: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	// A process that takes the pool over refills it: with the pool's workload.
+	if r := cli(t, env, append([]string{"maintain"}, flags...)...); r.code != 0 {
+		t.Fatalf("maintain: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	made := 0
+	for _, sb := range f.Sandboxes() {
+		if sb.Tags[modalx.TagPool] != "wl" {
+			continue
+		}
+		made++
+		if got := strings.Join(sb.Command, " "); got != "sh -c python3 -m http.server 9000 --bind 0.0.0.0" && got != "python3 -m http.server 9000 --bind 0.0.0.0" {
+			t.Errorf("sandbox %s runs %q, want the pool's --cmd on its --port", sb.ID, got)
+		}
+	}
+	if made != 2 {
+		t.Errorf("%d sandboxes made, want the run's and the backfill's", made)
+	}
+	r := cli(t, env, append([]string{"claim", "--port", "8080"}, flags...)...)
+	if r.code != 2 || !strings.Contains(r.stderr, "--port given: pool \"wl\" runs --image python:3.11-slim --cmd ") {
+		t.Errorf("a claim given another --port: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	cli(t, env, append([]string{"terminate", "--all"}, flags...)...)
 }

@@ -37,27 +37,33 @@ func (b *Backend) Name() string { return "modal" }
 // Close releases the Backend's share of the Modal client. Sandboxes keep running.
 func (b *Backend) Close() error { b.c.release(); return nil }
 
-// image returns the built image, building it on first use. A failed build is
-// not kept, so the next Create tries again.
-func (c *core) builtImage(ctx context.Context) (*modal.Image, error) {
-	c.imgMu.Lock()
-	defer c.imgMu.Unlock()
-	if c.image != nil {
-		return c.image, nil
+// builtImage returns the workload Create starts now with its image built,
+// building it on first use (and after the workload's image changed). A
+// failed build is not kept, so the next Create tries again.
+func (c *core) builtImage(ctx context.Context) (*modal.Image, workload, []string, error) {
+	c.buildMu.Lock()
+	defer c.buildMu.Unlock()
+	c.workMu.Lock()
+	w, cmd, img, of := c.work, c.cmd, c.image, c.imageOf
+	c.workMu.Unlock()
+	if img != nil && of == w.Image {
+		return img, w, cmd, nil
 	}
-	img, err := c.client.Images.FromRegistry(c.opts.Image, nil).Build(ctx, c.app)
+	img, err := c.client.Images.FromRegistry(w.Image, nil).Build(ctx, c.app)
 	if err != nil {
-		return nil, wrap(fmt.Sprintf("building image %s", c.opts.Image), err)
+		return nil, workload{}, nil, wrap(fmt.Sprintf("building image %s", w.Image), err)
 	}
-	c.image = img
-	return img, nil
+	c.workMu.Lock()
+	c.image, c.imageOf = img, w.Image
+	c.workMu.Unlock()
+	return img, w, cmd, nil
 }
 
 // Create starts one sandbox that Modal kills at now+ttl (ttl rounded up to a
 // whole second, as Modal counts it) and returns once its tunnel URL is known.
 func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, error) {
 	c := b.c
-	img, err := c.builtImage(ctx)
+	img, w, cmd, err := c.builtImage(ctx)
 	if err != nil {
 		return pool.Ref{}, err
 	}
@@ -69,7 +75,7 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	created := time.Now()
 	// No IdleTimeout: a pooled sandbox is idle by design until claimed.
 	sb, err := c.client.Sandboxes.Create(ctx, c.app, img, &modal.SandboxCreateParams{
-		Command: c.cmd, EncryptedPorts: []int{c.opts.Port}, Timeout: ttl})
+		Command: cmd, EncryptedPorts: []int{w.Port}, Timeout: ttl})
 	if err != nil {
 		return pool.Ref{}, wrap(fmt.Sprintf("creating a sandbox in app %s", c.opts.App), err)
 	}
@@ -89,9 +95,9 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	if err != nil {
 		return fail("getting the tunnel of sandbox "+sb.SandboxID, err)
 	}
-	t := tunnels[c.opts.Port]
+	t := tunnels[w.Port]
 	if t == nil {
-		return fail("getting the tunnel of sandbox "+sb.SandboxID, fmt.Errorf("no tunnel for port %d", c.opts.Port))
+		return fail("getting the tunnel of sandbox "+sb.SandboxID, fmt.Errorf("no tunnel for port %d", w.Port))
 	}
 	ref := pool.Ref{ID: sb.SandboxID, URL: t.URL(), CreatedAt: created, ExpiresAt: created.Add(ttl)}
 	if err := sb.SetTags(ctx, tagsFor(c.opts.Pool, ref, "", time.Time{})); err != nil {

@@ -86,7 +86,6 @@ type core struct {
 	opts   Options
 	client *modal.Client
 	app    *modal.App
-	cmd    []string
 
 	// life ends when the last user releases the client: background work
 	// (tags) stops with it.
@@ -113,8 +112,16 @@ type core struct {
 
 	leaseNow func() time.Time // the lease's clock; nil: time.Now (tests set it)
 
-	imgMu sync.Mutex
-	image *modal.Image // built once, then reused by every Create
+	// What Create starts (guarded by workMu): the options' until the
+	// pool's stored workload is used (UseWorkload); image is imageOf
+	// built, reused by every Create. buildMu: one build at a time, never
+	// held with workMu.
+	workMu  sync.Mutex
+	work    workload
+	cmd     []string
+	image   *modal.Image
+	imageOf string
+	buildMu sync.Mutex
 }
 
 // tagged is one sandbox as its tags describe it.
@@ -166,7 +173,7 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &core{opts: opts, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2,
+	c := &core{opts: opts, work: workload{Image: opts.Image, Cmd: opts.Cmd, Port: opts.Port}, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2,
 		handles: map[string]*modal.Sandbox{}, tagDone: map[string]bool{}, fresh: map[string]bool{}}
 	c.life, c.lifeStop = context.WithCancel(context.Background())
 	if !haveCredentials() {
@@ -430,8 +437,9 @@ func (c *core) describe(ctx context.Context, info *pb.SandboxInfo) (tagged, bool
 	}
 	if t.ref.URL == "" {
 		if sb, err := c.handle(ctx, id); err == nil {
-			if tun, err := sb.Tunnels(ctx, 5*time.Second); err == nil && tun[c.opts.Port] != nil {
-				t.ref.URL = tun[c.opts.Port].URL()
+			w, _ := c.current()
+			if tun, err := sb.Tunnels(ctx, 5*time.Second); err == nil && tun[w.Port] != nil {
+				t.ref.URL = tun[w.Port].URL()
 			}
 		}
 	}
