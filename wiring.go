@@ -153,7 +153,7 @@ func (p *opened) openJournal(dir, poolName string) {
 			return false // seen in the store, caused elsewhere: its own process says it
 		}
 		switch e.Kind {
-		case pool.EventStoreChanged, pool.EventMaintained, pool.EventWorkload:
+		case pool.EventStoreChanged, pool.EventMaintained, pool.EventWorkload, pool.EventStoreLost, pool.EventBackend:
 			return false // every process sees these itself
 		case pool.EventHealthFailed, pool.EventHealthRecovery, pool.EventError:
 			// Viewers probe and read the store too: only the controller's
@@ -504,7 +504,7 @@ func runLogs(e pool.Event) bool {
 func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
 	level := func(e pool.Event) slog.Level {
 		switch e.Kind {
-		case pool.EventError, pool.EventCreateFailed, pool.EventBackoff:
+		case pool.EventError, pool.EventCreateFailed, pool.EventBackoff, pool.EventStoreLost, pool.EventBackend:
 			return slog.LevelWarn
 		case pool.EventCreating, pool.EventHealthRecovery:
 			return slog.LevelDebug

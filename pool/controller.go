@@ -217,6 +217,9 @@ func New(o Options) (*Controller, error) {
 		creates:      map[bool]int64{},
 		changed:      make(chan struct{}),
 	}
+	if n, ok := o.Backend.(BackendNotifier); ok {
+		n.NotifyTo(func(m string) { c.emit(Event{Kind: EventBackend, Message: m}) })
+	}
 	c.ttlNs.Store(int64(o.Config.TTL))
 	c.useNs.Store(int64(o.Config.UseDuration))
 	c.initAutosize()

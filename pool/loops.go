@@ -534,8 +534,12 @@ func (c *Controller) loadStoreSince(ctx context.Context, since bool) (changed, l
 	s.Entries = pooled
 
 	changed, lost = diffPooled(c.stored, s)
+	var said []Event // what this load says (outside mu)
 	if c.loaded && s.Epoch != c.stored.Epoch {
+		said = append(said, c.storeLostEventLocked(s))
 		c.storeLostLocked()
+	} else if e, ok := c.retargetedLocked(s); ok {
+		said = append(said, e)
 	}
 	var fromPool []Entry // claimed since the last load, pooled in it
 	if c.loaded && len(fresh) > 0 {
@@ -571,6 +575,9 @@ func (c *Controller) loadStoreSince(ctx context.Context, since bool) (changed, l
 	c.followWorkload(seq, s.Workload)
 	if reverted {
 		c.Kick()
+	}
+	for _, e := range said {
+		c.emit(e)
 	}
 	for _, e := range seen {
 		c.emit(e)
@@ -733,6 +740,35 @@ func diffPooled(a, b Stored) (changed, lost bool) {
 		}
 	}
 	return changed, lost
+}
+
+// storeLostEventLocked says that the store lost what it held (s is the
+// first load since), before the view takes s: how many sandboxes were
+// pooled in it, and the target if it changed with it (an older copy's).
+func (c *Controller) storeLostEventLocked(s Stored) Event {
+	what := cmp.Or(s.EpochWhy, "the pool's store was lost (moved away, deleted or cleared)")
+	msg := fmt.Sprintf("%s: the %d sandboxes this process knew pooled are adopted again if they still run", what, len(c.stored.Entries))
+	if s.HasTarget && s.Target != c.target {
+		msg += fmt.Sprintf("; target %d -> %d with it", c.target, s.Target)
+	}
+	return Event{Kind: EventStoreLost, Message: msg}
+}
+
+// retargetedLocked says that another process set the pool's target (a
+// viewer's resize, maintain --size, terminate --all), as the one that acts
+// on it: the controller. A viewer hears of it from that process's journal.
+func (c *Controller) retargetedLocked(s Stored) (Event, bool) {
+	if !c.loaded || !s.HasTarget || s.Target == c.target || c.role != RoleController {
+		return Event{}, false
+	}
+	c.auto.mu.Lock()
+	_, ours := c.auto.written[s.Target] // autosize's own write, seen by a load begun before it
+	c.auto.mu.Unlock()
+	if ours {
+		return Event{}, false
+	}
+	return Event{Kind: EventResized, Remote: true,
+		Message: fmt.Sprintf("target %d -> %d, set by another process", c.target, s.Target)}, true
 }
 
 // storeLostLocked remembers the pooled sandboxes of the store as it was

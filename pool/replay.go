@@ -39,6 +39,11 @@ func (c *Controller) Replay(e Event) {
 		}
 	case EventClaimTimeout:
 		c.stats.ClaimsFailed++
+	case EventResized:
+		if c.role == RoleController {
+			c.mu.Unlock()
+			return // the controller said it as it acted on it (retargetedLocked)
+		}
 	}
 	c.mu.Unlock()
 

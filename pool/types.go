@@ -69,10 +69,14 @@ type Stored struct {
 	// Entries in pool order (oldest first), claimed ones included.
 	Entries []Entry
 	// Epoch changes when the store was lost (moved away, deleted, a queue
-	// cleared) since this process opened it. Its entries then went missing
-	// without anyone removing them: the live sandboxes the process knew as
-	// pooled are adopted again before anything is created to replace them.
+	// cleared) or went back in time (an older copy put back) since this
+	// process opened it. Its entries then went missing without anyone
+	// removing them: the live sandboxes the process knew as pooled are
+	// adopted again before anything is created to replace them.
 	Epoch uint64
+	// EpochWhy says what happened at the last Epoch change, for people
+	// ("/state/p.json was moved away or deleted"); "" when unknown.
+	EpochWhy string
 }
 
 // Pooled returns the unclaimed entries in pool order.
@@ -378,6 +382,8 @@ const (
 	EventHealthRecovery EventKind = "health_recovery" // an unhealthy sandbox answered again
 	EventTiming         EventKind = "timing"          // this process judges by the pool's stored timing
 	EventWorkload       EventKind = "workload"        // the pool's sandboxes run another workload from now on
+	EventStoreLost      EventKind = "store_lost"      // the store lost what it held (moved away, deleted, an older copy put back)
+	EventBackend        EventKind = "backend"         // news of the backend itself (the local agent died and a new one runs)
 )
 
 // Termination reasons, as counted by metrics.
@@ -522,6 +528,14 @@ type WorkloadBackend interface {
 	// DescribeWorkload says w in a few words for people, as the flags
 	// that ask for it: --cmd "python3 -m http.server {port}".
 	DescribeWorkload(w string) string
+}
+
+// BackendNotifier is a backend with news of its own worth a line of the
+// pool's log (EventBackend): its local agent died, and a new one runs.
+type BackendNotifier interface {
+	// NotifyTo makes the backend call fn with each such news, outside its
+	// locks; fn must be quick.
+	NotifyTo(fn func(message string))
 }
 
 // PooledTerminator is a backend that can terminate a sandbox only if no

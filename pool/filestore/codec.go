@@ -15,9 +15,10 @@ import (
 )
 
 // The store file is a snapshot, one JSON object written whole by a rename,
-// followed by a log: one JSON record per line, appended by each change.
+// followed by a log: one JSON record per line, appended by each change. The
+// snapshot's seq counts the records of the file's history it folds in.
 //
-//	{"version":2,"target":3,"ttl":"2m0s","use_duration":"30s","workload":"{\"cmd\":\"...\"}","entries":[
+//	{"version":2,"target":3,"ttl":"2m0s","use_duration":"30s","workload":"{\"cmd\":\"...\"}","seq":42,"entries":[
 //	{"id":"a",...,"claimed_by":"cli","claimed_at":"..."},
 //	{"id":"b",...}
 //	]}
@@ -44,6 +45,7 @@ type fileData struct {
 	TTL      string       `json:"ttl"`
 	Use      string       `json:"use_duration"`
 	Workload string       `json:"workload"`
+	Seq      uint64       `json:"seq"`
 	Entries  []pool.Entry `json:"entries"`
 }
 
@@ -132,7 +134,7 @@ func decodeSnapshot(data []byte) (*state, layout, error) {
 		}
 		st.ttl, st.use = ttl, use
 	}
-	st.workload = fd.Workload
+	st.workload, st.seq = fd.Workload, fd.Seq
 	for i, e := range fd.Entries {
 		// A repeated id could be claimed twice, so it counts as corruption too.
 		if e.ID == "" {
@@ -185,7 +187,11 @@ func (st *state) applyLine(line []byte) error {
 	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("trailing data after the record")
 	}
-	return st.apply(&r)
+	if err := st.apply(&r); err != nil {
+		return err
+	}
+	st.seq++
+	return nil
 }
 
 // apply replays one record. Writers only log what applied to the state they
@@ -278,6 +284,9 @@ func encodeSnapshot(buf *bytes.Buffer, st *state, drop func(pool.Entry) bool) er
 			return err
 		}
 		buf.Truncate(buf.Len() - 1) // Encode's newline
+	}
+	if st.seq > 0 {
+		buf.WriteString(`,"seq":` + strconv.FormatUint(st.seq, 10))
 	}
 	buf.WriteString(`,"entries":[`)
 	first := true

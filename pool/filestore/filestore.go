@@ -95,10 +95,15 @@ type Store struct {
 
 	compactAfter time.Time // no compaction before, after one failed
 	gen          uint64    // counts the changes this Store has seen (Generation)
-	epoch        uint64    // counts the times the file was found gone (pool.Stored.Epoch)
-	fullReads    int       // for tests: how often the whole file was read
-	appends      int       // for tests: how many appends
-	flushes      int       // for tests: how many fdatasyncs of appends
+	epoch        uint64    // counts the times the file was found gone or gone back (pool.Stored.Epoch)
+	epochWhy     string    // what happened then (pool.Stored.EpochWhy)
+	// seqKnown: st.seq is the file's, as this Store last read or wrote it
+	// (not a lost file's carried on): a file read whole with a lower one
+	// went back in time.
+	seqKnown  bool
+	fullReads int // for tests: how often the whole file was read
+	appends   int // for tests: how many appends
+	flushes   int // for tests: how many fdatasyncs of appends
 
 	noSync bool             // benchmarks only: measure everything but the disk flush
 	now    func() time.Time // for expiry at compaction
@@ -325,13 +330,21 @@ func (s *Store) lost() {
 	s.st = newState(s.carry)
 	s.gen++
 	s.epoch++
+	s.epochWhy = s.path + " was moved away or deleted (a new one is started with the pool's target and timing)"
+	s.seqKnown = false
 	s.lay = layout{}
 	s.tail = nil
 }
 
 func (s *Store) readAll() error {
+	var before uint64 // the history this Store knew, if it did
+	known := s.st != nil && s.seqKnown
+	if known {
+		before = s.st.seq
+	}
 	s.closeFile()
 	s.st = nil
+	s.seqKnown = false
 	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
 	var roErr error
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -365,6 +378,12 @@ func (s *Store) readAll() error {
 		return fmt.Errorf("%s: %w: %s (left untouched: fix or move it away)", s.path, ErrCorrupt, what)
 	}
 	s.f, s.fi, s.st, s.lay, s.roErr = f, fi, st, lay, roErr
+	s.seqKnown = true
+	if known && st.seq < before {
+		// Its entries went missing without anyone removing them, as a lost file's.
+		s.epoch++
+		s.epochWhy = fmt.Sprintf("%s went back in time (an older copy was put back: %d changes of its history, %d before)", s.path, st.seq, before)
+	}
 	s.gen++
 	s.tail = nil
 	s.grew(data[:lay.end])
@@ -731,6 +750,8 @@ func (s *Store) runBatch(ctx context.Context, me *change) {
 			c.apply(s.st, s.logw)
 			flush = flush || !c.lazy
 		}
+		// Counted before the append: a file written whole holds the count.
+		s.st.seq += uint64(bytes.Count(s.wbuf.Bytes(), []byte{'\n'}))
 		if s.wbuf.Len() > 0 {
 			err = s.appendLocked(s.wbuf.Bytes(), flush)
 		}
@@ -741,6 +762,7 @@ func (s *Store) runBatch(ctx context.Context, me *change) {
 	if err == nil && s.wbuf.Len() > 0 {
 		s.carry = s.st.settings
 		s.gen++
+		s.seqKnown = true
 	}
 	if err == nil && s.compactDue() {
 		s.compactSoon()
@@ -766,7 +788,7 @@ func (s *Store) Load(ctx context.Context) (pool.Stored, error) {
 		return pool.Stored{}, err
 	}
 	out := s.st.stored()
-	out.Epoch = s.epoch
+	out.Epoch, out.EpochWhy = s.epoch, s.epochWhy
 	return out, nil
 }
 
@@ -785,7 +807,7 @@ func (s *Store) LoadSince(ctx context.Context, mark uint64) (_ pool.Stored, olde
 		return pool.Stored{}, 0, 0, err
 	}
 	out, older, next := s.st.storedSince(mark)
-	out.Epoch = s.epoch
+	out.Epoch, out.EpochWhy = s.epoch, s.epochWhy
 	return out, older, next, nil
 }
 

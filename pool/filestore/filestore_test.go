@@ -325,7 +325,7 @@ func TestFileFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(s.Path())
-	if !bytes.HasPrefix(b, []byte(`{"version":2,"entries":[`)) || bytes.Contains(b, []byte("target")) {
+	if !bytes.HasPrefix(b, []byte(`{"version":2,"seq":1,"entries":[`)) || bytes.Contains(b, []byte("target")) {
 		t.Fatalf("never-sized pool: %s", b)
 	}
 	if err := s.SetTarget(ctx, 2); err != nil {
@@ -335,7 +335,7 @@ func TestFileFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ = os.ReadFile(s.Path())
-	want := `{"version":2,"entries":[
+	want := `{"version":2,"seq":1,"entries":[
 {"id":"a","url":"http://127.0.0.1:1/a","created_at":"2030-01-02T03:04:05.0000006Z","expires_at":"2030-01-02T03:04:06.0000006Z"}
 ]}
 {"op":"target","n":2}
@@ -710,6 +710,67 @@ func TestEpochCountsLosses(t *testing.T) {
 	}
 	if got := epoch(); got != first+2 {
 		t.Fatalf("epoch %d after the corrupt file was moved away, want %d", got, first+2)
+	}
+}
+
+// TestEpochCountsAnOldCopyPutBack: a copy of the file taken earlier, put
+// back in place (copied over it, or renamed onto it), is a loss too: the
+// entries made since went missing without anyone removing them. Its
+// EpochWhy says so; a compaction or another process's append is none.
+func TestEpochCountsAnOldCopyPutBack(t *testing.T) {
+	ctx := context.Background()
+	s := open(t, t.TempDir())
+	other := open(t, filepath.Dir(s.Path()))
+	load := func() pool.Stored {
+		t.Helper()
+		st, err := s.Load(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	if err := s.Put(ctx, ref("a", 60)); err != nil {
+		t.Fatal(err)
+	}
+	old := readFile(t, s.Path())
+	for _, id := range []string{"b", "c"} {
+		if err := other.Put(ctx, ref(id, 70)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compactNow(t, other)
+	first := load().Epoch
+	if err := other.Put(ctx, ref("d", 80)); err != nil {
+		t.Fatal(err)
+	}
+	compactNow(t, other)
+	if got := load(); got.Epoch != first || len(got.Entries) != 4 {
+		t.Fatalf("after another process's puts and compactions: epoch %d (want %d), %d entries", got.Epoch, first, len(got.Entries))
+	}
+	for i, put := range []func() error{
+		func() error { return os.WriteFile(s.Path(), old, 0o600) }, // copied over it
+		func() error { // renamed onto it
+			if err := os.WriteFile(s.Path()+".bak", old, 0o600); err != nil {
+				return err
+			}
+			return os.Rename(s.Path()+".bak", s.Path())
+		},
+	} {
+		if i == 1 {
+			if err := s.Put(ctx, ref("e", 90)); err != nil { // the history goes on from the copy
+				t.Fatal(err)
+			}
+			if err := s.Put(ctx, ref("f", 90)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := put(); err != nil {
+			t.Fatal(err)
+		}
+		got := load()
+		if got.Epoch != first+uint64(i)+1 || !strings.Contains(got.EpochWhy, "went back in time (an older copy was put back") || len(got.Entries) != 1 {
+			t.Fatalf("old copy %d put back: epoch %d (want %d), why %q, %d entries", i, got.Epoch, first+uint64(i)+1, got.EpochWhy, len(got.Entries))
+		}
 	}
 }
 

@@ -501,7 +501,7 @@ func TestVersion1Upgraded(t *testing.T) {
 		t.Fatalf("took %q %v", e.ID, ok)
 	}
 	got := readFile(t, s.Path())
-	if !bytes.HasPrefix(got, []byte(`{"version":2,"target":2,"ttl":"2m0s","use_duration":"30s","entries":[`)) {
+	if !bytes.HasPrefix(got, []byte(`{"version":2,"target":2,"ttl":"2m0s","use_duration":"30s","seq":1,"entries":[`)) {
 		t.Fatalf("not upgraded:\n%s", got)
 	}
 	if st := load(t, open(t, filepath.Dir(s.Path()))); desc(st.Entries) != "a* b*" || st.UseDuration != 30*time.Second {

@@ -15,6 +15,11 @@ type settings struct {
 	hasTarget bool
 	ttl, use  time.Duration
 	workload  string // pool.Stored.Workload
+	// seq counts the records the file's history holds (its snapshot's
+	// count, plus one per log line): compactions keep it, so a file read
+	// whole with a lower one than this Store last saw went back in time
+	// (an older copy put back).
+	seq uint64
 }
 
 // state is the pool as decoded. Pooled entries are in pool order; claimed

@@ -58,6 +58,9 @@ type agent struct {
 	mark  string // envAgentMark=<socket>: on every process of every sandbox of this agent
 	uid   uint32
 	ln    *net.UnixListener
+	// afterCrash: the agent before this one died without stopping (set
+	// before serving, never changed).
+	afterCrash bool
 
 	logBytes atomic.Int64 // on disk, every sandbox log of the pool
 	logFds   *fdCache     // the few log files kept open
@@ -289,6 +292,11 @@ type response struct {
 	Batch []response `json:"batch,omitempty"`
 	// ping with Served: the requests answered so far, by op.
 	Served map[string]uint64 `json:"served,omitempty"`
+	// Agent names the agent that answered (its start, as Epoch); AfterCrash
+	// says the agent before it died without stopping (killed or crashed),
+	// and the sandboxes it ran ended with it.
+	Agent      int64 `json:"agent,omitempty"`
+	AfterCrash bool  `json:"after_crash,omitempty"`
 }
 
 type wireRef struct {
@@ -352,6 +360,10 @@ func runAgent(spec agentSpec, ready *os.File) error {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// An agent before this one that did not stop cleanly died (its
+	// sandboxes with it), unless none ran; so did one a Backend swept for.
+	note, err := os.ReadFile(p.clean)
+	a.afterCrash = (err != nil && !first) || string(note) == sweptNote
 	// Whatever a dead agent left is no sandbox of ours: its processes (the
 	// ones that escaped Pdeathsig) and its files go.
 	if os.Remove(p.clean) != nil && !first {
@@ -525,6 +537,7 @@ func (a *agent) serve(c *net.UnixConn) {
 			a.count(req.Op)
 			resp = a.handle(req)
 		}
+		resp.Agent, resp.AfterCrash = a.changes.epoch, a.afterCrash // set before serving, never changed
 		if err := enc.Encode(resp); err != nil {
 			return
 		}

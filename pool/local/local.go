@@ -101,6 +101,11 @@ type Backend struct {
 	work   atomic.Pointer[workload]
 	hadCmd atomic.Bool
 
+	// agentSeen is the agent that answered last (its start); notify is
+	// told when a new one replaced a dead one (NotifyTo).
+	agentSeen atomic.Int64
+	notify    atomic.Pointer[func(string)]
+
 	// The agent's claim table, mapped by a list (off the claim path): a
 	// claim is then a CAS in shared memory (TryClaimOnce).
 	table     atomic.Pointer[agentTable]
@@ -127,6 +132,7 @@ var (
 	_ pool.PooledTerminator = (*Backend)(nil)
 	_ pool.LogReader        = (*Backend)(nil)
 	_ pool.ExitWatcher      = (*Backend)(nil)
+	_ pool.BackendNotifier  = (*Backend)(nil)
 )
 
 // New checks the options and makes the state dir (private to the user).
@@ -484,6 +490,29 @@ func (b *Backend) roundTrip(ctx context.Context, req request) (response, error) 
 	return resp, err
 }
 
+// sweptNote is what a Backend's sweep writes in the clean file: the agent
+// was dead (AfterCrash).
+const sweptNote = "swept after the agent died\n"
+
+// NotifyTo implements pool.BackendNotifier: fn hears that the pool's agent
+// died and a new one runs, once per new agent this Backend talks to.
+func (b *Backend) NotifyTo(fn func(message string)) { b.notify.Store(&fn) }
+
+// noteAgent notes which agent answered: one that replaced an agent this
+// Backend talked to, which died, is news.
+func (b *Backend) noteAgent(r response) {
+	if r.Agent == 0 {
+		return // an agent of an earlier build
+	}
+	prev := b.agentSeen.Swap(r.Agent)
+	if prev == 0 || prev == r.Agent || !r.AfterCrash {
+		return
+	}
+	if fn := b.notify.Load(); fn != nil {
+		(*fn)(fmt.Sprintf("the local agent of pool %q died (killed or crashed) and a new one runs: every sandbox the old one ran ended with it", b.opts.Pool))
+	}
+}
+
 // exchange sends one request line on ac and reads the answer; ac goes back
 // to the idle set after a clean exchange and is closed otherwise. sent says
 // whether the request may have reached the agent.
@@ -519,6 +548,7 @@ func (b *Backend) exchange(ctx context.Context, ac *agentConn, data []byte) (res
 		return response{}, true, fmt.Errorf("bad answer from the local agent: %w", err)
 	}
 	ok = true
+	b.noteAgent(resp)
 	return resp, true, nil
 }
 
@@ -596,9 +626,9 @@ func (b *Backend) sweep() {
 		return // an agent runs (or starts): it sweeps itself
 	}
 	killMarked(syscall.SIGKILL, envAgentMark+"="+b.paths.sock)
-	if cf, err := os.OpenFile(b.paths.clean, os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
-		cf.Close() // swept: the next agent need not scan again
-	}
+	// Swept: the next agent need not scan again, but learns that the last
+	// one died.
+	_ = os.WriteFile(b.paths.clean, []byte(sweptNote), 0o600)
 	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
 }
 

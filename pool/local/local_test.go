@@ -938,3 +938,47 @@ func TestTimerSlack(t *testing.T) {
 		t.Errorf("workload: timer slack %s ns, want the user's %s", got, own)
 	}
 }
+
+// TestAgentDeathIsSaid: an agent killed (kill -9) is news for the pool's
+// log once a new one runs, whether the next call started it or a list
+// found it dead first (and swept what it left); one that stopped cleanly
+// (terminate --all, idle) is none. Without it, its sandboxes' end read as
+// "terminated (unhealthy) by the controller" only.
+func TestAgentDeathIsSaid(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, local.Options{})
+	var mu sync.Mutex
+	var notes []string
+	b.NotifyTo(func(m string) { mu.Lock(); notes = append(notes, m); mu.Unlock() })
+	said := func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(notes) }
+	mustCreate(t, b, time.Minute)
+	kill := func() {
+		t.Helper()
+		if err := syscall.Kill(agentPid(t, b), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		testkit.Eventually(t, 10*time.Second, "the agent gone", func() bool { return len(list(t, b)) == 0 })
+	}
+	kill() // the list that sees it gone sweeps
+	mustCreate(t, b, time.Minute)
+	if got := said(); len(got) != 1 || !strings.Contains(got[0], "died (killed or crashed) and a new one runs") {
+		t.Fatalf("after a kill -9 and a new agent: notes %q", got)
+	}
+	if err := syscall.Kill(agentPid(t, b), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, "a new agent", func() bool {
+		_, err := b.Create(context.Background(), time.Minute)
+		return err == nil
+	})
+	if got := said(); len(got) != 2 {
+		t.Fatalf("after a second kill -9 (no list between): notes %q", got)
+	}
+	if err := b.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	mustCreate(t, b, time.Minute)
+	if got := said(); len(got) != 2 {
+		t.Fatalf("after a clean stop: notes %q, want no more", got)
+	}
+}
