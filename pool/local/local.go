@@ -381,7 +381,24 @@ func (b *Backend) Shutdown(ctx context.Context) error {
 	if errors.Is(err, errNoAgent) || isBroken(err) {
 		return nil
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	// The agent answers, then exits (its last sandboxes, its files): once
+	// this returns, nothing of the pool runs nor writes in the state dir.
+	f, err := os.OpenFile(b.paths.lock, os.O_RDWR, 0)
+	if err != nil {
+		return nil // no agent ever ran here
+	}
+	defer f.Close()
+	deadline := time.Now().Add(b.opts.TermGrace + 5*time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	if flockWait(f, syscall.LOCK_EX, deadline) == nil {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	} // else: slow, or a new agent took the lock since; the pool is torn down either way
+	return nil
 }
 
 // Kill makes a sandbox die abruptly, as a crash would (its built-in server

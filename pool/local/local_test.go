@@ -982,3 +982,22 @@ func TestAgentDeathIsSaid(t *testing.T) {
 		t.Fatalf("after a clean stop: notes %q, want no more", got)
 	}
 }
+
+// TestShutdownReturnsOnceTheAgentExited: terminate --all returns once the
+// agent has exited, its last files written: before, it returned with the
+// agent still tearing down, which wrote in the state dir after (a test's
+// cleanup failed "directory not empty" removing it).
+func TestShutdownReturnsOnceTheAgentExited(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	b := newBackend(t, local.Options{StateDir: dir, Pool: "down"})
+	for i := range 10 {
+		mustCreate(t, b, time.Minute)
+		if err := b.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "down.agent.clean")); err != nil {
+			t.Fatalf("round %d: Shutdown returned before the agent's exit: %v", i, err)
+		}
+	}
+}
