@@ -18,8 +18,15 @@ func (c *Controller) Resize(ctx context.Context, n int) error {
 	// The old target is read before the store is written: a store reload
 	// in between (the store loop, a pass) would already show n.
 	c.mu.Lock()
-	old := c.target
+	old, loaded := c.target, c.loaded
 	c.mu.Unlock()
+	if !loaded {
+		// Nothing read yet (maintain --size, a dashboard's --size at start):
+		// c.target is the flag's, not the pool's ("target 3 -> 3" for 2 -> 3).
+		if s, err := c.st.Load(ctx); err == nil && s.HasTarget {
+			old = s.Target
+		}
+	}
 	if err := c.st.SetTarget(ctx, n); err != nil {
 		err = fmt.Errorf("set target: %w", err)
 		c.report(ProblemStore, opWrite, "", err)

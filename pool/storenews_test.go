@@ -79,3 +79,20 @@ func TestStoreNewsIsSaid(t *testing.T) {
 		t.Fatalf("events %+v: each said once", got)
 	}
 }
+
+// TestResizeSaysTheStoredTargetItChanged: a resize before anything was
+// read (maintain --size 3 on a pool at 2) says the pool's old target, not
+// the flag's ("target 3 -> 3" was journaled, and shown by every viewer).
+func TestResizeSaysTheStoredTargetItChanged(t *testing.T) {
+	h := newHarness(t, func(c *pool.Config) { c.Size = 3 })
+	if err := h.st.SetTarget(context.Background(), 2); err != nil {
+		t.Fatal(err)
+	}
+	seen := eventsOf(t, h.c, pool.EventResized)
+	if err := h.c.Resize(context.Background(), 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := seen(); len(got) != 1 || got[0].Message != "target 2 -> 3" {
+		t.Fatalf("events %+v, want one saying target 2 -> 3", got)
+	}
+}
