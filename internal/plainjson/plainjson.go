@@ -5,7 +5,10 @@
 // rest.
 package plainjson
 
-import "time"
+import (
+	"strconv"
+	"time"
+)
 
 // Plain reports whether encoding/json writes s as it is between quotes:
 // printable ASCII with no quote or backslash, nor <, > and & when it
@@ -45,4 +48,35 @@ func AppendTime(b []byte, t time.Time) []byte {
 	b = append(b, '"')
 	b = t.AppendFormat(b, time.RFC3339Nano)
 	return append(b, '"')
+}
+
+// key appends `,"key":`, the start of a field after the first.
+func key(b []byte, k string) []byte {
+	b = append(b, `,"`...)
+	b = append(b, k...)
+	return append(b, `":`...)
+}
+
+// AppendStringField appends `,"key":"v"`, or nothing for "" (omitempty).
+func AppendStringField(b []byte, k, v string) []byte {
+	if v == "" {
+		return b
+	}
+	return AppendString(key(b, k), v)
+}
+
+// AppendTimeField appends `,"key":"t"`, or nothing for the zero time.
+func AppendTimeField(b []byte, k string, t time.Time) []byte {
+	if t.IsZero() {
+		return b
+	}
+	return AppendTime(key(b, k), t)
+}
+
+// AppendIntField appends `,"key":v`, or nothing for 0 (omitempty).
+func AppendIntField(b []byte, k string, v int64) []byte {
+	if v == 0 {
+		return b
+	}
+	return strconv.AppendInt(key(b, k), v, 10)
 }

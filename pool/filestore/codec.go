@@ -363,38 +363,20 @@ func appendRecord(b []byte, r *record) (_ []byte, ok bool) {
 			return b, false
 		}
 	}
-	str := func(b []byte, key, v string) []byte {
-		if v == "" {
-			return b
-		}
-		b = append(b, `,"`...)
-		b = append(b, key...)
-		b = append(b, `":`...)
-		return plainjson.AppendString(b, v)
-	}
-	tm := func(b []byte, key string, t time.Time) []byte {
-		if t.IsZero() {
-			return b
-		}
-		b = append(b, `,"`...)
-		b = append(b, key...)
-		b = append(b, `":`...)
-		return plainjson.AppendTime(b, t)
-	}
 	b = append(b, `{"op":`...)
 	b = plainjson.AppendString(b, r.Op)
-	b = str(b, "id", r.ID)
-	b = str(b, "url", r.URL)
-	b = tm(b, "created_at", r.CreatedAt)
-	b = tm(b, "expires_at", r.ExpiresAt)
-	b = str(b, "by", r.By)
-	b = tm(b, "at", r.At)
+	b = plainjson.AppendStringField(b, "id", r.ID)
+	b = plainjson.AppendStringField(b, "url", r.URL)
+	b = plainjson.AppendTimeField(b, "created_at", r.CreatedAt)
+	b = plainjson.AppendTimeField(b, "expires_at", r.ExpiresAt)
+	b = plainjson.AppendStringField(b, "by", r.By)
+	b = plainjson.AppendTimeField(b, "at", r.At)
 	if r.N != nil {
 		b = append(b, `,"n":`...)
 		b = strconv.AppendInt(b, int64(*r.N), 10)
 	}
-	b = str(b, "ttl", r.TTL)
-	b = str(b, "use_duration", r.Use)
+	b = plainjson.AppendStringField(b, "ttl", r.TTL)
+	b = plainjson.AppendStringField(b, "use_duration", r.Use)
 	return append(b, "}\n"...), true
 }
 

@@ -207,24 +207,6 @@ func (r *record) appendJSON(b []byte) (_ []byte, ok bool) {
 	if h := e.Health; h != nil && (!plainjson.Plain(h.Error, true) || !plainjson.Time(h.CheckedAt)) {
 		return b, false
 	}
-	str := func(b []byte, key, v string) []byte {
-		if v == "" {
-			return b
-		}
-		b = append(b, `,"`...)
-		b = append(b, key...)
-		b = append(b, `":`...)
-		return plainjson.AppendString(b, v)
-	}
-	num := func(b []byte, key string, v int64) []byte {
-		if v == 0 {
-			return b
-		}
-		b = append(b, `,"`...)
-		b = append(b, key...)
-		b = append(b, `":`...)
-		return strconv.AppendInt(b, v, 10)
-	}
 	b = append(b, `{"origin":{"host":`...)
 	b = plainjson.AppendString(b, o.Host)
 	b = append(b, `,"pid":`...)
@@ -235,31 +217,31 @@ func (r *record) appendJSON(b []byte) (_ []byte, ok bool) {
 	b = plainjson.AppendTime(b, e.Time)
 	b = append(b, `,"kind":`...)
 	b = plainjson.AppendString(b, e.Kind)
-	b = str(b, "sandbox", e.SandboxID)
-	b = str(b, "by", e.By)
-	b = str(b, "reason", e.Reason)
-	b = num(b, "duration_ns", e.DurationNS)
+	b = plainjson.AppendStringField(b, "sandbox", e.SandboxID)
+	b = plainjson.AppendStringField(b, "by", e.By)
+	b = plainjson.AppendStringField(b, "reason", e.Reason)
+	b = plainjson.AppendIntField(b, "duration_ns", e.DurationNS)
 	if e.Warm {
 		b = append(b, `,"warm":true`...)
 	}
 	if h := e.Health; h != nil {
 		b = append(b, `,"health":{"ok":`...)
 		b = strconv.AppendBool(b, h.OK)
-		b = num(b, "status", int64(h.Status))
-		b = num(b, "latency_ns", h.LatencyNS)
+		b = plainjson.AppendIntField(b, "status", int64(h.Status))
+		b = plainjson.AppendIntField(b, "latency_ns", h.LatencyNS)
 		if !h.CheckedAt.IsZero() {
 			b = append(b, `,"checked_at":`...)
 			b = plainjson.AppendTime(b, h.CheckedAt)
 		}
-		b = str(b, "error", h.Error)
+		b = plainjson.AppendStringField(b, "error", h.Error)
 		b = append(b, '}')
 	}
 	if !e.Until.IsZero() {
 		b = append(b, `,"until":`...)
 		b = plainjson.AppendTime(b, e.Until)
 	}
-	b = str(b, "err", e.Err)
-	b = str(b, "message", e.Message)
+	b = plainjson.AppendStringField(b, "err", e.Err)
+	b = plainjson.AppendStringField(b, "message", e.Message)
 	return append(b, "}}\n"...), true
 }
 
