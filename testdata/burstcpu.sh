@@ -37,14 +37,8 @@ CLIENTS=${CLIENTS:-20}
 SETTLE=${SETTLE:-0s}
 ARGS=${ARGS:-}
 
-for v in $(compgen -e | grep '^SANDBOXPOOL_' || true); do unset "$v"; done
-work=$(mktemp -d "${TMPDIR:-/tmp}/sp-burstcpu.XXXXXX")
-load=$work/claimload
-pid=
-state=
-straces=()
-say() { echo "burstcpu: $*" >&2; }
 . testdata/lib.sh
+start_script burstcpu
 trap 'exit 130' INT TERM
 
 bin=${BIN:-}

@@ -51,14 +51,8 @@ STRACE=${STRACE:-}
 STRACE_OUT=${STRACE_OUT:-$PWD/claimcpu.strace}
 ARGS=${ARGS:-}
 
-for v in $(compgen -e | grep '^SANDBOXPOOL_' || true); do unset "$v"; done
-work=$(mktemp -d "${TMPDIR:-/tmp}/sp-claimcpu.XXXXXX")
-load=$work/claimload
-pid=
-state=
-straces=()
-say() { echo "claimcpu: $*" >&2; }
 . testdata/lib.sh
+start_script claimcpu
 
 # stop_run: the run's tracers, then its pool.
 stop_run() {

@@ -33,14 +33,8 @@ MAX=${MAX:-100}
 STRACE=${STRACE:-}
 STRACE_OUT=${STRACE_OUT:-$PWD/createcpu.strace}
 
-for v in $(compgen -e | grep '^SANDBOXPOOL_' || true); do unset "$v"; done
-work=$(mktemp -d "${TMPDIR:-/tmp}/sp-createcpu.XXXXXX")
-load=$work/claimload
-pid=
-state=
-straces=()
-say() { echo "createcpu: $*" >&2; }
 . testdata/lib.sh
+start_script createcpu
 
 # stop_run: the run's tracers, then its pool.
 stop_run() {

@@ -5,6 +5,21 @@
 # (claimload), and for the pool at hand pid (its `run` process), state (its
 # state dir) and api.
 
+# start_script NAME: what the CPU scripts (claimcpu, burstcpu, createcpu) set
+# up first: no SANDBOXPOOL_ setting of the caller's shell, a work dir
+# (work), claimload's path in it (load), no pool yet, and say.
+start_script() {
+	local v
+	for v in $(compgen -e | grep '^SANDBOXPOOL_' || true); do unset "$v"; done
+	work=$(mktemp -d "${TMPDIR:-/tmp}/sp-$1.XXXXXX")
+	load=$work/claimload
+	pid=
+	state=
+	straces=()
+	script_name=$1
+	say() { echo "$script_name: $*" >&2; }
+}
+
 # kv LINE KEY: the value of KEY in a key=value line.
 kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -n1; }
 
