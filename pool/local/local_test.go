@@ -375,10 +375,12 @@ func TestExpiryWithoutController(t *testing.T) {
 	b := newBackend(t, local.Options{Cmd: "exec sleep 300"})
 	builtin := newBackend(t, local.Options{StateDir: filepath.Dir(b.Dir()), Pool: "builtin"})
 	ref := mustCreate(t, b, 5*time.Second)
-	// Read at once: on a loaded machine the built-in one's start below can
-	// outlast the workload's 5 s (the README's go test ./... at load 25).
-	pids := b.Pids(ref.ID)
-	if len(pids) != 1 {
+	// Read before the built-in one's start below, which on a loaded machine
+	// can outlast the workload's 5 s (the README's go test ./... at load
+	// 25); polled, as the workload is found by its mark only once sh has
+	// exec'd it (CI: "Pids = []" 0.08 s in).
+	var pids []int
+	if !testkit.Until(3*time.Second, func() bool { pids = b.Pids(ref.ID); return len(pids) == 1 }) {
 		t.Fatalf("Pids = %v, want the workload", pids)
 	}
 	bref := mustCreate(t, builtin, 5*time.Second)
