@@ -35,21 +35,40 @@ func (s *lossyStore) Put(ctx context.Context, r pool.Ref) error {
 // orphan: not "adopted" again at every pass, never pooled, until it is too
 // short (found by the Modal chaos storm, seed 101).
 func TestAdoptionThatDoesNotStickIsNotLooped(t *testing.T) {
+	var st *lossyStore
+	_, be, lost := passesOverAnUnknownSandbox(t, func(id string) pool.Store {
+		st = &lossyStore{Store: pooltest.NewStore(), drop: id}
+		return st
+	})
+	if n := st.puts.Load(); n != 1 {
+		t.Fatalf("adopted %d times in 4 passes, want once", n)
+	}
+	testkit.Eventually(t, waitLong, "the orphan terminated", func() bool { return slices.Contains(be.Terminated(), lost.ID) })
+}
+
+// passesOverAnUnknownSandbox runs 4 passes, past the adoption grace, of a
+// controller over a live sandbox that the store made by wrap (given its id)
+// does not know. observe, when set, sees the controller's events from the
+// start.
+func passesOverAnUnknownSandbox(t *testing.T, wrap func(id string) pool.Store, observe ...func(pool.Event)) (*pool.Controller, *pooltest.Backend, pool.Ref) {
+	t.Helper()
 	clk := clockwork.NewFakeClockAt(t0)
 	cfg := pool.DefaultConfig()
 	cfg.Size = 0
 	be := pooltest.NewBackend(clk)
 	ctx := context.Background()
-	lost, err := be.Create(ctx, cfg.TTL)
+	unknown, err := be.Create(ctx, cfg.TTL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := &lossyStore{Store: pooltest.NewStore(), drop: lost.ID}
-	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
+	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: wrap(unknown.ID), Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	for _, fn := range observe {
+		c.Observe(fn)
+	}
 	clk.Advance(time.Minute) // past the adoption grace
 	for range 4 {
 		if err := c.Maintain(ctx); err != nil {
@@ -57,10 +76,7 @@ func TestAdoptionThatDoesNotStickIsNotLooped(t *testing.T) {
 		}
 		c.WaitIdle(ctx)
 	}
-	if n := st.puts.Load(); n != 1 {
-		t.Fatalf("adopted %d times in 4 passes, want once", n)
-	}
-	testkit.Eventually(t, waitLong, "the orphan terminated", func() bool { return slices.Contains(be.Terminated(), lost.ID) })
+	return c, be, unknown
 }
 
 // A claimer killed between its claim and the backend's record of it (on
@@ -191,34 +207,14 @@ func (s *claimFindingStore) Put(ctx context.Context, r pool.Ref) error {
 // claimer's: not adopted (the view showed it ready, then unhealthy, in the
 // pool: TestChaosModal seed 406), never an orphan terminated.
 func TestAdoptionThatFindsAClaimLeavesItAlone(t *testing.T) {
-	clk := clockwork.NewFakeClockAt(t0)
-	cfg := pool.DefaultConfig()
-	cfg.Size = 0
-	be := pooltest.NewBackend(clk)
-	ctx := context.Background()
-	taken, err := be.Create(ctx, cfg.TTL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := &claimFindingStore{Store: pooltest.NewStore(), claimed: taken.ID}
 	var adopted atomic.Int32
-	c, err := pool.New(pool.Options{Config: cfg, Backend: be, Store: st, Clock: clk, Checker: be.Checker, Rand: func() float64 { return 0.5 }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	c.Observe(func(e pool.Event) {
+	c, be, taken := passesOverAnUnknownSandbox(t, func(id string) pool.Store {
+		return &claimFindingStore{Store: pooltest.NewStore(), claimed: id}
+	}, func(e pool.Event) {
 		if e.Kind == pool.EventAdopted {
 			adopted.Add(1)
 		}
 	})
-	clk.Advance(time.Minute) // past the adoption grace
-	for range 4 {
-		if err := c.Maintain(ctx); err != nil {
-			t.Fatal(err)
-		}
-		c.WaitIdle(ctx)
-	}
 	if n := adopted.Load(); n != 0 {
 		t.Errorf("adopted %d times, want never", n)
 	}
