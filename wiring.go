@@ -63,7 +63,7 @@ func openPoolAs(ctx context.Context, o *options, cfg pool.Config, logger *slog.L
 	)
 	switch o.backend {
 	case "local":
-		lb, err := local.New(local.Options{Pool: cfg.Pool, StateDir: o.stateDir, Cmd: o.cmd, Warmup: o.warmup, LogMax: int64(o.logMax), Prestart: controller})
+		lb, err := local.New(local.Options{Pool: cfg.Pool, StateDir: o.stateDir, Cmd: o.cmd, Warmup: o.warmup, LogMax: int64(o.logMax), Prestart: controller, Prefault: controller})
 		if err != nil {
 			return nil, err
 		}

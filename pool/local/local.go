@@ -76,6 +76,11 @@ type Options struct {
 	// Prestart starts the agent in the background at New, so that a
 	// controller's first creations do not wait for it.
 	Prestart bool
+	// Prefault maps every page of the agent's claim table and notes in
+	// this process when it maps them, so that a claim never faults a page
+	// in (claimtable's Prefault): for a controller, which claims for
+	// its whole life, not a one-off command.
+	Prefault bool
 }
 
 // Backend is a client of the pool's agent. It keeps no state: several

@@ -162,6 +162,13 @@ func (b *Backend) openTable(ctx context.Context) (*agentTable, error) {
 		notes, _ = claimtable.OpenNotes(nf, tab.Slots()) // none: records are requests
 		nf.Close()
 	}
+	if b.opts.Prefault {
+		// Once per agent, after a creation or a list: ~1 ms, off any claim.
+		_ = tab.Prefault()
+		if notes != nil {
+			_ = notes.Prefault()
+		}
+	}
 	t := &agentTable{t: tab, notes: notes, pidfd: fds[1], pid: resp.Pid}
 	runtime.AddCleanup(t, func(m tableMapping) {
 		m.t.Close()

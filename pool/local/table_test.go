@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/filestore"
 	"github.com/sandboxpool/sandboxpool/pool/pooltest"
+	"golang.org/x/sys/unix"
 )
 
 // stopped runs fn while the agent is stopped (SIGSTOP): whatever fn does
@@ -400,5 +402,44 @@ func TestClaimTableMappedByACreation(t *testing.T) {
 	decided, _, err := b.TryClaimOnce(pool.Entry{Ref: ref, ClaimedBy: "test", ClaimedAt: time.Now()})
 	if !decided || err != nil {
 		t.Fatalf("TryClaimOnce after a creation: decided %v, err %v; want decided by the table", decided, err)
+	}
+}
+
+// A controller's Backend (Prefault) maps the claim table and notes whole
+// with the first creation: its claims take no page fault. Without it, each
+// claim of a sandbox in a page not touched yet faults one in.
+func TestPrefaultedClaimsTakeNoPageFault(t *testing.T) {
+	t.Parallel()
+	b, err := New(Options{StateDir: t.TempDir(), Pool: "table", IdleExit: 5 * time.Second, TermGrace: 200 * time.Millisecond, Prefault: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shutdownAndWait(t, b) })
+	var refs []pool.Ref
+	for range 8 {
+		ref, err := b.Create(context.Background(), time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs = append(refs, ref)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	faults := func() int64 {
+		var ru syscall.Rusage
+		if err := syscall.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
+			t.Fatal(err)
+		}
+		return ru.Minflt
+	}
+	at := time.Now()
+	before := faults()
+	for _, ref := range refs {
+		if decided, _, err := b.TryClaimOnce(pool.Entry{Ref: ref, ClaimedBy: "test", ClaimedAt: at}); !decided || err != nil {
+			t.Fatalf("claim %s: decided %v, %v", ref.ID, decided, err)
+		}
+	}
+	if n := faults() - before; n >= 4 {
+		t.Fatalf("8 claims took %d page faults; want none (the table and notes prefaulted)", n)
 	}
 }

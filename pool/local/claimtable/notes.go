@@ -88,6 +88,10 @@ func OpenNotes(f *os.File, slots int) (*Notes, error) {
 	return n, nil
 }
 
+// Prefault maps every page of the notes in this process at once (see
+// prefault). For the process that claims: the controller.
+func (n *Notes) Prefault() error { return prefault(n.mem) }
+
 // Close unmaps the notes; they must not be used after.
 func (n *Notes) Close() error {
 	n.words = nil

@@ -2,6 +2,7 @@ package claimtable_test
 
 import (
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -144,5 +145,48 @@ func TestOpenNotesRefuses(t *testing.T) {
 	if n, err := claimtable.OpenNotes(g, 64); err == nil {
 		n.Close()
 		t.Fatal("unsealed notes mapped")
+	}
+}
+
+// minorFaults is this thread's count of minor page faults so far.
+func minorFaults(t *testing.T) int64 {
+	t.Helper()
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
+		t.Fatal(err)
+	}
+	return ru.Minflt
+}
+
+// A claimer's mapping prefaulted takes no page fault on any page of the
+// table or the notes; one not prefaulted takes one a page (the agent's
+// creation of the files touched none of those pages).
+func TestPrefaultMapsEveryPage(t *testing.T) {
+	agent, f := create(t, claimtable.DefaultSlots)
+	_, nf := createNotes(t, agent.Slots())
+	const pageNotes = 4096 / 64 // notes a page
+	touch := func(tab *claimtable.Table, notes *claimtable.Notes) int64 {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		at := time.Now()
+		before := minorFaults(t)
+		for i := range agent.Slots() / pageNotes {
+			notes.Write(claimtable.SlotAt(i*pageNotes), "api 127.0.0.1:5555", at)
+		}
+		for id := range uint64(4 * agent.Slots() / claimtable.Bucket) {
+			tab.Find(id) // reads buckets all over the table
+		}
+		return minorFaults(t) - before
+	}
+	cold := touch(open(t, f), openNotes(t, nf, agent.Slots()))
+	tab, notes := open(t, f), openNotes(t, nf, agent.Slots())
+	if err := tab.Prefault(); err != nil {
+		t.Skip(err) // a kernel before 5.14
+	}
+	if err := notes.Prefault(); err != nil {
+		t.Fatal(err)
+	}
+	if warm := touch(tab, notes); warm > 8 || cold < int64(agent.Slots()/pageNotes) {
+		t.Fatalf("page faults touching every page: %d prefaulted, %d not; want ~0 and at least %d", warm, cold, agent.Slots()/pageNotes)
 	}
 }
