@@ -355,7 +355,8 @@ func TestProbeAheadKeepsTheHeadFresh(t *testing.T) {
 		t.Fatalf("claimed %s (%v) with %d probes, want %s probed by the claim", got.ID, err, p.count(got.URL), pooled[0].ID)
 	}
 	next := pooled[1].URL
-	testkit.Eventually(t, waitLong, "the next one probed ahead", func() bool { return p.count(next) == 2 })
+	// Counted as the probe starts: wait for its answer to be recorded too.
+	testkit.Eventually(t, waitLong, "the next one probed ahead", func() bool { return p.count(next) == 2 && !c.ProbingAhead() })
 	h.clk.Advance(h.cfg.HealthFresh / 2)
 	got, err = c.Claim(context.Background(), pool.ClaimOptions{CheckHealth: true, By: "cli"})
 	if err != nil || got.ID != pooled[1].ID || p.count(next) != 2 {
