@@ -191,6 +191,11 @@ func (p *rig) controller(mod func(*pool.Config), handles ...any) *ctl {
 	ev := &events{}
 	c.Observe(ev.add)
 	p.t.Cleanup(c.Close)
+	p.t.Cleanup(func() { // a failure's story, whichever check failed
+		if p.t.Failed() {
+			ev.dump(p.t)
+		}
+	})
 	return &ctl{Controller: c, ev: ev, be: be, st: st}
 }
 
@@ -591,7 +596,6 @@ func testExpiry(t *testing.T, p *rig) {
 		first.ExpiresAt.Format(time.StampMilli), next, first.ExpiresAt.Sub(startedAt).Round(time.Millisecond),
 		first.ExpiresAt.Sub(nextAt).Round(time.Millisecond))
 	if !startedAt.Before(first.ExpiresAt) {
-		c.ev.dump(t)
 		t.Errorf("replacement started at %s, after the first expired at %s: no rotation ahead of expiry",
 			startedAt.Format(time.StampMilli), first.ExpiresAt.Format(time.StampMilli))
 	}
