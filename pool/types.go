@@ -162,6 +162,12 @@ type PendingTake interface {
 	// Record writes it, with every other take pending; once written, a
 	// Record does nothing.
 	Record(ctx context.Context) error
+	// RecordSoon has it written without waiting: by the next change of the
+	// store, or within a few milliseconds by one of its own (one write for
+	// every take of a burst), or at the store's Close. For a claim whose
+	// answer went out while others come (a burst, claims back to back):
+	// the gate holds the claim meanwhile, as it does until Record.
+	RecordSoon()
 	// Cancel withdraws it, the gate having refused the claim: nothing of it
 	// is written from now on, and its entry is as the store last read it.
 	// recorded says a transaction of this process wrote it meanwhile.

@@ -111,6 +111,10 @@ type Store struct {
 	// Takes served from memory whose record is not written yet (quick.go);
 	// owned by the holder of sem.
 	pending []*quickTake
+	// A change to write the takes recorded soon is due (recordSoon).
+	rmu         sync.Mutex
+	recordTimer *time.Timer // guarded by rmu
+	closing     atomic.Bool
 
 	// Changes queued for the next group commit (see commit).
 	qmu     sync.Mutex
@@ -166,9 +170,14 @@ func (s *Store) Path() string { return s.path }
 // Close releases the store, after the running transaction and compaction.
 // Leases taken from it are released separately.
 func (s *Store) Close() error {
-	if s.closed.Swap(true) {
+	if s.closing.Swap(true) {
 		return nil
 	}
+	// Takes recorded soon are written now, not after their delay: once
+	// closed, no change is.
+	s.stopRecordSoon()
+	s.writeWon()
+	s.closed.Store(true)
 	s.sem <- struct{}{} // a running transaction may start a compaction or a flush: let it
 	t := s.flushTimer
 	<-s.sem

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync/atomic"
+	"time"
 	"unicode/utf8"
 
 	"github.com/sandboxpool/sandboxpool/pool"
@@ -71,6 +72,66 @@ func (q *quickTake) Record(ctx context.Context) error {
 		err = errors.New("filestore: the take was not recorded") // never: every batch writes what is pending
 	}
 	return err
+}
+
+// RecordSoon implements pool.PendingTake: the next batch of any change of
+// this Store writes it, and one starts within recordDelay if none does.
+func (q *quickTake) RecordSoon() {
+	if q.done.Load() {
+		return
+	}
+	q.won.Store(true)
+	q.s.recordSoon()
+}
+
+// recordDelay: takes recorded soon wait this long for a change of their
+// own, so that a burst's records are one append (or come with the
+// backfill's first put after the burst). Meanwhile only this process sees
+// them claimed; the claim table holds them for everyone.
+var recordDelay = 5 * time.Millisecond
+
+// recordSoon starts a change within recordDelay that writes the takes
+// pending, unless one is due already. Close writes what is left.
+func (s *Store) recordSoon() {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.recordTimer != nil || s.closing.Load() {
+		return
+	}
+	s.bg.Add(1)
+	s.recordTimer = time.AfterFunc(recordDelay, func() {
+		defer s.bg.Done()
+		s.rmu.Lock()
+		s.recordTimer = nil
+		s.rmu.Unlock()
+		s.writeWon()
+	})
+}
+
+// stopRecordSoon stops the change recordSoon set up, if it has not
+// started: Close writes the takes itself.
+func (s *Store) stopRecordSoon() {
+	s.rmu.Lock()
+	t := s.recordTimer
+	s.recordTimer = nil
+	s.rmu.Unlock()
+	if t != nil && t.Stop() {
+		s.bg.Done()
+	}
+}
+
+// writeWon writes the takes pending whose gate let them through, if a
+// change did not write them meanwhile.
+func (s *Store) writeWon() {
+	s.sem <- struct{}{}
+	due := slices.ContainsFunc(s.pending, func(q *quickTake) bool { return q.won.Load() && !q.done.Load() })
+	<-s.sem
+	if !due {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = s.commit(ctx, true, func(*state, *logWriter) {}) // a failure fails the next change too, which says so
 }
 
 // Cancel implements pool.PendingTake.

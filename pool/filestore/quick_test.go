@@ -8,7 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
 )
 
@@ -280,4 +282,53 @@ func TestTakeQuickRacesTakesFromTheFile(t *testing.T) {
 		}
 	}
 	t.Logf("%d claims won from memory, %d from the file", quickWins, len(winner)-quickWins)
+}
+
+// Takes recorded soon (a burst's) are written by the next change of the
+// Store, in its one append; with none, by a change of their own within
+// recordDelay; and at Close, whatever is left.
+func TestTakeQuickRecordSoon(t *testing.T) {
+	old := recordDelay
+	recordDelay = time.Hour
+	t.Cleanup(func() { recordDelay = old })
+	dir := t.TempDir()
+	s, other := open(t, dir), open(t, dir)
+	seed(t, s, pool.Stored{Entries: []pool.Entry{{Ref: ref("a", 100)}, {Ref: ref("b", 100)}, {Ref: ref("c", 100)}, {Ref: ref("d", 100)}}})
+	load(t, s)
+	_, pa := takeQuick(t, s, "me", 1)
+	_, pb := takeQuick(t, s, "me", 2)
+	appends := s.appends
+	pa.RecordSoon()
+	pb.RecordSoon()
+	if got := desc(load(t, other).Entries); got != "a b c d" || s.appends != appends {
+		t.Fatalf("before any change another Store reads %s (%d appends), want a b c d (none)", got, s.appends-appends)
+	}
+	if err := s.Put(context.Background(), ref("e", 100)); err != nil {
+		t.Fatal(err)
+	}
+	if got := desc(load(t, other).Entries); got != "a* b* c d e" || s.appends != appends+1 {
+		t.Fatalf("after a put another Store reads %s (%d appends), want a* b* c d e (1)", got, s.appends-appends)
+	}
+	recordTake(t, pa) // written already: nothing more
+	if s.appends != appends+1 {
+		t.Fatalf("Record after the write appended again")
+	}
+
+	_, pc := takeQuick(t, s, "me", 3)
+	pc.RecordSoon()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := desc(load(t, other).Entries); got != "a* b* c* d e" {
+		t.Fatalf("after Close another Store reads %s, want a* b* c* d e", got)
+	}
+
+	recordDelay = time.Millisecond
+	s2 := open(t, dir)
+	load(t, s2)
+	_, pd := takeQuick(t, s2, "me", 4)
+	pd.RecordSoon()
+	testkit.Eventually(t, 10*time.Second, "d recorded with no other change", func() bool {
+		return claimedBy(t, other, "d") == "me"
+	})
 }
