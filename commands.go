@@ -446,20 +446,28 @@ func claimCommand(o *options) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var view httpapi.ClaimView
-			if o.api != "" {
-				view, err = apiClient(o).Claim(cmd.Context(), !noCheck, timeout)
-			} else {
-				view, err = claimFromStore(cmd.Context(), o, cfg, !noCheck, timeout)
-			}
-			if err != nil {
+			answer := func(view httpapi.ClaimView) error {
+				out := cmd.OutOrStdout()
+				if asJSON {
+					err = writeJSON(out, view)
+				} else {
+					_, err = fmt.Fprintln(out, view.URL)
+				}
+				if f, ok := out.(*os.File); ok && err == nil {
+					// The answer is whole: a reader of the output (a
+					// pipe, a script) has it now, before any backfill.
+					err = f.Close()
+				}
 				return err
 			}
-			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), view)
+			if o.api != "" {
+				view, err := apiClient(o).Claim(cmd.Context(), !noCheck, timeout)
+				if err != nil {
+					return err
+				}
+				return answer(view)
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), view.URL)
-			return nil
+			return claimFromStore(cmd.Context(), o, cfg, !noCheck, timeout, answer)
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the claim as JSON")
@@ -469,36 +477,58 @@ func claimCommand(o *options) *cobra.Command {
 	return cmd
 }
 
-// claimFromStore claims straight from the store. When no controller holds
-// the pool, this process takes the lease for the moment and backfills
-// itself, waiting for its creations so that none is left half made.
-func claimFromStore(ctx context.Context, o *options, cfg pool.Config, check bool, timeout time.Duration) (httpapi.ClaimView, error) {
+// claimFromStore claims straight from the store and answers at once. When
+// no controller holds the pool, this process then takes the lease for the
+// moment and backfills itself, waiting for its creations so that none is
+// left half made; the answer never waits for that.
+func claimFromStore(ctx context.Context, o *options, cfg pool.Config, check bool, timeout time.Duration, answer func(httpapi.ClaimView) error) error {
 	p, err := openPool(ctx, o, cfg, slog.New(slog.DiscardHandler), false)
 	if err != nil {
-		return httpapi.ClaimView{}, err
+		return err
 	}
 	defer p.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	served := make(chan error, 1)
+	// Serving from the start: a claim on an empty pool that no controller
+	// maintains waits for this process's own creations.
 	go func() { served <- p.ctrl.Serve(sctx, true) }()
 	defer func() { cancel(); <-served }()
 	got, err := p.ctrl.Claim(ctx, pool.ClaimOptions{CheckHealth: check, Timeout: timeout, By: "cli"})
 	if err != nil {
-		return httpapi.ClaimView{}, err
+		return err
 	}
-	if p.ctrl.Snapshot().Role == "controller" {
-		wctx, wcancel := context.WithTimeout(ctx, time.Duration(pool.DefaultConfig().CreateTries)*cfg.HealthTimeout+30*time.Second)
-		_ = p.ctrl.WaitAtTarget(wctx, func(s pool.Snapshot) {
-			// A controller that came meanwhile has the pool now (the
-			// backfill handed it over): only this process's creations are
-			// left to finish.
-			if s.Role != pool.RoleController && s.Counts[pool.StateCreating]+s.Counts[pool.StateWarming] == 0 {
-				wcancel()
-			}
-		})
-		wcancel()
+	if err := answer(httpapi.NewClaimView(got, time.Now())); err != nil {
+		return err
 	}
-	return httpapi.NewClaimView(got, time.Now()), nil
+	wctx, wcancel := context.WithTimeout(ctx, time.Duration(pool.DefaultConfig().CreateTries)*cfg.HealthTimeout+30*time.Second)
+	defer wcancel()
+	go func() { // Serve ended (the store failed it): nothing left to wait for
+		select {
+		case err := <-served:
+			served <- err // for the deferred receive
+			wcancel()
+		case <-wctx.Done():
+		}
+	}()
+	_ = p.ctrl.WaitAtTarget(wctx, func(s pool.Snapshot) {
+		if backfillDone(s) {
+			wcancel()
+		}
+	})
+	return nil
+}
+
+// backfillDone says whether a claim's process has no backfill left to do:
+// a controller maintains the pool and this process's creations are over.
+// Until Serve knows whether it holds the lease (no role yet, the lease
+// free, or held by another claim's backfill, which this one takes over
+// when it frees up) the backfill is this process's: the claim may have
+// answered before the lease was asked for (a Modal lease is round trips).
+func backfillDone(s pool.Snapshot) bool {
+	if s.Role != pool.RoleViewer || s.Lease.IsZero() || s.Lease.Role == pool.RoleBackfill {
+		return false
+	}
+	return s.Counts[pool.StateCreating]+s.Counts[pool.StateWarming] == 0
 }
 
 func terminateCommand(o *options) *cobra.Command {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool"
+	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 )
 
 // TestSecondDashboardIsAViewer: a dashboard on a pool whose controller runs
@@ -130,7 +131,7 @@ func TestViewerSeesThePoolsEvents(t *testing.T) {
 		t.Fatalf("the viewer counts %+v, want the controller's claim", s)
 	}
 
-	if _, err := claimFromStore(wctx, opts(), cfg, false, 30*time.Second); err != nil {
+	if err := claimFromStore(wctx, opts(), cfg, false, 30*time.Second, func(httpapi.ClaimView) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
 	waitEvent(t, mine, func(e pool.Event) bool { return e.Kind == pool.EventClaimed && e.By == "cli" })

@@ -80,6 +80,7 @@ type Server struct {
 	imageFail   string
 	rejectAuth  bool
 	warmup      time.Duration
+	held        chan struct{} // non-nil: creations wait until it is closed (HoldCreates)
 	seq         int
 	apps        map[string]string // name -> id
 	images      map[string]*image // id -> image
@@ -254,6 +255,26 @@ func (s *Server) SetCreateDelay(d time.Duration) { s.mu.Lock(); s.createDelay = 
 // SetWarmup makes new sandboxes answer 503 for d after creation (like a
 // container still starting).
 func (s *Server) SetWarmup(d time.Duration) { s.mu.Lock(); s.warmup = d; s.mu.Unlock() }
+
+// HoldCreates makes every sandbox creation wait, from now until release
+// is called, as a control plane that has not got round to it yet.
+func (s *Server) HoldCreates() (release func()) {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	s.held = ch
+	s.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			s.mu.Lock()
+			if s.held == ch {
+				s.held = nil
+			}
+			s.mu.Unlock()
+			close(ch)
+		})
+	}
+}
 
 // KillServer stops a sandbox's HTTPS server while Modal still lists it as running.
 func (s *Server) KillServer(id string) bool {

@@ -161,8 +161,15 @@ func (v *service) SandboxCreate(ctx context.Context, r *pb.SandboxCreateRequest)
 	s := v.s
 	def := r.GetDefinition()
 	s.mu.Lock()
-	delay := s.createDelay
+	delay, held := s.createDelay, s.held
 	s.mu.Unlock()
+	if held != nil {
+		select {
+		case <-held:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
 	if delay > 0 {
 		t := time.NewTimer(delay)
 		select {
