@@ -58,10 +58,10 @@ func TestRunLogSaysWhatHappenedToThePool(t *testing.T) {
 	if err := syscall.Kill(agents[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	logged("the agent's death", `the local agent of pool \"`+name+`\" died (killed or crashed) and a new one runs: every sandbox the old one ran ended with it`)
+	logged("the agent's death", `the local agent of pool \"`+name+`\" died (killed or crashed): every sandbox it ran ended with it`)
 	testkit.Eventually(t, 30*time.Second, "2 ready again", func() bool { return len(readyIDs(check(t, env))) == 2 })
 	logs := ctl.logs.String()
-	for _, line := range []string{"was moved away or deleted", "set by another process", "went back in time", "died (killed or crashed)"} {
+	for _, line := range []string{"was moved away or deleted", "set by another process", "went back in time", "every sandbox it ran ended with it"} {
 		if n := strings.Count(logs, line); n != 1 {
 			t.Errorf("%q logged %d times, want once:\n%s", line, n, logs)
 		}

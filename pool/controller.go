@@ -67,6 +67,7 @@ type Controller struct {
 	lastAhead atomic.Int64  // when the last claim asked for probes ahead (Unix ns)
 	waitq     waitQueue     // waiting claims in arrival order (its own mutex)
 	kickCh    chan struct{} // asks the maintenance loop for a pass; kicks coalesce
+	fullNext  atomic.Bool   // the next pass lists the backend in full (a loss of the backend)
 	looping   atomic.Bool   // a maintenance loop runs in this process
 	creating  atomic.Int64  // creations in flight, read without mu
 	rounds    atomic.Int64  // passes and viewer watch rounds finished (Rounds)
@@ -149,6 +150,10 @@ type Controller struct {
 	terminations map[string]int64
 	healthCounts map[bool]int64
 	creates      map[bool]int64
+
+	// The backend's last loss (guarded by mu): how its sandboxes created
+	// before it ended.
+	lost BackendLoss
 
 	// Lease and loop (guarded by mu).
 	lease    Lease

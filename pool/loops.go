@@ -237,6 +237,10 @@ func (c *Controller) watch(ctx context.Context, untilLeaseFree bool) error {
 
 func (c *Controller) runLoops(ctx context.Context) {
 	var wg sync.WaitGroup
+	if w, ok := c.be.(LossWatcher); ok {
+		wg.Add(1)
+		go func() { defer wg.Done(); w.WatchLoss(ctx, c.backendLost) }()
+	}
 	wg.Add(3)
 	go func() { defer wg.Done(); c.maintainLoop(ctx) }()
 	go func() { defer wg.Done(); c.healthLoop(ctx) }()
@@ -255,12 +259,41 @@ func (c *Controller) Kick() {
 	}
 }
 
+// backendLost takes in that every sandbox of the backend created before
+// l.Before ended (its local agent died): it is said at once, with how many
+// of the pool's went, and the next pass, now, lists the backend in full and
+// drops them all, claimed ones included (howEnded says l.Why), rather than
+// finding pooled ones by their probes and claimed ones at a sweep.
+func (c *Controller) backendLost(l BackendLoss) {
+	var pooled, claimed int
+	c.mu.Lock()
+	c.lost = l
+	c.listCursor = ListCursor{} // a full list: claimed entries are judged by it
+	for _, e := range c.stored.Entries {
+		if e.CreatedAt.Before(l.Before) {
+			pooled++
+		}
+	}
+	c.claimedView.each(func(ce claimedEntry) {
+		if ce.CreatedAt.Before(l.Before) {
+			claimed++
+		}
+	})
+	c.mu.Unlock()
+	c.emit(Event{Kind: EventBackend, Message: fmt.Sprintf("%s: every sandbox it ran ended with it (of this pool's, %d pooled and %d claimed)", l.Why, pooled, claimed)})
+	c.fullNext.Store(true)
+	c.Kick()
+}
+
 // maintainLoop runs a full pass at start, at each interval and at rotation
 // points, and a quick one (no backend list) on each kick.
 func (c *Controller) maintainLoop(ctx context.Context) {
 	var nextFull time.Time // kicks must not keep postponing the regular pass
 	for {
 		full := !c.clk.Now().Before(nextFull)
+		if c.fullNext.Swap(false) {
+			full = true
+		}
 		_ = c.pass(ctx, full)
 		if full {
 			nextFull = c.clk.Now().Add(c.cfg.MaintainEvery)

@@ -309,6 +309,12 @@ func (c *Controller) howEnded(ctx context.Context, e Entry, listedAt time.Time) 
 	if !e.ExpiresAt.After(listedAt) {
 		return "expired"
 	}
+	c.mu.Lock()
+	lost := c.lost
+	c.mu.Unlock()
+	if e.CreatedAt.Before(lost.Before) {
+		return lost.Why
+	}
 	const unknown = "how is unknown"
 	w, ok := c.be.(ExitWatcher)
 	if !ok {

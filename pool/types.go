@@ -544,6 +544,23 @@ type BackendNotifier interface {
 	NotifyTo(fn func(message string))
 }
 
+// LossWatcher is a backend that learns at once when every sandbox it ran
+// ended together (the local agent died: its sandboxes died with it), which
+// the pool would otherwise learn from probes and, for claimed ones, from a
+// sweep minutes later.
+type LossWatcher interface {
+	// WatchLoss calls lost with each such loss until ctx ends.
+	WatchLoss(ctx context.Context, lost func(BackendLoss))
+}
+
+// BackendLoss is every sandbox of the backend created before Before ended,
+// for the reason Why ("the local agent of pool "x" died (killed or
+// crashed)").
+type BackendLoss struct {
+	Why    string
+	Before time.Time
+}
+
 // PooledTerminator is a backend that can terminate a sandbox only if no
 // claim holds it (by its own record of claims): what the pool terminates
 // for its own reasons (surplus, expiring, unhealthy) a stale store may have

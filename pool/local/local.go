@@ -110,6 +110,7 @@ type Backend struct {
 	// told when a new one replaced a dead one (NotifyTo).
 	agentSeen atomic.Int64
 	notify    atomic.Pointer[func(string)]
+	agentNews chan struct{} // a new agent answered (WatchLoss waits for one)
 
 	// The agent's claim table, mapped by a list (off the claim path): a
 	// claim is then a CAS in shared memory (TryClaimOnce).
@@ -183,7 +184,7 @@ func New(opts Options) (*Backend, error) {
 	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("local backend: %w", err)
 	}
-	b := &Backend{opts: opts, paths: p, keepIdle: min(time.Second, opts.IdleExit/4)}
+	b := &Backend{opts: opts, paths: p, keepIdle: min(time.Second, opts.IdleExit/4), agentNews: make(chan struct{}, 1)}
 	b.setWorkload(newWorkload(opts.Cmd, opts.Warmup))
 	if opts.Prestart {
 		go func() {
@@ -527,6 +528,12 @@ func (b *Backend) noteAgent(r response) {
 		return // an agent of an earlier build
 	}
 	prev := b.agentSeen.Swap(r.Agent)
+	if prev != r.Agent {
+		select {
+		case b.agentNews <- struct{}{}:
+		default:
+		}
+	}
 	if prev == 0 || prev == r.Agent || !r.AfterCrash {
 		return
 	}
