@@ -21,16 +21,15 @@ func TestWorkloadThatExitsIsReportedAtOnce(t *testing.T) {
 	env := cliEnv(state)
 	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
 	addr := testkit.FreeAddr(t)
-	start := time.Now()
-	c := startRun(t, env, "--size", "2", "--health-timeout", "10s", "--listen", addr,
+	// A health timeout far longer than the test's wait: a failure seen at
+	// all was seen at the exit, not after the timeout, however slow the
+	// machine (with 10s against a wait of 8s, a loaded one could not tell).
+	c := startRun(t, env, "--size", "2", "--health-timeout", "10m", "--listen", addr,
 		"--cmd", "echo FATAL config missing >&2; exit 3")
 	a := api{t: t, base: "http://" + addr}
-	testkit.Eventually(t, 8*time.Second, "a failed creation in the log", func() bool {
+	testkit.Eventually(t, time.Minute, "a failed creation in the log, long before the health timeout", func() bool {
 		return strings.Contains(c.logs.String(), "event=create_failed")
 	})
-	if took := time.Since(start); took > 8*time.Second {
-		t.Fatalf("first failure after %s: it waited out the health timeout", took)
-	}
 	testkit.Eventually(t, 10*time.Second, "/healthz 503 saying the workload exited", func() bool {
 		code, body := a.do("GET", "/healthz", "")
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "exited with code 3")
