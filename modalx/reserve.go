@@ -56,6 +56,7 @@ type holding struct {
 	inheritAt time.Time             // reservations of a previous holder are usable from then
 	reserved  []pool.Entry          // won and recorded (or being recorded), oldest first
 	pending   map[string]pool.Entry // popped and being bid for: shown as pooled meanwhile
+	settled   chan struct{}         // closed when pending empties (nil while it is empty)
 	claiming  map[string]pool.Entry // claim records in flight: shown as claimed
 	decided   map[string]time.Time  // claimed or removed here (value: expiry): never inherit again
 	doubt     map[string]pool.Entry // claim put failed: decided by the next Load
@@ -176,6 +177,9 @@ func (s *Store) reserveOne(ctx context.Context, h *holding) bool {
 		return false
 	}
 	h.pending[e.ID] = e
+	if h.settled == nil {
+		h.settled = make(chan struct{})
+	}
 	s.rmu.Unlock()
 	won, _, err := s.bid(ctx, e.ID, "reserve", "")
 	if err != nil {
@@ -195,8 +199,28 @@ func (s *Store) reserveOne(ctx context.Context, h *holding) bool {
 	if err == nil && won && s.hold == h && h.decided[e.ID].IsZero() {
 		h.reserved = insertByExpiry(h.reserved, e)
 	}
+	if len(h.pending) == 0 && h.settled != nil {
+		close(h.settled)
+		h.settled = nil
+	}
 	s.rmu.Unlock()
 	return err == nil
+}
+
+// reserving returns a channel closed once the holder's reservations in
+// the making are made (or not), and nil when none is: the pool's head is
+// one of them, out of the queue and not yet in memory, and a claim that
+// popped the queue meanwhile would pass over the oldest sandbox. It waits
+// no longer than the lease lets this holder serve claims.
+func (s *Store) reserving() (<-chan struct{}, time.Time) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	h := s.hold
+	until, ok := h.validUntil()
+	if !ok || h.settled == nil {
+		return nil, time.Time{}
+	}
+	return h.settled, until
 }
 
 func insertByExpiry(es []pool.Entry, e pool.Entry) []pool.Entry {
@@ -408,7 +432,14 @@ func (s *Store) overlay(v *view) {
 			return
 		}
 		v.reserved[e.ID] = true
-		v.Entries = append([]pool.Entry{e}, v.Entries...)
+		// Among the reserved ones, which lead the view, by expiry as the
+		// load put them: prepended, one being reserved while an older one
+		// was already showed ahead of it (pool order [2 1 3]).
+		i := 0
+		for i < len(v.Entries) && v.reserved[v.Entries[i].ID] && !v.Entries[i].ExpiresAt.After(e.ExpiresAt) {
+			i++
+		}
+		v.Entries = slices.Insert(v.Entries, i, e)
 	}
 	for _, e := range h.reserved {
 		add(e, false)

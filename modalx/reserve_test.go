@@ -3,6 +3,7 @@ package modalx
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -226,5 +227,65 @@ func TestQueueClearedKeepsReservationsReserved(t *testing.T) {
 	}
 	if len(got) != 8-len(reserved) {
 		t.Errorf("the other process claimed %d from the rebuilt pool, want the %d not reserved", len(got), 8-len(reserved))
+	}
+}
+
+// pendingCount is how many the holder is reserving now (popped, bid under way).
+func pendingCount(s *Store) int {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	if s.hold == nil {
+		return 0
+	}
+	return len(s.hold.pending)
+}
+
+// TestClaimWhileTheHeadIsReserved: while the holder reserves the pool's
+// head (out of the queue, its bid under way: slow on a loaded machine or a
+// slow control plane), the holder's claim waits for that reservation and
+// takes the head, instead of popping the next one from the queue (the
+// conformance suite's "claim takes the oldest" failed so under load).
+func TestClaimWhileTheHeadIsReserved(t *testing.T) {
+	f := testkit.UseFakeModal(t, fakemodal.Options{})
+	b, s := open(t, Options{Pool: "head", LeaseHeartbeat: 5 * time.Second})
+	refs := fill(t, b, s, 2, 5*time.Minute) // oldest first; the holder reserves 1 of 2
+	load(t, s)                              // what the holder's reservations go by
+	f.SetLatency(300 * time.Millisecond)    // the reservation's bid: 2 round trips
+	defer f.SetLatency(0)
+	l, err := s.AcquireLease(ctxT(t), pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Release() })
+	if !testkit.Until(10*time.Second, func() bool { return pendingCount(s) > 0 }) {
+		t.Fatalf("no reservation under way (%d reserved)", reservedCount(s))
+	}
+	got, _, ok, err := s.Take(ctxT(t), pool.TakeRequest{MinExpiresAt: time.Now().Add(time.Minute), ClaimedBy: "api", Now: time.Now()})
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if got.ID != refs[0].ID {
+		t.Fatalf("the claim took %s, want the oldest %s (being reserved)", got.ID, refs[0].ID)
+	}
+}
+
+// TestOverlayKeepsReservedByAge: the holder's reservations in the making
+// join the reserved ones leading a view by expiry, not at its front (a view
+// [2 1 3] with 2 being reserved after 1).
+func TestOverlayKeepsReservedByAge(t *testing.T) {
+	at := time.Now().Add(time.Hour)
+	e := func(n int) pool.Entry {
+		return pool.Entry{Ref: pool.Ref{ID: fmt.Sprint("sb-", n), ExpiresAt: at.Add(time.Duration(n) * time.Second)}}
+	}
+	s := &Store{}
+	s.hold = &holding{lease: &Lease{}, pending: map[string]pool.Entry{"sb-2": e(2)}, claiming: map[string]pool.Entry{},
+		decided: map[string]time.Time{}, doubt: map[string]pool.Entry{}, inheritAt: at}
+	s.hold.lease.valid.Store(at.UnixNano())
+	v := view{Stored: pool.Stored{Entries: []pool.Entry{e(1), e(3), e(4)}},
+		pooled: map[string]bool{"sb-3": true, "sb-4": true}, reserved: map[string]bool{"sb-1": true},
+		claimed: map[string]bool{}, removed: map[string]bool{}}
+	s.overlay(&v)
+	if got, want := entryIDs(v.Entries), []string{"sb-1", "sb-2", "sb-3", "sb-4"}; !slices.Equal(got, want) {
+		t.Fatalf("view %v, want %v", got, want)
 	}
 }

@@ -611,6 +611,24 @@ func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (pool.Entry, []po
 	if handled && (err != nil || e.ID != "") {
 		return e, dropped, err == nil, err
 	}
+	if settled, until := s.reserving(); settled != nil {
+		// The head is being reserved: served from memory once it is.
+		t := time.NewTimer(time.Until(until))
+		select {
+		case <-settled:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if ctx.Err() == nil {
+			var more []pool.Entry
+			e, more, handled, err = s.takeReserved(ctx, minExpiresAt, claimedBy, now, keepShort)
+			dropped = append(dropped, more...)
+			if handled && (err != nil || e.ID != "") {
+				return e, dropped, err == nil, err
+			}
+		}
+	}
 	var short []any // popped, too short, to put back (keepShort)
 	defer func() {
 		if len(short) > 0 {
