@@ -157,7 +157,7 @@ func runCommand(o *options) *cobra.Command {
 		// Bursts of claims allocate a few MiB over a live heap of a few:
 		// GC cycles at least runGCFloor apart, not every ~4 MiB.
 		defer gcfloor.Start(runGCFloor)()
-		s, err := startControllerWith(cmd.Context(), o, cfg, logger, false, func(c *pool.Controller) { logEvents(c, logger) })
+		s, err := startControllerWith(cmd.Context(), o, cfg, logger, false, func(c *pool.Controller) { _ = logEvents(c, o, cmd.ErrOrStderr()) })
 		if err != nil {
 			return err
 		}

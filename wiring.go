@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -500,8 +501,15 @@ func runLogs(e pool.Event) bool {
 	return e.Kind == pool.EventCreating || !e.Routine()
 }
 
-// logEvents writes the controller's events to logger, as `run` shows them.
-func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
+// logEvents writes the controller's events to w at o's log level, as `run`
+// shows them: each batch of events (a burst's, gathered by the controller)
+// in one write, not a write each.
+func logEvents(ctrl *pool.Controller, o *options, w io.Writer) error {
+	lines := &batchWriter{w: w}
+	logger, err := newLogger(o, lines)
+	if err != nil {
+		return err
+	}
 	level := func(e pool.Event) slog.Level {
 		switch e.Kind {
 		case pool.EventError, pool.EventCreateFailed, pool.EventBackoff, pool.EventStoreLost, pool.EventBackend:
@@ -515,12 +523,40 @@ func logEvents(ctrl *pool.Controller, logger *slog.Logger) {
 	keep := func(e pool.Event) bool {
 		return runLogs(e) && logger.Enabled(context.Background(), level(e))
 	}
-	ctrl.ObserveAsyncIf(keep, func(e pool.Event) { // a slow log never slows a claim
+	ctrl.ObserveAsyncBatch(keep, func(e pool.Event) { // a slow log never slows a claim
 		// LogAttrs: the line Log's key-value pairs wrote, without boxing them.
 		if e.SandboxID == "" {
 			logger.LogAttrs(context.Background(), level(e), e.Message, slog.String("event", string(e.Kind)))
 			return
 		}
 		logger.LogAttrs(context.Background(), level(e), e.Message, slog.String("event", string(e.Kind)), slog.String("sandbox", e.SandboxID))
-	})
+	}, lines.flush)
+	return nil
+}
+
+// batchWriter holds what is written until flush, which writes it at once.
+type batchWriter struct {
+	w   io.Writer
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (b *batchWriter) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	b.buf = append(b.buf, p...)
+	b.mu.Unlock()
+	return len(p), nil
+}
+
+func (b *batchWriter) flush() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.buf) > 0 {
+		_, _ = b.w.Write(b.buf)
+		if cap(b.buf) > 64<<10 {
+			b.buf = nil // a rare flood does not keep its memory
+		} else {
+			b.buf = b.buf[:0]
+		}
+	}
 }

@@ -280,7 +280,7 @@ func (c *Controller) Observe(fn func(Event)) { c.events.observe(fn) }
 // ObserveAsync registers fn to be called for every event in order on a
 // goroutine of its own (log writers): a slow fn delays nothing else. Close
 // waits until fn has seen every event published before it.
-func (c *Controller) ObserveAsync(fn func(Event)) { c.events.observeAsync(nil, fn) }
+func (c *Controller) ObserveAsync(fn func(Event)) { c.events.observeAsync(nil, fn, nil) }
 
 // ObserveAsyncIf is ObserveAsync for the events keep wants. keep runs
 // synchronously, by the goroutine that caused the event, and must be quick:
@@ -288,7 +288,14 @@ func (c *Controller) ObserveAsync(fn func(Event)) { c.events.observeAsync(nil, f
 // drops debug events is not woken for each creation's start and each
 // pass's end).
 func (c *Controller) ObserveAsyncIf(keep func(Event) bool, fn func(Event)) {
-	c.events.observeAsync(keep, fn)
+	c.events.observeAsync(keep, fn, nil)
+}
+
+// ObserveAsyncBatch is ObserveAsyncIf with flush called after each batch of
+// events fn saw: events that come within a few milliseconds of each other
+// (a burst of claims) are one batch, so a log can write them in one write.
+func (c *Controller) ObserveAsyncBatch(keep func(Event) bool, fn func(Event), flush func()) {
+	c.events.observeAsync(keep, fn, flush)
 }
 
 func (c *Controller) emit(e Event) {

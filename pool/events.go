@@ -29,7 +29,7 @@ func (h *eventHub) observe(fn func(Event)) {
 // for slow observers such as log writers. keep, when set, runs on the
 // publisher's goroutine and says which events fn wants: an event no async
 // observer wants never wakes that goroutine.
-func (h *eventHub) observeAsync(keep func(Event) bool, fn func(Event)) {
+func (h *eventHub) observeAsync(keep func(Event) bool, fn func(Event), flush func()) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -38,7 +38,7 @@ func (h *eventHub) observeAsync(keep func(Event) bool, fn func(Event)) {
 	if h.async == nil {
 		h.async = newAsyncObservers()
 	}
-	h.async.add(keep, fn)
+	h.async.add(keep, fn, flush)
 }
 
 func (h *eventHub) subscribe(buffer int) (<-chan Event, func()) {
@@ -112,6 +112,12 @@ const asyncMax = 1 << 14
 // does not keep its memory.
 const asyncKeep = 256
 
+// asyncGather: events that come within this long of the last batch the
+// async observers ran wait for the rest of it, and are run as one batch
+// (a burst's log lines in one write, not a write and a wake-up each).
+// An event after a quiet spell runs at once.
+const asyncGather = 10 * time.Millisecond
+
 // asyncObservers runs slow observers on one goroutine, in publish order.
 type asyncObservers struct {
 	mu      sync.Mutex // guards the fields below; never held while fns run
@@ -121,25 +127,27 @@ type asyncObservers struct {
 	dropped int
 	closed  bool
 	wake    chan struct{} // 1-buffered
+	stop    chan struct{} // closed by close: a gathering wait ends
 	done    chan struct{} // closed when the goroutine ended
 }
 
 func newAsyncObservers() *asyncObservers {
-	a := &asyncObservers{wake: make(chan struct{}, 1), done: make(chan struct{})}
+	a := &asyncObservers{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go a.run()
 	return a
 }
 
 type asyncObserver struct {
-	keep func(Event) bool // nil: every event
-	fn   func(Event)
+	keep  func(Event) bool // nil: every event
+	fn    func(Event)
+	flush func() // nil: none; after each batch fn saw events of
 }
 
 func (o asyncObserver) wants(e Event) bool { return o.keep == nil || o.keep(e) }
 
-func (a *asyncObservers) add(keep func(Event) bool, fn func(Event)) {
+func (a *asyncObservers) add(keep func(Event) bool, fn func(Event), flush func()) {
 	a.mu.Lock()
-	a.fns = append(a.fns, asyncObserver{keep, fn})
+	a.fns = append(a.fns, asyncObserver{keep, fn, flush})
 	a.mu.Unlock()
 }
 
@@ -169,8 +177,12 @@ func (a *asyncObservers) push(e Event) {
 
 func (a *asyncObservers) close() {
 	a.mu.Lock()
+	was := a.closed
 	a.closed = true
 	a.mu.Unlock()
+	if !was {
+		close(a.stop)
+	}
 	select {
 	case a.wake <- struct{}{}:
 	default:
@@ -180,35 +192,59 @@ func (a *asyncObservers) close() {
 
 func (a *asyncObservers) run() {
 	defer close(a.done)
+	var last time.Time // when the last batch ran
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
 	for {
 		a.mu.Lock()
-		batch, fns, closed, dropped := a.queue, a.fns, a.closed, a.dropped
+		queued, closed := len(a.queue) > 0 || a.dropped > 0, a.closed
+		a.mu.Unlock()
+		if !queued {
+			if closed {
+				return
+			}
+			<-a.wake
+			continue
+		}
+		if d := asyncGather - time.Since(last); d > 0 && !closed {
+			// Events keep coming (a burst of claims, a fill): gather them.
+			gather.Reset(d)
+			select {
+			case <-gather.C:
+			case <-a.stop:
+				gather.Stop()
+			}
+		}
+		a.mu.Lock()
+		batch, fns, dropped := a.queue, a.fns, a.dropped
 		// The last batch's array takes the next events: a burst's events
 		// do not grow a new queue each round.
 		a.queue, a.spare, a.dropped = a.spare[:0], nil, 0
 		a.mu.Unlock()
+		last = time.Now()
 		if dropped > 0 {
 			batch = append([]Event{{Kind: EventError, Time: batch[0].Time,
 				Message: fmt.Sprintf("%d events dropped: observers too slow", dropped)}}, batch...)
 		}
+		var ran uint64 // which observers saw an event (the first 64; others are flushed always)
 		for _, e := range batch {
-			for _, o := range fns {
+			for i, o := range fns {
 				if o.wants(e) {
 					o.fn(e)
+					ran |= 1 << min(i, 63)
 				}
 			}
 		}
-		if closed && len(batch) == 0 {
-			return
+		for i, o := range fns {
+			if o.flush != nil && ran&(1<<min(i, 63)) != 0 {
+				o.flush()
+			}
 		}
 		if cap(batch) <= asyncKeep {
 			clear(batch) // its events' strings are not kept alive
 			a.mu.Lock()
 			a.spare = batch[:0]
 			a.mu.Unlock()
-		}
-		if len(batch) == 0 {
-			<-a.wake
 		}
 	}
 }
