@@ -18,7 +18,7 @@ import (
 // followed by a log: one JSON record per line, appended by each change. The
 // snapshot's seq counts the records of the file's history it folds in.
 //
-//	{"version":2,"target":3,"ttl":"2m0s","use_duration":"30s","workload":"{\"cmd\":\"...\"}","seq":42,"entries":[
+//	{"version":3,"target":3,"ttl":"2m0s","use_duration":"30s","workload":"{\"cmd\":\"...\"}","seq":42,"entries":[
 //	{"id":"a",...,"claimed_by":"cli","claimed_at":"..."},
 //	{"id":"b",...}
 //	]}
@@ -29,10 +29,30 @@ import (
 // mid-append: it was never acknowledged, so it is ignored (and cut away by
 // the next writer). Anything else that does not decode is corruption.
 
-// fileVersion is the layout this build writes. Version 1 (the snapshot
-// alone, as earlier builds wrote it) is read too, and rewritten as 2 by the
-// first change, so an earlier build refuses the file instead of misreading it.
-const fileVersion = 2
+// fileVersion is the layout this build writes. Earlier ones are read too,
+// and rewritten whole as this one by the first change. A later one is
+// refused for its version, whatever fields it has (newerError). Builds
+// before version 3 decode strictly before they look at the version: they
+// refuse a version 3 file as corrupt for its first field they do not know
+// ("unknown field "seq""), or for its version, and leave it untouched:
+//   - 1: the snapshot alone;
+//   - 2: the snapshot and its log;
+//   - 3: the pool's workload (a snapshot field and a log record) and the
+//     snapshot's seq, which version 2 files of some builds hold too.
+const fileVersion = 3
+
+// newerError is a store file of a later version than this build reads:
+// left untouched like a corrupt one, and said for what it is.
+type newerError struct {
+	path    string
+	version int
+}
+
+func (e newerError) Error() string {
+	return fmt.Sprintf("%s: store version %d, written by a newer sandboxpool: this build reads versions 1 to %d (left untouched: use the newer build)", e.path, e.version, fileVersion)
+}
+
+func (e newerError) Unwrap() error { return ErrCorrupt }
 
 // ErrCorrupt is wrapped by every error about a store file whose content
 // cannot be trusted. Such a file is never overwritten.
@@ -99,6 +119,10 @@ func decodeSnapshot(data []byte) (*state, layout, error) {
 	// Unknown fields would be silently lost on the next rewrite: refuse them.
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&fd); err != nil {
+		if v := peekVersion(data); v > fileVersion {
+			// Its new fields are why: the version says so better.
+			return nil, layout{}, newerError{version: v}
+		}
 		return nil, layout{}, jsonProblem(err, dec)
 	}
 	lay := layout{snapEnd: dec.InputOffset(), appendable: true}
@@ -114,10 +138,12 @@ func decodeSnapshot(data []byte) (*state, layout, error) {
 	switch {
 	case fd.Version == nil:
 		return nil, layout{}, errors.New(`no "version" field (not a sandboxpool store file?)`)
-	case *fd.Version == 1:
-		lay.appendable = false
-	case *fd.Version != fileVersion:
-		return nil, layout{}, fmt.Errorf("unknown version %d (this build reads versions 1 and %d)", *fd.Version, fileVersion)
+	case *fd.Version > fileVersion:
+		return nil, layout{}, newerError{version: *fd.Version}
+	case *fd.Version < 1:
+		return nil, layout{}, fmt.Errorf("unknown version %d (this build reads versions 1 to %d)", *fd.Version, fileVersion)
+	case *fd.Version < fileVersion:
+		lay.appendable = false // rewritten as this version by the first change
 	}
 	lay.version = *fd.Version
 	st := newState(settings{})
@@ -146,6 +172,18 @@ func decodeSnapshot(data []byte) (*state, layout, error) {
 		st.push(e)
 	}
 	return st, lay, nil
+}
+
+// peekVersion is the version of a snapshot that does not decode strictly,
+// read leniently (0 when even that fails).
+func peekVersion(data []byte) int {
+	var v struct {
+		Version int `json:"version"`
+	}
+	if json.NewDecoder(bytes.NewReader(data)).Decode(&v) != nil {
+		return 0
+	}
+	return v.Version
 }
 
 func parseTiming(ttlS, useS string) (ttl, use time.Duration, err error) {

@@ -383,6 +383,10 @@ func (s *Store) readAll() error {
 	st, lay, err := decode(data)
 	if err != nil {
 		f.Close()
+		if newer, ok := err.(newerError); ok {
+			newer.path = s.path
+			return newer
+		}
 		what := strings.ReplaceAll(err.Error(), "\n", " ")
 		return fmt.Errorf("%s: %w: %s (left untouched: fix or move it away)", s.path, ErrCorrupt, what)
 	}

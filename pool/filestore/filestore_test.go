@@ -325,7 +325,7 @@ func TestFileFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(s.Path())
-	if !bytes.HasPrefix(b, []byte(`{"version":2,"seq":1,"entries":[`)) || bytes.Contains(b, []byte("target")) {
+	if !bytes.HasPrefix(b, []byte(`{"version":3,"seq":1,"entries":[`)) || bytes.Contains(b, []byte("target")) {
 		t.Fatalf("never-sized pool: %s", b)
 	}
 	if err := s.SetTarget(ctx, 2); err != nil {
@@ -335,7 +335,7 @@ func TestFileFormat(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ = os.ReadFile(s.Path())
-	want := `{"version":2,"seq":1,"entries":[
+	want := `{"version":3,"seq":1,"entries":[
 {"id":"a","url":"http://127.0.0.1:1/a","created_at":"2030-01-02T03:04:05.0000006Z","expires_at":"2030-01-02T03:04:06.0000006Z"}
 ]}
 {"op":"target","n":2}
@@ -415,7 +415,8 @@ func TestCorrupt(t *testing.T) {
 		{"truncated", `{"version":1,"entries":[` + good, "truncated"},
 		{"trailing garbage", `{"version":1,"entries":[]} x`, "trailing data"},
 		{"second object", `{"version":1,"entries":[]}{"version":1}`, "trailing data"},
-		{"unknown version", `{"version":3,"entries":[]}`, "unknown version 3"},
+		{"newer version", `{"version":4,"entries":[]}`, "store version 4, written by a newer sandboxpool: this build reads versions 1 to 3"},
+		{"version 0", `{"version":0,"entries":[]}`, "unknown version 0"},
 		{"no version", `{"entries":[]}`, `no "version"`},
 		{"array", `[]`, "JSON array, not an object"},
 		{"target string", `{"version":1,"target":"3","entries":[]}`, "target"},

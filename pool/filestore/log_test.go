@@ -479,8 +479,8 @@ func TestGeneration(t *testing.T) {
 }
 
 // A version 1 file (an earlier build's) is read as it is and rewritten as
-// version 2 by the first change, so that an earlier build refuses the new
-// layout instead of misreading it.
+// this build's version by the first change, so that an earlier build
+// refuses the new layout instead of misreading it.
 func TestVersion1Upgraded(t *testing.T) {
 	s := open(t, t.TempDir())
 	v1 := `{"version":1,"target":2,"ttl":"2m0s","use_duration":"30s","entries":[
@@ -501,7 +501,7 @@ func TestVersion1Upgraded(t *testing.T) {
 		t.Fatalf("took %q %v", e.ID, ok)
 	}
 	got := readFile(t, s.Path())
-	if !bytes.HasPrefix(got, []byte(`{"version":2,"target":2,"ttl":"2m0s","use_duration":"30s","seq":1,"entries":[`)) {
+	if !bytes.HasPrefix(got, []byte(`{"version":3,"target":2,"ttl":"2m0s","use_duration":"30s","seq":1,"entries":[`)) {
 		t.Fatalf("not upgraded:\n%s", got)
 	}
 	if st := load(t, open(t, filepath.Dir(s.Path()))); desc(st.Entries) != "a* b*" || st.UseDuration != 30*time.Second {
