@@ -24,8 +24,7 @@ import (
 	"github.com/sandboxpool/sandboxpool/pool/metrics"
 )
 
-// MaxClaimTimeout caps the timeout a client may ask a claim to wait; the
-// server's WriteTimeout is longer than it (see NewServer).
+// MaxClaimTimeout caps the timeout a client may ask a claim to wait.
 const MaxClaimTimeout = 5 * time.Minute
 
 // MaxBodyBytes caps every request body.
@@ -134,19 +133,12 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) serve(w http.ResponseWriter, r *http.Request) {
-	if p, ok := peerFrom(r.Context()); ok && p.OwnerOnly && p.UID != p.OwnerUID {
-		a.stats.reject(RejectForbidden)
-		who := "another user"
-		if p.UID < 0 {
-			who = "a user this server could not identify"
+	p, hasPeer := peerFrom(r.Context())
+	if status, msg := a.gate(p, hasPeer, r.URL.Path, r.Header.Get("Authorization")); status != 0 {
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", wwwAuthenticate)
 		}
-		writeError(w, http.StatusForbidden, fmt.Sprintf("this API answers only uid %d, the user running the controller; you are %s (start it with --token-file to share it)", p.OwnerUID, who))
-		return
-	}
-	if a.opts.Token != "" && r.URL.Path != "/healthz" && !a.authorized(r) {
-		a.stats.reject(RejectUnauthorized)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="sandboxpool"`)
-		writeError(w, http.StatusUnauthorized, "missing or wrong bearer token: send Authorization: Bearer <token>")
+		writeError(w, status, msg)
 		return
 	}
 	if _, pattern := a.mux.Handler(r); pattern == "" {
@@ -191,10 +183,32 @@ func takesBody(r *http.Request) bool {
 		(r.Method == http.MethodPut && r.URL.Path == "/v1/pool/size")
 }
 
+// wwwAuthenticate is the challenge of a 401.
+const wwwAuthenticate = `Bearer realm="sandboxpool"`
+
+// gate refuses a request of a peer of another uid on an owner-only API
+// (403) or without the token (401, on every path but /healthz): the status
+// and message of the refusal, 0 to serve it.
+func (a *API) gate(p Peer, hasPeer bool, path, authorization string) (int, string) {
+	if hasPeer && p.OwnerOnly && p.UID != p.OwnerUID {
+		a.stats.reject(RejectForbidden)
+		who := "another user"
+		if p.UID < 0 {
+			who = "a user this server could not identify"
+		}
+		return http.StatusForbidden, fmt.Sprintf("this API answers only uid %d, the user running the controller; you are %s (start it with --token-file to share it)", p.OwnerUID, who)
+	}
+	if a.opts.Token != "" && path != "/healthz" && !a.authorized(authorization) {
+		a.stats.reject(RejectUnauthorized)
+		return http.StatusUnauthorized, "missing or wrong bearer token: send Authorization: Bearer <token>"
+	}
+	return 0, ""
+}
+
 // authorized compares the bearer token in constant time (over hashes, so
 // that not even the length leaks).
-func (a *API) authorized(r *http.Request) bool {
-	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+func (a *API) authorized(authorization string) bool {
+	scheme, tok, ok := strings.Cut(authorization, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return false
 	}
@@ -267,39 +281,64 @@ func (a *API) doClaim(w http.ResponseWriter, r *http.Request) (pool.Claimed, boo
 		writeError(w, http.StatusMethodNotAllowed, "method HEAD not allowed on "+r.URL.Path+" (allowed: GET): it would claim a sandbox")
 		return pool.Claimed{}, false
 	}
-	opts, err := a.claimOptions(r)
+	var body []byte
+	if r.Method == http.MethodPost {
+		var err error
+		if body, err = readBody(r.Body); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%v (want nothing, or {\"check_health\":bool,\"timeout\":\"30s\"})", err))
+			return pool.Claimed{}, false
+		}
+	}
+	opts, err := a.claimOptions(r.Method == http.MethodPost, r.URL.RawQuery, body, r.RemoteAddr)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return pool.Claimed{}, false
 	}
-	// The request's context: a client that goes away stops waiting. The
-	// claim's event and backfill come after its answer (the handlers call
-	// Announce once it is written and flushed).
+	// The request's context: a client that goes away stops waiting.
+	c, ce := a.claimFor(r.Context(), opts)
+	if ce != nil {
+		if ce.retryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(ce.retryAfter))
+		}
+		writeError(w, ce.status, ce.msg)
+		return pool.Claimed{}, false
+	}
+	return c, true
+}
+
+// claimError is a claim's failure as an answer: its status, message and
+// Retry-After in seconds (0: none).
+type claimError struct {
+	status     int
+	msg        string
+	retryAfter int
+}
+
+// claimFor claims with ctx, which ends when the client goes away (or the
+// server shuts down, with ErrShuttingDown as its cause). The claim's event
+// and backfill come after its answer: the caller calls Announce once it is
+// written and flushed.
+func (a *API) claimFor(ctx context.Context, opts pool.ClaimOptions) (pool.Claimed, *claimError) {
 	opts.AnnounceLater = true
-	c, err := a.ctrl.Claim(r.Context(), opts)
+	c, err := a.ctrl.Claim(ctx, opts)
 	switch {
-	case err == nil && r.Context().Err() != nil:
+	case err == nil && ctx.Err() != nil:
 		// Claimed just as the client went away: nobody will get the URL, so
 		// the sandbox must not stay claimed by nobody.
 		c.Announce()
 		a.giveUp(c)
-		writeError(w, statusClientClosed, "claim cancelled: the client went away")
-		return pool.Claimed{}, false
+		return pool.Claimed{}, &claimError{status: statusClientClosed, msg: "claim cancelled: the client went away"}
 	case err == nil:
-		return c, true
+		return c, nil
 	case errors.Is(err, pool.ErrNoSandbox):
-		w.Header().Set("Retry-After", strconv.Itoa(a.retryAfterSeconds()))
-		writeError(w, http.StatusServiceUnavailable, err.Error())
-	case errors.Is(context.Cause(r.Context()), ErrShuttingDown):
-		w.Header().Set("Retry-After", strconv.Itoa(a.retryAfterSeconds()))
-		writeError(w, http.StatusServiceUnavailable, "claim cancelled: "+ErrShuttingDown.Error())
-	case r.Context().Err() != nil:
+		return pool.Claimed{}, &claimError{http.StatusServiceUnavailable, err.Error(), a.retryAfterSeconds()}
+	case errors.Is(context.Cause(ctx), ErrShuttingDown):
+		return pool.Claimed{}, &claimError{http.StatusServiceUnavailable, "claim cancelled: " + ErrShuttingDown.Error(), a.retryAfterSeconds()}
+	case ctx.Err() != nil:
 		// The client went away: the status is for the log only.
-		writeError(w, statusClientClosed, "claim cancelled: the client went away")
-	default:
-		writeError(w, http.StatusInternalServerError, err.Error())
+		return pool.Claimed{}, &claimError{status: statusClientClosed, msg: "claim cancelled: the client went away"}
 	}
-	return pool.Claimed{}, false
+	return pool.Claimed{}, &claimError{status: http.StatusInternalServerError, msg: err.Error()}
 }
 
 // statusClientClosed is logged when a claim ends because its client went
@@ -321,35 +360,37 @@ func (a *API) retryAfterSeconds() int {
 	return max(1, int((d+time.Second-1)/time.Second))
 }
 
-func (a *API) claimOptions(r *http.Request) (pool.ClaimOptions, error) {
-	o := pool.ClaimOptions{CheckHealth: true, By: "api " + r.RemoteAddr}
+// claimOptions reads a claim's parameters from its raw query and, for
+// POST /v1/claims (post), its body.
+func (a *API) claimOptions(post bool, rawQuery string, body []byte, remote string) (pool.ClaimOptions, error) {
+	o := pool.ClaimOptions{CheckHealth: true, By: "api " + remote}
 	// Not r.URL.Query(): it silently drops what it cannot parse (a bad
 	// escape, a ';'), and a claim would then run with the defaults.
-	q, err := url.ParseQuery(r.URL.RawQuery)
+	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return o, fmt.Errorf("query %q: %v", r.URL.RawQuery, err)
+		return o, fmt.Errorf("query %q: %v", rawQuery, err)
 	}
 	for k := range q {
 		if k != "check_health" && k != "timeout" {
 			return o, fmt.Errorf("unknown parameter %q: allowed are check_health and timeout", k)
 		}
 	}
-	if r.Method == http.MethodPost { // POST /v1/claims may carry the parameters as JSON
-		var body ClaimRequest
-		if err := decodeOptional(r.Body, &body); err != nil {
+	if post { // POST /v1/claims may carry the parameters as JSON
+		var req ClaimRequest
+		if err := decodeOptionalBytes(body, &req); err != nil {
 			return o, fmt.Errorf("%w (want nothing, or {\"check_health\":bool,\"timeout\":\"30s\"})", err)
 		}
-		if body.CheckHealth != nil {
+		if req.CheckHealth != nil {
 			if _, ok := q["check_health"]; ok {
 				return o, errors.New("check_health: given in both the query and the body")
 			}
-			q.Set("check_health", strconv.FormatBool(*body.CheckHealth))
+			q.Set("check_health", strconv.FormatBool(*req.CheckHealth))
 		}
-		if body.Timeout != nil {
+		if req.Timeout != nil {
 			if _, ok := q["timeout"]; ok {
 				return o, errors.New("timeout: given in both the query and the body")
 			}
-			q.Set("timeout", *body.Timeout)
+			q.Set("timeout", *req.Timeout)
 		}
 	}
 	if v, ok := one(q, "check_health"); ok {
@@ -455,8 +496,10 @@ func (a *API) maintain(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, NewPoolView(a.ctrl.Snapshot()))
 }
 
+const readOnlyMessage = "the API is read-only (--readonly): claims, resizes, terminations and maintenance are disabled"
+
 func readOnly(w http.ResponseWriter, _ *http.Request) {
-	writeError(w, http.StatusForbidden, "the API is read-only (--readonly): claims, resizes, terminations and maintenance are disabled")
+	writeError(w, http.StatusForbidden, readOnlyMessage)
 }
 
 // ---- JSON ----
@@ -511,14 +554,31 @@ func decodeOptional(body io.Reader, v any) error {
 	if body == http.NoBody {
 		return nil // what net/http gives a request without one (io.ReadAll would allocate 512 bytes to learn it)
 	}
+	b, err := readBody(body)
+	if err != nil {
+		return err
+	}
+	return decodeOptionalBytes(b, v)
+}
+
+// readBody reads a body bounded by http.MaxBytesReader.
+func readBody(body io.Reader) ([]byte, error) {
+	if body == http.NoBody {
+		return nil, nil
+	}
 	b, err := io.ReadAll(body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fmt.Errorf("body: larger than %d bytes", tooBig.Limit)
+			return nil, fmt.Errorf("body: larger than %d bytes", tooBig.Limit)
 		}
-		return fmt.Errorf("body: %w", err)
+		return nil, fmt.Errorf("body: %w", err)
 	}
+	return b, nil
+}
+
+// decodeOptionalBytes is decodeStrict for a body that may also be empty or blank.
+func decodeOptionalBytes(b []byte, v any) error {
 	if len(bytes.TrimSpace(b)) == 0 {
 		return nil
 	}
