@@ -6,6 +6,8 @@ import "go.uber.org/goleak"
 var ignored = []goleak.Option{
 	// teatest's interrupt watcher outlives every test model.
 	goleak.IgnoreTopFunction("github.com/charmbracelet/x/exp/teatest.NewTestModel.func2"),
+	// fasthttp refreshes its Date header once a second, for the process.
+	goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
 }
 
 // Main runs the tests of m and, when they pass, fails the binary if any

@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/valyala/fasthttp"
 
 	"github.com/sandboxpool/sandboxpool/pool/metrics"
 )
@@ -115,9 +115,10 @@ type guard struct {
 	limits Limits
 	stats  *apiStats
 
-	mu     sync.Mutex // guards the fields below; never held across I/O
-	open   map[*guardConn]struct{}
-	perKey map[string]int
+	mu       sync.Mutex // guards the fields below; never held across I/O
+	open     map[*guardConn]struct{}
+	perKey   map[string]int
+	stopping bool // shutting down: connections close once idle
 }
 
 func newGuard(l Limits, stats *apiStats) *guard {
@@ -135,6 +136,12 @@ type guardConn struct {
 	busy      bool      // serving a request
 	idleSince time.Time // when it last became idle
 	gone      bool      // released: no longer counted
+
+	// after is what follows the answer of the request being served, run
+	// by connState once it is sent; only the connection's goroutine
+	// touches these two.
+	after    answered
+	hasAfter bool
 }
 
 // Close releases the slot at once, before the kernel closes the socket.
@@ -176,6 +183,36 @@ func (g *guard) admit(c *guardConn) string {
 	return ""
 }
 
+// shutdown closes the idle connections now and every other one once it
+// is idle (its answer sent).
+func (g *guard) shutdown() {
+	g.mu.Lock()
+	g.stopping = true
+	var idle []*guardConn
+	for c := range g.open {
+		if !c.busy {
+			idle = append(idle, c)
+		}
+	}
+	g.mu.Unlock()
+	for _, c := range idle {
+		_ = c.Close()
+	}
+}
+
+// closeAll closes every open connection (a shutdown that ran out of time).
+func (g *guard) closeAll() {
+	g.mu.Lock()
+	conns := make([]*guardConn, 0, len(g.open))
+	for c := range g.open {
+		conns = append(conns, c)
+	}
+	g.mu.Unlock()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
 // oldestIdleLocked is the connection idle longest, of key or of anyone ("").
 func (g *guard) oldestIdleLocked(key string) *guardConn {
 	var best *guardConn
@@ -212,30 +249,45 @@ func (g *guard) releaseLocked(c *guardConn) {
 	g.stats.open.Store(int64(len(g.open)))
 }
 
-// connState is the server's ConnState hook: it tells busy from idle.
-func (g *guard) connState(nc net.Conn, s http.ConnState) {
+// connState is the server's ConnState hook: it tells busy from idle, and
+// runs what follows an answer once it is sent (idle) or the connection ends.
+func (g *guard) connState(nc net.Conn, s fasthttp.ConnState) {
 	c, ok := nc.(*guardConn)
 	if !ok {
 		return
 	}
 	switch s {
-	case http.StateActive:
+	case fasthttp.StateActive:
 		g.mu.Lock()
 		if !c.busy && !c.gone {
 			c.busy = true
 			g.stats.busy.Add(1)
 		}
 		g.mu.Unlock()
-	case http.StateIdle:
+	case fasthttp.StateIdle:
 		g.mu.Lock()
 		if c.busy {
 			c.busy = false
 			g.stats.busy.Add(-1)
 		}
 		c.idleSince = time.Now()
+		stopping := g.stopping
 		g.mu.Unlock()
-	case http.StateHijacked, http.StateClosed:
+		c.runAfter()
+		if stopping {
+			_ = c.Close()
+		}
+	case fasthttp.StateHijacked, fasthttp.StateClosed:
 		g.release(c)
+		c.runAfter()
+	}
+}
+
+func (c *guardConn) runAfter() {
+	if c.hasAfter {
+		d := c.after
+		c.after, c.hasAfter = answered{}, false
+		d.run()
 	}
 }
 

@@ -6,28 +6,34 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/valyala/fasthttp"
 )
 
 // ErrShuttingDown is the cause given to requests still running when Serve's
 // context ends: waiting claims stop at once and answer 503.
 var ErrShuttingDown = errors.New("the server is shutting down")
 
-// Server timeouts. WriteTimeout covers the longest claim a client may ask
-// for; the header and idle timeouts are short so that a connection that
-// sends nothing is soon closed (and at the connection limits, at once).
+// Server limits. A request, its headers and its body, must arrive within
+// ReadTimeout of its first byte (on a new connection, of its accept), so
+// that a connection that sends nothing or dribbles is soon closed (and at
+// the connection limits, at once); a claim may then wait up to
+// MaxClaimTimeout, and its answer must be written within WriteTimeout.
 const (
-	ReadHeaderTimeout = 3 * time.Second
-	ReadTimeout       = 10 * time.Second
-	WriteTimeout      = MaxClaimTimeout + 30*time.Second
-	IdleTimeout       = 30 * time.Second
-	MaxHeaderBytes    = 64 << 10
+	ReadTimeout  = 3 * time.Second
+	WriteTimeout = 10 * time.Second
+	IdleTimeout  = 30 * time.Second
+	// MaxHeaderBytes bounds a request's line and headers (431 past it);
+	// each connection waiting for a request holds a buffer of this size.
+	MaxHeaderBytes = 16 << 10
 	// ShutdownTimeout bounds a graceful shutdown; SPEC wants `run` gone within 2s.
 	ShutdownTimeout = 1500 * time.Millisecond
 )
@@ -83,22 +89,32 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// NewServer returns an *http.Server for h with this package's timeouts and
-// limits; errors of the server itself go to logger at Warn.
-func NewServer(h http.Handler, logger *slog.Logger) *http.Server {
+// newServer returns the fasthttp server of h with this package's limits;
+// errors of the server itself go to logger at Warn.
+func newServer(h fasthttp.RequestHandler, logger *slog.Logger) *fasthttp.Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: ReadHeaderTimeout,
-		ReadTimeout:       ReadTimeout,
-		WriteTimeout:      WriteTimeout,
-		IdleTimeout:       IdleTimeout,
-		MaxHeaderBytes:    MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	return &fasthttp.Server{
+		Handler:                      h,
+		ErrorHandler:                 fastErrorHandler,
+		ReadTimeout:                  ReadTimeout,
+		WriteTimeout:                 WriteTimeout,
+		IdleTimeout:                  IdleTimeout,
+		ReadBufferSize:               MaxHeaderBytes,
+		MaxRequestBodySize:           MaxBodyBytes,
+		DisablePreParseMultipartForm: true,
+		NoDefaultServerHeader:        true,
+		NoDefaultContentType:         true,
+		CloseOnShutdown:              true,
+		Logger:                       warnLogger{logger},
 	}
 }
+
+// warnLogger is fasthttp's Logger over slog, at Warn.
+type warnLogger struct{ l *slog.Logger }
+
+func (w warnLogger) Printf(format string, args ...any) { w.l.Warn(fmt.Sprintf(format, args...)) }
 
 // Serve listens on listen and serves api until ctx ends. It returns the
 // address it listens on (useful with port 0) once it accepts connections.
@@ -121,41 +137,75 @@ func Serve(ctx context.Context, listen string, api *API) (addr string, errc <-ch
 	}
 	g := newGuard(api.limits, api.stats)
 	gl := &guardListener{Listener: ln, g: g, ownerOnly: ownerOnly, ownerUID: os.Getuid()}
-	srv := NewServer(api, api.log)
-	srv.ConnState = g.connState
 	base, cancelBase := context.WithCancelCause(context.WithoutCancel(ctx))
-	srv.BaseContext = func(net.Listener) context.Context { return base }
-	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		if gc, ok := c.(*guardConn); ok {
-			return context.WithValue(ctx, peerKey{}, gc.peer)
-		}
-		return ctx
-	}
+	f := newFastAPI(api, base)
+	srv := newServer(f.handle, api.log)
+	srv.ConnState = g.connState
+	var conns sync.WaitGroup // one goroutine per connection
 
 	out := make(chan error, 1)
 	served := make(chan error, 1)
-	go func() { served <- srv.Serve(gl) }()
+	go func() { served <- accept(gl, srv, &conns, api.log) }()
 	go func() {
 		defer close(out)
 		var err error
 		select {
 		case err = <-served: // failed on its own
-			cancelBase(ErrShuttingDown)
 		case <-ctx.Done():
-			cancelBase(ErrShuttingDown)
-			sctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeout)
-			if serr := srv.Shutdown(sctx); serr != nil {
-				_ = srv.Close() // handlers that did not end in time
-			}
-			cancel()
-			err = <-served
+			_ = gl.Close()
+			<-served
 		}
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
+		// Waiting claims answer 503 at once; answers from now on close
+		// their connection, and idle connections close now.
+		f.stopping.Store(true)
+		cancelBase(ErrShuttingDown)
+		g.shutdown()
+		ended := make(chan struct{})
+		go func() { conns.Wait(); close(ended) }()
+		select {
+		case <-ended:
+		case <-time.After(ShutdownTimeout):
+			g.closeAll() // handlers that did not end in time
 		}
 		out <- err
 	}()
 	return ln.Addr().String(), out, nil
+}
+
+// accept serves each connection of l in a goroutine of its own until l is
+// closed (nil) or fails for good. Running out of descriptors is waited
+// out, as net/http does, so that the guard's evictions can make room.
+func accept(l net.Listener, srv *fasthttp.Server, conns *sync.WaitGroup, logger *slog.Logger) error {
+	var delay time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && (ne.Timeout() || isTemporary(err)) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				logger.Warn("API: accept failed; retrying", "err", err, "in", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		conns.Add(1)
+		go func() {
+			defer conns.Done()
+			_ = srv.ServeConn(c) // closes c
+		}()
+	}
+}
+
+// isTemporary: out of descriptors or memory, or a connection aborted
+// before it was accepted.
+func isTemporary(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOBUFS) ||
+		errors.Is(err, syscall.ENOMEM) || errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EAGAIN)
 }
 
 // isLoopbackListen is true when listen's host is a loopback address.
