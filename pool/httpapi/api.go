@@ -295,7 +295,7 @@ func (a *API) doClaim(w http.ResponseWriter, r *http.Request) (pool.Claimed, boo
 		return pool.Claimed{}, false
 	}
 	// The request's context: a client that goes away stops waiting.
-	c, ce := a.claimFor(r.Context(), opts)
+	c, ce := a.claimFor(r.Context(), opts, nil)
 	if ce != nil {
 		if ce.retryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(ce.retryAfter))
@@ -315,12 +315,17 @@ type claimError struct {
 }
 
 // claimFor claims with ctx, which ends when the client goes away (or the
-// server shuts down, with ErrShuttingDown as its cause). The claim's event
-// and backfill come after its answer: the caller calls Announce once it is
+// server shuts down, with ErrShuttingDown as its cause). settled, when
+// set, runs as the claim returns, before ctx is looked at: whatever can
+// still end ctx must have stopped by its return. The claim's event and
+// backfill come after its answer: the caller calls Announce once it is
 // written and flushed.
-func (a *API) claimFor(ctx context.Context, opts pool.ClaimOptions) (pool.Claimed, *claimError) {
+func (a *API) claimFor(ctx context.Context, opts pool.ClaimOptions, settled func()) (pool.Claimed, *claimError) {
 	opts.AnnounceLater = true
 	c, err := a.ctrl.Claim(ctx, opts)
+	if settled != nil {
+		settled()
+	}
 	switch {
 	case err == nil && ctx.Err() != nil:
 		// Claimed just as the client went away: nobody will get the URL, so

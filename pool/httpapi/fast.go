@@ -122,9 +122,10 @@ func (f *fastAPI) claim(ctx *fasthttp.RequestCtx, gc *guardConn, peer Peer, hasP
 	}
 	cctx, cancel := context.WithCancelCause(f.base)
 	defer cancel(nil)
+	// The watch ends before the claim's outcome is read: a client seen gone
+	// by then gets nothing (the claim is given back).
 	w := watchClient(gc, cancel)
-	c, ce := a.claimFor(cctx, opts)
-	w.stop()
+	c, ce := a.claimFor(cctx, opts, w.stop)
 	if ce != nil {
 		if ce.retryAfter > 0 {
 			ctx.Response.Header.Set("Retry-After", strconv.Itoa(ce.retryAfter))
