@@ -268,7 +268,7 @@ func agreeOnWorkload(ctx context.Context, o *options, poolName string, be pool.B
 		}
 		if stored.Workload != "" {
 			logger.Warn("the pool's workload changes: new sandboxes run "+wb.DescribeWorkload(own)+
-				"; those made before run "+wb.DescribeWorkload(stored.Workload)+" until they are claimed or expire",
+				"; the pooled ones made before, which run "+wb.DescribeWorkload(stored.Workload)+", are replaced a few at a time, each once its replacement is ready (claimed ones run on)",
 				"was", wb.DescribeWorkload(stored.Workload))
 		}
 		return nil

@@ -99,7 +99,7 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 	if t == nil {
 		return fail("getting the tunnel of sandbox "+sb.SandboxID, fmt.Errorf("no tunnel for port %d", w.Port))
 	}
-	ref := pool.Ref{ID: sb.SandboxID, URL: t.URL(), CreatedAt: created, ExpiresAt: created.Add(ttl)}
+	ref := pool.Ref{ID: sb.SandboxID, URL: t.URL(), CreatedAt: created, ExpiresAt: created.Add(ttl), Workload: workloadKey(w.encode())}
 	if err := sb.SetTags(ctx, tagsFor(c.opts.Pool, ref, "", time.Time{})); err != nil {
 		return fail("tagging sandbox "+sb.SandboxID, err)
 	}

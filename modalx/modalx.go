@@ -49,6 +49,9 @@ const (
 	// TagReserved marks a sandbox the lease holder reserved (reserve.go):
 	// a queue rebuilt from tags keeps it out of the claimers' reach.
 	TagReserved = "sandboxpool-reserved"
+	// TagWorkload is a key of the workload it runs (workloadKey): a
+	// controller of another workload replaces it (pool's rollout).
+	TagWorkload = "sandboxpool-workload"
 )
 
 // Options configure the Modal backend and store of one pool.
@@ -477,11 +480,14 @@ func tagsFor(pool string, ref pool.Ref, claimedBy string, claimedAt time.Time) m
 		m[TagClaimedBy] = claimedBy
 		m[TagClaimedAt] = claimedAt.UTC().Format(time.RFC3339Nano)
 	}
+	if ref.Workload != "" {
+		m[TagWorkload] = ref.Workload
+	}
 	return m
 }
 
 func fromTags(id string, m map[string]string) tagged {
 	parse := func(k string) time.Time { t, _ := time.Parse(time.RFC3339Nano, m[k]); return t }
-	return tagged{ref: pool.Ref{ID: id, URL: m[TagURL], CreatedAt: parse(TagCreatedAt), ExpiresAt: parse(TagExpiresAt)},
+	return tagged{ref: pool.Ref{ID: id, URL: m[TagURL], CreatedAt: parse(TagCreatedAt), ExpiresAt: parse(TagExpiresAt), Workload: m[TagWorkload]},
 		claimedBy: m[TagClaimedBy], claimedAt: parse(TagClaimedAt), reserved: m[TagReserved] != "" && m[TagClaimedBy] == ""}
 }

@@ -2,6 +2,8 @@ package modalx
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -79,3 +81,15 @@ func (b *Backend) DescribeWorkload(s string) string {
 	}
 	return fmt.Sprintf("--image %s --cmd %s --port %d", w.Image, strconv.Quote(w.Cmd), w.Port)
 }
+
+// workloadKey is what a sandbox's TagWorkload says of the workload s (as
+// Workload gives it): short, as tags should be, and the same for the same
+// workload in every process.
+func workloadKey(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:8])
+}
+
+// WorkloadKey implements pool.WorkloadKeyer: List says what a sandbox runs
+// by workloadKey.
+func (b *Backend) WorkloadKey(w string) string { return workloadKey(w) }

@@ -203,6 +203,7 @@ func (c *Controller) forget(id string) {
 	c.mu.Lock()
 	c.wroteLocked(Entry{Ref: Ref{ID: id}}, true)
 	c.dropHealthLocked(id)
+	c.roll.forgetLocked(id)
 	c.mu.Unlock()
 }
 

@@ -118,7 +118,10 @@ type Controller struct {
 	// relost: pooled sandboxes this process knew when the store was lost
 	// (Stored.Epoch changed); the next pass lists the backend and adopts
 	// the live ones at once, before it sizes the pool.
-	relost   map[string]bool
+	relost map[string]bool
+	// The rolling replacement of pooled sandboxes that run a workload the
+	// pool no longer runs (rollout.go).
+	roll     rollout
 	recent   map[string]Sandbox
 	failedAt map[string]time.Time
 

@@ -127,6 +127,13 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 	now := c.clk.Now()
 	target = c.autosizeTarget(ctx, target, now)
 
+	if wb, ok := c.be.(WorkloadBackend); ok && listErr == nil && reconcile {
+		cur := c.listedWorkload(wb)
+		c.mu.Lock()
+		c.roll.listedLocked(live, cur)
+		c.mu.Unlock()
+	}
+
 	// 1. Expiring, unhealthy and dead pooled sandboxes go; claimed ones that
 	// died leave the record.
 	liveSet := make(map[string]Ref, len(live))
@@ -297,6 +304,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 
 	// 3. Size.
 	c.resize(target, now)
+	c.rollOn(target, now)
 	if listErr == nil {
 		c.resolve(ProblemBackend, opList)
 	}
@@ -489,7 +497,7 @@ func (c *Controller) resize(target int, now time.Time) {
 	leads := c.leadsLocked()
 	counted := c.countedIdx[:0]
 	for i, e := range c.stored.Entries {
-		if !e.Claimed() && c.countsLocked(e, now, leads[i]) {
+		if !e.Claimed() && c.countsLocked(e, now, leads[i]) && !c.roll.replacing[e.ID] {
 			counted = append(counted, i)
 		}
 	}

@@ -40,6 +40,9 @@ type Ref struct {
 	// Claimed is set by a ClaimRecorder's List for a sandbox it recorded as
 	// claimed: reconcile never adopts it into the pool. Not stored.
 	Claimed bool `json:"-"`
+	// Workload is what it runs, as WorkloadBackend.Workload says it, when
+	// the backend's List knows ("" otherwise). Not stored.
+	Workload string `json:"-"`
 }
 
 // Entry is one sandbox recorded in a store: pooled (ClaimedBy empty) or claimed.
@@ -402,6 +405,7 @@ const (
 	ReasonCancelled = "cancelled" // its creation was cut short (the controller stopping, surplus)
 	ReasonOrphan    = "orphan"    // running for this pool but unknown to the store
 	ReasonCleanup   = "cleanup"   // --cleanup on quit
+	ReasonReplaced  = "replaced"  // it ran the pool's old workload, and its replacement is ready
 	// reasonClaimedElsewhere: pooled in the store, claimed in the backend's
 	// record; it leaves the pool and is not terminated.
 	reasonClaimedElsewhere = "claimed"
@@ -534,6 +538,13 @@ type WorkloadBackend interface {
 	// DescribeWorkload says w in a few words for people, as the flags
 	// that ask for it: --cmd "python3 -m http.server {port}".
 	DescribeWorkload(w string) string
+}
+
+// WorkloadKeyer is a WorkloadBackend whose List says what a sandbox runs
+// (Ref.Workload) by a key of the workload, not the workload itself (Modal
+// tags are short).
+type WorkloadKeyer interface {
+	WorkloadKey(w string) string
 }
 
 // BackendNotifier is a backend with news of its own worth a line of the

@@ -149,6 +149,7 @@ type sandbox struct {
 	id        string
 	url       string
 	work      string // a --cmd workload's directory (the built-in one's is in memory)
+	workload  string // what it runs, as the pool stores a workload
 	createdAt time.Time
 	expiresAt time.Time
 	grace     time.Duration
@@ -188,7 +189,7 @@ type sandbox struct {
 }
 
 func (sb *sandbox) wire() wireRef {
-	return wireRef{ID: sb.id, URL: sb.url, CreatedAt: sb.createdAt, ExpiresAt: sb.expiresAt, Claimed: sb.claimTag != 0}
+	return wireRef{ID: sb.id, URL: sb.url, CreatedAt: sb.createdAt, ExpiresAt: sb.expiresAt, Claimed: sb.claimTag != 0, Workload: sb.workload}
 }
 
 // claimedLocked records that the claim of tag holds sb.
@@ -305,6 +306,7 @@ type wireRef struct {
 	CreatedAt time.Time `json:"created_at"`
 	ExpiresAt time.Time `json:"expires_at"`
 	Claimed   bool      `json:"claimed,omitempty"`
+	Workload  string    `json:"workload,omitempty"` // as workload.encode says it
 }
 
 // runAgent is the agent's main: it returns only on a failure before it is
@@ -745,7 +747,7 @@ func (a *agent) create(r request) (wireRef, error) {
 	}
 	now := time.Now().UTC().Round(0)
 	sb := &sandbox{
-		id: r.ID, createdAt: now, expiresAt: now.Add(r.TTL),
+		id: r.ID, createdAt: now, expiresAt: now.Add(r.TTL), workload: newWorkload(r.Cmd, r.Warmup).encode(),
 		grace: r.Grace, exitedCh: make(chan struct{}), gone: make(chan struct{}),
 		log: newLogFile(filepath.Join(a.paths.boxes, r.ID+".log"), cmpInt(r.LogMax, DefaultLogMax), &a.logBytes, a.spec.LogTotal, a.logFds),
 	}

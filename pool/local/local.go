@@ -243,7 +243,7 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 }
 
 func (w wireRef) ref() pool.Ref {
-	return pool.Ref{ID: w.ID, URL: w.URL, CreatedAt: w.CreatedAt, ExpiresAt: w.ExpiresAt, Claimed: w.Claimed}
+	return pool.Ref{ID: w.ID, URL: w.URL, CreatedAt: w.CreatedAt, ExpiresAt: w.ExpiresAt, Claimed: w.Claimed, Workload: w.Workload}
 }
 
 // Terminate stops a sandbox: SIGTERM, SIGKILL after TermGrace, to all its
