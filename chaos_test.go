@@ -1155,6 +1155,16 @@ func TestChaosLocal(t *testing.T) {
 			}
 		}
 		t.Logf("workloads started: %v", counts)
+		if t.Failed() {
+			t.Logf("workload decisions (seq, sandbox, decision, started ns):\n%s", data)
+		}
+	}
+	if t.Failed() {
+		// Why each sandbox ended, as the agent saw it (who asked for each
+		// termination, expiries, exits).
+		if data, err := os.ReadFile(filepath.Join(stateDir, poolName+".agent.log")); err == nil {
+			t.Logf("local agent log:\n%s", data)
+		}
 	}
 }
 

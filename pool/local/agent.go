@@ -467,7 +467,8 @@ func (a *agent) accept() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		if uid, ok := peerUID(c); !ok || uid != a.uid {
+		cred, ok := peerCred(c)
+		if uid := cred.Uid; !ok || uid != a.uid {
 			log.Printf("refused a connection from uid %d (ok %v): only uid %d is answered", uid, ok, a.uid)
 			_ = json.NewEncoder(c).Encode(response{Error: "the local agent answers only its own user"})
 			c.Close()
@@ -482,27 +483,41 @@ func (a *agent) accept() {
 		a.conns++
 		a.lastCall = time.Now()
 		a.mu.Unlock()
-		go a.serve(c)
+		go a.serve(c, cred.Pid)
 	}
 }
 
-// peerUID is the uid of the process at the other end, from the kernel.
-func peerUID(c *net.UnixConn) (uint32, bool) {
+// peerCred is the uid and pid of the process at the other end, from the kernel.
+func peerCred(c *net.UnixConn) (unix.Ucred, bool) {
 	raw, err := c.SyscallConn()
 	if err != nil {
-		return 0, false
+		return unix.Ucred{}, false
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) {
 		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	}); err != nil || cerr != nil {
-		return 0, false
+		return unix.Ucred{}, false
 	}
-	return cred.Uid, true
+	return *cred, true
 }
 
-func (a *agent) serve(c *net.UnixConn) {
+// asker names the process that asked for something (pid and command line),
+// for the agent's log of why each sandbox ended.
+func asker(pid int32) string {
+	cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(cmd) == 0 {
+		return fmt.Sprintf("pid %d", pid)
+	}
+	line := strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))
+	if len(line) > 120 {
+		line = line[:120] + "..."
+	}
+	return fmt.Sprintf("pid %d (%s)", pid, line)
+}
+
+func (a *agent) serve(c *net.UnixConn, peer int32) {
 	defer func() {
 		c.Close()
 		a.mu.Lock()
@@ -538,6 +553,7 @@ func (a *agent) serve(c *net.UnixConn) {
 		} else {
 			a.count(req.Op)
 			resp = a.handle(req)
+			a.logEnd(req, resp, peer)
 		}
 		resp.Agent, resp.AfterCrash = a.changes.epoch, a.afterCrash // set before serving, never changed
 		if err := enc.Encode(resp); err != nil {
@@ -546,6 +562,22 @@ func (a *agent) serve(c *net.UnixConn) {
 		if req.Op == "shutdown" && resp.Error == "" {
 			a.exit()
 		}
+	}
+}
+
+// logEnd says in the agent's log who ended a sandbox and how: every
+// sandbox's end is then explained by a line (this, its expiry's, its
+// workload's exit).
+func (a *agent) logEnd(req request, resp response, peer int32) {
+	switch {
+	case req.Op == "kill":
+		log.Printf("sandbox %s: killed (SIGKILL, as a crash), asked by %s", req.ID, asker(peer))
+	case req.Op == "terminate" && resp.Error != "":
+		log.Printf("sandbox %s: left running, asked by %s: %s", req.ID, asker(peer), resp.Error)
+	case req.Op == "terminate" && req.Once:
+		log.Printf("sandbox %s: terminated for its pool (never claimed), asked by %s", req.ID, asker(peer))
+	case req.Op == "terminate":
+		log.Printf("sandbox %s: terminated, asked by %s", req.ID, asker(peer))
 	}
 }
 
@@ -800,7 +832,10 @@ func (a *agent) create(r request) (wireRef, error) {
 	if sb.pid > 0 {
 		a.byPid[sb.pid] = sb
 	}
-	sb.expiry = time.AfterFunc(time.Until(sb.expiresAt), func() { a.terminate(sb.id, sb.grace) })
+	sb.expiry = time.AfterFunc(time.Until(sb.expiresAt), func() {
+		log.Printf("sandbox %s: expired (its end was %s)", sb.id, sb.expiresAt.UTC().Format(time.RFC3339Nano))
+		a.terminate(sb.id, sb.grace)
+	})
 	a.lastCall = time.Now()
 	return sb.wire(), nil
 }
