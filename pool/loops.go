@@ -536,16 +536,24 @@ func (c *Controller) loadStoreSince(ctx context.Context, since bool) (changed, l
 	}
 	c.claimedMark = next
 	// A store gone back in time (an old copy put back) lists as pooled
-	// sandboxes this process saw claimed: they stay out of the pool here,
+	// sandboxes this process saw claimed, still or until they ended
+	// (counted: claims not given back): they stay out of the pool here,
 	// and the next pass lists the backend in full, whose record of the
-	// claims takes them out of the store (passOnce).
+	// claims, or their end, takes them out of the store (passOnce).
 	kept := pooled[:0]
 	reverted := false
 	for _, e := range pooled {
 		if _, was := c.reverted[e.ID]; was {
 			continue
 		}
-		if ce, ok := c.claimedView.get(e.ID); ok {
+		ce, ok := c.claimedView.get(e.ID)
+		if !ok {
+			if at, was := c.counted[e.ID]; was {
+				ce.Entry, ok = e, true
+				ce.ClaimedBy, ce.ClaimedAt = "?", at
+			}
+		}
+		if ok {
 			if c.reverted == nil {
 				c.reverted = map[string]Entry{}
 			}

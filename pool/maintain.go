@@ -208,6 +208,7 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 				drops = append(drops, drop{e, reasonStaleStore})
 			case alive && now.Sub(ce.ClaimedAt) > claimRecordGrace:
 				delete(c.reverted, id)
+				delete(c.counted, id) // given back: a claim of it again is news
 			}
 		}
 	}

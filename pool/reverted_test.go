@@ -3,6 +3,8 @@ package pool_test
 import (
 	"context"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -121,5 +123,60 @@ func TestGivenBackElsewhereIsPooledAgain(t *testing.T) {
 	}
 	if s := stateIn(c, e.ID); s != pool.StateReady {
 		t.Fatalf("%s given back is %q in the view, want ready", e.ID, s)
+	}
+}
+
+// An old copy of the store put back lists as pooled a sandbox this process
+// saw claimed and end since (its claimer terminated it, the claim left the
+// record): it had ended already, and the pool says so, not that a pooled
+// sandbox died (chaos seeds 1796227459548290785, 1796225683546591247: a
+// claimed sandbox reported 'died: how is unknown' by the controller).
+func TestOldStorePutBackOfAClaimThatEndedIsNoDeath(t *testing.T) {
+	h := revertHarness(t, true)
+	c, be, st := h.c, h.be, h.st
+	ctx := context.Background()
+	var mu sync.Mutex
+	var events []pool.Event
+	c.Observe(func(e pool.Event) { mu.Lock(); events = append(events, e); mu.Unlock() })
+	old := h.stored()
+	cl, err := c.Claim(ctx, pool.ClaimOptions{By: "cli"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitIdle(ctx)
+	// Its claimer is done with it: `sandboxpool terminate ID` elsewhere.
+	if _, err := st.Remove(ctx, cl.ID); err != nil {
+		t.Fatal(err)
+	}
+	be.Kill(cl.ID)
+	h.clk.Advance(time.Second)
+	h.pass() // the claim's end leaves the record
+	st.PutBack(old)
+	if _, err := c.Refresh(ctx, false); err != nil {
+		t.Fatal(err)
+	}
+	if s := stateIn(c, cl.ID); s != "" && s != pool.StateClaimed {
+		t.Fatalf("%s, claimed and ended, is %s in the pool view after an old store was put back", cl.ID, s)
+	}
+	h.pass()
+	if slices.ContainsFunc(h.stored().Pooled(), func(e pool.Entry) bool { return e.ID == cl.ID }) {
+		t.Fatalf("%s, claimed and ended, still pooled in the store after a pass", cl.ID)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	said := false
+	for _, e := range events {
+		if e.SandboxID != cl.ID {
+			continue
+		}
+		switch e.Kind {
+		case pool.EventTerminated, pool.EventHealthFailed, pool.EventExpired:
+			t.Errorf("%s, claimed and ended before the old store came back: %s %s %s", cl.ID, e.Kind, e.Reason, e.Message)
+		case pool.EventStoreChanged:
+			said = said || strings.Contains(e.Message, "had ended already")
+		}
+	}
+	if !said {
+		t.Errorf("no event says %s had ended already", cl.ID)
 	}
 }
