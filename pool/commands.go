@@ -213,6 +213,19 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	now := c.clk.Now()
 	c.mu.Lock()
 	c.doomed[e.ID] = now
+	if _, done := c.finished[e.ID]; done && reason != ReasonOrphan && reason != ReasonUser && reason != ReasonCleanup {
+		// Terminated by this process already, and back in a store since (a
+		// Modal queue rebuilt from tags Modal still listed): its end was
+		// said and counted once. The call again is harmless and makes sure.
+		c.mu.Unlock()
+		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminateTimeout)
+		defer cancel()
+		if err := c.be.Terminate(tctx, e.ID); err != nil {
+			return fmt.Errorf("terminate %s: %w", e.ID, err)
+		}
+		c.emit(Event{Kind: EventStoreChanged, SandboxID: e.ID, Message: e.ID + " had ended already (terminated by this controller): out of the pool"})
+		return nil
+	}
 	if c.killing[e.ID] {
 		// Already on its way out (a pass met it still listed): one call,
 		// one count, one event.
@@ -259,6 +272,7 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	}
 	if err == nil {
 		c.terminations[reason]++
+		c.finished[e.ID] = c.clk.Now()
 	}
 	c.mu.Unlock()
 	if err != nil {

@@ -112,6 +112,7 @@ type Controller struct {
 	health   map[string]Health
 	rotated  map[string]bool      // pooled sandboxes whose replacement started (rotation)
 	doomed   map[string]time.Time // terminated by us (when): never adopt again
+	finished map[string]time.Time // terminated by us, the backend said done (when): said and counted once
 	killing  map[string]bool      // a Terminate call in flight: a second one waits for nothing
 	suspects map[string]bool      // orphans seen by the last pass
 	adopted  map[string]time.Time // when this controller last adopted a live sandbox
@@ -217,6 +218,7 @@ func New(o Options) (*Controller, error) {
 		rotated:      map[string]bool{},
 		limit:        newCreationLimit(o.Config.MaxCreating),
 		doomed:       map[string]time.Time{},
+		finished:     map[string]time.Time{},
 		killing:      map[string]bool{},
 		recent:       map[string]Sandbox{},
 		failedAt:     map[string]time.Time{},

@@ -548,7 +548,14 @@ func (c *Controller) loadStoreSince(ctx context.Context, since bool) (changed, l
 		}
 		ce, ok := c.claimedView.get(e.ID)
 		if !ok {
-			if at, was := c.counted[e.ID]; was {
+			// Ended since, claimed (counted: claims not given back) or
+			// terminated by this process (a Modal queue rebuilt from the
+			// tags of what Modal still listed).
+			at, was := c.counted[e.ID]
+			if !was {
+				at, was = c.finished[e.ID]
+			}
+			if was {
 				ce.Entry, ok = e, true
 				ce.ClaimedBy, ce.ClaimedAt = "?", at
 			}

@@ -203,8 +203,9 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 			r, alive := liveSet[id]
 			e := ce
 			e.ClaimedBy, e.ClaimedAt = "", time.Time{} // pooled in the store: evicted, not removed
+			_, terminated := c.finished[id]
 			switch {
-			case alive && r.Claimed, !alive && listing.Full && e.CreatedAt.Before(listedAt):
+			case terminated, alive && r.Claimed, !alive && listing.Full && e.CreatedAt.Before(listedAt):
 				drops = append(drops, drop{e, reasonStaleStore})
 			case alive && now.Sub(ce.ClaimedAt) > claimRecordGrace:
 				delete(c.reverted, id)
@@ -255,7 +256,10 @@ func (c *Controller) passOnce(ctx context.Context, reconcile bool) error {
 					Message: d.e.ID + " is claimed (the backend says so): left out of the pool"})
 			case d.reason == reasonStaleStore:
 				msg := d.e.ID + " is claimed (the backend says so): left out of the pool"
-				if _, alive := liveSet[d.e.ID]; !alive {
+				c.mu.Lock()
+				_, terminated := c.finished[d.e.ID]
+				c.mu.Unlock()
+				if _, alive := liveSet[d.e.ID]; !alive || terminated {
 					msg = d.e.ID + " had ended already: out of the pool"
 				}
 				c.mu.Lock()
@@ -427,6 +431,11 @@ func (c *Controller) reconcile(ctx context.Context, live []Ref, now time.Time) {
 	for id, at := range c.doomed { // ended for good, not listed again
 		if !liveIDs[id] && now.Sub(at) > c.adoptGrace() {
 			delete(c.doomed, id)
+		}
+	}
+	for id, at := range c.finished {
+		if !liveIDs[id] && now.Sub(at) > c.adoptGrace() {
+			delete(c.finished, id)
 		}
 	}
 	c.mu.Unlock()
