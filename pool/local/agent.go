@@ -384,7 +384,12 @@ func runAgent(spec agentSpec, ready *os.File) error {
 		return err
 	}
 	go a.spawner()
-	go a.reaper()
+	// Heard from here on, before any workload starts: a SIGCHLD that came
+	// before the reaper's goroutine asked for it was dropped, and a
+	// workload that exited at once was never reaped nor seen exited.
+	chld := make(chan os.Signal, 16)
+	signal.Notify(chld, syscall.SIGCHLD)
+	go a.reaper(chld)
 	go a.idle()
 	go func() {
 		sigs := make(chan os.Signal, 1)
@@ -1035,9 +1040,7 @@ func (a *agent) spawner() {
 
 // reaper reaps every child: the workloads (their exit is the sandbox's
 // end) and the orphans we inherit as a subreaper.
-func (a *agent) reaper() {
-	sigs := make(chan os.Signal, 16)
-	signal.Notify(sigs, syscall.SIGCHLD)
+func (a *agent) reaper(sigs <-chan os.Signal) {
 	for range sigs {
 		for {
 			var ws syscall.WaitStatus
