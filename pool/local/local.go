@@ -384,14 +384,13 @@ func (b *Backend) Exited(ctx context.Context, id string) (bool, pool.ExitInfo, e
 // Shutdown terminates every sandbox of the pool and stops its agent.
 func (b *Backend) Shutdown(ctx context.Context) error {
 	_, err := b.call(ctx, request{Op: "shutdown", Grace: b.opts.TermGrace}, false)
-	if errors.Is(err, errNoAgent) || isBroken(err) {
-		return nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, errNoAgent) && !isBroken(err) {
 		return err
 	}
 	// The agent answers, then exits (its last sandboxes, its files): once
 	// this returns, nothing of the pool runs nor writes in the state dir.
+	// No agent to answer may be one exiting already (its socket gone, its
+	// clean-exit marker not yet written): it holds the lock until its end.
 	f, err := os.OpenFile(b.paths.lock, os.O_RDWR, 0)
 	if err != nil {
 		return nil // no agent ever ran here
