@@ -182,6 +182,7 @@ type creation struct {
 	started   time.Time
 	cancel    context.CancelFunc
 	cancelled bool
+	putting   bool // its sandbox is being put in the store (or is there)
 	tries     int
 	expires   time.Time // the expiry asked of the backend (SpreadExpiry)
 }

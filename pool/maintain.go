@@ -514,7 +514,7 @@ func (c *Controller) resize(target int, now time.Time) {
 	c.countedIdx = counted[:0]
 	active := 0
 	for _, cr := range c.inflight {
-		if !cr.cancelled {
+		if c.flyingLocked(cr) {
 			active++
 		}
 	}
@@ -528,7 +528,7 @@ func (c *Controller) resize(target int, now time.Time) {
 		surplus := have - target
 		var flying []*creation
 		for _, cr := range c.inflight {
-			if !cr.cancelled {
+			if c.flyingLocked(cr) {
 				flying = append(flying, cr)
 			}
 		}
@@ -614,11 +614,28 @@ func (c *Controller) countedLocked(now time.Time) (counted, active int) {
 		}
 	}
 	for _, cr := range c.inflight {
-		if !cr.cancelled {
+		if c.flyingLocked(cr) {
 			active++
 		}
 	}
 	return counted, active
+}
+
+// flyingLocked says whether a creation in flight counts toward the target:
+// not cancelled, and its sandbox not in this view yet. Its Put lands in the
+// store before it leaves c.inflight (under c.mu, after the Put): a load in
+// between shows the sandbox pooled, or claimed already, and counting the
+// creation as well would make the pool look one over target, so that a
+// pass cancels a creation that then has to be made again.
+func (c *Controller) flyingLocked(cr *creation) bool {
+	if cr.cancelled {
+		return false
+	}
+	if !cr.putting {
+		return true
+	}
+	id := cr.ref.ID
+	return !c.claimedView.has(id) && !slices.ContainsFunc(c.stored.Entries, func(e Entry) bool { return e.ID == id })
 }
 
 func (c *Controller) shrink(victims []Entry, target int) {
@@ -810,7 +827,7 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 		c.budget.create(start)
 	}
 	cr.tries++
-	cr.state, cr.ref = StateCreating, Ref{}
+	cr.state, cr.ref, cr.putting = StateCreating, Ref{}, false
 	ttl := c.creationTTLLocked(cr, start)
 	c.mu.Unlock()
 	c.yieldToClaims(ctx, backfillYield)
@@ -862,6 +879,9 @@ func (c *Controller) createOnce(ctx context.Context, cr *creation) (Ref, error) 
 	// Claims taking from the store go first: a burst of creations must not
 	// queue its writes ahead of them.
 	c.yieldToClaims(ctx, putYield)
+	c.mu.Lock()
+	cr.putting = true
+	c.mu.Unlock()
 	if err := c.st.Put(ctx, ref); err != nil {
 		if c.putLanded(ctx, ref) {
 			return Ref{}, fmt.Errorf("store sandbox %s: %w", ref.ID, err)
