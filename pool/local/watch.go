@@ -23,9 +23,25 @@ var _ pool.LossWatcher = (*Backend)(nil)
 // ones gone. A clean stop (terminate --all, idle) is no loss. It starts no
 // agent; while none runs it waits for one, and returns when ctx ends.
 func (b *Backend) WatchLoss(ctx context.Context, lost func(pool.BackendLoss)) {
+	say := func(agent int64, at time.Time) func() {
+		return func() {
+			// Once per agent: said here, or by the note of the next
+			// agent's first answer ("a new one runs"), not both.
+			if b.agentSeen.CompareAndSwap(agent, 0) {
+				lost(pool.BackendLoss{Before: at,
+					Why: fmt.Sprintf("the local agent of pool %q died (killed or crashed)", b.opts.Pool)})
+			}
+		}
+	}
 	for ctx.Err() == nil {
 		c, resp, err := b.dialWatch(ctx)
 		if err != nil {
+			// An agent this Backend talked to may have died before the
+			// watch reached it (killed right after its start): its lock,
+			// free without the clean stop's marker, says so.
+			if seen := b.agentSeen.Load(); seen != 0 {
+				b.agentDied(ctx, seen, say(seen, time.Now()))
+			}
 			b.waitForAgent(ctx)
 			continue
 		}
@@ -40,14 +56,7 @@ func (b *Backend) WatchLoss(ctx context.Context, lost func(pool.BackendLoss)) {
 		if ctx.Err() != nil {
 			return
 		}
-		at := time.Now()
-		b.agentDied(ctx, agent, func() {
-			// Said here: the note of the next agent's first answer would
-			// say it again ("a new one runs").
-			b.agentSeen.CompareAndSwap(agent, 0)
-			lost(pool.BackendLoss{Before: at,
-				Why: fmt.Sprintf("the local agent of pool %q died (killed or crashed)", b.opts.Pool)})
-		})
+		b.agentDied(ctx, agent, say(agent, time.Now()))
 	}
 }
 

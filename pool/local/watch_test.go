@@ -52,3 +52,31 @@ func TestWatchLossHearsTheAgentDie(t *testing.T) {
 		t.Fatal("WatchLoss did not return when its context ended")
 	}
 }
+
+// An agent killed before the watch reached it (right after its start) is
+// heard too: the watch finds its lock free without the clean stop's marker.
+func TestWatchLossHearsAnAgentThatDiedBeforeTheWatch(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t, local.Options{Pool: "unwatched"})
+	mustCreate(t, b, time.Minute)
+	if err := syscall.Kill(agentPid(t, b), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var losses []pool.BackendLoss
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b.WatchLoss(ctx, func(l pool.BackendLoss) { mu.Lock(); losses = append(losses, l); mu.Unlock() })
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	testkit.Eventually(t, 10*time.Second, "the loss heard", func() bool { mu.Lock(); defer mu.Unlock(); return len(losses) > 0 })
+	// Said once, however often the watch finds no agent since.
+	time.Sleep(2500 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(losses) != 1 {
+		t.Fatalf("losses %+v, want one", losses)
+	}
+}
