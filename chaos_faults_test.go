@@ -198,6 +198,11 @@ func (r *chaosRun) readOnlyDir(dir string, judge bool, files ...string) {
 	default:
 		if strings.Contains(stderr, "not at target") { // written, then waited in vain
 			r.noteResize(n)
+			// Cut short by the test's timeout: whether its target reached
+			// the store before, its exit does not say.
+			r.mu.Lock()
+			r.unsure = &chaosResize{at: time.Now(), from: cur, to: n}
+			r.mu.Unlock()
 		}
 		r.count("read-only: maintain exit " + strconv.Itoa(code) + ": " + errWords(strings.ReplaceAll(stderr, dir, "<state>")))
 	}

@@ -486,6 +486,7 @@ type chaosRun struct {
 	claimErrs map[string]int
 	killed    map[string]time.Time
 	resizes   []chaosResize
+	unsure    *chaosResize // the last resize, when it failed: applied or not
 	target    int
 	expires   map[string]time.Time // every sandbox's expiry, as seen
 	storedIDs map[string]bool      // ids seen in the store (pooled or claimed)
@@ -566,6 +567,7 @@ func (r *chaosRun) noteResize(n int) {
 	r.mu.Lock()
 	r.resizes = append(r.resizes, chaosResize{at: time.Now(), from: r.target, to: n})
 	r.target = n
+	r.unsure = nil
 	r.mu.Unlock()
 }
 
@@ -588,6 +590,15 @@ func (r *chaosRun) resize(n int, set func(int) error) {
 	} else {
 		err = set(n)
 	}
+	r.mu.Lock()
+	r.unsure = nil
+	if err != nil {
+		// It may or may not have been applied (an answer lost, a store
+		// write that failed after the target was read back): the calm
+		// check takes either.
+		r.unsure = &chaosResize{at: time.Now(), from: r.resizes[len(r.resizes)-1].from, to: n}
+	}
+	r.mu.Unlock()
 	if err != nil {
 		r.t.Logf("resize to %d: %v", n, err)
 	}
@@ -800,6 +811,11 @@ func (r *chaosRun) calmAndCheck(calm func()) {
 	for {
 		v, ok := r.ctl.pool()
 		last = v
+		r.mu.Lock()
+		if u := r.unsure; ok && u != nil && target == u.to && v.Target == u.from {
+			target = v.Target // the last resize failed, and was not applied
+		}
+		r.mu.Unlock()
 		if atTarget = ok && v.Counts.Ready >= target; atTarget {
 			break
 		}
