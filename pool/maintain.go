@@ -639,6 +639,16 @@ func (c *Controller) flyingLocked(cr *creation) bool {
 }
 
 func (c *Controller) shrink(victims []Entry, target int) {
+	reason := ReasonShrink
+	if target == 0 {
+		reason = ReasonUser // a target of 0 is a teardown someone asked for
+	}
+	c.evictAndTerminate(victims, "surplus", reason)
+}
+
+// evictAndTerminate takes victims out of the store's pool and terminates
+// what it removed: one a claimer took meanwhile stays its.
+func (c *Controller) evictAndTerminate(victims []Entry, what, reason string) {
 	if len(victims) == 0 {
 		return
 	}
@@ -648,15 +658,11 @@ func (c *Controller) shrink(victims []Entry, target int) {
 	}
 	removed, err := c.st.Evict(c.life, ids...)
 	if err != nil {
-		c.report(ProblemStore, opWrite, "", fmt.Errorf("drop surplus sandboxes from the store: %w", err))
+		c.report(ProblemStore, opWrite, "", fmt.Errorf("drop %s sandboxes from the store: %w", what, err))
 		return
 	}
 	for _, e := range removed {
 		c.forget(e.ID)
-		reason := ReasonShrink
-		if target == 0 {
-			reason = ReasonUser // a target of 0 is a teardown someone asked for
-		}
 		c.terminateAsync(e, reason, ByController)
 	}
 }

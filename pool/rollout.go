@@ -128,33 +128,12 @@ func (c *Controller) rollOn(target int, now time.Time) {
 	if said != "" {
 		c.emit(Event{Kind: EventWorkload, Message: said})
 	}
-	c.replace(victims)
+	c.evictAndTerminate(victims, "replaced", ReasonReplaced) // their replacements are ready
 	if done {
 		c.emit(Event{Kind: EventWorkload, Message: "rolling replacement done: every pooled sandbox runs " + wb.DescribeWorkload(wb.Workload())})
 	}
 	if started {
 		c.Kick() // their replacements start now, not at the next pass
-	}
-}
-
-// replace takes old-workload sandboxes out of the pool and terminates them:
-// their replacements are ready. One a claimer took meanwhile stays its.
-func (c *Controller) replace(victims []Entry) {
-	if len(victims) == 0 {
-		return
-	}
-	ids := make([]string, len(victims))
-	for i, v := range victims {
-		ids[i] = v.ID
-	}
-	removed, err := c.st.Evict(c.life, ids...)
-	if err != nil {
-		c.report(ProblemStore, opWrite, "", fmt.Errorf("drop replaced sandboxes from the store: %w", err))
-		return
-	}
-	for _, e := range removed {
-		c.forget(e.ID)
-		c.terminateAsync(e, ReasonReplaced, ByController)
 	}
 }
 
