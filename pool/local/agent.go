@@ -23,6 +23,7 @@ import (
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/local/claimtable"
 	"golang.org/x/sys/unix"
+	"gopkg.in/natefinch/lumberjack.v2"
 )
 
 // agentSpec is what the agent is started with (envAgent, JSON).
@@ -116,6 +117,10 @@ type endNote struct {
 	seq uint64
 	id  string
 }
+
+// agentLogMaxMB caps the agent's own log (<pool>.agent.log) before it is
+// rotated; one older part is kept.
+const agentLogMaxMB = 10
 
 // maxEnded bounds what the agent remembers of ended claimed sandboxes for
 // callers that list changes: one that falls further behind lists in full.
@@ -322,6 +327,10 @@ func runAgent(spec agentSpec, ready *os.File) error {
 	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds | log.LUTC)
 	p := poolPaths(spec.StateDir, spec.Pool)
+	// A line per sandbox's end: capped and rotated, as a node agent's log
+	// is (the launcher's descriptor, the first lines' and a crash's, stays
+	// on the file it opened).
+	log.SetOutput(&lumberjack.Logger{Filename: p.log, MaxSize: agentLogMaxMB, MaxBackups: 1})
 	a := &agent{
 		spec: spec, paths: p, mark: envAgentMark + "=" + p.sock, uid: uint32(os.Getuid()),
 		logFds: newFDCache(fdCacheSize()),

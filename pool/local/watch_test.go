@@ -2,6 +2,9 @@ package local_test
 
 import (
 	"context"
+	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -79,4 +82,23 @@ func TestWatchLossHearsAnAgentThatDiedBeforeTheWatch(t *testing.T) {
 	if len(losses) != 1 {
 		t.Fatalf("losses %+v, want one", losses)
 	}
+}
+
+// The agent's log explains each sandbox's end: a termination names who
+// asked for it (this test's pid), an expiry says so.
+func TestAgentLogSaysWhyEachSandboxEnded(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	b := newBackend(t, local.Options{Pool: "why", StateDir: dir})
+	gone := mustCreate(t, b, time.Minute)
+	expiring := mustCreate(t, b, 2*time.Second)
+	if err := b.Terminate(context.Background(), gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	asked := fmt.Sprintf("sandbox %s: terminated, asked by pid %d (", gone.ID, os.Getpid())
+	expired := fmt.Sprintf("sandbox %s: expired", expiring.ID)
+	testkit.Eventually(t, 20*time.Second, "both ends in the agent's log", func() bool {
+		data, _ := os.ReadFile(filepath.Join(dir, "why.agent.log"))
+		return strings.Contains(string(data), asked) && strings.Contains(string(data), expired)
+	})
 }
