@@ -571,3 +571,21 @@ func waitClaimWaiting(t testing.TB, e *env) {
 	t.Helper()
 	testkit.Eventually(t, 5*time.Second, "a claim waits", func() bool { return e.cst.takes.Load() >= 2 })
 }
+
+// afterAbandonedClaim waits for the server to see a waiting claim end (its
+// client left), then gives the empty pool one sandbox and returns the
+// snapshot once it is ready: the abandoned claim must have taken nothing.
+func afterAbandonedClaim(t testing.TB, e *env) pool.Snapshot {
+	t.Helper()
+	testkit.Eventually(t, 5*time.Second, "the server sees the claim end", func() bool {
+		return e.ctrl.Snapshot().Stats.ClaimsFailed == 1
+	})
+	if err := e.ctrl.Resize(context.Background(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.ctrl.Maintain(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	waitReady(t, e, 1)
+	return e.ctrl.Snapshot()
+}

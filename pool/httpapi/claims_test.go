@@ -196,17 +196,7 @@ func TestDisconnectedClientTakesNothing(t *testing.T) {
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("client: %v", err)
 	}
-	testkit.Eventually(t, 5*time.Second, "the server sees the claim end", func() bool {
-		return e.ctrl.Snapshot().Stats.ClaimsFailed == 1
-	})
-	if err := e.ctrl.Resize(context.Background(), 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.ctrl.Maintain(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, e, 1)
-	snap := e.ctrl.Snapshot()
+	snap := afterAbandonedClaim(t, e)
 	if snap.Counts[pool.StateReady] != 1 || snap.Counts[pool.StateClaimed] != 0 || snap.Stats.ClaimsWarm+snap.Stats.ClaimsWaited != 0 {
 		t.Fatalf("after the client left: %v %+v", snap.Counts, snap.Stats)
 	}

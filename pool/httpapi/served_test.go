@@ -66,17 +66,7 @@ func TestServedSeedClaimClientGoneTakesNothing(t *testing.T) {
 	}
 	waitClaimWaiting(t, e)
 	_ = c.Close()
-	testkit.Eventually(t, 5*time.Second, "the server sees the claim end", func() bool {
-		return e.ctrl.Snapshot().Stats.ClaimsFailed == 1
-	})
-	if err := e.ctrl.Resize(context.Background(), 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.ctrl.Maintain(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	waitReady(t, e, 1)
-	if s := e.ctrl.Snapshot(); s.Counts[pool.StateClaimed] != 0 || s.Stats.ClaimsWarm+s.Stats.ClaimsWaited != 0 {
+	if s := afterAbandonedClaim(t, e); s.Counts[pool.StateClaimed] != 0 || s.Stats.ClaimsWarm+s.Stats.ClaimsWaited != 0 {
 		t.Fatalf("a claim for nobody: %v %+v", s.Counts, s.Stats)
 	}
 	testkit.Eventually(t, 5*time.Second, "the abandoned claim logged as 499", func() bool {
