@@ -220,7 +220,8 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 		c.mu.Unlock()
 		tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminateTimeout)
 		defer cancel()
-		if err := c.be.Terminate(tctx, e.ID); err != nil {
+		// As a pool's termination: one a claim holds since stays its.
+		if err := c.backendTerminate(tctx, e, reason); err != nil && !errors.Is(err, ErrAlreadyClaimed) && !errors.Is(err, ErrNotFound) {
 			return fmt.Errorf("terminate %s: %w", e.ID, err)
 		}
 		c.emit(Event{Kind: EventStoreChanged, SandboxID: e.ID, Message: e.ID + " had ended already (terminated by this controller): out of the pool"})
@@ -248,12 +249,7 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	// or the sandbox would be out of the store but alive.
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminateTimeout)
 	defer cancel()
-	var err error
-	if pt, ok := c.be.(PooledTerminator); ok && !e.Claimed() && reason != ReasonUser && reason != ReasonCleanup {
-		err = pt.TerminatePooled(tctx, e.ID)
-	} else {
-		err = c.be.Terminate(tctx, e.ID)
-	}
+	err := c.backendTerminate(tctx, e, reason)
 	c.mu.Lock()
 	delete(c.killing, e.ID)
 	delete(c.recent, e.ID)
@@ -283,6 +279,15 @@ func (c *Controller) terminate(ctx context.Context, e Entry, reason, by string) 
 	c.resolve(ProblemBackend, opTerminate)
 	c.emit(Event{Kind: EventTerminated, SandboxID: e.ID, Reason: reason, By: by})
 	return nil
+}
+
+// backendTerminate asks the backend to stop e: as the pool's (never a
+// sandbox a claim holds) unless e is claimed or someone asked for it.
+func (c *Controller) backendTerminate(ctx context.Context, e Entry, reason string) error {
+	if pt, ok := c.be.(PooledTerminator); ok && !e.Claimed() && reason != ReasonUser && reason != ReasonCleanup {
+		return pt.TerminatePooled(ctx, e.ID)
+	}
+	return c.be.Terminate(ctx, e.ID)
 }
 
 // terminateTimeout bounds one Terminate call.
