@@ -72,6 +72,9 @@ say "building"
 go build -o "$bin" .
 go build -o "$load" ./internal/cmd/claimload
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+# How fast the machine is this minute: the same binary's figures move with
+# it (a busy host, CPU steal), so a run says it beside them.
+machine_start=$("$load" machine)
 
 say "loopback floor, back to back and paced 300 ms apart"
 floor=$("$load" floor -n 5000)
@@ -167,12 +170,16 @@ stop_second
 big_claimed=$(metric 'sandboxpool_sandboxes{state="claimed"}') || true
 say "$big (claimed entries after: $big_claimed)"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+machine_end=$("$load" machine)
+steal=$(awk -v t0="$(kv "$machine_start" ticks)" -v t1="$(kv "$machine_end" ticks)" \
+	-v s0="$(kv "$machine_start" steal_ticks)" -v s1="$(kv "$machine_end" steal_ticks)" \
+	'BEGIN { if (t1 > t0) printf "%.1f", 100 * (s1 - s0) / (t1 - t0); else print "-" }')
 
 p50() { kv "$1" p50_ms; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "-"; else printf "%+.0f%%", 100 * (a - b) / b }'; }
 machine="$(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(go version | awk '{print $3}'), $(date -u '+%Y-%m-%d %H:%M UTC')"
 cat <<EOF
-Machine: $machine. Load average (1/5/15 min): $load_start at the start, $load_end at the end.
+Machine: $machine. Load average (1/5/15 min): $load_start at the start, $load_end at the end. Machine speed (one core's time for a fixed task, SHA-256 of 256 MiB; lower is faster): $(kv "$machine_start" speed_ms) ms at the start, $(kv "$machine_end" speed_ms) ms at the end; CPU time taken by the hypervisor (steal) during the run: $steal%.
 Loopback floor (keep-alive HTTP round trip to an empty handler in another process, same tool): p50 $(p50 "$floor") ms back to back, $(p50 "$floor_paced") ms paced 300 ms apart, p50 / p99 $(p50 "$floor_burst") / $(kv "$floor_burst" p99_ms) ms in the bursts below ($(p50 "$floor_cold") / $(kv "$floor_cold" p99_ms) ms when every burst opens new connections).
 
 | what | figure | target |

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -253,5 +254,26 @@ func TestBurstReadsAProcesssCPUAndSpan(t *testing.T) {
 	var a, b float64
 	if n, err := fmt.Sscanf(spans.String(), "%f %f\n", &a, &b); n != 2 || err != nil || a <= 0 || b < a || b-a > r.Elapsed.Seconds()+1 {
 		t.Errorf("span %q (%v), elapsed %v", spans.String(), err, r.Elapsed)
+	}
+}
+
+func TestMachineReadsProcStat(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("/proc/stat is Linux's")
+	}
+	a, err := ReadCPUTimes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Total <= 0 || a.Idle > a.Total || a.Steal > a.Total {
+		t.Fatalf("implausible /proc/stat times: %+v", a)
+	}
+	Speed() // a CPU task: ticks pass meanwhile
+	b, err := ReadCPUTimes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Total <= a.Total || b.Steal < a.Steal {
+		t.Fatalf("times did not move forward: %+v then %+v", a, b)
 	}
 }

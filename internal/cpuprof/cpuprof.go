@@ -8,7 +8,10 @@
 // SANDBOXPOOL_DEBUG_HEAPPROFILE=PREFIX instead, each SIGUSR1 writes a heap
 // profile (after a GC) to PREFIX.<pid>.<n>: two taken apart in a soak show
 // what memory only grows. Without the variables it does nothing (and
-// SIGUSR1 keeps its default action).
+// SIGUSR1 keeps its default action). With SANDBOXPOOL_DEBUG_TRACE=PREFIX, a
+// SIGUSR1 starts an execution trace and a SIGUSR2 writes it to
+// PREFIX.<pid>.trace: where goroutines waited, not only what ran
+// (`go tool trace`).
 package cpuprof
 
 import (
@@ -17,20 +20,24 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"syscall"
 )
 
 // Env names the variable that turns the CPU hook on, HeapEnv the heap one.
 const (
-	Env     = "SANDBOXPOOL_DEBUG_CPUPROFILE"
-	HeapEnv = "SANDBOXPOOL_DEBUG_HEAPPROFILE"
+	Env      = "SANDBOXPOOL_DEBUG_CPUPROFILE"
+	HeapEnv  = "SANDBOXPOOL_DEBUG_HEAPPROFILE"
+	TraceEnv = "SANDBOXPOOL_DEBUG_TRACE"
 )
 
 // FromEnv installs the hook when Env or HeapEnv is set (Env wins).
 func FromEnv() {
 	prefix := os.Getenv(Env)
 	if prefix == "" {
-		heapFromEnv()
+		if !traceFromEnv() {
+			heapFromEnv()
+		}
 		return
 	}
 	// Every 4 KiB rather than 512 KiB: a phase allocates a few MiB.
@@ -78,6 +85,38 @@ func writeProfile(name, path string) {
 	}
 	defer f.Close()
 	_ = pprof.Lookup(name).WriteTo(f, 0)
+}
+
+// traceFromEnv installs the execution trace hook when TraceEnv is set.
+func traceFromEnv() bool {
+	prefix := os.Getenv(TraceEnv)
+	if prefix == "" {
+		return false
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
+	go func() {
+		var f *os.File
+		for s := range sigs {
+			switch {
+			case s == syscall.SIGUSR1 && f == nil:
+				var err error
+				if f, err = os.Create(fmt.Sprintf("%s.%d.trace", prefix, os.Getpid())); err != nil {
+					f = nil
+					continue
+				}
+				if trace.Start(f) != nil {
+					f.Close()
+					f = nil
+				}
+			case s == syscall.SIGUSR2 && f != nil:
+				trace.Stop()
+				f.Close()
+				f = nil
+			}
+		}
+	}()
+	return true
 }
 
 // heapFromEnv writes a heap profile on each SIGUSR1 when HeapEnv is set.

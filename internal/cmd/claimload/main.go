@@ -18,6 +18,8 @@
 //	alternate   one client, -n claims from each of -url and -url2 in turn, -gap apart (two pools compared in the same minutes)
 //	claimed     claim at -rate until the pool shows -want claimed entries or -max-wait passes
 //	cpu         CPU ms of every process of the pool under -state-dir (and -pid's tree)
+//	machine     the machine now: one core's time for a fixed task (speed_ms) and
+//	            /proc/stat's total and steal ticks, for a run's start and end
 package main
 
 import (
@@ -235,6 +237,14 @@ func main() {
 			}
 		}
 		fmt.Printf("%s claimed_entries=%.0f\n", res.Line(mode), have)
+		return
+	case "machine":
+		t, err := claimload.ReadCPUTimes()
+		if err != nil {
+			fail(err)
+		}
+		fmt.Printf("mode=machine speed_ms=%.0f ticks=%d steal_ticks=%d\n",
+			float64(claimload.Speed().Microseconds())/1000, t.Total, t.Steal)
 		return
 	case "cpu":
 		if *stateDir == "" {
