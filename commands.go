@@ -154,6 +154,11 @@ func runCommand(o *options) *cobra.Command {
 		if err != nil {
 			return err
 		}
+		access := newLaterWriter(cmd.ErrOrStderr(), accessLogDelay)
+		defer access.Flush()
+		if o.accessLog, err = newLogger(o, access); err != nil {
+			return err
+		}
 		// Bursts of claims allocate a few MiB over a live heap of a few:
 		// GC cycles at least runGCFloor apart, not every ~4 MiB.
 		defer gcfloor.Start(runGCFloor)()
@@ -175,6 +180,10 @@ func runCommand(o *options) *cobra.Command {
 	}
 	return cmd
 }
+
+// accessLogDelay is how long run holds the API's request lines: a burst's
+// lines go out in one write, at most this late.
+const accessLogDelay = 10 * time.Millisecond
 
 // runGCFloor is the heap `run` may grow to before a GC cycle while its live
 // heap is small (internal/gcfloor).

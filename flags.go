@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -61,6 +62,9 @@ type options struct {
 	// mustExist: a read-only command (check) creates nothing of a pool never
 	// made (on Modal: no app, no queue).
 	mustExist bool
+	// accessLog, when set, gets the API's lines (one per request) instead
+	// of the command's logger: run's writes them a burst at a time.
+	accessLog *slog.Logger
 }
 
 // noteWorkloadFlags records which flags that say what a sandbox runs were

@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"fmt"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/sandboxpool/sandboxpool/pool"
 )
@@ -26,5 +31,67 @@ func TestRunLogsSandboxesLeavingThePool(t *testing.T) {
 		if got := runLogs(tc.e); got != tc.want {
 			t.Errorf("runLogs(%s %q) = %v, want %v", tc.e.Kind, tc.e.Message, got, tc.want)
 		}
+	}
+}
+
+// countingWriter counts the writes it gets.
+type countingWriter struct {
+	mu     sync.Mutex
+	writes int
+	buf    bytes.Buffer
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes++
+	return c.buf.Write(p)
+}
+
+func (c *countingWriter) seen() (int, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes, c.buf.String()
+}
+
+// TestLaterWriterWritesABurstAtOnce: the API's request lines of a burst go
+// out in one write after the delay, in order; Flush writes what is held at
+// once, and a flood past laterMax is not held.
+func TestLaterWriterWritesABurstAtOnce(t *testing.T) {
+	out := &countingWriter{}
+	l := newLaterWriter(out, 50*time.Millisecond)
+	var want strings.Builder
+	for i := range 45 {
+		line := fmt.Sprintf("request %d\n", i)
+		want.WriteString(line)
+		if _, err := l.Write([]byte(line)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := out.seen(); n != 0 {
+		t.Fatalf("%d writes before the delay passed, want none", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for n, _ := out.seen(); n == 0; n, _ = out.seen() {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing written 5 s after the lines")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n, got := out.seen(); n != 1 || got != want.String() {
+		t.Fatalf("%d writes of %q, want 1 of the 45 lines in order", n, got)
+	}
+
+	// Again after the timer fired once (it is re-armed), then Flush.
+	_, _ = l.Write([]byte("last\n"))
+	l.Flush()
+	if n, got := out.seen(); n != 2 || !strings.HasSuffix(got, "request 44\nlast\n") {
+		t.Fatalf("after Flush: %d writes, ending %q", n, got[max(0, len(got)-30):])
+	}
+	l.Flush() // nothing held: no write
+	big := bytes.Repeat([]byte("x"), laterMax)
+	_, _ = l.Write(big)
+	if n, _ := out.seen(); n != 3 {
+		t.Fatalf("%d writes after a %d-byte line, want it written at once", n, len(big))
 	}
 }
