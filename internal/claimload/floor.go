@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -26,12 +25,8 @@ func Floor(ctx context.Context, base string, n int, gap time.Duration) (Result, 
 	for i := 0; i < n && ctx.Err() == nil; i++ {
 		sleepUntil(ctx, next)
 		next = next.Add(gap)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/", nil)
-		if err != nil {
-			return res, err
-		}
 		t := time.Now()
-		resp, err := c.HTTP.Do(req)
+		err := c.get(ctx, "/")
 		res.Claims++
 		if err != nil {
 			res.Errors++
@@ -40,8 +35,6 @@ func Floor(ctx context.Context, base string, n int, gap time.Duration) (Result, 
 			}
 			continue
 		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
 		res.Latency = append(res.Latency, time.Since(t))
 	}
 	res.Elapsed = time.Since(start)
@@ -65,21 +58,13 @@ func FloorBurst(ctx context.Context, base string, clients, n, repeat int, connec
 	start := time.Now()
 	for range repeat {
 		if !connect {
+			c.Close()
 			c = NewClient(base, clients)
 		}
 		c.burst(ctx, rec, clients, n, func(ctx context.Context) (time.Duration, error) {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+"/", nil)
-			if err != nil {
-				return 0, err
-			}
 			t := time.Now()
-			resp, err := c.HTTP.Do(req)
-			if err != nil {
-				return time.Since(t), err
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			return time.Since(t), nil
+			err := c.get(ctx, "/")
+			return time.Since(t), err
 		})
 	}
 	rec.res.Elapsed = time.Since(start)

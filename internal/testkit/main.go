@@ -8,6 +8,9 @@ var ignored = []goleak.Option{
 	goleak.IgnoreTopFunction("github.com/charmbracelet/x/exp/teatest.NewTestModel.func2"),
 	// fasthttp refreshes its Date header once a second, for the process.
 	goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.updateServerDate.func1"),
+	// A fasthttp client's idle-connection cleaner (claimload's) ends one
+	// idle period after its last connection closed, minutes later.
+	goleak.IgnoreAnyFunction("github.com/valyala/fasthttp.(*HostClient).connsCleaner"),
 }
 
 // Main runs the tests of m and, when they pass, fails the binary if any

@@ -178,6 +178,9 @@ func main() {
 					bc.Token, bc.NoHealthCheck, bc.Timeout, bc.CPUPid, bc.Spans = t.Token, t.NoHealthCheck, t.Timeout, t.CPUPid, t.Spans
 				}
 				r, berr := bc.Burst(ctx, *clients, *n)
+				if *cold {
+					bc.Close() // its connections end with its burst
+				}
 				results[j] = merge(results[j], r)
 				if berr != nil {
 					err = berr
