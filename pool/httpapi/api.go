@@ -61,6 +61,7 @@ type API struct {
 	retryAfter time.Duration
 	limits     Limits
 	stats      *apiStats
+	requests   *requestLog // the fast routes' line per request
 }
 
 // New returns the API of ctrl as an http.Handler.
@@ -70,6 +71,7 @@ func New(ctrl *pool.Controller, opts Options) *API {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
+	a.requests = newRequestLog(a.log)
 	if a.retryAfter <= 0 {
 		a.retryAfter = 2 * time.Second
 	}

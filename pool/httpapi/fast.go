@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -168,15 +167,10 @@ func (d answered) run() {
 	if d.announce {
 		d.claimed.Announce()
 	}
-	ctx := context.Background()
-	if !d.a.log.Enabled(ctx, slog.LevelInfo) {
-		return
-	}
-	// The same line as ServeHTTP's (never the headers: the Authorization
-	// header carries the token); its duration ends once the answer is sent.
-	d.a.log.LogAttrs(ctx, slog.LevelInfo, "http request", slog.String("method", d.method), slog.String("path", d.path),
-		slog.Int("status", d.status), slog.Duration("duration", time.Since(d.start).Round(time.Microsecond)),
-		slog.String("remote", d.remote), slog.Int("bytes", d.bytes))
+	// Its duration ends once the answer is sent.
+	now := time.Now()
+	d.a.requests.add(requestLine{at: now, method: d.method, path: d.path, status: d.status,
+		duration: now.Sub(d.start).Round(time.Microsecond), remote: d.remote, bytes: d.bytes})
 }
 
 // marshalAnswer is writeJSON's encoding of v.

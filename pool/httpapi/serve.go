@@ -167,6 +167,7 @@ func Serve(ctx context.Context, listen string, api *API) (addr string, errc <-ch
 		case <-time.After(ShutdownTimeout):
 			g.closeAll() // handlers that did not end in time
 		}
+		api.requests.flush() // the last requests' lines, before Serve says it ended
 		out <- err
 	}()
 	return ln.Addr().String(), out, nil
