@@ -42,10 +42,8 @@ func (s *Store) TakeQuick(tr pool.TakeRequest) (pool.Entry, pool.PendingTake, bo
 	if tr.ClaimedBy == "" || !encodable(tr.Now) || !utf8.ValidString(tr.ClaimedBy) {
 		return pool.Entry{}, nil, false // Take says why
 	}
-	select {
-	case s.sem <- struct{}{}:
-	default:
-		return pool.Entry{}, nil, false // a transaction runs: no waiting here (Take queues)
+	if !s.quickTurn() {
+		return pool.Entry{}, nil, false // a long transaction runs: Take queues, its wait bounded by the claim's context
 	}
 	defer func() { <-s.sem }()
 	if s.closed.Load() || s.st == nil || s.roErr != nil {
@@ -59,6 +57,32 @@ func (s *Store) TakeQuick(tr pool.TakeRequest) (pool.Entry, pool.PendingTake, bo
 	q := &quickTake{s: s, e: e, index: i, applied: true}
 	s.pending = append(s.pending, q)
 	return e, q, true
+}
+
+// quickWait is how long a take from memory waits for a transaction of this
+// Store to end. A put's or a take's record holds the Store's turn for tens
+// of µs (no flush: they are lazy); giving up at once sent a sixth of a
+// burst's claims down Take, a transaction of their own (lock, stat,
+// append) that waited for the same turn. A longer one (a compaction, a
+// change flushed before its answer, another process's lock) is left to
+// Take.
+const quickWait = 2 * time.Millisecond
+
+// quickTurn takes this Store's turn, waiting up to quickWait for it.
+func (s *Store) quickTurn() bool {
+	select {
+	case s.sem <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(quickWait)
+	defer t.Stop()
+	select {
+	case s.sem <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // Record implements pool.PendingTake.
