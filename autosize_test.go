@@ -33,7 +33,7 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 		}
 		return base != ""
 	})
-	c := claimload.NewClient(base, 8)
+	c := claimload.NewClient(base)
 	ctx := context.Background()
 	metric := func(name string) float64 {
 		t.Helper()

@@ -60,13 +60,13 @@ type Client struct {
 // counts that wait in their latency.
 const MaxConns = 200
 
-// NewClient returns a client that keeps enough connections for conns
-// concurrent claims, so that no claim pays a new connection. It is a lean
+// NewClient returns a client for base whose connections are kept alive for
+// the next claims, up to MaxConns at once. It is a lean
 // HTTP/1.1 client (fasthttp's: the request is written and its answer read
 // on the caller's goroutine): on a machine of 2 cores the tool shares the
 // CPU with the pool it measures, and Go's net/http client (three goroutines
 // a request) took about half of what the controller took in a burst.
-func NewClient(base string, conns int) *Client {
+func NewClient(base string) *Client {
 	base = strings.TrimRight(base, "/")
 	u, err := url.Parse(base)
 	addr, tls := base, false
@@ -85,7 +85,9 @@ func NewClient(base string, conns int) *Client {
 			}
 			return conn, err
 		},
-		MaxConns:            max(min(conns, MaxConns), 1),
+		// Beyond MaxConns at once, a request waits for a free one.
+		MaxConns:            MaxConns,
+		MaxConnWaitTimeout:  requestSlack,
 		MaxIdleConnDuration: 5 * time.Minute,
 		// Each answer's body whole, as a user's client reads it.
 		MaxResponseBodySize: 64 << 20,

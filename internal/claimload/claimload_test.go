@@ -37,7 +37,7 @@ func fakeAPI(t *testing.T) (*httptest.Server, *atomic.Int64) {
 
 func TestModesCountClaimsAndWarmShare(t *testing.T) {
 	srv, _ := fakeAPI(t)
-	c := NewClient(srv.URL, 4)
+	c := NewClient(srv.URL)
 	ctx := context.Background()
 	for name, run := range map[string]func() (Result, error){
 		"paced": func() (Result, error) { return c.Paced(ctx, 5, time.Millisecond) },
@@ -58,12 +58,25 @@ func TestModesCountClaimsAndWarmShare(t *testing.T) {
 	}
 }
 
+// More claims at once than the client may hold connections: the rest wait
+// for a free one, as they did with net/http's transport, instead of failing
+// ("no free connections available to host").
+func TestClaimsBeyondTheConnectionCapWait(t *testing.T) {
+	srv, _ := fakeAPI(t)
+	c := NewClient(srv.URL)
+	c.fast.MaxConns = 2
+	r, err := c.Burst(context.Background(), 10, 30)
+	if err != nil || r.Errors != 0 || len(r.Latency) != 30 {
+		t.Fatalf("burst of 30 over 10 clients on 2 connections: %v %s", err, r.Line("burst"))
+	}
+}
+
 func TestStepsSamplesEverySecond(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes 2 s")
 	}
 	srv, _ := fakeAPI(t)
-	c := NewClient(srv.URL, 4)
+	c := NewClient(srv.URL)
 	steps, err := ParseSteps("10x1s,0x1s")
 	if err != nil {
 		t.Fatal(err)
@@ -178,7 +191,7 @@ func TestConnectOpensTheClientsConnectionsBeforeABurst(t *testing.T) {
 	}
 	srv.Start()
 	defer srv.Close()
-	c := NewClient(srv.URL, 8)
+	c := NewClient(srv.URL)
 	if err := c.Connect(context.Background(), 8, "/healthz"); err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +241,7 @@ func TestPoolCPUCountsFinerThanTicks(t *testing.T) {
 func TestAlternateClaimsFromTwoAPIsInTurn(t *testing.T) {
 	a, warmA := fakeAPI(t)
 	b, warmB := fakeAPI(t)
-	ra, rb, err := Alternate(context.Background(), NewClient(a.URL, 1), NewClient(b.URL, 1), 4, time.Millisecond)
+	ra, rb, err := Alternate(context.Background(), NewClient(a.URL), NewClient(b.URL), 4, time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +254,7 @@ func TestAlternateClaimsFromTwoAPIsInTurn(t *testing.T) {
 // with Spans it writes their span on CLOCK_MONOTONIC.
 func TestBurstReadsAProcesssCPUAndSpan(t *testing.T) {
 	srv, _ := fakeAPI(t)
-	c := NewClient(srv.URL, 4)
+	c := NewClient(srv.URL)
 	var spans strings.Builder
 	c.CPUPid, c.Spans = os.Getpid(), &spans // the fake API runs in this process
 	r, err := c.Burst(context.Background(), 4, 200)

@@ -18,7 +18,7 @@ import (
 // back-to-back ones: both sides' threads sleep between them, and each round
 // trip pays their wake-ups; a paced claim is read against the paced floor.
 func Floor(ctx context.Context, base string, n int, gap time.Duration) (Result, error) {
-	c := NewClient(base, 1)
+	c := NewClient(base)
 	var res Result
 	start := time.Now()
 	next := start
@@ -48,7 +48,7 @@ func Floor(ctx context.Context, base string, n int, gap time.Duration) (Result, 
 // With connect, the clients' connections are opened first (Client.Connect)
 // and kept; without, every burst is on new connections.
 func FloorBurst(ctx context.Context, base string, clients, n, repeat int, connect bool) (Result, error) {
-	c := NewClient(base, clients)
+	c := NewClient(base)
 	if connect {
 		if err := c.Connect(ctx, clients, "/"); err != nil {
 			return Result{}, err
@@ -59,7 +59,7 @@ func FloorBurst(ctx context.Context, base string, clients, n, repeat int, connec
 	for range repeat {
 		if !connect {
 			c.Close()
-			c = NewClient(base, clients)
+			c = NewClient(base)
 		}
 		c.burst(ctx, rec, clients, n, func(ctx context.Context) (time.Duration, error) {
 			t := time.Now()

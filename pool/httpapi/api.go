@@ -370,7 +370,11 @@ func (a *API) retryAfterSeconds() int {
 // claimOptions reads a claim's parameters from its raw query and, for
 // POST /v1/claims (post), its body.
 func (a *API) claimOptions(post bool, rawQuery string, body []byte, remote string) (pool.ClaimOptions, error) {
-	o := pool.ClaimOptions{CheckHealth: true, By: "api " + remote}
+	o := pool.ClaimOptions{CheckHealth: true, By: "api " + remote,
+		Timeout: min(a.ctrl.Config().ClaimTimeout, MaxClaimTimeout)}
+	if rawQuery == "" && len(body) == 0 { // the usual claim: the defaults, nothing to parse
+		return o, nil
+	}
 	// Not r.URL.Query(): it silently drops what it cannot parse (a bad
 	// escape, a ';'), and a claim would then run with the defaults.
 	q, err := url.ParseQuery(rawQuery)
@@ -407,7 +411,6 @@ func (a *API) claimOptions(post bool, rawQuery string, body []byte, remote strin
 		}
 		o.CheckHealth = b
 	}
-	o.Timeout = min(a.ctrl.Config().ClaimTimeout, MaxClaimTimeout)
 	if v, ok := one(q, "timeout"); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 || d > MaxClaimTimeout {

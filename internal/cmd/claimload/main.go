@@ -82,7 +82,7 @@ func main() {
 	_ = fs.Parse(os.Args[2:])
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	c := claimload.NewClient(*base, claimload.MaxConns)
+	c := claimload.NewClient(*base)
 	c.Token, c.NoHealthCheck, c.Timeout, c.Every, c.CPUPid = *token, *noCheck, *timeout, *every, *cpuPid
 	if *spans != "" {
 		f, ferr := os.OpenFile(*spans, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
@@ -144,7 +144,7 @@ func main() {
 		// minutes (an A/B whose load comes and goes alike for both).
 		targets := []*claimload.Client{c}
 		if *base2 != "" {
-			c2 := claimload.NewClient(*base2, claimload.MaxConns)
+			c2 := claimload.NewClient(*base2)
 			c2.Token, c2.NoHealthCheck, c2.Timeout, c2.Every, c2.CPUPid = c.Token, c.NoHealthCheck, c.Timeout, c.Every, *cpuPid2
 			targets = append(targets, c2)
 		}
@@ -174,7 +174,7 @@ func main() {
 				}
 				bc := t
 				if *cold {
-					bc = claimload.NewClient(t.Base, claimload.MaxConns)
+					bc = claimload.NewClient(t.Base)
 					bc.Token, bc.NoHealthCheck, bc.Timeout, bc.CPUPid, bc.Spans = t.Token, t.NoHealthCheck, t.Timeout, t.CPUPid, t.Spans
 				}
 				r, berr := bc.Burst(ctx, *clients, *n)
@@ -211,7 +211,7 @@ func main() {
 		}
 		return
 	case "alternate":
-		c2 := claimload.NewClient(*base2, claimload.MaxConns)
+		c2 := claimload.NewClient(*base2)
 		c2.Token, c2.NoHealthCheck, c2.Timeout = c.Token, c.NoHealthCheck, c.Timeout
 		ra, rb, aerr := claimload.Alternate(ctx, c, c2, *n, *gap)
 		if aerr != nil {
