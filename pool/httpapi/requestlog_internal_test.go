@@ -34,7 +34,7 @@ func (b *lockedBuffer) String() string {
 func TestRequestLogWritesABurstLater(t *testing.T) {
 	out := &lockedBuffer{}
 	r := newRequestLog(slog.New(slog.NewTextHandler(out, nil)))
-	r.delay = 50 * time.Millisecond
+	r.delay = 300 * time.Millisecond
 	at := time.Date(2026, 12, 2, 21, 0, 0, 0, time.UTC)
 	for i := range 45 {
 		r.add(requestLine{at: at.Add(time.Duration(i) * time.Millisecond), method: "POST", path: "/v1/claims",
@@ -43,8 +43,9 @@ func TestRequestLogWritesABurstLater(t *testing.T) {
 	if got := out.String(); got != "" {
 		t.Fatalf("written before the delay:\n%s", got)
 	}
+	// The flush writes line by line: wait for the last one.
 	deadline := time.Now().Add(5 * time.Second)
-	for out.String() == "" && time.Now().Before(deadline) {
+	for strings.Count(out.String(), "\n") < 45 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	lines := strings.Split(strings.TrimSuffix(out.String(), "\n"), "\n")
