@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sandboxpool/sandboxpool/internal/later"
 	"github.com/sandboxpool/sandboxpool/modalx"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/filestore"
@@ -544,32 +545,28 @@ func logEvents(ctrl *pool.Controller, o *options, w io.Writer) error {
 // what is held at once (before the process ends).
 type laterWriter struct {
 	w     io.Writer
-	delay time.Duration
-	mu    sync.Mutex
+	mu    sync.Mutex // guards buf and later
 	buf   []byte
-	timer *time.Timer // made at the first write
-	armed bool        // the timer will flush what buf holds
+	later *later.Flush // writes what buf holds
 }
 
 // laterMax is what laterWriter holds at most: more is written at once.
 const laterMax = 64 << 10
 
 func newLaterWriter(w io.Writer, delay time.Duration) *laterWriter {
-	return &laterWriter{w: w, delay: delay}
+	l := &laterWriter{w: w}
+	l.later = later.New(delay, l.Flush)
+	return l
 }
 
 func (l *laterWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.buf = append(l.buf, p...)
-	switch {
-	case len(l.buf) >= laterMax:
+	if len(l.buf) >= laterMax {
 		l.flushLocked()
-	case l.timer == nil:
-		l.timer, l.armed = time.AfterFunc(l.delay, l.Flush), true
-	case !l.armed:
-		l.timer.Reset(l.delay)
-		l.armed = true
+	} else {
+		l.later.Arm()
 	}
 	return len(p), nil
 }
@@ -582,7 +579,7 @@ func (l *laterWriter) Flush() {
 }
 
 func (l *laterWriter) flushLocked() {
-	l.armed = false
+	l.later.Ran()
 	if len(l.buf) == 0 {
 		return
 	}

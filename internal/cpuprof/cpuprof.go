@@ -16,6 +16,7 @@ package cpuprof
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime"
@@ -31,17 +32,32 @@ const (
 	TraceEnv = "SANDBOXPOOL_DEBUG_TRACE"
 )
 
-// FromEnv installs the hook when Env or HeapEnv is set (Env wins).
+// FromEnv installs the hook when Env, TraceEnv or HeapEnv is set (in that order).
 func FromEnv() {
-	prefix := os.Getenv(Env)
-	if prefix == "" {
-		if !traceFromEnv() {
-			heapFromEnv()
-		}
+	if prefix := os.Getenv(Env); prefix != "" {
+		// Every 4 KiB rather than 512 KiB: a phase allocates a few MiB.
+		runtime.MemProfileRate = 4096
+		onSignals(fmt.Sprintf("%s.%d", prefix, os.Getpid()), func(f io.Writer) error {
+			writeAllocs(fmt.Sprintf("%s.%d.allocs0", prefix, os.Getpid()))
+			// Finer than the default 100 Hz: a phase lasts a fraction of a second.
+			runtime.SetCPUProfileRate(2000)
+			return pprof.StartCPUProfile(f)
+		}, func() {
+			pprof.StopCPUProfile()
+			writeAllocs(fmt.Sprintf("%s.%d.allocs1", prefix, os.Getpid()))
+		})
 		return
 	}
-	// Every 4 KiB rather than 512 KiB: a phase allocates a few MiB.
-	runtime.MemProfileRate = 4096
+	if prefix := os.Getenv(TraceEnv); prefix != "" {
+		onSignals(fmt.Sprintf("%s.%d.trace", prefix, os.Getpid()), trace.Start, trace.Stop)
+		return
+	}
+	heapFromEnv()
+}
+
+// onSignals runs start on a new file at path on SIGUSR1 and stop on
+// SIGUSR2, which closes the file; then again on the next SIGUSR1.
+func onSignals(path string, start func(io.Writer) error, stop func()) {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
 	go func() {
@@ -49,23 +65,19 @@ func FromEnv() {
 		for s := range sigs {
 			switch {
 			case s == syscall.SIGUSR1 && f == nil:
-				writeAllocs(fmt.Sprintf("%s.%d.allocs0", prefix, os.Getpid()))
 				var err error
-				if f, err = os.Create(fmt.Sprintf("%s.%d", prefix, os.Getpid())); err != nil {
+				if f, err = os.Create(path); err != nil {
 					f = nil
 					continue
 				}
-				// Finer than the default 100 Hz: a phase lasts a fraction of a second.
-				runtime.SetCPUProfileRate(2000)
-				if pprof.StartCPUProfile(f) != nil {
+				if start(f) != nil {
 					f.Close()
 					f = nil
 				}
 			case s == syscall.SIGUSR2 && f != nil:
-				pprof.StopCPUProfile()
+				stop()
 				f.Close()
 				f = nil
-				writeAllocs(fmt.Sprintf("%s.%d.allocs1", prefix, os.Getpid()))
 			}
 		}
 	}()
@@ -85,38 +97,6 @@ func writeProfile(name, path string) {
 	}
 	defer f.Close()
 	_ = pprof.Lookup(name).WriteTo(f, 0)
-}
-
-// traceFromEnv installs the execution trace hook when TraceEnv is set.
-func traceFromEnv() bool {
-	prefix := os.Getenv(TraceEnv)
-	if prefix == "" {
-		return false
-	}
-	sigs := make(chan os.Signal, 2)
-	signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGUSR2)
-	go func() {
-		var f *os.File
-		for s := range sigs {
-			switch {
-			case s == syscall.SIGUSR1 && f == nil:
-				var err error
-				if f, err = os.Create(fmt.Sprintf("%s.%d.trace", prefix, os.Getpid())); err != nil {
-					f = nil
-					continue
-				}
-				if trace.Start(f) != nil {
-					f.Close()
-					f = nil
-				}
-			case s == syscall.SIGUSR2 && f != nil:
-				trace.Stop()
-				f.Close()
-				f = nil
-			}
-		}
-	}()
-	return true
 }
 
 // heapFromEnv writes a heap profile on each SIGUSR1 when HeapEnv is set.

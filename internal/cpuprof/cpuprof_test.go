@@ -31,3 +31,25 @@ func TestHeapProfileOnSignal(t *testing.T) {
 		})
 	}
 }
+
+func TestTraceBetweenSignals(t *testing.T) {
+	prefix := filepath.Join(t.TempDir(), "tr")
+	t.Setenv(Env, "")
+	t.Setenv(TraceEnv, prefix)
+	FromEnv()
+	path := fmt.Sprintf("%s.%d.trace", prefix, os.Getpid())
+	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, path+" started", func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	})
+	if err := syscall.Kill(os.Getpid(), syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	testkit.Eventually(t, 10*time.Second, path+" written", func() bool {
+		data, _ := os.ReadFile(path)
+		return bytes.HasPrefix(data, []byte("go 1.")) && len(data) > 100
+	})
+}

@@ -71,7 +71,7 @@ func New(ctrl *pool.Controller, opts Options) *API {
 	if a.log == nil {
 		a.log = slog.New(slog.DiscardHandler)
 	}
-	a.requests = newRequestLog(a.log)
+	a.requests = newRequestLog(a.log, requestLogDelay)
 	if a.retryAfter <= 0 {
 		a.retryAfter = 2 * time.Second
 	}

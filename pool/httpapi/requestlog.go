@@ -5,6 +5,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/later"
 )
 
 // requestLog writes the line per claim request of the fast routes a little
@@ -14,11 +16,9 @@ import (
 // Each line keeps the time its answer was sent.
 type requestLog struct {
 	log   *slog.Logger
-	delay time.Duration
 	mu    sync.Mutex // guards the fields below
 	lines []requestLine
-	timer *time.Timer // made at the first line
-	armed bool        // the timer will write what lines holds
+	later *later.Flush // writes what lines holds
 }
 
 // requestLogDelay is how long a request's line waits for the rest of its burst.
@@ -39,8 +39,10 @@ type requestLine struct {
 	bytes    int
 }
 
-func newRequestLog(log *slog.Logger) *requestLog {
-	return &requestLog{log: log, delay: requestLogDelay}
+func newRequestLog(log *slog.Logger, delay time.Duration) *requestLog {
+	r := &requestLog{log: log}
+	r.later = later.New(delay, r.flush)
+	return r
 }
 
 // add queues l, unless the logger drops lines at info.
@@ -51,15 +53,11 @@ func (r *requestLog) add(l requestLine) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lines = append(r.lines, l)
-	switch {
-	case len(r.lines) >= requestLogMax:
+	if len(r.lines) >= requestLogMax {
 		r.flushLocked()
-	case r.timer == nil:
-		r.timer, r.armed = time.AfterFunc(r.delay, r.flush), true
-	case !r.armed:
-		r.timer.Reset(r.delay)
-		r.armed = true
+		return
 	}
+	r.later.Arm()
 }
 
 // flush writes the lines queued so far.
@@ -70,7 +68,7 @@ func (r *requestLog) flush() {
 }
 
 func (r *requestLog) flushLocked() {
-	r.armed = false
+	r.later.Ran()
 	h, ctx := r.log.Handler(), context.Background()
 	for _, l := range r.lines {
 		// A record without a caller (pc 0): the line Logger.LogAttrs writes.

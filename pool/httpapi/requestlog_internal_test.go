@@ -1,40 +1,21 @@
 package httpapi
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sandboxpool/sandboxpool/internal/testkit"
 )
-
-// lockedBuffer is a log's output, read while the log writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // TestRequestLogWritesABurstLater: a burst's lines are written together
 // after the delay, in order, each with its answer's time and fields (the
 // line ServeHTTP writes); flush writes at once; below info nothing is kept.
 func TestRequestLogWritesABurstLater(t *testing.T) {
-	out := &lockedBuffer{}
-	r := newRequestLog(slog.New(slog.NewTextHandler(out, nil)))
-	r.delay = 300 * time.Millisecond
+	out := &testkit.SyncBuffer{}
+	r := newRequestLog(slog.New(slog.NewTextHandler(out, nil)), 300*time.Millisecond)
 	at := time.Date(2026, 12, 2, 21, 0, 0, 0, time.UTC)
 	for i := range 45 {
 		r.add(requestLine{at: at.Add(time.Duration(i) * time.Millisecond), method: "POST", path: "/v1/claims",
@@ -63,8 +44,8 @@ func TestRequestLogWritesABurstLater(t *testing.T) {
 		t.Fatalf("flush did not write the line held:\n%s", out.String())
 	}
 
-	quiet := &lockedBuffer{}
-	q := newRequestLog(slog.New(slog.NewTextHandler(quiet, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	quiet := &testkit.SyncBuffer{}
+	q := newRequestLog(slog.New(slog.NewTextHandler(quiet, &slog.HandlerOptions{Level: slog.LevelWarn})), requestLogDelay)
 	q.add(requestLine{at: at, method: "POST", path: "/v1/claims", status: 200})
 	if len(q.lines) != 0 {
 		t.Fatal("a line kept for a log that drops info")
