@@ -22,7 +22,7 @@ func TestAgentDeathEndsItsSandboxesAtOnce(t *testing.T) {
 	state := t.TempDir()
 	name := fmt.Sprintf("death%d", os.Getpid()) // agentPids looks machine-wide
 	env := cliEnv(state, "SANDBOXPOOL_POOL="+name)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRun(t, env, "--size", "1", "--cmd", workloadCmd(t, ""), "--listen", "",
 		"--maintain-every", "1m", "--health-every", "1m")
 	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })

@@ -55,7 +55,7 @@ func (c *controller) apiAddr(t *testing.T) string {
 func TestIdleConnectionsCannotStarveTheController(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRunLimited(t, env, 1024, append([]string{"--size", "2", "--listen", "127.0.0.1:0"}, fastRun[:len(fastRun)-2]...)...)
 	addr := ctl.apiAddr(t)
 	base := "http://" + addr
@@ -206,7 +206,7 @@ func TestTokenRules(t *testing.T) {
 func TestTokenFileOnEveryAddress(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	const token = "sixteen-chars-token-0001"
 	tf := t.TempDir() + "/token"
 	if err := os.WriteFile(tf, []byte(token+"\n"), 0o600); err != nil {
@@ -260,7 +260,7 @@ func TestOtherUserIsRefusedByTheBinary(t *testing.T) {
 	}
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRun(t, env, append([]string{"--size", "1", "--listen", "127.0.0.1:0"}, fastRun[:len(fastRun)-2]...)...)
 	addr := ctl.apiAddr(t)
 	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })

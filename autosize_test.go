@@ -20,7 +20,7 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 	}
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	// --warmup: with the agent a bare creation takes ~3 ms, and a pool needs no
 	// headroom for that; the issue sizes against sandboxes that take time.
 	ctl := startRun(t, env, "--autosize", "--min-size", "2", "--max-size", "12", "--autosize-window", "3s", "--warmup", "1s",

@@ -17,7 +17,7 @@ func TestCheckSaysTheControllersCountersNeedItsToken(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
 	const token = "trialtoken-0123456789abcdef"
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	c := startRun(t, cliEnv(state, "SANDBOXPOOL_TOKEN="+token), "--size", "1", "--listen", testkit.FreeAddr(t))
 	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool {
 		r := cli(t, env, "check")
@@ -40,7 +40,7 @@ func TestCheckSaysTheControllersCountersNeedItsToken(t *testing.T) {
 func TestCheckSaysCountersAreUnknownWithoutAController(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	if r := cli(t, env, "maintain", "--size", "1"); r.code != 0 {
 		t.Fatalf("maintain: exit %d:\n%s%s", r.code, r.stdout, r.stderr)
 	}

@@ -24,7 +24,7 @@ import (
 func TestClaimAnswersBeforeItsBackfillLocal(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	gate := filepath.Join(t.TempDir(), "gate")
 	if err := os.WriteFile(gate, nil, 0o600); err != nil {
 		t.Fatal(err)

@@ -285,7 +285,7 @@ func TestRotationHoldsAt300(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
 	addr := testkit.FreeAddr(t)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRun(t, env, "--size", fmt.Sprint(target), "--max-size", fmt.Sprint(target),
 		"--ttl", ttl.String(), "--use-duration", use.String(), "--listen", addr)
 	w := &rotationWatch{t: t, a: api{t: t, base: "http://" + addr}, ctl: ctl, target: target,
@@ -301,7 +301,7 @@ func TestSmallPoolRotationOnTheBinary(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
 	addr := testkit.FreeAddr(t)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRun(t, env, "--size", fmt.Sprint(target), "--ttl", ttl.String(), "--use-duration", use.String(),
 		"--listen", addr)
 	w := &rotationWatch{t: t, a: api{t: t, base: "http://" + addr}, ctl: ctl, target: target,
@@ -366,7 +366,7 @@ func TestEscapeesDieWithTheirSandbox(t *testing.T) {
 		env := cliEnv(t.TempDir())
 		p := uniquePool("term")
 		cmd, find := escapees(t, 0)
-		t.Cleanup(func() { cli(t, env, "terminate", "--all", "--pool", p) })
+		t.Cleanup(func() { tearDown(t, env, "--pool", p) })
 		if r := cli(t, env, "maintain", "--pool", p, "--size", "1", "--cmd", cmd); r.code != 0 {
 			t.Fatalf("maintain: exit %d %s", r.code, r.stderr)
 		}
@@ -380,7 +380,7 @@ func TestEscapeesDieWithTheirSandbox(t *testing.T) {
 		env := cliEnv(t.TempDir())
 		p := uniquePool("exp")
 		cmd, find := escapees(t, 1)
-		t.Cleanup(func() { cli(t, env, "terminate", "--all", "--pool", p) })
+		t.Cleanup(func() { tearDown(t, env, "--pool", p) })
 		// No controller: the agent alone ends the sandbox at its expiry.
 		if r := cli(t, env, "maintain", "--pool", p, "--size", "1", "--ttl", "6s", "--use-duration", "1s", "--cmd", cmd); r.code != 0 {
 			t.Fatalf("maintain: exit %d %s", r.code, r.stderr)
@@ -392,7 +392,7 @@ func TestEscapeesDieWithTheirSandbox(t *testing.T) {
 		env := cliEnv(t.TempDir())
 		p := uniquePool("kill")
 		cmd, find := escapees(t, 2)
-		t.Cleanup(func() { cli(t, env, "terminate", "--all", "--pool", p) })
+		t.Cleanup(func() { tearDown(t, env, "--pool", p) })
 		ctl := startRun(t, env, "--pool", p, "--size", "1", "--cmd", cmd, "--maintain-every", "1s", "--listen", "")
 		pids := waitEscapees(t, find)
 		agents := agentPids(p)
@@ -427,7 +427,7 @@ func TestChattyWorkloadLogIsCapped(t *testing.T) {
 	env := cliEnv(state)
 	p := uniquePool("chatty")
 	const logMax = 256 << 10
-	t.Cleanup(func() { cli(t, env, "terminate", "--all", "--pool", p) })
+	t.Cleanup(func() { tearDown(t, env, "--pool", p) })
 	if r := cli(t, env, "maintain", "--pool", p, "--size", "1", "--log-max", "256KB",
 		"--cmd", workloadCmd(t, `yes "chatty $PORT" &`)); r.code != 0 {
 		t.Fatalf("maintain: exit %d %s", r.code, r.stderr)
@@ -491,7 +491,7 @@ func TestExpiryIsNotAHealthFailure(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
 	addr := testkit.FreeAddr(t)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	args := []string{"--size", "2", "--ttl", "5s", "--use-duration", "1s", "--health-every", "200ms", "--listen", addr}
 	first := startRun(t, env, args...)
 	testkit.Eventually(t, 30*time.Second, "4 expiries", func() bool { return countEvents(first.logs.String(), "expired") >= 4 })

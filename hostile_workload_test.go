@@ -19,7 +19,7 @@ var failedCreationsRE = regexp.MustCompile(`sandboxpool_creations_total\{result=
 func TestWorkloadThatExitsIsReportedAtOnce(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	addr := testkit.FreeAddr(t)
 	// A health timeout far longer than the test's wait: a failure seen at
 	// all was seen at the exit, not after the timeout, however slow the

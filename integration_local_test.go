@@ -53,7 +53,7 @@ func TestLocalEndToEnd(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
 	be := localBackend(t, state, "default")
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 
 	ctl := startRun(t, env, append([]string{"--size", "3"}, fastRun...)...)
 	testkit.Eventually(t, 30*time.Second, "3 ready", func() bool { return len(readyIDs(check(t, env))) == 3 })
@@ -149,7 +149,7 @@ func TestLocalShortTTLIsReplaced(t *testing.T) {
 	// The controller stores its timing with the pool: check and claim judge
 	// "good" alike without being told.
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	startRun(t, env, append([]string{"--size", "1", "--ttl", "3s", "--use-duration", "1s"}, fastRun...)...)
 	var first string
 	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool {
@@ -175,7 +175,7 @@ func TestLocalShortTTLIsReplaced(t *testing.T) {
 func TestCrossProcessClaims(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	if r := cli(t, env, "maintain", "--size", "12"); r.code != 0 {
 		t.Fatalf("maintain: exit %d: %s %s", r.code, r.stdout, r.stderr)
 	}
@@ -295,7 +295,7 @@ func TestRunWaitsForAClaimsBackfill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRun(t, env, append([]string{"--size", "1"}, fastRun...)...)
 	testkit.Eventually(t, 10*time.Second, "the controller to say it waits", func() bool {
 		return strings.Contains(ctl.logs.String(), "waiting for a claim's backfill")
@@ -318,7 +318,7 @@ func TestRunHasTimerSlack(t *testing.T) {
 	}
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRun(t, env, append([]string{"--size", "1"}, fastRun...)...)
 	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })
 	pid := ctl.cmd.Process.Pid

@@ -83,7 +83,7 @@ func startPool(t *testing.T, target int, args ...string) (env []string, c *contr
 	state := t.TempDir()
 	env = cliEnv(state)
 	addr := testkit.FreeAddr(t)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	c = startRun(t, env, append([]string{"--size", fmt.Sprint(target), "--listen", addr}, args...)...)
 	a = api{t: t, base: "http://" + addr}
 	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("%d ready", target), func() bool { return a.ready() == target })

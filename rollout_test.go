@@ -18,7 +18,7 @@ import (
 func TestWorkloadChangeRollsThePool(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	workloadChangeRollsThePool(t, env, nil, workloadCmd(t, ""), workloadCmd(t, "true;"))
 }
 

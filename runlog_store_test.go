@@ -20,7 +20,7 @@ func TestRunLogSaysWhatHappenedToThePool(t *testing.T) {
 	state := t.TempDir()
 	name := "runlog" + strconv.Itoa(os.Getpid()) // agents are found by their pool's name: other tests' are not ours
 	env := cliEnv(state, "SANDBOXPOOL_POOL="+name)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	ctl := startRun(t, env, "--size", "2", "--listen", "", "--health-every", "1s")
 	testkit.Eventually(t, 30*time.Second, "2 ready", func() bool { return len(readyIDs(check(t, env))) == 2 })
 	file := filepath.Join(state, name+".json")

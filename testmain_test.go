@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gofrs/flock"
+
 	"github.com/sandboxpool/sandboxpool/internal/testkit"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
 	"github.com/sandboxpool/sandboxpool/pool/local"
@@ -49,6 +51,40 @@ func cliEnv(stateDir string, extra ...string) []string {
 	}
 	env = append(env, "SANDBOXPOOL_STATE_DIR="+stateDir)
 	return append(env, extra...)
+}
+
+// tearDown is a test's last word on its pool (terminate --all, with args
+// such as "--pool", p), then a wait until the pool's agent has exited: it
+// writes its log and removes its socket as it goes, and the test's temp
+// dir, removed next, was once found "directory not empty" meanwhile.
+func tearDown(t *testing.T, env []string, args ...string) {
+	t.Helper()
+	cli(t, env, append([]string{"terminate", "--all"}, args...)...)
+	stateDir, poolName := "", "default"
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "SANDBOXPOOL_STATE_DIR="); ok {
+			stateDir = v
+		}
+	}
+	for i, a := range args {
+		if a == "--pool" && i+1 < len(args) {
+			poolName = args[i+1]
+		}
+	}
+	if stateDir == "" {
+		return
+	}
+	// The live agent holds its lock file: free means it is gone.
+	lock := flock.New(filepath.Join(stateDir, poolName+".agent.lock"))
+	if !testkit.Until(15*time.Second, func() bool {
+		ok, err := lock.TryLock()
+		if ok {
+			_ = lock.Unlock()
+		}
+		return ok || os.IsNotExist(err)
+	}) {
+		t.Logf("tear down: pool %s's agent still holds %s 15 s after terminate --all", poolName, lock.Path())
+	}
 }
 
 type result struct {

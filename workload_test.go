@@ -21,7 +21,7 @@ import (
 func TestWorkloadIsThePools(t *testing.T) {
 	state := t.TempDir()
 	env := cliEnv(state)
-	t.Cleanup(func() { cli(t, env, "terminate", "--all") })
+	t.Cleanup(func() { tearDown(t, env) })
 	w := workloadCmd(t, "")
 	ctl := startRun(t, env, "--size", "1", "--cmd", w, "--listen", "", "--maintain-every", "1s")
 	testkit.Eventually(t, 30*time.Second, "1 ready", func() bool { return len(readyIDs(check(t, env))) == 1 })
