@@ -317,8 +317,9 @@ func (p *probeCounter) count(url string) int {
 	return p.n[url]
 }
 
-// serving starts a controller with its loops on (the checker counted) and
-// waits until the pool is full and nothing is being created.
+// serving starts a controller with its loops on (the checker counted),
+// waits until the pool is full and nothing is being created, and has the
+// controller read the store.
 func (h *harness) serving(p *probeCounter) *pool.Controller {
 	h.t.Helper()
 	c, err := pool.New(pool.Options{Config: h.cfg, Backend: h.be, Store: h.st, Clock: h.clk, Checker: p.check})
@@ -338,6 +339,14 @@ func (h *harness) serving(p *probeCounter) *pool.Controller {
 	testkit.Eventually(h.t, waitLong, "filled", func() bool {
 		return len(h.pooledIDs()) == h.cfg.Size && c.Creating() == 0
 	})
+	// On the fake clock the fill's sandboxes all expire at once, and pool
+	// order among them is the order they were put in: the store's, and the
+	// controller's notes of the concurrent puts, may differ. Read the store,
+	// so that the controller's order (its probes ahead) is the store's (the
+	// claims, and the tests' h.stored()).
+	if _, err := c.Refresh(context.Background(), false); err != nil {
+		h.t.Fatal(err)
+	}
 	return c
 }
 
