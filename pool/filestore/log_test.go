@@ -401,12 +401,14 @@ func TestCompaction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Claims may have gone on in the new file while its compaction ended
+	// (on a loaded machine): what is left is a log not due for another.
 	_, lay, err := decode(readFile(t, s.Path()))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := lay.end - lay.snapEnd; n >= compactMin {
-		t.Fatalf("log of %d bytes left after compaction", n)
+	if n := lay.end - lay.snapEnd; n >= compactMin && n >= lay.snapEnd/2 {
+		t.Fatalf("log of %d bytes left after compaction (snapshot %d bytes): due for another", n, lay.snapEnd)
 	}
 	st := load(t, open(t, dir))
 	got := map[string]pool.Entry{}
