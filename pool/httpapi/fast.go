@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -195,11 +196,48 @@ func fastWrite(ctx *fasthttp.RequestCtx, status int, b []byte) {
 	ctx.SetBody(b)
 }
 
+// drainMax and drainTime bound what drainBody reads; drainPause is how long
+// it waits for more.
+const (
+	drainMax   = 4 << 20
+	drainTime  = time.Second
+	drainPause = 100 * time.Millisecond
+)
+
+// drainBody reads and drops what is left of a body too large to serve (n
+// bytes said, some of them read already), up to drainMax, for at most
+// drainTime and until the client pauses: the answer then reaches the
+// client. A connection closed with data unread is reset, and a client
+// still writing the body never read its 400 (net/http reads up to 256 KiB
+// of it likewise).
+func drainBody(c net.Conn, n int64) {
+	if c == nil || n <= 0 {
+		return
+	}
+	n = min(n, drainMax)
+	end := time.Now().Add(drainTime)
+	buf := make([]byte, 32<<10)
+	for n > 0 {
+		dl := time.Now().Add(drainPause)
+		if dl.After(end) {
+			dl = end
+		}
+		_ = c.SetReadDeadline(dl)
+		m, err := c.Read(buf[:min(int64(len(buf)), n)])
+		n -= int64(m)
+		if err != nil {
+			break
+		}
+	}
+	_ = c.SetReadDeadline(time.Time{})
+}
+
 // fastErrorHandler answers a request fasthttp could not read, in JSON.
 func fastErrorHandler(ctx *fasthttp.RequestCtx, err error) {
 	var small *fasthttp.ErrSmallBuffer
 	switch {
 	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		drainBody(ctx.Conn(), int64(ctx.Request.Header.ContentLength()))
 		fastError(ctx, http.StatusBadRequest, fmt.Sprintf("body: larger than %d bytes", MaxBodyBytes))
 	case errors.As(err, &small):
 		fastError(ctx, http.StatusRequestHeaderFieldsTooLarge, fmt.Sprintf("request headers: larger than %d bytes", MaxHeaderBytes))
