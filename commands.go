@@ -349,6 +349,7 @@ func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord
 		return fmt.Sprintf("the API at %s serves pool %q, not this one", holder.API, live.Pool)
 	}
 	view.WarmHitRatio, view.WasteSeconds = live.WarmHitRatio, live.WasteSeconds
+	view.Rollout = live.Rollout // only the controller's passes roll the pool
 	return ""
 }
 
@@ -412,6 +413,10 @@ func printPool(w io.Writer, v httpapi.PoolView, counters string) {
 			v.Target, a.ClaimsPerSecond, a.TimeToReadySeconds, a.MinSize, a.MaxSize, time.Duration(a.WindowSeconds*float64(time.Second)))
 	} else if a != nil {
 		fmt.Fprintf(w, "autosize off: %s\n", a.Off)
+	}
+	if r := v.Rollout; r != nil {
+		fmt.Fprintf(w, "rolling replacement: %d pooled sandboxes still run the old workload (%s), %d of them being replaced\n",
+			r.Old, r.From, r.Replacing)
 	}
 	if c := v.Cost; c != nil {
 		fmt.Fprintf(w, "cost %.4g per hour (%d sandboxes at %.4g), idle %.4g (%.0f sandbox-seconds unclaimed)\n",

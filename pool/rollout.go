@@ -17,6 +17,10 @@ type rollout struct {
 	replacing  map[string]bool   // old-workload sandboxes whose replacement is under way
 	from       string            // the workload being replaced, "" when none is
 	anyOld     bool              // the last listing had a sandbox that runs another workload
+	// What the last pass saw, for Snapshot.Rollout: from as users read it,
+	// and how many good pooled sandboxes still ran it.
+	fromDesc string
+	old      int
 }
 
 // rollSurge is how many old-workload sandboxes are replaced at once, for
@@ -123,6 +127,10 @@ func (c *Controller) rollOn(target int, now time.Time) {
 	}
 	if len(old) == len(victims) && r.from != "" {
 		r.from, done = "", true
+	}
+	r.old, r.fromDesc = 0, ""
+	if r.from != "" {
+		r.old, r.fromDesc = len(old)-len(victims), describe(r.from)
 	}
 	c.mu.Unlock()
 	if said != "" {

@@ -85,6 +85,13 @@ func TestWorkloadChangeIsRolledAtItsPace(t *testing.T) {
 			t.Fatalf("pass %d: %d old ones went at once, want at most 2 (a quarter of 8)", pass, wasOld-old)
 		}
 		wasOld = old
+		// What check and the API show meanwhile.
+		switch ro := h.c.Snapshot().Rollout; {
+		case old > 0 && (ro.Old != old || ro.From != "--cmd a" || ro.Replacing < 1 || ro.Replacing > 2):
+			t.Fatalf("pass %d: %d old pooled, the snapshot says %+v", pass, old, ro)
+		case old == 0 && ro != (pool.RolloutStatus{}):
+			t.Fatalf("pass %d: none old, the snapshot says %+v", pass, ro)
+		}
 		if old == 0 && cur == 8 {
 			break
 		}

@@ -348,6 +348,16 @@ type Snapshot struct {
 	// what the pool costs (pool/autosize.go, pool/cost.go).
 	Autosize AutosizeStatus
 	Cost     Cost
+	// Rollout is the rolling replacement of a workload the pool no longer
+	// runs, as the last pass saw it; zero when none is under way.
+	Rollout RolloutStatus
+}
+
+// RolloutStatus is a rolling replacement under way (Controller's passes).
+type RolloutStatus struct {
+	From      string // the old workload, described
+	Old       int    // good pooled sandboxes that still run it
+	Replacing int    // of them, those whose replacement is being made
 }
 
 // Stats accounts for claims and the cost of keeping sandboxes warm.

@@ -28,3 +28,12 @@ func TestAKeyTurnsAutosizeBackOn(t *testing.T) {
 	ro.keys("a")
 	ro.wantCalls()
 }
+
+func TestHeaderSaysAWorkloadIsBeingReplaced(t *testing.T) {
+	d := newDriver(t, Options{})
+	d.f.set(func(s *pool.Snapshot) {
+		s.Rollout = pool.RolloutStatus{From: "--cmd a", Old: 3, Replacing: 1}
+	})
+	d.refresh()
+	d.wantScreen("replacing old workload: 3 left")
+}

@@ -272,6 +272,10 @@ func (m *Model) viewHeader(s *screen) {
 	if !m.snap.BackoffUntil.IsZero() {
 		r = append(r, st.Warning.wrap("backoff: next try in "+fmtWait(m.snap.BackoffUntil.Sub(m.now))))
 	}
+	if ro := m.snap.Rollout; ro.From != "" {
+		// A workload change being rolled: its start and end are events.
+		r = append(r, st.Accent.wrap("replacing old workload: "+strconv.Itoa(ro.Old)+" left"))
+	}
 	if cost := m.snap.Cost; cost.PricePerHour > 0 {
 		r = append(r, "cost "+money(cost.PerHour())+"/h, idle "+money(cost.IdleCost()))
 	}

@@ -36,6 +36,20 @@ type PoolView struct {
 	// MaintainedBy is the controller lease's holder: who maintains the pool,
 	// its command line (no secrets) and API; absent when nobody does.
 	MaintainedBy *pool.LeaseRecord `json:"maintained_by,omitempty"`
+	// Rollout is there while the controller replaces, a few at a time, the
+	// pooled sandboxes that run a workload the pool no longer runs.
+	Rollout *RolloutView `json:"rollout,omitempty"`
+}
+
+// RolloutView is a rolling replacement under way, as the controller's last
+// pass saw it.
+type RolloutView struct {
+	// From is the old workload ("--cmd python3 app.py").
+	From string `json:"from"`
+	// Old is how many good pooled sandboxes still run it.
+	Old int `json:"old"`
+	// Replacing is how many of them have their replacement being made.
+	Replacing int `json:"replacing"`
 }
 
 // AutosizeView is why the target is what it is (SPEC --autosize).
@@ -172,6 +186,9 @@ func NewPoolView(s pool.Snapshot) PoolView {
 	if !s.Lease.IsZero() {
 		l := s.Lease
 		v.MaintainedBy = &l
+	}
+	if r := s.Rollout; r.From != "" {
+		v.Rollout = &RolloutView{From: r.From, Old: r.Old, Replacing: r.Replacing}
 	}
 	if c := s.Cost; c.PricePerHour > 0 {
 		v.Cost = &CostView{PricePerHour: c.PricePerHour, Sandboxes: c.Sandboxes, CostPerHour: round(c.PerHour(), 4),
