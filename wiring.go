@@ -540,9 +540,9 @@ func logEvents(ctrl *pool.Controller, o *options, w io.Writer) error {
 }
 
 // laterWriter holds what is written for up to its delay, then writes it at
-// once: the API's line per request costs a burst of claims one write, not
-// a write each (about a tenth of a claim's CPU in a burst). Flush writes
-// what is held at once (before the process ends).
+// once: the API's lines of a burst's requests, formatted together after
+// their answers (httpapi's requestLog), go out in one write, not a write
+// each. Flush writes what is held at once (before the process ends).
 type laterWriter struct {
 	w     io.Writer
 	mu    sync.Mutex // guards buf and later

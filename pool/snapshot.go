@@ -30,7 +30,7 @@ func (c *Controller) snapshot(rows bool) Snapshot {
 	if c.backoffUntil.After(now) {
 		s.BackoffUntil = c.backoffUntil
 	}
-	if r := c.roll; r.from != "" {
+	if r := &c.roll; r.from != "" {
 		s.Rollout = RolloutStatus{From: r.fromDesc, Old: r.old, Replacing: len(r.replacing)}
 	}
 	if open := c.problems.list(); len(open) > 0 {
