@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -89,12 +91,14 @@ func TestDashboardBindsTheAPIWhenAnotherProgramFreesIt(t *testing.T) {
 	}
 }
 
-// Issue 13 case 8: a read-only command on a pool that does not exist says
-// so, exits 1 and creates nothing (no store, no agent, no state dir).
+// Issue 13 case 8: a command that only reads or removes, on a pool that does
+// not exist, says so, exits 1 and creates nothing (no store, no agent, no
+// state dir).
 func TestCheckUnknownPool(t *testing.T) {
 	state := t.TempDir() + "/state" // not there yet either
 	env := cliEnv(state)
-	for _, args := range [][]string{{"check", "--pool", "typo"}, {"check", "--json", "--pool", "typo"}} {
+	for _, args := range [][]string{{"check", "--pool", "typo"}, {"check", "--json", "--pool", "typo"},
+		{"terminate", "--all", "--pool", "typo"}, {"terminate", "sb-0123456789ab", "--pool", "typo"}} {
 		r := cli(t, env, args...)
 		if r.code != 1 || !strings.Contains(r.stderr, `pool "typo" does not exist`) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 			t.Fatalf("%v: exit %d, %q: want exit 1 and one line saying the pool does not exist", args, r.code, r.stderr)
@@ -108,8 +112,25 @@ func TestCheckUnknownPool(t *testing.T) {
 		t.Fatalf("check of an unknown pool created %s: %v", state, entries)
 	}
 	// Once the pool exists, check names it; an unknown one lists the known.
-	if r := cli(t, env, "terminate", "--all", "--pool", "real"); r.code != 0 {
-		t.Fatalf("terminate --all: %d %s", r.code, r.stderr)
+	if r := cli(t, env, "maintain", "--size", "1", "--pool", "real"); r.code != 0 {
+		t.Fatalf("maintain: %d %s", r.code, r.stderr)
+	}
+	r := cli(t, env, "check", "--json", "--pool", "real")
+	var view struct{ Sandboxes []struct{ URL string } }
+	if err := json.Unmarshal([]byte(r.stdout), &view); err != nil || len(view.Sandboxes) != 1 {
+		t.Fatalf("check --json: %v %q", err, r.stdout)
+	}
+	// A pool whose store was lost still has its agent's sandboxes:
+	// terminate --all finds and ends them.
+	if err := os.Remove(filepath.Join(state, "real.json")); err != nil {
+		t.Fatal(err)
+	}
+	if r := cli(t, env, "terminate", "--all", "--pool", "real"); r.code != 0 || !strings.Contains(r.stdout, "terminated 1 sandboxes") {
+		t.Fatalf("terminate --all after the store was lost: %d %q %s", r.code, r.stdout, r.stderr)
+	}
+	if resp, err := http.Get(view.Sandboxes[0].URL); err == nil {
+		resp.Body.Close()
+		t.Fatalf("%s still answers after terminate --all", view.Sandboxes[0].URL)
 	}
 	if r := cli(t, env, "check", "--pool", "real"); r.code != 0 || !strings.Contains(r.stdout, "target 0") {
 		t.Fatalf("check of a pool torn down: exit %d %q %q", r.code, r.stdout, r.stderr)

@@ -23,6 +23,7 @@ import (
 	"github.com/sandboxpool/sandboxpool/internal/gcfloor"
 	"github.com/sandboxpool/sandboxpool/pool"
 	"github.com/sandboxpool/sandboxpool/pool/httpapi"
+	"github.com/sandboxpool/sandboxpool/pool/local"
 	"github.com/sandboxpool/sandboxpool/ui"
 )
 
@@ -353,17 +354,18 @@ func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord
 	return ""
 }
 
-// mustExist makes a read-only command on a pool that was never made (a typo
-// in --pool) say so instead of creating it: nothing is opened, started or
-// written. Local pools are their store file (filestore: DIR/POOL.json); a
-// Modal pool's app and queue are looked up by the backend itself
-// (modalx.Options.MustExist).
+// mustExist makes a command that only reads or removes (check, terminate)
+// say so when the pool was never made (a typo in --pool) instead of creating
+// it: nothing is opened, started or written. A local pool is its store file
+// (filestore: DIR/POOL.json) or, when the store was lost, its agent's files
+// (its sandboxes may still run); a Modal pool's app and queue are looked up
+// by the backend itself (modalx.Options.MustExist).
 func mustExist(o *options, name string) error {
 	if o.backend != "local" {
 		return nil
 	}
 	_, err := os.Stat(filepath.Join(o.stateDir, name+".json"))
-	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+	if err == nil || !errors.Is(err, fs.ErrNotExist) || local.AgentRan(o.stateDir, name) {
 		return nil // there, or unreadable: opening it says why
 	}
 	var names []string
@@ -556,6 +558,9 @@ func terminateCommand(o *options) *cobra.Command {
 			}
 			cfg, err := o.config(false)
 			if err != nil {
+				return err
+			}
+			if err := mustExist(o, cfg.Pool); err != nil {
 				return err
 			}
 			o.noCreate = true

@@ -1295,3 +1295,11 @@ func (a *agent) idle() {
 		}
 	}
 }
+
+// AgentRan reports whether an agent ever ran for pool in stateDir: its lock
+// file stays after it exits. A pool whose store was lost may still have
+// sandboxes there.
+func AgentRan(stateDir, pool string) bool {
+	_, err := os.Stat(poolPaths(stateDir, pool).lock)
+	return err == nil
+}
