@@ -27,7 +27,7 @@ func (b *Backend) MarkClaimed(ctx context.Context, id, by string) error {
 		return nil // Take queued it already
 	}
 	t.ref.ID = id
-	b.c.markClaimed(t.ref, by, time.Now())
+	b.c.markClaimed(t.ref, by, b.c.clk.Now())
 	return nil
 }
 
@@ -72,7 +72,7 @@ func (b *Backend) Create(ctx context.Context, ttl time.Duration) (pool.Ref, erro
 		ttl = time.Second
 	}
 	// Asked-for time, before Modal starts the clock: ExpiresAt errs early, never late.
-	created := time.Now()
+	created := b.c.clk.Now()
 	// No IdleTimeout: a pooled sandbox is idle by design until claimed.
 	sb, err := c.client.Sandboxes.Create(ctx, c.app, img, &modal.SandboxCreateParams{
 		Command: cmd, EncryptedPorts: []int{w.Port}, Timeout: ttl})

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 
 	pickle "github.com/kisielk/og-rek"
 	modal "github.com/modal-labs/libmodal/modal-go"
@@ -253,7 +252,7 @@ func (c *core) listInfos(ctx context.Context) ([]*pb.SandboxInfo, error) {
 			}
 		}
 	}
-	now := float64(time.Now().UnixNano()) / 1e9
+	now := float64(c.clk.Now().UnixNano()) / 1e9
 	out := make([]*pb.SandboxInfo, 0, len(lc.infos))
 	for id, i := range lc.infos {
 		if t := i.GetTimeoutSecs(); t > 0 && i.GetCreatedAt()+float64(t) < now {

@@ -37,13 +37,13 @@ type wantRec struct {
 
 func isBackfill(r pool.LeaseRecord) bool { return r.Role == pool.RoleBackfill }
 
-// now is the lease's clock (a fake one in tests): when records were written
-// and whether they are fresh. Reservations keep to the real clock.
+// now is the lease's clock: when records were written and whether they are
+// fresh. Tests move it alone (leaseNow); reservations keep to the core's.
 func (s *Store) now() time.Time {
 	if s.c.leaseNow != nil {
 		return s.c.leaseNow()
 	}
-	return time.Now()
+	return s.c.clk.Now()
 }
 
 // controllerGrace is how long the lease of a controller whose heartbeat is
@@ -104,7 +104,7 @@ func (s *Store) LeaseHolder(ctx context.Context) (pool.LeaseRecord, error) {
 // stale, and keeps it with a heartbeat until Release. It fails with a
 // *pool.LeaseHeldError naming the live holder otherwise.
 func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool.Lease, error) {
-	t0 := time.Now()
+	t0 := s.c.clk.Now()
 	cur, _, err := s.currentLease(ctx)
 	if err != nil {
 		return nil, storeErr("reading the controller lease", err)
@@ -169,7 +169,7 @@ func (s *Store) AcquireLease(ctx context.Context, holder pool.LeaseRecord) (pool
 	// nothing it was acknowledged can still be on its way (reserve.go); a
 	// lease partition found empty may be one the control plane lost, its
 	// holder still alive.
-	inheritAt := time.Now()
+	inheritAt := s.c.clk.Now()
 	if !cur.Released {
 		inheritAt = inheritAt.Add(s.staleAfter())
 	}
@@ -283,13 +283,13 @@ func (l *Lease) markLost() {
 func (l *Lease) heartbeat(ctx context.Context) {
 	defer close(l.done)
 	every := l.s.c.opts.LeaseHeartbeat
-	t := time.NewTicker(every)
+	t := l.s.c.clk.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.Chan():
 		case <-l.now:
 		}
 		// Only another holder ends the lease. While the control plane is
@@ -334,7 +334,7 @@ var (
 func (l *Lease) beat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*l.s.c.opts.LeaseHeartbeat)
 	defer cancel()
-	t0 := time.Now()
+	t0 := l.s.c.clk.Now()
 	cur, n, err := l.s.currentLease(ctx)
 	if err != nil {
 		return err

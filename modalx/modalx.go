@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jonboulle/clockwork"
 	modal "github.com/modal-labs/libmodal/modal-go"
 	pb "github.com/modal-labs/libmodal/modal-go/proto/modal_proto"
 	"github.com/pelletier/go-toml/v2"
@@ -74,6 +75,8 @@ type Options struct {
 	TunnelTimeout time.Duration
 	// Logger receives the SDK's logs; nil discards them (they would garble a TUI).
 	Logger *slog.Logger
+	// Clock is every time read and wait of the package; nil: the real one.
+	Clock clockwork.Clock
 	// MustExist (read-only commands such as check): the App and the pool's
 	// Queue are looked up, never created; New fails with ErrPoolNotFound
 	// when either is missing, having created nothing.
@@ -113,7 +116,8 @@ type core struct {
 	closing    bool
 	tagWG      sync.WaitGroup
 
-	leaseNow func() time.Time // the lease's clock; nil: time.Now (tests set it)
+	clk      clockwork.Clock  // every time read and wait of the package (Options.Clock)
+	leaseNow func() time.Time // the lease's clock alone, when a test moves it; nil: clk
 
 	// What Create starts (guarded by workMu): the options' until the
 	// pool's stored workload is used (UseWorkload); image is imageOf
@@ -176,7 +180,10 @@ func New(ctx context.Context, opts Options) (*Backend, *Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &core{opts: opts, work: workload{Image: opts.Image, Cmd: opts.Cmd, Port: opts.Port}, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2,
+	if opts.Clock == nil {
+		opts.Clock = clockwork.NewRealClock()
+	}
+	c := &core{opts: opts, clk: opts.Clock, work: workload{Image: opts.Image, Cmd: opts.Cmd, Port: opts.Port}, cmd: splitCmd(opts.Cmd, opts.Port), known: map[string]tagged{}, users: 2,
 		handles: map[string]*modal.Sandbox{}, tagDone: map[string]bool{}, fresh: map[string]bool{}}
 	c.life, c.lifeStop = context.WithCancel(context.Background())
 	if !haveCredentials() {

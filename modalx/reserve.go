@@ -73,7 +73,7 @@ func (h *holding) validUntil() (time.Time, bool) {
 	}
 	until := h.lease.validUntil()
 	// Room for one round trip: a put that cannot make it is not tried.
-	return until, time.Until(until) > 200*time.Millisecond
+	return until, h.lease.s.c.clk.Until(until) > 200*time.Millisecond
 }
 
 // startHolding begins the holder's reservations for a new lease.
@@ -123,14 +123,14 @@ func (h *holding) poke() {
 // refillLoop keeps the reservations topped up while the lease is held.
 func (s *Store) refillLoop(ctx context.Context, h *holding) {
 	defer close(h.done)
-	tick := time.NewTicker(time.Second)
+	tick := s.c.clk.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-h.kick:
-		case <-tick.C:
+		case <-tick.Chan():
 		}
 		if !h.refill {
 			continue
@@ -165,7 +165,7 @@ func (s *Store) reserveOne(ctx context.Context, h *holding) bool {
 		return true // junk item: gone, try the next
 	}
 	e := pool.Entry{Ref: r.ref()}
-	if r.ExpiresAt.Before(time.Now().Add(s.useDuration() + reserveSlack)) {
+	if r.ExpiresAt.Before(s.c.clk.Now().Add(s.useDuration() + reserveSlack)) {
 		// Too short to reserve: back in the pool for maintenance to retire.
 		s.requeue(ctx, v)
 		return false
@@ -343,7 +343,7 @@ func (s *Store) forgetReservations() *holding {
 	h := s.hold
 	if h != nil {
 		h.reserved, h.doubt = nil, map[string]pool.Entry{}
-		h.inheritAt = time.Now().Add(s.staleAfter())
+		h.inheritAt = s.c.clk.Now().Add(s.staleAfter())
 	}
 	return h
 }
@@ -371,7 +371,7 @@ func (s *Store) unreserve(id string) bool {
 // another process decided are forgotten, and those of a previous holder
 // are inherited once that is safe.
 func (s *Store) overlay(v *view) {
-	now := time.Now()
+	now := s.c.clk.Now()
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	good := 0
@@ -508,7 +508,7 @@ func (c *core) tagWorker() {
 		err := c.writeClaimTags(ctx, t)
 		cancel()
 		if err != nil && !isNotFound(err) && c.life.Err() == nil {
-			time.Sleep(backoff) // the control plane is away: try again
+			c.clk.Sleep(backoff) // the control plane is away: try again
 			backoff = min(2*backoff, 5*time.Second)
 			continue
 		}
@@ -530,7 +530,7 @@ func (c *core) writeClaimTags(ctx context.Context, t tagged) error {
 	var tags map[string]string
 	if t.reserved {
 		tags = tagsFor(c.opts.Pool, t.ref, "", time.Time{})
-		tags[TagReserved] = time.Now().UTC().Format(time.RFC3339Nano)
+		tags[TagReserved] = c.clk.Now().UTC().Format(time.RFC3339Nano)
 	} else if t.ref.URL != "" {
 		tags = tagsFor(c.opts.Pool, t.ref, t.claimedBy, t.claimedAt)
 	} else {
@@ -567,15 +567,15 @@ func (c *core) handle(ctx context.Context, id string) (*modal.Sandbox, error) {
 
 // flushTags waits (bounded) for the tags still to write, then stops the worker.
 func (c *core) flushTags(wait time.Duration) {
-	deadline := time.Now().Add(wait)
+	deadline := c.clk.Now().Add(wait)
 	for {
 		c.mu.Lock()
 		n := len(c.tagQueue)
 		c.mu.Unlock()
-		if n == 0 || time.Now().After(deadline) {
+		if n == 0 || c.clk.Now().After(deadline) {
 			break
 		}
-		time.Sleep(20 * time.Millisecond)
+		c.clk.Sleep(20 * time.Millisecond)
 	}
 	c.mu.Lock()
 	c.closing = true

@@ -3,6 +3,7 @@ package modalx
 import (
 	"context"
 	"fmt"
+	"github.com/jonboulle/clockwork"
 	"slices"
 	"sync"
 	"testing"
@@ -277,7 +278,7 @@ func TestOverlayKeepsReservedByAge(t *testing.T) {
 	e := func(n int) pool.Entry {
 		return pool.Entry{Ref: pool.Ref{ID: fmt.Sprint("sb-", n), ExpiresAt: at.Add(time.Duration(n) * time.Second)}}
 	}
-	s := &Store{}
+	s := &Store{c: &core{clk: clockwork.NewRealClock()}}
 	s.hold = &holding{lease: &Lease{}, pending: map[string]pool.Entry{"sb-2": e(2)}, claiming: map[string]pool.Entry{},
 		decided: map[string]time.Time{}, doubt: map[string]pool.Entry{}, inheritAt: at}
 	s.hold.lease.valid.Store(at.UnixNano())

@@ -269,7 +269,7 @@ func headOf(ctx context.Context, q *modal.Queue, part string) (any, bool, error)
 
 // bid appends a bid for a sandbox and reports whether it is the first one.
 func (s *Store) bid(ctx context.Context, id, op, by string) (won bool, first bidRec, err error) {
-	mine := bidRec{Op: op, By: by, Nonce: nonce(), At: time.Now().UTC()}
+	mine := bidRec{Op: op, By: by, Nonce: nonce(), At: s.c.clk.Now().UTC()}
 	if err := s.put(ctx, bidPart(id), encode(mine)); err != nil {
 		return false, bidRec{}, err
 	}
@@ -336,7 +336,7 @@ func (s *Store) load(ctx context.Context) (view, error) {
 // (a new pool, or a queue the control plane lost, whatever was written
 // since).
 func (s *Store) loadOnce(ctx context.Context) (view, bool, error) {
-	now := time.Now()
+	now := s.c.clk.Now()
 	var v view
 	// The partitions are read at once: a Load costs the round trips of one.
 	today, tomorrow := logPart(now), logPart(now.Add(24*time.Hour))
@@ -453,7 +453,7 @@ func (s *Store) readLogs(ctx context.Context, days map[string][]any) (claims map
 		keys = append(keys, d)
 	}
 	sort.Strings(keys)
-	now := time.Now()
+	now := s.c.clk.Now()
 	for _, d := range keys {
 		its := days[d]
 		if its == nil && d != logPart(now) && d != logPart(now.Add(24*time.Hour)) {
@@ -562,7 +562,7 @@ func (s *Store) putDecided(ctx context.Context, ref pool.Ref, first any) error {
 	}
 	e := pool.Entry{Ref: ref, ClaimedBy: cmp.Or(b.By, "unknown"), ClaimedAt: b.At}
 	if e.ClaimedAt.IsZero() {
-		e.ClaimedAt = time.Now().UTC()
+		e.ClaimedAt = s.c.clk.Now().UTC()
 	}
 	if err := s.put(ctx, logPart(ref.ExpiresAt), encode(logRec{Op: "claim", Entry: e})); err != nil {
 		return storeErr("recording the claim of "+ref.ID, err)
@@ -613,10 +613,10 @@ func (s *Store) Take(ctx context.Context, tr pool.TakeRequest) (pool.Entry, []po
 	}
 	if settled, until := s.reserving(); settled != nil {
 		// The head is being reserved: served from memory once it is.
-		t := time.NewTimer(time.Until(until))
+		t := s.c.clk.NewTimer(s.c.clk.Until(until))
 		select {
 		case <-settled:
-		case <-t.C:
+		case <-t.Chan():
 		case <-ctx.Done():
 		}
 		t.Stop()
@@ -808,7 +808,7 @@ func (s *Store) setMeta(ctx context.Context, doing string, change func(*metaRec)
 	}
 	cur, _ := foldMeta(metas)
 	change(&cur)
-	cur.At = time.Now().UTC()
+	cur.At = s.c.clk.Now().UTC()
 	return s.putMeta(ctx, cur, len(metas))
 }
 
@@ -875,7 +875,7 @@ func (s *Store) rebuild(ctx context.Context) error {
 	}
 	// A new generation, without a target (the target is not in the tags;
 	// one set since the loss stays): the queue is set up again.
-	m := metaRec{Gen: nonce(), At: time.Now().UTC()}
+	m := metaRec{Gen: nonce(), At: s.c.clk.Now().UTC()}
 	if len(nobodys) > 0 {
 		m.Settle = m.At.Add(s.c.opts.LossSettle)
 		for _, t := range nobodys {
@@ -902,7 +902,7 @@ func (s *Store) settle(until time.Time) {
 	select {
 	case <-s.c.life.Done():
 		return
-	case <-time.After(time.Until(until)):
+	case <-s.c.clk.After(s.c.clk.Until(until)):
 	}
 	ctx, cancel := context.WithTimeout(s.c.life, 30*time.Second)
 	defer cancel()
@@ -931,13 +931,13 @@ func (s *Store) noteSettle(until time.Time) {
 // and by whom.
 func (s *Store) waitSettle(ctx context.Context, id string) (claimed tagged, ok bool, err error) {
 	until := time.Unix(0, s.settleUntil.Load())
-	if s.settleUntil.Load() == 0 || time.Since(until) > time.Minute {
+	if s.settleUntil.Load() == 0 || s.c.clk.Since(until) > time.Minute {
 		return tagged{}, false, nil
 	}
 	select {
 	case <-ctx.Done():
 		return tagged{}, false, ctx.Err()
-	case <-time.After(time.Until(until)):
+	case <-s.c.clk.After(s.c.clk.Until(until)):
 	}
 	sb, err := s.c.handle(ctx, id)
 	if err != nil {

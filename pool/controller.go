@@ -46,7 +46,7 @@ type Controller struct {
 	cfg     Config
 	be      Backend
 	st      Store
-	clk     clockwork.Clock // every time read and wait of the package goes through it
+	clk     clockwork.Clock // every time read and wait of the pool's rules goes through it (the few-ms batching of log observers and a burst's quiet pace CPU work and keep to the real clock)
 	check   Checker
 	loop    *loopProber // the default Checker's kept connections, closed by Close
 	rnd     func() float64
