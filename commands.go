@@ -510,6 +510,9 @@ func claimFromStore(ctx context.Context, o *options, cfg pool.Config, check bool
 	go func() { served <- p.ctrl.Serve(sctx, true) }()
 	defer func() { cancel(); <-served }()
 	got, err := p.ctrl.Claim(ctx, pool.ClaimOptions{CheckHealth: check, Timeout: timeout, By: "cli"})
+	if errors.Is(err, pool.ErrTargetZero) {
+		return fmt.Errorf("%w (sandboxpool maintain --size N, or the controller's PUT /v1/pool/size)", err)
+	}
 	if err != nil {
 		return err
 	}

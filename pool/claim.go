@@ -436,7 +436,7 @@ func (c *Controller) sizedToZero(ctx context.Context) error {
 	zero := c.stored.HasTarget && c.stored.Target == 0 && len(c.inflight) == 0
 	c.mu.Unlock()
 	if zero {
-		return fmt.Errorf("%w: %w in pool %q: resize it (--size, +, PUT /v1/pool/size) to claim", ErrNoSandbox, ErrTargetZero, c.cfg.Pool)
+		return fmt.Errorf("%w: %w in pool %q: resize it to claim", ErrNoSandbox, ErrTargetZero, c.cfg.Pool)
 	}
 	return nil
 }

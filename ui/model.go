@@ -2,6 +2,7 @@ package ui
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -580,7 +581,11 @@ func (m *Model) onClaimDone(msg claimDoneMsg) tea.Cmd {
 	m.claiming = false
 	if msg.err != nil {
 		if m.life.ctx.Err() == nil {
-			m.fail(msg.seq, "claim failed", msg.err)
+			err := msg.err
+			if errors.Is(err, pool.ErrTargetZero) {
+				err = fmt.Errorf("%w (+ or s to grow the pool)", err)
+			}
+			m.fail(msg.seq, "claim failed", err)
 		}
 		return m.refresh()
 	}

@@ -337,6 +337,8 @@ func (a *API) claimFor(ctx context.Context, opts pool.ClaimOptions, settled func
 		return pool.Claimed{}, &claimError{status: statusClientClosed, msg: "claim cancelled: the client went away"}
 	case err == nil:
 		return c, nil
+	case errors.Is(err, pool.ErrTargetZero):
+		return pool.Claimed{}, &claimError{http.StatusServiceUnavailable, err.Error() + " (PUT /v1/pool/size)", a.retryAfterSeconds()}
 	case errors.Is(err, pool.ErrNoSandbox):
 		return pool.Claimed{}, &claimError{http.StatusServiceUnavailable, err.Error(), a.retryAfterSeconds()}
 	case errors.Is(context.Cause(ctx), ErrShuttingDown):
