@@ -169,6 +169,7 @@ func TestPrefaultMapsEveryPage(t *testing.T) {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		at := time.Now()
+		runtime.GC() // so the loop's own faults are only the mappings', not a heap growing
 		before := minorFaults(t)
 		for i := range agent.Slots() / pageNotes {
 			notes.Write(claimtable.SlotAt(i*pageNotes), "api 127.0.0.1:5555", at)
@@ -186,7 +187,11 @@ func TestPrefaultMapsEveryPage(t *testing.T) {
 	if err := notes.Prefault(); err != nil {
 		t.Fatal(err)
 	}
-	if warm := touch(tab, notes); warm > 8 || cold < int64(agent.Slots()/pageNotes) {
-		t.Fatalf("page faults touching every page: %d prefaulted, %d not; want ~0 and at least %d", warm, cold, agent.Slots()/pageNotes)
+	// The thread also faults on the runtime's own pages now and then (a
+	// stack, a heap span): a prefault that worked leaves a few percent of
+	// the cold count, one that did nothing leaves all of it.
+	pages := int64(agent.Slots() / pageNotes)
+	if warm := touch(tab, notes); warm > pages/16 || cold < pages {
+		t.Fatalf("page faults touching every page: %d prefaulted, %d not; want under %d and at least %d", warm, cold, pages/16, pages)
 	}
 }
