@@ -895,3 +895,39 @@ func TestPassDuringPutCountsTheSandboxOnce(t *testing.T) {
 		t.Fatalf("%d creations for a target of 2: one was cancelled and made again", n)
 	}
 }
+
+// WaitAtTarget reports nothing before the view has read the store: `maintain`
+// printed "ready 0 of N" over a full pool, and a target of 0 counted as met
+// before anything was read.
+func TestWaitAtTargetStartsFromTheStore(t *testing.T) {
+	h := newHarness(t, nil)
+	h.pass()
+	testkit.Eventually(t, waitLong, "3 ready", func() bool { return len(h.pooledIDs()) == 3 })
+	second, err := pool.New(pool.Options{Config: h.cfg, Backend: h.be, Store: h.st, Clock: h.clk, Checker: h.be.Checker,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(second.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	var seen []int
+	waited := make(chan error, 1)
+	go func() {
+		waited <- second.WaitAtTarget(ctx, func(s pool.Snapshot) { seen = append(seen, s.Counts[pool.StateReady]) })
+	}()
+	// Its ticker made: the wait is under way before anything is read.
+	if err := h.clk.BlockUntilContext(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	watched := make(chan error, 1)
+	go func() { watched <- second.Watch(ctx) }()
+	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	<-watched
+	if len(seen) == 0 || slices.Contains(seen, 0) {
+		t.Fatalf("ready counts reported: %v, want only 3s", seen)
+	}
+}

@@ -1044,18 +1044,22 @@ func (c *Controller) WaitAtTarget(ctx context.Context, progress func(Snapshot)) 
 		// Taken before the check: a creation's end (creating back to 0)
 		// comes after its last event, and is signalled only here.
 		changed := c.changeSignal()
-		snap := c.Snapshot()
-		if progress != nil {
-			progress(snap)
-		}
 		c.mu.Lock()
-		failed, lastCreate := c.failures > 0, c.lastCreate
+		failed, lastCreate, loaded := c.failures > 0, c.lastCreate, c.loaded
 		c.mu.Unlock()
-		if failed {
-			return fmt.Errorf("%w: %s", ErrCreateFailed, lastCreate)
-		}
-		if snap.Counts[StateReady] >= snap.Target && c.creating.Load() == 0 {
-			return nil
+		// Before the first load the view is empty: "ready 0" would be
+		// shown, and a target of 0 met, before the store was read.
+		if loaded {
+			snap := c.Snapshot()
+			if progress != nil {
+				progress(snap)
+			}
+			if failed {
+				return fmt.Errorf("%w: %s", ErrCreateFailed, lastCreate)
+			}
+			if snap.Counts[StateReady] >= snap.Target && c.creating.Load() == 0 {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
