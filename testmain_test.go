@@ -65,6 +65,10 @@ func tearDown(t *testing.T, env []string, args ...string) {
 		if v, ok := strings.CutPrefix(kv, "SANDBOXPOOL_STATE_DIR="); ok {
 			stateDir = v
 		}
+		// A pool named in the environment: its agent is the one to wait for.
+		if v, ok := strings.CutPrefix(kv, "SANDBOXPOOL_POOL="); ok {
+			poolName = v
+		}
 	}
 	for i, a := range args {
 		if a == "--pool" && i+1 < len(args) {
