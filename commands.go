@@ -349,7 +349,7 @@ func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord
 	case live.Pool != view.Pool:
 		return fmt.Sprintf("the API at %s serves pool %q, not this one", holder.API, live.Pool)
 	}
-	view.WarmHitRatio, view.WasteSeconds = live.WarmHitRatio, live.WasteSeconds
+	view.WarmHitRatio, view.WasteSeconds, view.Claims = live.WarmHitRatio, live.WasteSeconds, live.Claims
 	view.Rollout = live.Rollout // only the controller's passes roll the pool
 	return ""
 }
@@ -403,7 +403,14 @@ func printPool(w io.Writer, v httpapi.PoolView, counters string) {
 	if counters != "" {
 		fmt.Fprintf(w, "warm-hit ratio and waste unknown: %s\n", counters)
 	} else {
-		fmt.Fprintf(w, "warm-hit ratio %.0f%%, waste %.0f sandbox-seconds ready and never claimed\n", v.WarmHitRatio*100, v.WasteSeconds)
+		ratio := fmt.Sprintf("%.0f%%", v.WarmHitRatio*100)
+		switch n := v.Claims.Warm + v.Claims.Waited; {
+		case n > 0:
+			ratio += fmt.Sprintf(" of %d claims", n)
+		case v.WarmHitRatio == 0: // 0 of none is no verdict
+			ratio = fmt.Sprintf("-: no claim served yet (%d failed)", v.Claims.Failed)
+		} // else a controller from before "claims" was in the JSON
+		fmt.Fprintf(w, "warm-hit ratio %s, waste %.0f sandbox-seconds ready and never claimed\n", ratio, v.WasteSeconds)
 	}
 	if m := v.MaintainedBy; m != nil {
 		fmt.Fprintf(w, "maintained by %s\n", m)

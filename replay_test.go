@@ -296,13 +296,13 @@ func TestReplayCLIClaimsCountEverywhere(t *testing.T) {
 		v, ok := a.pool()
 		return ok && v.WarmHitRatio == 1
 	})
-	if r := cli(t, env, "check"); r.code != 0 || !strings.Contains(r.stdout, "warm-hit ratio 100%") {
+	if r := cli(t, env, "check"); r.code != 0 || !strings.Contains(r.stdout, "warm-hit ratio 100% of 2 claims") {
 		t.Errorf("check: exit %d, want the pool's warm-hit ratio 100%%:\n%s%s", r.code, r.stdout, r.stderr)
 	}
 	r := cli(t, env, "check", "--json")
 	var v httpapi.PoolView
-	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.WarmHitRatio != 1 {
-		t.Errorf("check --json: warm_hit_ratio %v (%v), want 1:\n%s", v.WarmHitRatio, err, r.stdout)
+	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil || v.WarmHitRatio != 1 || v.Claims != (httpapi.ClaimCounts{Warm: 2}) {
+		t.Errorf("check --json: warm_hit_ratio %v, claims %+v (%v), want 1 of 2 warm:\n%s", v.WarmHitRatio, v.Claims, err, r.stdout)
 	}
 }
 

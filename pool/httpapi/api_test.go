@@ -87,7 +87,7 @@ func TestPoolJSON(t *testing.T) {
 	if r.status != http.StatusOK {
 		t.Fatalf("GET /v1/pool: %d %s", r.status, r.body)
 	}
-	assertKeys(t, "pool", r.body, "pool", "backend", "target", "counts", "sandboxes", "warm_hit_ratio", "waste_seconds")
+	assertKeys(t, "pool", r.body, "pool", "backend", "target", "counts", "sandboxes", "warm_hit_ratio", "waste_seconds", "claims")
 	var raw struct {
 		Counts    json.RawMessage   `json:"counts"`
 		Sandboxes []json.RawMessage `json:"sandboxes"`
@@ -116,8 +116,8 @@ func TestPoolJSON(t *testing.T) {
 	}
 	var v httpapi.PoolView
 	r.json(t, &v)
-	if v.WarmHitRatio != 1 {
-		t.Errorf("warm_hit_ratio %v after one warm claim", v.WarmHitRatio)
+	if v.WarmHitRatio != 1 || v.Claims != (httpapi.ClaimCounts{Warm: 1}) {
+		t.Errorf("warm_hit_ratio %v, claims %+v after one warm claim", v.WarmHitRatio, v.Claims)
 	}
 	sb := v.Sandboxes[1]
 	if sb.State != pool.StateReady || !sb.Health.OK || sb.Health.Status != 200 || sb.Health.CheckedAt == nil ||

@@ -25,6 +25,8 @@ type PoolView struct {
 	WarmHitRatio float64 `json:"warm_hit_ratio"`
 	// WasteSeconds is sandbox-seconds spent ready and never claimed.
 	WasteSeconds float64 `json:"waste_seconds"`
+	// Claims counts the claims behind the ratio: with none, 0 is no verdict.
+	Claims ClaimCounts `json:"claims"`
 	// Autosize is there while the target follows demand, or after a
 	// manual resize turned that off (saying so).
 	Autosize *AutosizeView `json:"autosize,omitempty"`
@@ -39,6 +41,13 @@ type PoolView struct {
 	// Rollout is there while the controller replaces, a few at a time, the
 	// pooled sandboxes that run a workload the pool no longer runs.
 	Rollout *RolloutView `json:"rollout,omitempty"`
+}
+
+// ClaimCounts is how the claims this process has seen ended.
+type ClaimCounts struct {
+	Warm   int64 `json:"warm"`   // served at once from a ready sandbox
+	Waited int64 `json:"waited"` // waited for a creation
+	Failed int64 `json:"failed"` // none within the timeout
 }
 
 // RolloutView is a rolling replacement under way, as the controller's last
@@ -175,6 +184,7 @@ func NewPoolView(s pool.Snapshot) PoolView {
 		Sandboxes:    make([]SandboxView, 0, len(s.Sandboxes)),
 		WarmHitRatio: round(s.Stats.WarmHitRatio(), 4),
 		WasteSeconds: round(s.Stats.WasteSeconds, 1),
+		Claims:       ClaimCounts{Warm: s.Stats.ClaimsWarm, Waited: s.Stats.ClaimsWaited, Failed: s.Stats.ClaimsFailed},
 	}
 	for _, sb := range s.Sandboxes {
 		v.Sandboxes = append(v.Sandboxes, NewSandboxView(sb, s.Now))
