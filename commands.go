@@ -311,7 +311,9 @@ func checkStore(ctx context.Context, o *options, cfg pool.Config) (view httpapi.
 	counters = "no controller runs to count claims"
 	if holder, err := p.ctrl.LeaseHolder(ctx); err == nil && !holder.IsZero() {
 		view.MaintainedBy = &holder
-		counters = controllerCounters(ctx, o, holder, &view)
+		if counters = "its controller is gone (killed or crashed)"; !pool.HolderGone(holder) {
+			counters = controllerCounters(ctx, o, holder, &view)
+		}
 	}
 	return view, counters, nil
 }
@@ -412,7 +414,9 @@ func printPool(w io.Writer, v httpapi.PoolView, counters string) {
 		} // else a controller from before "claims" was in the JSON
 		fmt.Fprintf(w, "warm-hit ratio %s, waste %.0f sandbox-seconds ready and never claimed\n", ratio, v.WasteSeconds)
 	}
-	if m := v.MaintainedBy; m != nil {
+	if m := v.MaintainedBy; m != nil && pool.HolderGone(*m) {
+		fmt.Fprintf(w, "maintained by %s, which is gone (killed or crashed): its lease lapses within seconds; a controller started now takes the pool over then\n", m)
+	} else if m != nil {
 		fmt.Fprintf(w, "maintained by %s\n", m)
 	} else {
 		fmt.Fprintln(w, "no controller maintains it (start one with sandboxpool run or the dashboard)")

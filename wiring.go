@@ -90,8 +90,10 @@ func openPoolAs(ctx context.Context, o *options, cfg pool.Config, logger *slog.L
 	}
 	var holder pool.LeaseRecord // who maintains the pool, when this process would
 	if leaser, ok := st.(pool.Leaser); ok && controller {
-		if h, err := leaser.LeaseHolder(ctx); err == nil && h.Role != pool.RoleBackfill {
-			holder = h // a claim's backfill hands the pool over: Serve waits for it
+		// A claim's backfill hands the pool over, and a dead controller's
+		// lease lapses (a restart after kill -9): Serve waits for either.
+		if h, err := leaser.LeaseHolder(ctx); err == nil && h.Role != pool.RoleBackfill && !pool.HolderGone(h) {
+			holder = h
 		}
 	}
 	if exclusive && !holder.IsZero() {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -929,5 +932,75 @@ func TestWaitAtTargetStartsFromTheStore(t *testing.T) {
 	<-watched
 	if len(seen) == 0 || slices.Contains(seen, 0) {
 		t.Fatalf("ready counts reported: %v, want only 3s", seen)
+	}
+}
+
+// deadPid is the pid of a process of this host that has ended.
+func deadPid(t *testing.T) int {
+	t.Helper()
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd.Process.Pid
+}
+
+// A controller restarted after kill -9 (Modal: the dead one's heartbeat
+// record stays live for 3 beats) waits for the lease to lapse and takes the
+// pool over, instead of refusing it to a dead process; a live holder, or
+// one of another host, is still refused at once.
+func TestControllerWaitsOutTheLeaseOfADeadOne(t *testing.T) {
+	host, _ := os.Hostname()
+	t.Run("dead on this host", func(t *testing.T) {
+		h := newHarness(t, nil)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		dead := pool.LeaseRecord{Host: host, Pid: deadPid(t), Role: pool.RoleController, Command: "sandboxpool run"}
+		h.st.HoldLease(dead)
+		events, stop := h.c.Subscribe(64)
+		defer stop()
+		var waits []string
+		said := func() bool {
+			for {
+				select {
+				case e := <-events:
+					if e.Kind == pool.EventLeaseWait {
+						waits = append(waits, e.Message)
+					}
+				default:
+					return len(waits) > 0
+				}
+			}
+		}
+		done := make(chan error, 1)
+		go func() { done <- h.c.Serve(ctx, false) }()
+		testkit.Eventually(t, waitLong, "the wait said", func() bool { return said() && h.c.Snapshot().Role == pool.RoleViewer })
+		h.st.HoldLease(pool.LeaseRecord{}) // its heartbeat lapsed
+		testkit.Eventually(t, waitLong, "the pool taken over", func() bool {
+			h.clk.Advance(250 * time.Millisecond)
+			return h.c.Snapshot().Role == pool.RoleController
+		})
+		if said(); len(waits) != 1 || !strings.Contains(waits[0], fmt.Sprintf("pid %d on this host, is gone", dead.Pid)) {
+			t.Errorf("waits said: %q", waits)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	})
+	for name, holder := range map[string]pool.LeaseRecord{
+		"alive on this host":   {Host: host, Pid: os.Getppid(), Role: pool.RoleController},
+		"dead on another host": {Host: "elsewhere", Pid: deadPid(t), Role: pool.RoleController},
+	} {
+		t.Run(name, func(t *testing.T) {
+			h := newHarness(t, nil)
+			h.st.HoldLease(holder)
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			defer cancel()
+			var held *pool.LeaseHeldError
+			if err := h.c.Serve(ctx, false); !errors.As(err, &held) || !held.Holder.Same(holder) {
+				t.Fatalf("Serve: %v, want the lease held by %s", err, holder)
+			}
+		})
 	}
 }

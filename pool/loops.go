@@ -37,9 +37,32 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 	}()
 	backfillUntil := c.clk.Now().Add(backfillPatience)
 	waiting := false // said that it waits for a backfill
+	var goneUntil time.Time
 	for {
 		err := c.acquire(ctx)
 		var held *LeaseHeldError
+		if errors.As(err, &held) && !allowViewer && held.Holder.Role != RoleBackfill && HolderGone(held.Holder) {
+			// The controller named in the lease was a process of this host
+			// that is gone (kill -9, a crash): its heartbeat record stays
+			// live until it lapses (Modal: 3 heartbeats). A restart waits
+			// that out rather than refuse the pool to a dead process.
+			now := c.clk.Now()
+			if goneUntil.IsZero() {
+				goneUntil = now.Add(goneHolderPatience)
+				c.mu.Lock()
+				c.role, c.holder = RoleViewer, held.Holder
+				c.mu.Unlock()
+				c.emit(Event{Kind: EventLeaseWait, Message: fmt.Sprintf("the pool's controller, pid %d on this host, is gone (killed or crashed): taking the pool over once its lease lapses", held.Holder.Pid)})
+			}
+			if now.Before(goneUntil) {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-c.clk.After(250 * time.Millisecond):
+				}
+				continue
+			}
+		}
 		if errors.As(err, &held) && !allowViewer && held.Holder.Role == RoleBackfill && c.clk.Now().Before(backfillUntil) {
 			// A claim holds the pool for its own short backfill: wait for it
 			// rather than refuse to maintain. Asking for the lease told it
@@ -99,6 +122,19 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 
 // backfillPatience bounds how long Serve waits for claims' backfill leases.
 const backfillPatience = 2 * time.Minute
+
+// goneHolderPatience bounds how long Serve waits for the lease of a dead
+// controller of this host to lapse: a live one of the same host name
+// elsewhere keeps it, and is refused after this, as at once before.
+const goneHolderPatience = time.Minute
+
+// HolderGone reports a lease holder that was a process of this host and is
+// no more (killed, crashed): its lease lapses soon, and a controller started
+// now waits for that rather than refuse the pool. A pid now reused by
+// another process counts as alive: only a holder known dead is waited for.
+func HolderGone(r LeaseRecord) bool {
+	return r.Host == hostname() && r.Pid > 0 && r.Pid != osGetpid() && processGone(r.Pid)
+}
 
 // maintainWhileLeased runs the loops until ctx ends or the lease is lost;
 // it then releases the lease and says who holds it now.
