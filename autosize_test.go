@@ -49,6 +49,11 @@ func TestAutosizeFollowsAClaimLoad(t *testing.T) {
 	if metric("sandboxpool_autosize_enabled") != 1 || metric("sandboxpool_cost_per_hour") <= 0 {
 		t.Fatalf("autosize or cost missing from /metrics")
 	}
+	// check, another process with neither flag, shows the controller's.
+	if r := cli(t, env, "check"); !strings.Contains(r.stdout, "autosize on: target 2 (auto: ") ||
+		!strings.Contains(r.stdout, "cost 0.72 per hour (2 sandboxes at 0.36)") {
+		t.Fatalf("check: exit %d, want the controller's autosize and cost:\n%s%s", r.code, r.stdout, r.stderr)
+	}
 
 	// 6 claims/s for 4 s, while watching the target.
 	var peak float64

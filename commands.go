@@ -352,7 +352,11 @@ func controllerCounters(ctx context.Context, o *options, holder pool.LeaseRecord
 		return fmt.Sprintf("the API at %s serves pool %q, not this one", holder.API, live.Pool)
 	}
 	view.WarmHitRatio, view.WasteSeconds, view.Claims = live.WarmHitRatio, live.WasteSeconds, live.Claims
-	view.Rollout = live.Rollout // only the controller's passes roll the pool
+	view.Rollout = live.Rollout   // only the controller's passes roll the pool
+	view.Autosize = live.Autosize // only the controller sizes the pool
+	if live.Cost != nil {         // what the pool costs at the controller's price
+		view.Cost = live.Cost
+	}
 	return ""
 }
 
