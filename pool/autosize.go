@@ -238,7 +238,7 @@ type autosizeState struct {
 	on      bool
 	off     string
 	sizer   *Autosizer
-	written map[int]time.Time // targets this process stored lately
+	written map[int]time.Time // targets this process is storing, until the view holds them
 	ttr     time.Duration
 	// announce is an "autosize off" to emit at the next pass (it was
 	// noticed under c.mu, where no event is emitted).
@@ -325,9 +325,12 @@ func (c *Controller) autosizeTarget(ctx context.Context, target int, now time.Ti
 	n := a.sizer.Target(now, ttr)
 	rate := a.sizer.Rate(now)
 	if n != target {
-		// Both values: a store read taken before this write lands still
-		// shows the old one, and must not read as a resize by hand.
-		a.written[n], a.written[target] = now, now
+		// A load that read the store after this write landed but is
+		// applied before the view takes n shows n: not a resize by hand.
+		// (One begun before the write keeps the view's target: targetSeq.
+		// The old value is not marked: another process setting it back,
+		// a viewer's + right after autosize moved off it, is a resize.)
+		a.written[n] = now
 	}
 	for v, at := range a.written {
 		if now.Sub(at) > time.Minute {
@@ -347,6 +350,9 @@ func (c *Controller) autosizeTarget(ctx context.Context, target int, now time.Ti
 	c.target = n
 	c.stored.Target, c.stored.HasTarget = n, true
 	c.targetSeq = c.loadSeq
+	a.mu.Lock()
+	delete(a.written, n) // the view holds it now: a later n is someone's
+	a.mu.Unlock()
 	c.mu.Unlock()
 	c.emit(Event{Kind: EventResized, Message: fmt.Sprintf("target %d -> %d (auto: %.1f claims/s x %.1f s)", target, n, rate, ttr.Seconds())})
 	return n

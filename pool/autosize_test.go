@@ -263,6 +263,23 @@ func TestAutosizeInTheController(t *testing.T) {
 	if a := h.c.Autosize(); a.On || !strings.Contains(a.Off, "another process") || h.c.Target() != 7 {
 		t.Fatalf("after another process resized: %+v, target %d", a, h.c.Target())
 	}
+
+	// Also when it sets the target autosize just moved away from (a
+	// viewer's + right after the controller started: 3 -> 2 by autosize,
+	// then 3 by hand): that value is not autosize's own write.
+	h.c.SetAutosize(true)
+	h.pass()
+	auto := h.c.Target()
+	if auto == 7 {
+		t.Fatal("autosize back on left the target set elsewhere")
+	}
+	if err := h.st.SetTarget(ctx, 7); err != nil {
+		t.Fatal(err)
+	}
+	h.pass()
+	if a := h.c.Autosize(); a.On || h.c.Target() != 7 {
+		t.Fatalf("after another process set back the target autosize moved from (7 -> %d -> 7): %+v, target %d", auto, a, h.c.Target())
+	}
 }
 
 func TestIdleCost(t *testing.T) {
