@@ -411,7 +411,9 @@ func printPool(w io.Writer, v httpapi.PoolView, counters string) {
 	} else {
 		ratio := fmt.Sprintf("%.0f%%", v.WarmHitRatio*100)
 		switch n := v.Claims.Warm + v.Claims.Waited; {
-		case n > 0:
+		case n == 1:
+			ratio += " of 1 claim"
+		case n > 1:
 			ratio += fmt.Sprintf(" of %d claims", n)
 		case v.WarmHitRatio == 0: // 0 of none is no verdict
 			ratio = fmt.Sprintf("-: no claim served yet (%d failed)", v.Claims.Failed)
