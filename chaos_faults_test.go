@@ -610,7 +610,10 @@ func (r *chaosRun) checkFaultPromises(events []logEvent) {
 
 // checkNothingLeft: once the pool is torn down and its controller stopped,
 // no process of the run remains (claimers, controllers, viewers, the local
-// agent, workloads): the agent exits on its own once idle.
+// agent, workloads): the agent exits on its own once idle. A creation the
+// controller had in flight when terminate --all stopped the agent starts a
+// new one (then shrunk to nothing): it exits 30 s after its last caller
+// (local.Options.IdleExit), so the wait is that and the usual 15 s.
 func (r *chaosRun) checkNothingLeft() {
 	if r.mark == "" {
 		return
@@ -618,8 +621,8 @@ func (r *chaosRun) checkNothingLeft() {
 	x := &dashTmux{t: r.t, socket: r.tmuxSocket, env: r.env}
 	_, _ = x.tmux("kill-server") // the viewers' terminal, not the pool's
 	var left []string
-	if !testkit.Until(15*time.Second, func() bool { left = markedProcs(r.mark); return len(left) == 0 }) {
-		r.t.Errorf("processes of the run still there 15s after the teardown: %v", left)
+	if !testkit.Until(45*time.Second, func() bool { left = markedProcs(r.mark); return len(left) == 0 }) {
+		r.t.Errorf("processes of the run still there 45s after the teardown: %v", left)
 	}
 }
 

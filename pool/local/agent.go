@@ -59,6 +59,12 @@ type agent struct {
 	mark  string // envAgentMark=<socket>: on every process of every sandbox of this agent
 	uid   uint32
 	ln    *net.UnixListener
+	// lock is held for the agent's life: one agent per pool. Kept here so
+	// that it stays reachable: an *os.File no longer referenced is closed
+	// by its finalizer at a GC, and its flock released with it (it was:
+	// a second agent could then start, and a controller take the live
+	// one for dead and kill its sandboxes).
+	lock *os.File
 	// afterCrash: the agent before this one died without stopping (set
 	// before serving, never changed).
 	afterCrash bool
@@ -371,6 +377,7 @@ func runAgent(spec agentSpec, ready *os.File) error {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	a.lock = lock
 	// An agent before this one that did not stop cleanly died (its
 	// sandboxes with it), unless none ran; so did one a Backend swept for.
 	note, err := os.ReadFile(p.clean)

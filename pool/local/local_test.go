@@ -1015,3 +1015,25 @@ func TestShutdownReturnsOnceTheAgentExited(t *testing.T) {
 		}
 	}
 }
+
+// The agent holds its lock for life: one agent per pool, and a controller
+// takes a free lock for the agent's death (it sweeps its processes). The
+// lock's file, once unreferenced, was closed by its finalizer at a GC.
+func TestAgentHoldsItsLockForLife(t *testing.T) {
+	t.Setenv("GOGC", "1") // the agent inherits it: a GC every few allocations
+	b := newBackend(t, local.Options{})
+	mustCreate(t, b, time.Minute) // starts the agent
+	lock, err := os.OpenFile(filepath.Join(filepath.Dir(b.Dir()), "test.agent.lock"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	for i := range 40 {
+		mustCreate(t, b, time.Minute) // work for the agent: allocations, GCs
+		list(t, b)
+		if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+			_ = syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+			t.Fatalf("the agent's lock was free after %d creations, the agent running", i+1)
+		}
+	}
+}
