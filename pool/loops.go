@@ -53,6 +53,9 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 				c.role, c.holder = RoleViewer, held.Holder
 				c.mu.Unlock()
 				c.emit(Event{Kind: EventLeaseWait, Message: fmt.Sprintf("the pool's controller, pid %d on this host, is gone (killed or crashed): taking the pool over once its lease lapses", held.Holder.Pid)})
+				// As while waiting for a backfill: the stored target now,
+				// and a view for the API's readers meanwhile.
+				_, _, _ = c.loadStore(ctx)
 			}
 			if now.Before(goneUntil) {
 				select {
