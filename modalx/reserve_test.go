@@ -126,7 +126,11 @@ func TestReservedClaimOneRoundTrip(t *testing.T) {
 func TestReservationsSurviveKill(t *testing.T) {
 	testkit.UseFakeModal(t, fakemodal.Options{})
 	ctx := ctxT(t)
-	hb := 200 * time.Millisecond
+	// Reserving needs 200 ms left of the lease's validity (2 beats after
+	// the last read that found it current): at 200 ms beats only a refill
+	// tick within 200 ms of a beat could, and a CI machine's slow round
+	// trips left none in 10 s. At 500 ms a tick has 800 ms.
+	hb := 500 * time.Millisecond
 	b, s := open(t, Options{Pool: "kill", LeaseHeartbeat: hb})
 	fill(t, b, s, 6, 5*time.Minute)
 	l, err := s.AcquireLease(ctx, pool.LeaseRecord{Host: "test", Pid: 1, Role: pool.RoleController})
