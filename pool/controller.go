@@ -210,7 +210,7 @@ func New(o Options) (*Controller, error) {
 	c := &Controller{
 		cfg: o.Config, be: o.Backend, st: o.Store, clk: o.Clock, check: o.Checker, loop: loop, rnd: o.Rand,
 		poll: o.StorePollEvery, life: life, stop: stop, log: cmp.Or(o.Logger, slog.New(slog.DiscardHandler)),
-		leaseAs:      LeaseRecord{Host: hostname(), Pid: osGetpid(), Role: cmp.Or(o.Role, RoleController), Command: o.Command, API: o.API},
+		leaseAs:      LeaseRecord{Host: hostname(), Pid: osGetpid(), Role: cmp.Or(o.Role, RoleController), Command: o.Command, API: o.API, Node: NodeID()},
 		kickCh:       make(chan struct{}, 1),
 		target:       o.Config.Size,
 		health:       map[string]Health{},

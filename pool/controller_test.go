@@ -955,7 +955,7 @@ func TestControllerWaitsOutTheLeaseOfADeadOne(t *testing.T) {
 		h := newHarness(t, nil)
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		dead := pool.LeaseRecord{Host: host, Pid: deadPid(t), Role: pool.RoleController, Command: "sandboxpool run"}
+		dead := pool.LeaseRecord{Host: host, Pid: deadPid(t), Role: pool.RoleController, Command: "sandboxpool run", Node: pool.NodeID()}
 		h.st.HoldLease(dead)
 		events, stop := h.c.Subscribe(64)
 		defer stop()
@@ -989,8 +989,12 @@ func TestControllerWaitsOutTheLeaseOfADeadOne(t *testing.T) {
 		}
 	})
 	for name, holder := range map[string]pool.LeaseRecord{
-		"alive on this host":   {Host: host, Pid: os.Getppid(), Role: pool.RoleController},
-		"dead on another host": {Host: "elsewhere", Pid: deadPid(t), Role: pool.RoleController},
+		"alive on this host":   {Host: host, Pid: os.Getppid(), Role: pool.RoleController, Node: pool.NodeID()},
+		"dead on another host": {Host: "elsewhere", Pid: deadPid(t), Role: pool.RoleController, Node: "another-boot/pid:[1]"},
+		// The same host name on another machine (VMs of one image): its
+		// pid means nothing here; a record without a node is not ours.
+		"dead, this host's name, another node": {Host: host, Pid: deadPid(t), Role: pool.RoleController, Node: "another-boot/pid:[1]"},
+		"dead, this host's name, no node":      {Host: host, Pid: deadPid(t), Role: pool.RoleController},
 	} {
 		t.Run(name, func(t *testing.T) {
 			h := newHarness(t, nil)

@@ -38,4 +38,9 @@ func TestProcessGone(t *testing.T) {
 	if !processGone(pid) {
 		t.Fatal("a reaped child taken for alive")
 	}
+	// Where /proc tells, this process's node is known (else no holder is
+	// ever taken for dead, and the restart waits are off).
+	if _, err := os.Stat("/proc/self/ns/pid"); err == nil && NodeID() == "" {
+		t.Fatal("no node id with /proc mounted")
+	}
 }

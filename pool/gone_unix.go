@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"strconv"
+	"sync"
 	"syscall"
 )
 
@@ -33,3 +34,18 @@ func procMounted() bool {
 	_, err := os.Stat("/proc/self/stat")
 	return err == nil
 }
+
+// NodeID names this machine's current boot and this process's pid
+// namespace ("<boot id>/pid:[4026531836]"): where a pid means one process.
+// "" when /proc cannot tell (then no holder is ever taken for dead).
+var NodeID = sync.OnceValue(func() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return ""
+	}
+	ns, err := os.Readlink("/proc/self/ns/pid")
+	if err != nil {
+		return ""
+	}
+	return string(bytes.TrimSpace(boot)) + "/" + ns
+})

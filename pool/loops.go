@@ -131,12 +131,14 @@ const backfillPatience = 2 * time.Minute
 // elsewhere keeps it, and is refused after this, as at once before.
 const goneHolderPatience = time.Minute
 
-// HolderGone reports a lease holder that was a process of this host and is
-// no more (killed, crashed): its lease lapses soon, and a controller started
-// now waits for that rather than refuse the pool. A pid now reused by
-// another process counts as alive: only a holder known dead is waited for.
+// HolderGone reports a lease holder that was a process of this machine (its
+// boot and pid namespace: NodeID) and is no more (killed, crashed): its lease
+// lapses soon, and a controller started now waits for that rather than
+// refuse the pool. A pid now reused by another process counts as alive, and
+// a record of another node or without one is never taken for dead.
 func HolderGone(r LeaseRecord) bool {
-	return r.Host == hostname() && r.Pid > 0 && r.Pid != osGetpid() && processGone(r.Pid)
+	node := NodeID()
+	return node != "" && r.Node == node && r.Pid > 0 && r.Pid != osGetpid() && processGone(r.Pid)
 }
 
 // maintainWhileLeased runs the loops until ctx ends or the lease is lost;

@@ -234,17 +234,21 @@ type LeaseRecord struct {
 	// API is the address the holder serves the HTTP API on ("" when none).
 	API   string    `json:"api,omitempty"`
 	Since time.Time `json:"since,omitzero"`
+	// Node is the holder's machine boot and pid namespace (NodeID): its
+	// Pid names a process here only when Node is this process's. A host
+	// name alone can be shared (VMs from one image, containers).
+	Node string `json:"node,omitempty"`
 }
 
 // IsZero reports an empty record: nobody holds the lease.
 func (r LeaseRecord) IsZero() bool {
-	return r.Host == "" && r.Pid == 0 && r.Role == "" && r.Command == "" && r.API == "" && r.Since.IsZero()
+	return r.Host == "" && r.Pid == 0 && r.Role == "" && r.Command == "" && r.API == "" && r.Since.IsZero() && r.Node == ""
 }
 
 // Same reports whether two records name the same holder (Since compared as an instant).
 func (r LeaseRecord) Same(o LeaseRecord) bool {
 	return r.Host == o.Host && r.Pid == o.Pid && r.Role == o.Role && r.Command == o.Command &&
-		r.API == o.API && r.Since.Equal(o.Since)
+		r.API == o.API && r.Since.Equal(o.Since) && r.Node == o.Node
 }
 
 // String names the holder in one line:
