@@ -42,8 +42,8 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 		err := c.acquire(ctx)
 		var held *LeaseHeldError
 		if errors.As(err, &held) && !allowViewer && held.Holder.Role != RoleBackfill && HolderGone(held.Holder) {
-			// The controller named in the lease was a process of this host
-			// that is gone (kill -9, a crash): its heartbeat record stays
+			// The controller named in the lease was a process of this
+			// machine that is gone (kill -9, a crash): its heartbeat record stays
 			// live until it lapses (Modal: 3 heartbeats). A restart waits
 			// that out rather than refuse the pool to a dead process.
 			now := c.clk.Now()
@@ -127,8 +127,9 @@ func (c *Controller) Serve(ctx context.Context, allowViewer bool) error {
 const backfillPatience = 2 * time.Minute
 
 // goneHolderPatience bounds how long Serve waits for the lease of a dead
-// controller of this host to lapse: a live one of the same host name
-// elsewhere keeps it, and is refused after this, as at once before.
+// controller of this machine to lapse: should its heartbeat still go on
+// (it never should: HolderGone checks node and pid), the pool is refused
+// after this, as it was at once before.
 const goneHolderPatience = time.Minute
 
 // HolderGone reports a lease holder that was a process of this machine (its
